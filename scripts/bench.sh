@@ -1,0 +1,611 @@
+#!/usr/bin/env bash
+# LOCKER benchmark: compares LOCKER with the native filesystem, a bindfs
+# passthrough mount and an `rclone mount --vfs-cache-mode full` peer, all on
+# one scratch ext4 filesystem (image file on a loop device, mounted without
+# online discard). Prints markdown tables and writes/replaces a section of
+# BENCHMARKS.md at the repo root.
+#
+# Usage: scripts/bench.sh [--quick] [--only native,bindfs,locker,rclone]
+#                         [--busy MODE] [--no-md] [--keep-logs]
+# Needs root (loop device, mount, drop_caches). See --help.
+set -uo pipefail
+export LC_ALL=C
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+HELPERS=$SCRIPT_DIR/bench
+DEFAULT_LOCKER_BIN=$REPO/target/release/locker
+LOCKER_BIN=${LOCKER_BIN:-$DEFAULT_LOCKER_BIN}
+ALL_CONTENDERS=(native bindfs locker rclone)
+ORIG_ARGS=("$@")
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/bench.sh [options]
+
+  --quick            smoke-test sizes (64 MiB sequential file, 500 files)
+  --only LIST        comma-separated contenders to run, from
+                     native,bindfs,locker,rclone (default: all four)
+  --busy MODE        CPU condition during every run (default: all):
+                       all   one nice-19 SCHED_IDLE busy loop pinned to each CPU
+                       one   one such loop pinned to the last CPU
+                       none  no busy loop (idle CPUs; FUSE pays wake-ups)
+  --no-md            do not write BENCHMARKS.md (tables still go to stdout)
+  --keep-logs        keep the log directory even when every step succeeded
+  -h, --help         this text
+
+Environment:
+  LOCKER_BIN         LOCKER binary (default: REPO/target/release/locker;
+                     built with `cargo build --release` only when missing)
+  BENCH_TMP          where the scratch image goes (default: /var/tmp)
+EOF
+}
+
+# ---------------------------------------------------------------- options
+QUICK=0
+ONLY=native,bindfs,locker,rclone
+BUSY=all
+WRITE_MD=1
+KEEP_LOGS=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --only) [ $# -ge 2 ] || { echo "bench: --only needs a list" >&2; exit 2; }; ONLY=$2; shift ;;
+    --only=*) ONLY=${1#--only=} ;;
+    --busy) [ $# -ge 2 ] || { echo "bench: --busy needs a mode" >&2; exit 2; }; BUSY=$2; shift ;;
+    --busy=*) BUSY=${1#--busy=} ;;
+    --no-md) WRITE_MD=0 ;;
+    --keep-logs) KEEP_LOGS=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench: unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+CONTENDERS=()
+IFS=, read -r -a _want <<<"$ONLY"
+for c in "${ALL_CONTENDERS[@]}"; do
+  for w in "${_want[@]}"; do [ "$w" = "$c" ] && CONTENDERS+=("$c") && break; done
+done
+for w in "${_want[@]}"; do
+  case " ${ALL_CONTENDERS[*]} " in *" $w "*) ;; *) echo "bench: unknown contender '$w'" >&2; exit 2 ;; esac
+done
+[ ${#CONTENDERS[@]} -gt 0 ] || { echo "bench: --only selected no contender" >&2; exit 2; }
+case $BUSY in all|one|none) ;; *) echo "bench: --busy must be all, one or none" >&2; exit 2 ;; esac
+has() { case " ${CONTENDERS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench: must run as root (loop device, mount, drop_caches)" >&2
+  exit 2
+fi
+
+# ---------------------------------------------------------------- sizes
+if [ $QUICK -eq 1 ]; then
+  MODE=quick
+  SEQ_MB=64 RAND_MB=64 RUNTIME=3 COLD_IOS=1024
+  META_FILES=500 META_DIRS=20 SMALL_FILES=500 SMALL_DIRS=40
+  IMG_MB=3072
+else
+  MODE=full
+  SEQ_MB=1024 RAND_MB=256 RUNTIME=8 COLD_IOS=4096
+  META_FILES=5000 META_DIRS=100 SMALL_FILES=3000 SMALL_DIRS=200
+  IMG_MB=8192
+fi
+STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-600}  # any single timed step
+MOUNT_TIMEOUT=30                         # seconds to wait for a mount
+STOP_TIMEOUT=60                          # seconds to wait after SIGTERM
+SETTLE_TIMEOUT=300                       # rclone uploads to drain
+
+RUN_ID=$(date +%Y%m%d-%H%M%S)
+BASE=${BENCH_TMP:-/var/tmp}/locker-bench.$$
+SHM=/dev/shm/locker-bench.$$
+LOGDIR=${TMPDIR:-/tmp}/locker-bench-$RUN_ID
+SCRATCH=$BASE/scratch
+MNTROOT=$BASE/mnt
+IMG=$BASE/scratch.img
+RC_PORT=$((55000 + $$ % 5000))
+LOOPDEV=
+BUSY_PIDS=()
+declare -A MPID=() MDIR=() RES=() SECS=() STATUS=()
+FAILURES=0
+T_START=$SECONDS
+
+log() { printf '[bench %4ds] %s\n' $((SECONDS - T_START)) "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- teardown
+alive() {  # pid: running and not a zombie
+  local s
+  s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$s" ] && [ "$s" != Z ]
+}
+
+stop_daemon() {  # contender
+  local c=$1 pid=${MPID[$1]:-} mnt=${MDIR[$1]:-} i
+  [ -n "$pid" ] || return 0
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then log "$c: still running ${STOP_TIMEOUT}s after SIGTERM"; STATUS[$c]+=" slow-stop"; fi
+  fi
+  if [ -n "$mnt" ] && mountpoint -q "$mnt" 2>/dev/null; then
+    log "$c: still mounted after its process ended or was signalled; fusermount3 -uz"
+    STATUS[$c]+=" lazy-unmount"
+    fusermount3 -uz "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null
+  fi
+  if alive "$pid"; then
+    log "$c: kill -9 $pid"
+    STATUS[$c]+=" killed"
+    kill -KILL "$pid" 2>/dev/null
+  fi
+  wait "$pid" 2>/dev/null
+  unset "MPID[$c]"
+}
+
+stop_busy() {
+  local p
+  for p in "${BUSY_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  BUSY_PIDS=()
+}
+
+cleanup() {
+  local rc=$? c
+  trap - EXIT INT TERM HUP
+  for c in "${!MPID[@]}"; do stop_daemon "$c"; done
+  stop_busy
+  if [ -n "$LOOPDEV" ]; then
+    if mountpoint -q "$SCRATCH" 2>/dev/null; then
+      umount "$SCRATCH" 2>/dev/null || { sleep 1; umount "$SCRATCH" 2>/dev/null; } || umount -l "$SCRATCH"
+    fi
+    losetup -d "$LOOPDEV" 2>/dev/null
+  fi
+  rm -rf "$BASE" "$SHM"
+  if [ $rc -eq 0 ] && [ $FAILURES -eq 0 ] && [ $KEEP_LOGS -eq 0 ]; then
+    rm -rf "$LOGDIR"
+  elif [ -d "$LOGDIR" ]; then
+    echo "bench: logs kept in $LOGDIR" >&2
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM HUP
+
+# ---------------------------------------------------------------- helpers
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+ELAPSED=0
+timeit() {  # cmd...: runs it under a timeout, sets ELAPSED (seconds)
+  local t0=$EPOCHREALTIME rc
+  timeout -k 10 "$STEP_TIMEOUT" "$@"
+  rc=$?
+  ELAPSED=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }')
+  return $rc
+}
+
+put() { RES["$1|$2"]=$3; }      # metric contender value
+fail() {                       # metric contender why
+  RES["$1|$2"]=FAIL
+  FAILURES=$((FAILURES + 1))
+  log "$2: $1 FAILED: $3"
+}
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", (s > 0 ? n / s : 0) }'; }
+
+fio_iops() {  # json-file rw
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+with open(sys.argv[1]) as f:
+    text = f.read()
+job = json.loads(text[text.index("{"):])["jobs"][0]
+if job.get("error"):
+    sys.exit("fio error %s" % job["error"])
+print("%.1f" % job[sys.argv[2]]["iops"])
+EOF
+}
+
+settle() {  # contender: flush and let background uploads finish (untimed)
+  local c=$1 deadline=$((SECONDS + SETTLE_TIMEOUT)) out
+  sync
+  if [ "$c" = rclone ]; then
+    while :; do
+      out=$(rclone rc --url "http://127.0.0.1:$RC_PORT/" vfs/stats 2>/dev/null |
+        python3 -c 'import json,sys; d=json.load(sys.stdin)["diskCache"]; print(d["uploadsInProgress"] + d["uploadsQueued"])' 2>/dev/null)
+      [ "$out" = 0 ] && break
+      [ $SECONDS -ge $deadline ] && { log "rclone: uploads still pending after ${SETTLE_TIMEOUT}s"; break; }
+      sleep 0.5
+    done
+    sync
+  fi
+}
+
+# ---------------------------------------------------------------- dependencies
+need=()
+command -v python3 >/dev/null || need+=(python3)
+command -v fio >/dev/null || need+=(fio)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v losetup >/dev/null || need+=(util-linux)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v mountpoint >/dev/null || need+=(util-linux)
+if has bindfs || has locker || has rclone; then command -v fusermount3 >/dev/null || need+=(fuse3); fi
+has bindfs && { command -v bindfs >/dev/null || need+=(bindfs); }
+has rclone && { command -v rclone >/dev/null || need+=(rclone); }
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]} with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+    die "apt-get install ${need[*]} failed"
+fi
+if has locker && [ ! -x "$LOCKER_BIN" ]; then
+  [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || die "LOCKER_BIN=$LOCKER_BIN does not exist"
+  log "building LOCKER: cargo build --release"
+  (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
+  [ -x "$LOCKER_BIN" ] || die "cargo build did not produce $LOCKER_BIN"
+fi
+
+# ---------------------------------------------------------------- scratch fs
+mkdir -p "$BASE" "$SHM" "$LOGDIR" "$SCRATCH" "$MNTROOT" || die "cannot create work directories"
+log "mode $MODE; contenders: ${CONTENDERS[*]}; logs in $LOGDIR"
+shm_need=$(((SEQ_MB + 2 * SMALL_FILES * 20 / 1024 + 64) * 1024))
+shm_free=$(df -k --output=avail /dev/shm | tail -1)
+[ "$shm_free" -gt "$shm_need" ] || die "/dev/shm has ${shm_free} KiB free, need ${shm_need} KiB"
+
+log "creating ${IMG_MB} MiB scratch ext4 image on a loop device"
+fallocate -l "${IMG_MB}M" "$IMG" 2>/dev/null || truncate -s "${IMG_MB}M" "$IMG" || die "cannot create $IMG"
+mkfs.ext4 -q -F -L lockerbench -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$IMG" ||
+  die "mkfs.ext4 failed"
+LOOP_DIO=on
+LOOPDEV=$(losetup --find --show --direct-io=on "$IMG" 2>/dev/null) || {
+  LOOP_DIO=off
+  LOOPDEV=$(losetup --find --show "$IMG")
+} || die "losetup failed"
+mount -t ext4 -o nodiscard "$LOOPDEV" "$SCRATCH" || die "cannot mount $LOOPDEV"
+SCRATCH_OPTS=$(findmnt -no OPTIONS "$SCRATCH")
+ROOT_OPTS=$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" | tr -s ' ')
+
+# ---------------------------------------------------------------- test data
+log "generating test data in $SHM (${SEQ_MB} MiB random file, ${SMALL_FILES}-file tree)"
+head -c "$((SEQ_MB * 1048576))" /dev/urandom >"$SHM/rand.bin" || die "cannot write $SHM/rand.bin"
+python3 "$HELPERS/mktree.py" "$SHM/tree" "$SMALL_FILES" "$SMALL_DIRS" >"$SHM/tree.bytes" || die "mktree.py failed"
+tar -C "$SHM/tree" --sort=name --mtime=@1700000000 --owner=0 --group=0 --numeric-owner \
+  -cf "$SHM/tree.tar" . || die "tar -cf failed"
+SMALL_BYTES=$(cat "$SHM/tree.bytes")
+
+# ---------------------------------------------------------------- busy loop
+start_busy() {
+  local cpus=() cpu n
+  n=$(nproc)
+  case $BUSY in
+    none) return 0 ;;
+    one) cpus=($((n - 1))) ;;
+    all) for ((cpu = 0; cpu < n; cpu++)); do cpus+=("$cpu"); done ;;
+  esac
+  for cpu in "${cpus[@]}"; do
+    # Lowest priority possible (SCHED_IDLE, nice 19): runs only when the CPU
+    # would otherwise idle, so a wake-up never costs an idle-state exit.
+    # It also exits by itself if this script dies without cleaning up.
+    taskset -c "$cpu" nice -n 19 chrt -i 0 bash -c \
+      'p=$1; while kill -0 "$p" 2>/dev/null; do for ((i = 0; i < 200000; i++)); do :; done; done' \
+      busy "$$" </dev/null >/dev/null 2>&1 &
+    BUSY_PIDS+=($!)
+  done
+}
+case $BUSY in
+  all) BUSY_DESC="one busy loop per CPU ($(nproc)), each pinned with taskset, at nice 19 and SCHED_IDLE, running during every contender's runs (native included)" ;;
+  one) BUSY_DESC="one busy loop pinned to CPU $(($(nproc) - 1)) with taskset, at nice 19 and SCHED_IDLE, running during every contender's runs (native included)" ;;
+  none) BUSY_DESC="no busy loop: CPUs idle between requests" ;;
+esac
+
+# ---------------------------------------------------------------- contenders
+mount_wait() {  # contender mountpoint
+  local c=$1 mnt=$2 deadline=$((SECONDS + MOUNT_TIMEOUT))
+  while ! mountpoint -q "$mnt"; do
+    if ! alive "${MPID[$c]}"; then
+      log "$c: exited before $mnt was mounted; last log lines:"
+      tail -n 20 "$LOGDIR/$c.log" >&2
+      return 1
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      log "$c: $mnt not mounted after ${MOUNT_TIMEOUT}s; last log lines:"
+      tail -n 20 "$LOGDIR/$c.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+start_contender() {  # contender; sets WORK (the directory to benchmark in)
+  local c=$1 mnt=$MNTROOT/$1
+  WORK=
+  mkdir -p "$mnt"
+  case $c in
+    native)
+      WORK=$SCRATCH/native
+      mkdir -p "$WORK"
+      return 0
+      ;;
+    bindfs)
+      mkdir -p "$SCRATCH/bindfs-src"
+      setsid bindfs -f -o big_writes "$SCRATCH/bindfs-src" "$mnt" </dev/null >"$LOGDIR/$c.log" 2>&1 &
+      WORK=$mnt
+      ;;
+    rclone)
+      mkdir -p "$SCRATCH/rclone-src" "$SCRATCH/rclone-cache"
+      RCLONE_CONFIG=$BASE/rclone.conf setsid rclone mount "$SCRATCH/rclone-src" "$mnt" \
+        --vfs-cache-mode full --cache-dir "$SCRATCH/rclone-cache" \
+        --rc --rc-addr "127.0.0.1:$RC_PORT" --rc-no-auth \
+        </dev/null >"$LOGDIR/$c.log" 2>&1 &
+      WORK=$mnt
+      ;;
+    locker)
+      mkdir -p "$SCRATCH/locker-data"
+      setsid "$LOCKER_BIN" mount "$mnt" --data-dir "$SCRATCH/locker-data" </dev/null >"$LOGDIR/$c.log" 2>&1 &
+      WORK=$mnt/corp/bench
+      ;;
+  esac
+  MPID[$c]=$!
+  MDIR[$c]=$mnt
+  mount_wait "$c" "$mnt" || return 1
+  mkdir -p "$WORK" || { log "$c: cannot create $WORK"; return 1; }
+}
+
+# ---------------------------------------------------------------- workloads
+run_fio() {  # contender name extra-args...
+  local c=$1 name=$2
+  shift 2
+  timeit fio --name="$name" --filename="$WORK/rand.bin" --size="${RAND_MB}M" --bs=4k \
+    --ioengine=psync --iodepth=1 --direct=0 --fallocate=none --randrepeat=1 \
+    --output-format=json --output="$LOGDIR/fio-$c-$name.json" "$@" >>"$LOGDIR/steps-$c.log" 2>&1
+}
+
+bench_contender() {  # contender (mounted; WORK set)
+  local c=$1 v out
+  local steps=$LOGDIR/steps-$c.log
+
+  # 1. sequential write, 1 MiB writes, fsync at the end
+  settle "$c"
+  log "$c: sequential write ${SEQ_MB} MiB (bs=1M, conv=fsync)"
+  if timeit dd if="$SHM/rand.bin" of="$WORK/seq.bin" bs=1M conv=fsync status=none 2>>"$steps"; then
+    put seqwrite "$c" "$(rate "$SEQ_MB" "$ELAPSED")"; SECS["seqwrite|$c"]=$ELAPSED
+  else
+    fail seqwrite "$c" "dd exit status $?"
+  fi
+  settle "$c"
+
+  # 2. sequential read, cold then warm
+  drop_caches
+  log "$c: sequential read cold + warm"
+  if timeit dd if="$WORK/seq.bin" of=/dev/null bs=1M status=none 2>>"$steps"; then
+    put seqread_cold "$c" "$(rate "$SEQ_MB" "$ELAPSED")"; SECS["seqread_cold|$c"]=$ELAPSED
+  else
+    fail seqread_cold "$c" "dd exit status $?"
+  fi
+  if timeit dd if="$WORK/seq.bin" of=/dev/null bs=1M status=none 2>>"$steps"; then
+    put seqread_warm "$c" "$(rate "$SEQ_MB" "$ELAPSED")"; SECS["seqread_warm|$c"]=$ELAPSED
+  else
+    fail seqread_warm "$c" "dd exit status $?"
+  fi
+  if ! cmp -s "$SHM/rand.bin" "$WORK/seq.bin"; then
+    fail verify_seq "$c" "file read back differs from what was written"
+  fi
+  rm -f "$WORK/seq.bin"
+  settle "$c"
+
+  # 3. random 4 KiB I/O (fio, psync, iodepth 1) on a RAND_MB file
+  log "$c: random 4 KiB read (cold, warm) and write on a ${RAND_MB} MiB file"
+  if dd if="$SHM/rand.bin" of="$WORK/rand.bin" bs=1M count="$RAND_MB" conv=fsync status=none 2>>"$steps"; then
+    settle "$c"
+    drop_caches
+    if run_fio "$c" randread_cold --rw=randread --number_ios="$COLD_IOS" --invalidate=1 &&
+      v=$(fio_iops "$LOGDIR/fio-$c-randread_cold.json" read); then
+      put randread_cold "$c" "$v"
+    else
+      fail randread_cold "$c" "fio failed (see $steps)"
+    fi
+    cat "$WORK/rand.bin" >/dev/null 2>>"$steps"
+    if run_fio "$c" randread_warm --rw=randread --time_based --runtime="$RUNTIME" --invalidate=0 &&
+      v=$(fio_iops "$LOGDIR/fio-$c-randread_warm.json" read); then
+      put randread_warm "$c" "$v"
+    else
+      fail randread_warm "$c" "fio failed (see $steps)"
+    fi
+    if run_fio "$c" randwrite --rw=randwrite --time_based --runtime="$RUNTIME" --invalidate=0 \
+      --refill_buffers --end_fsync=1 &&
+      v=$(fio_iops "$LOGDIR/fio-$c-randwrite.json" write); then
+      put randwrite "$c" "$v"
+    else
+      fail randwrite "$c" "fio failed (see $steps)"
+    fi
+  else
+    fail randread_cold "$c" "could not lay out $WORK/rand.bin"
+    RES["randread_warm|$c"]=FAIL RES["randwrite|$c"]=FAIL
+  fi
+  rm -f "$WORK/rand.bin"
+  settle "$c"
+
+  # 4. metadata: create / stat / rename / delete
+  log "$c: metadata, $META_FILES files of 4 KiB in $META_DIRS directories"
+  if mkdir "$WORK/meta" && out=$(timeout -k 10 "$STEP_TIMEOUT" python3 "$HELPERS/meta.py" "$WORK/meta" "$META_FILES" "$META_DIRS" 2>>"$steps"); then
+    local phase secs
+    while read -r phase secs; do
+      put "meta_$phase" "$c" "$(rate "$META_FILES" "$secs")"; SECS["meta_$phase|$c"]=$secs
+    done <<<"$out"
+  else
+    for v in create stat rename delete; do RES["meta_$v|$c"]=FAIL; done
+    fail meta "$c" "meta.py failed (see $steps)"
+  fi
+  rm -rf "$WORK/meta"
+  settle "$c"
+
+  # 5. small files: tar -xf into the contender, cp -r back out to native
+  log "$c: small files, tar -xf of $SMALL_FILES files then cp -r out"
+  mkdir -p "$WORK/small"
+  if timeit tar --no-same-owner -xf "$SHM/tree.tar" -C "$WORK/small" 2>>"$steps"; then
+    put small_untar "$c" "$(rate "$SMALL_FILES" "$ELAPSED")"; SECS["small_untar|$c"]=$ELAPSED
+  else
+    fail small_untar "$c" "tar exit status $?"
+  fi
+  settle "$c"
+  drop_caches
+  rm -rf "$SCRATCH/cpout"
+  mkdir -p "$SCRATCH/cpout"
+  if timeit cp -r "$WORK/small" "$SCRATCH/cpout/" 2>>"$steps"; then
+    put small_cpout "$c" "$(rate "$SMALL_FILES" "$ELAPSED")"; SECS["small_cpout|$c"]=$ELAPSED
+    diff -r "$SHM/tree" "$SCRATCH/cpout/small" >>"$steps" 2>&1 ||
+      fail verify_small "$c" "tree copied back differs from the original"
+  else
+    fail small_cpout "$c" "cp exit status $?"
+  fi
+  rm -rf "$SCRATCH/cpout" "$WORK/small"
+  settle "$c"
+}
+
+start_busy
+log "CPU condition: $BUSY_DESC"
+for c in "${CONTENDERS[@]}"; do
+  STATUS[$c]=
+  log "=== $c"
+  if start_contender "$c"; then
+    bench_contender "$c"
+  else
+    STATUS[$c]+=" mount-failed"
+    FAILURES=$((FAILURES + 1))
+  fi
+  [ "$c" = native ] || stop_daemon "$c"
+  rm -rf "$SCRATCH/native" "$SCRATCH/bindfs-src" "$SCRATCH/rclone-src" "$SCRATCH/rclone-cache" "$SCRATCH/locker-data"
+  sync
+done
+stop_busy
+TOTAL_SECS=$((SECONDS - T_START))
+
+# ---------------------------------------------------------------- report
+# metric | group | label | unit | decimals | target
+METRICS=(
+  "seqwrite|1|sequential write, 1 MiB writes + fsync|MiB/s|1|native:0.8"
+  "seqread_cold|2|sequential read, cold cache|MiB/s|1|bindfs:1.0"
+  "seqread_warm|2|sequential read, warm cache|MiB/s|1|bindfs:1.0"
+  "randread_cold|3|random 4 KiB read, cold cache ($COLD_IOS reads)|IOPS|0|bindfs:1.0"
+  "randread_warm|3|random 4 KiB read, warm cache (${RUNTIME} s)|IOPS|0|bindfs:1.0"
+  "randwrite|3|random 4 KiB write + final fsync (${RUNTIME} s)|IOPS|0|bindfs:1.0"
+  "meta_create|4|create (mkdir + write 4 KiB + close)|files/s|0|bindfs:2.0"
+  "meta_stat|4|stat|files/s|0|bindfs:2.0"
+  "meta_rename|4|rename (same directory)|files/s|0|bindfs:2.0"
+  "meta_delete|4|delete (unlink + rmdir)|files/s|0|bindfs:2.0"
+  "small_untar|5|tar -xf into the contender|files/s|0|bindfs:2.0"
+  "small_cpout|5|cp -r back out to native (cold cache)|files/s|0|bindfs:2.0"
+)
+GROUP_TITLES=(
+  ""
+  "1. Sequential write (${SEQ_MB} MiB of incompressible data, dd bs=1M conv=fsync)"
+  "2. Sequential read (${SEQ_MB} MiB, dd bs=1M; cold = after drop_caches, warm = immediately again)"
+  "3. Random 4 KiB I/O (fio psync, iodepth 1, ${RAND_MB} MiB file; cold = after drop_caches; write = buffered with fsync at the end, included)"
+  "4. Metadata ($META_FILES files of 4 KiB in $META_DIRS directories, scripts/bench/meta.py; each phase timed separately)"
+  "5. Small files ($SMALL_FILES files in $SMALL_DIRS directories, $((SMALL_BYTES / 1048576)) MiB, deterministic tar)"
+)
+fmt() {  # value decimals
+  case $1 in
+    FAIL) printf 'FAIL' ;;
+    '') printf -- '–' ;;
+    *) printf "%'.${2}f" "$1" ;;
+  esac
+}
+ratio() {  # a b
+  case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
+  [ -n "$1" ] && [ -n "$2" ] || { printf -- '–'; return; }
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else printf "–" }'
+}
+
+tables() {
+  local g line key grp label unit dec target c others=() hdr sep row v s tc tf r
+  for c in native bindfs rclone; do has "$c" && has locker && others+=("$c"); done
+  for g in 1 2 3 4 5; do
+    printf '\n#### %s\n\n' "${GROUP_TITLES[$g]}"
+    hdr="| metric | unit |"; sep="|---|---|"
+    for c in "${CONTENDERS[@]}"; do hdr+=" $c |"; sep+="---:|"; done
+    for c in "${others[@]}"; do hdr+=" LOCKER/$c |"; sep+="---:|"; done
+    hdr+=" target |"; sep+="---|"
+    printf '%s\n%s\n' "$hdr" "$sep"
+    for line in "${METRICS[@]}"; do
+      IFS='|' read -r key grp label unit dec target <<<"$line"
+      [ "$grp" = "$g" ] || continue
+      row="| $label | $unit |"
+      for c in "${CONTENDERS[@]}"; do
+        v=${RES["$key|$c"]:-}
+        s=${SECS["$key|$c"]:-}
+        if [ -n "$s" ] && [ "$v" != FAIL ] && [ "$g" -ge 4 ]; then
+          row+=" $(fmt "$v" "$dec") ($(printf '%.2f' "$s") s) |"
+        else
+          row+=" $(fmt "$v" "$dec") |"
+        fi
+      done
+      for c in "${others[@]}"; do row+=" $(ratio "${RES["$key|locker"]:-}" "${RES["$key|$c"]:-}") |"; done
+      tc=${target%%:*} tf=${target#*:}
+      r=
+      if has locker && has "$tc"; then
+        r=$(awk -v a="${RES["$key|locker"]:-x}" -v b="${RES["$key|$tc"]:-x}" -v t="$tf" \
+          'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) print (a / b >= t ? " (met)" : " (not met)") }')
+      fi
+      row+=" ≥ ${tf}× $tc$r |"
+      printf '%s\n' "$row"
+    done
+  done
+}
+
+machine_facts() {
+  local model mem
+  model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+  mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+  echo "- Machine: $(nproc) CPUs ($model), $mem RAM, kernel $(uname -r)"
+  echo "- Scratch filesystem: ${IMG_MB} MiB image file (fallocated on \`$ROOT_OPTS\`), loop device with direct-io=$LOOP_DIO, \`mkfs.ext4 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0\`, mounted \`$SCRATCH_OPTS\` (no online discard). Native, bindfs's source, LOCKER's data dir and rclone's remote and cache dir all live on it; test data is prepared in /dev/shm."
+  echo "- Contenders: native = a directory on the scratch fs; bindfs $(bindfs --version 2>/dev/null | awk '{print $2}') = \`bindfs -o big_writes\`; rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}') = \`rclone mount SRC MNT --vfs-cache-mode full --cache-dir SCRATCH/...\` (default write-back; the script waits for its uploads between workloads, untimed); LOCKER = \`locker mount MNT --data-dir SCRATCH/...\`, working in \`MNT/corp/bench\`"
+  if has locker; then
+    echo "- LOCKER binary: \`$LOCKER_BIN\` (built $(date -r "$LOCKER_BIN" '+%Y-%m-%d %H:%M'), repo at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes'))"
+  fi
+  echo "- Tools: $(fio --version), $(dd --version | head -1), $(tar --version | head -1), Python $(python3 -c 'import platform; print(platform.python_version())')"
+}
+
+section() {
+  local c cmd
+  cmd="scripts/bench.sh"
+  [ ${#ORIG_ARGS[@]} -gt 0 ] && cmd+=" ${ORIG_ARGS[*]}"
+  echo "### LOCKER benchmark ($MODE run)"
+  echo
+  echo "- Command: \`$cmd\` (as root; ran in $((TOTAL_SECS / 60)) min $((TOTAL_SECS % 60)) s)"
+  echo "- Date: $(date '+%Y-%m-%d %H:%M %Z')"
+  machine_facts
+  echo "- CPU condition: $BUSY_DESC. An idle CPU makes every FUSE round trip pay a wake-up, so the loop keeps the CPUs out of idle for all contenders alike."
+  echo "- Figures are higher-is-better throughputs (MiB/s, IOPS, or files/s = files ÷ elapsed wall time; the elapsed time is shown in brackets). LOCKER/X columns are speed ratios (LOCKER's throughput ÷ X's, the inverse of the time ratio): above 1× LOCKER is faster."
+  echo "- Targets (reported, not gates): sequential write with fsync ≥ 0.8× native; everything else ≥ 1.0× bindfs; metadata and small-file figures ≥ 2× bindfs."
+  for c in "${CONTENDERS[@]}"; do
+    [ -n "${STATUS[$c]:-}" ] && echo "- Note: $c:${STATUS[$c]}"
+  done
+  [ $FAILURES -gt 0 ] && echo "- $FAILURES step(s) failed (FAIL in the tables)."
+  tables
+}
+
+SECTION=$(section)
+echo
+printf '%s\n' "$SECTION"
+echo
+
+if [ $WRITE_MD -eq 1 ]; then
+  SECTION="$SECTION" MODE=$MODE python3 - "$REPO/BENCHMARKS.md" <<'EOF'
+import os, re, sys
+path, mode, body = sys.argv[1], os.environ["MODE"], os.environ["SECTION"]
+begin, end = "<!-- bench:%s:begin -->" % mode, "<!-- bench:%s:end -->" % mode
+block = "%s\n%s\n%s" % (begin, body.strip("\n"), end)
+try:
+    text = open(path).read()
+except FileNotFoundError:
+    text = ("# Benchmarks\n\nProduced by `scripts/bench.sh` (sections are replaced on each run; "
+            "the full run and the `--quick` smoke test keep separate sections).\n")
+pat = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+if pat.search(text):
+    text = pat.sub(lambda m: block, text)
+elif mode == "full" and "<!-- bench:quick:begin -->" in text:
+    text = text.replace("<!-- bench:quick:begin -->", block + "\n\n<!-- bench:quick:begin -->", 1)
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+open(path, "w").write(text)
+EOF
+  log "wrote the $MODE section of $REPO/BENCHMARKS.md"
+fi
+log "done in ${TOTAL_SECS}s; $FAILURES failed step(s)"
+[ $FAILURES -eq 0 ]

@@ -1,0 +1,322 @@
+//! The content-addressed block store on local disk.
+//!
+//! Owns the bytes of every block; lifetimes (refcounts) live in the metadata
+//! database, not here. Layout under the data directory:
+//!
+//! | path                                   | what                                  |
+//! |----------------------------------------|---------------------------------------|
+//! | `blocks/v1/ab/cd/abcd…(64 hex)`        | one block, named by its SHA-256        |
+//! | `blocks/tmp/`                          | blocks being written (renamed into place, so a block file under its final name is always complete) |
+//!
+//! A block is immutable once named: the same id always holds the same bytes.
+//! A missing block is `None`, never an error. Every block read in from
+//! elsewhere (a backend, later) is checked against its id.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+/// Size of a block: 1 MiB.
+///
+/// Why this size: it is the largest write the kernel hands a FUSE filesystem
+/// in one request (max_write), so a sequential writer's aligned request maps
+/// to exactly one block that is hashed and stored straight from the request,
+/// with no copy into a staging buffer; a 1 GiB file is 1,024 rows of block
+/// list, cheap to commit; and a later backend fetch of one block is one
+/// ranged GET of a size object stores serve efficiently. The cost is write
+/// amplification for small random writes (a 4 KiB change rewrites one 1 MiB
+/// block at commit), which is bounded by the blocks touched, and dedup at
+/// 1 MiB granularity, which still catches whole-file copies.
+pub const BLOCK_SIZE: u64 = 1 << 20;
+
+/// A block's identity: the SHA-256 of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId(pub [u8; 32]);
+
+impl BlockId {
+    pub fn of(data: &[u8]) -> BlockId {
+        BlockId(Sha256::digest(data).into())
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<BlockId> {
+        <[u8; 32]>::try_from(b).ok().map(BlockId)
+    }
+
+    pub fn from_hex(s: &str) -> Option<BlockId> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(BlockId(out))
+    }
+
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+impl fmt::Debug for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockId({})", &self.hex()[..16])
+    }
+}
+
+/// Counters for tests and status.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    /// Blocks written to disk (new content).
+    pub writes: AtomicU64,
+    /// Blocks whose content was already present, so nothing was written.
+    pub dedup_hits: AtomicU64,
+    /// Blocks removed.
+    pub removes: AtomicU64,
+}
+
+pub struct BlockStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    /// Open read handles of recently read blocks. Lock order: taken alone,
+    /// never while waiting on anything else.
+    fds: Mutex<LruCache<BlockId, Arc<File>>>,
+    tmp_seq: AtomicU64,
+    pub stats: BlockStats,
+}
+
+impl BlockStore {
+    /// Opens the store under `dir` (normally `<data dir>/blocks`).
+    pub fn open(dir: &Path) -> io::Result<BlockStore> {
+        let root = dir.join("v1");
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&root)?;
+        fs::create_dir_all(&tmp)?;
+        // Whatever is in tmp/ was being written when the daemon stopped.
+        for e in fs::read_dir(&tmp)? {
+            let _ = fs::remove_file(e?.path());
+        }
+        Ok(BlockStore {
+            root,
+            tmp,
+            fds: Mutex::new(LruCache::new(std::num::NonZeroUsize::new(512).unwrap())),
+            tmp_seq: AtomicU64::new(0),
+            stats: BlockStats::default(),
+        })
+    }
+
+    fn path(&self, id: &BlockId) -> PathBuf {
+        let h = id.hex();
+        self.root.join(&h[0..2]).join(&h[2..4]).join(h)
+    }
+
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Stores `data` under its hash unless that content is already present.
+    /// Returns the id and whether bytes were written.
+    pub fn put(&self, data: &[u8]) -> io::Result<(BlockId, bool)> {
+        let id = BlockId::of(data);
+        let written = self.put_with_id(&id, data)?;
+        Ok((id, written))
+    }
+
+    /// Stores `data`, already known to hash to `id`.
+    pub fn put_with_id(&self, id: &BlockId, data: &[u8]) -> io::Result<bool> {
+        let path = self.path(id);
+        if path.exists() {
+            self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let tmp = self.tmp.join(format!(
+            "{}.{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+        }
+        if let Err(e) = fs::rename(&tmp, &path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            fs::create_dir_all(path.parent().expect("block path has a parent"))?;
+            if let Err(e) = fs::rename(&tmp, &path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn handle(&self, id: &BlockId) -> io::Result<Option<Arc<File>>> {
+        if let Some(f) = self.fds.lock().unwrap().get(id) {
+            return Ok(Some(f.clone()));
+        }
+        match File::open(self.path(id)) {
+            Ok(f) => {
+                let f = Arc::new(f);
+                self.fds.lock().unwrap().put(*id, f.clone());
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` of a block. Returns `None`
+    /// when the block is not present, else the number of bytes read (short at
+    /// the block's end).
+    pub fn read_at(&self, id: &BlockId, offset: u64, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let Some(f) = self.handle(id)? else {
+            return Ok(None);
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(done))
+    }
+
+    /// The whole block, or `None` when it is not present.
+    pub fn read(&self, id: &BlockId) -> io::Result<Option<Vec<u8>>> {
+        match File::open(self.path(id)) {
+            Ok(mut f) => {
+                let mut v = Vec::with_capacity(BLOCK_SIZE as usize);
+                f.read_to_end(&mut v)?;
+                Ok(Some(v))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Frees a block's bytes. Removing a missing block is not an error.
+    pub fn remove(&self, id: &BlockId) -> io::Result<()> {
+        self.fds.lock().unwrap().pop(id);
+        match fs::remove_file(self.path(id)) {
+            Ok(()) => {
+                self.stats.removes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every block present on disk (for garbage collection and fsck).
+    pub fn list(&self) -> io::Result<Vec<BlockId>> {
+        let mut out = Vec::new();
+        for a in fs::read_dir(&self.root)? {
+            let a = a?;
+            if !a.file_type()?.is_dir() {
+                continue;
+            }
+            for b in fs::read_dir(a.path())? {
+                let b = b?;
+                if !b.file_type()?.is_dir() {
+                    continue;
+                }
+                for c in fs::read_dir(b.path())? {
+                    let c = c?;
+                    if let Some(id) = c.file_name().to_str().and_then(BlockId::from_hex) {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every block written so far durable: one `syncfs` of the file
+    /// system that holds the store (blocks and their directory entries).
+    pub fn sync(&self) -> io::Result<()> {
+        let d = File::open(&self.root)?;
+        // SAFETY: syncfs only reads the descriptor, which stays open for the call.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Bytes used on disk by the store, as the file system accounts them.
+    pub fn disk_usage(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        for id in self.list()? {
+            if let Ok(m) = fs::metadata(self.path(&id)) {
+                total += m.blocks() * 512;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Capacity of the file system that holds the store.
+    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
+        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::other("path with NUL"))?;
+        // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_same_content_twice_writes_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(d.path()).unwrap();
+        let (a, w1) = s.put(b"hello").unwrap();
+        let (b, w2) = s.put(b"hello").unwrap();
+        assert_eq!(a, b);
+        assert!(w1 && !w2);
+        assert_eq!(s.read(&a).unwrap().unwrap(), b"hello");
+        let mut buf = [0u8; 3];
+        assert_eq!(s.read_at(&a, 2, &mut buf).unwrap(), Some(3));
+        assert_eq!(&buf, b"llo");
+        s.remove(&a).unwrap();
+        assert!(s.read(&a).unwrap().is_none());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let id = BlockId::of(b"x");
+        assert_eq!(BlockId::from_hex(&id.hex()), Some(id));
+        assert_eq!(BlockId::from_hex("zz"), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! The command line: one file per subcommand.
+
+mod init;
+mod mount;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "locker",
+    version,
+    about = "LOCKER storage gateway: mount namespaces backed by local disk"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount LOCKER at MOUNTPOINT and serve it in the foreground until
+    /// SIGINT or SIGTERM, then flush and unmount.
+    Mount {
+        /// Directory to mount on (must exist).
+        mountpoint: PathBuf,
+        /// Configuration file (default: the embedded configuration).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write the default configuration, with comments, to a file.
+    Init {
+        /// Where to write it (default: /etc/locker/locker.toml as root,
+        /// ~/.config/locker/locker.toml otherwise; "-" for standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Mount {
+            mountpoint,
+            config,
+            data_dir,
+        } => mount::run(&mountpoint, config.as_deref(), data_dir.as_deref()),
+        Command::Init { output, force } => init::run(output.as_deref(), force),
+    }
+}

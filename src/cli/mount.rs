@@ -1,0 +1,182 @@
+//! `locker mount`: checks its inputs, opens the core, mounts, and serves in
+//! the foreground until a signal or an external unmount; then commits every
+//! open file, makes the store durable and exits.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use anyhow::{Context, bail};
+
+use crate::config::{Config, default_data_dir, is_root};
+use crate::core::{Locker, LockerOptions};
+use crate::datadir::DataDir;
+use crate::fuse::LockerFs;
+
+enum Event {
+    Signal(i32),
+    SessionEnded(std::io::Result<()>),
+}
+
+pub fn run(
+    mountpoint: &Path,
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default_config(),
+    };
+    check_mountpoint(mountpoint)?;
+    let data_path = data_dir
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let dir = DataDir::open(&data_path)?;
+
+    // Signals are taken by one thread with sigwait; block them before any
+    // other thread exists so none of those receives them.
+    let sigs = block_signals();
+
+    let opts = LockerOptions {
+        namespaces: cfg.namespaces.keys().cloned().collect(),
+        dirty_memory_limit: cfg.mount.dirty_memory_mb << 20,
+    };
+    let core = Arc::new(
+        Locker::open_dir(dir.path(), opts)
+            .with_context(|| format!("cannot open the store in {}", dir.path().display()))?,
+    );
+    let allow_other = cfg.mount.allow_other.unwrap_or_else(is_root);
+    let mut fuse_cfg = fuser::Config::default();
+    fuse_cfg.mount_options = vec![
+        fuser::MountOption::FSName("locker".into()),
+        fuser::MountOption::Subtype("locker".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::RW,
+    ];
+    fuse_cfg.acl = if allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    fuse_cfg.n_threads = Some(cfg.mount.threads);
+    let mut session = fuser::Session::new(LockerFs::new(core.clone()), mountpoint, &fuse_cfg)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        data_dir = %dir.path().display(),
+        allow_other,
+        "serving"
+    );
+
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = tx2.send(Event::SessionEnded(r));
+        })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: sigs is an initialised set; sig is a valid out-pointer.
+                if unsafe { libc::sigwait(&sigs, &mut sig) } == 0
+                    && tx.send(Event::Signal(sig)).is_err()
+                {
+                    break;
+                }
+            }
+        })?;
+
+    let mut unmount_asked = false;
+    let result = loop {
+        match rx.recv() {
+            Ok(Event::Signal(sig)) => {
+                if unmount_asked {
+                    tracing::info!(
+                        signal = sig,
+                        "still waiting for open files to close before the unmount completes"
+                    );
+                    continue;
+                }
+                unmount_asked = true;
+                tracing::info!(signal = sig, "unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::warn!(error = %e, "the mount is busy; detaching it now, open files keep working until closed");
+                    lazy_unmount(mountpoint);
+                }
+            }
+            Ok(Event::SessionEnded(r)) => break r,
+            Err(_) => break Ok(()),
+        }
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "the FUSE session ended with an error");
+    }
+    core.shutdown().context("flushing the store at unmount")?;
+    tracing::info!("unmounted cleanly");
+    drop(dir);
+    result.context("FUSE session")?;
+    Ok(())
+}
+
+/// The mountpoint must be an existing directory. A stale LOCKER mount left
+/// by a killed daemon ("transport endpoint is not connected") is detached.
+fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "a stale mount from a daemon that died is in the way; detaching it");
+            lazy_unmount(mountpoint);
+            match std::fs::metadata(mountpoint) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
+                Err(e) => bail!(
+                    "mountpoint {}: {e} (a stale mount could not be removed)",
+                    mountpoint.display()
+                ),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "mountpoint {} does not exist; create it first",
+                mountpoint.display()
+            )
+        }
+        Err(e) => bail!("mountpoint {}: {e}", mountpoint.display()),
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) {
+        // SAFETY: c is NUL-terminated and lives across the call.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return;
+        }
+    }
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mountpoint)
+        .status();
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use; the mask
+    // change applies to this thread and is inherited by threads it spawns.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}

@@ -1,0 +1,616 @@
+//! Regular-file data: open handles, reads, writes, truncation and commits.
+//!
+//! Write path: a write changes the per-inode `FileState` only. Each touched
+//! block becomes a dirty entry: `Mem` (bytes in memory, for partial writes),
+//! `Stored` (hashed and written to the block store but not yet in the block
+//! list: whole-block writes, blocks a sequential writer just filled, and
+//! spills when dirty memory passes its limit) or `Hole` (zeros). Commit —
+//! on flush, fsync, release and truncate — stores the `Mem` blocks and
+//! replaces the touched rows of the block list in one transaction, so its
+//! cost is proportional to the blocks touched, not to the file.
+
+use std::collections::BTreeMap;
+
+use crate::blocks::{BLOCK_SIZE, BlockId};
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Handle, Locker, State};
+use crate::meta::{self, BlockRef};
+
+/// Largest file size accepted (as ext4's 16 TiB).
+const MAX_FILE_SIZE: u64 = 16 << 40;
+
+pub(crate) enum Dirty {
+    Mem(Vec<u8>),
+    Stored(BlockRef),
+    Hole,
+}
+
+pub(crate) struct FileState {
+    /// Open handles on this inode.
+    pub open: u32,
+    /// Current logical size (what `stat` shows).
+    pub size: u64,
+    /// Size recorded in the metadata.
+    committed_size: u64,
+    dirty: BTreeMap<u64, Dirty>,
+    /// Rows of the block list at or past this index are gone (a shrinking
+    /// truncate not yet committed).
+    cut: Option<u64>,
+    pub mtime: Option<Timestamp>,
+    pub ctime: Option<Timestamp>,
+    /// Bytes held in `Mem` entries.
+    mem: u64,
+}
+
+impl FileState {
+    fn load(st: &State, ino: InodeNo) -> CoreResult<FileState> {
+        let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        match row.attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(CoreError::IsDir),
+            _ => return Err(CoreError::Invalid("not a regular file")),
+        }
+        Ok(FileState {
+            open: 0,
+            size: row.attr.size,
+            committed_size: row.attr.size,
+            dirty: BTreeMap::new(),
+            cut: None,
+            mtime: None,
+            ctime: None,
+            mem: 0,
+        })
+    }
+
+    pub(crate) fn dirty_indices(&self) -> Vec<u64> {
+        self.dirty.keys().copied().collect()
+    }
+
+    fn is_clean(&self) -> bool {
+        self.dirty.is_empty()
+            && self.cut.is_none()
+            && self.mtime.is_none()
+            && self.ctime.is_none()
+            && self.size == self.committed_size
+    }
+
+    /// The committed block at `idx`, as this state sees it.
+    fn committed(&self, st: &State, ino: InodeNo, idx: u64) -> CoreResult<Option<BlockRef>> {
+        if self.cut.is_some_and(|c| idx >= c) {
+            return Ok(None);
+        }
+        Ok(meta::file_block(&st.conn, ino, idx)?)
+    }
+}
+
+impl Locker {
+    /// Runs `f` on the state of file `ino`, creating it if needed; the state
+    /// stays registered afterwards (commit drops it when clean and closed).
+    fn with_file<T>(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        f: impl FnOnce(&mut State, &mut FileState) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        let mut fs = match st.files.remove(&ino) {
+            Some(fs) => fs,
+            None => FileState::load(st, ino)?,
+        };
+        let r = f(st, &mut fs);
+        st.files.insert(ino, fs);
+        r
+    }
+
+    /// Replaces the dirty entry of block `idx`, keeping pins and memory
+    /// accounting right.
+    pub(crate) fn set_dirty(st: &mut State, fs: &mut FileState, idx: u64, new: Option<Dirty>) {
+        if let Some(Dirty::Stored(r)) = &new {
+            st.pin(r.id);
+        }
+        if let Some(Dirty::Mem(b)) = &new {
+            st.mem_dirty += b.len() as u64;
+            fs.mem += b.len() as u64;
+        }
+        let old = match new {
+            Some(d) => fs.dirty.insert(idx, d),
+            None => fs.dirty.remove(&idx),
+        };
+        match old {
+            Some(Dirty::Stored(r)) => st.unpin(&r.id),
+            Some(Dirty::Mem(b)) => {
+                st.mem_dirty -= b.len() as u64;
+                fs.mem -= b.len() as u64;
+            }
+            Some(Dirty::Hole) | None => {}
+        }
+    }
+
+    /// Hashes and stores one block's bytes (all zeros become a hole).
+    fn store_block(&self, data: &[u8]) -> CoreResult<Dirty> {
+        if data.iter().all(|&b| b == 0) {
+            return Ok(Dirty::Hole);
+        }
+        let (id, _) = self.blocks.put(data)?;
+        Ok(Dirty::Stored(BlockRef {
+            id,
+            len: data.len() as u32,
+        }))
+    }
+
+    fn read_block(&self, r: &BlockRef) -> CoreResult<Vec<u8>> {
+        let mut data = self
+            .blocks
+            .read(&r.id)?
+            .ok_or_else(|| CoreError::Corrupt(format!("block {} is missing", r.id.hex())))?;
+        data.truncate(r.len as usize);
+        Ok(data)
+    }
+
+    /// Makes block `idx` a `Mem` entry holding its current bytes, and returns
+    /// its length before the caller changes it.
+    fn make_mem(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        fs: &mut FileState,
+        idx: u64,
+    ) -> CoreResult<()> {
+        let data = match fs.dirty.get(&idx) {
+            Some(Dirty::Mem(_)) => return Ok(()),
+            Some(Dirty::Stored(r)) => self.read_block(r)?,
+            Some(Dirty::Hole) => Vec::new(),
+            None => match fs.committed(st, ino, idx)? {
+                Some(r) => self.read_block(&r)?,
+                None => Vec::new(),
+            },
+        };
+        Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(data)));
+        Ok(())
+    }
+
+    /// Applies `f` to the in-memory bytes of block `idx`, keeping the memory
+    /// accounting right.
+    fn edit_mem(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        fs: &mut FileState,
+        idx: u64,
+        f: impl FnOnce(&mut Vec<u8>),
+    ) -> CoreResult<usize> {
+        self.make_mem(st, ino, fs, idx)?;
+        let Some(Dirty::Mem(buf)) = fs.dirty.get_mut(&idx) else {
+            unreachable!("make_mem leaves a Mem entry")
+        };
+        let before = buf.len() as u64;
+        f(buf);
+        let after = buf.len() as u64;
+        st.mem_dirty = st.mem_dirty + after - before;
+        fs.mem = fs.mem + after - before;
+        Ok(after as usize)
+    }
+
+    /// Stores the in-memory block `idx` (still uncommitted).
+    fn spill_block(&self, st: &mut State, fs: &mut FileState, idx: u64) -> CoreResult<()> {
+        if let Some(Dirty::Mem(buf)) = fs.dirty.get(&idx) {
+            let d = self.store_block(buf)?;
+            Locker::set_dirty(st, fs, idx, Some(d));
+        }
+        Ok(())
+    }
+
+    fn spill_all(&self, st: &mut State, fs: &mut FileState) -> CoreResult<()> {
+        let idxs: Vec<u64> = fs
+            .dirty
+            .iter()
+            .filter(|(_, d)| matches!(d, Dirty::Mem(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        for idx in idxs {
+            self.spill_block(st, fs, idx)?;
+        }
+        Ok(())
+    }
+
+    fn file_handle(st: &State, fh: HandleId) -> CoreResult<(InodeNo, OpenMode)> {
+        match st.handles.get(&fh) {
+            Some(Handle::File { ino, mode }) => Ok((*ino, *mode)),
+            _ => Err(CoreError::BadHandle),
+        }
+    }
+
+    /// Opens regular file `ino`.
+    pub fn open(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        self.with_file(st, ino, |_, fs| {
+            fs.open += 1;
+            Ok(())
+        })?;
+        if mode.truncate && mode.write {
+            let now = Timestamp::now();
+            if let Err(e) = self.truncate_locked(st, ino, 0, now) {
+                if let Some(fs) = st.files.get_mut(&ino) {
+                    fs.open -= 1;
+                }
+                return Err(e);
+            }
+        }
+        let fh = HandleId(st.next_handle);
+        st.next_handle += 1;
+        st.handles.insert(fh, Handle::File { ino, mode });
+        Ok(fh)
+    }
+
+    /// Reads up to `size` bytes at `offset`; short only at the end of file.
+    pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> CoreResult<Vec<u8>> {
+        let st = self.lock();
+        let (ino, _) = Locker::file_handle(&st, fh)?;
+        let fs = st.files.get(&ino).ok_or(CoreError::BadHandle)?;
+        let file_size = fs.size;
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let end = file_size.min(offset.saturating_add(size as u64));
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / BLOCK_SIZE;
+            let bo = pos % BLOCK_SIZE;
+            let n = (BLOCK_SIZE - bo).min(end - pos) as usize;
+            let dst = &mut out[(pos - offset) as usize..][..n];
+            let src = match fs.dirty.get(&idx) {
+                Some(Dirty::Mem(buf)) => {
+                    let b = bo as usize;
+                    if b < buf.len() {
+                        let m = n.min(buf.len() - b);
+                        dst[..m].copy_from_slice(&buf[b..b + m]);
+                    }
+                    None
+                }
+                Some(Dirty::Stored(r)) => Some(*r),
+                Some(Dirty::Hole) => None,
+                None => fs.committed(&st, ino, idx)?,
+            };
+            if let Some(r) = src {
+                if bo < r.len as u64 {
+                    let m = n.min((r.len as u64 - bo) as usize);
+                    if self.blocks.read_at(&r.id, bo, &mut dst[..m])?.is_none() {
+                        return Err(CoreError::Corrupt(format!(
+                            "block {} of inode {} is missing",
+                            r.id.hex(),
+                            ino.0
+                        )));
+                    }
+                }
+            }
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset` (at the end of file for append handles).
+    pub fn write(&self, fh: HandleId, offset: u64, data: &[u8]) -> CoreResult<u32> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let (ino, mode) = Locker::file_handle(st, fh)?;
+        if !mode.write {
+            return Err(CoreError::BadHandle);
+        }
+        let limit = self.opts.dirty_memory_limit;
+        self.with_file(st, ino, |st, fs| {
+            let offset = if mode.append { fs.size } else { offset };
+            let end = offset
+                .checked_add(data.len() as u64)
+                .filter(|e| *e <= MAX_FILE_SIZE)
+                .ok_or(CoreError::FileTooLarge)?;
+            let mut pos = 0usize;
+            while pos < data.len() {
+                let abs = offset + pos as u64;
+                let idx = abs / BLOCK_SIZE;
+                let bo = (abs % BLOCK_SIZE) as usize;
+                let n = (BLOCK_SIZE as usize - bo).min(data.len() - pos);
+                let chunk = &data[pos..pos + n];
+                if n == BLOCK_SIZE as usize {
+                    // A whole block: hash and store it straight from the request.
+                    let d = self.store_block(chunk)?;
+                    Locker::set_dirty(st, fs, idx, Some(d));
+                } else {
+                    let len = self.edit_mem(st, ino, fs, idx, |buf| {
+                        if buf.len() < bo + n {
+                            buf.resize(bo + n, 0);
+                        }
+                        buf[bo..bo + n].copy_from_slice(chunk);
+                    })?;
+                    if bo + n == BLOCK_SIZE as usize && len == BLOCK_SIZE as usize {
+                        // A sequential writer just filled this block: store
+                        // it now rather than keep it in memory.
+                        self.spill_block(st, fs, idx)?;
+                    }
+                }
+                pos += n;
+            }
+            fs.size = fs.size.max(end);
+            let now = Timestamp::now();
+            fs.mtime = Some(now);
+            fs.ctime = Some(now);
+            if st.mem_dirty > limit {
+                self.spill_all(st, fs)?;
+            }
+            Ok(data.len() as u32)
+        })
+    }
+
+    /// Sets the size of file `ino` (called with the state lock held).
+    pub(crate) fn truncate_locked(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        size: u64,
+        now: Timestamp,
+    ) -> CoreResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(CoreError::FileTooLarge);
+        }
+        self.with_file(st, ino, |st, fs| {
+            if size < fs.size {
+                let cut = size.div_ceil(BLOCK_SIZE);
+                let gone: Vec<u64> = fs.dirty.range(cut..).map(|(i, _)| *i).collect();
+                for idx in gone {
+                    Locker::set_dirty(st, fs, idx, None);
+                }
+                fs.cut = Some(fs.cut.map_or(cut, |c| c.min(cut)));
+                let tail = (size % BLOCK_SIZE) as usize;
+                if tail != 0 {
+                    self.edit_mem(st, ino, fs, size / BLOCK_SIZE, |buf| buf.truncate(tail))?;
+                }
+            }
+            fs.size = size;
+            fs.mtime = Some(now);
+            fs.ctime = Some(now);
+            Ok(())
+        })?;
+        self.commit_locked(st, ino)
+    }
+
+    /// Commits the uncommitted changes of `ino` as a new block list, in one
+    /// transaction. Drops the state if the file is not open.
+    pub(crate) fn commit_locked(&self, st: &mut State, ino: InodeNo) -> CoreResult<()> {
+        let Some(mut fs) = st.files.remove(&ino) else {
+            return Ok(());
+        };
+        let r = self.commit_file(st, ino, &mut fs);
+        if fs.open > 0 || r.is_err() || !fs.is_clean() {
+            st.files.insert(ino, fs);
+        }
+        r
+    }
+
+    fn commit_file(&self, st: &mut State, ino: InodeNo, fs: &mut FileState) -> CoreResult<()> {
+        if fs.is_clean() {
+            return Ok(());
+        }
+        self.spill_all(st, fs)?;
+        let dirty = &fs.dirty;
+        let cut = fs.cut;
+        let (size, mtime, ctime) = (fs.size, fs.mtime, fs.ctime);
+        let freed = st.tx(|tx| {
+            let mut freed: Vec<BlockId> = Vec::new();
+            let Some(row) = meta::get_inode(tx, ino)? else {
+                return Err(CoreError::NotFound);
+            };
+            if let Some(cut) = cut {
+                for (idx, old) in meta::file_blocks_from(tx, ino, cut)? {
+                    if dirty.contains_key(&idx) {
+                        continue;
+                    }
+                    if meta::decref_block(tx, &old.id)? {
+                        freed.push(old.id);
+                    }
+                    meta::delete_file_block(tx, ino, idx)?;
+                }
+            }
+            for (&idx, d) in dirty {
+                let old = meta::file_block(tx, ino, idx)?;
+                let new = match d {
+                    Dirty::Stored(r) => Some(*r),
+                    Dirty::Hole => None,
+                    Dirty::Mem(_) => unreachable!("spilled above"),
+                };
+                if old == new {
+                    continue;
+                }
+                if let Some(o) = old {
+                    if meta::decref_block(tx, &o.id)? {
+                        freed.push(o.id);
+                    }
+                }
+                match new {
+                    Some(r) => {
+                        meta::incref_block(tx, &r.id, r.len)?;
+                        meta::put_file_block(tx, ino, idx, r)?;
+                    }
+                    None => meta::delete_file_block(tx, ino, idx)?,
+                }
+            }
+            let mut attr = row.attr;
+            attr.size = size;
+            if let Some(m) = mtime {
+                attr.mtime = m;
+            }
+            if let Some(c) = ctime {
+                attr.ctime = c;
+            }
+            meta::update_content(tx, &attr)?;
+            let mut really = Vec::new();
+            for id in freed {
+                if !meta::block_known(tx, &id)? {
+                    really.push(id);
+                }
+            }
+            Ok(really)
+        })?;
+        let idxs: Vec<u64> = fs.dirty.keys().copied().collect();
+        for idx in idxs {
+            Locker::set_dirty(st, fs, idx, None);
+        }
+        fs.cut = None;
+        fs.mtime = None;
+        fs.ctime = None;
+        fs.committed_size = fs.size;
+        self.free_blocks(st, &freed);
+        Ok(())
+    }
+
+    /// Removes the bytes of blocks no row names any more, unless an
+    /// uncommitted change still pins them. A failure only leaves garbage that
+    /// the next mount collects.
+    pub(crate) fn free_blocks(&self, st: &State, ids: &[BlockId]) {
+        for id in ids {
+            if st.pins.contains_key(id) {
+                continue;
+            }
+            if let Err(e) = self.blocks.remove(id) {
+                tracing::warn!(block = %id.hex(), error = %e, "could not remove an unused block; the next mount collects it");
+            }
+        }
+    }
+
+    /// Commits the changes made through this handle's file (close(2)).
+    pub fn flush(&self, fh: HandleId) -> CoreResult<()> {
+        let mut st = self.lock();
+        let (ino, _) = Locker::file_handle(&st, fh)?;
+        self.commit_locked(&mut st, ino)
+    }
+
+    /// Commits and makes the file durable on disk: its blocks, then its
+    /// metadata.
+    pub fn fsync(&self, fh: HandleId) -> CoreResult<()> {
+        let mut st = self.lock();
+        let (ino, _) = Locker::file_handle(&st, fh)?;
+        self.commit_locked(&mut st, ino)?;
+        self.blocks.sync()?;
+        meta::durable_barrier(&st.conn)?;
+        Ok(())
+    }
+
+    /// Closes a handle: commits, and removes the file for good if it was
+    /// unlinked and this was its last handle.
+    pub fn release(&self, fh: HandleId) -> CoreResult<()> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let (ino, _) = Locker::file_handle(st, fh)?;
+        st.handles.remove(&fh);
+        let r = self.commit_locked(st, ino);
+        let last = match st.files.get_mut(&ino) {
+            Some(fs) => {
+                fs.open = fs.open.saturating_sub(1);
+                fs.open == 0
+            }
+            None => true,
+        };
+        if last {
+            if let Some(fs) = st.files.remove(&ino) {
+                if !fs.is_clean() {
+                    // The commit failed: keep the changes for a later try.
+                    st.files.insert(ino, fs);
+                    return r;
+                }
+            }
+            if let Some(row) = meta::get_inode(&st.conn, ino)? {
+                if row.attr.nlink == 0 {
+                    self.purge_locked(st, ino)?;
+                }
+            }
+        }
+        r
+    }
+
+    /// fallocate(2) mode 0 (allocate, may grow the file) and KEEP_SIZE. The
+    /// range reads as zeros where nothing was written; space is checked, not
+    /// reserved.
+    pub fn fallocate(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> CoreResult<()> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let (ino, _) = Locker::file_handle(st, fh)?;
+        let end = offset.checked_add(len).ok_or(CoreError::FileTooLarge)?;
+        if end > MAX_FILE_SIZE {
+            return Err(CoreError::FileTooLarge);
+        }
+        let s = self.blocks.statvfs()?;
+        let cur = st.files.get(&ino).map_or(0, |f| f.size);
+        if end.saturating_sub(cur) > s.f_bavail * s.f_frsize.max(1) {
+            return Err(CoreError::NoSpace);
+        }
+        if keep_size {
+            return Ok(());
+        }
+        self.with_file(st, ino, |_, fs| {
+            if end > fs.size {
+                fs.size = end;
+                let now = Timestamp::now();
+                fs.mtime = Some(now);
+                fs.ctime = Some(now);
+            }
+            Ok(())
+        })
+    }
+
+    /// Overlays uncommitted size and times on attributes read from the
+    /// metadata.
+    pub(crate) fn overlay(st: &State, attr: &mut Attr) {
+        if let Some(fs) = st.files.get(&attr.ino) {
+            attr.size = fs.size;
+            if let Some(m) = fs.mtime {
+                attr.mtime = m;
+            }
+            if let Some(c) = fs.ctime {
+                attr.ctime = c;
+            }
+        }
+    }
+
+    /// The whole current content of `ino` in order, block by block, for
+    /// hashing. Reads committed and uncommitted data alike.
+    pub(crate) fn content_sha256(
+        &self,
+        st: &State,
+        ino: InodeNo,
+        size: u64,
+    ) -> CoreResult<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let fs = st.files.get(&ino);
+        let zeros = vec![0u8; BLOCK_SIZE as usize];
+        let nblocks = size.div_ceil(BLOCK_SIZE);
+        for idx in 0..nblocks {
+            let want = (size - idx * BLOCK_SIZE).min(BLOCK_SIZE) as usize;
+            let (bytes, src): (Vec<u8>, _) = match fs.and_then(|f| f.dirty.get(&idx)) {
+                Some(Dirty::Mem(b)) => (b.clone(), None),
+                Some(Dirty::Stored(r)) => (Vec::new(), Some(*r)),
+                Some(Dirty::Hole) => (Vec::new(), None),
+                None => {
+                    let r = match fs {
+                        Some(f) => f.committed(st, ino, idx)?,
+                        None => meta::file_block(&st.conn, ino, idx)?,
+                    };
+                    (Vec::new(), r)
+                }
+            };
+            let bytes = match src {
+                Some(r) => self.read_block(&r)?,
+                None => bytes,
+            };
+            let m = bytes.len().min(want);
+            h.update(&bytes[..m]);
+            h.update(&zeros[..want - m]);
+        }
+        Ok(h.finalize().into())
+    }
+}

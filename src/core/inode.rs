@@ -1,0 +1,611 @@
+//! Names and attributes: lookup, getattr/setattr, creation of every kind of
+//! inode, link/unlink, rmdir, rename and directory listing.
+
+use rusqlite::Connection;
+
+use crate::core::namespace;
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Handle, Locker, State, check_name};
+use crate::meta::{self, InodeRow};
+
+const S_ISGID: u16 = 0o2000;
+
+fn row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
+    meta::get_inode(conn, ino)?.ok_or(CoreError::NotFound)
+}
+
+fn dir_row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
+    let r = row(conn, ino)?;
+    if r.attr.kind != FileKind::Dir {
+        return Err(CoreError::NotDir);
+    }
+    Ok(r)
+}
+
+/// Updates a directory's mtime and ctime (its entries changed) and its link
+/// count by `nlink_delta` (subdirectories added or removed).
+fn touch_dir(
+    conn: &Connection,
+    dir: &InodeRow,
+    now: Timestamp,
+    nlink_delta: i32,
+) -> CoreResult<()> {
+    let mut a = dir.attr.clone();
+    a.mtime = now;
+    a.ctime = now;
+    a.nlink = (a.nlink as i64 + nlink_delta as i64).max(0) as u32;
+    meta::update_attr(conn, &a)?;
+    Ok(())
+}
+
+/// Is the calling process a member of group `gid` (primary or supplementary)?
+fn caller_in_group(caller: &Caller, gid: u32) -> bool {
+    if caller.gid == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", caller.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
+impl Locker {
+    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> CoreResult<Attr> {
+        if name.len() > 255 {
+            return Err(CoreError::NameTooLong);
+        }
+        let st = self.lock();
+        dir_row(&st.conn, parent)?;
+        let ino = meta::lookup(&st.conn, parent, name)?.ok_or(CoreError::NotFound)?;
+        Locker::attr_locked(&st, ino)
+    }
+
+    pub(crate) fn attr_locked(st: &State, ino: InodeNo) -> CoreResult<Attr> {
+        let mut a = row(&st.conn, ino)?.attr;
+        Locker::overlay(st, &mut a);
+        Ok(a)
+    }
+
+    pub fn getattr(&self, ino: InodeNo) -> CoreResult<Attr> {
+        Locker::attr_locked(&self.lock(), ino)
+    }
+
+    pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> CoreResult<Attr> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let now = Timestamp::now();
+        let kind = row(&st.conn, ino)?.attr.kind;
+        if let Some(size) = set.size {
+            match kind {
+                FileKind::File => self.truncate_locked(st, ino, size, now)?,
+                FileKind::Dir => return Err(CoreError::IsDir),
+                _ => return Err(CoreError::Invalid("truncate of a special file")),
+            }
+        }
+        let changes_times = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+            || set.ctime.is_some();
+        if changes_times {
+            // Uncommitted writes carry their own mtime: commit them first so
+            // an explicit time set here wins.
+            self.commit_locked(st, ino)?;
+            st.tx(|tx| {
+                let mut a = row(tx, ino)?.attr;
+                if let Some(m) = set.mode {
+                    a.perm = (m & 0o7777) as u16;
+                }
+                if let Some(u) = set.uid {
+                    a.uid = u;
+                }
+                if let Some(g) = set.gid {
+                    a.gid = g;
+                }
+                let pick = |t: TimeSet| match t {
+                    TimeSet::Now => now,
+                    TimeSet::At(t) => t,
+                };
+                if let Some(t) = set.atime {
+                    a.atime = pick(t);
+                }
+                if let Some(t) = set.mtime {
+                    a.mtime = pick(t);
+                }
+                a.ctime = set.ctime.unwrap_or(now);
+                meta::update_attr(tx, &a)?;
+                Ok(())
+            })?;
+        }
+        Locker::attr_locked(st, ino)
+    }
+
+    /// Creates an inode of any kind under `parent`. `mode` carries the kind
+    /// (S_IFMT bits) and the permission bits, already masked by the umask.
+    fn make_node(
+        &self,
+        st: &mut State,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> CoreResult<Attr> {
+        check_name(name)?;
+        let kind = FileKind::from_mode(mode).ok_or(CoreError::Invalid("unknown file type"))?;
+        namespace::check_create_at(parent, kind, name)?;
+        st.tx(|tx| {
+            let p = dir_row(tx, parent)?;
+            if p.attr.nlink == 0 {
+                return Err(CoreError::NotFound);
+            }
+            if meta::lookup(tx, parent, name)?.is_some() {
+                return Err(CoreError::Exists);
+            }
+            let now = Timestamp::now();
+            let mut perm = (mode & 0o7777) as u16;
+            let mut gid = caller.gid;
+            if p.attr.perm & S_ISGID != 0 {
+                gid = p.attr.gid;
+                if kind == FileKind::Dir {
+                    perm |= S_ISGID;
+                }
+            }
+            if kind != FileKind::Dir
+                && perm & S_ISGID != 0
+                && caller.uid != 0
+                && !caller_in_group(caller, gid)
+            {
+                perm &= !S_ISGID;
+            }
+            let attr = Attr {
+                ino: InodeNo(0),
+                kind,
+                perm,
+                nlink: if kind == FileKind::Dir { 2 } else { 1 },
+                uid: caller.uid,
+                gid,
+                size: target.map_or(0, |t| t.len() as u64),
+                rdev: match kind {
+                    FileKind::CharDevice | FileKind::BlockDevice => rdev,
+                    _ => 0,
+                },
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+            };
+            let dir_parent = (kind == FileKind::Dir).then_some(parent);
+            let ino = meta::insert_inode(tx, &attr, dir_parent, target)?;
+            meta::insert_dentry(tx, parent, name, ino)?;
+            touch_dir(tx, &p, now, if kind == FileKind::Dir { 1 } else { 0 })?;
+            Ok(Attr { ino, ..attr })
+        })
+    }
+
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> CoreResult<Attr> {
+        let kind = FileKind::from_mode(mode).ok_or(CoreError::Invalid("unknown file type"))?;
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(CoreError::Invalid("mknod of a directory or symlink"));
+        }
+        let mut st = self.lock();
+        self.make_node(&mut st, caller, parent, name, mode, rdev, None)
+    }
+
+    pub fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        perm: u32,
+    ) -> CoreResult<Attr> {
+        let mut st = self.lock();
+        self.make_node(
+            &mut st,
+            caller,
+            parent,
+            name,
+            0o040000 | (perm & 0o7777),
+            0,
+            None,
+        )
+    }
+
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        target: &[u8],
+    ) -> CoreResult<Attr> {
+        if target.is_empty() {
+            return Err(CoreError::NotFound);
+        }
+        if target.len() > 4095 {
+            return Err(CoreError::NameTooLong);
+        }
+        let mut st = self.lock();
+        self.make_node(&mut st, caller, parent, name, 0o120777, 0, Some(target))
+    }
+
+    /// Creates and opens a regular file (O_CREAT); fails with `Exists` if the
+    /// name is taken (the kernel only calls this when it is not).
+    pub fn create(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        perm: u32,
+        mode: OpenMode,
+    ) -> CoreResult<(Attr, HandleId)> {
+        let attr = {
+            let mut st = self.lock();
+            self.make_node(
+                &mut st,
+                caller,
+                parent,
+                name,
+                0o100000 | (perm & 0o7777),
+                0,
+                None,
+            )?
+        };
+        let fh = self.open(
+            attr.ino,
+            OpenMode {
+                truncate: false,
+                ..mode
+            },
+        )?;
+        Ok((attr, fh))
+    }
+
+    pub fn readlink(&self, ino: InodeNo) -> CoreResult<Vec<u8>> {
+        let st = self.lock();
+        let r = row(&st.conn, ino)?;
+        if r.attr.kind != FileKind::Symlink {
+            return Err(CoreError::Invalid("not a symlink"));
+        }
+        Ok(r.target.unwrap_or_default())
+    }
+
+    pub fn link(&self, ino: InodeNo, newparent: InodeNo, newname: &[u8]) -> CoreResult<Attr> {
+        check_name(newname)?;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let kind = row(&st.conn, ino)?.attr.kind;
+        namespace::check_create_at(newparent, kind, newname)?;
+        if kind == FileKind::Dir {
+            return Err(CoreError::NotPermitted("hard link to a directory"));
+        }
+        st.tx(|tx| {
+            let p = dir_row(tx, newparent)?;
+            if p.attr.nlink == 0 {
+                return Err(CoreError::NotFound);
+            }
+            if meta::lookup(tx, newparent, newname)?.is_some() {
+                return Err(CoreError::Exists);
+            }
+            let mut a = row(tx, ino)?.attr;
+            if a.nlink == 0 {
+                return Err(CoreError::NotFound);
+            }
+            let now = Timestamp::now();
+            a.nlink += 1;
+            a.ctime = now;
+            meta::update_attr(tx, &a)?;
+            meta::insert_dentry(tx, newparent, newname, ino)?;
+            touch_dir(tx, &p, now, 0)?;
+            Ok(())
+        })?;
+        Locker::attr_locked(st, ino)
+    }
+
+    /// Drops one link of a non-directory inode inside a transaction; returns
+    /// true if the inode has no names left.
+    fn drop_link(
+        st_files_open: bool,
+        tx: &Connection,
+        ino: InodeNo,
+        now: Timestamp,
+    ) -> CoreResult<bool> {
+        let mut a = row(tx, ino)?.attr;
+        a.nlink = a.nlink.saturating_sub(1);
+        a.ctime = now;
+        meta::update_attr(tx, &a)?;
+        if a.nlink == 0 && st_files_open {
+            meta::add_orphan(tx, ino)?;
+        }
+        Ok(a.nlink == 0)
+    }
+
+    fn is_open(st: &State, ino: InodeNo) -> bool {
+        st.files.get(&ino).is_some_and(|f| f.open > 0)
+    }
+
+    pub fn unlink(&self, parent: InodeNo, name: &[u8]) -> CoreResult<()> {
+        if name.len() > 255 {
+            return Err(CoreError::NameTooLong);
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        let ino = {
+            dir_row(&st.conn, parent)?;
+            meta::lookup(&st.conn, parent, name)?.ok_or(CoreError::NotFound)?
+        };
+        let open = Locker::is_open(st, ino);
+        let gone = st.tx(|tx| {
+            let p = dir_row(tx, parent)?;
+            if row(tx, ino)?.attr.kind == FileKind::Dir {
+                return Err(CoreError::IsDir);
+            }
+            let now = Timestamp::now();
+            meta::delete_dentry(tx, parent, name)?;
+            touch_dir(tx, &p, now, 0)?;
+            Locker::drop_link(open, tx, ino, now)
+        })?;
+        if gone && !open {
+            self.purge_locked(st, ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: InodeNo, name: &[u8]) -> CoreResult<()> {
+        if name.len() > 255 {
+            return Err(CoreError::NameTooLong);
+        }
+        if name == b"." {
+            return Err(CoreError::Invalid("rmdir of ."));
+        }
+        if name == b".." {
+            return Err(CoreError::NotEmpty);
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        st.tx(|tx| {
+            let p = dir_row(tx, parent)?;
+            let ino = meta::lookup(tx, parent, name)?.ok_or(CoreError::NotFound)?;
+            let d = row(tx, ino)?;
+            if d.attr.kind != FileKind::Dir {
+                return Err(CoreError::NotDir);
+            }
+            if !meta::dir_is_empty(tx, ino)? {
+                return Err(CoreError::NotEmpty);
+            }
+            let now = Timestamp::now();
+            meta::delete_dentry(tx, parent, name)?;
+            touch_dir(tx, &p, now, -1)?;
+            meta::delete_inode(tx, ino)?;
+            if parent == InodeNo::ROOT {
+                tracing::info!(namespace = %String::from_utf8_lossy(name), "namespace removed");
+            }
+            Ok(())
+        })
+    }
+
+    pub fn rename(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        newparent: InodeNo,
+        newname: &[u8],
+        mode: RenameMode,
+    ) -> CoreResult<()> {
+        if name.len() > 255 {
+            return Err(CoreError::NameTooLong);
+        }
+        check_name(newname)?;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let (src, dst) = {
+            let c = &st.conn;
+            dir_row(c, parent)?;
+            dir_row(c, newparent)?;
+            let src = meta::lookup(c, parent, name)?.ok_or(CoreError::NotFound)?;
+            (src, meta::lookup(c, newparent, newname)?)
+        };
+        let src_kind = row(&st.conn, src)?.attr.kind;
+        namespace::check_rename(parent, newparent, src_kind, mode)?;
+        if dst == Some(src) {
+            // Two names of one inode: POSIX says do nothing.
+            return Ok(());
+        }
+        let dst_open = dst.is_some_and(|d| Locker::is_open(st, d));
+        let purge = st.tx(|tx| {
+            let now = Timestamp::now();
+            let src_row = row(tx, src)?;
+            let dst_row = match dst {
+                Some(d) => Some(row(tx, d)?),
+                None => None,
+            };
+            let src_is_dir = src_row.attr.kind == FileKind::Dir;
+            // Moving a directory under itself would detach a cycle.
+            if src_is_dir && parent != newparent {
+                let mut cur = newparent;
+                while cur != InodeNo::ROOT {
+                    if cur == src {
+                        return Err(CoreError::Invalid("directory moved into itself"));
+                    }
+                    cur = row(tx, cur)?.parent.unwrap_or(InodeNo::ROOT);
+                }
+            }
+            match mode {
+                RenameMode::Exchange => {
+                    let Some(d) = dst_row else {
+                        return Err(CoreError::NotFound);
+                    };
+                    let dst_is_dir = d.attr.kind == FileKind::Dir;
+                    if src_is_dir && parent != newparent {
+                        let mut cur = parent;
+                        while cur != InodeNo::ROOT {
+                            if cur == d.attr.ino {
+                                return Err(CoreError::Invalid("directory moved into itself"));
+                            }
+                            cur = row(tx, cur)?.parent.unwrap_or(InodeNo::ROOT);
+                        }
+                    }
+                    meta::set_dentry(tx, parent, name, d.attr.ino)?;
+                    meta::set_dentry(tx, newparent, newname, src)?;
+                    if src_is_dir {
+                        meta::set_parent(tx, src, newparent)?;
+                    }
+                    if dst_is_dir {
+                        meta::set_parent(tx, d.attr.ino, parent)?;
+                    }
+                    let delta = src_is_dir as i32 - dst_is_dir as i32;
+                    for (ino, _) in [(src, 0), (d.attr.ino, 0)] {
+                        let mut a = row(tx, ino)?.attr;
+                        a.ctime = now;
+                        meta::update_attr(tx, &a)?;
+                    }
+                    if parent == newparent {
+                        touch_dir(tx, &row(tx, parent)?, now, 0)?;
+                    } else {
+                        touch_dir(tx, &row(tx, parent)?, now, -delta)?;
+                        touch_dir(tx, &row(tx, newparent)?, now, delta)?;
+                    }
+                    return Ok(None);
+                }
+                RenameMode::NoReplace if dst_row.is_some() => return Err(CoreError::Exists),
+                _ => {}
+            }
+            let mut gone = None;
+            let mut newparent_delta = 0i32;
+            if let Some(d) = &dst_row {
+                let dst_is_dir = d.attr.kind == FileKind::Dir;
+                match (src_is_dir, dst_is_dir) {
+                    (true, false) => return Err(CoreError::NotDir),
+                    (false, true) => return Err(CoreError::IsDir),
+                    (true, true) => {
+                        if !meta::dir_is_empty(tx, d.attr.ino)? {
+                            return Err(CoreError::NotEmpty);
+                        }
+                        meta::delete_dentry(tx, newparent, newname)?;
+                        meta::delete_inode(tx, d.attr.ino)?;
+                        newparent_delta -= 1;
+                    }
+                    (false, false) => {
+                        meta::delete_dentry(tx, newparent, newname)?;
+                        if Locker::drop_link(dst_open, tx, d.attr.ino, now)? && !dst_open {
+                            gone = Some(d.attr.ino);
+                        }
+                    }
+                }
+            }
+            meta::delete_dentry(tx, parent, name)?;
+            meta::insert_dentry(tx, newparent, newname, src)?;
+            let mut a = src_row.attr.clone();
+            a.ctime = now;
+            meta::update_attr(tx, &a)?;
+            if src_is_dir && parent != newparent {
+                meta::set_parent(tx, src, newparent)?;
+                newparent_delta += 1;
+                touch_dir(tx, &row(tx, parent)?, now, -1)?;
+            } else if parent != newparent {
+                touch_dir(tx, &row(tx, parent)?, now, 0)?;
+            }
+            touch_dir(tx, &row(tx, newparent)?, now, newparent_delta)?;
+            Ok(gone)
+        })?;
+        if let Some(ino) = purge {
+            self.purge_locked(st, ino)?;
+        }
+        Ok(())
+    }
+
+    /// Opens a directory: its entries are read once here, so a listing is a
+    /// consistent snapshot however the directory changes meanwhile.
+    pub fn opendir(&self, ino: InodeNo) -> CoreResult<HandleId> {
+        let mut st = self.lock();
+        let d = dir_row(&st.conn, ino)?;
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+            },
+            DirEntry {
+                ino: d.parent.unwrap_or(InodeNo::ROOT),
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+            },
+        ];
+        for (name, ino, kind) in meta::list_dir(&st.conn, ino)? {
+            entries.push(DirEntry { ino, kind, name });
+        }
+        let fh = HandleId(st.next_handle);
+        st.next_handle += 1;
+        st.handles.insert(fh, Handle::Dir { entries });
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from position `offset` on; each comes
+    /// with the offset of the entry after it.
+    pub fn readdir(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        mut f: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> CoreResult<()> {
+        let st = self.lock();
+        let Some(Handle::Dir { entries }) = st.handles.get(&fh) else {
+            return Err(CoreError::BadHandle);
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if f(e, i as u64 + 1) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: HandleId) -> CoreResult<()> {
+        self.lock().handles.remove(&fh);
+        Ok(())
+    }
+
+    /// Makes all metadata changes so far durable (fsync of a directory).
+    pub fn fsyncdir(&self) -> CoreResult<()> {
+        let st = self.lock();
+        meta::durable_barrier(&st.conn)?;
+        Ok(())
+    }
+
+    /// Removes an inode that has no names and no open handles: its block
+    /// references, attributes and row.
+    pub(crate) fn purge_locked(&self, st: &mut State, ino: InodeNo) -> CoreResult<()> {
+        if let Some(fs) = st.files.remove(&ino) {
+            // Nothing of an unlinked file survives: drop its pins.
+            let mut fs = fs;
+            let idxs: Vec<u64> = fs.dirty_indices();
+            for idx in idxs {
+                Locker::set_dirty(st, &mut fs, idx, None);
+            }
+        }
+        let freed = st.tx(|tx| {
+            let mut freed = Vec::new();
+            for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
+                if meta::decref_block(tx, &b.id)? {
+                    freed.push(b.id);
+                }
+                meta::delete_file_block(tx, ino, idx)?;
+            }
+            meta::delete_inode(tx, ino)?;
+            Ok(freed)
+        })?;
+        self.free_blocks(st, &freed);
+        Ok(())
+    }
+}

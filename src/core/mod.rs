@@ -1,0 +1,199 @@
+//! The filesystem core: every filesystem operation, with no FUSE or HTTP
+//! types. One `Locker` serves the mount (and later the HTTP API).
+//!
+//! Ownership: `Locker` owns the metadata connection and all in-memory state
+//! behind one mutex (`state`), and the block store (internally synchronised).
+//! Lock order: `state`, then the block store's descriptor cache; nothing
+//! waits on the network or another lock while holding `state`.
+//!
+//! Invariants:
+//! - A regular file's bytes are its block list (`file_blocks`) overlaid by
+//!   the uncommitted changes of its `FileState` (see `file.rs`); no block's
+//!   content extends past the file size.
+//! - `blocks.refs` equals the number of `file_blocks` rows naming the block;
+//!   a block file on disk that no row names and no `FileState` pins is
+//!   garbage, collected at the next mount.
+//! - A directory's `nlink` is 2 plus its subdirectories.
+
+pub mod error;
+mod file;
+mod inode;
+pub mod namespace;
+mod recover;
+pub mod types;
+mod xattr;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, Transaction};
+
+use crate::blocks::{BlockId, BlockStore};
+use crate::meta;
+pub use error::{CoreError, CoreResult};
+use file::FileState;
+pub use types::*;
+
+/// Settings of the core that come from the configuration.
+#[derive(Debug, Clone)]
+pub struct LockerOptions {
+    /// Namespaces to create at open if they do not exist yet.
+    pub namespaces: Vec<String>,
+    /// Uncommitted file data kept in memory before it is spilled into the
+    /// block store (still uncommitted), across all open files.
+    pub dirty_memory_limit: u64,
+}
+
+impl Default for LockerOptions {
+    fn default() -> Self {
+        LockerOptions {
+            namespaces: Vec::new(),
+            dirty_memory_limit: 256 << 20,
+        }
+    }
+}
+
+pub struct Locker {
+    state: Mutex<State>,
+    blocks: BlockStore,
+    opts: LockerOptions,
+}
+
+enum Handle {
+    File { ino: InodeNo, mode: OpenMode },
+    Dir { entries: Vec<DirEntry> },
+}
+
+pub(crate) struct State {
+    conn: Connection,
+    /// Per-inode state of regular files that are open or have uncommitted
+    /// changes.
+    files: HashMap<InodeNo, FileState>,
+    handles: HashMap<HandleId, Handle>,
+    next_handle: u64,
+    /// Blocks referenced by uncommitted changes: their bytes must stay even
+    /// if no committed row names them.
+    pins: HashMap<BlockId, u32>,
+    /// Bytes of uncommitted file data held in memory.
+    mem_dirty: u64,
+}
+
+impl State {
+    /// Runs `f` in one metadata transaction; nothing of it persists on error.
+    fn tx<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> CoreResult<T>) -> CoreResult<T> {
+        let tx = self.conn.transaction()?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    fn pin(&mut self, id: BlockId) {
+        *self.pins.entry(id).or_default() += 1;
+    }
+
+    fn unpin(&mut self, id: &BlockId) {
+        if let Some(n) = self.pins.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(id);
+            }
+        }
+    }
+}
+
+impl Locker {
+    /// Opens the store in `data_dir` (metadata `meta.db`, blocks `blocks/`),
+    /// recovering from an unclean stop if needed.
+    pub fn open_dir(data_dir: &Path, opts: LockerOptions) -> CoreResult<Locker> {
+        let conn = meta::open(&data_dir.join("meta.db"))?;
+        let blocks = BlockStore::open(&data_dir.join("blocks"))?;
+        Locker::with_parts(conn, blocks, opts)
+    }
+
+    /// Builds a core from an already opened database and block store.
+    pub fn with_parts(
+        conn: Connection,
+        blocks: BlockStore,
+        opts: LockerOptions,
+    ) -> CoreResult<Locker> {
+        let locker = Locker {
+            state: Mutex::new(State {
+                conn,
+                files: HashMap::new(),
+                handles: HashMap::new(),
+                next_handle: 1,
+                pins: HashMap::new(),
+                mem_dirty: 0,
+            }),
+            blocks,
+            opts,
+        };
+        locker.ensure_root()?;
+        locker.recover()?;
+        for ns in locker.opts.namespaces.clone() {
+            locker.ensure_namespace(&ns)?;
+        }
+        Ok(locker)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves state that may be half
+        // updated in memory, but every durable change is a transaction, so
+        // continuing is safe.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The block store (for tests, fsck and status).
+    pub fn block_store(&self) -> &BlockStore {
+        &self.blocks
+    }
+
+    /// Commits every file's uncommitted changes and makes everything durable.
+    /// Called at unmount.
+    pub fn shutdown(&self) -> CoreResult<()> {
+        let mut st = self.lock();
+        let inos: Vec<InodeNo> = st.files.keys().copied().collect();
+        for ino in inos {
+            self.commit_locked(&mut st, ino)?;
+        }
+        self.blocks.sync()?;
+        meta::durable_barrier(&st.conn)?;
+        st.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
+    }
+
+    /// Capacity of the disk that holds the data, and inode counts.
+    pub fn statfs(&self) -> CoreResult<FsStats> {
+        let s = self.blocks.statvfs()?;
+        let files = meta::count_inodes(&self.lock().conn)?;
+        let frsize = if s.f_frsize > 0 {
+            s.f_frsize
+        } else {
+            s.f_bsize
+        };
+        Ok(FsStats {
+            block_size: frsize as u32,
+            blocks: s.f_blocks,
+            blocks_free: s.f_bfree,
+            blocks_avail: s.f_bavail,
+            files: files + s.f_ffree,
+            files_free: s.f_ffree,
+            name_max: 255,
+        })
+    }
+}
+
+/// Checks one path component: not empty, no '/', no NUL, at most 255 bytes.
+pub(crate) fn check_name(name: &[u8]) -> CoreResult<()> {
+    if name.len() > 255 {
+        return Err(CoreError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(CoreError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! Extended attributes: `user.*`, `trusted.*` and `security.*` are stored;
+//! `system.*` (POSIX ACLs) is not supported. Two virtual, read-only
+//! attributes exist on every regular file: `user.locker.ref` (its locker://
+//! reference) and `user.locker.sha256` (hex SHA-256 of its content, computed
+//! when first asked and remembered until the content changes). They are not
+//! listed, so `cp -a`, `rsync -X` and `tar --xattrs` do not try to copy them
+//! onto other files.
+
+use crate::blocks::hex;
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Locker};
+use crate::meta;
+
+pub const XATTR_REF: &[u8] = b"user.locker.ref";
+pub const XATTR_SHA256: &[u8] = b"user.locker.sha256";
+const XATTR_SIZE_MAX: usize = 65536;
+
+fn check_xattr_name(name: &[u8]) -> CoreResult<()> {
+    if name.is_empty() {
+        return Err(CoreError::Invalid("empty attribute name"));
+    }
+    if name.len() > 255 {
+        return Err(CoreError::Range);
+    }
+    if name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security.")
+    {
+        Ok(())
+    } else {
+        Err(CoreError::NotSupported("attribute namespace"))
+    }
+}
+
+fn is_virtual(name: &[u8]) -> bool {
+    name == XATTR_REF || name == XATTR_SHA256
+}
+
+impl Locker {
+    pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> CoreResult<Vec<u8>> {
+        check_xattr_name(name)?;
+        if is_virtual(name) {
+            let kind = self.getattr(ino)?.kind;
+            if kind == FileKind::File {
+                return if name == XATTR_REF {
+                    Ok(self.reference(ino)?.into_bytes())
+                } else {
+                    Ok(self.sha256_hex(ino)?.into_bytes())
+                };
+            }
+        }
+        let st = self.lock();
+        meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        meta::get_xattr(&st.conn, ino, name)?.ok_or(CoreError::NoAttr)
+    }
+
+    pub fn setxattr(
+        &self,
+        ino: InodeNo,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+    ) -> CoreResult<()> {
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(CoreError::TooBig);
+        }
+        let mut st = self.lock();
+        let kind = meta::get_inode(&st.conn, ino)?
+            .ok_or(CoreError::NotFound)?
+            .attr
+            .kind;
+        if is_virtual(name) && kind == FileKind::File {
+            return Err(CoreError::NotPermitted("read-only attribute"));
+        }
+        st.tx(|tx| {
+            let exists = meta::get_xattr(tx, ino, name)?.is_some();
+            match mode {
+                XattrMode::Create if exists => return Err(CoreError::Exists),
+                XattrMode::Replace if !exists => return Err(CoreError::NoAttr),
+                _ => {}
+            }
+            meta::set_xattr(tx, ino, name, value)?;
+            let mut a = meta::get_inode(tx, ino)?.ok_or(CoreError::NotFound)?.attr;
+            a.ctime = Timestamp::now();
+            meta::update_attr(tx, &a)?;
+            Ok(())
+        })
+    }
+
+    pub fn listxattr(&self, ino: InodeNo) -> CoreResult<Vec<Vec<u8>>> {
+        let st = self.lock();
+        meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        Ok(meta::list_xattrs(&st.conn, ino)?)
+    }
+
+    pub fn removexattr(&self, ino: InodeNo, name: &[u8]) -> CoreResult<()> {
+        check_xattr_name(name)?;
+        let mut st = self.lock();
+        let kind = meta::get_inode(&st.conn, ino)?
+            .ok_or(CoreError::NotFound)?
+            .attr
+            .kind;
+        if is_virtual(name) && kind == FileKind::File {
+            return Err(CoreError::NotPermitted("read-only attribute"));
+        }
+        st.tx(|tx| {
+            if !meta::remove_xattr(tx, ino, name)? {
+                return Err(CoreError::NoAttr);
+            }
+            let mut a = meta::get_inode(tx, ino)?.ok_or(CoreError::NotFound)?.attr;
+            a.ctime = Timestamp::now();
+            meta::update_attr(tx, &a)?;
+            Ok(())
+        })
+    }
+
+    /// Hex SHA-256 of the file's whole current content. Cached in the
+    /// metadata for committed content; uncommitted changes are hashed each
+    /// time they are asked about.
+    pub fn sha256_hex(&self, ino: InodeNo) -> CoreResult<String> {
+        let st = self.lock();
+        let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        if r.attr.kind != FileKind::File {
+            return Err(CoreError::Invalid("not a regular file"));
+        }
+        let mut attr = r.attr.clone();
+        Locker::overlay(&st, &mut attr);
+        let pending = attr.size != r.attr.size || attr.mtime != r.attr.mtime;
+        if !pending {
+            if let Some(h) = r.sha256.as_ref().filter(|h| h.len() == 32) {
+                return Ok(hex(h));
+            }
+        }
+        let version = meta::content_version(&st.conn, ino)?;
+        let h = self.content_sha256(&st, ino, attr.size)?;
+        if !pending {
+            meta::set_sha256(&st.conn, ino, version, &h)?;
+        }
+        Ok(hex(&h))
+    }
+}

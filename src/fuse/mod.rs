@@ -1,0 +1,609 @@
+//! FUSE glue: each callback translates its arguments, makes one core call
+//! and replies exactly once. No filesystem logic lives here. Core errors
+//! become errno values in one place, `errno_of`.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+use crate::blocks::BLOCK_SIZE;
+use crate::core::{
+    Attr, Caller, CoreError, FileKind, HandleId, InodeNo, Locker, OpenMode, RenameMode, SetAttr,
+    TimeSet, Timestamp, XattrMode,
+};
+
+/// How long the kernel may cache attributes and names. Every change goes
+/// through this mount, and the kernel invalidates what its own calls change.
+const TTL: Duration = Duration::from_secs(1);
+
+pub struct LockerFs {
+    core: Arc<Locker>,
+}
+
+impl LockerFs {
+    pub fn new(core: Arc<Locker>) -> LockerFs {
+        LockerFs { core }
+    }
+}
+
+/// The errno for each core error. Exhaustive on purpose: a new variant must
+/// be given its errno here.
+pub fn errno_of(e: &CoreError) -> Errno {
+    match e {
+        CoreError::NotFound => Errno::ENOENT,
+        CoreError::Exists => Errno::EEXIST,
+        CoreError::NotDir => Errno::ENOTDIR,
+        CoreError::IsDir => Errno::EISDIR,
+        CoreError::NotEmpty => Errno::ENOTEMPTY,
+        CoreError::NameTooLong => Errno::from_i32(libc::ENAMETOOLONG),
+        CoreError::Invalid(_) => Errno::EINVAL,
+        CoreError::NotPermitted(_) => Errno::EPERM,
+        CoreError::NoAttr => Errno::from_i32(libc::ENODATA),
+        CoreError::Range => Errno::from_i32(libc::ERANGE),
+        CoreError::TooBig => Errno::E2BIG,
+        CoreError::NotSupported(_) => Errno::from_i32(libc::EOPNOTSUPP),
+        CoreError::BadHandle => Errno::EBADF,
+        CoreError::FileTooLarge => Errno::EFBIG,
+        CoreError::NoSpace => Errno::ENOSPC,
+        CoreError::Io(io) => match io.raw_os_error() {
+            Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => Errno::ENOSPC,
+            _ => Errno::EIO,
+        },
+        CoreError::Meta(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::DiskFull =>
+        {
+            Errno::ENOSPC
+        }
+        CoreError::Meta(_) => Errno::EIO,
+        CoreError::Corrupt(_) => Errno::EIO,
+    }
+}
+
+fn fail(op: &'static str, e: CoreError) -> Errno {
+    if e.is_expected() {
+        tracing::debug!(op, error = %e);
+    } else {
+        tracing::error!(op, error = %e, "filesystem operation failed");
+    }
+    errno_of(&e)
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime.to_system(),
+        mtime: a.mtime.to_system(),
+        ctime: a.ctime.to_system(),
+        crtime: a.crtime.to_system(),
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        // Programs such as cp size their buffers by st_blksize: one block
+        // per write lets the core store it straight from the request.
+        blksize: BLOCK_SIZE as u32,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn ino(i: INodeNo) -> InodeNo {
+    InodeNo(i.0)
+}
+
+fn fh(h: FileHandle) -> HandleId {
+    HandleId(h.0)
+}
+
+fn open_mode(flags: i32) -> OpenMode {
+    let acc = flags & libc::O_ACCMODE;
+    OpenMode {
+        write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+        append: flags & libc::O_APPEND != 0,
+        truncate: flags & libc::O_TRUNC != 0,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(Timestamp::from_system(t)),
+    }
+}
+
+fn reply_xattr_bytes(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for LockerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(BLOCK_SIZE as u32);
+        let _ = config.set_max_readahead(BLOCK_SIZE as u32);
+        let _ = config.set_max_background(64);
+        tracing::info!("mounted");
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        tracing::info!("kernel closed the session");
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.core.lookup(ino(parent), name.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("lookup", e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.core.getattr(ino(i)) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(fail("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(Timestamp::from_system),
+        };
+        match self.core.setattr(ino(i), &set) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(fail("setattr", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        match self.core.readlink(ino(i)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(fail("readlink", e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .core
+            .mknod(&caller(req), ino(parent), name.as_bytes(), mode, rdev)
+        {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("mknod", e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .core
+            .mkdir(&caller(req), ino(parent), name.as_bytes(), mode)
+        {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("mkdir", e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.unlink(ino(parent), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("unlink", e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.rmdir(ino(parent), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rmdir", e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self.core.symlink(
+            &caller(req),
+            ino(parent),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        ) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("symlink", e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        } else if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return reply.error(Errno::EINVAL);
+            }
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else {
+            RenameMode::Replace
+        };
+        match self.core.rename(
+            ino(parent),
+            name.as_bytes(),
+            ino(newparent),
+            newname.as_bytes(),
+            mode,
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rename", e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.core.link(ino(i), ino(newparent), newname.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("link", e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.open(ino(i), open_mode(flags.0)) {
+            // Every change reaches the file through this mount, so the
+            // kernel's page cache stays valid across opens.
+            Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(fail("open", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.core.read(fh(h), offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(fail("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.write(fh(h), offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(fail("write", e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.flush(fh(h)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("flush", e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.release(fh(h)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("release", e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.fsync(fh(h)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsync", e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.opendir(ino(i)) {
+            Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
+            Err(e) => reply.error(fail("opendir", e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.core.readdir(fh(h), offset, |e, next| {
+            reply.add(
+                INodeNo(e.ino.0),
+                next,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("readdir", e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.releasedir(fh(h)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("releasedir", e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _h: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.fsyncdir() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsyncdir", e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+        match self.core.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_avail,
+                s.files,
+                s.files_free,
+                s.block_size,
+                s.name_max,
+                s.block_size,
+            ),
+            Err(e) => reply.error(fail("statfs", e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.core.setxattr(ino(i), name.as_bytes(), value, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("setxattr", e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.core.getxattr(ino(i), name.as_bytes()) {
+            Ok(v) => reply_xattr_bytes(reply, size, &v),
+            Err(e) => reply.error(fail("getxattr", e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.core.listxattr(ino(i)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                reply_xattr_bytes(reply, size, &buf)
+            }
+            Err(e) => reply.error(fail("listxattr", e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.removexattr(ino(i), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("removexattr", e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions); this
+        // only confirms the inode exists.
+        match self.core.getattr(ino(i)) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(fail("access", e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.core.create(
+            &caller(req),
+            ino(parent),
+            name.as_bytes(),
+            mode,
+            open_mode(flags),
+        ) {
+            Ok((a, h)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(h.0),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(fail("create", e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        h: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let keep_size = match mode {
+            0 => false,
+            libc::FALLOC_FL_KEEP_SIZE => true,
+            _ => return reply.error(Errno::from_i32(libc::EOPNOTSUPP)),
+        };
+        match self.core.fallocate(fh(h), offset, length, keep_size) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fallocate", e)),
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The metadata store: typed queries over the SQLite database (WAL mode).
+//!
+//! Owns the connection and the SQL. Callers group calls in a transaction
+//! (`rusqlite::Transaction` derefs to `Connection`, so every helper here takes
+//! `&Connection`). Statements are cached per connection.
+
+pub mod schema;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::blocks::BlockId;
+use crate::core::types::{Attr, FileKind, InodeNo, Timestamp};
+
+pub type MetaResult<T> = rusqlite::Result<T>;
+
+/// Opens (creating if needed) the database at `path` and migrates it.
+pub fn open(path: &Path) -> MetaResult<Connection> {
+    let mut conn = Connection::open(path)?;
+    configure(&mut conn)?;
+    Ok(conn)
+}
+
+/// An in-memory database, for tests of the core without a disk.
+pub fn open_in_memory() -> MetaResult<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    configure(&mut conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &mut Connection) -> MetaResult<()> {
+    // WAL: readers never block the writer and a crash loses nothing that was
+    // committed. synchronous=NORMAL keeps commits durable against a daemon
+    // crash (the WAL is in the page cache); fsync() asks for a full sync
+    // explicitly (see `durable_barrier`).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    schema::migrate(conn)?;
+    Ok(())
+}
+
+/// Makes every commit so far durable on disk (not only against a crash of the
+/// daemon, but against power loss): one tiny transaction under
+/// synchronous=FULL syncs the whole WAL.
+pub fn durable_barrier(conn: &Connection) -> MetaResult<()> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let r = conn.execute(
+        "INSERT INTO settings (key, value) VALUES ('barrier', 1)
+         ON CONFLICT(key) DO UPDATE SET value = value + 1",
+        [],
+    );
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    r.map(|_| ())
+}
+
+/// An inode row as stored.
+#[derive(Debug, Clone)]
+pub struct InodeRow {
+    pub attr: Attr,
+    pub parent: Option<InodeNo>,
+    pub target: Option<Vec<u8>>,
+    pub sha256: Option<Vec<u8>>,
+}
+
+const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, nlink, rdev, atime_s, atime_ns, \
+     mtime_s, mtime_ns, ctime_s, ctime_ns, crtime_s, crtime_ns, parent, target, sha256";
+
+fn ts(sec: i64, nsec: i64) -> Timestamp {
+    Timestamp {
+        sec,
+        nsec: nsec as u32,
+    }
+}
+
+fn inode_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InodeRow> {
+    let kind_code: i64 = r.get(1)?;
+    let kind = FileKind::from_code(kind_code).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            1,
+            rusqlite::types::Type::Integer,
+            format!("unknown inode kind {kind_code}").into(),
+        )
+    })?;
+    Ok(InodeRow {
+        attr: Attr {
+            ino: InodeNo(r.get::<_, i64>(0)? as u64),
+            kind,
+            perm: r.get::<_, i64>(2)? as u16,
+            uid: r.get::<_, i64>(3)? as u32,
+            gid: r.get::<_, i64>(4)? as u32,
+            size: r.get::<_, i64>(5)? as u64,
+            nlink: r.get::<_, i64>(6)? as u32,
+            rdev: r.get::<_, i64>(7)? as u32,
+            atime: ts(r.get(8)?, r.get(9)?),
+            mtime: ts(r.get(10)?, r.get(11)?),
+            ctime: ts(r.get(12)?, r.get(13)?),
+            crtime: ts(r.get(14)?, r.get(15)?),
+        },
+        parent: r.get::<_, Option<i64>>(16)?.map(|p| InodeNo(p as u64)),
+        target: r.get(17)?,
+        sha256: r.get(18)?,
+    })
+}
+
+pub fn get_inode(conn: &Connection, ino: InodeNo) -> MetaResult<Option<InodeRow>> {
+    let mut st = conn.prepare_cached(&format!("SELECT {INODE_COLS} FROM inodes WHERE ino = ?1"))?;
+    st.query_row([ino.0 as i64], inode_from_row).optional()
+}
+
+/// Inserts a new inode; `attr.ino` is ignored unless it is the root, and the
+/// new number is returned.
+pub fn insert_inode(
+    conn: &Connection,
+    attr: &Attr,
+    parent: Option<InodeNo>,
+    target: Option<&[u8]>,
+) -> MetaResult<InodeNo> {
+    let ino: Option<i64> = if attr.ino == InodeNo::ROOT {
+        Some(1)
+    } else {
+        None
+    };
+    let mut st = conn.prepare_cached(
+        "INSERT INTO inodes (ino, kind, perm, uid, gid, size, nlink, rdev, atime_s, atime_ns,
+            mtime_s, mtime_ns, ctime_s, ctime_ns, crtime_s, crtime_ns, parent, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?;
+    st.execute(params![
+        ino,
+        attr.kind.code(),
+        attr.perm as i64,
+        attr.uid as i64,
+        attr.gid as i64,
+        attr.size as i64,
+        attr.nlink as i64,
+        attr.rdev as i64,
+        attr.atime.sec,
+        attr.atime.nsec as i64,
+        attr.mtime.sec,
+        attr.mtime.nsec as i64,
+        attr.ctime.sec,
+        attr.ctime.nsec as i64,
+        attr.crtime.sec,
+        attr.crtime.nsec as i64,
+        parent.map(|p| p.0 as i64),
+        target,
+    ])?;
+    Ok(InodeNo(conn.last_insert_rowid() as u64))
+}
+
+/// Writes back every attribute of `attr` (not the kind).
+pub fn update_attr(conn: &Connection, attr: &Attr) -> MetaResult<()> {
+    let mut st = conn.prepare_cached(
+        "UPDATE inodes SET perm = ?2, uid = ?3, gid = ?4, size = ?5, nlink = ?6, rdev = ?7,
+            atime_s = ?8, atime_ns = ?9, mtime_s = ?10, mtime_ns = ?11, ctime_s = ?12, ctime_ns = ?13
+         WHERE ino = ?1",
+    )?;
+    st.execute(params![
+        attr.ino.0 as i64,
+        attr.perm as i64,
+        attr.uid as i64,
+        attr.gid as i64,
+        attr.size as i64,
+        attr.nlink as i64,
+        attr.rdev as i64,
+        attr.atime.sec,
+        attr.atime.nsec as i64,
+        attr.mtime.sec,
+        attr.mtime.nsec as i64,
+        attr.ctime.sec,
+        attr.ctime.nsec as i64,
+    ])?;
+    Ok(())
+}
+
+/// Records a new version of a file's content: size and times, and forgets
+/// the cached whole-file hash.
+pub fn update_content(conn: &Connection, attr: &Attr) -> MetaResult<()> {
+    update_attr(conn, attr)?;
+    conn.prepare_cached("UPDATE inodes SET sha256 = NULL, version = version + 1 WHERE ino = ?1")?
+        .execute([attr.ino.0 as i64])?;
+    Ok(())
+}
+
+pub fn set_parent(conn: &Connection, ino: InodeNo, parent: InodeNo) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")?
+        .execute(params![ino.0 as i64, parent.0 as i64])?;
+    Ok(())
+}
+
+pub fn set_sha256(conn: &Connection, ino: InodeNo, version: i64, sha: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE inodes SET sha256 = ?3 WHERE ino = ?1 AND version = ?2")?
+        .execute(params![ino.0 as i64, version, sha])?;
+    Ok(())
+}
+
+pub fn content_version(conn: &Connection, ino: InodeNo) -> MetaResult<i64> {
+    conn.prepare_cached("SELECT version FROM inodes WHERE ino = ?1")?
+        .query_row([ino.0 as i64], |r| r.get(0))
+}
+
+pub fn delete_inode(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
+    let i = ino.0 as i64;
+    conn.prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
+        .execute([i])?;
+    conn.prepare_cached("DELETE FROM xattrs WHERE ino = ?1")?
+        .execute([i])?;
+    conn.prepare_cached("DELETE FROM orphans WHERE ino = ?1")?
+        .execute([i])?;
+    Ok(())
+}
+
+pub fn count_inodes(conn: &Connection) -> MetaResult<u64> {
+    conn.query_row("SELECT count(*) FROM inodes", [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+// ---- directory entries ----
+
+pub fn lookup(conn: &Connection, parent: InodeNo, name: &[u8]) -> MetaResult<Option<InodeNo>> {
+    let mut st = conn.prepare_cached("SELECT ino FROM dentries WHERE parent = ?1 AND name = ?2")?;
+    st.query_row(params![parent.0 as i64, name], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|o| o.map(|i| InodeNo(i as u64)))
+}
+
+pub fn insert_dentry(
+    conn: &Connection,
+    parent: InodeNo,
+    name: &[u8],
+    ino: InodeNo,
+) -> MetaResult<()> {
+    conn.prepare_cached("INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")?
+        .execute(params![parent.0 as i64, name, ino.0 as i64])?;
+    Ok(())
+}
+
+pub fn set_dentry(conn: &Connection, parent: InodeNo, name: &[u8], ino: InodeNo) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE dentries SET ino = ?3 WHERE parent = ?1 AND name = ?2")?
+        .execute(params![parent.0 as i64, name, ino.0 as i64])?;
+    Ok(())
+}
+
+pub fn delete_dentry(conn: &Connection, parent: InodeNo, name: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("DELETE FROM dentries WHERE parent = ?1 AND name = ?2")?
+        .execute(params![parent.0 as i64, name])?;
+    Ok(())
+}
+
+pub fn dir_is_empty(conn: &Connection, dir: InodeNo) -> MetaResult<bool> {
+    let mut st = conn.prepare_cached("SELECT 1 FROM dentries WHERE parent = ?1 LIMIT 1")?;
+    Ok(st
+        .query_row([dir.0 as i64], |_| Ok(()))
+        .optional()?
+        .is_none())
+}
+
+/// The entries of a directory, sorted by name: (name, inode, kind).
+pub fn list_dir(conn: &Connection, dir: InodeNo) -> MetaResult<Vec<(Vec<u8>, InodeNo, FileKind)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT d.name, d.ino, i.kind FROM dentries d JOIN inodes i ON i.ino = d.ino
+         WHERE d.parent = ?1 ORDER BY d.name",
+    )?;
+    let rows = st.query_map([dir.0 as i64], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            InodeNo(r.get::<_, i64>(1)? as u64),
+            FileKind::from_code(r.get(2)?).unwrap_or(FileKind::File),
+        ))
+    })?;
+    rows.collect()
+}
+
+/// One name of `ino`: (parent, name). Hard-linked files have several; the
+/// oldest is returned.
+pub fn any_name(conn: &Connection, ino: InodeNo) -> MetaResult<Option<(InodeNo, Vec<u8>)>> {
+    let mut st = conn.prepare_cached("SELECT parent, name FROM dentries WHERE ino = ?1 LIMIT 1")?;
+    st.query_row([ino.0 as i64], |r| {
+        Ok((InodeNo(r.get::<_, i64>(0)? as u64), r.get(1)?))
+    })
+    .optional()
+}
+
+// ---- extended attributes ----
+
+pub fn get_xattr(conn: &Connection, ino: InodeNo, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")?
+        .query_row(params![ino.0 as i64, name], |r| r.get(0))
+        .optional()
+}
+
+pub fn set_xattr(conn: &Connection, ino: InodeNo, name: &[u8], value: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT(ino, name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![ino.0 as i64, name, value])?;
+    Ok(())
+}
+
+pub fn remove_xattr(conn: &Connection, ino: InodeNo, name: &[u8]) -> MetaResult<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
+        .execute(params![ino.0 as i64, name])?
+        > 0)
+}
+
+pub fn list_xattrs(conn: &Connection, ino: InodeNo) -> MetaResult<Vec<Vec<u8>>> {
+    let mut st = conn.prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?;
+    let rows = st.query_map([ino.0 as i64], |r| r.get(0))?;
+    rows.collect()
+}
+
+// ---- block lists and block refcounts ----
+
+/// A block of a file: its content id and how many bytes of it are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    pub id: BlockId,
+    pub len: u32,
+}
+
+fn block_id_from(bytes: Vec<u8>) -> rusqlite::Result<BlockId> {
+    BlockId::from_slice(&bytes).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            "block id is not 32 bytes".into(),
+        )
+    })
+}
+
+pub fn file_block(conn: &Connection, ino: InodeNo, idx: u64) -> MetaResult<Option<BlockRef>> {
+    let mut st =
+        conn.prepare_cached("SELECT block, len FROM file_blocks WHERE ino = ?1 AND idx = ?2")?;
+    st.query_row(params![ino.0 as i64, idx as i64], |r| {
+        Ok(BlockRef {
+            id: block_id_from(r.get(0)?)?,
+            len: r.get::<_, i64>(1)? as u32,
+        })
+    })
+    .optional()
+}
+
+/// The block list of a file from `from_idx` on, in order: (idx, block).
+pub fn file_blocks_from(
+    conn: &Connection,
+    ino: InodeNo,
+    from_idx: u64,
+) -> MetaResult<Vec<(u64, BlockRef)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT idx, block, len FROM file_blocks WHERE ino = ?1 AND idx >= ?2 ORDER BY idx",
+    )?;
+    let rows = st.query_map(params![ino.0 as i64, from_idx as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            BlockRef {
+                id: block_id_from(r.get(1)?)?,
+                len: r.get::<_, i64>(2)? as u32,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+pub fn put_file_block(conn: &Connection, ino: InodeNo, idx: u64, b: BlockRef) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO file_blocks (ino, idx, block, len) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(ino, idx) DO UPDATE SET block = excluded.block, len = excluded.len",
+    )?
+    .execute(params![ino.0 as i64, idx as i64, &b.id.0[..], b.len as i64])?;
+    Ok(())
+}
+
+pub fn delete_file_block(conn: &Connection, ino: InodeNo, idx: u64) -> MetaResult<()> {
+    conn.prepare_cached("DELETE FROM file_blocks WHERE ino = ?1 AND idx = ?2")?
+        .execute(params![ino.0 as i64, idx as i64])?;
+    Ok(())
+}
+
+/// Counts one more reference to a block, registering it if new.
+pub fn incref_block(conn: &Connection, id: &BlockId, size: u32) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO blocks (id, size, refs) VALUES (?1, ?2, 1)
+         ON CONFLICT(id) DO UPDATE SET refs = refs + 1",
+    )?
+    .execute(params![&id.0[..], size as i64])?;
+    Ok(())
+}
+
+/// Drops one reference; returns true when the block is no longer referenced
+/// (its row is then deleted and the caller frees its bytes after commit).
+pub fn decref_block(conn: &Connection, id: &BlockId) -> MetaResult<bool> {
+    let refs: Option<i64> = conn
+        .prepare_cached("UPDATE blocks SET refs = refs - 1 WHERE id = ?1 RETURNING refs")?
+        .query_row([&id.0[..]], |r| r.get(0))
+        .optional()?;
+    match refs {
+        Some(n) if n <= 0 => {
+            conn.prepare_cached("DELETE FROM blocks WHERE id = ?1")?
+                .execute([&id.0[..]])?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+pub fn block_known(conn: &Connection, id: &BlockId) -> MetaResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM blocks WHERE id = ?1")?
+        .query_row([&id.0[..]], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Total bytes of distinct blocks referenced by files.
+pub fn block_bytes(conn: &Connection) -> MetaResult<u64> {
+    conn.query_row("SELECT coalesce(sum(size), 0) FROM blocks", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+}
+
+// ---- orphans (unlinked while open) ----
+
+pub fn add_orphan(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO orphans (ino) VALUES (?1)")?
+        .execute([ino.0 as i64])?;
+    Ok(())
+}
+
+pub fn orphans(conn: &Connection) -> MetaResult<Vec<InodeNo>> {
+    let mut st =
+        conn.prepare("SELECT ino FROM orphans UNION SELECT ino FROM inodes WHERE nlink = 0")?;
+    let rows = st.query_map([], |r| Ok(InodeNo(r.get::<_, i64>(0)? as u64)))?;
+    rows.collect()
+}

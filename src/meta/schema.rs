@@ -1,0 +1,91 @@
+//! All DDL of the metadata database, as numbered migrations.
+//!
+//! | table        | one row per                      | notes                                   |
+//! |--------------|----------------------------------|-----------------------------------------|
+//! | `inodes`     | file, directory, symlink, node   | times as (seconds, nanoseconds); `parent` is set for directories; `sha256` caches the whole-content hash until the content changes; `version` counts content commits |
+//! | `dentries`   | name in a directory              | names are raw bytes (≤ 255); the root's entries are the namespaces |
+//! | `xattrs`     | extended attribute               | names and values as bytes               |
+//! | `file_blocks`| block of a regular file          | `idx` = offset / BLOCK_SIZE; a missing row is a hole; `len` ≤ BLOCK_SIZE |
+//! | `blocks`     | distinct block content           | `refs` = number of `file_blocks` rows naming it; `state` 0 = dirty (only local), 1 = clean (also in a backend); `present` 1 when the bytes are on local disk |
+//! | `orphans`    | unlinked inode still open        | purged on last close, or at the next mount after a crash |
+//!
+//! `PRAGMA user_version` holds the number of migrations applied.
+
+use rusqlite::Connection;
+
+/// Each entry is applied once, in order, inside one transaction.
+const MIGRATIONS: &[&str] = &[
+    // 1: the filesystem.
+    "CREATE TABLE inodes (
+        ino      INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind     INTEGER NOT NULL,
+        perm     INTEGER NOT NULL,
+        uid      INTEGER NOT NULL,
+        gid      INTEGER NOT NULL,
+        size     INTEGER NOT NULL DEFAULT 0,
+        nlink    INTEGER NOT NULL,
+        rdev     INTEGER NOT NULL DEFAULT 0,
+        atime_s  INTEGER NOT NULL, atime_ns INTEGER NOT NULL,
+        mtime_s  INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+        ctime_s  INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+        crtime_s INTEGER NOT NULL, crtime_ns INTEGER NOT NULL,
+        parent   INTEGER,
+        target   BLOB,
+        sha256   BLOB,
+        version  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE dentries (
+        parent INTEGER NOT NULL,
+        name   BLOB NOT NULL,
+        ino    INTEGER NOT NULL,
+        PRIMARY KEY (parent, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX dentries_by_ino ON dentries (ino);
+    CREATE TABLE xattrs (
+        ino   INTEGER NOT NULL,
+        name  BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ino, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE file_blocks (
+        ino   INTEGER NOT NULL,
+        idx   INTEGER NOT NULL,
+        block BLOB NOT NULL,
+        len   INTEGER NOT NULL,
+        PRIMARY KEY (ino, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX file_blocks_by_block ON file_blocks (block);
+    CREATE TABLE blocks (
+        id      BLOB PRIMARY KEY,
+        size    INTEGER NOT NULL,
+        refs    INTEGER NOT NULL,
+        state   INTEGER NOT NULL DEFAULT 0,
+        present INTEGER NOT NULL DEFAULT 1
+    ) WITHOUT ROWID;
+    CREATE TABLE orphans (ino INTEGER PRIMARY KEY);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;",
+];
+
+/// Number of migrations this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to `SCHEMA_VERSION`. A database written by a newer
+/// build is refused rather than guessed at.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            format!(
+                "metadata schema version {current} is newer than this build supports ({SCHEMA_VERSION})"
+            )
+            .into(),
+        ));
+    }
+    for (i, ddl) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(ddl)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
