@@ -1,1 +1,366 @@
+//! Tests of the core without a mount.
 
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::blocks::BLOCK_SIZE;
+
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+    pid: 0,
+};
+
+fn rw() -> OpenMode {
+    OpenMode {
+        write: true,
+        ..Default::default()
+    }
+}
+
+struct T {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    l: Locker,
+}
+
+fn opts() -> LockerOptions {
+    LockerOptions {
+        namespaces: vec!["corp".into(), "deck".into()],
+        ..Default::default()
+    }
+}
+
+fn new() -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let l = Locker::open_dir(&path, opts()).unwrap();
+    T { _dir: dir, path, l }
+}
+
+impl T {
+    fn ns(&self) -> InodeNo {
+        self.l.lookup(InodeNo::ROOT, b"corp").unwrap().ino
+    }
+
+    fn put(&self, parent: InodeNo, name: &[u8], data: &[u8]) -> InodeNo {
+        let (a, fh) = self.l.create(&ME, parent, name, 0o644, rw()).unwrap();
+        let mut off = 0;
+        for chunk in data.chunks(128 << 10) {
+            self.l.write(fh, off, chunk).unwrap();
+            off += chunk.len() as u64;
+        }
+        self.l.release(fh).unwrap();
+        a.ino
+    }
+
+    fn get(&self, ino: InodeNo) -> Vec<u8> {
+        let fh = self.l.open(ino, OpenMode::default()).unwrap();
+        let size = self.l.getattr(ino).unwrap().size;
+        let mut out = Vec::new();
+        while (out.len() as u64) < size {
+            let d = self.l.read(fh, out.len() as u64, 1 << 20).unwrap();
+            assert!(!d.is_empty());
+            out.extend_from_slice(&d);
+        }
+        self.l.release(fh).unwrap();
+        out
+    }
+
+    /// Simulates a crash: the core is dropped without commits or releases.
+    fn crash_and_reopen(self) -> T {
+        let T { _dir, path, l } = self;
+        drop(l);
+        let l = Locker::open_dir(&path, opts()).unwrap();
+        T { _dir, path, l }
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn root_lists_configured_namespaces() {
+    let t = new();
+    assert_eq!(t.l.namespaces().unwrap(), ["corp", "deck"]);
+}
+
+#[test]
+fn create_file_at_root_is_refused() {
+    let t = new();
+    let e = t.l.create(&ME, InodeNo::ROOT, b"x", 0o644, rw()).unwrap_err();
+    assert!(matches!(e, CoreError::NotPermitted(_)));
+    let e = t.l.symlink(&ME, InodeNo::ROOT, b"s", b"t").unwrap_err();
+    assert!(matches!(e, CoreError::NotPermitted(_)));
+}
+
+#[test]
+fn mkdir_at_root_makes_a_namespace_and_rmdir_removes_it() {
+    let t = new();
+    t.l.mkdir(&Caller::ROOT, InodeNo::ROOT, b"extra", 0o755).unwrap();
+    assert!(t.l.namespaces().unwrap().contains(&"extra".to_string()));
+    t.l.rmdir(InodeNo::ROOT, b"extra").unwrap();
+    assert!(!t.l.namespaces().unwrap().contains(&"extra".to_string()));
+}
+
+#[test]
+fn write_read_round_trip_at_offsets() {
+    let t = new();
+    let ns = t.ns();
+    let data = pattern(3 * BLOCK_SIZE as usize + 12345, 1);
+    let ino = t.put(ns, b"f", &data);
+    assert_eq!(t.get(ino), data);
+    assert_eq!(t.l.getattr(ino).unwrap().size, data.len() as u64);
+}
+
+#[test]
+fn sparse_file_reads_zeros_in_holes() {
+    let t = new();
+    let ns = t.ns();
+    let (a, fh) = t.l.create(&ME, ns, b"sparse", 0o644, rw()).unwrap();
+    t.l.write(fh, 5 * BLOCK_SIZE + 10, b"end").unwrap();
+    t.l.write(fh, 3, b"start").unwrap();
+    t.l.release(fh).unwrap();
+    let got = t.get(a.ino);
+    assert_eq!(got.len() as u64, 5 * BLOCK_SIZE + 13);
+    assert_eq!(&got[3..8], b"start");
+    assert!(got[8..(5 * BLOCK_SIZE + 10) as usize].iter().all(|&b| b == 0));
+    assert_eq!(&got[got.len() - 3..], b"end");
+}
+
+#[test]
+fn truncate_shrink_then_grow_reads_zeros() {
+    let t = new();
+    let ns = t.ns();
+    let data = pattern(2 * BLOCK_SIZE as usize + 100, 2);
+    let ino = t.put(ns, b"f", &data);
+    t.l.setattr(ino, &SetAttr { size: Some(1000), ..Default::default() }).unwrap();
+    assert_eq!(t.get(ino), &data[..1000]);
+    t.l.setattr(ino, &SetAttr { size: Some(BLOCK_SIZE + 5), ..Default::default() }).unwrap();
+    let got = t.get(ino);
+    assert_eq!(&got[..1000], &data[..1000]);
+    assert!(got[1000..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn ten_copies_of_one_file_use_the_space_of_one() {
+    let t = new();
+    let ns = t.ns();
+    let data = pattern(100 << 20, 3);
+    for i in 0..10 {
+        t.put(ns, format!("copy{i}").as_bytes(), &data);
+    }
+    let st = t.l.lock();
+    let bytes = meta::block_bytes(&st.conn).unwrap();
+    drop(st);
+    assert!(bytes <= (101 << 20), "block bytes {bytes}");
+    let on_disk = t.l.block_store().disk_usage().unwrap();
+    assert!(on_disk <= (102 << 20), "disk usage {on_disk}");
+}
+
+#[test]
+fn small_write_into_large_file_touches_one_block() {
+    let t = new();
+    let ns = t.ns();
+    // 1 GiB of distinct blocks, written block by block.
+    let (a, fh) = t.l.create(&ME, ns, b"big", 0o644, rw()).unwrap();
+    let mut block = vec![0u8; BLOCK_SIZE as usize];
+    for i in 0..1024u64 {
+        block[..8].copy_from_slice(&(i + 1).to_le_bytes());
+        t.l.write(fh, i * BLOCK_SIZE, &block).unwrap();
+    }
+    t.l.release(fh).unwrap();
+    let writes_before = t.l.block_store().stats.writes.load(Ordering::Relaxed);
+    let changes_before = t.l.lock().conn.total_changes();
+
+    let fh = t.l.open(a.ino, rw()).unwrap();
+    t.l.write(fh, 512 * BLOCK_SIZE + 4096, &[7u8; 4096]).unwrap();
+    t.l.fsync(fh).unwrap();
+    t.l.release(fh).unwrap();
+
+    let writes = t.l.block_store().stats.writes.load(Ordering::Relaxed) - writes_before;
+    assert_eq!(writes, 1, "one block written for a 4 KiB write");
+    // Rows changed: the block list row, the new block's refcount row, the old
+    // block's row (freed), the inode, the fsync barrier.
+    let changes = t.l.lock().conn.total_changes() - changes_before;
+    assert!(changes <= 8, "{changes} rows changed");
+    let fh = t.l.open(a.ino, OpenMode::default()).unwrap();
+    let got = t.l.read(fh, 512 * BLOCK_SIZE, 3 * 4096).unwrap();
+    t.l.release(fh).unwrap();
+    assert_eq!(&got[..8], &513u64.to_le_bytes());
+    assert!(got[4096..8192].iter().all(|&b| b == 7));
+    assert!(got[8192..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn unlinked_open_file_keeps_working_until_closed() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"f", b"hello");
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.unlink(ns, b"f").unwrap();
+    assert!(matches!(t.l.lookup(ns, b"f"), Err(CoreError::NotFound)));
+    t.l.write(fh, 5, b" world").unwrap();
+    assert_eq!(t.l.read(fh, 0, 100).unwrap(), b"hello world");
+    assert_eq!(t.l.getattr(ino).unwrap().nlink, 0);
+    t.l.release(fh).unwrap();
+    assert!(matches!(t.l.getattr(ino), Err(CoreError::NotFound)));
+    assert_eq!(t.l.block_store().list().unwrap().len(), 0, "blocks freed");
+}
+
+#[test]
+fn unlinked_open_file_is_collected_after_a_crash() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"f", &pattern(10000, 4));
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.unlink(ns, b"f").unwrap();
+    let _ = fh;
+    let t = t.crash_and_reopen();
+    assert!(matches!(t.l.getattr(ino), Err(CoreError::NotFound)));
+    assert_eq!(t.l.block_store().list().unwrap().len(), 0);
+}
+
+#[test]
+fn uncommitted_blocks_are_collected_after_a_crash() {
+    let t = new();
+    let ns = t.ns();
+    let keep = t.put(ns, b"keep", &pattern(5000, 5));
+    let (_, fh) = t.l.create(&ME, ns, b"lost", 0o644, rw()).unwrap();
+    t.l.write(fh, 0, &pattern(BLOCK_SIZE as usize, 6)).unwrap(); // stored, not committed
+    assert_eq!(t.l.block_store().list().unwrap().len(), 2);
+    let t = t.crash_and_reopen();
+    assert_eq!(t.l.block_store().list().unwrap().len(), 1);
+    assert_eq!(t.get(keep), pattern(5000, 5));
+}
+
+#[test]
+fn rename_noreplace_and_exchange() {
+    let t = new();
+    let ns = t.ns();
+    let a = t.put(ns, b"a", b"A");
+    let b = t.put(ns, b"b", b"B");
+    let e = t.l.rename(ns, b"a", ns, b"b", RenameMode::NoReplace).unwrap_err();
+    assert!(matches!(e, CoreError::Exists));
+    t.l.rename(ns, b"a", ns, b"b", RenameMode::Exchange).unwrap();
+    assert_eq!(t.l.lookup(ns, b"a").unwrap().ino, b);
+    assert_eq!(t.l.lookup(ns, b"b").unwrap().ino, a);
+    t.l.rename(ns, b"a", ns, b"b", RenameMode::Replace).unwrap();
+    assert_eq!(t.l.lookup(ns, b"b").unwrap().ino, b);
+    assert!(matches!(t.l.getattr(a), Err(CoreError::NotFound)));
+}
+
+#[test]
+fn rename_directory_errors() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
+    t.l.mkdir(&ME, d, b"sub", 0o755).unwrap();
+    t.put(ns, b"f", b"x");
+    assert!(matches!(t.l.rename(ns, b"d", ns, b"f", RenameMode::Replace), Err(CoreError::NotDir)));
+    assert!(matches!(t.l.rename(ns, b"f", ns, b"d", RenameMode::Replace), Err(CoreError::IsDir)));
+    let e = t.l.mkdir(&ME, ns, b"e", 0o755).unwrap();
+    t.put(e.ino, b"x", b"x");
+    assert!(matches!(t.l.rename(ns, b"d", ns, b"e", RenameMode::Replace), Err(CoreError::NotEmpty)));
+    assert!(matches!(t.l.rename(ns, b"d", d, b"inside", RenameMode::Replace), Err(CoreError::Invalid(_))));
+    assert!(matches!(t.l.rmdir(ns, b"d"), Err(CoreError::NotEmpty)));
+}
+
+#[test]
+fn directory_link_counts_follow_subdirectories() {
+    let t = new();
+    let ns = t.ns();
+    let a = t.l.mkdir(&ME, ns, b"a", 0o755).unwrap().ino;
+    let b = t.l.mkdir(&ME, ns, b"b", 0o755).unwrap().ino;
+    t.l.mkdir(&ME, a, b"x", 0o755).unwrap();
+    assert_eq!(t.l.getattr(a).unwrap().nlink, 3);
+    t.l.rename(a, b"x", b, b"x", RenameMode::Replace).unwrap();
+    assert_eq!(t.l.getattr(a).unwrap().nlink, 2);
+    assert_eq!(t.l.getattr(b).unwrap().nlink, 3);
+    assert_eq!(t.l.getattr(ns).unwrap().nlink, 4);
+}
+
+#[test]
+fn hard_links_share_content() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"a", b"data");
+    t.l.link(ino, ns, b"b").unwrap();
+    assert_eq!(t.l.getattr(ino).unwrap().nlink, 2);
+    t.l.unlink(ns, b"a").unwrap();
+    assert_eq!(t.get(t.l.lookup(ns, b"b").unwrap().ino), b"data");
+}
+
+#[test]
+fn xattr_create_replace_and_virtual_attributes() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"f", b"abc");
+    t.l.setxattr(ino, b"user.k", b"v", XattrMode::Create).unwrap();
+    assert!(matches!(t.l.setxattr(ino, b"user.k", b"w", XattrMode::Create), Err(CoreError::Exists)));
+    assert!(matches!(t.l.setxattr(ino, b"user.n", b"w", XattrMode::Replace), Err(CoreError::NoAttr)));
+    t.l.setxattr(ino, b"user.k", b"w", XattrMode::Replace).unwrap();
+    assert_eq!(t.l.getxattr(ino, b"user.k").unwrap(), b"w");
+    assert_eq!(t.l.listxattr(ino).unwrap(), vec![b"user.k".to_vec()]);
+    t.l.removexattr(ino, b"user.k").unwrap();
+    assert!(matches!(t.l.getxattr(ino, b"user.k"), Err(CoreError::NoAttr)));
+    assert_eq!(t.l.getxattr(ino, b"user.locker.ref").unwrap(), b"locker://corp/f");
+    assert_eq!(
+        t.l.getxattr(ino, b"user.locker.sha256").unwrap(),
+        b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert!(matches!(
+        t.l.setxattr(ino, b"user.locker.ref", b"x", XattrMode::Any),
+        Err(CoreError::NotPermitted(_))
+    ));
+    // The hash follows the content.
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.write(fh, 3, b"d").unwrap();
+    t.l.release(fh).unwrap();
+    assert_eq!(
+        t.l.getxattr(ino, b"user.locker.sha256").unwrap(),
+        b"88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
+    );
+}
+
+#[test]
+fn long_names_are_refused() {
+    let t = new();
+    let ns = t.ns();
+    let long = vec![b'a'; 256];
+    assert!(matches!(t.l.create(&ME, ns, &long, 0o644, rw()), Err(CoreError::NameTooLong)));
+    assert!(matches!(t.l.lookup(ns, &long), Err(CoreError::NameTooLong)));
+    t.l.create(&ME, ns, &long[..255], 0o644, rw()).unwrap();
+}
+
+#[test]
+fn committed_data_survives_a_crash() {
+    let t = new();
+    let ns = t.ns();
+    let data = pattern(3 << 20, 7);
+    let ino = t.put(ns, b"f", &data);
+    let t = t.crash_and_reopen();
+    assert_eq!(t.get(ino), data);
+}
+
+#[test]
+fn setgid_directory_passes_its_group_on() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o2775).unwrap();
+    t.l.setattr(d.ino, &SetAttr { gid: Some(50), mode: Some(0o2775), ..Default::default() }).unwrap();
+    let f = t.l.create(&ME, d.ino, b"f", 0o644, rw()).unwrap().0;
+    assert_eq!(f.gid, 50);
+    let sub = t.l.mkdir(&ME, d.ino, b"s", 0o755).unwrap();
+    assert_eq!(sub.gid, 50);
+    assert_ne!(sub.perm & 0o2000, 0);
+}
