@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# LOCKER's main job on a fresh Debian machine (as root): installs what it
+# needs, builds, and mounts with the embedded default config in the
+# foreground (Ctrl-C or SIGTERM unmounts cleanly).
+#   scripts/run.sh [MOUNTPOINT] [locker mount options...]   default /data/locker
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+scripts/deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release
+MNT=${1:-/data/locker}
+[ $# -gt 0 ] && shift
+mkdir -p "$MNT"
+exec "$REPO/target/release/locker" mount "$MNT" "$@"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (as root, on a fresh Debian machine):
+# installs what it needs, builds one profile (release), then runs the unit
+# and mount tests, the POSIX conformance comparison (pjdfstest against ext4)
+# and fsx. Every mount is torn down by the test that made it.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+scripts/deps.sh rsync e2fsprogs libacl1-dev util-linux
+export PATH="$HOME/.cargo/bin:$PATH"
+
+start=$(date +%s)
+failed=0
+passed=0
+step() {
+  local name=$1; shift
+  echo "==> $name"
+  if "$@"; then passed=$((passed + 1)); else echo "==> $name FAILED"; failed=$((failed + 1)); fi
+}
+
+# One profile for everything (tests and the binary the scripts mount).
+cargo build --release --all-targets
+step "cargo test" cargo test --release --no-fail-fast
+step "pjdfstest" scripts/pjdfstest.sh
+step "fsx" scripts/fsx.sh
+
+echo "test suite took $(( $(date +%s) - start )) s"
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,114 @@
+//! Bad input to the command line gets a clear error and changes nothing.
+
+use std::process::Command;
+
+mod common;
+use common::BIN;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn mount_on_missing_mountpoint_fails_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mnt = d.path().join("nope");
+    let (ok, err) = run(&["mount", mnt.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!data.exists(), "nothing created");
+}
+
+#[test]
+fn mount_on_a_file_fails_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("file");
+    std::fs::write(&f, b"x").unwrap();
+    let data = d.path().join("data");
+    let (ok, err) = run(&["mount", f.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("not a directory"), "{err}");
+    assert!(!data.exists());
+}
+
+#[test]
+fn unwritable_data_dir_fails_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let (ok, err) = run(&["mount", mnt.to_str().unwrap(), "--data-dir", "/proc/locker-data"]);
+    assert!(!ok);
+    assert!(err.contains("/proc/locker-data") && err.contains("not writable"), "{err}");
+    assert!(!common::is_mounted(&mnt));
+}
+
+#[test]
+fn malformed_config_names_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cfg = d.path().join("bad.toml");
+    std::fs::write(&cfg, "[mount]\nthreads = 2\n[namespaces.corp\n").unwrap();
+    let data = d.path().join("data");
+    let (ok, err) = run(&[
+        "mount",
+        mnt.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
+    assert!(!data.exists());
+}
+
+#[test]
+fn unknown_config_key_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cfg = d.path().join("c.toml");
+    std::fs::write(&cfg, "[mount]\nthreds = 2\n").unwrap();
+    let (ok, err) = run(&["mount", mnt.to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("c.toml") && err.contains("line 2") && err.contains("threds"), "{err}");
+}
+
+#[test]
+fn init_writes_the_default_config_and_refuses_to_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("etc/locker.toml");
+    let (ok, err) = run(&["init", "--output", cfg.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("[namespaces.corp]") && text.contains("# "));
+    let (ok, err) = run(&["init", "--output", cfg.to_str().unwrap()]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    // The written file mounts.
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let data = d.path().join("data");
+    let mut child = Command::new(BIN)
+        .args(["mount", mnt.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !common::is_mounted(&mnt) && t0.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let names: Vec<String> = std::fs::read_dir(&mnt)
+        .map(|r| r.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .unwrap_or_default();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["corp", "deck", "emails", "factory", "hst"]);
+    assert!(st.success());
+}

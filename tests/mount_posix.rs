@@ -1,0 +1,389 @@
+//! POSIX behaviour on a real FUSE mount.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::{Mount, pattern};
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let r = unsafe { libc::getxattr(c(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn setxattr(p: &Path, name: &str, v: &[u8], flags: i32) -> Result<(), i32> {
+    let n = CString::new(name).unwrap();
+    let r = unsafe { libc::setxattr(c(p).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), flags) };
+    if r < 0 { Err(errno()) } else { Ok(()) }
+}
+
+#[test]
+fn root_lists_namespaces_and_refuses_files() {
+    let m = Mount::new();
+    let mut names: Vec<String> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["corp", "deck", "emails", "factory", "hst"]);
+    let e = File::create(m.mnt.join("file")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    assert!(m.log_text().contains("only namespaces"));
+    fs::create_dir(m.mnt.join("extra")).unwrap();
+    assert!(m.mnt.join("extra").is_dir());
+    fs::remove_dir(m.mnt.join("extra")).unwrap();
+    assert!(!m.mnt.join("extra").exists());
+}
+
+#[test]
+fn namespace_created_by_mkdir_survives_remount() {
+    let mut m = Mount::new();
+    fs::create_dir(m.mnt.join("archive")).unwrap();
+    fs::write(m.mnt.join("archive/a"), b"x").unwrap();
+    m.remount();
+    assert_eq!(fs::read(m.mnt.join("archive/a")).unwrap(), b"x");
+}
+
+#[test]
+fn open_flags_excl_trunc_append() {
+    let m = Mount::new();
+    let p = m.corp().join("f");
+    fs::write(&p, b"hello world").unwrap();
+    let e = OpenOptions::new().write(true).create_new(true).open(&p).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"hello world!");
+    OpenOptions::new().write(true).truncate(true).open(&p).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+}
+
+#[test]
+fn write_at_offsets_and_holes_read_zeros() {
+    let m = Mount::new();
+    let p = m.corp().join("sparse");
+    let mut f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    f.seek(SeekFrom::Start(3 << 20)).unwrap();
+    f.write_all(b"tail").unwrap();
+    f.seek(SeekFrom::Start(10)).unwrap();
+    f.write_all(b"head").unwrap();
+    drop(f);
+    let d = fs::read(&p).unwrap();
+    assert_eq!(d.len(), (3 << 20) + 4);
+    assert_eq!(&d[10..14], b"head");
+    assert!(d[14..3 << 20].iter().all(|&b| b == 0));
+    assert_eq!(&d[3 << 20..], b"tail");
+}
+
+#[test]
+fn truncate_and_ftruncate_grow_and_shrink() {
+    let m = Mount::new();
+    let p = m.corp().join("t");
+    let data = pattern(2_500_000, 1);
+    fs::write(&p, &data).unwrap();
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(1_000_001).unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), &data[..1_000_001]);
+    let cp = c(&p);
+    assert_eq!(unsafe { libc::truncate(cp.as_ptr(), 3_000_000) }, 0);
+    let d = fs::read(&p).unwrap();
+    assert_eq!(d.len(), 3_000_000);
+    assert_eq!(&d[..1_000_001], &data[..1_000_001]);
+    assert!(d[1_000_001..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn unlinked_file_stays_usable_while_open() {
+    let m = Mount::new();
+    let p = m.corp().join("u");
+    fs::write(&p, b"abc").unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    fs::remove_file(&p).unwrap();
+    assert!(!p.exists());
+    f.seek(SeekFrom::End(0)).unwrap();
+    f.write_all(b"def").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "abcdef");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+}
+
+#[test]
+fn directories_rmdir_enotempty_enotdir_eisdir() {
+    let m = Mount::new();
+    let d = m.corp().join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), b"x").unwrap();
+    assert_eq!(fs::remove_dir(&d).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        File::open(d.join("f/x")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTDIR)
+    );
+    assert_eq!(
+        OpenOptions::new().write(true).open(&d).unwrap_err().raw_os_error(),
+        Some(libc::EISDIR)
+    );
+    assert_eq!(fs::create_dir(&d).unwrap_err().raw_os_error(), Some(libc::EEXIST));
+    let long = d.join("a".repeat(256));
+    assert_eq!(File::create(&long).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    File::create(d.join("a".repeat(255))).unwrap();
+}
+
+#[test]
+fn rename_overwrite_noreplace_exchange() {
+    let m = Mount::new();
+    let a = m.corp().join("a");
+    let b = m.corp().join("b");
+    fs::write(&a, b"A").unwrap();
+    fs::write(&b, b"B").unwrap();
+    let r = unsafe {
+        libc::renameat2(libc::AT_FDCWD, c(&a).as_ptr(), libc::AT_FDCWD, c(&b).as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    assert_eq!((r, errno()), (-1, libc::EEXIST));
+    let r = unsafe {
+        libc::renameat2(libc::AT_FDCWD, c(&a).as_ptr(), libc::AT_FDCWD, c(&b).as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    assert_eq!(r, 0);
+    assert_eq!(fs::read(&a).unwrap(), b"B");
+    assert_eq!(fs::read(&b).unwrap(), b"A");
+    fs::rename(&a, &b).unwrap();
+    assert_eq!(fs::read(&b).unwrap(), b"B");
+    assert!(!a.exists());
+    // A directory across directories.
+    fs::create_dir_all(m.corp().join("x/y")).unwrap();
+    fs::create_dir(m.corp().join("z")).unwrap();
+    fs::rename(m.corp().join("x/y"), m.corp().join("z/y")).unwrap();
+    assert!(m.corp().join("z/y").is_dir());
+    assert_eq!(fs::metadata(m.corp().join("x")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.corp().join("z")).unwrap().nlink(), 3);
+}
+
+#[test]
+fn hard_links_symlinks_fifos_and_device_nodes() {
+    let m = Mount::new();
+    let f = m.corp().join("f");
+    fs::write(&f, b"data").unwrap();
+    fs::hard_link(&f, m.corp().join("g")).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().nlink(), 2);
+    assert_eq!(fs::read(m.corp().join("g")).unwrap(), b"data");
+    std::os::unix::fs::symlink("f", m.corp().join("s")).unwrap();
+    assert_eq!(fs::read_link(m.corp().join("s")).unwrap(), Path::new("f"));
+    assert_eq!(fs::read(m.corp().join("s")).unwrap(), b"data");
+    let fifo = m.corp().join("fifo");
+    assert_eq!(unsafe { libc::mkfifo(c(&fifo).as_ptr(), 0o644) }, 0);
+    assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let dev = m.corp().join("null");
+    let rdev = libc::makedev(1, 3);
+    assert_eq!(unsafe { libc::mknod(c(&dev).as_ptr(), libc::S_IFCHR | 0o600, rdev) }, 0);
+    let md = fs::metadata(&dev).unwrap();
+    assert!(md.file_type().is_char_device());
+    assert_eq!(md.rdev(), rdev);
+}
+
+#[test]
+fn chmod_chown_utimens_with_now_and_omit() {
+    let m = Mount::new();
+    let p = m.corp().join("f");
+    fs::write(&p, b"x").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o4751)).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o4751);
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let times = [
+        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 123_456_789 },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+    ];
+    let before = fs::metadata(&p).unwrap();
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) }, 0);
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (before.mtime(), before.mtime_nsec()));
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+    ];
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) }, 0);
+    let md2 = fs::metadata(&p).unwrap();
+    assert_eq!(md2.atime(), 1_000_000_000);
+    assert!(md2.mtime() >= before.mtime());
+}
+
+#[test]
+fn permissions_are_checked_for_other_users() {
+    let m = Mount::new();
+    let p = m.corp().join("secret");
+    fs::write(&p, b"s").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    let pub_ = m.corp().join("public");
+    fs::write(&pub_, b"p").unwrap();
+    fs::set_permissions(&pub_, fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["cat", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let out = as_nobody(&["cat", pub_.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"p");
+    let out = as_nobody(&["touch", m.corp().join("new").to_str().unwrap()]);
+    assert!(!out.status.success(), "namespace is 0755 root");
+}
+
+#[test]
+fn statfs_reports_the_data_disk() {
+    let m = Mount::new();
+    let mut a: libc::statvfs = unsafe { std::mem::zeroed() };
+    let mut b: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c(&m.mnt).as_ptr(), &mut a) }, 0);
+    assert_eq!(unsafe { libc::statvfs(c(&m.data).as_ptr(), &mut b) }, 0);
+    let total_a = a.f_blocks * a.f_frsize;
+    let total_b = b.f_blocks * b.f_frsize;
+    assert_eq!(total_a, total_b);
+    assert!(a.f_bavail > 0);
+    assert_eq!(a.f_namemax, 255);
+}
+
+#[test]
+fn xattrs_user_namespace_and_virtual_ones() {
+    let m = Mount::new();
+    let p = m.corp().join("doc.txt");
+    fs::write(&p, b"abc").unwrap();
+    setxattr(&p, "user.k", b"v", libc::XATTR_CREATE).unwrap();
+    assert_eq!(setxattr(&p, "user.k", b"v", libc::XATTR_CREATE), Err(libc::EEXIST));
+    assert_eq!(setxattr(&p, "user.n", b"v", libc::XATTR_REPLACE), Err(libc::ENODATA));
+    assert_eq!(getxattr(&p, "user.k").unwrap(), b"v");
+    let mut buf = vec![0u8; 1024];
+    let n = unsafe { libc::listxattr(c(&p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(&buf[..n as usize], b"user.k\0");
+    assert_eq!(unsafe { libc::removexattr(c(&p).as_ptr(), c(Path::new("user.k")).as_ptr()) }, 0);
+    assert_eq!(getxattr(&p, "user.k"), Err(libc::ENODATA));
+    assert_eq!(getxattr(&p, "user.locker.ref").unwrap(), b"locker://corp/doc.txt");
+    assert_eq!(
+        getxattr(&p, "user.locker.sha256").unwrap(),
+        b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    fs::write(&p, b"abcd").unwrap();
+    assert_eq!(
+        getxattr(&p, "user.locker.sha256").unwrap(),
+        b"88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
+    );
+}
+
+#[test]
+fn fsync_fdatasync_and_fallocate() {
+    let m = Mount::new();
+    let p = m.corp().join("f");
+    let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    (&f).write_all(b"x").unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 5 << 20) }, 0);
+    assert_eq!(f.metadata().unwrap().len(), 5 << 20);
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 9 << 20) }, 0);
+    assert_eq!(f.metadata().unwrap().len(), 5 << 20);
+    let r = unsafe {
+        libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 4096)
+    };
+    assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP));
+}
+
+#[test]
+fn mmap_reads_and_writes() {
+    let m = Mount::new();
+    let p = m.corp().join("m");
+    let data = pattern(3 << 20, 9);
+    fs::write(&p, &data).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let len = data.len();
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(ptr, libc::MAP_FAILED);
+        let s = std::slice::from_raw_parts_mut(ptr as *mut u8, len);
+        assert_eq!(&s[..], &data[..]);
+        s[(2 << 20) + 7] = 0xAB;
+        s[5] = 0xCD;
+        assert_eq!(libc::msync(ptr, len, libc::MS_SYNC), 0);
+        assert_eq!(libc::munmap(ptr, len), 0);
+    }
+    drop(f);
+    let mut want = data.clone();
+    want[(2 << 20) + 7] = 0xAB;
+    want[5] = 0xCD;
+    // Read back through a fresh mount: the bytes reached the store.
+    let mut m = m;
+    m.remount();
+    assert_eq!(fs::read(&p).unwrap(), want);
+}
+
+#[test]
+fn cp_tar_and_rsync_trees_round_trip() {
+    let m = Mount::new();
+    let src = Path::new("/usr/share/doc");
+    let dst = m.corp().join("doc");
+    let st = Command::new("cp").arg("-a").arg(src).arg(&dst).status().unwrap();
+    assert!(st.success());
+    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(src).arg(&dst).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // tar out of the mount and back in.
+    let tarball = m.dir.path().join("doc.tar");
+    assert!(Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(m.corp()).arg("doc").status().unwrap().success());
+    fs::create_dir(m.mnt.join("factory/x")).unwrap();
+    assert!(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(m.mnt.join("factory/x")).status().unwrap().success());
+    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(src).arg(m.mnt.join("factory/x/doc")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    {
+        let st = Command::new("rsync").arg("-a").arg("/etc/").arg(m.mnt.join("deck/etc/")).status().unwrap();
+        assert!(st.success());
+        let st = Command::new("rsync").arg("-anc").arg("--itemize-changes").arg("/etc/").arg(m.mnt.join("deck/etc/")).output().unwrap();
+        assert!(st.stdout.is_empty(), "rsync sees differences: {}", String::from_utf8_lossy(&st.stdout));
+    }
+}
+
+#[test]
+fn copies_of_one_file_share_blocks_on_the_mount() {
+    let m = Mount::new();
+    let data = pattern(20 << 20, 11);
+    fs::write(m.corp().join("orig"), &data).unwrap();
+    for i in 0..5 {
+        fs::copy(m.corp().join("orig"), m.corp().join(format!("copy{i}"))).unwrap();
+    }
+    let out = Command::new("du").arg("-sb").arg(m.data.join("blocks")).output().unwrap();
+    let used: u64 = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap();
+    assert!(used < 22 << 20, "block store holds {used} bytes for 6 copies of 20 MiB");
+}
