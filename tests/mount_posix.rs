@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::Command;
@@ -23,7 +23,14 @@ fn errno() -> i32 {
 fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 65536];
-    let r = unsafe { libc::getxattr(c(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let r = unsafe {
+        libc::getxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     if r < 0 {
         return Err(errno());
     }
@@ -69,13 +76,21 @@ fn open_flags_excl_trunc_append() {
     let m = Mount::new();
     let p = m.corp().join("f");
     fs::write(&p, b"hello world").unwrap();
-    let e = OpenOptions::new().write(true).create_new(true).open(&p).unwrap_err();
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
     let mut f = OpenOptions::new().append(true).open(&p).unwrap();
     f.write_all(b"!").unwrap();
     drop(f);
     assert_eq!(fs::read(&p).unwrap(), b"hello world!");
-    OpenOptions::new().write(true).truncate(true).open(&p).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
     assert_eq!(fs::metadata(&p).unwrap().len(), 0);
 }
 
@@ -83,7 +98,13 @@ fn open_flags_excl_trunc_append() {
 fn write_at_offsets_and_holes_read_zeros() {
     let m = Mount::new();
     let p = m.corp().join("sparse");
-    let mut f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
     f.seek(SeekFrom::Start(3 << 20)).unwrap();
     f.write_all(b"tail").unwrap();
     f.seek(SeekFrom::Start(10)).unwrap();
@@ -137,18 +158,31 @@ fn directories_rmdir_enotempty_enotdir_eisdir() {
     let d = m.corp().join("d");
     fs::create_dir(&d).unwrap();
     fs::write(d.join("f"), b"x").unwrap();
-    assert_eq!(fs::remove_dir(&d).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::remove_dir(&d).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
     assert_eq!(
         File::open(d.join("f/x")).unwrap_err().raw_os_error(),
         Some(libc::ENOTDIR)
     );
     assert_eq!(
-        OpenOptions::new().write(true).open(&d).unwrap_err().raw_os_error(),
+        OpenOptions::new()
+            .write(true)
+            .open(&d)
+            .unwrap_err()
+            .raw_os_error(),
         Some(libc::EISDIR)
     );
-    assert_eq!(fs::create_dir(&d).unwrap_err().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(
+        fs::create_dir(&d).unwrap_err().raw_os_error(),
+        Some(libc::EEXIST)
+    );
     let long = d.join("a".repeat(256));
-    assert_eq!(File::create(&long).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    assert_eq!(
+        File::create(&long).unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
     File::create(d.join("a".repeat(255))).unwrap();
 }
 
@@ -160,11 +194,23 @@ fn rename_overwrite_noreplace_exchange() {
     fs::write(&a, b"A").unwrap();
     fs::write(&b, b"B").unwrap();
     let r = unsafe {
-        libc::renameat2(libc::AT_FDCWD, c(&a).as_ptr(), libc::AT_FDCWD, c(&b).as_ptr(), libc::RENAME_NOREPLACE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(&a).as_ptr(),
+            libc::AT_FDCWD,
+            c(&b).as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     assert_eq!((r, errno()), (-1, libc::EEXIST));
     let r = unsafe {
-        libc::renameat2(libc::AT_FDCWD, c(&a).as_ptr(), libc::AT_FDCWD, c(&b).as_ptr(), libc::RENAME_EXCHANGE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(&a).as_ptr(),
+            libc::AT_FDCWD,
+            c(&b).as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
     };
     assert_eq!(r, 0);
     assert_eq!(fs::read(&a).unwrap(), b"B");
@@ -197,7 +243,10 @@ fn hard_links_symlinks_fifos_and_device_nodes() {
     assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
     let dev = m.corp().join("null");
     let rdev = libc::makedev(1, 3);
-    assert_eq!(unsafe { libc::mknod(c(&dev).as_ptr(), libc::S_IFCHR | 0o600, rdev) }, 0);
+    assert_eq!(
+        unsafe { libc::mknod(c(&dev).as_ptr(), libc::S_IFCHR | 0o600, rdev) },
+        0
+    );
     let md = fs::metadata(&dev).unwrap();
     assert!(md.file_type().is_char_device());
     assert_eq!(md.rdev(), rdev);
@@ -214,19 +263,40 @@ fn chmod_chown_utimens_with_now_and_omit() {
     let md = fs::metadata(&p).unwrap();
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
     let times = [
-        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 123_456_789 },
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123_456_789,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
     ];
     let before = fs::metadata(&p).unwrap();
-    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) }, 0);
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) },
+        0
+    );
     let md = fs::metadata(&p).unwrap();
     assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
-    assert_eq!((md.mtime(), md.mtime_nsec()), (before.mtime(), before.mtime_nsec()));
+    assert_eq!(
+        (md.mtime(), md.mtime_nsec()),
+        (before.mtime(), before.mtime_nsec())
+    );
     let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
     ];
-    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) }, 0);
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) },
+        0
+    );
     let md2 = fs::metadata(&p).unwrap();
     assert_eq!(md2.atime(), 1_000_000_000);
     assert!(md2.mtime() >= before.mtime());
@@ -252,7 +322,11 @@ fn permissions_are_checked_for_other_users() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
     let out = as_nobody(&["cat", pub_.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"p");
     let out = as_nobody(&["touch", m.corp().join("new").to_str().unwrap()]);
     assert!(!out.status.success(), "namespace is 0755 root");
@@ -278,15 +352,27 @@ fn xattrs_user_namespace_and_virtual_ones() {
     let p = m.corp().join("doc.txt");
     fs::write(&p, b"abc").unwrap();
     setxattr(&p, "user.k", b"v", libc::XATTR_CREATE).unwrap();
-    assert_eq!(setxattr(&p, "user.k", b"v", libc::XATTR_CREATE), Err(libc::EEXIST));
-    assert_eq!(setxattr(&p, "user.n", b"v", libc::XATTR_REPLACE), Err(libc::ENODATA));
+    assert_eq!(
+        setxattr(&p, "user.k", b"v", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        setxattr(&p, "user.n", b"v", libc::XATTR_REPLACE),
+        Err(libc::ENODATA)
+    );
     assert_eq!(getxattr(&p, "user.k").unwrap(), b"v");
     let mut buf = vec![0u8; 1024];
     let n = unsafe { libc::listxattr(c(&p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert_eq!(&buf[..n as usize], b"user.k\0");
-    assert_eq!(unsafe { libc::removexattr(c(&p).as_ptr(), c(Path::new("user.k")).as_ptr()) }, 0);
+    assert_eq!(
+        unsafe { libc::removexattr(c(&p).as_ptr(), c(Path::new("user.k")).as_ptr()) },
+        0
+    );
     assert_eq!(getxattr(&p, "user.k"), Err(libc::ENODATA));
-    assert_eq!(getxattr(&p, "user.locker.ref").unwrap(), b"locker://corp/doc.txt");
+    assert_eq!(
+        getxattr(&p, "user.locker.ref").unwrap(),
+        b"locker://corp/doc.txt"
+    );
     assert_eq!(
         getxattr(&p, "user.locker.sha256").unwrap(),
         b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -302,16 +388,30 @@ fn xattrs_user_namespace_and_virtual_ones() {
 fn fsync_fdatasync_and_fallocate() {
     let m = Mount::new();
     let p = m.corp().join("f");
-    let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
     (&f).write_all(b"x").unwrap();
     f.sync_all().unwrap();
     f.sync_data().unwrap();
     assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 5 << 20) }, 0);
     assert_eq!(f.metadata().unwrap().len(), 5 << 20);
-    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 9 << 20) }, 0);
+    assert_eq!(
+        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 9 << 20) },
+        0
+    );
     assert_eq!(f.metadata().unwrap().len(), 5 << 20);
     let r = unsafe {
-        libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 4096)
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        )
     };
     assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP));
 }
@@ -356,22 +456,81 @@ fn cp_tar_and_rsync_trees_round_trip() {
     let m = Mount::new();
     let src = Path::new("/usr/share/doc");
     let dst = m.corp().join("doc");
-    let st = Command::new("cp").arg("-a").arg(src).arg(&dst).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(&dst)
+        .status()
+        .unwrap();
     assert!(st.success());
-    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(src).arg(&dst).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // tar out of the mount and back in.
     let tarball = m.dir.path().join("doc.tar");
-    assert!(Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(m.corp()).arg("doc").status().unwrap().success());
+    assert!(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(m.corp())
+            .arg("doc")
+            .status()
+            .unwrap()
+            .success()
+    );
     fs::create_dir(m.mnt.join("factory/x")).unwrap();
-    assert!(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(m.mnt.join("factory/x")).status().unwrap().success());
-    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(src).arg(m.mnt.join("factory/x/doc")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(m.mnt.join("factory/x"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(src)
+        .arg(m.mnt.join("factory/x/doc"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     {
-        let st = Command::new("rsync").arg("-a").arg("/etc/").arg(m.mnt.join("deck/etc/")).status().unwrap();
+        let st = Command::new("rsync")
+            .arg("-a")
+            .arg("/etc/")
+            .arg(m.mnt.join("deck/etc/"))
+            .status()
+            .unwrap();
         assert!(st.success());
-        let st = Command::new("rsync").arg("-anc").arg("--itemize-changes").arg("/etc/").arg(m.mnt.join("deck/etc/")).output().unwrap();
-        assert!(st.stdout.is_empty(), "rsync sees differences: {}", String::from_utf8_lossy(&st.stdout));
+        let st = Command::new("rsync")
+            .arg("-anc")
+            .arg("--itemize-changes")
+            .arg("/etc/")
+            .arg(m.mnt.join("deck/etc/"))
+            .output()
+            .unwrap();
+        assert!(
+            st.stdout.is_empty(),
+            "rsync sees differences: {}",
+            String::from_utf8_lossy(&st.stdout)
+        );
     }
 }
 
@@ -383,7 +542,19 @@ fn copies_of_one_file_share_blocks_on_the_mount() {
     for i in 0..5 {
         fs::copy(m.corp().join("orig"), m.corp().join(format!("copy{i}"))).unwrap();
     }
-    let out = Command::new("du").arg("-sb").arg(m.data.join("blocks")).output().unwrap();
-    let used: u64 = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap();
-    assert!(used < 22 << 20, "block store holds {used} bytes for 6 copies of 20 MiB");
+    let out = Command::new("du")
+        .arg("-sb")
+        .arg(m.data.join("blocks"))
+        .output()
+        .unwrap();
+    let used: u64 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        used < 22 << 20,
+        "block store holds {used} bytes for 6 copies of 20 MiB"
+    );
 }

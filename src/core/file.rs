@@ -272,16 +272,16 @@ impl Locker {
                 Some(Dirty::Hole) => None,
                 None => fs.committed(&st, ino, idx)?,
             };
-            if let Some(r) = src {
-                if bo < r.len as u64 {
-                    let m = n.min((r.len as u64 - bo) as usize);
-                    if self.blocks.read_at(&r.id, bo, &mut dst[..m])?.is_none() {
-                        return Err(CoreError::Corrupt(format!(
-                            "block {} of inode {} is missing",
-                            r.id.hex(),
-                            ino.0
-                        )));
-                    }
+            if let Some(r) = src
+                && bo < r.len as u64
+            {
+                let m = n.min((r.len as u64 - bo) as usize);
+                if self.blocks.read_at(&r.id, bo, &mut dst[..m])?.is_none() {
+                    return Err(CoreError::Corrupt(format!(
+                        "block {} of inode {} is missing",
+                        r.id.hex(),
+                        ino.0
+                    )));
                 }
             }
             pos += n as u64;
@@ -420,10 +420,10 @@ impl Locker {
                 if old == new {
                     continue;
                 }
-                if let Some(o) = old {
-                    if meta::decref_block(tx, &o.id)? {
-                        freed.push(o.id);
-                    }
+                if let Some(o) = old
+                    && meta::decref_block(tx, &o.id)?
+                {
+                    freed.push(o.id);
                 }
                 match new {
                     Some(r) => {
@@ -510,17 +510,17 @@ impl Locker {
             None => true,
         };
         if last {
-            if let Some(fs) = st.files.remove(&ino) {
-                if !fs.is_clean() {
-                    // The commit failed: keep the changes for a later try.
-                    st.files.insert(ino, fs);
-                    return r;
-                }
+            if let Some(fs) = st.files.remove(&ino)
+                && !fs.is_clean()
+            {
+                // The commit failed: keep the changes for a later try.
+                st.files.insert(ino, fs);
+                return r;
             }
-            if let Some(row) = meta::get_inode(&st.conn, ino)? {
-                if row.attr.nlink == 0 {
-                    self.purge_locked(st, ino)?;
-                }
+            if let Some(row) = meta::get_inode(&st.conn, ino)?
+                && row.attr.nlink == 0
+            {
+                self.purge_locked(st, ino)?;
             }
         }
         r

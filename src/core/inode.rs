@@ -10,6 +10,14 @@ use crate::meta::{self, InodeRow};
 
 const S_ISGID: u16 = 0o2000;
 
+/// What to create: kind and permission bits (`mode`), device number, and a
+/// symlink's target.
+struct Node<'a> {
+    mode: u32,
+    rdev: u32,
+    target: Option<&'a [u8]>,
+}
+
 fn row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
     meta::get_inode(conn, ino)?.ok_or(CoreError::NotFound)
 }
@@ -132,10 +140,9 @@ impl Locker {
         caller: &Caller,
         parent: InodeNo,
         name: &[u8],
-        mode: u32,
-        rdev: u32,
-        target: Option<&[u8]>,
+        node: Node<'_>,
     ) -> CoreResult<Attr> {
+        let Node { mode, rdev, target } = node;
         check_name(name)?;
         let kind = FileKind::from_mode(mode).ok_or(CoreError::Invalid("unknown file type"))?;
         namespace::check_create_at(parent, kind, name)?;
@@ -201,7 +208,17 @@ impl Locker {
             return Err(CoreError::Invalid("mknod of a directory or symlink"));
         }
         let mut st = self.lock();
-        self.make_node(&mut st, caller, parent, name, mode, rdev, None)
+        self.make_node(
+            &mut st,
+            caller,
+            parent,
+            name,
+            Node {
+                mode,
+                rdev,
+                target: None,
+            },
+        )
     }
 
     pub fn mkdir(
@@ -217,9 +234,11 @@ impl Locker {
             caller,
             parent,
             name,
-            0o040000 | (perm & 0o7777),
-            0,
-            None,
+            Node {
+                mode: 0o040000 | (perm & 0o7777),
+                rdev: 0,
+                target: None,
+            },
         )
     }
 
@@ -237,7 +256,17 @@ impl Locker {
             return Err(CoreError::NameTooLong);
         }
         let mut st = self.lock();
-        self.make_node(&mut st, caller, parent, name, 0o120777, 0, Some(target))
+        self.make_node(
+            &mut st,
+            caller,
+            parent,
+            name,
+            Node {
+                mode: 0o120777,
+                rdev: 0,
+                target: Some(target),
+            },
+        )
     }
 
     /// Creates and opens a regular file (O_CREAT); fails with `Exists` if the
@@ -257,9 +286,11 @@ impl Locker {
                 caller,
                 parent,
                 name,
-                0o100000 | (perm & 0o7777),
-                0,
-                None,
+                Node {
+                    mode: 0o100000 | (perm & 0o7777),
+                    rdev: 0,
+                    target: None,
+                },
             )?
         };
         let fh = self.open(

@@ -97,7 +97,9 @@ fn root_lists_configured_namespaces() {
 #[test]
 fn create_file_at_root_is_refused() {
     let t = new();
-    let e = t.l.create(&ME, InodeNo::ROOT, b"x", 0o644, rw()).unwrap_err();
+    let e =
+        t.l.create(&ME, InodeNo::ROOT, b"x", 0o644, rw())
+            .unwrap_err();
     assert!(matches!(e, CoreError::NotPermitted(_)));
     let e = t.l.symlink(&ME, InodeNo::ROOT, b"s", b"t").unwrap_err();
     assert!(matches!(e, CoreError::NotPermitted(_)));
@@ -106,7 +108,8 @@ fn create_file_at_root_is_refused() {
 #[test]
 fn mkdir_at_root_makes_a_namespace_and_rmdir_removes_it() {
     let t = new();
-    t.l.mkdir(&Caller::ROOT, InodeNo::ROOT, b"extra", 0o755).unwrap();
+    t.l.mkdir(&Caller::ROOT, InodeNo::ROOT, b"extra", 0o755)
+        .unwrap();
     assert!(t.l.namespaces().unwrap().contains(&"extra".to_string()));
     t.l.rmdir(InodeNo::ROOT, b"extra").unwrap();
     assert!(!t.l.namespaces().unwrap().contains(&"extra".to_string()));
@@ -133,7 +136,11 @@ fn sparse_file_reads_zeros_in_holes() {
     let got = t.get(a.ino);
     assert_eq!(got.len() as u64, 5 * BLOCK_SIZE + 13);
     assert_eq!(&got[3..8], b"start");
-    assert!(got[8..(5 * BLOCK_SIZE + 10) as usize].iter().all(|&b| b == 0));
+    assert!(
+        got[8..(5 * BLOCK_SIZE + 10) as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
     assert_eq!(&got[got.len() - 3..], b"end");
 }
 
@@ -143,9 +150,23 @@ fn truncate_shrink_then_grow_reads_zeros() {
     let ns = t.ns();
     let data = pattern(2 * BLOCK_SIZE as usize + 100, 2);
     let ino = t.put(ns, b"f", &data);
-    t.l.setattr(ino, &SetAttr { size: Some(1000), ..Default::default() }).unwrap();
+    t.l.setattr(
+        ino,
+        &SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(t.get(ino), &data[..1000]);
-    t.l.setattr(ino, &SetAttr { size: Some(BLOCK_SIZE + 5), ..Default::default() }).unwrap();
+    t.l.setattr(
+        ino,
+        &SetAttr {
+            size: Some(BLOCK_SIZE + 5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let got = t.get(ino);
     assert_eq!(&got[..1000], &data[..1000]);
     assert!(got[1000..].iter().all(|&b| b == 0));
@@ -183,7 +204,8 @@ fn small_write_into_large_file_touches_one_block() {
     let changes_before = t.l.lock().conn.total_changes();
 
     let fh = t.l.open(a.ino, rw()).unwrap();
-    t.l.write(fh, 512 * BLOCK_SIZE + 4096, &[7u8; 4096]).unwrap();
+    t.l.write(fh, 512 * BLOCK_SIZE + 4096, &[7u8; 4096])
+        .unwrap();
     t.l.fsync(fh).unwrap();
     t.l.release(fh).unwrap();
 
@@ -249,9 +271,12 @@ fn rename_noreplace_and_exchange() {
     let ns = t.ns();
     let a = t.put(ns, b"a", b"A");
     let b = t.put(ns, b"b", b"B");
-    let e = t.l.rename(ns, b"a", ns, b"b", RenameMode::NoReplace).unwrap_err();
+    let e =
+        t.l.rename(ns, b"a", ns, b"b", RenameMode::NoReplace)
+            .unwrap_err();
     assert!(matches!(e, CoreError::Exists));
-    t.l.rename(ns, b"a", ns, b"b", RenameMode::Exchange).unwrap();
+    t.l.rename(ns, b"a", ns, b"b", RenameMode::Exchange)
+        .unwrap();
     assert_eq!(t.l.lookup(ns, b"a").unwrap().ino, b);
     assert_eq!(t.l.lookup(ns, b"b").unwrap().ino, a);
     t.l.rename(ns, b"a", ns, b"b", RenameMode::Replace).unwrap();
@@ -266,12 +291,24 @@ fn rename_directory_errors() {
     let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
     t.l.mkdir(&ME, d, b"sub", 0o755).unwrap();
     t.put(ns, b"f", b"x");
-    assert!(matches!(t.l.rename(ns, b"d", ns, b"f", RenameMode::Replace), Err(CoreError::NotDir)));
-    assert!(matches!(t.l.rename(ns, b"f", ns, b"d", RenameMode::Replace), Err(CoreError::IsDir)));
+    assert!(matches!(
+        t.l.rename(ns, b"d", ns, b"f", RenameMode::Replace),
+        Err(CoreError::NotDir)
+    ));
+    assert!(matches!(
+        t.l.rename(ns, b"f", ns, b"d", RenameMode::Replace),
+        Err(CoreError::IsDir)
+    ));
     let e = t.l.mkdir(&ME, ns, b"e", 0o755).unwrap();
     t.put(e.ino, b"x", b"x");
-    assert!(matches!(t.l.rename(ns, b"d", ns, b"e", RenameMode::Replace), Err(CoreError::NotEmpty)));
-    assert!(matches!(t.l.rename(ns, b"d", d, b"inside", RenameMode::Replace), Err(CoreError::Invalid(_))));
+    assert!(matches!(
+        t.l.rename(ns, b"d", ns, b"e", RenameMode::Replace),
+        Err(CoreError::NotEmpty)
+    ));
+    assert!(matches!(
+        t.l.rename(ns, b"d", d, b"inside", RenameMode::Replace),
+        Err(CoreError::Invalid(_))
+    ));
     assert!(matches!(t.l.rmdir(ns, b"d"), Err(CoreError::NotEmpty)));
 }
 
@@ -305,15 +342,29 @@ fn xattr_create_replace_and_virtual_attributes() {
     let t = new();
     let ns = t.ns();
     let ino = t.put(ns, b"f", b"abc");
-    t.l.setxattr(ino, b"user.k", b"v", XattrMode::Create).unwrap();
-    assert!(matches!(t.l.setxattr(ino, b"user.k", b"w", XattrMode::Create), Err(CoreError::Exists)));
-    assert!(matches!(t.l.setxattr(ino, b"user.n", b"w", XattrMode::Replace), Err(CoreError::NoAttr)));
-    t.l.setxattr(ino, b"user.k", b"w", XattrMode::Replace).unwrap();
+    t.l.setxattr(ino, b"user.k", b"v", XattrMode::Create)
+        .unwrap();
+    assert!(matches!(
+        t.l.setxattr(ino, b"user.k", b"w", XattrMode::Create),
+        Err(CoreError::Exists)
+    ));
+    assert!(matches!(
+        t.l.setxattr(ino, b"user.n", b"w", XattrMode::Replace),
+        Err(CoreError::NoAttr)
+    ));
+    t.l.setxattr(ino, b"user.k", b"w", XattrMode::Replace)
+        .unwrap();
     assert_eq!(t.l.getxattr(ino, b"user.k").unwrap(), b"w");
     assert_eq!(t.l.listxattr(ino).unwrap(), vec![b"user.k".to_vec()]);
     t.l.removexattr(ino, b"user.k").unwrap();
-    assert!(matches!(t.l.getxattr(ino, b"user.k"), Err(CoreError::NoAttr)));
-    assert_eq!(t.l.getxattr(ino, b"user.locker.ref").unwrap(), b"locker://corp/f");
+    assert!(matches!(
+        t.l.getxattr(ino, b"user.k"),
+        Err(CoreError::NoAttr)
+    ));
+    assert_eq!(
+        t.l.getxattr(ino, b"user.locker.ref").unwrap(),
+        b"locker://corp/f"
+    );
     assert_eq!(
         t.l.getxattr(ino, b"user.locker.sha256").unwrap(),
         b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -337,7 +388,10 @@ fn long_names_are_refused() {
     let t = new();
     let ns = t.ns();
     let long = vec![b'a'; 256];
-    assert!(matches!(t.l.create(&ME, ns, &long, 0o644, rw()), Err(CoreError::NameTooLong)));
+    assert!(matches!(
+        t.l.create(&ME, ns, &long, 0o644, rw()),
+        Err(CoreError::NameTooLong)
+    ));
     assert!(matches!(t.l.lookup(ns, &long), Err(CoreError::NameTooLong)));
     t.l.create(&ME, ns, &long[..255], 0o644, rw()).unwrap();
 }
@@ -357,7 +411,15 @@ fn setgid_directory_passes_its_group_on() {
     let t = new();
     let ns = t.ns();
     let d = t.l.mkdir(&ME, ns, b"d", 0o2775).unwrap();
-    t.l.setattr(d.ino, &SetAttr { gid: Some(50), mode: Some(0o2775), ..Default::default() }).unwrap();
+    t.l.setattr(
+        d.ino,
+        &SetAttr {
+            gid: Some(50),
+            mode: Some(0o2775),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let f = t.l.create(&ME, d.ino, b"f", 0o644, rw()).unwrap().0;
     assert_eq!(f.gid, 50);
     let sub = t.l.mkdir(&ME, d.ino, b"s", 0o755).unwrap();

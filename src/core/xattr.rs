@@ -125,10 +125,8 @@ impl Locker {
         let mut attr = r.attr.clone();
         Locker::overlay(&st, &mut attr);
         let pending = attr.size != r.attr.size || attr.mtime != r.attr.mtime;
-        if !pending {
-            if let Some(h) = r.sha256.as_ref().filter(|h| h.len() == 32) {
-                return Ok(hex(h));
-            }
+        if !pending && let Some(h) = r.sha256.as_ref().filter(|h| h.len() == 32) {
+            return Ok(hex(h));
         }
         let version = meta::content_version(&st.conn, ino)?;
         let h = self.content_sha256(&st, ino, attr.size)?;
