@@ -12,6 +12,7 @@
 //! A missing block is `None`, never an error. Every block read in from
 //! elsewhere (a backend, later) is checked against its id.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -102,8 +103,15 @@ pub struct BlockStore {
     /// never while waiting on anything else.
     fds: Mutex<LruCache<BlockId, Arc<File>>>,
     tmp_seq: AtomicU64,
+    /// Blocks written since the last sync that covered them: what an fsync
+    /// of a file holding them must make durable.
+    unsynced: Mutex<HashSet<BlockId>>,
     pub stats: BlockStats,
 }
+
+/// Above this many blocks to make durable, one `syncfs` is cheaper than an
+/// fsync per block file.
+const SYNCFS_THRESHOLD: usize = 64;
 
 impl BlockStore {
     /// Opens the store under `dir` (normally `<data dir>/blocks`).
@@ -121,6 +129,7 @@ impl BlockStore {
             tmp,
             fds: Mutex::new(LruCache::new(std::num::NonZeroUsize::new(512).unwrap())),
             tmp_seq: AtomicU64::new(0),
+            unsynced: Mutex::new(HashSet::new()),
             stats: BlockStats::default(),
         })
     }
@@ -169,6 +178,7 @@ impl BlockStore {
                 return Err(e);
             }
         }
+        self.unsynced.lock().unwrap().insert(*id);
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -260,10 +270,52 @@ impl BlockStore {
     /// Makes every block written so far durable: one `syncfs` of the file
     /// system that holds the store (blocks and their directory entries).
     pub fn sync(&self) -> io::Result<()> {
+        let pending: Vec<BlockId> = self.unsynced.lock().unwrap().iter().copied().collect();
         let d = File::open(&self.root)?;
         // SAFETY: syncfs only reads the descriptor, which stays open for the call.
         if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
             return Err(io::Error::last_os_error());
+        }
+        let mut u = self.unsynced.lock().unwrap();
+        for id in pending {
+            u.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Makes the given blocks durable (those of them not yet synced): an
+    /// fsync of each block file and of its directory, or one `syncfs` when
+    /// there are many.
+    pub fn sync_blocks(&self, ids: &[BlockId]) -> io::Result<()> {
+        let todo: Vec<BlockId> = {
+            let u = self.unsynced.lock().unwrap();
+            ids.iter().filter(|id| u.contains(id)).copied().collect()
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        if todo.len() > SYNCFS_THRESHOLD {
+            return self.sync();
+        }
+        let mut dirs = HashSet::new();
+        for id in &todo {
+            let path = self.path(id);
+            match File::open(&path) {
+                Ok(f) => f.sync_all()?,
+                // Freed meanwhile: nothing to make durable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            File::open(&d)?.sync_all()?;
+        }
+        let mut u = self.unsynced.lock().unwrap();
+        for id in &todo {
+            u.remove(id);
         }
         Ok(())
     }

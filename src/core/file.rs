@@ -370,6 +370,11 @@ impl Locker {
             fs.ctime = Some(now);
             Ok(())
         })?;
+        // With the file open, the change is committed with the others at
+        // close or fsync; truncate(2) of a closed file commits now.
+        if st.files.get(&ino).is_some_and(|f| f.open > 0) {
+            return Ok(());
+        }
         self.commit_locked(st, ino)
     }
 
@@ -489,8 +494,12 @@ impl Locker {
         let mut st = self.lock();
         let (ino, _) = Locker::file_handle(&st, fh)?;
         self.commit_locked(&mut st, ino)?;
-        self.blocks.sync()?;
-        meta::durable_barrier(&st.conn)?;
+        let ids: Vec<BlockId> = meta::file_blocks_from(&st.conn, ino, 0)?
+            .into_iter()
+            .map(|(_, b)| b.id)
+            .collect();
+        self.blocks.sync_blocks(&ids)?;
+        st.durable()?;
         Ok(())
     }
 

@@ -609,8 +609,8 @@ impl Locker {
 
     /// Makes all metadata changes so far durable (fsync of a directory).
     pub fn fsyncdir(&self) -> CoreResult<()> {
-        let st = self.lock();
-        meta::durable_barrier(&st.conn)?;
+        let mut st = self.lock();
+        st.durable()?;
         Ok(())
     }
 

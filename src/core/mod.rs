@@ -77,6 +77,8 @@ pub(crate) struct State {
     pins: HashMap<BlockId, u32>,
     /// Bytes of uncommitted file data held in memory.
     mem_dirty: u64,
+    /// A transaction committed since the last durable barrier.
+    meta_unsynced: bool,
 }
 
 impl State {
@@ -85,7 +87,17 @@ impl State {
         let tx = self.conn.transaction()?;
         let v = f(&tx)?;
         tx.commit()?;
+        self.meta_unsynced = true;
         Ok(v)
+    }
+
+    /// Makes every committed transaction durable on disk, if any is not yet.
+    fn durable(&mut self) -> CoreResult<()> {
+        if self.meta_unsynced {
+            meta::durable_barrier(&self.conn)?;
+            self.meta_unsynced = false;
+        }
+        Ok(())
     }
 
     fn pin(&mut self, id: BlockId) {
@@ -125,6 +137,7 @@ impl Locker {
                 next_handle: 1,
                 pins: HashMap::new(),
                 mem_dirty: 0,
+                meta_unsynced: true,
             }),
             blocks,
             opts,
@@ -158,7 +171,7 @@ impl Locker {
             self.commit_locked(&mut st, ino)?;
         }
         self.blocks.sync()?;
-        meta::durable_barrier(&st.conn)?;
+        st.durable()?;
         st.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         Ok(())
     }
