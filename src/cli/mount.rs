@@ -126,31 +126,99 @@ pub fn run(
     Ok(())
 }
 
-/// The mountpoint must be an existing directory. A stale LOCKER mount left
-/// by a killed daemon ("transport endpoint is not connected") is detached.
+/// The mountpoint must be an existing directory that is not already a live
+/// FUSE mount. A stale mount left by a daemon that died ("transport endpoint
+/// is not connected") is detached. The check asks the file system itself
+/// (statfs always reaches a FUSE daemon), because a `stat` can be answered
+/// from the kernel's attribute cache for a while after the daemon died.
 fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
-    match std::fs::metadata(mountpoint) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(mountpoint = %mountpoint.display(), "a stale mount from a daemon that died is in the way; detaching it");
-            lazy_unmount(mountpoint);
-            match std::fs::metadata(mountpoint) {
-                Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => bail!("mountpoint {} is not a directory", mountpoint.display()),
-                Err(e) => bail!(
-                    "mountpoint {}: {e} (a stale mount could not be removed)",
-                    mountpoint.display()
+    let abs = if mountpoint.is_absolute() {
+        mountpoint.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(mountpoint)
+    };
+    if let Some(fstype) = mount_type(&abs) {
+        if fstype.starts_with("fuse") {
+            match statfs_errno(&abs) {
+                Some(libc::ENOTCONN) => {
+                    tracing::warn!(mountpoint = %abs.display(), "a stale mount from a daemon that died is in the way; detaching it");
+                    lazy_unmount(&abs);
+                }
+                None => bail!(
+                    "mountpoint {} is already mounted ({fstype}); unmount it first",
+                    abs.display()
+                ),
+                Some(e) => bail!(
+                    "mountpoint {}: {}",
+                    abs.display(),
+                    std::io::Error::from_raw_os_error(e)
                 ),
             }
         }
+    }
+    match std::fs::metadata(&abs) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("mountpoint {} is not a directory", abs.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!(
                 "mountpoint {} does not exist; create it first",
-                mountpoint.display()
+                abs.display()
             )
         }
-        Err(e) => bail!("mountpoint {}: {e}", mountpoint.display()),
+        Err(e) => bail!("mountpoint {}: {e}", abs.display()),
+    }
+}
+
+/// The file system type mounted exactly at `path`, from /proc/self/mountinfo
+/// (the last mount there wins, as it is the visible one).
+fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let mut parts = line.split(" - ");
+        let (Some(left), Some(right)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        if unescape_mountinfo(point) == want {
+            found = right.split(' ').next().map(str::to_string);
+        }
+    }
+    found
+}
+
+/// mountinfo writes space, tab, newline and backslash as \ooo octal.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The errno of statfs(path), or `None` if it succeeds.
+fn statfs_errno(path: &Path) -> Option<i32> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statfs is a valid out-parameter; c is NUL-terminated.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0 {
+        None
+    } else {
+        std::io::Error::last_os_error().raw_os_error()
     }
 }
 

@@ -30,6 +30,15 @@ pub fn is_mounted(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// statfs of a FUSE mount reaches the daemon; true if it answers and the
+/// file system there is FUSE.
+pub fn is_fuse_live(p: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x65735546;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == FUSE_SUPER_MAGIC }
+}
+
 fn force_unmount(p: &Path) {
     let _ = Command::new("fusermount3")
         .arg("-uz")
@@ -37,7 +46,11 @@ fn force_unmount(p: &Path) {
         .stderr(Stdio::null())
         .status();
     if is_mounted(p) {
-        let _ = Command::new("umount").arg("-l").arg(p).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(p)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -86,12 +99,19 @@ impl Mount {
             .expect("spawn locker");
         self.child = Some(child);
         let t0 = Instant::now();
-        while !is_mounted(&self.mnt) {
+        // Ready when the mountpoint is served by a live FUSE daemon: a stale
+        // mount left by a kill -9 is listed in /proc/mounts too, but its
+        // statfs fails.
+        while !is_mounted(&self.mnt) || !is_fuse_live(&self.mnt) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
                 panic!("locker exited early ({st}); log:\n{}", self.log_text());
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "mount timed out; log:\n{}", self.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "mount timed out; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,597 @@
+//! kill -9 durability of the mounted filesystem: what was closed or
+//! fsynced before the daemon is killed is there, byte for byte and with its
+//! metadata, after a restart; the restart needs no manual repair, cleans up
+//! the stale mount itself, and a second daemon on a data dir in use is
+//! refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Mount, is_mounted, pattern};
+use sha2::{Digest, Sha256};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn sha(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn set_xattr(p: &Path, name: &str, v: &[u8]) {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of v.len() bytes.
+    let r = unsafe { libc::lsetxattr(cstr(p).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: valid NUL-terminated strings and a buffer of buf.len() bytes.
+    let r = unsafe {
+        libc::lgetxattr(
+            cstr(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENODATA),
+            "getxattr {}: {e}",
+            p.display()
+        );
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
+
+fn set_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) {
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    // SAFETY: valid path and two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cstr(p).as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "utimensat {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Everything recorded of one entry.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    nlink: u64,
+    size: u64,
+    sha256: Option<String>,
+    target: Option<String>,
+    xattr: Option<Vec<u8>>,
+}
+
+fn record(root: &Path) -> BTreeMap<String, Entry> {
+    fn go(dir: &Path, rel: &str, out: &mut BTreeMap<String, Entry>) {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let r = format!("{rel}/{}", n.to_string_lossy());
+            let p = dir.join(&n);
+            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {r}: {e}"));
+            let ft = md.file_type();
+            let mut e = Entry {
+                kind: if ft.is_dir() {
+                    "dir"
+                } else if ft.is_file() {
+                    "file"
+                } else if ft.is_symlink() {
+                    "symlink"
+                } else {
+                    "other"
+                },
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                nlink: md.nlink(),
+                size: md.len(),
+                sha256: None,
+                target: None,
+                xattr: None,
+            };
+            if ft.is_file() {
+                let mut data = Vec::new();
+                File::open(&p)
+                    .and_then(|mut f| f.read_to_end(&mut data))
+                    .unwrap_or_else(|e| panic!("read {r}: {e}"));
+                assert_eq!(data.len() as u64, md.len(), "{r}: stat size vs bytes read");
+                e.sha256 = Some(sha(&data));
+            }
+            if ft.is_symlink() {
+                e.target = Some(fs::read_link(&p).unwrap().to_string_lossy().into_owned());
+            } else {
+                e.xattr = get_xattr(&p, "user.x");
+            }
+            out.insert(r.clone(), e);
+            if ft.is_dir() {
+                go(&p, &r, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(root, "", &mut out);
+    out
+}
+
+fn assert_same(before: &BTreeMap<String, Entry>, after: &BTreeMap<String, Entry>) {
+    let mut errs = Vec::new();
+    for (k, b) in before {
+        match after.get(k) {
+            None => errs.push(format!("{k}: missing after the restart")),
+            Some(a) if a != b => errs.push(format!("{k}:\n  before {b:?}\n  after  {a:?}")),
+            _ => {}
+        }
+    }
+    for k in after.keys() {
+        if !before.contains_key(k) {
+            errs.push(format!("{k}: appeared after the restart"));
+        }
+    }
+    assert!(
+        errs.is_empty(),
+        "changed by kill -9 + restart:\n{}",
+        errs.join("\n")
+    );
+}
+
+/// Waits until the (re)started daemon serves corp/. `Mount::start` returns
+/// as soon as the mountpoint is in /proc/mounts, which a stale mount left by
+/// a killed daemon still is. readdir always reaches the daemon, so it fails
+/// on the stale mount. Panics if the daemon exits.
+fn wait_serving(m: &mut Mount) {
+    let t0 = Instant::now();
+    loop {
+        if fs::read_dir(m.corp()).is_ok() {
+            return;
+        }
+        if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+            m.child = None;
+            panic!("locker exited on restart ({st}); log:\n{}", m.log_text());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "restart timed out; log:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// kill -9, then start again: `Mount::start` returns once a live daemon
+/// serves the mountpoint (not the stale mount the killed one left).
+fn crash_restart(m: &mut Mount) {
+    m.kill9();
+    m.start(&[]);
+}
+
+fn mount_count(p: &Path) -> usize {
+    let want = p.as_os_str().as_bytes();
+    fs::read("/proc/mounts")
+        .unwrap()
+        .split(|&b| b == b'\n')
+        .filter(|l| l.split(|&b| b == b' ').nth(1) == Some(want))
+        .count()
+}
+
+fn write_file(p: &Path, data: &[u8]) {
+    let mut f = File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+    f.write_all(data).unwrap();
+}
+
+fn error_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("ERROR")).collect()
+}
+
+// ---------------------------------------------------------------------------
+// (a) closed and fsynced data and metadata survive kill -9
+
+#[test]
+fn kill9_closed_and_fsynced_files_and_metadata_survive() {
+    let mut m = Mount::new();
+    let c = m.corp();
+
+    // Closed files of varied sizes.
+    write_file(&c.join("empty"), b"");
+    write_file(&c.join("one"), b"x");
+    write_file(&c.join("4k"), &pattern(4 * KIB, 1));
+    write_file(&c.join("1m"), &pattern(MIB, 2));
+    write_file(&c.join("3.5m"), &pattern(3 * MIB + MIB / 2, 3));
+    // Sparse: data, a hole spanning whole blocks, data; and a file grown by
+    // truncate only.
+    {
+        let f = File::create(c.join("sparse")).unwrap();
+        f.write_all_at(&pattern(100, 4), 0).unwrap();
+        f.write_all_at(&pattern(5000, 5), 2 * MIB as u64 + MIB as u64 / 2 + 7)
+            .unwrap();
+    }
+    File::create(c.join("grown"))
+        .unwrap()
+        .set_len(MIB as u64 + 3)
+        .unwrap();
+    // An overwritten middle of a closed file.
+    write_file(&c.join("patched"), &pattern(2 * MIB, 6));
+    OpenOptions::new()
+        .write(true)
+        .open(c.join("patched"))
+        .unwrap()
+        .write_all_at(&pattern(10 * KIB, 7), MIB as u64 - 5 * KIB as u64)
+        .unwrap();
+
+    // Directories, a symlink (and a dangling one), a hard link.
+    fs::create_dir_all(c.join("d1/d2")).unwrap();
+    write_file(&c.join("d1/d2/inner"), &pattern(12345, 8));
+    std::os::unix::fs::symlink("d1/d2/inner", c.join("sym")).unwrap();
+    std::os::unix::fs::symlink("no/such/target", c.join("dangling")).unwrap();
+    fs::hard_link(c.join("4k"), c.join("d1/hard")).unwrap();
+
+    // Metadata.
+    fs::set_permissions(c.join("one"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(c.join("d1"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::lchown(c.join("4k"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::lchown(c.join("d1/d2"), Some(42), Some(43)).unwrap();
+    set_times(
+        &c.join("1m"),
+        (1_500_000_000, 1),
+        (1_600_000_000, 123_456_789),
+    );
+    set_times(
+        &c.join("d1/d2"),
+        (1_500_000_000, 2),
+        (1_400_000_000, 999_999_999),
+    );
+    set_xattr(&c.join("empty"), "user.x", b"value\0with\xffbinary");
+    set_xattr(&c.join("d1"), "user.x", b"on a dir");
+
+    // Written, fsynced and still open at the kill.
+    let mut open_files = Vec::new();
+    for (name, len, seed) in [
+        ("open-small", 4 * KIB + 1, 9u64),
+        ("open-big", 2 * MIB + 5, 10),
+    ] {
+        let mut f = File::create(c.join(name)).unwrap();
+        f.write_all(&pattern(len, seed)).unwrap();
+        f.sync_all().unwrap();
+        open_files.push(f);
+    }
+    // An existing closed file reopened, extended, fdatasynced, kept open.
+    let f = OpenOptions::new().write(true).open(c.join("4k")).unwrap();
+    f.write_all_at(&pattern(3000, 11), 4 * KIB as u64 - 1000)
+        .unwrap();
+    f.sync_data().unwrap();
+    open_files.push(f);
+
+    let before = record(&c);
+    // Sanity of what is recorded: the test sees what it set.
+    assert_eq!(before["/one"].mode & 0o7777, 0o640);
+    assert_eq!(
+        (before["/4k"].uid, before["/4k"].gid, before["/4k"].nlink),
+        (1234, 5678, 2)
+    );
+    assert_eq!(before["/1m"].mtime, (1_600_000_000, 123_456_789));
+    assert_eq!(before["/sym"].target.as_deref(), Some("d1/d2/inner"));
+    assert_eq!(
+        before["/empty"].xattr.as_deref(),
+        Some(&b"value\0with\xffbinary"[..])
+    );
+    assert_eq!(before["/3.5m"].size, 3 * MIB as u64 + MIB as u64 / 2);
+
+    crash_restart(&mut m);
+    drop(open_files);
+    let after = record(&m.corp());
+    assert_same(&before, &after);
+    // Twice: a second crash right after recovery changes nothing either.
+    crash_restart(&mut m);
+    assert_same(&before, &record(&m.corp()));
+    let log = m.log_text();
+    assert!(error_lines(&log).is_empty(), "errors in the log:\n{log}");
+}
+
+// ---------------------------------------------------------------------------
+// (b) repeated crashes mid-write
+
+#[test]
+fn kill9_loop_mid_write_closed_files_intact_and_store_consistent() {
+    let mut m = Mount::new();
+    let mut expect: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut unclosed = Vec::new();
+    for round in 0..5u64 {
+        let c = m.corp();
+        let dir = c.join(format!("r{round}"));
+        fs::create_dir(&dir).unwrap();
+        // Closed files of this round.
+        for (i, len) in [0usize, 1, 4 * KIB + 3, MIB + round as usize * 77_777]
+            .iter()
+            .enumerate()
+        {
+            let name = format!("r{round}/f{i}");
+            let data = pattern(*len, round * 100 + i as u64);
+            write_file(&c.join(&name), &data);
+            expect.insert(name, data);
+        }
+        // Rewrite part of a file closed in an earlier round (after its crash).
+        if round > 0 {
+            let name = format!("r{}/f3", round - 1);
+            let patch = pattern(70_000, 1000 + round);
+            let off = 900_000u64;
+            OpenOptions::new()
+                .write(true)
+                .open(c.join(&name))
+                .unwrap()
+                .write_all_at(&patch, off)
+                .unwrap();
+            let e = expect.get_mut(&name).unwrap();
+            if e.len() < off as usize + patch.len() {
+                e.resize(off as usize + patch.len(), 0);
+            }
+            e[off as usize..off as usize + patch.len()].copy_from_slice(&patch);
+        }
+        // A file unlinked while open: must be gone after the restart.
+        let orphan = File::create(dir.join("orphan")).unwrap();
+        orphan.write_all_at(&pattern(300_000, 7), 0).unwrap();
+        fs::remove_file(dir.join("orphan")).unwrap();
+
+        // Another file written by a thread, never closed; killed mid-way.
+        let name = format!("r{round}/unclosed");
+        let path = c.join(&name);
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (stop, written) = (stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut f = match File::create(&path) {
+                    Ok(f) => f,
+                    Err(_) => return,
+                };
+                let chunk = pattern(64 * KIB, round);
+                while !stop.load(Ordering::Relaxed)
+                    && written.load(Ordering::Relaxed) < 64 * MIB as u64
+                {
+                    if f.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                drop(f); // only ever closed after the kill
+            })
+        };
+        let t0 = Instant::now();
+        while written.load(Ordering::Relaxed) < (round + 1) * 256 * KIB as u64
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        m.kill9();
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        drop(orphan);
+        unclosed.push(name);
+        crash_restart(&mut m);
+
+        // Every closed file of every round intact.
+        let c = m.corp();
+        for (name, data) in &expect {
+            let got = fs::read(c.join(name))
+                .unwrap_or_else(|e| panic!("round {round}: read {name}: {e}"));
+            assert!(
+                got.len() == data.len() && sha(&got) == sha(data),
+                "round {round}: {name} changed: {} bytes, want {}",
+                got.len(),
+                data.len()
+            );
+        }
+        // Every listed file readable; no orphan left; the unclosed ones
+        // readable whatever they hold.
+        let all = record(&c);
+        for r in 0..=round {
+            assert!(
+                !all.contains_key(&format!("/r{r}/orphan")),
+                "round {round}: r{r}/orphan survived"
+            );
+        }
+        let files: Vec<&String> = all
+            .iter()
+            .filter(|(_, e)| e.kind == "file")
+            .map(|(k, _)| k)
+            .collect();
+        for name in expect.keys() {
+            assert!(
+                files.contains(&&format!("/{name}")),
+                "round {round}: {name} not listed"
+            );
+        }
+        for f in &files {
+            let known =
+                expect.contains_key(&f[1..]) || unclosed.iter().any(|u| **f == format!("/{u}"));
+            assert!(known, "round {round}: unexpected file {f}");
+        }
+    }
+    // A clean stop and start after all that: still the same.
+    let before = record(&m.corp());
+    m.remount();
+    assert_same(&before, &record(&m.corp()));
+    let log = m.log_text();
+    assert!(error_lines(&log).is_empty(), "errors in the log:\n{log}");
+}
+
+// ---------------------------------------------------------------------------
+// (c) the stale mount left by kill -9 is cleaned up by the next start
+
+#[test]
+fn kill9_stale_mount_start_cleans_it_up() {
+    let mut m = Mount::new();
+    write_file(&m.corp().join("f"), b"kept");
+    m.kill9();
+    let e = fs::read_dir(&m.mnt).map(|_| ()).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "after kill -9: {e}");
+    assert!(is_mounted(&m.mnt));
+    m.start(&[]);
+    wait_serving(&mut m);
+    assert_eq!(
+        mount_count(&m.mnt),
+        1,
+        "the stale mount is still under the new one"
+    );
+    assert_eq!(fs::read(m.corp().join("f")).unwrap(), b"kept");
+    assert!(
+        m.log_text().contains("stale mount"),
+        "the daemon did not say it cleaned up"
+    );
+}
+
+/// Regression: a stat of the mountpoint shortly before the kill leaves its
+/// attributes in the kernel cache, so a stat-based stale-mount check was
+/// fooled and the restart failed with "Transport endpoint is not connected".
+#[test]
+fn stale_mount_with_cached_root_attrs_start_cleans_it_up() {
+    let mut m = Mount::new();
+    write_file(&m.corp().join("f"), b"kept");
+    fs::metadata(&m.mnt).unwrap();
+    m.kill9();
+    m.start(&[]);
+    wait_serving(&mut m);
+    assert_eq!(
+        mount_count(&m.mnt),
+        1,
+        "the stale mount is still under the new one"
+    );
+    assert_eq!(fs::read(m.corp().join("f")).unwrap(), b"kept");
+}
+
+// ---------------------------------------------------------------------------
+// (d) one daemon per data dir
+
+#[test]
+fn second_daemon_same_data_dir_refused_first_keeps_working() {
+    let mut m = Mount::new();
+    write_file(&m.corp().join("f"), b"first");
+    let other = tempfile::tempdir().unwrap();
+    let mnt2 = other.path().join("mnt");
+    fs::create_dir(&mnt2).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("mount")
+        .arg(&mnt2)
+        .arg("--data-dir")
+        .arg(&m.data)
+        .env("LOCKER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            if is_mounted(&mnt2) {
+                let _ = Command::new("fusermount3").arg("-uz").arg(&mnt2).status();
+            }
+            panic!("the second daemon on the same data dir is still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        !status.success(),
+        "second daemon exited with {status}; stderr:\n{stderr}"
+    );
+    assert!(!is_mounted(&mnt2), "the second daemon mounted");
+    let data = m.data.canonicalize().unwrap();
+    assert!(
+        stderr.contains(&*data.to_string_lossy()),
+        "stderr does not name the data dir {}:\n{stderr}",
+        data.display()
+    );
+    assert!(
+        stderr.contains("in use"),
+        "stderr does not say the data dir is in use:\n{stderr}"
+    );
+    let pid = m.child.as_ref().unwrap().id().to_string();
+    assert!(
+        stderr.contains(&pid),
+        "stderr does not name the running daemon (pid {pid}):\n{stderr}"
+    );
+
+    // The first mount keeps working.
+    assert_eq!(fs::read(m.corp().join("f")).unwrap(), b"first");
+    let big = pattern(MIB + 17, 99);
+    write_file(&m.corp().join("g"), &big);
+    assert_eq!(fs::read(m.corp().join("g")).unwrap(), big);
+    fs::remove_file(m.corp().join("f")).unwrap();
+    assert!(
+        m.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the first daemon exited"
+    );
+}
