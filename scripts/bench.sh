@@ -5,8 +5,19 @@
 # online discard). Prints markdown tables and writes/replaces a section of
 # BENCHMARKS.md at the repo root.
 #
+# Workloads, each on every contender (sizes for a full run; --quick shrinks them):
+#   1. sequential write of 1 GiB of random data from /dev/shm, dd bs=1M conv=fsync
+#   2. sequential read of that file, cold (after drop_caches) and warm
+#   3. fio random 4 KiB reads (cold, warm) and writes (+ final fsync), psync,
+#      iodepth 1, on a 256 MiB file
+#   4. metadata: create/stat/rename/delete of 5000 4 KiB files in 100 dirs
+#      (bench/meta.py, each phase timed)
+#   5. small files: tar -xf of a deterministic 3000-file/200-dir tree
+#      (bench/mktree.py), then cp -r of it back out to the native fs (cold)
+# A nice-19 busy loop runs during every contender's runs (see --busy).
+#
 # Usage: scripts/bench.sh [--quick] [--only native,bindfs,locker,rclone]
-#                         [--busy MODE] [--no-md] [--keep-logs]
+#                         [--repeat N] [--busy MODE] [--no-md] [--keep-logs]
 # Needs root (loop device, mount, drop_caches). See --help.
 set -uo pipefail
 export LC_ALL=C
@@ -26,9 +37,11 @@ Usage: scripts/bench.sh [options]
   --quick            smoke-test sizes (64 MiB sequential file, 500 files)
   --only LIST        comma-separated contenders to run, from
                      native,bindfs,locker,rclone (default: all four)
-  --busy MODE        CPU condition during every run (default: all):
-                       all   one nice-19 SCHED_IDLE busy loop pinned to each CPU
-                       one   one such loop pinned to the last CPU
+  --repeat N         run every contender N times, interleaved, and report
+                     the median of each figure (default 1)
+  --busy MODE        CPU condition during every run (default: one):
+                       one   one nice-19 busy loop pinned to the last CPU
+                       all   one such loop pinned to each CPU (measured worse)
                        none  no busy loop (idle CPUs; FUSE pays wake-ups)
   --no-md            do not write BENCHMARKS.md (tables still go to stdout)
   --keep-logs        keep the log directory even when every step succeeded
@@ -38,13 +51,15 @@ Environment:
   LOCKER_BIN         LOCKER binary (default: REPO/target/release/locker;
                      built with `cargo build --release` only when missing)
   BENCH_TMP          where the scratch image goes (default: /var/tmp)
+  BENCH_STEP_TIMEOUT seconds allowed to any single step (default: 600)
 EOF
 }
 
 # ---------------------------------------------------------------- options
 QUICK=0
 ONLY=native,bindfs,locker,rclone
-BUSY=all
+BUSY=one
+REPEAT=1
 WRITE_MD=1
 KEEP_LOGS=0
 while [ $# -gt 0 ]; do
@@ -54,6 +69,8 @@ while [ $# -gt 0 ]; do
     --only=*) ONLY=${1#--only=} ;;
     --busy) [ $# -ge 2 ] || { echo "bench: --busy needs a mode" >&2; exit 2; }; BUSY=$2; shift ;;
     --busy=*) BUSY=${1#--busy=} ;;
+    --repeat) [ $# -ge 2 ] || { echo "bench: --repeat needs a number" >&2; exit 2; }; REPEAT=$2; shift ;;
+    --repeat=*) REPEAT=${1#--repeat=} ;;
     --no-md) WRITE_MD=0 ;;
     --keep-logs) KEEP_LOGS=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -71,7 +88,8 @@ for w in "${_want[@]}"; do
   case " ${ALL_CONTENDERS[*]} " in *" $w "*) ;; *) echo "bench: unknown contender '$w'" >&2; exit 2 ;; esac
 done
 [ ${#CONTENDERS[@]} -gt 0 ] || { echo "bench: --only selected no contender" >&2; exit 2; }
-case $BUSY in all|one|none) ;; *) echo "bench: --busy must be all, one or none" >&2; exit 2 ;; esac
+case $BUSY in all|one|none) ;; *) echo "bench: --busy must be one, all or none" >&2; exit 2 ;; esac
+case $REPEAT in ''|*[!0-9]*|0) echo "bench: --repeat needs a positive number" >&2; exit 2 ;; esac
 has() { case " ${CONTENDERS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -91,7 +109,7 @@ else
   META_FILES=5000 META_DIRS=100 SMALL_FILES=3000 SMALL_DIRS=200
   IMG_MB=8192
 fi
-STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-600}  # any single timed step
+STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-600}  # any single step run through step()
 MOUNT_TIMEOUT=30                         # seconds to wait for a mount
 STOP_TIMEOUT=60                          # seconds to wait after SIGTERM
 SETTLE_TIMEOUT=300                       # rclone uploads to drain
@@ -106,11 +124,14 @@ IMG=$BASE/scratch.img
 RC_PORT=$((55000 + $$ % 5000))
 LOOPDEV=
 BUSY_PIDS=()
-declare -A MPID=() MDIR=() RES=() SECS=() STATUS=()
+declare -A MPID=() MDIR=() RES=() SECS=() COUNT=() FAILED=() STATUS=()
 FAILURES=0
 T_START=$SECONDS
 
-log() { printf '[bench %4ds] %s\n' $((SECONDS - T_START)) "$*" >&2; }
+# fd 3 and 4 keep the script's own stdout and stderr: a trap can fire while a
+# step's output is redirected to a log file.
+exec 3>&1 4>&2
+log() { printf '[bench %4ds] %s\n' $((SECONDS - T_START)) "$*" >&4; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- teardown
@@ -149,8 +170,16 @@ stop_busy() {
 }
 
 cleanup() {
-  local rc=$? c
+  local rc=$? c i
   trap - EXIT INT TERM HUP
+  exec 1>&3 2>&4
+  if [ -n "$STEP_PID" ]; then  # a step was running: stop it (timeout leads its own process group)
+    log "stopping the running step"
+    kill -TERM "$STEP_PID" 2>/dev/null
+    for ((i = 0; i < 30; i++)); do alive "$STEP_PID" || break; sleep 0.1; done
+    kill -KILL -- "-$STEP_PID" 2>/dev/null
+    wait "$STEP_PID" 2>/dev/null
+  fi
   for c in "${!MPID[@]}"; do stop_daemon "$c"; done
   stop_busy
   if [ -n "$LOOPDEV" ]; then
@@ -173,20 +202,53 @@ trap 'log "interrupted"; exit 130' INT TERM HUP
 # ---------------------------------------------------------------- helpers
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
+STEP_PID=
+step() {  # cmd...: run under a timeout, in the background so that a signal
+          # reaches this script's traps at once instead of after the command
+  timeout -k 10 "$STEP_TIMEOUT" "$@" 3>&- 4>&- &
+  STEP_PID=$!
+  wait "$STEP_PID"
+  local rc=$?
+  STEP_PID=
+  return $rc
+}
+
 ELAPSED=0
-timeit() {  # cmd...: runs it under a timeout, sets ELAPSED (seconds)
+timeit() {  # cmd...: runs it through step, sets ELAPSED (seconds)
   local t0=$EPOCHREALTIME rc
-  timeout -k 10 "$STEP_TIMEOUT" "$@"
+  step "$@"
   rc=$?
   ELAPSED=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }')
   return $rc
 }
 
-put() { RES["$1|$2"]=$3; }      # metric contender value
-fail() {                       # metric contender why
-  RES["$1|$2"]=FAIL
+put() {  # metric contender value: one more sample
+  RES["$1|$2"]+="${RES["$1|$2"]:+ }$3"
+}
+put_timed() {  # metric contender count seconds: one more sample of count/seconds
+  SECS["$1|$2"]+="${SECS["$1|$2"]:+ }$4"
+  COUNT[$1]=$3
+}
+FAIL_NOTES=()
+fail() {  # metric contender why
+  FAILED["$1|$2"]=1
+  FAIL_NOTES+=("$2: $1: $3")
   FAILURES=$((FAILURES + 1))
   log "$2: $1 FAILED: $3"
+}
+median() {  # samples...
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+value() {  # metric contender: median (of the times, for timed ones), FAIL, or empty
+  local s
+  if [ -n "${FAILED["$1|$2"]:-}" ]; then
+    echo FAIL
+  elif [ -n "${SECS["$1|$2"]:-}" ]; then
+    s=$(median ${SECS["$1|$2"]})
+    rate "${COUNT[$1]}" "$s"
+  else
+    median ${RES["$1|$2"]:-}
+  fi
 }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", (s > 0 ? n / s : 0) }'; }
 
@@ -278,18 +340,18 @@ start_busy() {
     all) for ((cpu = 0; cpu < n; cpu++)); do cpus+=("$cpu"); done ;;
   esac
   for cpu in "${cpus[@]}"; do
-    # Lowest priority possible (SCHED_IDLE, nice 19): runs only when the CPU
-    # would otherwise idle, so a wake-up never costs an idle-state exit.
+    # Lowest priority (nice 19) so it only takes time nobody else wants, but
+    # its CPU never idles, so a wake-up there costs no idle-state exit.
     # It also exits by itself if this script dies without cleaning up.
-    taskset -c "$cpu" nice -n 19 chrt -i 0 bash -c \
+    taskset -c "$cpu" nice -n 19 bash -c \
       'p=$1; while kill -0 "$p" 2>/dev/null; do for ((i = 0; i < 200000; i++)); do :; done; done' \
-      busy "$$" </dev/null >/dev/null 2>&1 &
+      busy "$$" </dev/null >/dev/null 2>&1 3>&- 4>&- &
     BUSY_PIDS+=($!)
   done
 }
 case $BUSY in
-  all) BUSY_DESC="one busy loop per CPU ($(nproc)), each pinned with taskset, at nice 19 and SCHED_IDLE, running during every contender's runs (native included)" ;;
-  one) BUSY_DESC="one busy loop pinned to CPU $(($(nproc) - 1)) with taskset, at nice 19 and SCHED_IDLE, running during every contender's runs (native included)" ;;
+  all) BUSY_DESC="one shell busy loop (\`while :; do :; done\`) per CPU ($(nproc)), each pinned with taskset, at nice 19, running during every contender's runs (native included)" ;;
+  one) BUSY_DESC="one shell busy loop (\`while :; do :; done\`) pinned with taskset to CPU $(($(nproc) - 1)) of $(nproc), at nice 19, running during every contender's runs (native included)" ;;
   none) BUSY_DESC="no busy loop: CPUs idle between requests" ;;
 esac
 
@@ -323,7 +385,7 @@ start_contender() {  # contender; sets WORK (the directory to benchmark in)
       ;;
     bindfs)
       mkdir -p "$SCRATCH/bindfs-src"
-      setsid bindfs -f -o big_writes "$SCRATCH/bindfs-src" "$mnt" </dev/null >"$LOGDIR/$c.log" 2>&1 &
+      setsid bindfs -f -o big_writes "$SCRATCH/bindfs-src" "$mnt" </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
       WORK=$mnt
       ;;
     rclone)
@@ -331,12 +393,12 @@ start_contender() {  # contender; sets WORK (the directory to benchmark in)
       RCLONE_CONFIG=$BASE/rclone.conf setsid rclone mount "$SCRATCH/rclone-src" "$mnt" \
         --vfs-cache-mode full --cache-dir "$SCRATCH/rclone-cache" \
         --rc --rc-addr "127.0.0.1:$RC_PORT" --rc-no-auth \
-        </dev/null >"$LOGDIR/$c.log" 2>&1 &
+        </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
       WORK=$mnt
       ;;
     locker)
       mkdir -p "$SCRATCH/locker-data"
-      setsid "$LOCKER_BIN" mount "$mnt" --data-dir "$SCRATCH/locker-data" </dev/null >"$LOGDIR/$c.log" 2>&1 &
+      setsid "$LOCKER_BIN" mount "$mnt" --data-dir "$SCRATCH/locker-data" </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
       WORK=$mnt/corp/bench
       ;;
   esac
@@ -363,7 +425,7 @@ bench_contender() {  # contender (mounted; WORK set)
   settle "$c"
   log "$c: sequential write ${SEQ_MB} MiB (bs=1M, conv=fsync)"
   if timeit dd if="$SHM/rand.bin" of="$WORK/seq.bin" bs=1M conv=fsync status=none 2>>"$steps"; then
-    put seqwrite "$c" "$(rate "$SEQ_MB" "$ELAPSED")"; SECS["seqwrite|$c"]=$ELAPSED
+    put_timed seqwrite "$c" "$SEQ_MB" "$ELAPSED"
   else
     fail seqwrite "$c" "dd exit status $?"
   fi
@@ -373,24 +435,24 @@ bench_contender() {  # contender (mounted; WORK set)
   drop_caches
   log "$c: sequential read cold + warm"
   if timeit dd if="$WORK/seq.bin" of=/dev/null bs=1M status=none 2>>"$steps"; then
-    put seqread_cold "$c" "$(rate "$SEQ_MB" "$ELAPSED")"; SECS["seqread_cold|$c"]=$ELAPSED
+    put_timed seqread_cold "$c" "$SEQ_MB" "$ELAPSED"
   else
     fail seqread_cold "$c" "dd exit status $?"
   fi
   if timeit dd if="$WORK/seq.bin" of=/dev/null bs=1M status=none 2>>"$steps"; then
-    put seqread_warm "$c" "$(rate "$SEQ_MB" "$ELAPSED")"; SECS["seqread_warm|$c"]=$ELAPSED
+    put_timed seqread_warm "$c" "$SEQ_MB" "$ELAPSED"
   else
     fail seqread_warm "$c" "dd exit status $?"
   fi
-  if ! cmp -s "$SHM/rand.bin" "$WORK/seq.bin"; then
+  if ! step cmp -s "$SHM/rand.bin" "$WORK/seq.bin"; then
     fail verify_seq "$c" "file read back differs from what was written"
   fi
-  rm -f "$WORK/seq.bin"
+  step rm -f "$WORK/seq.bin"
   settle "$c"
 
   # 3. random 4 KiB I/O (fio, psync, iodepth 1) on a RAND_MB file
   log "$c: random 4 KiB read (cold, warm) and write on a ${RAND_MB} MiB file"
-  if dd if="$SHM/rand.bin" of="$WORK/rand.bin" bs=1M count="$RAND_MB" conv=fsync status=none 2>>"$steps"; then
+  if step dd if="$SHM/rand.bin" of="$WORK/rand.bin" bs=1M count="$RAND_MB" conv=fsync status=none 2>>"$steps"; then
     settle "$c"
     drop_caches
     if run_fio "$c" randread_cold --rw=randread --number_ios="$COLD_IOS" --invalidate=1 &&
@@ -399,7 +461,7 @@ bench_contender() {  # contender (mounted; WORK set)
     else
       fail randread_cold "$c" "fio failed (see $steps)"
     fi
-    cat "$WORK/rand.bin" >/dev/null 2>>"$steps"
+    step cat "$WORK/rand.bin" >/dev/null 2>>"$steps"
     if run_fio "$c" randread_warm --rw=randread --time_based --runtime="$RUNTIME" --invalidate=0 &&
       v=$(fio_iops "$LOGDIR/fio-$c-randread_warm.json" read); then
       put randread_warm "$c" "$v"
@@ -414,31 +476,31 @@ bench_contender() {  # contender (mounted; WORK set)
       fail randwrite "$c" "fio failed (see $steps)"
     fi
   else
-    fail randread_cold "$c" "could not lay out $WORK/rand.bin"
-    RES["randread_warm|$c"]=FAIL RES["randwrite|$c"]=FAIL
+    for v in randread_cold randread_warm randwrite; do fail "$v" "$c" "could not lay out $WORK/rand.bin"; done
   fi
-  rm -f "$WORK/rand.bin"
+  step rm -f "$WORK/rand.bin"
   settle "$c"
 
   # 4. metadata: create / stat / rename / delete
   log "$c: metadata, $META_FILES files of 4 KiB in $META_DIRS directories"
-  if mkdir "$WORK/meta" && out=$(timeout -k 10 "$STEP_TIMEOUT" python3 "$HELPERS/meta.py" "$WORK/meta" "$META_FILES" "$META_DIRS" 2>>"$steps"); then
+  if mkdir "$WORK/meta" &&
+    step python3 "$HELPERS/meta.py" "$WORK/meta" "$META_FILES" "$META_DIRS" >"$LOGDIR/meta-$c.out" 2>>"$steps"; then
+    out=$(cat "$LOGDIR/meta-$c.out")
     local phase secs
     while read -r phase secs; do
-      put "meta_$phase" "$c" "$(rate "$META_FILES" "$secs")"; SECS["meta_$phase|$c"]=$secs
+      put_timed "meta_$phase" "$c" "$META_FILES" "$secs"
     done <<<"$out"
   else
-    for v in create stat rename delete; do RES["meta_$v|$c"]=FAIL; done
-    fail meta "$c" "meta.py failed (see $steps)"
+    for v in create stat rename delete; do fail "meta_$v" "$c" "meta.py failed (see $steps)"; done
   fi
-  rm -rf "$WORK/meta"
+  step rm -rf "$WORK/meta"
   settle "$c"
 
   # 5. small files: tar -xf into the contender, cp -r back out to native
   log "$c: small files, tar -xf of $SMALL_FILES files then cp -r out"
   mkdir -p "$WORK/small"
   if timeit tar --no-same-owner -xf "$SHM/tree.tar" -C "$WORK/small" 2>>"$steps"; then
-    put small_untar "$c" "$(rate "$SMALL_FILES" "$ELAPSED")"; SECS["small_untar|$c"]=$ELAPSED
+    put_timed small_untar "$c" "$SMALL_FILES" "$ELAPSED"
   else
     fail small_untar "$c" "tar exit status $?"
   fi
@@ -447,32 +509,36 @@ bench_contender() {  # contender (mounted; WORK set)
   rm -rf "$SCRATCH/cpout"
   mkdir -p "$SCRATCH/cpout"
   if timeit cp -r "$WORK/small" "$SCRATCH/cpout/" 2>>"$steps"; then
-    put small_cpout "$c" "$(rate "$SMALL_FILES" "$ELAPSED")"; SECS["small_cpout|$c"]=$ELAPSED
-    diff -r "$SHM/tree" "$SCRATCH/cpout/small" >>"$steps" 2>&1 ||
+    put_timed small_cpout "$c" "$SMALL_FILES" "$ELAPSED"
+    step diff -r "$SHM/tree" "$SCRATCH/cpout/small" >>"$steps" 2>&1 ||
       fail verify_small "$c" "tree copied back differs from the original"
   else
     fail small_cpout "$c" "cp exit status $?"
   fi
-  rm -rf "$SCRATCH/cpout" "$WORK/small"
+  step rm -rf "$SCRATCH/cpout" "$WORK/small"
   settle "$c"
 }
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 start_busy
 log "CPU condition: $BUSY_DESC"
+for c in "${CONTENDERS[@]}"; do STATUS[$c]=; done
+for ((rep = 1; rep <= REPEAT; rep++)); do
 for c in "${CONTENDERS[@]}"; do
-  STATUS[$c]=
-  log "=== $c"
+  log "=== $c (run $rep of $REPEAT)"
   if start_contender "$c"; then
     bench_contender "$c"
   else
     STATUS[$c]+=" mount-failed"
-    FAILURES=$((FAILURES + 1))
+    fail mount "$c" "did not mount (see $LOGDIR/$c.log); its cells are empty"
   fi
   [ "$c" = native ] || stop_daemon "$c"
   rm -rf "$SCRATCH/native" "$SCRATCH/bindfs-src" "$SCRATCH/rclone-src" "$SCRATCH/rclone-cache" "$SCRATCH/locker-data"
   sync
 done
+done
 stop_busy
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 TOTAL_SECS=$((SECONDS - T_START))
 
 # ---------------------------------------------------------------- report
@@ -514,6 +580,11 @@ ratio() {  # a b
 
 tables() {
   local g line key grp label unit dec target c others=() hdr sep row v s tc tf r
+  declare -A val=()
+  for line in "${METRICS[@]}"; do
+    key=${line%%|*}
+    for c in "${CONTENDERS[@]}"; do val["$key|$c"]=$(value "$key" "$c"); done
+  done
   for c in native bindfs rclone; do has "$c" && has locker && others+=("$c"); done
   for g in 1 2 3 4 5; do
     printf '\n#### %s\n\n' "${GROUP_TITLES[$g]}"
@@ -527,19 +598,19 @@ tables() {
       [ "$grp" = "$g" ] || continue
       row="| $label | $unit |"
       for c in "${CONTENDERS[@]}"; do
-        v=${RES["$key|$c"]:-}
-        s=${SECS["$key|$c"]:-}
+        v=${val["$key|$c"]}
+        s=$(median ${SECS["$key|$c"]:-})
         if [ -n "$s" ] && [ "$v" != FAIL ] && [ "$g" -ge 4 ]; then
           row+=" $(fmt "$v" "$dec") ($(printf '%.2f' "$s") s) |"
         else
           row+=" $(fmt "$v" "$dec") |"
         fi
       done
-      for c in "${others[@]}"; do row+=" $(ratio "${RES["$key|locker"]:-}" "${RES["$key|$c"]:-}") |"; done
+      for c in "${others[@]}"; do row+=" $(ratio "${val["$key|locker"]}" "${val["$key|$c"]}") |"; done
       tc=${target%%:*} tf=${target#*:}
       r=
       if has locker && has "$tc"; then
-        r=$(awk -v a="${RES["$key|locker"]:-x}" -v b="${RES["$key|$tc"]:-x}" -v t="$tf" \
+        r=$(awk -v a="${val["$key|locker"]:-x}" -v b="${val["$key|$tc"]:-x}" -v t="$tf" \
           'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) print (a / b >= t ? " (met)" : " (not met)") }')
       fi
       row+=" ≥ ${tf}× $tc$r |"
@@ -552,9 +623,16 @@ machine_facts() {
   local model mem
   model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
   mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-  echo "- Machine: $(nproc) CPUs ($model), $mem RAM, kernel $(uname -r)"
+  echo "- Machine: $(nproc) CPUs ($model), $mem RAM, kernel $(uname -r); load average (1/5/15 min) $LOAD_START at start, $LOAD_END at end (anything well above the busy loop's 1 means other work shared the machine)"
   echo "- Scratch filesystem: ${IMG_MB} MiB image file (fallocated on \`$ROOT_OPTS\`), loop device with direct-io=$LOOP_DIO, \`mkfs.ext4 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0\`, mounted \`$SCRATCH_OPTS\` (no online discard). Native, bindfs's source, LOCKER's data dir and rclone's remote and cache dir all live on it; test data is prepared in /dev/shm."
-  echo "- Contenders: native = a directory on the scratch fs; bindfs $(bindfs --version 2>/dev/null | awk '{print $2}') = \`bindfs -o big_writes\`; rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}') = \`rclone mount SRC MNT --vfs-cache-mode full --cache-dir SCRATCH/...\` (default write-back; the script waits for its uploads between workloads, untimed); LOCKER = \`locker mount MNT --data-dir SCRATCH/...\`, working in \`MNT/corp/bench\`"
+  local cs=()
+  has native && cs+=("native = a directory on the scratch fs")
+  has bindfs && cs+=("bindfs $(bindfs --version 2>/dev/null | awk '{print $2}') = \`bindfs -f -o big_writes SRC MNT\`")
+  has rclone && cs+=("rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}') = \`rclone mount SRC MNT --vfs-cache-mode full --cache-dir SCRATCH/rclone-cache\` (default write-back delay; the script waits, untimed, for its uploads to finish between workloads)")
+  has locker && cs+=("LOCKER = \`locker mount MNT --data-dir SCRATCH/locker-data\`, working in \`MNT/corp/bench\`")
+  local out=${cs[0]} i
+  for ((i = 1; i < ${#cs[@]}; i++)); do out+="; ${cs[$i]}"; done
+  echo "- Contenders: $out"
   if has locker; then
     echo "- LOCKER binary: \`$LOCKER_BIN\` (built $(date -r "$LOCKER_BIN" '+%Y-%m-%d %H:%M'), repo at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes'))"
   fi
@@ -569,6 +647,11 @@ section() {
   echo
   echo "- Command: \`$cmd\` (as root; ran in $((TOTAL_SECS / 60)) min $((TOTAL_SECS % 60)) s)"
   echo "- Date: $(date '+%Y-%m-%d %H:%M %Z')"
+  if [ "$REPEAT" -gt 1 ]; then
+    echo "- Repeats: every contender ran $REPEAT times, interleaved; each figure is the median"
+  else
+    echo "- Repeats: one run per contender (use \`--repeat 3\` for medians)"
+  fi
   machine_facts
   echo "- CPU condition: $BUSY_DESC. An idle CPU makes every FUSE round trip pay a wake-up, so the loop keeps the CPUs out of idle for all contenders alike."
   echo "- Figures are higher-is-better throughputs (MiB/s, IOPS, or files/s = files ÷ elapsed wall time; the elapsed time is shown in brackets). LOCKER/X columns are speed ratios (LOCKER's throughput ÷ X's, the inverse of the time ratio): above 1× LOCKER is faster."
@@ -576,7 +659,10 @@ section() {
   for c in "${CONTENDERS[@]}"; do
     [ -n "${STATUS[$c]:-}" ] && echo "- Note: $c:${STATUS[$c]}"
   done
-  [ $FAILURES -gt 0 ] && echo "- $FAILURES step(s) failed (FAIL in the tables)."
+  if [ $FAILURES -gt 0 ]; then
+    echo "- $FAILURES step(s) failed (FAIL in the tables):"
+    printf '  - %s\n' "${FAIL_NOTES[@]}"
+  fi
   tables
 }
 

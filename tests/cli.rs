@@ -7,7 +7,10 @@ use common::BIN;
 
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -15,7 +18,12 @@ fn mount_on_missing_mountpoint_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     let mnt = d.path().join("nope");
-    let (ok, err) = run(&["mount", mnt.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    let (ok, err) = run(&[
+        "mount",
+        mnt.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(err.contains("does not exist"), "{err}");
     assert!(!data.exists(), "nothing created");
@@ -27,7 +35,12 @@ fn mount_on_a_file_fails_clearly() {
     let f = d.path().join("file");
     std::fs::write(&f, b"x").unwrap();
     let data = d.path().join("data");
-    let (ok, err) = run(&["mount", f.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    let (ok, err) = run(&[
+        "mount",
+        f.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(err.contains("not a directory"), "{err}");
     assert!(!data.exists());
@@ -38,9 +51,17 @@ fn unwritable_data_dir_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let mnt = d.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let (ok, err) = run(&["mount", mnt.to_str().unwrap(), "--data-dir", "/proc/locker-data"]);
+    let (ok, err) = run(&[
+        "mount",
+        mnt.to_str().unwrap(),
+        "--data-dir",
+        "/proc/locker-data",
+    ]);
     assert!(!ok);
-    assert!(err.contains("/proc/locker-data") && err.contains("not writable"), "{err}");
+    assert!(
+        err.contains("/proc/locker-data") && err.contains("not writable"),
+        "{err}"
+    );
     assert!(!common::is_mounted(&mnt));
 }
 
@@ -72,9 +93,17 @@ fn unknown_config_key_is_refused() {
     std::fs::create_dir(&mnt).unwrap();
     let cfg = d.path().join("c.toml");
     std::fs::write(&cfg, "[mount]\nthreds = 2\n").unwrap();
-    let (ok, err) = run(&["mount", mnt.to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    let (ok, err) = run(&[
+        "mount",
+        mnt.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     assert!(!ok);
-    assert!(err.contains("c.toml") && err.contains("line 2") && err.contains("threds"), "{err}");
+    assert!(
+        err.contains("c.toml") && err.contains("line 2") && err.contains("threds"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -92,7 +121,12 @@ fn init_writes_the_default_config_and_refuses_to_overwrite() {
     std::fs::create_dir(&mnt).unwrap();
     let data = d.path().join("data");
     let mut child = Command::new(BIN)
-        .args(["mount", mnt.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .args([
+            "mount",
+            mnt.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
         .args(["--data-dir", data.to_str().unwrap()])
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -102,7 +136,10 @@ fn init_writes_the_default_config_and_refuses_to_overwrite() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let names: Vec<String> = std::fs::read_dir(&mnt)
-        .map(|r| r.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
         .unwrap_or_default();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let st = child.wait().unwrap();

@@ -314,10 +314,10 @@ impl Model {
     }
 
     fn drop_name(&mut self, p: &[String]) {
-        if let Some(Ent::File(ino)) = self.tree.remove(p) {
-            if self.nlink(ino) == 0 {
-                self.files.remove(&ino);
-            }
+        if let Some(Ent::File(ino)) = self.tree.remove(p)
+            && self.nlink(ino) == 0
+        {
+            self.files.remove(&ino);
         }
     }
 

@@ -201,7 +201,9 @@ fs_unmount() {
   fi
   case "$_UNMOUNTED_PIDS" in *" $pid "*) return 0 ;; esac
   _UNMOUNTED_PIDS+="$pid "
+  local was_alive=
   if kill -0 "$pid" 2>/dev/null; then
+    was_alive=1
     kill -TERM "$pid" 2>/dev/null
     for ((i = 0; i < 200; i++)); do
       kill -0 "$pid" 2>/dev/null || break
@@ -214,7 +216,10 @@ fs_unmount() {
   else
     wait "$pid" 2>/dev/null
     rc=$?
-    if [ "$rc" -ne 0 ]; then
+    if [ -z "$was_alive" ]; then
+      FS_UNMOUNT_HOW="daemon had already exited (status $rc) before SIGTERM"
+      log "WARNING: $FS_UNMOUNT_HOW"
+    elif [ "$rc" -ne 0 ]; then
       FS_UNMOUNT_HOW="daemon exited with status $rc after SIGTERM"
       log "WARNING: $FS_UNMOUNT_HOW"
     fi

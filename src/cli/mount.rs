@@ -137,23 +137,23 @@ fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
     } else {
         std::env::current_dir()?.join(mountpoint)
     };
-    if let Some(fstype) = mount_type(&abs) {
-        if fstype.starts_with("fuse") {
-            match statfs_errno(&abs) {
-                Some(libc::ENOTCONN) => {
-                    tracing::warn!(mountpoint = %abs.display(), "a stale mount from a daemon that died is in the way; detaching it");
-                    lazy_unmount(&abs);
-                }
-                None => bail!(
-                    "mountpoint {} is already mounted ({fstype}); unmount it first",
-                    abs.display()
-                ),
-                Some(e) => bail!(
-                    "mountpoint {}: {}",
-                    abs.display(),
-                    std::io::Error::from_raw_os_error(e)
-                ),
+    if let Some(fstype) = mount_type(&abs)
+        && fstype.starts_with("fuse")
+    {
+        match statfs_errno(&abs) {
+            Some(libc::ENOTCONN) => {
+                tracing::warn!(mountpoint = %abs.display(), "a stale mount from a daemon that died is in the way; detaching it");
+                lazy_unmount(&abs);
             }
+            None => bail!(
+                "mountpoint {} is already mounted ({fstype}); unmount it first",
+                abs.display()
+            ),
+            Some(e) => bail!(
+                "mountpoint {}: {}",
+                abs.display(),
+                std::io::Error::from_raw_os_error(e)
+            ),
         }
     }
     match std::fs::metadata(&abs) {
