@@ -5,8 +5,12 @@
 //!
 //! | path                                   | what                                  |
 //! |----------------------------------------|---------------------------------------|
-//! | `blocks/v1/ab/cd/abcd…(64 hex)`        | one block, named by its SHA-256        |
-//! | `blocks/tmp/`                          | blocks being written (renamed into place, so a block file under its final name is always complete) |
+//! | `blocks/v1/ab/ab…(64 hex)`             | one block, named by its SHA-256; 256 shard directories, all made when the store opens |
+//! | `blocks/tmp/`                          | blocks being written where `O_TMPFILE` is unsupported |
+//!
+//! A block is written into an anonymous `O_TMPFILE` in its shard directory
+//! and linked under its name only when complete, so a block file under its
+//! final name is always whole (one directory operation per block).
 //!
 //! A block is immutable once named: the same id always holds the same bytes.
 //! A missing block is `None`, never an error. Every block read in from
@@ -38,6 +42,13 @@ use sha2::{Digest, Sha256};
 /// block at commit), which is bounded by the blocks touched, and dedup at
 /// 1 MiB granularity, which still catches whole-file copies.
 pub const BLOCK_SIZE: u64 = 1 << 20;
+
+/// Blocks shorter than this are kept in the metadata database (table
+/// `block_data`) rather than as files: a small file then costs no inode,
+/// directory entry or extra fsync in the data directory, and its bytes
+/// commit in the same transaction as its block list. Whether a block is
+/// inline follows from its length alone.
+pub const INLINE_MAX: u32 = 64 * 1024;
 
 /// A block's identity: the SHA-256 of its bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +131,12 @@ impl BlockStore {
         let tmp = dir.join("tmp");
         fs::create_dir_all(&root)?;
         fs::create_dir_all(&tmp)?;
+        for i in 0..=255u8 {
+            match fs::create_dir(root.join(hex(&[i]))) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
         // Whatever is in tmp/ was being written when the daemon stopped.
         for e in fs::read_dir(&tmp)? {
             let _ = fs::remove_file(e?.path());
@@ -136,7 +153,7 @@ impl BlockStore {
 
     fn path(&self, id: &BlockId) -> PathBuf {
         let h = id.hex();
-        self.root.join(&h[0..2]).join(&h[2..4]).join(h)
+        self.root.join(&h[0..2]).join(h)
     }
 
     pub fn contains(&self, id: &BlockId) -> bool {
@@ -158,6 +175,61 @@ impl BlockStore {
             self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         }
+        match self.write_linked(&path, data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Written by someone else meanwhile: same name, same bytes.
+                self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+                ) =>
+            {
+                self.write_renamed(&path, data)?
+            }
+            Err(e) => return Err(e),
+        }
+        self.unsynced.lock().unwrap().insert(*id);
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Writes `data` into an anonymous file in the block's directory and
+    /// links it under `path` once complete.
+    fn write_linked(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = path.parent().expect("block path has a parent");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)?;
+        f.write_all(data)?;
+        let from =
+            std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).expect("no NUL");
+        let to = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(io::Error::other)?;
+        // SAFETY: both paths are NUL-terminated and live across the call.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The portable way: a named temporary file renamed into place.
+    fn write_renamed(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let tmp = self.tmp.join(format!(
             "{}.{}",
             std::process::id(),
@@ -167,20 +239,11 @@ impl BlockStore {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
         }
-        if let Err(e) = fs::rename(&tmp, &path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-            fs::create_dir_all(path.parent().expect("block path has a parent"))?;
-            if let Err(e) = fs::rename(&tmp, &path) {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        self.unsynced.lock().unwrap().insert(*id);
-        self.stats.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
+        Ok(())
     }
 
     fn handle(&self, id: &BlockId) -> io::Result<Option<Arc<File>>> {
@@ -252,15 +315,8 @@ impl BlockStore {
                 continue;
             }
             for b in fs::read_dir(a.path())? {
-                let b = b?;
-                if !b.file_type()?.is_dir() {
-                    continue;
-                }
-                for c in fs::read_dir(b.path())? {
-                    let c = c?;
-                    if let Some(id) = c.file_name().to_str().and_then(BlockId::from_hex) {
-                        out.push(id);
-                    }
+                if let Some(id) = b?.file_name().to_str().and_then(BlockId::from_hex) {
+                    out.push(id);
                 }
             }
         }

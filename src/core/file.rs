@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::blocks::{BLOCK_SIZE, BlockId};
+use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Handle, Locker, State};
 use crate::meta::{self, BlockRef};
@@ -125,25 +125,56 @@ impl Locker {
         }
     }
 
-    /// Hashes and stores one block's bytes (all zeros become a hole).
-    fn store_block(&self, data: &[u8]) -> CoreResult<Dirty> {
+    /// Hashes and stores one block's bytes in the block store (all zeros
+    /// become a hole). Small blocks are not stored here: `None` says they
+    /// stay in memory until the commit puts them in the database.
+    fn store_block(&self, data: &[u8]) -> CoreResult<Option<Dirty>> {
         if data.iter().all(|&b| b == 0) {
-            return Ok(Dirty::Hole);
+            return Ok(Some(Dirty::Hole));
+        }
+        if (data.len() as u32) < INLINE_MAX {
+            return Ok(None);
         }
         let (id, _) = self.blocks.put(data)?;
-        Ok(Dirty::Stored(BlockRef {
+        Ok(Some(Dirty::Stored(BlockRef {
             id,
             len: data.len() as u32,
-        }))
+        })))
     }
 
-    fn read_block(&self, r: &BlockRef) -> CoreResult<Vec<u8>> {
-        let mut data = self
-            .blocks
-            .read(&r.id)?
-            .ok_or_else(|| CoreError::Corrupt(format!("block {} is missing", r.id.hex())))?;
+    fn missing(r: &BlockRef) -> CoreError {
+        CoreError::Corrupt(format!("block {} is missing", r.id.hex()))
+    }
+
+    /// The bytes of a block, wherever it is kept.
+    pub(crate) fn read_block(&self, st: &State, r: &BlockRef) -> CoreResult<Vec<u8>> {
+        let mut data = if r.len < INLINE_MAX {
+            meta::get_inline_block(&st.conn, &r.id)?
+        } else {
+            self.blocks.read(&r.id)?
+        }
+        .ok_or_else(|| Locker::missing(r))?;
         data.truncate(r.len as usize);
         Ok(data)
+    }
+
+    /// Copies the block's bytes from offset `bo` into `dst` (which must not
+    /// reach past the block's length).
+    fn read_block_at(&self, st: &State, r: &BlockRef, bo: u64, dst: &mut [u8]) -> CoreResult<()> {
+        if r.len < INLINE_MAX {
+            let data =
+                meta::get_inline_block(&st.conn, &r.id)?.ok_or_else(|| Locker::missing(r))?;
+            let b = bo as usize;
+            if b + dst.len() > data.len() {
+                return Err(Locker::missing(r));
+            }
+            dst.copy_from_slice(&data[b..b + dst.len()]);
+            return Ok(());
+        }
+        match self.blocks.read_at(&r.id, bo, dst)? {
+            Some(n) if n == dst.len() => Ok(()),
+            _ => Err(Locker::missing(r)),
+        }
     }
 
     /// Makes block `idx` a `Mem` entry holding its current bytes, and returns
@@ -157,10 +188,10 @@ impl Locker {
     ) -> CoreResult<()> {
         let data = match fs.dirty.get(&idx) {
             Some(Dirty::Mem(_)) => return Ok(()),
-            Some(Dirty::Stored(r)) => self.read_block(r)?,
+            Some(Dirty::Stored(r)) => self.read_block(st, r)?,
             Some(Dirty::Hole) => Vec::new(),
             None => match fs.committed(st, ino, idx)? {
-                Some(r) => self.read_block(&r)?,
+                Some(r) => self.read_block(st, &r)?,
                 None => Vec::new(),
             },
         };
@@ -192,8 +223,9 @@ impl Locker {
 
     /// Stores the in-memory block `idx` (still uncommitted).
     fn spill_block(&self, st: &mut State, fs: &mut FileState, idx: u64) -> CoreResult<()> {
-        if let Some(Dirty::Mem(buf)) = fs.dirty.get(&idx) {
-            let d = self.store_block(buf)?;
+        if let Some(Dirty::Mem(buf)) = fs.dirty.get(&idx)
+            && let Some(d) = self.store_block(buf)?
+        {
             Locker::set_dirty(st, fs, idx, Some(d));
         }
         Ok(())
@@ -276,13 +308,7 @@ impl Locker {
                 && bo < r.len as u64
             {
                 let m = n.min((r.len as u64 - bo) as usize);
-                if self.blocks.read_at(&r.id, bo, &mut dst[..m])?.is_none() {
-                    return Err(CoreError::Corrupt(format!(
-                        "block {} of inode {} is missing",
-                        r.id.hex(),
-                        ino.0
-                    )));
-                }
+                self.read_block_at(&st, &r, bo, &mut dst[..m])?;
             }
             pos += n as u64;
         }
@@ -313,7 +339,10 @@ impl Locker {
                 let chunk = &data[pos..pos + n];
                 if n == BLOCK_SIZE as usize {
                     // A whole block: hash and store it straight from the request.
-                    let d = self.store_block(chunk)?;
+                    let d = match self.store_block(chunk)? {
+                        Some(d) => d,
+                        None => Dirty::Mem(chunk.to_vec()),
+                    };
                     Locker::set_dirty(st, fs, idx, Some(d));
                 } else {
                     let len = self.edit_mem(st, ino, fs, idx, |buf| {
@@ -336,6 +365,10 @@ impl Locker {
             fs.ctime = Some(now);
             if st.mem_dirty > limit {
                 self.spill_all(st, fs)?;
+                if st.mem_dirty > limit {
+                    // Small blocks cannot be spilled: commit them early.
+                    self.commit_file(st, ino, fs)?;
+                }
             }
             Ok(data.len() as u32)
         })
@@ -396,8 +429,20 @@ impl Locker {
             return Ok(());
         }
         self.spill_all(st, fs)?;
+        // What is still in memory is small: it goes into the database with
+        // the block list.
+        let inline: Vec<(u64, BlockId)> = fs
+            .dirty
+            .iter()
+            .filter_map(|(i, d)| match d {
+                Dirty::Mem(b) => Some((*i, BlockId::of(b))),
+                _ => None,
+            })
+            .collect();
+        let inline: std::collections::HashMap<u64, BlockId> = inline.into_iter().collect();
         let dirty = &fs.dirty;
         let cut = fs.cut;
+        let stats = &self.blocks.stats;
         let (size, mtime, ctime) = (fs.size, fs.mtime, fs.ctime);
         let freed = st.tx(|tx| {
             let mut freed: Vec<BlockId> = Vec::new();
@@ -409,7 +454,7 @@ impl Locker {
                     if dirty.contains_key(&idx) {
                         continue;
                     }
-                    if meta::decref_block(tx, &old.id)? {
+                    if meta::decref_block(tx, &old.id)? && old.len >= INLINE_MAX {
                         freed.push(old.id);
                     }
                     meta::delete_file_block(tx, ino, idx)?;
@@ -420,13 +465,26 @@ impl Locker {
                 let new = match d {
                     Dirty::Stored(r) => Some(*r),
                     Dirty::Hole => None,
-                    Dirty::Mem(_) => unreachable!("spilled above"),
+                    Dirty::Mem(b) if b.iter().all(|&x| x == 0) => None,
+                    Dirty::Mem(b) => {
+                        let id = inline[&idx];
+                        if meta::put_inline_block(tx, &id, b)? {
+                            stats
+                                .writes
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Some(BlockRef {
+                            id,
+                            len: b.len() as u32,
+                        })
+                    }
                 };
                 if old == new {
                     continue;
                 }
                 if let Some(o) = old
                     && meta::decref_block(tx, &o.id)?
+                    && o.len >= INLINE_MAX
                 {
                     freed.push(o.id);
                 }
@@ -613,7 +671,7 @@ impl Locker {
                 }
             };
             let bytes = match src {
-                Some(r) => self.read_block(&r)?,
+                Some(r) => self.read_block(st, &r)?,
                 None => bytes,
             };
             let m = bytes.len().min(want);

@@ -628,7 +628,7 @@ impl Locker {
         let freed = st.tx(|tx| {
             let mut freed = Vec::new();
             for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
-                if meta::decref_block(tx, &b.id)? {
+                if meta::decref_block(tx, &b.id)? && b.len >= crate::blocks::INLINE_MAX {
                     freed.push(b.id);
                 }
                 meta::delete_file_block(tx, ino, idx)?;

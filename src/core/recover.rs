@@ -23,6 +23,10 @@ impl Locker {
         }
         let known: HashSet<Vec<u8>> = {
             st.conn.execute("DELETE FROM blocks WHERE refs <= 0", [])?;
+            st.conn.execute(
+                "DELETE FROM block_data WHERE id NOT IN (SELECT id FROM blocks)",
+                [],
+            )?;
             let mut q = st.conn.prepare("SELECT id FROM blocks")?;
             let rows = q.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
             rows.collect::<Result<_, _>>()?

@@ -256,13 +256,13 @@ fn unlinked_open_file_is_collected_after_a_crash() {
 fn uncommitted_blocks_are_collected_after_a_crash() {
     let t = new();
     let ns = t.ns();
-    let keep = t.put(ns, b"keep", &pattern(5000, 5));
+    let keep = t.put(ns, b"keep", &pattern(200_000, 5));
     let (_, fh) = t.l.create(&ME, ns, b"lost", 0o644, rw()).unwrap();
     t.l.write(fh, 0, &pattern(BLOCK_SIZE as usize, 6)).unwrap(); // stored, not committed
     assert_eq!(t.l.block_store().list().unwrap().len(), 2);
     let t = t.crash_and_reopen();
     assert_eq!(t.l.block_store().list().unwrap().len(), 1);
-    assert_eq!(t.get(keep), pattern(5000, 5));
+    assert_eq!(t.get(keep), pattern(200_000, 5));
 }
 
 #[test]
@@ -425,4 +425,29 @@ fn setgid_directory_passes_its_group_on() {
     let sub = t.l.mkdir(&ME, d.ino, b"s", 0o755).unwrap();
     assert_eq!(sub.gid, 50);
     assert_ne!(sub.perm & 0o2000, 0);
+}
+
+#[test]
+fn small_files_live_in_the_database_and_are_freed_with_them() {
+    let t = new();
+    let ns = t.ns();
+    let a = t.put(ns, b"a", b"small content");
+    t.put(ns, b"b", b"small content");
+    assert_eq!(
+        t.l.block_store().list().unwrap().len(),
+        0,
+        "no block file for small files"
+    );
+    let count = |t: &T| -> i64 {
+        t.l.lock()
+            .conn
+            .query_row("SELECT count(*) FROM block_data", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&t), 1, "one copy of the shared content");
+    assert_eq!(t.get(a), b"small content");
+    t.l.unlink(ns, b"a").unwrap();
+    assert_eq!(count(&t), 1);
+    t.l.unlink(ns, b"b").unwrap();
+    assert_eq!(count(&t), 0, "freed with its last file");
 }

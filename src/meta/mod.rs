@@ -34,6 +34,10 @@ fn configure(conn: &mut Connection) -> MetaResult<()> {
     // committed. synchronous=NORMAL keeps commits durable against a daemon
     // crash (the WAL is in the page cache); fsync() asks for a full sync
     // explicitly (see `durable_barrier`).
+    // One daemon owns the database (the data directory is locked), so it
+    // holds SQLite's lock for good: no file-lock calls per transaction, and
+    // the WAL index lives in memory instead of a shared-memory file.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
@@ -404,10 +408,26 @@ pub fn decref_block(conn: &Connection, id: &BlockId) -> MetaResult<bool> {
         Some(n) if n <= 0 => {
             conn.prepare_cached("DELETE FROM blocks WHERE id = ?1")?
                 .execute([&id.0[..]])?;
+            conn.prepare_cached("DELETE FROM block_data WHERE id = ?1")?
+                .execute([&id.0[..]])?;
             Ok(true)
         }
         _ => Ok(false),
     }
+}
+
+/// Stores the bytes of a small block unless present; true if inserted.
+pub fn put_inline_block(conn: &Connection, id: &BlockId, data: &[u8]) -> MetaResult<bool> {
+    Ok(conn
+        .prepare_cached("INSERT OR IGNORE INTO block_data (id, data) VALUES (?1, ?2)")?
+        .execute(params![&id.0[..], data])?
+        > 0)
+}
+
+pub fn get_inline_block(conn: &Connection, id: &BlockId) -> MetaResult<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT data FROM block_data WHERE id = ?1")?
+        .query_row([&id.0[..]], |r| r.get(0))
+        .optional()
 }
 
 pub fn block_known(conn: &Connection, id: &BlockId) -> MetaResult<bool> {

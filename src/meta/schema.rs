@@ -8,6 +8,7 @@
 //! | `file_blocks`| block of a regular file          | `idx` = offset / BLOCK_SIZE; a missing row is a hole; `len` ≤ BLOCK_SIZE |
 //! | `blocks`     | distinct block content           | `refs` = number of `file_blocks` rows naming it; `state` 0 = dirty (only local), 1 = clean (also in a backend); `present` 1 when the bytes are on local disk |
 //! | `orphans`    | unlinked inode still open        | purged on last close, or at the next mount after a crash |
+//! | `block_data` | small block's bytes              | blocks shorter than `blocks::INLINE_MAX`; deleted with their `blocks` row |
 //!
 //! `PRAGMA user_version` holds the number of migrations applied.
 
@@ -64,6 +65,11 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE orphans (ino INTEGER PRIMARY KEY);
     CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;",
+    // 2: small blocks inline in the database.
+    "CREATE TABLE block_data (
+        id   BLOB PRIMARY KEY,
+        data BLOB NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// Number of migrations this build knows.
