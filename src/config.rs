@@ -27,8 +27,9 @@ pub const DEFAULT_CONFIG: &str = r#"# LOCKER configuration.
 threads = 2
 
 # Uncommitted file data kept in memory before it is written to the block
-# store, in MiB, across all open files.
-dirty_memory_mb = 256
+# store, in MiB, across all open files. Default: an eighth of the machine's
+# memory, at most 1024.
+# dirty_memory_mb = 1024
 
 # The namespaces: the top-level directories of the mount. Each one is created
 # at mount if missing; `mkdir` at the root of the mount adds more.
@@ -55,8 +56,7 @@ pub struct MountConfig {
     pub allow_other: Option<bool>,
     #[serde(default = "default_threads")]
     pub threads: usize,
-    #[serde(default = "default_dirty_mb")]
-    pub dirty_memory_mb: u64,
+    pub dirty_memory_mb: Option<u64>,
 }
 
 impl Default for MountConfig {
@@ -64,7 +64,7 @@ impl Default for MountConfig {
         MountConfig {
             allow_other: None,
             threads: default_threads(),
-            dirty_memory_mb: default_dirty_mb(),
+            dirty_memory_mb: None,
         }
     }
 }
@@ -73,8 +73,23 @@ fn default_threads() -> usize {
     2
 }
 
-fn default_dirty_mb() -> u64 {
-    256
+impl MountConfig {
+    /// The dirty-memory limit in bytes: as configured, else an eighth of the
+    /// machine's memory, at most 1 GiB (and at least 64 MiB).
+    pub fn dirty_memory_limit(&self) -> u64 {
+        if let Some(mb) = self.dirty_memory_mb {
+            return mb << 20;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let total = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+        (total / 8).clamp(64 << 20, 1 << 30)
+    }
 }
 
 /// Settings of one namespace. Empty for now: every namespace is stored in
@@ -144,7 +159,7 @@ impl Config {
                 cfg.mount.threads
             )));
         }
-        if cfg.mount.dirty_memory_mb == 0 {
+        if cfg.mount.dirty_memory_mb == Some(0) {
             return Err(invalid("mount.dirty_memory_mb must be at least 1".into()));
         }
         Ok(cfg)

@@ -280,6 +280,17 @@ impl BlockStore {
         Ok(Some(done))
     }
 
+    /// Asks the kernel to start reading a block into the page cache (for
+    /// sequential readers); a missing block is ignored.
+    pub fn prefetch(&self, id: &BlockId) {
+        if let Ok(Some(f)) = self.handle(id) {
+            // SAFETY: advisory call on a descriptor we hold open.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+            }
+        }
+    }
+
     /// The whole block, or `None` when it is not present.
     pub fn read(&self, id: &BlockId) -> io::Result<Option<Vec<u8>>> {
         match File::open(self.path(id)) {

@@ -42,7 +42,7 @@ pub fn run(
 
     let opts = LockerOptions {
         namespaces: cfg.namespaces.keys().cloned().collect(),
-        dirty_memory_limit: cfg.mount.dirty_memory_mb << 20,
+        dirty_memory_limit: cfg.mount.dirty_memory_limit(),
     };
     let core = Arc::new(
         Locker::open_dir(dir.path(), opts)

@@ -40,6 +40,9 @@ pub(crate) struct FileState {
     pub ctime: Option<Timestamp>,
     /// Bytes held in `Mem` entries.
     mem: u64,
+    /// A name of this file was removed while it was open: at the last close,
+    /// check whether it has any left.
+    pub maybe_unlinked: bool,
 }
 
 impl FileState {
@@ -59,6 +62,7 @@ impl FileState {
             mtime: None,
             ctime: None,
             mem: 0,
+            maybe_unlinked: false,
         })
     }
 
@@ -231,6 +235,41 @@ impl Locker {
         Ok(())
     }
 
+    /// Stores in-memory blocks (this file's first, then other files') until
+    /// uncommitted memory is down to `target`. Going well below the limit
+    /// keeps a writer just over it from storing blocks on every write.
+    fn relieve_memory(&self, st: &mut State, fs: &mut FileState, target: u64) -> CoreResult<()> {
+        let idxs: Vec<u64> = fs
+            .dirty
+            .iter()
+            .filter(|(_, d)| matches!(d, Dirty::Mem(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        for idx in idxs {
+            if st.mem_dirty <= target {
+                return Ok(());
+            }
+            self.spill_block(st, fs, idx)?;
+        }
+        let others: Vec<InodeNo> = st
+            .files
+            .iter()
+            .filter(|(_, f)| f.mem > 0)
+            .map(|(i, _)| *i)
+            .collect();
+        for ino in others {
+            if st.mem_dirty <= target {
+                break;
+            }
+            if let Some(mut other) = st.files.remove(&ino) {
+                let r = self.spill_all(st, &mut other);
+                st.files.insert(ino, other);
+                r?;
+            }
+        }
+        Ok(())
+    }
+
     fn spill_all(&self, st: &mut State, fs: &mut FileState) -> CoreResult<()> {
         let idxs: Vec<u64> = fs
             .dirty
@@ -246,7 +285,7 @@ impl Locker {
 
     fn file_handle(st: &State, fh: HandleId) -> CoreResult<(InodeNo, OpenMode)> {
         match st.handles.get(&fh) {
-            Some(Handle::File { ino, mode }) => Ok((*ino, *mode)),
+            Some(Handle::File { ino, mode, .. }) => Ok((*ino, *mode)),
             _ => Err(CoreError::BadHandle),
         }
     }
@@ -270,18 +309,52 @@ impl Locker {
         }
         let fh = HandleId(st.next_handle);
         st.next_handle += 1;
-        st.handles.insert(fh, Handle::File { ino, mode });
+        st.handles.insert(
+            fh,
+            Handle::File {
+                ino,
+                mode,
+                next_read: 0,
+            },
+        );
         Ok(fh)
     }
 
     /// Reads up to `size` bytes at `offset`; short only at the end of file.
     pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> CoreResult<Vec<u8>> {
-        let st = self.lock();
-        let (ino, _) = Locker::file_handle(&st, fh)?;
+        let mut st = self.lock();
+        let (ino, sequential) = match st.handles.get_mut(&fh) {
+            Some(Handle::File { ino, next_read, .. }) => {
+                let seq = *next_read == offset;
+                *next_read = offset.saturating_add(size as u64);
+                (*ino, seq)
+            }
+            _ => return Err(CoreError::BadHandle),
+        };
+        let st = &*st;
         let fs = st.files.get(&ino).ok_or(CoreError::BadHandle)?;
         let file_size = fs.size;
         if offset >= file_size {
             return Ok(Vec::new());
+        }
+        if sequential && offset.is_multiple_of(BLOCK_SIZE) {
+            // A sequential reader entering a block: have the disk read the
+            // next blocks ahead, each being a file of its own.
+            let idx = offset / BLOCK_SIZE;
+            let first = if offset == 0 { idx } else { idx + 1 };
+            for ahead in first..=idx + 2 {
+                if ahead * BLOCK_SIZE >= file_size {
+                    break;
+                }
+                let r = match fs.dirty.get(&ahead) {
+                    Some(Dirty::Stored(r)) => Some(*r),
+                    Some(_) => None,
+                    None => fs.committed(st, ino, ahead)?,
+                };
+                if let Some(r) = r.filter(|r| r.len >= INLINE_MAX) {
+                    self.blocks.prefetch(&r.id);
+                }
+            }
         }
         let end = file_size.min(offset.saturating_add(size as u64));
         let mut out = vec![0u8; (end - offset) as usize];
@@ -302,13 +375,13 @@ impl Locker {
                 }
                 Some(Dirty::Stored(r)) => Some(*r),
                 Some(Dirty::Hole) => None,
-                None => fs.committed(&st, ino, idx)?,
+                None => fs.committed(st, ino, idx)?,
             };
             if let Some(r) = src
                 && bo < r.len as u64
             {
                 let m = n.min((r.len as u64 - bo) as usize);
-                self.read_block_at(&st, &r, bo, &mut dst[..m])?;
+                self.read_block_at(st, &r, bo, &mut dst[..m])?;
             }
             pos += n as u64;
         }
@@ -364,7 +437,7 @@ impl Locker {
             fs.mtime = Some(now);
             fs.ctime = Some(now);
             if st.mem_dirty > limit {
-                self.spill_all(st, fs)?;
+                self.relieve_memory(st, fs, limit - limit / 4)?;
                 if st.mem_dirty > limit {
                     // Small blocks cannot be spilled: commit them early.
                     self.commit_file(st, ino, fs)?;
@@ -446,9 +519,6 @@ impl Locker {
         let (size, mtime, ctime) = (fs.size, fs.mtime, fs.ctime);
         let freed = st.tx(|tx| {
             let mut freed: Vec<BlockId> = Vec::new();
-            let Some(row) = meta::get_inode(tx, ino)? else {
-                return Err(CoreError::NotFound);
-            };
             if let Some(cut) = cut {
                 for (idx, old) in meta::file_blocks_from(tx, ino, cut)? {
                     if dirty.contains_key(&idx) {
@@ -496,15 +566,9 @@ impl Locker {
                     None => meta::delete_file_block(tx, ino, idx)?,
                 }
             }
-            let mut attr = row.attr;
-            attr.size = size;
-            if let Some(m) = mtime {
-                attr.mtime = m;
+            if !meta::update_content(tx, ino, size, mtime, ctime)? {
+                return Err(CoreError::NotFound);
             }
-            if let Some(c) = ctime {
-                attr.ctime = c;
-            }
-            meta::update_content(tx, &attr)?;
             let mut really = Vec::new();
             for id in freed {
                 if !meta::block_known(tx, &id)? {
@@ -577,14 +641,17 @@ impl Locker {
             None => true,
         };
         if last {
-            if let Some(fs) = st.files.remove(&ino)
-                && !fs.is_clean()
-            {
-                // The commit failed: keep the changes for a later try.
-                st.files.insert(ino, fs);
-                return r;
+            let mut check = true;
+            if let Some(fs) = st.files.remove(&ino) {
+                if !fs.is_clean() {
+                    // The commit failed: keep the changes for a later try.
+                    st.files.insert(ino, fs);
+                    return r;
+                }
+                check = fs.maybe_unlinked;
             }
-            if let Some(row) = meta::get_inode(&st.conn, ino)?
+            if check
+                && let Some(row) = meta::get_inode(&st.conn, ino)?
                 && row.attr.nlink == 0
             {
                 self.purge_locked(st, ino)?;

@@ -66,9 +66,17 @@ impl Locker {
             return Err(CoreError::NameTooLong);
         }
         let st = self.lock();
-        dir_row(&st.conn, parent)?;
-        let ino = meta::lookup(&st.conn, parent, name)?.ok_or(CoreError::NotFound)?;
-        Locker::attr_locked(&st, ino)
+        match meta::lookup_row(&st.conn, parent, name)? {
+            Some(r) => {
+                let mut a = r.attr;
+                Locker::overlay(&st, &mut a);
+                Ok(a)
+            }
+            None => {
+                dir_row(&st.conn, parent)?;
+                Err(CoreError::NotFound)
+            }
+        }
     }
 
     pub(crate) fn attr_locked(st: &State, ino: InodeNo) -> CoreResult<Attr> {
@@ -362,8 +370,16 @@ impl Locker {
         Ok(a.nlink == 0)
     }
 
-    fn is_open(st: &State, ino: InodeNo) -> bool {
-        st.files.get(&ino).is_some_and(|f| f.open > 0)
+    /// Whether `ino` is open; if so, marks it for the nlink check at its
+    /// last close (the caller is about to remove one of its names).
+    fn is_open(st: &mut State, ino: InodeNo) -> bool {
+        match st.files.get_mut(&ino) {
+            Some(f) if f.open > 0 => {
+                f.maybe_unlinked = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn unlink(&self, parent: InodeNo, name: &[u8]) -> CoreResult<()> {
@@ -377,7 +393,7 @@ impl Locker {
             meta::lookup(&st.conn, parent, name)?.ok_or(CoreError::NotFound)?
         };
         let open = Locker::is_open(st, ino);
-        let gone = st.tx(|tx| {
+        let freed = st.tx(|tx| {
             let p = dir_row(tx, parent)?;
             if row(tx, ino)?.attr.kind == FileKind::Dir {
                 return Err(CoreError::IsDir);
@@ -385,11 +401,13 @@ impl Locker {
             let now = Timestamp::now();
             meta::delete_dentry(tx, parent, name)?;
             touch_dir(tx, &p, now, 0)?;
-            Locker::drop_link(open, tx, ino, now)
+            if Locker::drop_link(open, tx, ino, now)? && !open {
+                return Locker::purge_rows(tx, ino);
+            }
+            Ok(Vec::new())
         })?;
-        if gone && !open {
-            self.purge_locked(st, ino)?;
-        }
+        self.forget_file(st, ino);
+        self.free_blocks(st, &freed);
         Ok(())
     }
 
@@ -617,15 +635,31 @@ impl Locker {
     /// Removes an inode that has no names and no open handles: its block
     /// references, attributes and row.
     pub(crate) fn purge_locked(&self, st: &mut State, ino: InodeNo) -> CoreResult<()> {
-        if let Some(fs) = st.files.remove(&ino) {
-            // Nothing of an unlinked file survives: drop its pins.
-            let mut fs = fs;
+        self.forget_file(st, ino);
+        let freed = st.tx(|tx| Locker::purge_rows(tx, ino))?;
+        self.free_blocks(st, &freed);
+        Ok(())
+    }
+
+    /// Drops the in-memory state of a file that no longer exists, and the
+    /// pins its uncommitted changes held.
+    fn forget_file(&self, st: &mut State, ino: InodeNo) {
+        if let Some(mut fs) = st.files.remove(&ino) {
+            if fs.open > 0 {
+                st.files.insert(ino, fs);
+                return;
+            }
             let idxs: Vec<u64> = fs.dirty_indices();
             for idx in idxs {
                 Locker::set_dirty(st, &mut fs, idx, None);
             }
         }
-        let freed = st.tx(|tx| {
+    }
+
+    /// Deletes the rows of an inode and its block references; returns the
+    /// block files to free after the commit.
+    fn purge_rows(tx: &Connection, ino: InodeNo) -> CoreResult<Vec<crate::blocks::BlockId>> {
+        {
             let mut freed = Vec::new();
             for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
                 if meta::decref_block(tx, &b.id)? && b.len >= crate::blocks::INLINE_MAX {
@@ -635,8 +669,6 @@ impl Locker {
             }
             meta::delete_inode(tx, ino)?;
             Ok(freed)
-        })?;
-        self.free_blocks(st, &freed);
-        Ok(())
+        }
     }
 }

@@ -61,8 +61,15 @@ pub struct Locker {
 }
 
 enum Handle {
-    File { ino: InodeNo, mode: OpenMode },
-    Dir { entries: Vec<DirEntry> },
+    File {
+        ino: InodeNo,
+        mode: OpenMode,
+        /// Where a sequential reader's next read starts (readahead trigger).
+        next_read: u64,
+    },
+    Dir {
+        entries: Vec<DirEntry>,
+    },
 }
 
 pub(crate) struct State {
