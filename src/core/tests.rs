@@ -451,3 +451,39 @@ fn small_files_live_in_the_database_and_are_freed_with_them() {
     t.l.unlink(ns, b"b").unwrap();
     assert_eq!(count(&t), 0, "freed with its last file");
 }
+
+#[test]
+fn random_writes_past_the_dirty_memory_limit_stay_bounded_and_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Locker::open_dir(
+        dir.path(),
+        LockerOptions {
+            namespaces: vec!["corp".into()],
+            dirty_memory_limit: 4 << 20,
+        },
+    )
+    .unwrap();
+    let ns = l.lookup(InodeNo::ROOT, b"corp").unwrap().ino;
+    let (a, fh) = l.create(&ME, ns, b"f", 0o644, rw()).unwrap();
+    let size = 16usize << 20;
+    let mut model = vec![0u8; size];
+    let mut x = 12345u64;
+    for i in 0..3000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x as usize) % (size - 4096);
+        let data = pattern(4096, i);
+        l.write(fh, off as u64, &data).unwrap();
+        model[off..off + 4096].copy_from_slice(&data);
+        assert!(l.lock().mem_dirty <= (4 << 20) + BLOCK_SIZE, "dirty memory over the limit");
+    }
+    let end = model.iter().rposition(|&b| b != 0).unwrap() + 1;
+    l.release(fh).unwrap();
+    let fh = l.open(a.ino, OpenMode::default()).unwrap();
+    let mut got = Vec::new();
+    while got.len() < end {
+        got.extend(l.read(fh, got.len() as u64, 1 << 20).unwrap());
+    }
+    assert_eq!(&got[..end], &model[..end]);
+}
