@@ -10,17 +10,19 @@
 //! cost is proportional to the blocks touched, not to the file.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
 use crate::core::types::*;
-use crate::core::{CoreError, CoreResult, Handle, Locker, State};
+use crate::core::{CoreError, CoreResult, Handle, Locker, State, hasher};
 use crate::meta::{self, BlockRef};
 
 /// Largest file size accepted (as ext4's 16 TiB).
 const MAX_FILE_SIZE: u64 = 16 << 40;
 
 pub(crate) enum Dirty {
-    Mem(Vec<u8>),
+    /// Bytes in memory; shared with the hasher while it works on them.
+    Mem(Arc<Vec<u8>>),
     Stored(BlockRef),
     Hole,
 }
@@ -199,7 +201,7 @@ impl Locker {
                 None => Vec::new(),
             },
         };
-        Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(data)));
+        Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(Arc::new(data))));
         Ok(())
     }
 
@@ -217,12 +219,89 @@ impl Locker {
         let Some(Dirty::Mem(buf)) = fs.dirty.get_mut(&idx) else {
             unreachable!("make_mem leaves a Mem entry")
         };
+        // Copies the bytes first if the hasher still holds them.
+        let buf = Arc::make_mut(buf);
         let before = buf.len() as u64;
         f(buf);
         let after = buf.len() as u64;
         st.mem_dirty = st.mem_dirty + after - before;
         fs.mem = fs.mem + after - before;
         Ok(after as usize)
+    }
+
+    /// Hands the whole in-memory block `idx` to the hasher, or stores it
+    /// here if the hasher is busy.
+    fn queue_block(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        fs: &mut FileState,
+        idx: u64,
+    ) -> CoreResult<()> {
+        let Some(Dirty::Mem(buf)) = fs.dirty.get(&idx) else {
+            return Ok(());
+        };
+        let job = hasher::Job {
+            ino,
+            idx,
+            data: buf.clone(),
+        };
+        match st.hasher.submit(job) {
+            Ok(()) => Ok(()),
+            Err(_) => self.spill_block(st, fs, idx),
+        }
+    }
+
+    /// Applies the hasher's results: entries that still hold the hashed
+    /// buffer become `Stored`; a block stored for a buffer since replaced is
+    /// freed unless something else uses it. With `wait`, first waits for
+    /// every outstanding job.
+    pub(crate) fn drain_hashed(&self, st: &mut State, wait: bool) {
+        loop {
+            let done = if wait && st.hasher.outstanding > 0 {
+                match st.hasher.done.recv() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            } else {
+                match st.hasher.done.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            };
+            st.hasher.outstanding -= 1;
+            let current = st
+                .files
+                .get(&done.ino)
+                .and_then(|f| match f.dirty.get(&done.idx) {
+                    Some(Dirty::Mem(b)) => Some(Arc::ptr_eq(b, &done.data)),
+                    _ => None,
+                })
+                == Some(true);
+            match done.result {
+                Ok(r) if current => {
+                    let mut fs = st.files.remove(&done.ino).expect("checked above");
+                    let d = match r {
+                        Some(r) => Dirty::Stored(r),
+                        None => Dirty::Hole,
+                    };
+                    Locker::set_dirty(st, &mut fs, done.idx, Some(d));
+                    st.files.insert(done.ino, fs);
+                }
+                Ok(Some(r)) => {
+                    if !st.pins.contains_key(&r.id)
+                        && !meta::block_known(&st.conn, &r.id).unwrap_or(true)
+                    {
+                        self.free_blocks(st, &[r.id]);
+                    }
+                }
+                Ok(None) => {}
+                // The entry stays in memory; the commit stores it again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing a block in the background failed; retrying at commit")
+                }
+            }
+        }
     }
 
     /// Stores the in-memory block `idx` (still uncommitted).
@@ -397,6 +476,7 @@ impl Locker {
             return Err(CoreError::BadHandle);
         }
         let limit = self.opts.dirty_memory_limit;
+        self.drain_hashed(st, false);
         self.with_file(st, ino, |st, fs| {
             let offset = if mode.append { fs.size } else { offset };
             let end = offset
@@ -411,12 +491,10 @@ impl Locker {
                 let n = (BLOCK_SIZE as usize - bo).min(data.len() - pos);
                 let chunk = &data[pos..pos + n];
                 if n == BLOCK_SIZE as usize {
-                    // A whole block: hash and store it straight from the request.
-                    let d = match self.store_block(chunk)? {
-                        Some(d) => d,
-                        None => Dirty::Mem(chunk.to_vec()),
-                    };
-                    Locker::set_dirty(st, fs, idx, Some(d));
+                    // A whole block: the hasher stores it while the kernel
+                    // brings the next write.
+                    Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(Arc::new(chunk.to_vec()))));
+                    self.queue_block(st, ino, fs, idx)?;
                 } else {
                     let len = self.edit_mem(st, ino, fs, idx, |buf| {
                         if buf.len() < bo + n {
@@ -427,7 +505,7 @@ impl Locker {
                     if bo + n == BLOCK_SIZE as usize && len == BLOCK_SIZE as usize {
                         // A sequential writer just filled this block: store
                         // it now rather than keep it in memory.
-                        self.spill_block(st, fs, idx)?;
+                        self.queue_block(st, ino, fs, idx)?;
                     }
                 }
                 pos += n;
@@ -487,6 +565,7 @@ impl Locker {
     /// Commits the uncommitted changes of `ino` as a new block list, in one
     /// transaction. Drops the state if the file is not open.
     pub(crate) fn commit_locked(&self, st: &mut State, ino: InodeNo) -> CoreResult<()> {
+        self.drain_hashed(st, true);
         let Some(mut fs) = st.files.remove(&ino) else {
             return Ok(());
         };
@@ -538,7 +617,7 @@ impl Locker {
                     Dirty::Mem(b) if b.iter().all(|&x| x == 0) => None,
                     Dirty::Mem(b) => {
                         let id = inline[&idx];
-                        if meta::put_inline_block(tx, &id, b)? {
+                        if meta::put_inline_block(tx, &id, &b[..])? {
                             stats
                                 .writes
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -726,7 +805,7 @@ impl Locker {
         for idx in 0..nblocks {
             let want = (size - idx * BLOCK_SIZE).min(BLOCK_SIZE) as usize;
             let (bytes, src): (Vec<u8>, _) = match fs.and_then(|f| f.dirty.get(&idx)) {
-                Some(Dirty::Mem(b)) => (b.clone(), None),
+                Some(Dirty::Mem(b)) => (b.to_vec(), None),
                 Some(Dirty::Stored(r)) => (Vec::new(), Some(*r)),
                 Some(Dirty::Hole) => (Vec::new(), None),
                 None => {

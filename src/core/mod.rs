@@ -17,6 +17,7 @@
 
 pub mod error;
 mod file;
+mod hasher;
 mod inode;
 pub mod namespace;
 mod recover;
@@ -25,7 +26,7 @@ mod xattr;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, Transaction};
 
@@ -56,7 +57,7 @@ impl Default for LockerOptions {
 
 pub struct Locker {
     state: Mutex<State>,
-    blocks: BlockStore,
+    blocks: Arc<BlockStore>,
     opts: LockerOptions,
 }
 
@@ -86,6 +87,7 @@ pub(crate) struct State {
     mem_dirty: u64,
     /// A transaction committed since the last durable barrier.
     meta_unsynced: bool,
+    hasher: hasher::Hasher,
 }
 
 impl State {
@@ -136,6 +138,8 @@ impl Locker {
         blocks: BlockStore,
         opts: LockerOptions,
     ) -> CoreResult<Locker> {
+        let blocks = Arc::new(blocks);
+        let hasher = hasher::Hasher::start(blocks.clone())?;
         let locker = Locker {
             state: Mutex::new(State {
                 conn,
@@ -145,6 +149,7 @@ impl Locker {
                 pins: HashMap::new(),
                 mem_dirty: 0,
                 meta_unsynced: true,
+                hasher,
             }),
             blocks,
             opts,

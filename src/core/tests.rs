@@ -476,7 +476,10 @@ fn random_writes_past_the_dirty_memory_limit_stay_bounded_and_correct() {
         let data = pattern(4096, i);
         l.write(fh, off as u64, &data).unwrap();
         model[off..off + 4096].copy_from_slice(&data);
-        assert!(l.lock().mem_dirty <= (4 << 20) + BLOCK_SIZE, "dirty memory over the limit");
+        assert!(
+            l.lock().mem_dirty <= (4 << 20) + BLOCK_SIZE,
+            "dirty memory over the limit"
+        );
     }
     let end = model.iter().rposition(|&b| b != 0).unwrap() + 1;
     l.release(fh).unwrap();
