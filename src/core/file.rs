@@ -68,6 +68,15 @@ impl FileState {
         })
     }
 
+    /// Indices of the blocks held in memory.
+    fn mem_indices(&self) -> Vec<u64> {
+        self.dirty
+            .iter()
+            .filter(|(_, d)| matches!(d, Dirty::Mem(_)))
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
     pub(crate) fn dirty_indices(&self) -> Vec<u64> {
         self.dirty.keys().copied().collect()
     }
@@ -318,12 +327,7 @@ impl Locker {
     /// uncommitted memory is down to `target`. Going well below the limit
     /// keeps a writer just over it from storing blocks on every write.
     fn relieve_memory(&self, st: &mut State, fs: &mut FileState, target: u64) -> CoreResult<()> {
-        let idxs: Vec<u64> = fs
-            .dirty
-            .iter()
-            .filter(|(_, d)| matches!(d, Dirty::Mem(_)))
-            .map(|(i, _)| *i)
-            .collect();
+        let idxs = fs.mem_indices();
         for idx in idxs {
             if st.mem_dirty <= target {
                 return Ok(());
@@ -350,12 +354,7 @@ impl Locker {
     }
 
     fn spill_all(&self, st: &mut State, fs: &mut FileState) -> CoreResult<()> {
-        let idxs: Vec<u64> = fs
-            .dirty
-            .iter()
-            .filter(|(_, d)| matches!(d, Dirty::Mem(_)))
-            .map(|(i, _)| *i)
-            .collect();
+        let idxs = fs.mem_indices();
         for idx in idxs {
             self.spill_block(st, fs, idx)?;
         }
