@@ -259,6 +259,11 @@ fn uncommitted_blocks_are_collected_after_a_crash() {
     let keep = t.put(ns, b"keep", &pattern(200_000, 5));
     let (_, fh) = t.l.create(&ME, ns, b"lost", 0o644, rw()).unwrap();
     t.l.write(fh, 0, &pattern(BLOCK_SIZE as usize, 6)).unwrap(); // stored, not committed
+    {
+        // Let the background hasher finish storing the block.
+        let mut st = t.l.lock();
+        t.l.drain_hashed(&mut st, true);
+    }
     assert_eq!(t.l.block_store().list().unwrap().len(), 2);
     let t = t.crash_and_reopen();
     assert_eq!(t.l.block_store().list().unwrap().len(), 1);
