@@ -22,6 +22,7 @@ step() {
 # One profile for everything (tests and the binary the scripts mount).
 cargo build --release --all-targets
 step "cargo test" cargo test --release --no-fail-fast
+step "systemd unit" scripts/check-unit.sh
 step "pjdfstest" scripts/pjdfstest.sh
 step "fsx" scripts/fsx.sh
 

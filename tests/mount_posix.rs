@@ -558,3 +558,18 @@ fn copies_of_one_file_share_blocks_on_the_mount() {
         "block store holds {used} bytes for 6 copies of 20 MiB"
     );
 }
+
+#[test]
+fn sigterm_commits_unmounts_and_exits_cleanly() {
+    let mut m = Mount::new();
+    let p = m.corp().join("kept");
+    fs::write(&p, b"before the stop").unwrap();
+    let mut child = m.child.take().unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(!common::is_mounted(&m.mnt), "still mounted after SIGTERM");
+    assert!(m.log_text().contains("unmounted cleanly"));
+    m.start(&[]);
+    assert_eq!(fs::read(&p).unwrap(), b"before the stop");
+}
