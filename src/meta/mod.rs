@@ -78,8 +78,51 @@ pub struct InodeRow {
     pub sha256: Option<Vec<u8>>,
 }
 
-const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, nlink, rdev, atime_s, atime_ns, \
-     mtime_s, mtime_ns, ctime_s, ctime_ns, crtime_s, crtime_ns, parent, target, sha256";
+/// The columns `inode_from_row` reads, in its order.
+macro_rules! inode_cols {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "ino, ",
+            $p,
+            "kind, ",
+            $p,
+            "perm, ",
+            $p,
+            "uid, ",
+            $p,
+            "gid, ",
+            $p,
+            "size, ",
+            $p,
+            "nlink, ",
+            $p,
+            "rdev, ",
+            $p,
+            "atime_s, ",
+            $p,
+            "atime_ns, ",
+            $p,
+            "mtime_s, ",
+            $p,
+            "mtime_ns, ",
+            $p,
+            "ctime_s, ",
+            $p,
+            "ctime_ns, ",
+            $p,
+            "crtime_s, ",
+            $p,
+            "crtime_ns, ",
+            $p,
+            "parent, ",
+            $p,
+            "target, ",
+            $p,
+            "sha256"
+        )
+    };
+}
 
 fn ts(sec: i64, nsec: i64) -> Timestamp {
     Timestamp {
@@ -119,7 +162,11 @@ fn inode_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InodeRow> {
 }
 
 pub fn get_inode(conn: &Connection, ino: InodeNo) -> MetaResult<Option<InodeRow>> {
-    let mut st = conn.prepare_cached(&format!("SELECT {INODE_COLS} FROM inodes WHERE ino = ?1"))?;
+    let mut st = conn.prepare_cached(concat!(
+        "SELECT ",
+        inode_cols!(""),
+        " FROM inodes WHERE ino = ?1"
+    ))?;
     st.query_row([ino.0 as i64], inode_from_row).optional()
 }
 
@@ -262,13 +309,10 @@ pub fn lookup(conn: &Connection, parent: InodeNo, name: &[u8]) -> MetaResult<Opt
 
 /// The inode named `name` in `parent`, in one query.
 pub fn lookup_row(conn: &Connection, parent: InodeNo, name: &[u8]) -> MetaResult<Option<InodeRow>> {
-    let cols: String = INODE_COLS
-        .split(", ")
-        .map(|c| format!("i.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {cols} FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?1 AND d.name = ?2"
+    let mut st = conn.prepare_cached(concat!(
+        "SELECT ",
+        inode_cols!("i."),
+        " FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?1 AND d.name = ?2"
     ))?;
     st.query_row(params![parent.0 as i64, name], inode_from_row)
         .optional()

@@ -55,7 +55,6 @@ const MIGRATIONS: &[&str] = &[
         len   INTEGER NOT NULL,
         PRIMARY KEY (ino, idx)
     ) WITHOUT ROWID;
-    CREATE INDEX file_blocks_by_block ON file_blocks (block);
     CREATE TABLE blocks (
         id      BLOB PRIMARY KEY,
         size    INTEGER NOT NULL,
