@@ -192,8 +192,7 @@ impl Locker {
         }
     }
 
-    /// Makes block `idx` a `Mem` entry holding its current bytes, and returns
-    /// its length before the caller changes it.
+    /// Makes block `idx` a `Mem` entry holding its current bytes.
     fn make_mem(
         &self,
         st: &mut State,
