@@ -32,17 +32,8 @@ fn dir_row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
 
 /// Updates a directory's mtime and ctime (its entries changed) and its link
 /// count by `nlink_delta` (subdirectories added or removed).
-fn touch_dir(
-    conn: &Connection,
-    dir: &InodeRow,
-    now: Timestamp,
-    nlink_delta: i32,
-) -> CoreResult<()> {
-    let mut a = dir.attr.clone();
-    a.mtime = now;
-    a.ctime = now;
-    a.nlink = (a.nlink as i64 + nlink_delta as i64).max(0) as u32;
-    meta::update_attr(conn, &a)?;
+fn touch_dir(conn: &Connection, dir: InodeNo, now: Timestamp, nlink_delta: i32) -> CoreResult<()> {
+    meta::touch_dir(conn, dir, now, nlink_delta as i64)?;
     Ok(())
 }
 
@@ -198,7 +189,7 @@ impl Locker {
             let dir_parent = (kind == FileKind::Dir).then_some(parent);
             let ino = meta::insert_inode(tx, &attr, dir_parent, target)?;
             meta::insert_dentry(tx, parent, name, ino)?;
-            touch_dir(tx, &p, now, if kind == FileKind::Dir { 1 } else { 0 })?;
+            touch_dir(tx, parent, now, if kind == FileKind::Dir { 1 } else { 0 })?;
             Ok(Attr { ino, ..attr })
         })
     }
@@ -346,7 +337,7 @@ impl Locker {
             a.ctime = now;
             meta::update_attr(tx, &a)?;
             meta::insert_dentry(tx, newparent, newname, ino)?;
-            touch_dir(tx, &p, now, 0)?;
+            touch_dir(tx, newparent, now, 0)?;
             Ok(())
         })?;
         Locker::attr_locked(st, ino)
@@ -360,14 +351,11 @@ impl Locker {
         ino: InodeNo,
         now: Timestamp,
     ) -> CoreResult<bool> {
-        let mut a = row(tx, ino)?.attr;
-        a.nlink = a.nlink.saturating_sub(1);
-        a.ctime = now;
-        meta::update_attr(tx, &a)?;
-        if a.nlink == 0 && st_files_open {
+        let nlink = meta::drop_link(tx, ino, now)?.ok_or(CoreError::NotFound)?;
+        if nlink == 0 && st_files_open {
             meta::add_orphan(tx, ino)?;
         }
-        Ok(a.nlink == 0)
+        Ok(nlink == 0)
     }
 
     /// Whether `ino` is open; if so, marks it for the nlink check at its
@@ -388,19 +376,22 @@ impl Locker {
         }
         let mut st = self.lock();
         let st = &mut *st;
-        let ino = {
-            dir_row(&st.conn, parent)?;
-            meta::lookup(&st.conn, parent, name)?.ok_or(CoreError::NotFound)?
+        let target = match meta::lookup_row(&st.conn, parent, name)? {
+            Some(r) => r.attr,
+            None => {
+                dir_row(&st.conn, parent)?;
+                return Err(CoreError::NotFound);
+            }
         };
+        if target.kind == FileKind::Dir {
+            return Err(CoreError::IsDir);
+        }
+        let ino = target.ino;
         let open = Locker::is_open(st, ino);
         let freed = st.tx(|tx| {
-            let p = dir_row(tx, parent)?;
-            if row(tx, ino)?.attr.kind == FileKind::Dir {
-                return Err(CoreError::IsDir);
-            }
             let now = Timestamp::now();
             meta::delete_dentry(tx, parent, name)?;
-            touch_dir(tx, &p, now, 0)?;
+            touch_dir(tx, parent, now, 0)?;
             if Locker::drop_link(open, tx, ino, now)? && !open {
                 return Locker::purge_rows(tx, ino);
             }
@@ -424,7 +415,7 @@ impl Locker {
         let mut st = self.lock();
         let st = &mut *st;
         st.tx(|tx| {
-            let p = dir_row(tx, parent)?;
+            dir_row(tx, parent)?;
             let ino = meta::lookup(tx, parent, name)?.ok_or(CoreError::NotFound)?;
             let d = row(tx, ino)?;
             if d.attr.kind != FileKind::Dir {
@@ -435,7 +426,7 @@ impl Locker {
             }
             let now = Timestamp::now();
             meta::delete_dentry(tx, parent, name)?;
-            touch_dir(tx, &p, now, -1)?;
+            touch_dir(tx, parent, now, -1)?;
             meta::delete_inode(tx, ino)?;
             if parent == InodeNo::ROOT {
                 tracing::info!(namespace = %String::from_utf8_lossy(name), "namespace removed");
@@ -520,10 +511,10 @@ impl Locker {
                         meta::update_attr(tx, &a)?;
                     }
                     if parent == newparent {
-                        touch_dir(tx, &row(tx, parent)?, now, 0)?;
+                        touch_dir(tx, parent, now, 0)?;
                     } else {
-                        touch_dir(tx, &row(tx, parent)?, now, -delta)?;
-                        touch_dir(tx, &row(tx, newparent)?, now, delta)?;
+                        touch_dir(tx, parent, now, -delta)?;
+                        touch_dir(tx, newparent, now, delta)?;
                     }
                     return Ok(None);
                 }
@@ -561,11 +552,11 @@ impl Locker {
             if src_is_dir && parent != newparent {
                 meta::set_parent(tx, src, newparent)?;
                 newparent_delta += 1;
-                touch_dir(tx, &row(tx, parent)?, now, -1)?;
+                touch_dir(tx, parent, now, -1)?;
             } else if parent != newparent {
-                touch_dir(tx, &row(tx, parent)?, now, 0)?;
+                touch_dir(tx, parent, now, 0)?;
             }
-            touch_dir(tx, &row(tx, newparent)?, now, newparent_delta)?;
+            touch_dir(tx, newparent, now, newparent_delta)?;
             Ok(gone)
         })?;
         if let Some(ino) = purge {

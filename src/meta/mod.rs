@@ -265,6 +265,37 @@ pub fn update_content(
     Ok(n > 0)
 }
 
+/// A directory's entries changed: sets its mtime and ctime and adds
+/// `nlink_delta` to its link count, without reading the row.
+pub fn touch_dir(
+    conn: &Connection,
+    dir: InodeNo,
+    now: Timestamp,
+    nlink_delta: i64,
+) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE inodes SET mtime_s = ?2, mtime_ns = ?3, ctime_s = ?2, ctime_ns = ?3,
+            nlink = max(nlink + ?4, 0)
+         WHERE ino = ?1",
+    )?
+    .execute(params![dir.0 as i64, now.sec, now.nsec as i64, nlink_delta])?;
+    Ok(())
+}
+
+/// Removes one link of an inode and sets its ctime; returns the links left
+/// (`None` if the inode does not exist).
+pub fn drop_link(conn: &Connection, ino: InodeNo, now: Timestamp) -> MetaResult<Option<u32>> {
+    conn.prepare_cached(
+        "UPDATE inodes SET nlink = max(nlink - 1, 0), ctime_s = ?2, ctime_ns = ?3
+         WHERE ino = ?1 RETURNING nlink",
+    )?
+    .query_row(params![ino.0 as i64, now.sec, now.nsec as i64], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|n| n.map(|n| n as u32))
+}
+
 pub fn set_parent(conn: &Connection, ino: InodeNo, parent: InodeNo) -> MetaResult<()> {
     conn.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")?
         .execute(params![ino.0 as i64, parent.0 as i64])?;
