@@ -31,8 +31,49 @@ threads = 2
 # memory, at most 1024.
 # dirty_memory_mb = 1024
 
+[sync]
+# A changed file is uploaded once it is closed and has been quiet this long.
+upload_delay_ms = 3000
+# A file held open for writing is uploaded (as last flushed) after this wait.
+max_upload_wait_s = 60
+# Uploads running at once, and parts of one multipart upload sent at once.
+uploads = 8
+parallel_parts = 4
+# How often each backend is listed for files changed by others (0: at mount only).
+refresh_interval_s = 60
+# At unmount, wait this long for pending uploads; what is left stays queued.
+drain_timeout_s = 30
+
+[cache]
+# Bound of the local block cache, in MiB. Blocks already in the backend are
+# evicted, least recently used first; blocks not yet uploaded never are.
+size_mb = 10240
+# A write that finds the cache full of not-yet-uploaded data waits this long
+# for uploads, then fails with ENOSPC.
+write_timeout_s = 60
+
 # The namespaces: the top-level directories of the mount. Each one is created
-# at mount if missing; `mkdir` at the root of the mount adds more.
+# at mount if missing; `mkdir` at the root of the mount adds more. A namespace
+# with no backend settings (and one made with mkdir) is pushed to a local
+# directory, <data_dir>/backend/<namespace>.
+#
+# Backend "local": a plain directory tree.
+#   [namespaces.factory]
+#   backend = "local"
+#   path = "/srv/locker-files/factory"
+#
+# Backend "s3": any S3-compatible store. Credentials come from the standard
+# AWS environment variables or shared profile, or from credentials_file (mode
+# 0600, lines `access_key_id = ...` and `secret_access_key = ...`); never from
+# this file.
+#   [namespaces.corp]
+#   backend = "s3"
+#   endpoint = "https://<account>.r2.cloudflarestorage.com"
+#   region = "auto"
+#   bucket = "corp"
+#   prefix = ""
+#   path_style = false
+#   credentials_file = "/etc/locker/r2.credentials"
 [namespaces.corp]
 [namespaces.deck]
 [namespaces.emails]
@@ -46,6 +87,10 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub mount: MountConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
 }
@@ -92,11 +137,213 @@ impl MountConfig {
     }
 }
 
-/// Settings of one namespace. Empty for now: every namespace is stored in
-/// the local block store.
+/// Settings of one namespace: the backend its files are pushed to.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NamespaceConfig {}
+pub struct NamespaceConfig {
+    /// `local` (default) or `s3`.
+    pub backend: Option<String>,
+    /// `local`: the directory the files go to. Default: `<data_dir>/backend/<namespace>`.
+    pub path: Option<PathBuf>,
+    /// `s3`: the endpoint URL; default: AWS's endpoint for the region.
+    pub endpoint: Option<String>,
+    /// `s3`: the region (`auto` for Cloudflare R2). Default: `us-east-1`.
+    pub region: Option<String>,
+    /// `s3`: the bucket.
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket (or sub-directory of `path`).
+    pub prefix: Option<String>,
+    /// `s3`: path-style requests (`endpoint/bucket/key`), as MinIO and
+    /// Garage usually need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// `s3`: a file (mode 0600) holding `access_key_id = ...` and
+    /// `secret_access_key = ...` lines.
+    pub credentials_file: Option<PathBuf>,
+    /// `s3`: a profile of the AWS shared credentials file.
+    pub profile: Option<String>,
+}
+
+/// The kinds of backend a namespace can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Local,
+    S3,
+}
+
+impl NamespaceConfig {
+    pub fn kind(&self) -> BackendKind {
+        match self.backend.as_deref() {
+            Some("s3") => BackendKind::S3,
+            _ => BackendKind::Local,
+        }
+    }
+
+    /// The prefix as used in keys: no leading slash, and a trailing one
+    /// unless empty.
+    pub fn key_prefix(&self) -> String {
+        let p = self.prefix.as_deref().unwrap_or("").trim_matches('/');
+        if p.is_empty() {
+            String::new()
+        } else {
+            format!("{p}/")
+        }
+    }
+
+    fn check(&self, name: &str) -> Result<(), String> {
+        let kind = self.backend.as_deref().unwrap_or("local");
+        let s3_only = [
+            ("endpoint", self.endpoint.is_some()),
+            ("region", self.region.is_some()),
+            ("bucket", self.bucket.is_some()),
+            ("path_style", self.path_style),
+            ("credentials_file", self.credentials_file.is_some()),
+            ("profile", self.profile.is_some()),
+        ];
+        match kind {
+            "local" => {
+                if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "namespace {name}: `{key}` applies to backend \"s3\", not \"local\""
+                    ));
+                }
+                if let Some(p) = &self.path
+                    && !p.is_absolute()
+                {
+                    return Err(format!(
+                        "namespace {name}: path {} must be absolute",
+                        p.display()
+                    ));
+                }
+            }
+            "s3" => {
+                if self.path.is_some() {
+                    return Err(format!(
+                        "namespace {name}: `path` applies to backend \"local\"; use bucket and prefix"
+                    ));
+                }
+                match self.bucket.as_deref() {
+                    None | Some("") => {
+                        return Err(format!("namespace {name}: backend \"s3\" needs `bucket`"));
+                    }
+                    Some(_) => {}
+                }
+                if let Some(e) = &self.endpoint
+                    && !(e.starts_with("http://") || e.starts_with("https://"))
+                {
+                    return Err(format!(
+                        "namespace {name}: endpoint {e:?} must start with http:// or https://"
+                    ));
+                }
+                if self.credentials_file.is_some() && self.profile.is_some() {
+                    return Err(format!(
+                        "namespace {name}: give `credentials_file` or `profile`, not both"
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "namespace {name}: unknown backend {other:?} (known: \"local\", \"s3\")"
+                ));
+            }
+        }
+        if let Some(p) = &self.prefix
+            && (p.split('/').any(|c| c == "." || c == "..") || p.contains('\0'))
+        {
+            return Err(format!(
+                "namespace {name}: prefix {p:?} may not contain . or .. or NUL"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The sync sidecar.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// A file is uploaded once it has been closed and unchanged this long.
+    #[serde(default = "default_upload_delay_ms")]
+    pub upload_delay_ms: u64,
+    /// A file kept open for writing is uploaded anyway (as last committed)
+    /// once its change has waited this long.
+    #[serde(default = "default_max_upload_wait_s")]
+    pub max_upload_wait_s: u64,
+    /// Uploads (and other backend changes) running at once.
+    #[serde(default = "default_uploads")]
+    pub uploads: usize,
+    /// Parts of one multipart upload sent at once.
+    #[serde(default = "default_parts")]
+    pub parallel_parts: usize,
+    /// How often each backend is listed for changes made by others; 0 = only
+    /// at mount.
+    #[serde(default = "default_refresh_s")]
+    pub refresh_interval_s: u64,
+    /// At unmount, how long to wait for the queue to drain.
+    #[serde(default = "default_drain_s")]
+    pub drain_timeout_s: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            upload_delay_ms: default_upload_delay_ms(),
+            max_upload_wait_s: default_max_upload_wait_s(),
+            uploads: default_uploads(),
+            parallel_parts: default_parts(),
+            refresh_interval_s: default_refresh_s(),
+            drain_timeout_s: default_drain_s(),
+        }
+    }
+}
+
+fn default_upload_delay_ms() -> u64 {
+    3000
+}
+fn default_max_upload_wait_s() -> u64 {
+    60
+}
+fn default_uploads() -> usize {
+    8
+}
+fn default_parts() -> usize {
+    4
+}
+fn default_refresh_s() -> u64 {
+    60
+}
+fn default_drain_s() -> u64 {
+    30
+}
+
+/// The local cache of blocks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bound of the block cache in MiB. Default: 10240.
+    #[serde(default = "default_cache_mb")]
+    pub size_mb: u64,
+    /// A write that finds the cache full of not-yet-uploaded data waits this
+    /// long for uploads before it fails with ENOSPC.
+    #[serde(default = "default_write_timeout_s")]
+    pub write_timeout_s: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            size_mb: default_cache_mb(),
+            write_timeout_s: default_write_timeout_s(),
+        }
+    }
+}
+
+fn default_cache_mb() -> u64 {
+    10240
+}
+fn default_write_timeout_s() -> u64 {
+    60
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -146,12 +393,24 @@ impl Config {
             path: origin.to_string(),
             message,
         };
-        for name in cfg.namespaces.keys() {
+        for (name, ns) in &cfg.namespaces {
             if !crate::core::namespace::valid_namespace(name.as_bytes()) {
                 return Err(invalid(format!(
                     "namespace {name:?}: a name is 1-63 letters, digits, '-', '_' or '.', not starting with '.'"
                 )));
             }
+            ns.check(name).map_err(invalid)?;
+        }
+        if cfg.cache.size_mb < 16 {
+            return Err(invalid(format!(
+                "cache.size_mb = {}: must be at least 16",
+                cfg.cache.size_mb
+            )));
+        }
+        if cfg.sync.uploads == 0 || cfg.sync.parallel_parts == 0 {
+            return Err(invalid(
+                "sync.uploads and sync.parallel_parts must be at least 1".into(),
+            ));
         }
         if cfg.mount.threads == 0 || cfg.mount.threads > 64 {
             return Err(invalid(format!(

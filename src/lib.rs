@@ -2,9 +2,12 @@
 //! hold plain files whose content lives in a content-addressed block store on
 //! local disk, with metadata in SQLite.
 //!
-//! Dependencies point one way: `fuse`, `cli` → `core` → {`meta`, `blocks`}.
+//! Dependencies point one way: `fuse`, `cli` → `core` → {`meta`, `blocks`};
+//! `sync` (the sidecar) → {`core`, `backend`}. The core reaches the
+//! backends only through the `RemoteSource` trait the sidecar installs.
 //! The core knows nothing about FUSE; the FUSE glue holds no filesystem logic.
 
+pub mod backend;
 pub mod blocks;
 pub mod cli;
 pub mod config;
@@ -12,3 +15,4 @@ pub mod core;
 pub mod datadir;
 pub mod fuse;
 pub mod meta;
+pub mod sync;

@@ -117,6 +117,8 @@ pub struct BlockStore {
     /// Blocks written since the last sync that covered them: what an fsync
     /// of a file holding them must make durable.
     unsynced: Mutex<HashSet<BlockId>>,
+    /// Bytes of the block files (the cache's size).
+    bytes: AtomicU64,
     pub stats: BlockStats,
 }
 
@@ -141,12 +143,22 @@ impl BlockStore {
         for e in fs::read_dir(&tmp)? {
             let _ = fs::remove_file(e?.path());
         }
+        let mut bytes = 0u64;
+        for a in fs::read_dir(&root)? {
+            let a = a?;
+            if a.file_type()?.is_dir() {
+                for b in fs::read_dir(a.path())? {
+                    bytes += b?.metadata().map_or(0, |m| m.len());
+                }
+            }
+        }
         Ok(BlockStore {
             root,
             tmp,
             fds: Mutex::new(LruCache::new(std::num::NonZeroUsize::new(512).unwrap())),
             tmp_seq: AtomicU64::new(0),
             unsynced: Mutex::new(HashSet::new()),
+            bytes: AtomicU64::new(bytes),
             stats: BlockStats::default(),
         })
     }
@@ -194,7 +206,13 @@ impl BlockStore {
         }
         self.unsynced.lock().unwrap().insert(*id);
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Bytes held in block files: what the cache bound applies to.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Writes `data` into an anonymous file in the block's directory and
@@ -307,8 +325,12 @@ impl BlockStore {
     /// Frees a block's bytes. Removing a missing block is not an error.
     pub fn remove(&self, id: &BlockId) -> io::Result<()> {
         self.fds.lock().unwrap().pop(id);
-        match fs::remove_file(self.path(id)) {
+        let path = self.path(id);
+        let len = fs::metadata(&path).map_or(0, |m| m.len());
+        match fs::remove_file(path) {
             Ok(()) => {
+                self.bytes
+                    .fetch_sub(len.min(self.bytes()), Ordering::Relaxed);
                 self.stats.removes.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }

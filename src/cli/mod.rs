@@ -2,6 +2,7 @@
 
 mod init;
 mod mount;
+mod status;
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "locker",
     version,
-    about = "LOCKER storage gateway: mount namespaces backed by local disk"
+    about = "LOCKER storage gateway: mount namespaces backed by local disk, S3 or other stores"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,6 +30,22 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Data directory (overrides the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show the running daemon's state: per namespace its backend, whether
+    /// it is reachable, the upload queue and the last error; the cache.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// List every backend now (a refresh) before answering.
+        #[arg(long)]
+        refresh: bool,
+        /// Configuration file (to find the data directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory of the daemon (overrides the configuration).
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -52,5 +69,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
         } => mount::run(&mountpoint, config.as_deref(), data_dir.as_deref()),
         Command::Init { output, force } => init::run(output.as_deref(), force),
+        Command::Status {
+            json,
+            refresh,
+            config,
+            data_dir,
+        } => status::run(json, refresh, config.as_deref(), data_dir.as_deref()),
     }
 }

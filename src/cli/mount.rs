@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -14,6 +15,7 @@ use crate::config::{Config, default_data_dir, is_root};
 use crate::core::{Locker, LockerOptions};
 use crate::datadir::DataDir;
 use crate::fuse::LockerFs;
+use crate::sync::Sidecar;
 
 enum Event {
     Signal(i32),
@@ -40,14 +42,21 @@ pub fn run(
     // other thread exists so none of those receives them.
     let sigs = block_signals();
 
+    let cache_limit = cfg.cache.size_mb << 20;
     let opts = LockerOptions {
         namespaces: cfg.namespaces.keys().cloned().collect(),
-        dirty_memory_limit: cfg.mount.dirty_memory_limit(),
+        // Uncommitted data spills into the cache: keep it within the margin.
+        dirty_memory_limit: cfg.mount.dirty_memory_limit().min(cache_limit / 8),
+        cache_limit,
+        cache_margin: LockerOptions::margin_for(cache_limit),
+        write_timeout: Duration::from_secs(cfg.cache.write_timeout_s),
+        sync_delay: Duration::from_millis(cfg.sync.upload_delay_ms),
     };
     let core = Arc::new(
         Locker::open_dir(dir.path(), opts)
             .with_context(|| format!("cannot open the store in {}", dir.path().display()))?,
     );
+    let sidecar = Sidecar::start(core.clone(), &cfg, dir.path())?;
     let allow_other = cfg.mount.allow_other.unwrap_or_else(is_root);
     let mut fuse_cfg = fuser::Config::default();
     fuse_cfg.mount_options = vec![
@@ -119,6 +128,32 @@ pub fn run(
     if let Err(e) = &result {
         tracing::error!(error = %e, "the FUSE session ended with an error");
     }
+    core.shutdown().context("flushing the store at unmount")?;
+    let timeout = Duration::from_secs(cfg.sync.drain_timeout_s);
+    tracing::info!(
+        timeout_s = timeout.as_secs(),
+        "unmounted; pushing what is still queued"
+    );
+    let pending = sidecar.drain(timeout);
+    if pending.is_empty() {
+        tracing::info!("every change is in its backend");
+    } else {
+        tracing::warn!(
+            entries = pending.len(),
+            "changes still pending after the drain timeout; they stay queued for the next mount"
+        );
+        for e in &pending {
+            tracing::warn!(
+                namespace = %e.ns,
+                path = %String::from_utf8_lossy(&e.path),
+                bytes = e.bytes,
+                attempts = e.attempts,
+                last_error = e.last_error.as_deref().unwrap_or("-"),
+                "pending"
+            );
+        }
+    }
+    sidecar.shutdown();
     core.shutdown().context("flushing the store at unmount")?;
     tracing::info!("unmounted cleanly");
     drop(dir);

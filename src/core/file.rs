@@ -45,6 +45,16 @@ pub(crate) struct FileState {
     /// A name of this file was removed while it was open: at the last close,
     /// check whether it has any left.
     pub maybe_unlinked: bool,
+    /// The committed content is only in a backend (see `materialize`).
+    pub remote_only: bool,
+}
+
+/// What a read needs from a backend before it can be served.
+enum Miss {
+    /// The whole file (it exists only in the backend).
+    File(InodeNo),
+    /// These blocks of the file (evicted from the cache).
+    Blocks(InodeNo, Vec<BlockRef>),
 }
 
 impl FileState {
@@ -65,7 +75,12 @@ impl FileState {
             ctime: None,
             mem: 0,
             maybe_unlinked: false,
+            remote_only: row.remote_only,
         })
+    }
+
+    pub(crate) fn is_clean_pub(&self) -> bool {
+        self.is_clean()
     }
 
     /// Indices of the blocks held in memory.
@@ -294,6 +309,23 @@ impl Locker {
                         None => Dirty::Hole,
                     };
                     Locker::set_dirty(st, &mut fs, done.idx, Some(d));
+                    if let Some(r) = r
+                        && !self.blocks.contains(&r.id)
+                    {
+                        // The hasher found the content already cached, and
+                        // eviction dropped it before the pin above: store it
+                        // again from the buffer.
+                        if let Err(e) = self.blocks.put_with_id(&r.id, &done.data[..r.len as usize])
+                        {
+                            tracing::warn!(error = %e, "storing a block failed; keeping it in memory");
+                            Locker::set_dirty(
+                                st,
+                                &mut fs,
+                                done.idx,
+                                Some(Dirty::Mem(done.data.clone())),
+                            );
+                        }
+                    }
                     st.files.insert(done.ino, fs);
                 }
                 Ok(Some(r)) => {
@@ -369,6 +401,10 @@ impl Locker {
 
     /// Opens regular file `ino`.
     pub fn open(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
+        if mode.write && !mode.truncate {
+            // Writing into content that is only in a backend: fetch it first.
+            self.ensure_local(ino)?;
+        }
         let mut st = self.lock();
         let st = &mut *st;
         self.with_file(st, ino, |_, fs| {
@@ -397,22 +433,61 @@ impl Locker {
         Ok(fh)
     }
 
+    /// Fetches the content of `ino` from its backend if it is not local.
+    pub(crate) fn ensure_local(&self, ino: InodeNo) -> CoreResult<()> {
+        let remote_only = {
+            let st = self.lock();
+            meta::get_inode(&st.conn, ino)?.is_some_and(|r| r.remote_only)
+        };
+        if remote_only {
+            self.materialize(ino)?;
+        }
+        Ok(())
+    }
+
     /// Reads up to `size` bytes at `offset`; short only at the end of file.
+    /// Data not in the cache is fetched from the backend first (without
+    /// holding the state lock), then the read is served from the cache.
     pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> CoreResult<Vec<u8>> {
-        let mut st = self.lock();
-        let (ino, sequential) = match st.handles.get_mut(&fh) {
-            Some(Handle::File { ino, next_read, .. }) => {
-                let seq = *next_read == offset;
-                *next_read = offset.saturating_add(size as u64);
-                (*ino, seq)
+        for _ in 0..8 {
+            let miss = {
+                let mut st = self.lock();
+                match self.read_locked(&mut st, fh, offset, size)? {
+                    Ok(v) => return Ok(v),
+                    Err(m) => m,
+                }
+            };
+            match miss {
+                Miss::File(ino) => self.materialize(ino)?,
+                Miss::Blocks(ino, refs) => self.fetch_blocks(ino, &refs)?,
             }
+        }
+        tracing::error!(
+            handle = fh.0,
+            offset,
+            "data kept disappearing from the cache while being read"
+        );
+        Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+    }
+
+    fn read_locked(
+        &self,
+        st: &mut State,
+        fh: HandleId,
+        offset: u64,
+        size: u32,
+    ) -> CoreResult<Result<Vec<u8>, Miss>> {
+        let (ino, sequential) = match st.handles.get(&fh) {
+            Some(Handle::File { ino, next_read, .. }) => (*ino, *next_read == offset),
             _ => return Err(CoreError::BadHandle),
         };
-        let st = &*st;
         let fs = st.files.get(&ino).ok_or(CoreError::BadHandle)?;
         let file_size = fs.size;
         if offset >= file_size {
-            return Ok(Vec::new());
+            return Ok(Ok(Vec::new()));
+        }
+        if fs.remote_only && fs.dirty.is_empty() && fs.cut.is_none() {
+            return Ok(Err(Miss::File(ino)));
         }
         if sequential && offset.is_multiple_of(BLOCK_SIZE) {
             // A sequential reader entering a block: have the disk read the
@@ -435,38 +510,74 @@ impl Locker {
         }
         let end = file_size.min(offset.saturating_add(size as u64));
         let mut out = vec![0u8; (end - offset) as usize];
+        let mut missing: Vec<BlockRef> = Vec::new();
+        let mut touched: Vec<BlockId> = Vec::new();
         let mut pos = offset;
         while pos < end {
             let idx = pos / BLOCK_SIZE;
             let bo = pos % BLOCK_SIZE;
             let n = (BLOCK_SIZE - bo).min(end - pos) as usize;
             let dst = &mut out[(pos - offset) as usize..][..n];
-            let src = match fs.dirty.get(&idx) {
+            let (src, committed) = match fs.dirty.get(&idx) {
                 Some(Dirty::Mem(buf)) => {
                     let b = bo as usize;
                     if b < buf.len() {
                         let m = n.min(buf.len() - b);
                         dst[..m].copy_from_slice(&buf[b..b + m]);
                     }
-                    None
+                    (None, false)
                 }
-                Some(Dirty::Stored(r)) => Some(*r),
-                Some(Dirty::Hole) => None,
-                None => fs.committed(st, ino, idx)?,
+                Some(Dirty::Stored(r)) => (Some(*r), false),
+                Some(Dirty::Hole) => (None, false),
+                None => (fs.committed(st, ino, idx)?, true),
             };
             if let Some(r) = src
                 && bo < r.len as u64
             {
                 let m = n.min((r.len as u64 - bo) as usize);
-                self.read_block_at(st, &r, bo, &mut dst[..m])?;
+                if r.len >= INLINE_MAX && committed {
+                    match self.blocks.read_at(&r.id, bo, &mut dst[..m])? {
+                        Some(k) if k == m => touched.push(r.id),
+                        _ => missing.push(r),
+                    }
+                } else {
+                    self.read_block_at(st, &r, bo, &mut dst[..m])?;
+                }
             }
             pos += n as u64;
         }
-        Ok(out)
+        if !missing.is_empty() {
+            if sequential || offset == 0 {
+                // Readahead: the next blocks of a sequential reader come in
+                // the same round of ranged GETs.
+                let last = (end - 1) / BLOCK_SIZE;
+                for ahead in last + 1..=last + 4 {
+                    if ahead * BLOCK_SIZE >= file_size || fs.dirty.contains_key(&ahead) {
+                        break;
+                    }
+                    if let Some(r) = fs.committed(st, ino, ahead)?
+                        && r.len >= INLINE_MAX
+                        && !self.blocks.contains(&r.id)
+                    {
+                        missing.push(r);
+                    }
+                }
+            }
+            missing.dedup_by_key(|r| r.id);
+            return Ok(Err(Miss::Blocks(ino, missing)));
+        }
+        for id in touched {
+            st.lru.get(&id);
+        }
+        if let Some(Handle::File { next_read, .. }) = st.handles.get_mut(&fh) {
+            *next_read = offset.saturating_add(size as u64);
+        }
+        Ok(Ok(out))
     }
 
     /// Writes `data` at `offset` (at the end of file for append handles).
     pub fn write(&self, fh: HandleId, offset: u64, data: &[u8]) -> CoreResult<u32> {
+        self.admit_write(data.len() as u64)?;
         let mut st = self.lock();
         let st = &mut *st;
         let (ino, mode) = Locker::file_handle(st, fh)?;
@@ -594,6 +705,7 @@ impl Locker {
         let cut = fs.cut;
         let stats = &self.blocks.stats;
         let (size, mtime, ctime) = (fs.size, fs.mtime, fs.ctime);
+        let m = st.mark();
         let freed = st.tx(|tx| {
             let mut freed: Vec<BlockId> = Vec::new();
             if let Some(cut) = cut {
@@ -646,6 +758,7 @@ impl Locker {
             if !meta::update_content(tx, ino, size, mtime, ctime)? {
                 return Err(CoreError::NotFound);
             }
+            crate::core::sync::mark_ino(tx, m, ino, size)?;
             let mut really = Vec::new();
             for id in freed {
                 if !meta::block_known(tx, &id)? {
@@ -656,13 +769,20 @@ impl Locker {
         })?;
         let idxs: Vec<u64> = fs.dirty.keys().copied().collect();
         for idx in idxs {
+            if let Some(Dirty::Stored(r)) = fs.dirty.get(&idx) {
+                st.lru.put(r.id, ());
+            }
             Locker::set_dirty(st, fs, idx, None);
         }
+        fs.remote_only = false;
         fs.cut = None;
         fs.mtime = None;
         fs.ctime = None;
         fs.committed_size = fs.size;
         self.free_blocks(st, &freed);
+        if m.is_some() {
+            self.wake_sync();
+        }
         Ok(())
     }
 

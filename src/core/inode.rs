@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::core::namespace;
 use crate::core::types::*;
-use crate::core::{CoreError, CoreResult, Handle, Locker, State, check_name};
+use crate::core::{CoreError, CoreResult, Handle, Locker, State, check_name, sync};
 use crate::meta::{self, InodeRow};
 
 const S_ISGID: u16 = 0o2000;
@@ -81,6 +81,9 @@ impl Locker {
     }
 
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> CoreResult<Attr> {
+        if set.size.is_some_and(|s| s > 0) {
+            self.ensure_local(ino)?;
+        }
         let mut st = self.lock();
         let st = &mut *st;
         let now = Timestamp::now();
@@ -102,6 +105,12 @@ impl Locker {
             // Uncommitted writes carry their own mtime: commit them first so
             // an explicit time set here wins.
             self.commit_locked(st, ino)?;
+            // Mode and mtime travel with the object; owners stay local.
+            let m = if set.mode.is_some() || set.mtime.is_some() {
+                st.mark()
+            } else {
+                None
+            };
             st.tx(|tx| {
                 let mut a = row(tx, ino)?.attr;
                 if let Some(m) = set.mode {
@@ -125,8 +134,14 @@ impl Locker {
                 }
                 a.ctime = set.ctime.unwrap_or(now);
                 meta::update_attr(tx, &a)?;
+                if a.kind != FileKind::Dir {
+                    sync::mark_ino(tx, m, ino, a.size)?;
+                }
                 Ok(())
             })?;
+            if m.is_some() {
+                self.wake_sync();
+            }
         }
         Locker::attr_locked(st, ino)
     }
@@ -145,7 +160,8 @@ impl Locker {
         check_name(name)?;
         let kind = FileKind::from_mode(mode).ok_or(CoreError::Invalid("unknown file type"))?;
         namespace::check_create_at(parent, kind, name)?;
-        st.tx(|tx| {
+        let m = st.mark();
+        let r = st.tx(|tx| {
             let p = dir_row(tx, parent)?;
             if p.attr.nlink == 0 {
                 return Err(CoreError::NotFound);
@@ -190,8 +206,27 @@ impl Locker {
             let ino = meta::insert_inode(tx, &attr, dir_parent, target)?;
             meta::insert_dentry(tx, parent, name, ino)?;
             touch_dir(tx, parent, now, if kind == FileKind::Dir { 1 } else { 0 })?;
+            sync::mark_name(tx, m, parent, name, 0)?;
             Ok(Attr { ino, ..attr })
-        })
+        })?;
+        if m.is_some() {
+            self.wake_sync();
+        }
+        Ok(r)
+    }
+
+    /// `make_node` for the core's own callers (entries made from a backend).
+    pub(crate) fn make_node_locked(
+        &self,
+        st: &mut State,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        mode: u32,
+        target: Option<&[u8]>,
+    ) -> CoreResult<Attr> {
+        let rdev = 0;
+        self.make_node(st, caller, parent, name, Node { mode, rdev, target })
     }
 
     pub fn mknod(
@@ -320,6 +355,7 @@ impl Locker {
         if kind == FileKind::Dir {
             return Err(CoreError::NotPermitted("hard link to a directory"));
         }
+        let m = st.mark();
         st.tx(|tx| {
             let p = dir_row(tx, newparent)?;
             if p.attr.nlink == 0 {
@@ -338,8 +374,10 @@ impl Locker {
             meta::update_attr(tx, &a)?;
             meta::insert_dentry(tx, newparent, newname, ino)?;
             touch_dir(tx, newparent, now, 0)?;
+            sync::mark_name(tx, m, newparent, newname, a.size)?;
             Ok(())
         })?;
+        self.wake_sync();
         Locker::attr_locked(st, ino)
     }
 
@@ -375,7 +413,15 @@ impl Locker {
             return Err(CoreError::NameTooLong);
         }
         let mut st = self.lock();
-        let st = &mut *st;
+        self.unlink_locked(&mut st, parent, name)
+    }
+
+    pub(crate) fn unlink_locked(
+        &self,
+        st: &mut State,
+        parent: InodeNo,
+        name: &[u8],
+    ) -> CoreResult<()> {
         let target = match meta::lookup_row(&st.conn, parent, name)? {
             Some(r) => r.attr,
             None => {
@@ -388,10 +434,12 @@ impl Locker {
         }
         let ino = target.ino;
         let open = Locker::is_open(st, ino);
+        let m = st.mark();
         let freed = st.tx(|tx| {
             let now = Timestamp::now();
             meta::delete_dentry(tx, parent, name)?;
             touch_dir(tx, parent, now, 0)?;
+            sync::mark_name(tx, m, parent, name, 0)?;
             if Locker::drop_link(open, tx, ino, now)? && !open {
                 return Locker::purge_rows(tx, ino);
             }
@@ -399,6 +447,9 @@ impl Locker {
         })?;
         self.forget_file(st, ino);
         self.free_blocks(st, &freed);
+        if m.is_some() {
+            self.wake_sync();
+        }
         Ok(())
     }
 
@@ -413,7 +464,16 @@ impl Locker {
             return Err(CoreError::NotEmpty);
         }
         let mut st = self.lock();
-        let st = &mut *st;
+        self.rmdir_locked(&mut st, parent, name)
+    }
+
+    pub(crate) fn rmdir_locked(
+        &self,
+        st: &mut State,
+        parent: InodeNo,
+        name: &[u8],
+    ) -> CoreResult<()> {
+        let m = st.mark();
         st.tx(|tx| {
             dir_row(tx, parent)?;
             let ino = meta::lookup(tx, parent, name)?.ok_or(CoreError::NotFound)?;
@@ -428,11 +488,16 @@ impl Locker {
             meta::delete_dentry(tx, parent, name)?;
             touch_dir(tx, parent, now, -1)?;
             meta::delete_inode(tx, ino)?;
+            sync::mark_name(tx, m, parent, name, 0)?;
             if parent == InodeNo::ROOT {
                 tracing::info!(namespace = %String::from_utf8_lossy(name), "namespace removed");
             }
             Ok(())
-        })
+        })?;
+        if m.is_some() {
+            self.wake_sync();
+        }
+        Ok(())
     }
 
     pub fn rename(
@@ -448,7 +513,18 @@ impl Locker {
         }
         check_name(newname)?;
         let mut st = self.lock();
-        let st = &mut *st;
+        self.rename_locked(&mut st, parent, name, newparent, newname, mode)
+    }
+
+    pub(crate) fn rename_locked(
+        &self,
+        st: &mut State,
+        parent: InodeNo,
+        name: &[u8],
+        newparent: InodeNo,
+        newname: &[u8],
+        mode: RenameMode,
+    ) -> CoreResult<()> {
         let (src, dst) = {
             let c = &st.conn;
             dir_row(c, parent)?;
@@ -463,6 +539,7 @@ impl Locker {
             return Ok(());
         }
         let dst_open = dst.is_some_and(|d| Locker::is_open(st, d));
+        let m = st.mark();
         let purge = st.tx(|tx| {
             let now = Timestamp::now();
             let src_row = row(tx, src)?;
@@ -516,6 +593,8 @@ impl Locker {
                         touch_dir(tx, parent, now, -delta)?;
                         touch_dir(tx, newparent, now, delta)?;
                     }
+                    sync::mark_moved(tx, m, src, (newparent, newname), None)?;
+                    sync::mark_moved(tx, m, d.attr.ino, (parent, name), None)?;
                     return Ok(None);
                 }
                 RenameMode::NoReplace if dst_row.is_some() => return Err(CoreError::Exists),
@@ -557,10 +636,14 @@ impl Locker {
                 touch_dir(tx, parent, now, 0)?;
             }
             touch_dir(tx, newparent, now, newparent_delta)?;
+            sync::mark_moved(tx, m, src, (newparent, newname), Some((parent, name)))?;
             Ok(gone)
         })?;
         if let Some(ino) = purge {
             self.purge_locked(st, ino)?;
+        }
+        if m.is_some() {
+            self.wake_sync();
         }
         Ok(())
     }
@@ -634,7 +717,7 @@ impl Locker {
 
     /// Drops the in-memory state of a file that no longer exists, and the
     /// pins its uncommitted changes held.
-    fn forget_file(&self, st: &mut State, ino: InodeNo) {
+    pub(crate) fn forget_file(&self, st: &mut State, ino: InodeNo) {
         if let Some(mut fs) = st.files.remove(&ino) {
             if fs.open > 0 {
                 st.files.insert(ino, fs);

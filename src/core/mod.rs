@@ -21,12 +21,15 @@ mod hasher;
 mod inode;
 pub mod namespace;
 mod recover;
+pub mod sync;
 pub mod types;
 mod xattr;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use rusqlite::{Connection, Transaction};
 
@@ -44,6 +47,22 @@ pub struct LockerOptions {
     /// Uncommitted file data kept in memory before it is spilled into the
     /// block store (still uncommitted), across all open files.
     pub dirty_memory_limit: u64,
+    /// Bound of the block cache in bytes.
+    pub cache_limit: u64,
+    /// How far writers may take the cache past its bound before they wait.
+    pub cache_margin: u64,
+    /// How long a write waits for cache space before ENOSPC.
+    pub write_timeout: Duration,
+    /// How long a changed path stays quiet before it is pushed.
+    pub sync_delay: Duration,
+}
+
+impl LockerOptions {
+    /// The margin that goes with a cache bound: an eighth of it plus 16 MiB
+    /// (blocks being written and hashed while writers are held back).
+    pub fn margin_for(limit: u64) -> u64 {
+        limit / 8 + (16 << 20)
+    }
 }
 
 impl Default for LockerOptions {
@@ -51,6 +70,10 @@ impl Default for LockerOptions {
         LockerOptions {
             namespaces: Vec::new(),
             dirty_memory_limit: 256 << 20,
+            cache_limit: 1 << 40,
+            cache_margin: LockerOptions::margin_for(1 << 40),
+            write_timeout: Duration::from_secs(60),
+            sync_delay: Duration::from_secs(3),
         }
     }
 }
@@ -59,6 +82,12 @@ pub struct Locker {
     state: Mutex<State>,
     blocks: Arc<BlockStore>,
     opts: LockerOptions,
+    /// Reads objects of the backends (set by the sidecar).
+    remote: OnceLock<Arc<dyn sync::RemoteSource>>,
+    /// Wakes the sidecar after a change.
+    waker: OnceLock<Arc<dyn Fn() + Send + Sync>>,
+    /// Writers are waiting for cache space.
+    pressure: AtomicBool,
 }
 
 enum Handle {
@@ -88,6 +117,14 @@ pub(crate) struct State {
     /// A transaction committed since the last durable barrier.
     meta_unsynced: bool,
     hasher: hasher::Hasher,
+    /// Sequence number of the last sync-queue mark.
+    next_seq: i64,
+    /// Quiet time before a marked path is pushed, in ns.
+    sync_delay_ns: i64,
+    /// Set while changes from a backend are applied: they are not marked.
+    suppress_marks: bool,
+    /// Blocks held as files in the cache, least recently used last.
+    lru: lru::LruCache<BlockId, ()>,
 }
 
 impl State {
@@ -150,12 +187,20 @@ impl Locker {
                 mem_dirty: 0,
                 meta_unsynced: true,
                 hasher,
+                next_seq: 0,
+                sync_delay_ns: opts.sync_delay.as_nanos() as i64,
+                suppress_marks: false,
+                lru: lru::LruCache::unbounded(),
             }),
             blocks,
             opts,
+            remote: OnceLock::new(),
+            waker: OnceLock::new(),
+            pressure: AtomicBool::new(false),
         };
         locker.ensure_root()?;
         locker.recover()?;
+        locker.load_lru()?;
         for ns in locker.opts.namespaces.clone() {
             locker.ensure_namespace(&ns)?;
         }

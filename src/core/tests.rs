@@ -465,6 +465,7 @@ fn random_writes_past_the_dirty_memory_limit_stay_bounded_and_correct() {
         LockerOptions {
             namespaces: vec!["corp".into()],
             dirty_memory_limit: 4 << 20,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -117,6 +117,15 @@ impl Locker {
     /// metadata for committed content; uncommitted changes are hashed each
     /// time they are asked about.
     pub fn sha256_hex(&self, ino: InodeNo) -> CoreResult<String> {
+        let remote_only = {
+            let st = self.lock();
+            let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+            r.remote_only && r.sha256.is_none()
+        };
+        if remote_only {
+            // Listed in a backend without a checksum: fetch it to hash it.
+            self.materialize(ino)?;
+        }
         let st = self.lock();
         let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         if r.attr.kind != FileKind::File {

@@ -5,6 +5,7 @@
 //! `&Connection`). Statements are cached per connection.
 
 pub mod schema;
+pub mod sync;
 
 use std::path::Path;
 
@@ -76,6 +77,11 @@ pub struct InodeRow {
     pub parent: Option<InodeNo>,
     pub target: Option<Vec<u8>>,
     pub sha256: Option<Vec<u8>>,
+    /// The content is only in the backend (listed there, never fetched):
+    /// no block list yet; `sha256` is the backend's checksum if it gave one.
+    pub remote_only: bool,
+    /// Counts content commits.
+    pub version: i64,
 }
 
 /// The columns `inode_from_row` reads, in its order.
@@ -119,7 +125,11 @@ macro_rules! inode_cols {
             $p,
             "target, ",
             $p,
-            "sha256"
+            "sha256, ",
+            $p,
+            "remote_only, ",
+            $p,
+            "version"
         )
     };
 }
@@ -158,6 +168,8 @@ fn inode_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InodeRow> {
         parent: r.get::<_, Option<i64>>(16)?.map(|p| InodeNo(p as u64)),
         target: r.get(17)?,
         sha256: r.get(18)?,
+        remote_only: r.get::<_, i64>(19)? != 0,
+        version: r.get(20)?,
     })
 }
 
@@ -251,7 +263,7 @@ pub fn update_content(
             "UPDATE inodes SET size = ?2,
                 mtime_s = coalesce(?3, mtime_s), mtime_ns = coalesce(?4, mtime_ns),
                 ctime_s = coalesce(?5, ctime_s), ctime_ns = coalesce(?6, ctime_ns),
-                sha256 = NULL, version = version + 1
+                sha256 = NULL, version = version + 1, remote_only = 0
              WHERE ino = ?1",
         )?
         .execute(params![
@@ -505,9 +517,10 @@ pub fn delete_file_block(conn: &Connection, ino: InodeNo, idx: u64) -> MetaResul
 
 /// Counts one more reference to a block, registering it if new.
 pub fn incref_block(conn: &Connection, id: &BlockId, size: u32) -> MetaResult<()> {
+    // Every caller holds the block's bytes (just stored, or fetched).
     conn.prepare_cached(
         "INSERT INTO blocks (id, size, refs) VALUES (?1, ?2, 1)
-         ON CONFLICT(id) DO UPDATE SET refs = refs + 1",
+         ON CONFLICT(id) DO UPDATE SET refs = refs + 1, present = 1",
     )?
     .execute(params![&id.0[..], size as i64])?;
     Ok(())

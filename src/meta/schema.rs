@@ -9,6 +9,8 @@
 //! | `blocks`     | distinct block content           | `refs` = number of `file_blocks` rows naming it; `state` 0 = dirty (only local), 1 = clean (also in a backend); `present` 1 when the bytes are on local disk |
 //! | `orphans`    | unlinked inode still open        | purged on last close, or at the next mount after a crash |
 //! | `block_data` | small block's bytes              | blocks shorter than `blocks::INLINE_MAX`; deleted with their `blocks` row |
+//! | `sync_queue` | path changed since the backend last had it | keyed by (namespace, path); `seq` grows with every change, so a finished upload only removes the entry if nothing changed meanwhile; `after_*` names an entry that must finish first (the new name of a rename before the old one is deleted) |
+//! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode; a file's blocks may be evicted only while a row holds its SHA-256 |
 //!
 //! `PRAGMA user_version` holds the number of migrations applied.
 
@@ -69,6 +71,38 @@ const MIGRATIONS: &[&str] = &[
         id   BLOB PRIMARY KEY,
         data BLOB NOT NULL
     ) WITHOUT ROWID;",
+    // 3: the sync sidecar.
+    "ALTER TABLE inodes ADD COLUMN remote_only INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE sync_queue (
+        ns         TEXT NOT NULL,
+        path       BLOB NOT NULL,
+        seq        INTEGER NOT NULL,
+        since_ns   INTEGER NOT NULL,
+        ready_ns   INTEGER NOT NULL,
+        bytes      INTEGER NOT NULL DEFAULT 0,
+        after_ns   TEXT,
+        after_path BLOB,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (ns, path)
+    ) WITHOUT ROWID;
+    CREATE INDEX sync_queue_by_ready ON sync_queue (ready_ns);
+    CREATE TABLE remote (
+        ns       TEXT NOT NULL,
+        path     BLOB NOT NULL,
+        kind     INTEGER NOT NULL,
+        size     INTEGER NOT NULL,
+        etag     TEXT NOT NULL,
+        sha256   BLOB,
+        mtime_s  INTEGER,
+        mtime_ns INTEGER,
+        mode     INTEGER,
+        target   BLOB,
+        at_ns    INTEGER NOT NULL,
+        PRIMARY KEY (ns, path)
+    ) WITHOUT ROWID;
+    CREATE INDEX remote_by_sha ON remote (sha256);
+    CREATE INDEX file_blocks_by_block ON file_blocks (block);",
 ];
 
 /// Number of migrations this build knows.

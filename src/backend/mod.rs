@@ -1,0 +1,311 @@
+//! Backends: where each namespace's files are pushed. One plain object (or
+//! file) per file, at `{prefix}{path}`, with its SHA-256, mtime and mode in
+//! the object's metadata; directories as markers (`path/`), symlinks as small
+//! objects whose body is the target.
+//!
+//! Keys given to a backend are paths inside the namespace (`a/b.txt`, no
+//! leading slash); the backend adds its prefix. Every call is async and
+//! bounded by timeouts: nothing here can hang a caller forever.
+
+pub mod local;
+pub mod s3;
+
+use std::fmt;
+
+use crate::core::Timestamp;
+
+/// How a failed call should be treated by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The object (or bucket/directory) does not exist.
+    NotFound,
+    /// Timeouts, 5xx, 429, refused connections: retry soon.
+    Transient,
+    /// Denied, missing bucket, bad request: retry slowly, tell the admin.
+    Permanent,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> BackendError {
+        BackendError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn transient(message: impl Into<String>) -> BackendError {
+        BackendError::new(ErrorKind::Transient, message)
+    }
+    pub fn permanent(message: impl Into<String>) -> BackendError {
+        BackendError::new(ErrorKind::Permanent, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> BackendError {
+        BackendError::new(ErrorKind::NotFound, message)
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+pub type BResult<T> = Result<T, BackendError>;
+
+/// What an entry in the backend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Metadata that travels with an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjMeta {
+    pub sha256: Option<[u8; 32]>,
+    pub mtime: Option<Timestamp>,
+    /// Permission bits (07777).
+    pub mode: Option<u32>,
+}
+
+/// One entry as listed or headed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjInfo {
+    /// Path inside the namespace, without a trailing slash.
+    pub key: String,
+    pub kind: ObjKind,
+    pub size: u64,
+    /// Changes whenever the content (or, for a local directory, the file)
+    /// changes.
+    pub etag: String,
+    /// Filled by `head` (a listing does not carry metadata).
+    pub meta: Option<ObjMeta>,
+}
+
+/// An upload in parts; parts may be sent in any order and in parallel.
+#[derive(Debug, Clone)]
+pub struct Multipart {
+    pub key: String,
+    pub id: String,
+    /// The metadata the finished object gets.
+    pub meta: ObjMeta,
+}
+
+pub enum Backend {
+    Local(local::LocalBackend),
+    S3(s3::S3Backend),
+}
+
+macro_rules! each {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Backend::Local($b) => $e,
+            Backend::S3($b) => $e,
+        }
+    };
+}
+
+impl Backend {
+    /// A human description, without secrets: `s3 bucket corp at https://…`.
+    pub fn describe(&self) -> String {
+        each!(self, b => b.describe())
+    }
+
+    /// Checks that the backend is reachable and usable (bucket exists,
+    /// credentials accepted).
+    pub async fn check(&self) -> BResult<()> {
+        each!(self, b => b.check().await)
+    }
+
+    /// Stores `data` as the whole object; returns its ETag once the backend
+    /// confirmed it (the MD5 it computed matches ours, or size and checksum
+    /// read back).
+    pub async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta) -> BResult<String> {
+        each!(self, b => b.put(key, data, meta).await)
+    }
+
+    pub async fn multipart_begin(
+        &self,
+        key: &str,
+        size: u64,
+        meta: &ObjMeta,
+    ) -> BResult<Multipart> {
+        each!(self, b => b.multipart_begin(key, size, meta).await)
+    }
+
+    /// Sends part `number` (from 1), which starts at byte `offset`.
+    pub async fn multipart_part(
+        &self,
+        mp: &Multipart,
+        number: u32,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> BResult<String> {
+        each!(self, b => b.multipart_part(mp, number, offset, data).await)
+    }
+
+    /// Completes the upload; `parts` are (number, etag) in order. Returns the
+    /// object's ETag.
+    pub async fn multipart_finish(
+        &self,
+        mp: &Multipart,
+        parts: Vec<(u32, String)>,
+    ) -> BResult<String> {
+        each!(self, b => b.multipart_finish(mp, parts).await)
+    }
+
+    pub async fn multipart_abort(&self, mp: &Multipart) {
+        each!(self, b => b.multipart_abort(mp).await)
+    }
+
+    /// `len` bytes from `offset` (fewer only at the end of the object).
+    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
+        each!(self, b => b.get_range(key, offset, len).await)
+    }
+
+    /// The entry at `key` (file, symlink or directory marker), with metadata.
+    pub async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
+        each!(self, b => b.head(key).await)
+    }
+
+    /// Every entry under `prefix` (a path inside the namespace, "" for all),
+    /// recursively.
+    pub async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
+        each!(self, b => b.list(prefix).await)
+    }
+
+    /// Removes a file or symlink; absent is not an error.
+    pub async fn delete(&self, key: &str) -> BResult<()> {
+        each!(self, b => b.delete(key).await)
+    }
+
+    /// Copies `src` to `dst` inside the backend (never through this
+    /// machine), giving `dst` the metadata `meta`; with `src_etag`, only if
+    /// the source still has that ETag. `src == dst` rewrites the metadata
+    /// only.
+    pub async fn copy(
+        &self,
+        src: &str,
+        src_etag: Option<&str>,
+        dst: &str,
+        meta: &ObjMeta,
+    ) -> BResult<String> {
+        each!(self, b => b.copy(src, src_etag, dst, meta).await)
+    }
+
+    /// Makes the directory (marker) `key`.
+    pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+        each!(self, b => b.put_dir(key, meta).await)
+    }
+
+    /// Removes the directory (marker) `key`.
+    pub async fn delete_dir(&self, key: &str) -> BResult<()> {
+        each!(self, b => b.delete_dir(key).await)
+    }
+
+    pub async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+        each!(self, b => b.put_symlink(key, target, meta).await)
+    }
+
+    /// The target of the symlink at `key`.
+    pub async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
+        each!(self, b => b.read_symlink(key).await)
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// mtime as object metadata: seconds with a nanosecond fraction, the form
+/// rclone also reads and writes.
+pub fn format_mtime(t: Timestamp) -> String {
+    format!("{}.{:09}", t.sec, t.nsec)
+}
+
+pub fn parse_mtime(s: &str) -> Option<Timestamp> {
+    let (sec, frac) = match s.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    };
+    let sec: i64 = sec.parse().ok()?;
+    let mut nsec = 0u32;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        nsec = format!("{digits:0<9}").parse().ok()?;
+    }
+    Some(Timestamp { sec, nsec })
+}
+
+/// Checks a key as a backend path: UTF-8 (the caller's job), no empty, `.`
+/// or `..` segment, no leading slash.
+pub fn check_key(key: &str) -> BResult<()> {
+    if key.is_empty()
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(BackendError::permanent(format!("invalid path {key:?}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtime_round_trips_and_reads_short_fractions() {
+        let t = Timestamp {
+            sec: 1_700_000_000,
+            nsec: 5,
+        };
+        assert_eq!(parse_mtime(&format_mtime(t)), Some(t));
+        assert_eq!(
+            parse_mtime("12.5"),
+            Some(Timestamp {
+                sec: 12,
+                nsec: 500_000_000
+            })
+        );
+        assert_eq!(parse_mtime("x"), None);
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let h = [7u8; 32];
+        assert_eq!(unhex32(&hex(&h)), Some(h));
+        assert_eq!(unhex32("zz"), None);
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        for k in ["", "/a", "a//b", "a/./b", "../x", "a/"] {
+            assert!(check_key(k).is_err(), "{k}");
+        }
+        assert!(check_key("a/b c/d.txt").is_ok());
+    }
+}

@@ -1,0 +1,761 @@
+//! The `s3` backend: any S3-compatible store (AWS, Cloudflare R2, Garage,
+//! MinIO), through aws-sdk-s3, within the API they all share.
+//!
+//! - Request checksums are sent only when an operation requires them (R2
+//!   rejects the SDK's default trailing checksums); every body carries
+//!   Content-MD5 instead, so the store refuses a corrupted upload, and the
+//!   returned ETag (the MD5, or MD5 of part MD5s for multipart) confirms it.
+//! - Multipart parts are equal-sized except the last (R2 requires it).
+//! - Credentials: a 0600 file named by the config, a profile, or the
+//!   standard AWS environment variables then the default profile. They
+//!   never appear in logs or errors.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_config::environment::EnvironmentVariableCredentialsProvider;
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    SharedCredentialsProvider, retry::RetryConfig, timeout::TimeoutConfig,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use base64::Engine;
+use md5::{Digest, Md5};
+
+use super::{
+    BResult, BackendError, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex, unhex32,
+};
+use crate::config::NamespaceConfig;
+
+const META_SHA: &str = "sha256";
+const META_MTIME: &str = "mtime";
+const META_MODE: &str = "mode";
+const META_TYPE: &str = "locker-type";
+
+pub struct S3Backend {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    endpoint: String,
+}
+
+/// Reads a credentials file: `key = value` lines, `#` comments. It must not
+/// be readable by group or others.
+fn read_credentials_file(path: &Path) -> Result<Credentials, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::metadata(path).map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "credentials file {} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            m.mode() & 0o777
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!(
+                "credentials file {} line {}: expected `key = value`",
+                path.display(),
+                n + 1
+            ));
+        };
+        let v = v.trim().trim_matches('"').to_string();
+        match k.trim() {
+            "access_key_id" | "aws_access_key_id" => id = Some(v),
+            "secret_access_key" | "aws_secret_access_key" => secret = Some(v),
+            "session_token" | "aws_session_token" => token = Some(v),
+            other => {
+                return Err(format!(
+                    "credentials file {} line {}: unknown key {other:?}",
+                    path.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Ok(Credentials::new(
+            id,
+            secret,
+            token,
+            None,
+            "locker-credentials-file",
+        )),
+        _ => Err(format!(
+            "credentials file {} needs access_key_id and secret_access_key",
+            path.display()
+        )),
+    }
+}
+
+/// Maps an SDK error to a kind and a message (no secrets: the SDK's errors
+/// carry none).
+fn classify<E, R>(what: &str, key: &str, e: SdkError<E, R>) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    let (kind, detail) = match &e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status_code();
+            let code = se.err().code().unwrap_or("").to_string();
+            let kind = match (status, code.as_str()) {
+                (404, "NoSuchBucket") => ErrorKind::Permanent,
+                (404, _) => ErrorKind::NotFound,
+                (_, "NoSuchKey") | (_, "NotFound") => ErrorKind::NotFound,
+                (_, "RequestTimeout") | (_, "SlowDown") | (_, "InternalError") => {
+                    ErrorKind::Transient
+                }
+                (408, _) | (429, _) => ErrorKind::Transient,
+                (s, _) if s >= 500 => ErrorKind::Transient,
+                _ => ErrorKind::Permanent,
+            };
+            let msg = se.err().message().unwrap_or("").to_string();
+            let detail = match (code.is_empty(), msg.is_empty()) {
+                (true, _) => format!("HTTP {status}"),
+                (false, true) => format!("HTTP {status} {code}"),
+                (false, false) => format!("HTTP {status} {code}: {msg}"),
+            };
+            (kind, detail)
+        }
+        SdkError::ConstructionFailure(_) => {
+            (ErrorKind::Permanent, format!("{}", DisplayErrorContext(&e)))
+        }
+        SdkError::DispatchFailure(d) => {
+            // No credentials at all shows up here too: that needs the admin.
+            let text = format!("{}", DisplayErrorContext(&e));
+            if d.is_user() && text.contains("credentials") {
+                (ErrorKind::Permanent, "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or credentials_file".to_string())
+            } else {
+                (ErrorKind::Transient, text)
+            }
+        }
+        _ => (ErrorKind::Transient, format!("{}", DisplayErrorContext(&e))),
+    };
+    BackendError::new(kind, format!("{what} {key}: {detail}"))
+}
+
+/// The HTTP status of a raw response, for `classify`.
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn md5_b64(data: &[u8]) -> (String, [u8; 16]) {
+    let d: [u8; 16] = Md5::digest(data).into();
+    (base64::engine::general_purpose::STANDARD.encode(d), d)
+}
+
+fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_string()
+}
+
+fn meta_map(meta: &ObjMeta) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    if let Some(s) = meta.sha256 {
+        m.insert(META_SHA.to_string(), hex(&s));
+    }
+    if let Some(t) = meta.mtime {
+        m.insert(META_MTIME.to_string(), super::format_mtime(t));
+    }
+    if let Some(mode) = meta.mode {
+        m.insert(META_MODE.to_string(), format!("{:o}", mode & 0o7777));
+    }
+    m
+}
+
+fn meta_from(m: Option<&HashMap<String, String>>) -> ObjMeta {
+    let get = |k: &str| m.and_then(|m| m.get(k).map(String::as_str));
+    ObjMeta {
+        sha256: get(META_SHA).and_then(unhex32),
+        mtime: get(META_MTIME).and_then(super::parse_mtime),
+        mode: get(META_MODE).and_then(|s| u32::from_str_radix(s, 8).ok()),
+    }
+}
+
+/// Percent-encodes a key for `x-amz-copy-source`, keeping '/'.
+fn encode_copy_source(bucket: &str, key: &str) -> String {
+    let mut s = String::with_capacity(bucket.len() + key.len() + 1);
+    s.push_str(bucket);
+    s.push('/');
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+impl S3Backend {
+    pub fn new(cfg: &NamespaceConfig) -> Result<S3Backend, String> {
+        let bucket = cfg.bucket.clone().ok_or("backend \"s3\" needs `bucket`")?;
+        let region = cfg.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let creds: SharedCredentialsProvider = if let Some(path) = &cfg.credentials_file {
+            SharedCredentialsProvider::new(read_credentials_file(path)?)
+        } else if let Some(profile) = &cfg.profile {
+            SharedCredentialsProvider::new(
+                ProfileFileCredentialsProvider::builder()
+                    .profile_name(profile)
+                    .build(),
+            )
+        } else {
+            SharedCredentialsProvider::new(
+                CredentialsProviderChain::first_try(
+                    "environment",
+                    EnvironmentVariableCredentialsProvider::new(),
+                )
+                .or_else("profile", ProfileFileCredentialsProvider::builder().build()),
+            )
+        };
+        let mut b = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.clone()))
+            .force_path_style(cfg.path_style)
+            .credentials_provider(creds)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            )
+            // The upload queue retries with its own backoff; reads retry
+            // here, briefly.
+            .retry_config(RetryConfig::standard().with_max_attempts(2));
+        let endpoint = match &cfg.endpoint {
+            Some(e) => {
+                b = b.endpoint_url(e.trim_end_matches('/'));
+                e.clone()
+            }
+            None => format!("https://s3.{region}.amazonaws.com"),
+        };
+        Ok(S3Backend {
+            client: Client::from_conf(b.build()),
+            bucket,
+            prefix: cfg.key_prefix(),
+            endpoint,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3 bucket {} at {}", self.bucket, self.endpoint)
+        } else {
+            format!(
+                "s3 bucket {} prefix {} at {}",
+                self.bucket, self.prefix, self.endpoint
+            )
+        }
+    }
+
+    fn full(&self, key: &str) -> BResult<String> {
+        check_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    pub async fn check(&self) -> BResult<()> {
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client.head_bucket().bucket(&self.bucket).send(),
+        )
+        .await
+        .map_err(|_| {
+            BackendError::transient(format!("no answer from {} within 20 s", self.endpoint))
+        })?;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut err = classify("bucket", &self.bucket, e);
+                if err.message.contains("HTTP 404") {
+                    err = BackendError::permanent(format!(
+                        "bucket {} does not exist at {}",
+                        self.bucket, self.endpoint
+                    ));
+                } else if err.message.contains("HTTP 403") {
+                    err = BackendError::permanent(format!(
+                        "access to bucket {} denied at {} (check the credentials)",
+                        self.bucket, self.endpoint
+                    ));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    pub async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta) -> BResult<String> {
+        let full = self.full(key)?;
+        self.put_full(&full, data, meta_map(meta)).await
+    }
+
+    async fn put_full(
+        &self,
+        full: &str,
+        data: Vec<u8>,
+        meta: HashMap<String, String>,
+    ) -> BResult<String> {
+        let (b64, md5) = md5_b64(&data);
+        let len = data.len() as i64;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .content_length(len)
+            .content_md5(b64)
+            .set_metadata(Some(meta.clone()))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| classify("put", full, e))?;
+        let etag = unquote(out.e_tag().unwrap_or(""));
+        if etag == hex(&md5) {
+            return Ok(etag);
+        }
+        // Stores that do not use the MD5 as ETag (encryption at rest, some
+        // gateways): confirm by reading back size and checksum.
+        self.confirm(full, len as u64, &meta).await?;
+        Ok(etag)
+    }
+
+    /// Heads `full` and checks its size and metadata checksum.
+    async fn confirm(&self, full: &str, size: u64, meta: &HashMap<String, String>) -> BResult<()> {
+        let h = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| classify("head", full, e))?;
+        let got_size = h.content_length().unwrap_or(-1);
+        let got_sha = h.metadata().and_then(|m| m.get(META_SHA));
+        if got_size != size as i64 || got_sha != meta.get(META_SHA) {
+            return Err(BackendError::transient(format!(
+                "put {full}: the store holds {got_size} bytes, expected {size}; not confirmed"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn multipart_begin(
+        &self,
+        key: &str,
+        _size: u64,
+        meta: &ObjMeta,
+    ) -> BResult<Multipart> {
+        let full = self.full(key)?;
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .set_metadata(Some(meta_map(meta)))
+            .send()
+            .await
+            .map_err(|e| classify("start upload of", &full, e))?;
+        let id = out.upload_id().ok_or_else(|| {
+            BackendError::transient(format!("start upload of {full}: no upload id"))
+        })?;
+        Ok(Multipart {
+            key: key.to_string(),
+            id: id.to_string(),
+            meta: meta.clone(),
+        })
+    }
+
+    pub async fn multipart_part(
+        &self,
+        mp: &Multipart,
+        number: u32,
+        _offset: u64,
+        data: Vec<u8>,
+    ) -> BResult<String> {
+        let full = self.full(&mp.key)?;
+        let (b64, md5) = md5_b64(&data);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(&mp.id)
+            .part_number(number as i32)
+            .content_length(data.len() as i64)
+            .content_md5(b64)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| classify(&format!("part {number} of"), &full, e))?;
+        let etag = unquote(out.e_tag().unwrap_or(""));
+        if !etag.is_empty() && etag.len() == 32 && etag != hex(&md5) {
+            return Err(BackendError::transient(format!(
+                "part {number} of {full}: ETag {etag} does not match the MD5 sent"
+            )));
+        }
+        Ok(etag)
+    }
+
+    pub async fn multipart_finish(
+        &self,
+        mp: &Multipart,
+        parts: Vec<(u32, String)>,
+    ) -> BResult<String> {
+        let full = self.full(&mp.key)?;
+        let completed: Vec<CompletedPart> = parts
+            .iter()
+            .map(|(n, e)| {
+                CompletedPart::builder()
+                    .part_number(*n as i32)
+                    .e_tag(format!("\"{e}\""))
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(&mp.id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("complete upload of", &full, e))?;
+        // The ETag of a multipart object is the MD5 of the parts' MD5s,
+        // "-" and the number of parts.
+        let etag = unquote(out.e_tag().unwrap_or(""));
+        let mut h = Md5::new();
+        let mut ok = true;
+        for (_, e) in &parts {
+            match hex_to_bytes(e) {
+                Some(b) => h.update(&b),
+                None => ok = false,
+            }
+        }
+        let want = format!("{}-{}", hex(&h.finalize()), parts.len());
+        if ok && etag == want {
+            return Ok(etag);
+        }
+        let h = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| classify("head", &full, e))?;
+        let sha = h.metadata().and_then(|m| m.get(META_SHA)).cloned();
+        if sha != mp.meta.sha256.map(|s| hex(&s)) {
+            return Err(BackendError::transient(format!(
+                "complete upload of {full}: checksum not confirmed"
+            )));
+        }
+        Ok(unquote(h.e_tag().unwrap_or(&etag)))
+    }
+
+    pub async fn multipart_abort(&self, mp: &Multipart) {
+        if let Ok(full) = self.full(&mp.key) {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(&mp.id)
+                .send()
+                .await;
+        }
+    }
+
+    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let full = self.full(key)?;
+        let r = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await;
+        let out = match r {
+            Ok(o) => o,
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 416 => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(classify("get", &full, e)),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| BackendError::transient(format!("get {full}: {e}")))?;
+        let mut v = body.into_bytes().to_vec();
+        v.truncate(len as usize);
+        Ok(v)
+    }
+
+    async fn head_full(
+        &self,
+        full: &str,
+    ) -> BResult<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => {
+                let e = classify("head", full, e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
+        let full = self.full(key)?;
+        if let Some(h) = self.head_full(&full).await? {
+            let kind = match h
+                .metadata()
+                .and_then(|m| m.get(META_TYPE))
+                .map(String::as_str)
+            {
+                Some("symlink") => ObjKind::Symlink,
+                _ => ObjKind::File,
+            };
+            return Ok(Some(ObjInfo {
+                key: key.to_string(),
+                kind,
+                size: h.content_length().unwrap_or(0).max(0) as u64,
+                etag: unquote(h.e_tag().unwrap_or("")),
+                meta: Some(meta_from(h.metadata())),
+            }));
+        }
+        let marker = format!("{full}/");
+        if let Some(h) = self.head_full(&marker).await? {
+            return Ok(Some(ObjInfo {
+                key: key.to_string(),
+                kind: ObjKind::Dir,
+                size: 0,
+                etag: unquote(h.e_tag().unwrap_or("")),
+                meta: Some(meta_from(h.metadata())),
+            }));
+        }
+        Ok(None)
+    }
+
+    pub async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
+        let p = prefix.trim_matches('/');
+        let full_prefix = if p.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{p}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| classify("list", &full_prefix, e))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                let Some(rel) = k.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                let (key, kind) = match rel.strip_suffix('/') {
+                    Some(d) => (d.to_string(), ObjKind::Dir),
+                    None => (rel.to_string(), ObjKind::File),
+                };
+                if check_key(&key).is_err() {
+                    tracing::warn!(
+                        key = k,
+                        "skipping an object whose name is not a usable path"
+                    );
+                    continue;
+                }
+                out.push(ObjInfo {
+                    key,
+                    kind,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: unquote(o.e_tag().unwrap_or("")),
+                    meta: None,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete(&self, key: &str) -> BResult<()> {
+        let full = self.full(key)?;
+        self.delete_full(&full).await
+    }
+
+    async fn delete_full(&self, full: &str) -> BResult<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = classify("delete", full, e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn copy(
+        &self,
+        src: &str,
+        src_etag: Option<&str>,
+        dst: &str,
+        meta: &ObjMeta,
+    ) -> BResult<String> {
+        let from = self.full(src)?;
+        let to = self.full(dst)?;
+        let mut map = meta_map(meta);
+        // Keep what marks the source as a symlink.
+        if let Some(h) = self.head_full(&from).await?
+            && let Some(t) = h.metadata().and_then(|m| m.get(META_TYPE))
+        {
+            map.insert(META_TYPE.to_string(), t.clone());
+        }
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&to)
+            .copy_source(encode_copy_source(&self.bucket, &from))
+            .set_copy_source_if_match(src_etag.map(|e| format!("\"{e}\"")))
+            .metadata_directive(MetadataDirective::Replace)
+            .set_metadata(Some(map))
+            .send()
+            .await
+            .map_err(|e| classify(&format!("copy {from} to"), &to, e))?;
+        Ok(unquote(
+            out.copy_object_result()
+                .and_then(|r| r.e_tag())
+                .unwrap_or(""),
+        ))
+    }
+
+    pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+        let full = format!("{}/", self.full(key)?);
+        self.put_full(&full, Vec::new(), meta_map(meta)).await
+    }
+
+    pub async fn delete_dir(&self, key: &str) -> BResult<()> {
+        let full = format!("{}/", self.full(key)?);
+        self.delete_full(&full).await
+    }
+
+    pub async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+        let full = self.full(key)?;
+        let mut map = meta_map(meta);
+        map.insert(META_TYPE.to_string(), "symlink".to_string());
+        self.put_full(&full, target.to_vec(), map).await
+    }
+
+    pub async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
+        self.get_range(key, 0, 4096).await
+    }
+}
+
+fn hex_to_bytes(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_is_percent_encoded() {
+        assert_eq!(
+            encode_copy_source("b", "dir/a b+c%.txt"),
+            "b/dir/a%20b%2Bc%25.txt"
+        );
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let m = ObjMeta {
+            sha256: Some([3; 32]),
+            mtime: Some(crate::core::Timestamp { sec: 5, nsec: 6 }),
+            mode: Some(0o640),
+        };
+        assert_eq!(meta_from(Some(&meta_map(&m))), m);
+    }
+
+    #[test]
+    fn credentials_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c");
+        std::fs::write(&p, "access_key_id = a\nsecret_access_key = b\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_credentials_file(&p).unwrap_err();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_credentials_file(&p).is_ok());
+        std::fs::write(&p, "access_key_id = a\n").unwrap();
+        let e = read_credentials_file(&p).unwrap_err();
+        assert!(e.contains("secret_access_key") && !e.contains("= a"), "{e}");
+    }
+}

@@ -1,0 +1,74 @@
+//! `locker status`: asks the running daemon (through its socket in the data
+//! directory) and prints its answer.
+
+use std::path::Path;
+
+use crate::config::{Config, default_data_dir};
+use crate::sync::query_status;
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn run(
+    json: bool,
+    refresh: bool,
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default_config(),
+    };
+    let dir = data_dir
+        .map(Path::to_path_buf)
+        .or(cfg.data_dir)
+        .unwrap_or_else(default_data_dir);
+    let st = query_status(&dir, if refresh { "refresh" } else { "status" })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    println!("daemon pid {}", st.pid);
+    println!(
+        "cache: {} used of {}, {} not yet in a backend",
+        bytes(st.cache.used_bytes),
+        bytes(st.cache.limit_bytes),
+        bytes(st.cache.dirty_bytes)
+    );
+    for n in &st.namespaces {
+        let reach = match n.reachable {
+            Some(true) => "reachable",
+            Some(false) => "UNREACHABLE",
+            None => "not contacted yet",
+        };
+        println!("{}: {} ({reach})", n.name, n.backend);
+        let age = n
+            .oldest_age_s
+            .map(|a| format!(", oldest {a:.0} s"))
+            .unwrap_or_default();
+        println!(
+            "  queue: {} entries, {}{age}",
+            n.queue,
+            bytes(n.pending_bytes)
+        );
+        if let Some(r) = n.last_refresh_age_s {
+            println!("  last listed {r:.0} s ago");
+        }
+        if let Some(e) = &n.last_error {
+            println!("  last error: {e}");
+        }
+    }
+    Ok(())
+}

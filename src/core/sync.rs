@@ -1,0 +1,1137 @@
+//! The core's side of the sync sidecar: which paths changed (the queue, kept
+//! in the same transaction as each change), consistent snapshots of what to
+//! push, what the backend is known to hold (the remote table), changes found
+//! in the backend by a refresh, conflicts, and the cache bound (eviction of
+//! blocks the backend holds, and fetching them back).
+//!
+//! Marks: every change that a backend should see marks `(namespace, path)`
+//! in `sync_queue` inside the transaction that makes the change, so a change
+//! is never committed without its queue entry. Changes made *from* the
+//! backend (refresh) are applied with marks suppressed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Handle, Locker, State};
+use crate::meta::sync::{
+    self as msync, QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow,
+};
+use crate::meta::{self, BlockRef};
+
+/// Reads byte ranges of objects in the backends, for the read path. The
+/// sidecar implements it; the core verifies what it returns.
+pub trait RemoteSource: Send + Sync {
+    /// The bytes of each `(offset, len)` range of `path` in namespace `ns`
+    /// (shorter only at the end of the object).
+    fn fetch(&self, ns: &str, path: &[u8], ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, String>;
+}
+
+/// A path's directory, last name and entry (if there is one).
+type Found = (InodeNo, Vec<u8>, Option<meta::InodeRow>);
+
+/// The sequence number and times of the marks one change makes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    seq: i64,
+    now: i64,
+    ready: i64,
+}
+
+impl State {
+    /// A new mark, or none while changes from the backend are applied.
+    pub(crate) fn mark(&mut self) -> Option<Mark> {
+        if self.suppress_marks {
+            return None;
+        }
+        self.next_seq += 1;
+        let now = msync::now_ns();
+        Some(Mark {
+            seq: self.next_seq,
+            now,
+            ready: now + self.sync_delay_ns,
+        })
+    }
+}
+
+fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    if b.is_empty() {
+        return a.to_vec();
+    }
+    let mut v = a.to_vec();
+    v.push(b'/');
+    v.extend_from_slice(b);
+    v
+}
+
+/// The namespace and path inside it of entry `name` of directory `dir`;
+/// `None` for a namespace itself (an entry of the root).
+pub(crate) fn ns_path(
+    conn: &Connection,
+    dir: InodeNo,
+    name: &[u8],
+) -> CoreResult<Option<(String, Vec<u8>)>> {
+    if dir == InodeNo::ROOT {
+        return Ok(None);
+    }
+    let mut parts = vec![name.to_vec()];
+    let mut cur = dir;
+    loop {
+        let (parent, n) = meta::any_name(conn, cur)?.ok_or(CoreError::NotFound)?;
+        if parent == InodeNo::ROOT {
+            parts.reverse();
+            return Ok(Some((
+                String::from_utf8_lossy(&n).into_owned(),
+                parts.join(&b'/'),
+            )));
+        }
+        parts.push(n);
+        cur = parent;
+        if parts.len() > 4096 {
+            return Err(CoreError::Corrupt("directory cycle".into()));
+        }
+    }
+}
+
+fn size_of(conn: &Connection, ino: InodeNo) -> CoreResult<u64> {
+    Ok(meta::get_inode(conn, ino)?.map_or(0, |r| r.attr.size))
+}
+
+/// Marks the entry `name` of `dir`.
+pub(crate) fn mark_name(
+    conn: &Connection,
+    m: Option<Mark>,
+    dir: InodeNo,
+    name: &[u8],
+    bytes: u64,
+) -> CoreResult<()> {
+    let Some(m) = m else { return Ok(()) };
+    if let Some((ns, path)) = ns_path(conn, dir, name)? {
+        msync::mark(conn, &ns, &path, m.seq, m.now, m.ready, bytes, None)?;
+    }
+    Ok(())
+}
+
+/// Marks every name of inode `ino` (a file's hard links).
+pub(crate) fn mark_ino(
+    conn: &Connection,
+    m: Option<Mark>,
+    ino: InodeNo,
+    bytes: u64,
+) -> CoreResult<()> {
+    if m.is_none() {
+        return Ok(());
+    }
+    let names: Vec<(i64, Vec<u8>)> = {
+        let mut st = conn.prepare_cached("SELECT parent, name FROM dentries WHERE ino = ?1")?;
+        let rows = st.query_map([ino.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (parent, name) in names {
+        mark_name(conn, m, InodeNo(parent as u64), &name, bytes)?;
+    }
+    Ok(())
+}
+
+/// Paths below `ino` relative to it ("" for itself), with file sizes.
+fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64)>> {
+    let mut out = vec![(Vec::new(), size_of(conn, ino)?)];
+    let mut stack = vec![(ino, Vec::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        if meta::get_inode(conn, dir)?.is_none_or(|r| r.attr.kind != FileKind::Dir) {
+            continue;
+        }
+        for (name, child, kind) in meta::list_dir(conn, dir)? {
+            let p = join(&rel, &name);
+            let size = if kind == FileKind::File {
+                size_of(conn, child)?
+            } else {
+                0
+            };
+            out.push((p.clone(), size));
+            if kind == FileKind::Dir {
+                stack.push((child, p));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Marks the entry now at `new` and everything below it; with `old` (a
+/// rename), also every old path, each after its new path so that the
+/// backend copies before it deletes.
+pub(crate) fn mark_moved(
+    conn: &Connection,
+    m: Option<Mark>,
+    ino: InodeNo,
+    new: (InodeNo, &[u8]),
+    old: Option<(InodeNo, &[u8])>,
+) -> CoreResult<()> {
+    let Some(m) = m else { return Ok(()) };
+    let newp = ns_path(conn, new.0, new.1)?;
+    let oldp = match old {
+        Some((d, n)) => ns_path(conn, d, n)?,
+        None => None,
+    };
+    for (suffix, bytes) in subtree(conn, ino)? {
+        let np = newp.as_ref().map(|(ns, p)| (ns.clone(), join(p, &suffix)));
+        if let Some((ns, p)) = &np {
+            msync::mark(conn, ns, p, m.seq, m.now, m.ready, bytes, None)?;
+        }
+        if let Some((ons, op)) = &oldp {
+            let after = np.as_ref().map(|(ns, p)| (ns.as_str(), p.as_slice()));
+            msync::mark(
+                conn,
+                ons,
+                &join(op, &suffix),
+                m.seq,
+                m.now,
+                m.ready,
+                0,
+                after,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// What is at a queued path locally.
+#[derive(Debug)]
+pub enum LocalEntry {
+    Absent,
+    Dir {
+        mode: u32,
+        mtime: Timestamp,
+    },
+    Symlink {
+        target: Vec<u8>,
+        mode: u32,
+        mtime: Timestamp,
+    },
+    File(FileSnap),
+    /// A device, fifo or socket: kept local only.
+    Other,
+}
+
+/// A committed version of a file, with its blocks pinned until
+/// `sync_release`.
+#[derive(Debug)]
+pub struct FileSnap {
+    pub ino: InodeNo,
+    pub version: i64,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub mode: u32,
+    pub sha256: Option<[u8; 32]>,
+    pub remote_only: bool,
+    /// Open for writing by someone.
+    pub writers: bool,
+    blocks: Vec<(u64, BlockRef)>,
+    inline: HashMap<BlockId, Arc<Vec<u8>>>,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub entry: QueueEntry,
+    pub local: LocalEntry,
+    /// What the backend is known to hold at the path.
+    pub remote: Option<RemoteRow>,
+}
+
+/// How a change found in the backend was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+    /// A local change is pending (or the entry is open): left for later.
+    Skipped,
+    /// Both sides changed: the local version was renamed to this name.
+    Conflict(Vec<u8>),
+}
+
+/// `name.conflict-<when>-<host>.ext`: says what it is, sorts beside the
+/// original.
+fn conflict_name(name: &[u8], n: u32) -> Vec<u8> {
+    let now = Timestamp::now().sec;
+    // SAFETY: gmtime_r writes into the provided struct only.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::gmtime_r(&now, &mut tm);
+        tm
+    };
+    let mut host = [0u8; 64];
+    // SAFETY: the buffer is writable for its length.
+    unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) };
+    let hl = host.iter().position(|&c| c == 0).unwrap_or(host.len());
+    let host: String = String::from_utf8_lossy(&host[..hl])
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
+    let tag = format!(
+        ".conflict-{:04}{:02}{:02}-{:02}{:02}{:02}-{}{}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        host,
+        if n > 0 {
+            format!("-{n}")
+        } else {
+            String::new()
+        }
+    );
+    let (stem, ext) = match name.iter().rposition(|&c| c == b'.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, &b""[..]),
+    };
+    let keep = 255usize
+        .saturating_sub(tag.len() + ext.len())
+        .min(stem.len());
+    let mut out = stem[..keep].to_vec();
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(ext);
+    out
+}
+
+impl Locker {
+    /// Installs the reader of the backends.
+    pub fn set_remote(&self, source: Arc<dyn RemoteSource>) {
+        let _ = self.remote.set(source);
+    }
+
+    /// Installs what wakes the sidecar after a change.
+    pub fn set_waker(&self, waker: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(waker);
+    }
+
+    pub(crate) fn wake_sync(&self) {
+        if let Some(w) = self.waker.get() {
+            w();
+        }
+    }
+
+    /// Whether writers are waiting for cache space: the sidecar then
+    /// uploads without waiting for files to be quiet.
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queue entries ready at `now` (with `hurry`, also those not yet
+    /// quiet).
+    pub fn sync_due(&self, now: i64, hurry: bool, limit: usize) -> CoreResult<Vec<QueueEntry>> {
+        Ok(msync::due(&self.lock().conn, now, hurry, limit)?)
+    }
+
+    /// Every queue entry, oldest change first.
+    pub fn sync_pending(&self) -> CoreResult<Vec<QueueEntry>> {
+        Ok(msync::all_entries(&self.lock().conn)?)
+    }
+
+    /// Per namespace: (name, entries, bytes, oldest change ns, last error).
+    pub fn sync_stats(&self) -> CoreResult<Vec<msync::QueueStats>> {
+        Ok(msync::stats(&self.lock().conn)?)
+    }
+
+    /// The directory, name and (if any) entry at `ns/path`.
+    fn resolve_in(conn: &Connection, ns: &str, path: &[u8]) -> CoreResult<Option<Found>> {
+        let Some(mut cur) = meta::lookup(conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(None);
+        };
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        let (last, dirs) = comps.split_last().expect("split yields one part");
+        for c in dirs {
+            match meta::lookup_row(conn, cur, c)? {
+                Some(r) if r.attr.kind == FileKind::Dir => cur = r.attr.ino,
+                _ => return Ok(None),
+            }
+        }
+        let row = meta::lookup_row(conn, cur, last)?;
+        Ok(Some((cur, last.to_vec(), row)))
+    }
+
+    /// A consistent view of a queued path: the entry, what is there locally
+    /// (a file's committed version, its blocks pinned) and what the backend
+    /// is known to hold. `None` if the entry is gone.
+    pub fn sync_snapshot(&self, ns: &str, path: &[u8]) -> CoreResult<Option<Snapshot>> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(entry) = msync::get_entry(&st.conn, ns, path)? else {
+            return Ok(None);
+        };
+        let remote = msync::get_remote(&st.conn, ns, path)?;
+        let row = Locker::resolve_in(&st.conn, ns, path)?.and_then(|(_, _, r)| r);
+        let local = match row {
+            None => LocalEntry::Absent,
+            Some(r) => {
+                let a = &r.attr;
+                match a.kind {
+                    FileKind::Dir => LocalEntry::Dir {
+                        mode: a.perm as u32,
+                        mtime: a.mtime,
+                    },
+                    FileKind::Symlink => LocalEntry::Symlink {
+                        target: r.target.clone().unwrap_or_default(),
+                        mode: a.perm as u32,
+                        mtime: a.mtime,
+                    },
+                    FileKind::File => {
+                        let blocks = meta::file_blocks_from(&st.conn, a.ino, 0)?;
+                        let mut inline = HashMap::new();
+                        for (_, b) in &blocks {
+                            if b.len < INLINE_MAX {
+                                if let Some(d) = meta::get_inline_block(&st.conn, &b.id)? {
+                                    inline.insert(b.id, Arc::new(d));
+                                }
+                            } else {
+                                st.pin(b.id);
+                            }
+                        }
+                        let writers = st.handles.values().any(|h| {
+                            matches!(h, Handle::File { ino, mode, .. } if *ino == a.ino && mode.write)
+                        });
+                        LocalEntry::File(FileSnap {
+                            ino: a.ino,
+                            version: r.version,
+                            size: a.size,
+                            mtime: a.mtime,
+                            mode: a.perm as u32,
+                            sha256: r.sha256.as_deref().and_then(|s| s.try_into().ok()),
+                            remote_only: r.remote_only,
+                            writers,
+                            blocks,
+                            inline,
+                        })
+                    }
+                    _ => LocalEntry::Other,
+                }
+            }
+        };
+        Ok(Some(Snapshot {
+            entry,
+            local,
+            remote,
+        }))
+    }
+
+    /// Drops the pins of a snapshot; blocks no file names any more are freed.
+    pub fn sync_release(&self, snap: &FileSnap) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut gone = Vec::new();
+        for (_, b) in &snap.blocks {
+            if b.len >= INLINE_MAX {
+                st.unpin(&b.id);
+                if !st.pins.contains_key(&b.id)
+                    && !meta::block_known(&st.conn, &b.id).unwrap_or(true)
+                {
+                    gone.push(b.id);
+                }
+            }
+        }
+        self.free_blocks(st, &gone);
+    }
+
+    /// `len` bytes of the snapshot's content from `offset`.
+    pub fn sync_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        let end = snap.size.min(offset + len);
+        let mut out = vec![0u8; end.saturating_sub(offset) as usize];
+        let first = offset / BLOCK_SIZE;
+        let start = snap.blocks.partition_point(|(i, _)| *i < first);
+        for (idx, b) in &snap.blocks[start..] {
+            let bstart = idx * BLOCK_SIZE;
+            if bstart >= end {
+                break;
+            }
+            let from = offset.max(bstart);
+            let to = end.min(bstart + b.len as u64);
+            if from >= to {
+                continue;
+            }
+            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+            let bo = from - bstart;
+            if b.len < INLINE_MAX {
+                let d = snap.inline.get(&b.id).ok_or_else(|| {
+                    CoreError::Corrupt(format!("block {} is missing", b.id.hex()))
+                })?;
+                dst.copy_from_slice(&d[bo as usize..bo as usize + dst.len()]);
+            } else {
+                match self.blocks.read_at(&b.id, bo, dst)? {
+                    Some(n) if n == dst.len() => {}
+                    _ => {
+                        return Err(CoreError::Corrupt(format!(
+                            "block {} is not in the cache",
+                            b.id.hex()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The SHA-256 of the snapshot's content (read block by block).
+    pub fn sync_hash(&self, snap: &FileSnap) -> CoreResult<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut off = 0;
+        while off < snap.size {
+            let n = (snap.size - off).min(8 * BLOCK_SIZE);
+            h.update(self.sync_read(snap, off, n)?);
+            off += n;
+        }
+        let sha: [u8; 32] = h.finalize().into();
+        let st = self.lock();
+        meta::set_sha256(&st.conn, snap.ino, snap.version, &sha)?;
+        Ok(sha)
+    }
+
+    /// A path (namespace, path, ETag) where the backend holds this content.
+    pub fn sync_source(&self, sha: &[u8; 32]) -> CoreResult<Option<(String, Vec<u8>, String)>> {
+        Ok(msync::remote_with_sha(&self.lock().conn, sha)?)
+    }
+
+    /// The backend confirmed `ns/path` as `remote` (or its absence): records
+    /// it, and removes the queue entry unless the path changed meanwhile.
+    pub fn sync_done(
+        &self,
+        ns: &str,
+        path: &[u8],
+        seq: i64,
+        remote: Option<RemoteRow>,
+    ) -> CoreResult<bool> {
+        let mut st = self.lock();
+        let done = st.tx(|tx| {
+            match &remote {
+                Some(r) => msync::put_remote(tx, ns, path, r)?,
+                None => msync::delete_remote(tx, ns, path)?,
+            }
+            Ok(msync::finish(tx, ns, path, seq)?)
+        })?;
+        Ok(done)
+    }
+
+    /// Puts a queue entry back for a try at `ready` (ns since the epoch).
+    pub fn sync_retry(
+        &self,
+        ns: &str,
+        path: &[u8],
+        ready: i64,
+        error: Option<&str>,
+    ) -> CoreResult<()> {
+        let mut st = self.lock();
+        st.tx(|tx| Ok(msync::retry(tx, ns, path, ready, error)?))
+    }
+
+    pub fn remote_rows(&self, ns: &str) -> CoreResult<Vec<(Vec<u8>, RemoteRow)>> {
+        Ok(msync::remote_rows(&self.lock().conn, ns)?)
+    }
+
+    /// Whether `ns/path` has a pending change.
+    pub fn sync_queued(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
+        Ok(msync::get_entry(&self.lock().conn, ns, path)?.is_some())
+    }
+
+    /// Owner of the namespace directory: what entries made from the backend
+    /// get.
+    fn ns_caller(conn: &Connection, ns_ino: InodeNo) -> CoreResult<Caller> {
+        let r = meta::get_inode(conn, ns_ino)?.ok_or(CoreError::NotFound)?;
+        Ok(Caller {
+            uid: r.attr.uid,
+            gid: r.attr.gid,
+            pid: 0,
+        })
+    }
+
+    /// The directory that holds `path` in namespace `ns`, made (unmarked) if
+    /// missing. `None` if something not a directory is in the way.
+    fn ensure_parent(
+        &self,
+        st: &mut State,
+        ns: &str,
+        path: &[u8],
+    ) -> CoreResult<Option<(InodeNo, Vec<u8>)>> {
+        let Some(mut cur) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(None);
+        };
+        let caller = Locker::ns_caller(&st.conn, cur)?;
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        let (last, dirs) = comps.split_last().expect("split yields one part");
+        for c in dirs {
+            match meta::lookup_row(&st.conn, cur, c)? {
+                Some(r) if r.attr.kind == FileKind::Dir => cur = r.attr.ino,
+                Some(_) => return Ok(None),
+                None => {
+                    let a =
+                        self.make_node_locked(st, &caller, cur, c, libc::S_IFDIR | 0o755, None)?;
+                    cur = a.ino;
+                }
+            }
+        }
+        Ok(Some((cur, last.to_vec())))
+    }
+
+    /// Makes the entry described by `row` at `name` in `dir`.
+    fn create_from_remote(
+        &self,
+        st: &mut State,
+        dir: InodeNo,
+        name: &[u8],
+        row: &RemoteRow,
+        ns_ino: InodeNo,
+    ) -> CoreResult<()> {
+        let caller = Locker::ns_caller(&st.conn, ns_ino)?;
+        match row.kind {
+            REMOTE_DIR => {
+                let mode = row.mode.unwrap_or(0o755) & 0o7777;
+                self.make_node_locked(st, &caller, dir, name, libc::S_IFDIR | mode, None)?;
+            }
+            REMOTE_SYMLINK => {
+                let target = row.target.clone().unwrap_or_default();
+                self.make_node_locked(
+                    st,
+                    &caller,
+                    dir,
+                    name,
+                    libc::S_IFLNK | 0o777,
+                    Some(&target),
+                )?;
+            }
+            _ => {
+                let mode = row.mode.unwrap_or(0o644) & 0o7777;
+                let a =
+                    self.make_node_locked(st, &caller, dir, name, libc::S_IFREG | mode, None)?;
+                self.set_remote_content(st, a.ino, row)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes file `ino` hold the backend's content described by `row`
+    /// (fetched when first read).
+    fn set_remote_content(&self, st: &mut State, ino: InodeNo, row: &RemoteRow) -> CoreResult<()> {
+        self.forget_file(st, ino);
+        let mtime = row.mtime.unwrap_or_else(Timestamp::now);
+        let freed = st.tx(|tx| {
+            let mut freed = Vec::new();
+            for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
+                if meta::decref_block(tx, &b.id)? && b.len >= INLINE_MAX {
+                    freed.push(b.id);
+                }
+                meta::delete_file_block(tx, ino, idx)?;
+            }
+            tx.prepare_cached(
+                "UPDATE inodes SET remote_only = 1, size = ?2, sha256 = ?3, mtime_s = ?4,
+                    mtime_ns = ?5, ctime_s = ?4, ctime_ns = ?5, perm = coalesce(?6, perm),
+                    version = version + 1
+                 WHERE ino = ?1",
+            )?
+            .execute(rusqlite::params![
+                ino.0 as i64,
+                row.size as i64,
+                row.sha256.as_ref().map(|s| &s[..]),
+                mtime.sec,
+                mtime.nsec as i64,
+                row.mode.map(|m| (m & 0o7777) as i64),
+            ])?;
+            Ok(freed)
+        })?;
+        self.free_blocks(st, &freed);
+        Ok(())
+    }
+
+    /// Renames the local entry `name` of `dir` to a conflict name (marked:
+    /// it is uploaded under that name). Returns the new name.
+    fn move_to_conflict(&self, st: &mut State, dir: InodeNo, name: &[u8]) -> CoreResult<Vec<u8>> {
+        let was = st.suppress_marks;
+        st.suppress_marks = false;
+        let mut n = 0;
+        let r = loop {
+            let cand = conflict_name(name, n);
+            if meta::lookup(&st.conn, dir, &cand)?.is_none() {
+                break self
+                    .rename_locked(st, dir, name, dir, &cand, RenameMode::NoReplace)
+                    .map(|_| cand);
+            }
+            n += 1;
+            if n > 1000 {
+                break Err(CoreError::Exists);
+            }
+        };
+        st.suppress_marks = was;
+        r
+    }
+
+    /// Applies an entry found in the backend at `ns/path` (new, or changed
+    /// since `remote` was recorded). `started` is when the listing began:
+    /// rows recorded after it are newer than the listing and win.
+    pub fn apply_remote(
+        &self,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+        started: i64,
+    ) -> CoreResult<Applied> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if msync::get_entry(&st.conn, ns, path)?.is_some() {
+            return Ok(Applied::Skipped);
+        }
+        let old = msync::get_remote(&st.conn, ns, path)?;
+        if old.as_ref().is_some_and(|o| o.at_ns > started) {
+            return Ok(Applied::Skipped);
+        }
+        let Some(ns_ino) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(Applied::Skipped);
+        };
+        st.suppress_marks = true;
+        let r = self.apply_remote_locked(st, ns, path, row, old, ns_ino);
+        st.suppress_marks = false;
+        let r = r?;
+        st.durable()?;
+        Ok(r)
+    }
+
+    fn apply_remote_locked(
+        &self,
+        st: &mut State,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+        old: Option<RemoteRow>,
+        ns_ino: InodeNo,
+    ) -> CoreResult<Applied> {
+        let Some((dir, name)) = self.ensure_parent(st, ns, path)? else {
+            tracing::warn!(namespace = ns, path = %String::from_utf8_lossy(path), "a file in the backend has a non-directory in its path here; left alone");
+            return Ok(Applied::Skipped);
+        };
+        let record = |st: &mut State, row: &RemoteRow| -> CoreResult<()> {
+            st.tx(|tx| Ok(msync::put_remote(tx, ns, path, row)?))
+        };
+        let Some(local) = meta::lookup_row(&st.conn, dir, &name)? else {
+            self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+            record(st, &row)?;
+            return Ok(Applied::Created);
+        };
+        let lsha: Option<[u8; 32]> = local.sha256.as_deref().and_then(|s| s.try_into().ok());
+        let is_open = st
+            .files
+            .get(&local.attr.ino)
+            .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
+        // Local matches what the backend held before: it is clean.
+        let clean = match (&old, local.attr.kind) {
+            (Some(o), FileKind::File) => {
+                o.kind == REMOTE_FILE && lsha.is_some() && lsha == o.sha256
+            }
+            (Some(o), FileKind::Symlink) => o.kind == REMOTE_SYMLINK && local.target == o.target,
+            (Some(o), FileKind::Dir) => o.kind == REMOTE_DIR,
+            _ => false,
+        };
+        match (local.attr.kind, row.kind) {
+            (FileKind::Dir, REMOTE_DIR) => {
+                record(st, &row)?;
+                Ok(Applied::Unchanged)
+            }
+            (FileKind::File, REMOTE_FILE) if row.sha256.is_some() && lsha == row.sha256 => {
+                record(st, &row)?;
+                Ok(Applied::Unchanged)
+            }
+            (FileKind::Symlink, REMOTE_SYMLINK) if local.target == row.target => {
+                record(st, &row)?;
+                Ok(Applied::Unchanged)
+            }
+            _ if is_open => Ok(Applied::Skipped),
+            (FileKind::File, REMOTE_FILE) if clean => {
+                self.set_remote_content(st, local.attr.ino, &row)?;
+                record(st, &row)?;
+                Ok(Applied::Updated)
+            }
+            (FileKind::Dir, _) => {
+                tracing::warn!(namespace = ns, path = %String::from_utf8_lossy(path), "the backend has a file where this side has a directory; left alone");
+                Ok(Applied::Skipped)
+            }
+            (_, _) if clean && local.attr.kind != FileKind::Dir => {
+                self.unlink_locked(st, dir, &name)?;
+                self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+                record(st, &row)?;
+                Ok(Applied::Updated)
+            }
+            _ => {
+                let moved = self.move_to_conflict(st, dir, &name)?;
+                tracing::warn!(
+                    namespace = ns,
+                    path = %String::from_utf8_lossy(path),
+                    kept_as = %String::from_utf8_lossy(&moved),
+                    "both this side and the backend changed a file: the backend's version keeps the name, this side's is kept under a conflict name"
+                );
+                self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+                record(st, &row)?;
+                Ok(Applied::Conflict(moved))
+            }
+        }
+    }
+
+    /// Applies the disappearance from the backend of `ns/path`: the local
+    /// entry goes too if it is unchanged since the backend had it.
+    pub fn apply_remote_gone(&self, ns: &str, path: &[u8], started: i64) -> CoreResult<Applied> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if msync::get_entry(&st.conn, ns, path)?.is_some() {
+            return Ok(Applied::Skipped);
+        }
+        let Some(old) = msync::get_remote(&st.conn, ns, path)? else {
+            return Ok(Applied::Unchanged);
+        };
+        if old.at_ns > started {
+            return Ok(Applied::Skipped);
+        }
+        let found = Locker::resolve_in(&st.conn, ns, path)?;
+        st.suppress_marks = true;
+        let r = (|| -> CoreResult<Applied> {
+            if let Some((dir, name, Some(local))) = found {
+                let lsha: Option<[u8; 32]> =
+                    local.sha256.as_deref().and_then(|s| s.try_into().ok());
+                let is_open = st
+                    .files
+                    .get(&local.attr.ino)
+                    .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
+                let clean = match local.attr.kind {
+                    FileKind::File => {
+                        old.kind == REMOTE_FILE && lsha.is_some() && lsha == old.sha256
+                    }
+                    FileKind::Symlink => old.kind == REMOTE_SYMLINK && local.target == old.target,
+                    FileKind::Dir => old.kind == REMOTE_DIR,
+                    _ => false,
+                };
+                if is_open {
+                    return Ok(Applied::Skipped);
+                }
+                if !clean {
+                    // Changed here: push it again.
+                    st.suppress_marks = false;
+                    let m = st.mark();
+                    st.tx(|tx| {
+                        msync::delete_remote(tx, ns, path)?;
+                        mark_name(tx, m, dir, &name, local.attr.size)
+                    })?;
+                    return Ok(Applied::Skipped);
+                }
+                if local.attr.kind == FileKind::Dir {
+                    if meta::dir_is_empty(&st.conn, local.attr.ino)? {
+                        self.rmdir_locked(st, dir, &name)?;
+                    }
+                } else {
+                    self.unlink_locked(st, dir, &name)?;
+                }
+            }
+            st.tx(|tx| Ok(msync::delete_remote(tx, ns, path)?))?;
+            Ok(Applied::Updated)
+        })();
+        st.suppress_marks = false;
+        let r = r?;
+        st.durable()?;
+        Ok(r)
+    }
+
+    /// An upload found the backend changed since LOCKER last saw it, while
+    /// this side changed too: the local version moves to a conflict name
+    /// (and is uploaded there); the backend's version takes the path.
+    pub fn sync_conflict(
+        &self,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+    ) -> CoreResult<Option<Vec<u8>>> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(ns_ino) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some((dir, name, Some(_))) = Locker::resolve_in(&st.conn, ns, path)? else {
+            return Ok(None);
+        };
+        let moved = self.move_to_conflict(st, dir, &name)?;
+        st.suppress_marks = true;
+        let r = (|| {
+            self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+            st.tx(|tx| {
+                msync::put_remote(tx, ns, path, &row)?;
+                Ok(())
+            })
+        })();
+        st.suppress_marks = false;
+        r?;
+        st.durable()?;
+        tracing::warn!(
+            namespace = ns,
+            path = %String::from_utf8_lossy(path),
+            kept_as = %String::from_utf8_lossy(&moved),
+            "the backend changed this file while it changed here too: the backend's version keeps the name, this side's is kept under a conflict name"
+        );
+        Ok(Some(moved))
+    }
+
+    /// Bytes of blocks in the cache, its bound, and the bytes not yet in a
+    /// backend.
+    pub fn cache_info(&self) -> CoreResult<(u64, u64, u64)> {
+        let dirty = msync::dirty_bytes(&self.lock().conn, INLINE_MAX)?;
+        Ok((self.blocks.bytes(), self.opts.cache_limit, dirty))
+    }
+
+    /// Drops least recently used blocks that a backend holds until the
+    /// cache holds at most `target` bytes (or nothing more can go). Returns
+    /// the number of blocks dropped.
+    pub fn evict(&self, target: u64) -> CoreResult<u64> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut left = st.lru.len();
+        let mut dropped = 0;
+        while self.blocks.bytes() > target && left > 0 {
+            left -= 1;
+            let Some((id, ())) = st.lru.pop_lru() else {
+                break;
+            };
+            if st.pins.contains_key(&id) {
+                st.lru.put(id, ());
+                continue;
+            }
+            let ok = match msync::block_in_backend(&st.conn, &id.0)? {
+                Some(inos) => !inos.iter().any(|i| {
+                    st.files
+                        .get(&InodeNo(*i as u64))
+                        .is_some_and(|f| f.open > 0 || !f.is_clean_pub())
+                }),
+                None => false,
+            };
+            if !ok {
+                st.lru.put(id, ());
+                continue;
+            }
+            self.blocks.remove(&id)?;
+            msync::set_block_present(&st.conn, &id.0, false)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
+    /// Loads the cache's blocks into the eviction order (at open).
+    pub(crate) fn load_lru(&self) -> CoreResult<()> {
+        let mut st = self.lock();
+        let ids = msync::present_file_blocks(&st.conn, INLINE_MAX)?;
+        for id in ids {
+            if let Some(id) = BlockId::from_slice(&id) {
+                st.lru.put(id, ());
+            }
+        }
+        st.next_seq = msync::max_seq(&st.conn)?;
+        Ok(())
+    }
+
+    /// Waits until a write of `len` bytes fits in the cache bound plus its
+    /// margin, uploads making room; ENOSPC after the configured timeout.
+    pub(crate) fn admit_write(&self, len: u64) -> CoreResult<()> {
+        let bound = self.opts.cache_limit + self.opts.cache_margin;
+        if self.blocks.bytes() + len <= bound {
+            return Ok(());
+        }
+        use std::sync::atomic::Ordering;
+        let start = std::time::Instant::now();
+        self.pressure.store(true, Ordering::Relaxed);
+        self.wake_sync();
+        let mut r = Ok(());
+        while self.blocks.bytes() + len > bound {
+            if start.elapsed() >= self.opts.write_timeout {
+                tracing::error!(
+                    cache_bytes = self.blocks.bytes(),
+                    bound,
+                    waited_s = start.elapsed().as_secs(),
+                    "the cache is full of data not yet in the backend: a write is refused with ENOSPC (is the backend reachable? see `locker status`)"
+                );
+                r = Err(CoreError::NoSpace);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.wake_sync();
+        }
+        self.pressure.store(false, Ordering::Relaxed);
+        r
+    }
+
+    /// Fetches missing blocks `want` of file `ino` from the backend, checks
+    /// each against its SHA-256 and stores it.
+    pub(crate) fn fetch_blocks(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
+        let source = self.remote.get().ok_or_else(|| {
+            CoreError::Corrupt("a block is missing and no backend is attached".into())
+        })?;
+        let (ns, path, idxs) = {
+            let st = self.lock();
+            let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+            let sha = row.sha256.clone().ok_or_else(|| {
+                CoreError::Corrupt(format!(
+                    "inode {} lost a block before it reached a backend",
+                    ino.0
+                ))
+            })?;
+            let (ns, path, _) = msync::remote_with_sha(&st.conn, &sha)?.ok_or_else(|| {
+                CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
+            })?;
+            let mut idxs = Vec::new();
+            for b in want {
+                let idx: Option<i64> = st
+                    .conn
+                    .prepare_cached(
+                        "SELECT idx FROM file_blocks WHERE ino = ?1 AND block = ?2 LIMIT 1",
+                    )?
+                    .query_row(rusqlite::params![ino.0 as i64, &b.id.0[..]], |r| r.get(0))
+                    .ok();
+                idxs.push(idx.ok_or(CoreError::NotFound)?);
+            }
+            (ns, path, idxs)
+        };
+        let ranges: Vec<(u64, u64)> = idxs
+            .iter()
+            .zip(want)
+            .map(|(i, b)| (*i as u64 * BLOCK_SIZE, b.len as u64))
+            .collect();
+        let got = source.fetch(&ns, &path, &ranges).map_err(|e| {
+            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching blocks from the backend failed");
+            CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO))
+        })?;
+        for (b, data) in want.iter().zip(got) {
+            if data.len() != b.len as usize || BlockId::of(&data) != b.id {
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
+                return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+            }
+            self.blocks.put_with_id(&b.id, &data)?;
+            let mut st = self.lock();
+            msync::set_block_present(&st.conn, &b.id.0, true)?;
+            st.lru.put(b.id, ());
+        }
+        Ok(())
+    }
+
+    /// Downloads the content of a file that exists only in the backend,
+    /// checks it against the backend's SHA-256, and gives the file its block
+    /// list.
+    pub fn materialize(&self, ino: InodeNo) -> CoreResult<()> {
+        use sha2::{Digest, Sha256};
+        let source = self
+            .remote
+            .get()
+            .ok_or_else(|| {
+                CoreError::Corrupt("file content is in a backend but none is attached".into())
+            })?
+            .clone();
+        let (ns, path, size, sha, version) = {
+            let st = self.lock();
+            let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+            if !row.remote_only {
+                return Ok(());
+            }
+            let sha: Option<[u8; 32]> = row.sha256.as_deref().and_then(|s| s.try_into().ok());
+            let src = match &sha {
+                Some(s) => msync::remote_with_sha(&st.conn, s)?.map(|(n, p, _)| (n, p)),
+                None => None,
+            };
+            let src = match src {
+                Some(s) => Some(s),
+                None => {
+                    let (parent, name) =
+                        meta::any_name(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+                    ns_path(&st.conn, parent, &name)?
+                }
+            };
+            let (ns, path) = src.ok_or(CoreError::NotFound)?;
+            (ns, path, row.attr.size, sha, row.version)
+        };
+        let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));
+        let mut h = Sha256::new();
+        let mut list: Vec<(u64, BlockRef, Option<Vec<u8>>)> = Vec::new();
+        let nblocks = size.div_ceil(BLOCK_SIZE);
+        let batch = 8u64;
+        let mut idx = 0;
+        while idx < nblocks {
+            let ranges: Vec<(u64, u64)> = (idx..(idx + batch).min(nblocks))
+                .map(|i| (i * BLOCK_SIZE, (size - i * BLOCK_SIZE).min(BLOCK_SIZE)))
+                .collect();
+            let got = source.fetch(&ns, &path, &ranges).map_err(|e| {
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching a file from the backend failed");
+                eio()
+            })?;
+            for (data, (off, len)) in got.into_iter().zip(&ranges) {
+                if data.len() as u64 != *len {
+                    tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "the backend's object is shorter than listed; refusing it");
+                    return Err(eio());
+                }
+                h.update(&data);
+                let i = off / BLOCK_SIZE;
+                if data.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                let id = BlockId::of(&data);
+                let r = BlockRef {
+                    id,
+                    len: data.len() as u32,
+                };
+                if (data.len() as u32) < INLINE_MAX {
+                    list.push((i, r, Some(data)));
+                } else {
+                    self.blocks.put_with_id(&id, &data)?;
+                    list.push((i, r, None));
+                }
+            }
+            idx += batch;
+        }
+        let got: [u8; 32] = h.finalize().into();
+        if sha.is_some_and(|s| s != got) {
+            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "a file fetched from the backend does not match its SHA-256; refusing it");
+            let st = self.lock();
+            let gone: Vec<BlockId> = list
+                .iter()
+                .filter(|(_, r, d)| {
+                    d.is_none() && !meta::block_known(&st.conn, &r.id).unwrap_or(true)
+                })
+                .map(|(_, r, _)| r.id)
+                .collect();
+            self.free_blocks(&st, &gone);
+            return Err(eio());
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        if !row.remote_only || row.version != version {
+            // Changed meanwhile; the caller looks again.
+            return Ok(());
+        }
+        st.tx(|tx| {
+            for (i, r, data) in &list {
+                if let Some(d) = data {
+                    meta::put_inline_block(tx, &r.id, d)?;
+                }
+                meta::incref_block(tx, &r.id, r.len)?;
+                meta::put_file_block(tx, ino, *i, *r)?;
+            }
+            tx.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
+                .execute(rusqlite::params![ino.0 as i64, &got[..]])?;
+            Ok(())
+        })?;
+        for (_, r, d) in &list {
+            if d.is_none() {
+                st.lru.put(r.id, ());
+            }
+        }
+        if let Some(fs) = st.files.get_mut(&ino) {
+            fs.remote_only = false;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! Rows of the sync queue and of the remote table (see `schema.rs`).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::MetaResult;
+use crate::core::Timestamp;
+
+/// One change to push: the entry at `ns/path` differs from the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub ns: String,
+    pub path: Vec<u8>,
+    pub seq: i64,
+    pub since_ns: i64,
+    pub ready_ns: i64,
+    pub bytes: u64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// Kind codes of the remote table (the same as `FileKind` for these).
+pub const REMOTE_FILE: i64 = 1;
+pub const REMOTE_DIR: i64 = 2;
+pub const REMOTE_SYMLINK: i64 = 3;
+
+/// What the backend holds at one path, as last confirmed or listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRow {
+    pub kind: i64,
+    pub size: u64,
+    pub etag: String,
+    pub sha256: Option<[u8; 32]>,
+    pub mtime: Option<Timestamp>,
+    pub mode: Option<u32>,
+    pub target: Option<Vec<u8>>,
+    /// When the row was written (ns since the epoch).
+    pub at_ns: i64,
+}
+
+pub fn now_ns() -> i64 {
+    let t = Timestamp::now();
+    t.sec * 1_000_000_000 + t.nsec as i64
+}
+
+/// Records a change of `ns/path`. An existing entry keeps its age and takes
+/// the new sequence number and ready time; `after` (if given) names an entry
+/// that must be done first.
+#[allow(clippy::too_many_arguments)]
+pub fn mark(
+    conn: &Connection,
+    ns: &str,
+    path: &[u8],
+    seq: i64,
+    now: i64,
+    ready: i64,
+    bytes: u64,
+    after: Option<(&str, &[u8])>,
+) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO sync_queue (ns, path, seq, since_ns, ready_ns, bytes, after_ns, after_path)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(ns, path) DO UPDATE SET seq = excluded.seq,
+            ready_ns = excluded.ready_ns, bytes = excluded.bytes, attempts = 0,
+            after_ns = coalesce(excluded.after_ns, after_ns),
+            after_path = coalesce(excluded.after_path, after_path)",
+    )?
+    .execute(params![
+        ns,
+        path,
+        seq,
+        now,
+        ready,
+        bytes as i64,
+        after.map(|a| a.0),
+        after.map(|a| a.1),
+    ])?;
+    Ok(())
+}
+
+pub fn max_seq(conn: &Connection) -> MetaResult<i64> {
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM sync_queue", [], |r| {
+        r.get(0)
+    })
+}
+
+fn entry_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueEntry> {
+    Ok(QueueEntry {
+        ns: r.get(0)?,
+        path: r.get(1)?,
+        seq: r.get(2)?,
+        since_ns: r.get(3)?,
+        ready_ns: r.get(4)?,
+        bytes: r.get::<_, i64>(5)? as u64,
+        attempts: r.get::<_, i64>(6)? as u32,
+        last_error: r.get(7)?,
+    })
+}
+
+const ENTRY_COLS: &str = "ns, path, seq, since_ns, ready_ns, bytes, attempts, last_error";
+
+/// Entries ready at `now` whose `after` entry is done, oldest change first.
+/// With `hurry`, entries not yet quiet count as ready too (but not those
+/// waiting after a failure).
+pub fn due(conn: &Connection, now: i64, hurry: bool, limit: usize) -> MetaResult<Vec<QueueEntry>> {
+    let sql = format!(
+        "SELECT {ENTRY_COLS} FROM sync_queue q
+         WHERE (q.ready_ns <= ?1 OR (?3 AND q.attempts = 0))
+           AND (q.after_ns IS NULL OR NOT EXISTS (
+                SELECT 1 FROM sync_queue a WHERE a.ns = q.after_ns AND a.path = q.after_path))
+         ORDER BY q.seq LIMIT ?2"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map(params![now, limit as i64, hurry], entry_from)?;
+    rows.collect()
+}
+
+pub fn get_entry(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<QueueEntry>> {
+    let sql = format!("SELECT {ENTRY_COLS} FROM sync_queue WHERE ns = ?1 AND path = ?2");
+    conn.prepare_cached(&sql)?
+        .query_row(params![ns, path], entry_from)
+        .optional()
+}
+
+pub fn all_entries(conn: &Connection) -> MetaResult<Vec<QueueEntry>> {
+    let sql = format!("SELECT {ENTRY_COLS} FROM sync_queue ORDER BY seq");
+    let mut st = conn.prepare(&sql)?;
+    let rows = st.query_map([], entry_from)?;
+    rows.collect()
+}
+
+/// Removes the entry if it still has sequence number `seq` (nothing changed
+/// while it was being pushed). Returns whether it was removed.
+pub fn finish(conn: &Connection, ns: &str, path: &[u8], seq: i64) -> MetaResult<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2 AND seq = ?3")?
+        .execute(params![ns, path, seq])?
+        > 0)
+}
+
+/// Puts the entry back for a later try.
+pub fn retry(
+    conn: &Connection,
+    ns: &str,
+    path: &[u8],
+    ready: i64,
+    error: Option<&str>,
+) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE sync_queue SET ready_ns = max(ready_ns, ?3),
+            attempts = attempts + (?4 IS NOT NULL), last_error = ?4
+         WHERE ns = ?1 AND path = ?2",
+    )?
+    .execute(params![ns, path, ready, error])?;
+    Ok(())
+}
+
+/// The queue of one namespace, summed up.
+#[derive(Debug, Clone)]
+pub struct QueueStats {
+    pub ns: String,
+    pub entries: u64,
+    pub bytes: u64,
+    /// When the oldest pending change was made (ns since the epoch).
+    pub oldest_ns: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Per namespace: entries, bytes, oldest change, last error.
+pub fn stats(conn: &Connection) -> MetaResult<Vec<QueueStats>> {
+    let mut st = conn.prepare(
+        "SELECT ns, count(*), coalesce(sum(bytes), 0), min(since_ns),
+            (SELECT last_error FROM sync_queue e WHERE e.ns = q.ns AND e.last_error IS NOT NULL
+             ORDER BY e.seq DESC LIMIT 1)
+         FROM sync_queue q GROUP BY ns",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(QueueStats {
+            ns: r.get(0)?,
+            entries: r.get::<_, i64>(1)? as u64,
+            bytes: r.get::<_, i64>(2)? as u64,
+            oldest_ns: r.get(3)?,
+            last_error: r.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn remote_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RemoteRow> {
+    let sha: Option<Vec<u8>> = r.get(3)?;
+    let ms: Option<i64> = r.get(4)?;
+    let mn: Option<i64> = r.get(5)?;
+    Ok(RemoteRow {
+        kind: r.get(0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        etag: r.get(2)?,
+        sha256: sha.and_then(|s| s.try_into().ok()),
+        mtime: ms.map(|sec| Timestamp {
+            sec,
+            nsec: mn.unwrap_or(0) as u32,
+        }),
+        mode: r.get::<_, Option<i64>>(6)?.map(|m| m as u32),
+        target: r.get(7)?,
+        at_ns: r.get(8)?,
+    })
+}
+
+const REMOTE_COLS: &str = "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns";
+
+pub fn get_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<RemoteRow>> {
+    let sql = format!("SELECT {REMOTE_COLS} FROM remote WHERE ns = ?1 AND path = ?2");
+    conn.prepare_cached(&sql)?
+        .query_row(params![ns, path], remote_from)
+        .optional()
+}
+
+/// Every remote row of a namespace, by path.
+pub fn remote_rows(conn: &Connection, ns: &str) -> MetaResult<Vec<(Vec<u8>, RemoteRow)>> {
+    let sql = format!("SELECT path, {REMOTE_COLS} FROM remote WHERE ns = ?1");
+    let mut st = conn.prepare(&sql)?;
+    let rows = st.query_map([ns], |r| {
+        let path: Vec<u8> = r.get(0)?;
+        // Shift the row by one column for remote_from.
+        let sha: Option<Vec<u8>> = r.get(4)?;
+        let ms: Option<i64> = r.get(5)?;
+        let mn: Option<i64> = r.get(6)?;
+        Ok((
+            path,
+            RemoteRow {
+                kind: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+                etag: r.get(3)?,
+                sha256: sha.and_then(|s| s.try_into().ok()),
+                mtime: ms.map(|sec| Timestamp {
+                    sec,
+                    nsec: mn.unwrap_or(0) as u32,
+                }),
+                mode: r.get::<_, Option<i64>>(7)?.map(|m| m as u32),
+                target: r.get(8)?,
+                at_ns: r.get(9)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+pub fn put_remote(conn: &Connection, ns: &str, path: &[u8], row: &RemoteRow) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO remote
+            (ns, path, kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        ns,
+        path,
+        row.kind,
+        row.size as i64,
+        row.etag,
+        row.sha256.as_ref().map(|s| &s[..]),
+        row.mtime.map(|t| t.sec),
+        row.mtime.map(|t| t.nsec as i64),
+        row.mode.map(|m| m as i64),
+        row.target,
+        row.at_ns,
+    ])?;
+    Ok(())
+}
+
+pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("DELETE FROM remote WHERE ns = ?1 AND path = ?2")?
+        .execute(params![ns, path])?;
+    Ok(())
+}
+
+/// A path in the backend (any namespace) known to hold a file with this
+/// content.
+pub fn remote_with_sha(
+    conn: &Connection,
+    sha: &[u8],
+) -> MetaResult<Option<(String, Vec<u8>, String)>> {
+    conn.prepare_cached(
+        "SELECT ns, path, etag FROM remote WHERE sha256 = ?1 AND kind = 1 ORDER BY at_ns DESC LIMIT 1",
+    )?
+    .query_row([sha], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .optional()
+}
+
+/// Whether the block may be dropped from the cache: every file naming it
+/// has content the backend is known to hold. Returns the inodes naming it
+/// when it may (the caller also checks they are not open).
+pub fn block_in_backend(conn: &Connection, id: &[u8]) -> MetaResult<Option<Vec<i64>>> {
+    let mut st = conn.prepare_cached(
+        "SELECT fb.ino, (i.sha256 IS NOT NULL AND EXISTS
+                 (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1))
+         FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino WHERE fb.block = ?1",
+    )?;
+    let mut inos = Vec::new();
+    let mut rows = st.query([id])?;
+    while let Some(r) = rows.next()? {
+        let ok: bool = r.get(1)?;
+        if !ok {
+            return Ok(None);
+        }
+        inos.push(r.get(0)?);
+    }
+    Ok(Some(inos))
+}
+
+pub fn set_block_present(conn: &Connection, id: &[u8], present: bool) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE blocks SET present = ?2 WHERE id = ?1")?
+        .execute(params![id, present as i64])?;
+    Ok(())
+}
+
+/// Ids of blocks held as files (not inline) and present.
+pub fn present_file_blocks(conn: &Connection, inline_max: u32) -> MetaResult<Vec<Vec<u8>>> {
+    let mut st = conn.prepare("SELECT id FROM blocks WHERE present = 1 AND size >= ?1")?;
+    let rows = st.query_map([inline_max as i64], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Bytes of file-held blocks that no backend holds yet (dirty).
+pub fn dirty_bytes(conn: &Connection, inline_max: u32) -> MetaResult<u64> {
+    conn.query_row(
+        "SELECT coalesce(sum(b.size), 0) FROM blocks b WHERE b.size >= ?1 AND b.present = 1
+           AND EXISTS (SELECT 1 FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino
+                WHERE fb.block = b.id AND (i.sha256 IS NULL OR NOT EXISTS
+                    (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1)))",
+        [inline_max as i64],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}

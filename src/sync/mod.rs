@@ -1,0 +1,240 @@
+//! The sync sidecar: pushes queued changes to each namespace's backend,
+//! fetches what reads need, lists the backends for changes made elsewhere,
+//! keeps the cache under its bound, and answers `locker status`.
+//!
+//! It runs on its own tokio runtime. The FUSE threads never wait on it,
+//! except a read for the block it needs (through `RemoteSource`). Core calls
+//! that take the state lock or touch the disk run on the blocking pool.
+
+mod status;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, BackendError, ObjKind, local::LocalBackend, s3::S3Backend};
+use crate::config::{BackendKind, Config, NamespaceConfig, SyncConfig};
+use crate::core::Locker;
+use crate::core::sync::RemoteSource;
+use crate::meta::sync::{QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, now_ns};
+
+pub use status::{Status, query as query_status, socket_path};
+
+/// What the sidecar knows of one namespace's backend.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NsHealth {
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+    pub last_refresh: Option<Instant>,
+}
+
+pub(crate) struct Inner {
+    pub core: Arc<Locker>,
+    pub cfg: SyncConfig,
+    pub backends: Mutex<HashMap<String, Arc<Backend>>>,
+    /// Where namespaces without settings (and those made by mkdir) go.
+    pub default_root: PathBuf,
+    pub notify: tokio::sync::Notify,
+    pub inflight: Mutex<HashSet<(String, Vec<u8>)>>,
+    /// Unmounting: push everything now.
+    pub draining: AtomicBool,
+    pub health: Mutex<HashMap<String, NsHealth>>,
+    pub refresh_now: tokio::sync::Notify,
+    pub refresh_done: tokio::sync::Notify,
+    pub cache_limit: u64,
+}
+
+impl Inner {
+    /// The backend of namespace `ns`, made on first use for namespaces that
+    /// the config does not name.
+    pub fn backend_for(&self, ns: &str) -> Result<Arc<Backend>, BackendError> {
+        let mut map = self.backends.lock().unwrap();
+        if let Some(b) = map.get(ns) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(Backend::Local(LocalBackend::open(
+            &self.default_root.join(ns),
+            "",
+            true,
+        )?));
+        map.insert(ns.to_string(), b.clone());
+        Ok(b)
+    }
+
+    pub fn note_ok(&self, ns: &str) {
+        let mut h = self.health.lock().unwrap();
+        let e = h.entry(ns.to_string()).or_default();
+        e.reachable = Some(true);
+    }
+
+    pub fn note_error(&self, ns: &str, e: &BackendError) {
+        let mut h = self.health.lock().unwrap();
+        let n = h.entry(ns.to_string()).or_default();
+        if e.kind == crate::backend::ErrorKind::Transient {
+            n.reachable = Some(false);
+        }
+        n.last_error = Some(e.message.clone());
+    }
+
+    /// Push now rather than wait for quiet files.
+    pub fn hurry(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || self.core.under_pressure()
+    }
+}
+
+pub struct Sidecar {
+    rt: tokio::runtime::Runtime,
+    inner: Arc<Inner>,
+}
+
+/// Opens the backend a namespace's settings describe.
+pub fn open_backend(name: &str, ns: &NamespaceConfig, data_dir: &Path) -> Result<Backend, String> {
+    match ns.kind() {
+        BackendKind::Local => {
+            let (dir, create) = match &ns.path {
+                Some(p) => (p.clone(), false),
+                None => (data_dir.join("backend").join(name), true),
+            };
+            LocalBackend::open(&dir, &ns.key_prefix(), create)
+                .map(Backend::Local)
+                .map_err(|e| e.message)
+        }
+        BackendKind::S3 => S3Backend::new(ns).map(Backend::S3),
+    }
+}
+
+struct Fetcher {
+    inner: Arc<Inner>,
+    handle: tokio::runtime::Handle,
+}
+
+impl RemoteSource for Fetcher {
+    fn fetch(&self, ns: &str, path: &[u8], ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, String> {
+        let key = std::str::from_utf8(path)
+            .map_err(|_| "the path is not UTF-8".to_string())?
+            .to_string();
+        let be = self.inner.backend_for(ns).map_err(|e| e.message)?;
+        let ranges = ranges.to_vec();
+        let inner = self.inner.clone();
+        let ns = ns.to_string();
+        self.handle.block_on(async move {
+            let mut tasks = Vec::new();
+            for (off, len) in ranges {
+                let be = be.clone();
+                let key = key.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(120), be.get_range(&key, off, len))
+                        .await
+                        .unwrap_or_else(|_| Err(BackendError::transient("no answer within 120 s")))
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                match t.await {
+                    Ok(Ok(v)) => out.push(v),
+                    Ok(Err(e)) => {
+                        inner.note_error(&ns, &e);
+                        return Err(e.message);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            inner.note_ok(&ns);
+            Ok(out)
+        })
+    }
+}
+
+impl Sidecar {
+    /// Opens and checks every configured backend (a clear error, never a
+    /// hang, when one is unusable) and starts the sidecar.
+    pub fn start(core: Arc<Locker>, cfg: &Config, data_dir: &Path) -> anyhow::Result<Sidecar> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sync")
+            .enable_all()
+            .build()?;
+        let mut backends = HashMap::new();
+        for (name, ns) in &cfg.namespaces {
+            let b = open_backend(name, ns, data_dir)
+                .map_err(|e| anyhow::anyhow!("namespace {name}: {e}"))?;
+            let r = rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(30), b.check()).await });
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => anyhow::bail!("namespace {name}: {}: {e}", b.describe()),
+                Err(_) => {
+                    anyhow::bail!("namespace {name}: {}: no answer within 30 s", b.describe())
+                }
+            }
+            tracing::info!(namespace = %name, backend = %b.describe(), "backend ready");
+            backends.insert(name.clone(), Arc::new(b));
+        }
+        let inner = Arc::new(Inner {
+            core: core.clone(),
+            cfg: cfg.sync.clone(),
+            backends: Mutex::new(backends),
+            default_root: data_dir.join("backend"),
+            notify: tokio::sync::Notify::new(),
+            inflight: Mutex::new(HashSet::new()),
+            draining: AtomicBool::new(false),
+            health: Mutex::new(HashMap::new()),
+            refresh_now: tokio::sync::Notify::new(),
+            refresh_done: tokio::sync::Notify::new(),
+            cache_limit: cfg.cache.size_mb << 20,
+        });
+        core.set_remote(Arc::new(Fetcher {
+            inner: inner.clone(),
+            handle: rt.handle().clone(),
+        }));
+        let w = inner.clone();
+        core.set_waker(Arc::new(move || w.notify.notify_one()));
+        rt.spawn(worker::run_queue(inner.clone()));
+        rt.spawn(worker::run_refresh(inner.clone()));
+        rt.spawn(worker::run_evictor(inner.clone()));
+        status::serve(inner.clone(), data_dir, rt.handle().clone())?;
+        Ok(Sidecar { rt, inner })
+    }
+
+    /// Pushes everything queued, waiting at most `timeout`; returns what is
+    /// still pending (it stays queued for the next mount).
+    pub fn drain(&self, timeout: Duration) -> Vec<QueueEntry> {
+        self.inner.draining.store(true, Ordering::Relaxed);
+        self.inner.notify.notify_one();
+        let start = Instant::now();
+        loop {
+            let pending = self.inner.core.sync_pending().unwrap_or_default();
+            if pending.is_empty() || start.elapsed() >= timeout {
+                return pending;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            self.inner.notify.notify_one();
+        }
+    }
+
+    pub fn shutdown(self) {
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+/// The remote row an entry found in a backend describes.
+pub(crate) fn row_of(info: &crate::backend::ObjInfo, target: Option<Vec<u8>>) -> RemoteRow {
+    let meta = info.meta.clone().unwrap_or_default();
+    RemoteRow {
+        kind: match info.kind {
+            ObjKind::File => REMOTE_FILE,
+            ObjKind::Dir => REMOTE_DIR,
+            ObjKind::Symlink => REMOTE_SYMLINK,
+        },
+        size: info.size,
+        etag: info.etag.clone(),
+        sha256: meta.sha256,
+        mtime: meta.mtime,
+        mode: meta.mode,
+        target,
+        at_ns: now_ns(),
+    }
+}

@@ -1,0 +1,563 @@
+//! The sidecar's loops: the upload queue, the remote refresh and eviction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{BResult, Backend, BackendError, ErrorKind, ObjKind, ObjMeta};
+use crate::core::sync::{Applied, FileSnap, LocalEntry};
+use crate::meta::sync::{QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, now_ns};
+
+use super::{Inner, row_of};
+
+/// Files up to this size go up in one PUT.
+const SINGLE_PUT_MAX: u64 = 16 << 20;
+/// Multipart part size (equal parts, the last one shorter), grown for huge
+/// files to stay within 10,000 parts.
+const PART_SIZE: u64 = 8 << 20;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::core::CoreResult<T> + Send + 'static,
+) -> BResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BackendError::transient(format!("local store: {e}"))),
+        Err(e) => Err(BackendError::transient(format!("local task failed: {e}"))),
+    }
+}
+
+/// Backoff before retry `attempt` (from 1): exponential from 1 s to 5 min
+/// for transient errors, 10 min for permanent ones, with ±50% jitter.
+fn backoff(kind: ErrorKind, attempt: u32) -> Duration {
+    let base = match kind {
+        ErrorKind::Permanent => 600.0,
+        _ => (2f64.powi(attempt.min(9) as i32 - 1)).min(300.0),
+    };
+    Duration::from_secs_f64(base * (0.5 + fastrand::f64()))
+}
+
+pub(crate) async fn run_queue(inner: Arc<Inner>) {
+    loop {
+        let hurry = inner.hurry();
+        let free = inner
+            .cfg
+            .uploads
+            .saturating_sub(inner.inflight.lock().unwrap().len());
+        if free > 0 {
+            let core = inner.core.clone();
+            let due =
+                tokio::task::spawn_blocking(move || core.sync_due(now_ns(), hurry, 512)).await;
+            match due {
+                Ok(Ok(entries)) => {
+                    let mut started = 0;
+                    for e in entries {
+                        if started >= free {
+                            break;
+                        }
+                        let k = (e.ns.clone(), e.path.clone());
+                        if !inner.inflight.lock().unwrap().insert(k) {
+                            continue;
+                        }
+                        started += 1;
+                        tokio::spawn(process(inner.clone(), e));
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "reading the upload queue failed"),
+                Err(e) => tracing::error!(error = %e, "reading the upload queue failed"),
+            }
+        }
+        tokio::select! {
+            _ = inner.notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        // Let a burst of changes gather before the next look at the queue.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+enum Outcome {
+    Done,
+    /// Not yet (a file still open for writing): look again after the delay.
+    Later,
+}
+
+async fn process(inner: Arc<Inner>, e: QueueEntry) {
+    let t0 = Instant::now();
+    let r = reconcile(&inner, &e).await;
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    match r {
+        Ok(Outcome::Done) => {
+            inner.note_ok(&ns);
+            tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "pushed");
+        }
+        Ok(Outcome::Later) => {
+            let ready = now_ns() + inner.cfg.upload_delay_ms as i64 * 1_000_000;
+            let _ =
+                tokio::task::spawn_blocking(move || core.sync_retry(&ns, &path, ready, None)).await;
+        }
+        Err(err) => {
+            inner.note_error(&ns, &err);
+            let wait = backoff(err.kind, e.attempts + 1);
+            tracing::warn!(
+                namespace = %ns,
+                path = %String::from_utf8_lossy(&path),
+                attempt = e.attempts + 1,
+                retry_in_s = wait.as_secs(),
+                error = %err,
+                "pushing a change failed; it stays queued"
+            );
+            let ready = now_ns() + wait.as_nanos() as i64;
+            let msg = err.message.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || core.sync_retry(&ns, &path, ready, Some(&msg)))
+                    .await;
+        }
+    }
+    inner
+        .inflight
+        .lock()
+        .unwrap()
+        .remove(&(e.ns.clone(), e.path.clone()));
+    inner.notify.notify_one();
+}
+
+fn file_meta(f: &FileSnap, sha: [u8; 32]) -> ObjMeta {
+    ObjMeta {
+        sha256: Some(sha),
+        mtime: Some(f.mtime),
+        mode: Some(f.mode & 0o7777),
+    }
+}
+
+async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Outcome> {
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    let Some(snap) = blocking(move || core.sync_snapshot(&ns, &path)).await? else {
+        return Ok(Outcome::Done);
+    };
+    let seq = snap.entry.seq;
+    match snap.local {
+        LocalEntry::File(f) => {
+            let f = Arc::new(f);
+            let r = push_file(inner, e, seq, snap.remote, f.clone()).await;
+            let core = inner.core.clone();
+            let _ = tokio::task::spawn_blocking(move || core.sync_release(&f)).await;
+            r
+        }
+        local => push_other(inner, e, seq, snap.remote, local).await,
+    }
+}
+
+fn key_of(e: &QueueEntry) -> BResult<String> {
+    String::from_utf8(e.path.clone()).map_err(|_| {
+        BackendError::permanent(
+            "the name is not valid UTF-8, which object stores require; kept local only",
+        )
+    })
+}
+
+async fn done(
+    inner: &Arc<Inner>,
+    e: &QueueEntry,
+    seq: i64,
+    row: Option<RemoteRow>,
+) -> BResult<Outcome> {
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    blocking(move || core.sync_done(&ns, &path, seq, row)).await?;
+    Ok(Outcome::Done)
+}
+
+/// The backend's entry as a remote row, with a symlink's target.
+async fn head_row(be: &Backend, key: &str, info: &crate::backend::ObjInfo) -> BResult<RemoteRow> {
+    let target = if info.kind == ObjKind::Symlink {
+        Some(be.read_symlink(key).await?)
+    } else {
+        None
+    };
+    Ok(row_of(info, target))
+}
+
+async fn conflict(inner: &Arc<Inner>, e: &QueueEntry, row: RemoteRow) -> BResult<Outcome> {
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    blocking(move || core.sync_conflict(&ns, &path, row)).await?;
+    Ok(Outcome::Done)
+}
+
+async fn push_other(
+    inner: &Arc<Inner>,
+    e: &QueueEntry,
+    seq: i64,
+    rec: Option<RemoteRow>,
+    local: LocalEntry,
+) -> BResult<Outcome> {
+    let key = key_of(e)?;
+    let be = inner.backend_for(&e.ns)?;
+    let head = be.head(&key).await?;
+    // Someone else changed the entry since LOCKER last saw it.
+    let foreign = match (&rec, &head) {
+        (Some(r), Some(h)) => r.etag != h.etag && !(r.kind == REMOTE_DIR && h.kind == ObjKind::Dir),
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    match local {
+        LocalEntry::Absent | LocalEntry::Other => {
+            match &head {
+                Some(_) if foreign => {
+                    // Changed or made elsewhere after this side deleted it:
+                    // theirs stays; a refresh brings it here.
+                }
+                Some(h) if h.kind == ObjKind::Dir => be.delete_dir(&key).await?,
+                Some(_) => be.delete(&key).await?,
+                None => {}
+            }
+            done(inner, e, seq, None).await
+        }
+        LocalEntry::Dir { mode, mtime } => {
+            let meta = ObjMeta {
+                sha256: None,
+                mtime: Some(mtime),
+                mode: Some(mode),
+            };
+            let etag = match &head {
+                Some(h) if h.kind == ObjKind::Dir => h.etag.clone(),
+                Some(h) if foreign => {
+                    tracing::warn!(namespace = %e.ns, path = %key, "the backend has a file where this side made a directory; the file is left alone");
+                    let row = head_row(&be, &key, h).await?;
+                    return done(inner, e, seq, Some(row)).await.map(|_| Outcome::Done);
+                }
+                Some(_) => {
+                    be.delete(&key).await?;
+                    be.put_dir(&key, &meta).await?
+                }
+                None => be.put_dir(&key, &meta).await?,
+            };
+            let row = RemoteRow {
+                kind: REMOTE_DIR,
+                size: 0,
+                etag,
+                sha256: None,
+                mtime: Some(mtime),
+                mode: Some(mode),
+                target: None,
+                at_ns: now_ns(),
+            };
+            done(inner, e, seq, Some(row)).await
+        }
+        LocalEntry::Symlink {
+            target,
+            mode,
+            mtime,
+        } => {
+            if let Some(h) = &head
+                && h.kind == ObjKind::Symlink
+                && rec
+                    .as_ref()
+                    .is_some_and(|r| r.target.as_ref() == Some(&target))
+                && !foreign
+            {
+                let row = head_row(&be, &key, h).await?;
+                return done(inner, e, seq, Some(row)).await;
+            }
+            if let Some(h) = &head
+                && foreign
+            {
+                let row = head_row(&be, &key, h).await?;
+                if row.target.as_ref() == Some(&target) {
+                    return done(inner, e, seq, Some(row)).await;
+                }
+                return conflict(inner, e, row).await;
+            }
+            let meta = ObjMeta {
+                sha256: None,
+                mtime: Some(mtime),
+                mode: Some(mode),
+            };
+            if head.as_ref().is_some_and(|h| h.kind == ObjKind::Dir) {
+                be.delete_dir(&key).await?;
+            }
+            let etag = be.put_symlink(&key, &target, &meta).await?;
+            let row = RemoteRow {
+                kind: REMOTE_SYMLINK,
+                size: target.len() as u64,
+                etag,
+                sha256: None,
+                mtime: Some(mtime),
+                mode: Some(mode),
+                target: Some(target),
+                at_ns: now_ns(),
+            };
+            done(inner, e, seq, Some(row)).await
+        }
+        LocalEntry::File(_) => unreachable!("files go through push_file"),
+    }
+}
+
+async fn push_file(
+    inner: &Arc<Inner>,
+    e: &QueueEntry,
+    seq: i64,
+    rec: Option<RemoteRow>,
+    f: Arc<FileSnap>,
+) -> BResult<Outcome> {
+    let key = key_of(e)?;
+    let max_wait = inner.cfg.max_upload_wait_s as i64 * 1_000_000_000;
+    if f.writers && !inner.hurry() && now_ns() - e.since_ns < max_wait {
+        return Ok(Outcome::Later);
+    }
+    let be = inner.backend_for(&e.ns)?;
+    let sha = match f.sha256 {
+        Some(s) => s,
+        None if f.remote_only => {
+            // Listed in a backend without a checksum and changed here only
+            // in name: fetch it so it has one.
+            let core = inner.core.clone();
+            let ino = f.ino;
+            blocking(move || core.materialize(ino)).await?;
+            return Ok(Outcome::Later);
+        }
+        None => {
+            let core = inner.core.clone();
+            let f2 = f.clone();
+            blocking(move || core.sync_hash(&f2)).await?
+        }
+    };
+    let meta = file_meta(&f, sha);
+    let head = be.head(&key).await?;
+    let foreign = match (&rec, &head) {
+        (Some(r), Some(h)) => r.etag != h.etag,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let row = |etag: String| RemoteRow {
+        kind: REMOTE_FILE,
+        size: f.size,
+        etag,
+        sha256: Some(sha),
+        mtime: Some(f.mtime),
+        mode: Some(f.mode & 0o7777),
+        target: None,
+        at_ns: now_ns(),
+    };
+    if let Some(h) = &head {
+        let hmeta = h.meta.clone().unwrap_or_default();
+        if h.kind == ObjKind::File && hmeta.sha256 == Some(sha) && h.size == f.size {
+            // The backend already holds this content here.
+            if hmeta.mode == meta.mode && hmeta.mtime == meta.mtime {
+                return done(inner, e, seq, Some(row(h.etag.clone()))).await;
+            }
+            let etag = be.copy(&key, Some(&h.etag), &key, &meta).await?;
+            return done(inner, e, seq, Some(row(etag))).await;
+        }
+        if foreign {
+            let r = head_row(&be, &key, h).await?;
+            return conflict(inner, e, r).await;
+        }
+        if h.kind == ObjKind::Dir {
+            be.delete_dir(&key).await?;
+        }
+    }
+    // Content the backend holds under another name: copy it there.
+    let core = inner.core.clone();
+    if let Some((sns, spath, setag)) = blocking(move || core.sync_source(&sha)).await?
+        && sns == e.ns
+        && spath != e.path
+        && let Ok(src) = String::from_utf8(spath)
+    {
+        // Only if the source still has the ETag it had when its content
+        // was confirmed; otherwise upload.
+        match be.copy(&src, Some(&setag), &key, &meta).await {
+            Ok(etag) => return done(inner, e, seq, Some(row(etag))).await,
+            Err(err) if err.kind == ErrorKind::Transient => return Err(err),
+            Err(err) => {
+                tracing::debug!(from = %src, to = %key, error = %err, "server-side copy not possible; uploading");
+            }
+        }
+    }
+    if f.remote_only {
+        let core = inner.core.clone();
+        let ino = f.ino;
+        blocking(move || core.materialize(ino)).await?;
+        return Ok(Outcome::Later);
+    }
+    let etag = upload(inner, &be, &key, f.clone(), &meta).await?;
+    done(inner, e, seq, Some(row(etag))).await
+}
+
+async fn read_part(inner: &Arc<Inner>, f: &Arc<FileSnap>, off: u64, len: u64) -> BResult<Vec<u8>> {
+    let core = inner.core.clone();
+    let f = f.clone();
+    blocking(move || core.sync_read(&f, off, len)).await
+}
+
+async fn upload(
+    inner: &Arc<Inner>,
+    be: &Arc<Backend>,
+    key: &str,
+    f: Arc<FileSnap>,
+    meta: &ObjMeta,
+) -> BResult<String> {
+    if f.size <= SINGLE_PUT_MAX {
+        let data = read_part(inner, &f, 0, f.size).await?;
+        return be.put(key, data, meta).await;
+    }
+    let part = PART_SIZE.max(f.size.div_ceil(9_000).next_multiple_of(1 << 20));
+    let nparts = f.size.div_ceil(part);
+    let mp = Arc::new(be.multipart_begin(key, f.size, meta).await?);
+    let mut set = tokio::task::JoinSet::new();
+    let mut parts: Vec<(u32, String)> = Vec::with_capacity(nparts as usize);
+    let mut next = 0u64;
+    let mut failed: Option<BackendError> = None;
+    loop {
+        while failed.is_none() && next < nparts && set.len() < inner.cfg.parallel_parts {
+            let (inner, be, mp, f) = (inner.clone(), be.clone(), mp.clone(), f.clone());
+            let i = next;
+            set.spawn(async move {
+                let off = i * part;
+                let len = part.min(f.size - off);
+                let data = read_part(&inner, &f, off, len).await?;
+                let etag = be.multipart_part(&mp, (i + 1) as u32, off, data).await?;
+                Ok::<_, BackendError>(((i + 1) as u32, etag))
+            });
+            next += 1;
+        }
+        match set.join_next().await {
+            None => break,
+            Some(Ok(Ok(p))) => parts.push(p),
+            Some(Ok(Err(err))) => failed = failed.or(Some(err)),
+            Some(Err(err)) => failed = failed.or(Some(BackendError::transient(err.to_string()))),
+        }
+    }
+    if let Some(err) = failed {
+        be.multipart_abort(&mp).await;
+        return Err(err);
+    }
+    parts.sort_by_key(|p| p.0);
+    match be.multipart_finish(&mp, parts).await {
+        Ok(etag) => Ok(etag),
+        Err(err) => {
+            be.multipart_abort(&mp).await;
+            Err(err)
+        }
+    }
+}
+
+pub(crate) async fn run_refresh(inner: Arc<Inner>) {
+    let interval = inner.cfg.refresh_interval_s;
+    loop {
+        let core = inner.core.clone();
+        let names = tokio::task::spawn_blocking(move || core.namespaces())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        for ns in names {
+            match refresh_ns(&inner, &ns).await {
+                Ok(n) => {
+                    inner.note_ok(&ns);
+                    let mut h = inner.health.lock().unwrap();
+                    h.entry(ns.clone()).or_default().last_refresh = Some(Instant::now());
+                    if n > 0 {
+                        tracing::info!(namespace = %ns, changes = n, "took changes from the backend");
+                    }
+                }
+                Err(e) => {
+                    inner.note_error(&ns, &e);
+                    tracing::warn!(namespace = %ns, error = %e, "listing the backend failed");
+                }
+            }
+        }
+        inner.refresh_done.notify_waiters();
+        let wait = if interval == 0 {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            Duration::from_secs(interval)
+        };
+        tokio::select! {
+            _ = inner.refresh_now.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Lists one namespace's backend and applies what changed there. Returns
+/// the number of entries changed here.
+async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
+    let be = inner.backend_for(ns)?;
+    let started = now_ns();
+    let listed = be.list("").await?;
+    let core = inner.core.clone();
+    let ns2 = ns.to_string();
+    let rows: HashMap<Vec<u8>, RemoteRow> = blocking(move || core.remote_rows(&ns2))
+        .await?
+        .into_iter()
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut changes = 0;
+    for obj in listed {
+        let path = obj.key.clone().into_bytes();
+        seen.insert(path.clone());
+        if let Some(r) = rows.get(&path)
+            && (r.etag == obj.etag || (r.kind == REMOTE_DIR && obj.kind == ObjKind::Dir))
+        {
+            continue;
+        }
+        let core = inner.core.clone();
+        let (ns2, p2) = (ns.to_string(), path.clone());
+        if blocking(move || core.sync_queued(&ns2, &p2)).await? {
+            continue;
+        }
+        let info = if obj.kind == ObjKind::Dir {
+            obj.clone()
+        } else {
+            match be.head(&obj.key).await? {
+                Some(h) => h,
+                None => continue,
+            }
+        };
+        let row = head_row(&be, &obj.key, &info).await?;
+        let core = inner.core.clone();
+        let (ns2, p2) = (ns.to_string(), path.clone());
+        let applied = blocking(move || core.apply_remote(&ns2, &p2, row, started)).await?;
+        if !matches!(applied, Applied::Skipped | Applied::Unchanged) {
+            changes += 1;
+        }
+    }
+    let mut gone: Vec<Vec<u8>> = rows
+        .keys()
+        .filter(|p| !seen.contains(*p))
+        .cloned()
+        .collect();
+    // Children before their directories.
+    gone.sort_by(|a, b| b.cmp(a));
+    for path in gone {
+        let core = inner.core.clone();
+        let ns2 = ns.to_string();
+        let applied = blocking(move || core.apply_remote_gone(&ns2, &path, started)).await?;
+        if applied == Applied::Updated {
+            changes += 1;
+        }
+    }
+    Ok(changes)
+}
+
+pub(crate) async fn run_evictor(inner: Arc<Inner>) {
+    let limit = inner.cache_limit;
+    loop {
+        let (used, _, _) = (inner.core.block_store().bytes(), 0, 0);
+        if used > limit {
+            let core = inner.core.clone();
+            let target = limit - limit / 10;
+            match tokio::task::spawn_blocking(move || core.evict(target)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::debug!(blocks = n, "evicted blocks the backend holds")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
