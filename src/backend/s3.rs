@@ -682,11 +682,26 @@ impl S3Backend {
             .send()
             .await
             .map_err(|e| classify(&format!("copy {from} to"), &to, e))?;
-        Ok(unquote(
+        let etag = unquote(
             out.copy_object_result()
                 .and_then(|r| r.e_tag())
                 .unwrap_or(""),
-        ))
+        );
+        // Not every store honours x-amz-copy-source-if-match: check that the
+        // source still has the expected ETag, so the copy is of that
+        // content; otherwise take the copy back.
+        if let Some(want) = src_etag
+            && from != to
+        {
+            let now = self.head_full(&from).await?;
+            if now.as_ref().and_then(|h| h.e_tag()).map(unquote).as_deref() != Some(want) {
+                self.delete_full(&to).await?;
+                return Err(BackendError::permanent(format!(
+                    "copy {from} to {to}: the source changed; copy withdrawn"
+                )));
+            }
+        }
+        Ok(etag)
     }
 
     pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {

@@ -18,6 +18,10 @@ pub struct Mount {
     pub data: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Extra arguments of every start (e.g. `--config FILE`).
+    pub args: Vec<String>,
+    /// Environment of the daemon (e.g. backend credentials).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn is_mounted(p: &Path) -> bool {
@@ -68,9 +72,82 @@ impl Mount {
             data,
             child: None,
             log,
+            args: Vec::new(),
+            env: Vec::new(),
         };
         m.start(&[]);
         m
+    }
+
+    /// Mounts a fresh store with this configuration and environment.
+    pub fn with_config(config: &str, env: &[(String, String)]) -> Mount {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&mnt).unwrap();
+        let cfg = dir.path().join("locker.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("locker.log");
+        let mut m = Mount {
+            dir,
+            mnt,
+            data,
+            child: None,
+            log,
+            args: vec!["--config".into(), cfg.display().to_string()],
+            env: env.to_vec(),
+        };
+        m.start(&[]);
+        m
+    }
+
+    /// `locker status --json` of this daemon (with `refresh`, after listing
+    /// every backend).
+    pub fn status(&self, refresh: bool) -> serde_json::Value {
+        let mut c = Command::new(BIN);
+        c.arg("status")
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(&self.data);
+        if refresh {
+            c.arg("--refresh");
+        }
+        let out = c.output().expect("run locker status");
+        assert!(
+            out.status.success(),
+            "locker status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    /// Total queue entries across namespaces.
+    pub fn queue_len(&self) -> u64 {
+        let st = self.status(false);
+        st["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["queue"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// Waits until every queued change is in its backend.
+    pub fn wait_drained(&self, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let n = self.queue_len();
+            if n == 0 {
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "queue still holds {n} entries after {timeout:?}; status: {}\nlog:\n{}",
+                self.status(false),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The namespace directory `corp` of the mount.
@@ -91,7 +168,9 @@ impl Mount {
             .arg(&self.mnt)
             .arg("--data-dir")
             .arg(&self.data)
+            .args(&self.args)
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LOCKER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -179,4 +258,205 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// SHA-256 hex of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A random token for generated credentials (never a real one).
+pub fn token(n: usize) -> String {
+    let mut b = [0u8; 32];
+    let f = std::fs::File::open("/dev/urandom").unwrap();
+    use std::io::Read;
+    (&f).read_exact(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect::<String>()[..n].to_string()
+}
+
+/// A real S3 server (moto's, installed by scripts/deps.sh) on a free
+/// loopback port, with generated credentials; killed when dropped.
+pub struct S3Server {
+    pub port: u16,
+    pub endpoint: String,
+    pub key_id: String,
+    pub secret: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn moto_bin() -> PathBuf {
+    let venv = std::env::var("LOCKER_TEST_VENV").unwrap_or_else(|_| "/opt/locker-test/venv".into());
+    let p = PathBuf::from(venv).join("bin/moto_server");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/deps.sh (it installs moto[server])",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = S3Server {
+            port: free_port(),
+            endpoint: String::new(),
+            key_id: format!("test{}", token(12)),
+            secret: token(32),
+            child: None,
+            log: dir.path().join("moto.log"),
+            _dir: dir,
+        };
+        s.endpoint = format!("http://127.0.0.1:{}", s.port);
+        s.spawn();
+        s
+    }
+
+    /// Starts the server process (again, on the same port: a restarted
+    /// moto holds no buckets).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(moto_bin())
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start moto_server");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes (SIGSTOP) or resumes (SIGCONT) the server: requests hang
+    /// meanwhile, as with a store that stopped answering.
+    pub fn freeze(&self, on: bool) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        unsafe {
+            libc::kill(pid, if on { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret.clone()),
+        ]
+    }
+
+    /// Runs scripts/lib/s3tool.py (an independent client, boto3).
+    pub fn tool(&self, args: &[&str]) -> String {
+        let venv =
+            std::env::var("LOCKER_TEST_VENV").unwrap_or_else(|_| "/opt/locker-test/venv".into());
+        let out = Command::new(format!("{venv}/bin/python"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/lib/s3tool.py"
+            ))
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("run s3tool.py");
+        assert!(
+            out.status.success(),
+            "s3tool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn mb(&self, bucket: &str) {
+        self.tool(&["mb", bucket]);
+    }
+
+    /// Keys under the bucket (all of them).
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        self.tool(&["ls", bucket])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["key"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("obj");
+        self.tool(&["get", bucket, key, out.to_str().unwrap()]);
+        std::fs::read(out).unwrap()
+    }
+
+    pub fn head(&self, bucket: &str, key: &str) -> serde_json::Value {
+        serde_json::from_str(&self.tool(&["head", bucket, key])).unwrap()
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, data: &[u8], meta: &[(&str, &str)]) {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("obj");
+        std::fs::write(&f, data).unwrap();
+        let mut args = vec!["put", bucket, key, f.to_str().unwrap()];
+        let kv: Vec<String> = meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for m in &kv {
+            args.push("--meta");
+            args.push(m);
+        }
+        self.tool(&args);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A LOCKER config with namespace `corp` on `bucket` of this server.
+    pub fn config(&self, bucket: &str, extra: &str) -> String {
+        format!(
+            "{extra}\n[namespaces.corp]\nbackend = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{bucket}\"\npath_style = true\n",
+            self.endpoint
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+        }
+        self.kill();
+    }
 }

@@ -1,0 +1,374 @@
+//! One contract, run against every backend: the local directory backend and
+//! the S3 backend against a real S3 server (moto's, on loopback). Put,
+//! ranged get, head, list with prefixes, delete, copy (conditional on the
+//! source's ETag), metadata round trip, directories, symlinks, multipart.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::{S3Server, pattern, sha256_hex};
+use locker::backend::{Backend, ErrorKind, ObjKind, ObjMeta, local::LocalBackend, s3::S3Backend};
+use locker::config::NamespaceConfig;
+use locker::core::Timestamp;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn meta(seed: u8, data: &[u8]) -> ObjMeta {
+    use sha2::{Digest, Sha256};
+    ObjMeta {
+        sha256: Some(Sha256::digest(data).into()),
+        mtime: Some(Timestamp {
+            sec: 1_700_000_000 + seed as i64,
+            nsec: 123_456_789,
+        }),
+        mode: Some(0o640),
+    }
+}
+
+fn files_of(list: &[locker::backend::ObjInfo]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .iter()
+        .filter(|o| o.kind != ObjKind::Dir)
+        .map(|o| o.key.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn contract(be: &Backend) {
+    // put + head: size, kind, metadata round trip.
+    let small = pattern(3000, 1);
+    let m1 = meta(1, &small);
+    let etag1 = be.put("docs/report.txt", small.clone(), &m1).await.unwrap();
+    let h = be
+        .head("docs/report.txt")
+        .await
+        .unwrap()
+        .expect("head after put");
+    assert_eq!(h.kind, ObjKind::File);
+    assert_eq!(h.size, 3000);
+    assert_eq!(h.etag, etag1);
+    assert_eq!(h.meta.as_ref().unwrap(), &m1, "metadata round trip");
+
+    // ranged get: middle, tail past the end, whole.
+    assert_eq!(
+        be.get_range("docs/report.txt", 100, 50).await.unwrap(),
+        &small[100..150]
+    );
+    assert_eq!(
+        be.get_range("docs/report.txt", 2990, 100).await.unwrap(),
+        &small[2990..]
+    );
+    assert_eq!(
+        be.get_range("docs/report.txt", 0, 3000).await.unwrap(),
+        small
+    );
+    assert!(
+        be.get_range("docs/report.txt", 5000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // overwrite changes the ETag.
+    let small2 = pattern(3000, 2);
+    let etag2 = be
+        .put("docs/report.txt", small2.clone(), &meta(2, &small2))
+        .await
+        .unwrap();
+    assert_ne!(etag1, etag2);
+
+    // names with spaces, '+', '%' and non-ASCII.
+    let odd = "odd dir/ünï+code %41.txt";
+    be.put(odd, b"odd".to_vec(), &meta(3, b"odd"))
+        .await
+        .unwrap();
+    assert_eq!(be.get_range(odd, 0, 10).await.unwrap(), b"odd");
+
+    // list with prefixes.
+    for k in ["a/b/c.txt", "a/d.txt", "ab.txt"] {
+        be.put(k, k.as_bytes().to_vec(), &meta(4, k.as_bytes()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        files_of(&be.list("a").await.unwrap()),
+        ["a/b/c.txt", "a/d.txt"]
+    );
+    assert_eq!(files_of(&be.list("a/b").await.unwrap()), ["a/b/c.txt"]);
+    let all = files_of(&be.list("").await.unwrap());
+    for k in ["a/b/c.txt", "a/d.txt", "ab.txt", "docs/report.txt", odd] {
+        assert!(all.contains(&k.to_string()), "{k} missing from {all:?}");
+    }
+    let listed = be.list("").await.unwrap();
+    let r = listed.iter().find(|o| o.key == "docs/report.txt").unwrap();
+    assert_eq!(
+        (r.size, r.etag.as_str()),
+        (3000, etag2.as_str()),
+        "listing carries size and ETag"
+    );
+
+    // directories (markers) and symlinks.
+    be.put_dir("empty", &ObjMeta::default()).await.unwrap();
+    assert_eq!(be.head("empty").await.unwrap().unwrap().kind, ObjKind::Dir);
+    assert!(
+        be.list("")
+            .await
+            .unwrap()
+            .iter()
+            .any(|o| o.key == "empty" && o.kind == ObjKind::Dir)
+    );
+    be.delete_dir("empty").await.unwrap();
+    assert!(be.head("empty").await.unwrap().is_none());
+    be.put_symlink("ln", b"a/d.txt", &ObjMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(be.head("ln").await.unwrap().unwrap().kind, ObjKind::Symlink);
+    assert_eq!(be.read_symlink("ln").await.unwrap(), b"a/d.txt");
+
+    // copy: conditional on the source's ETag, with new metadata.
+    let src = be.head("a/d.txt").await.unwrap().unwrap();
+    let m5 = meta(5, b"a/d.txt");
+    be.copy("a/d.txt", Some(&src.etag), "copied/d.txt", &m5)
+        .await
+        .unwrap();
+    assert_eq!(
+        be.get_range("copied/d.txt", 0, 100).await.unwrap(),
+        b"a/d.txt"
+    );
+    assert_eq!(
+        be.head("copied/d.txt")
+            .await
+            .unwrap()
+            .unwrap()
+            .meta
+            .unwrap(),
+        m5
+    );
+    let e = be
+        .copy(
+            "a/d.txt",
+            Some("0123456789abcdef0123456789abcdef"),
+            "copied/x.txt",
+            &m5,
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(
+        e.kind,
+        ErrorKind::Transient,
+        "a stale source ETag refuses the copy: {e}"
+    );
+    assert!(be.head("copied/x.txt").await.unwrap().is_none());
+    // copy onto itself: metadata only.
+    let m6 = ObjMeta {
+        mode: Some(0o600),
+        ..m5.clone()
+    };
+    be.copy("copied/d.txt", None, "copied/d.txt", &m6)
+        .await
+        .unwrap();
+    let h = be.head("copied/d.txt").await.unwrap().unwrap();
+    assert_eq!(h.meta.unwrap().mode, Some(0o600));
+    assert_eq!(
+        be.get_range("copied/d.txt", 0, 100).await.unwrap(),
+        b"a/d.txt"
+    );
+
+    // delete: gone, and deleting again is fine.
+    be.delete("ab.txt").await.unwrap();
+    assert!(be.head("ab.txt").await.unwrap().is_none());
+    be.delete("ab.txt").await.unwrap();
+
+    // multipart: equal parts sent out of order, then a shorter last part.
+    let part = 5 << 20;
+    let big = pattern(2 * part + 12345, 7);
+    let mb = meta(7, &big);
+    let mp = be
+        .multipart_begin("big/file.bin", big.len() as u64, &mb)
+        .await
+        .unwrap();
+    let mut parts = Vec::new();
+    for i in [1usize, 0, 2] {
+        let end = ((i + 1) * part).min(big.len());
+        let etag = be
+            .multipart_part(
+                &mp,
+                (i + 1) as u32,
+                (i * part) as u64,
+                big[i * part..end].to_vec(),
+            )
+            .await
+            .unwrap();
+        parts.push(((i + 1) as u32, etag));
+    }
+    parts.sort();
+    be.multipart_finish(&mp, parts).await.unwrap();
+    let h = be.head("big/file.bin").await.unwrap().unwrap();
+    assert_eq!(h.size, big.len() as u64);
+    assert_eq!(h.meta.unwrap(), mb);
+    let got = be
+        .get_range("big/file.bin", 0, big.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&big));
+    assert_eq!(
+        be.get_range("big/file.bin", part as u64 - 10, 20)
+            .await
+            .unwrap(),
+        &big[part - 10..part + 10]
+    );
+
+    // an aborted multipart upload leaves nothing.
+    let mp = be
+        .multipart_begin("big/aborted.bin", 10, &mb)
+        .await
+        .unwrap();
+    be.multipart_part(&mp, 1, 0, vec![1; 10]).await.unwrap();
+    be.multipart_abort(&mp).await;
+    assert!(be.head("big/aborted.bin").await.unwrap().is_none());
+    assert!(!files_of(&be.list("big").await.unwrap()).contains(&"big/aborted.bin".to_string()));
+
+    // bad keys are refused before any request.
+    for k in ["", "/abs", "a/../b", "a//b"] {
+        assert!(
+            be.put(k, vec![], &ObjMeta::default()).await.is_err(),
+            "{k:?}"
+        );
+    }
+}
+
+#[test]
+fn local_backend_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let be = Backend::Local(LocalBackend::open(dir.path(), "pre/fix", false).unwrap());
+    let rt = rt();
+    rt.block_on(be.check()).unwrap();
+    rt.block_on(contract(&be));
+    // Plain files in the tree, with their mode and mtime.
+    let p = dir.path().join("pre/fix/docs/report.txt");
+    let m = std::fs::metadata(&p).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o640);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(m.mtime(), 1_700_000_002);
+    assert_eq!(std::fs::read(&p).unwrap(), pattern(3000, 2));
+    // No temporary files left behind.
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|n| n.contains(".locker-tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(p: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+fn s3_config(server: &S3Server, bucket: &str, dir: &std::path::Path) -> NamespaceConfig {
+    let cred = dir.join("cred");
+    std::fs::write(
+        &cred,
+        format!(
+            "access_key_id = {}\nsecret_access_key = {}\n",
+            server.key_id, server.secret
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).unwrap();
+    NamespaceConfig {
+        backend: Some("s3".into()),
+        endpoint: Some(server.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        bucket: Some(bucket.into()),
+        prefix: Some("pre/fix".into()),
+        path_style: true,
+        credentials_file: Some(cred),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn s3_backend_keeps_the_contract() {
+    let server = S3Server::start();
+    server.mb("contract");
+    let dir = tempfile::tempdir().unwrap();
+    let be = Backend::S3(S3Backend::new(&s3_config(&server, "contract", dir.path())).unwrap());
+    let rt = rt();
+    rt.block_on(be.check()).unwrap();
+    rt.block_on(contract(&be));
+    // An independent client sees plain objects under the prefix, with the
+    // checksum in their metadata.
+    let h = server.head("contract", "pre/fix/docs/report.txt");
+    assert_eq!(h["size"], 3000);
+    assert_eq!(h["metadata"]["sha256"], sha256_hex(&pattern(3000, 2)));
+    assert_eq!(h["metadata"]["mode"], "640");
+    assert_eq!(
+        server.get("contract", "pre/fix/docs/report.txt"),
+        pattern(3000, 2)
+    );
+    assert!(
+        server
+            .keys("contract")
+            .contains(&"pre/fix/a/d.txt".to_string())
+    );
+}
+
+#[test]
+fn s3_backend_errors_are_clear_and_quick() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+
+    // A missing bucket.
+    let be = Backend::S3(S3Backend::new(&s3_config(&server, "nosuchbucket", dir.path())).unwrap());
+    let e = rt.block_on(be.check()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("does not exist"), "{e}");
+
+    // An endpoint nobody listens on: refused at once, never a hang.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = s3_config(&server, "x", dir.path());
+    cfg.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    let be = Backend::S3(S3Backend::new(&cfg).unwrap());
+    let t0 = Instant::now();
+    let e = rt.block_on(be.check()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        t0.elapsed()
+    );
+
+    // A credentials file others can read is refused, and the error shows
+    // no secret.
+    let mut cfg = s3_config(&server, "x", dir.path());
+    let cred = cfg.credentials_file.clone().unwrap();
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = S3Backend::new(&cfg)
+        .err()
+        .expect("0644 credentials refused");
+    assert!(e.contains("chmod 600"), "{e}");
+    assert!(!e.contains(&server.secret));
+    cfg.credentials_file = Some(dir.path().join("absent"));
+    assert!(S3Backend::new(&cfg).is_err());
+}
