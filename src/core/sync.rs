@@ -536,6 +536,21 @@ impl Locker {
         Ok(msync::remote_rows(&self.lock().conn, ns)?)
     }
 
+    /// Whether anything below directory `ns/path` has a pending change.
+    pub fn sync_queued_under(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
+        let mut lo = path.to_vec();
+        lo.push(b'/');
+        let mut hi = path.to_vec();
+        hi.push(b'/' + 1);
+        let st = self.lock();
+        let n: i64 = st.conn.query_row(
+            "SELECT count(*) FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3",
+            rusqlite::params![ns, lo, hi],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
     /// Whether `ns/path` has a pending change.
     pub fn sync_queued(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
         Ok(msync::get_entry(&self.lock().conn, ns, path)?.is_some())
@@ -729,8 +744,9 @@ impl Locker {
             .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
         // Local matches what the backend held before: it is clean.
         let clean = match (&old, local.attr.kind) {
+            // Content only in the backend was never changed here.
             (Some(o), FileKind::File) => {
-                o.kind == REMOTE_FILE && lsha.is_some() && lsha == o.sha256
+                o.kind == REMOTE_FILE && (local.remote_only || (lsha.is_some() && lsha == o.sha256))
             }
             (Some(o), FileKind::Symlink) => o.kind == REMOTE_SYMLINK && local.target == o.target,
             (Some(o), FileKind::Dir) => o.kind == REMOTE_DIR,
@@ -806,7 +822,8 @@ impl Locker {
                     .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
                 let clean = match local.attr.kind {
                     FileKind::File => {
-                        old.kind == REMOTE_FILE && lsha.is_some() && lsha == old.sha256
+                        old.kind == REMOTE_FILE
+                            && (local.remote_only || (lsha.is_some() && lsha == old.sha256))
                     }
                     FileKind::Symlink => old.kind == REMOTE_SYMLINK && local.target == old.target,
                     FileKind::Dir => old.kind == REMOTE_DIR,
@@ -940,7 +957,9 @@ impl Locker {
     /// margin, uploads making room; ENOSPC after the configured timeout.
     pub(crate) fn admit_write(&self, len: u64) -> CoreResult<()> {
         let bound = self.opts.cache_limit + self.opts.cache_margin;
-        if self.blocks.bytes() + len <= bound {
+        // Uncommitted data in memory lands in the cache too.
+        let used = || self.blocks.bytes() + self.lock().mem_dirty;
+        if used() + len <= bound {
             return Ok(());
         }
         use std::sync::atomic::Ordering;
@@ -948,7 +967,7 @@ impl Locker {
         self.pressure.store(true, Ordering::Relaxed);
         self.wake_sync();
         let mut r = Ok(());
-        while self.blocks.bytes() + len > bound {
+        while used() + len > bound {
             if start.elapsed() >= self.opts.write_timeout {
                 tracing::error!(
                     cache_bytes = self.blocks.bytes(),
@@ -1122,6 +1141,12 @@ impl Locker {
             }
             tx.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
                 .execute(rusqlite::params![ino.0 as i64, &got[..]])?;
+            // An object listed without a checksum now has one: its blocks
+            // can be evicted and fetched back like any other.
+            tx.prepare_cached(
+                "UPDATE remote SET sha256 = ?3 WHERE ns = ?1 AND path = ?2 AND sha256 IS NULL",
+            )?
+            .execute(rusqlite::params![ns, path, &got[..]])?;
             Ok(())
         })?;
         for (_, r, d) in &list {

@@ -29,6 +29,10 @@ pub(crate) struct NsHealth {
     pub reachable: Option<bool>,
     pub last_error: Option<String>,
     pub last_refresh: Option<Instant>,
+    /// Failures in a row; while `paused_until` is ahead, the queue of the
+    /// namespace waits (one failing request per pause, not one per path).
+    pub failures: u32,
+    pub paused_until: Option<Instant>,
 }
 
 pub(crate) struct Inner {
@@ -77,6 +81,33 @@ impl Inner {
             n.reachable = Some(false);
         }
         n.last_error = Some(e.message.clone());
+    }
+
+    pub fn paused(&self, ns: &str) -> bool {
+        let h = self.health.lock().unwrap();
+        h.get(ns)
+            .and_then(|n| n.paused_until)
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// A request failed: pause the namespace's queue, 1 s doubling to a
+    /// minute for transient errors, 30 s for permanent ones.
+    pub fn pause(&self, ns: &str, e: &BackendError) {
+        let mut h = self.health.lock().unwrap();
+        let n = h.entry(ns.to_string()).or_default();
+        n.failures += 1;
+        let secs = match e.kind {
+            crate::backend::ErrorKind::Permanent => 30.0,
+            _ => 2f64.powi(n.failures.min(7) as i32 - 1).min(60.0),
+        };
+        n.paused_until = Some(Instant::now() + Duration::from_secs_f64(secs));
+    }
+
+    pub fn resume(&self, ns: &str) {
+        let mut h = self.health.lock().unwrap();
+        let n = h.entry(ns.to_string()).or_default();
+        n.failures = 0;
+        n.paused_until = None;
     }
 
     /// Push now rather than wait for quiet files.

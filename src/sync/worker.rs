@@ -26,12 +26,14 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Backoff before retry `attempt` (from 1): exponential from 1 s to 5 min
-/// for transient errors, 10 min for permanent ones, with ±50% jitter.
+/// Backoff before retry `attempt` (from 1) of one path: exponential from
+/// 1 s to 1 min for transient errors; 30 s for permanent ones (denied,
+/// missing bucket: they need an admin, and a fix should show soon); ±50%
+/// jitter.
 fn backoff(kind: ErrorKind, attempt: u32) -> Duration {
     let base = match kind {
-        ErrorKind::Permanent => 600.0,
-        _ => (2f64.powi(attempt.min(9) as i32 - 1)).min(300.0),
+        ErrorKind::Permanent => 30.0,
+        _ => (2f64.powi(attempt.clamp(1, 10) as i32 - 1)).min(60.0),
     };
     Duration::from_secs_f64(base * (0.5 + fastrand::f64()))
 }
@@ -53,6 +55,9 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     for e in entries {
                         if started >= free {
                             break;
+                        }
+                        if inner.paused(&e.ns) {
+                            continue;
                         }
                         let k = (e.ns.clone(), e.path.clone());
                         if !inner.inflight.lock().unwrap().insert(k) {
@@ -89,6 +94,7 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
     match r {
         Ok(Outcome::Done) => {
             inner.note_ok(&ns);
+            inner.resume(&ns);
             tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "pushed");
         }
         Ok(Outcome::Later) => {
@@ -98,6 +104,11 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
         }
         Err(err) => {
             inner.note_error(&ns, &err);
+            if !err.message.contains("not valid UTF-8") {
+                // The backend as a whole is in trouble: hold its other
+                // entries too, rather than send every one to fail.
+                inner.pause(&ns, &err);
+            }
             let wait = backoff(err.kind, e.attempts + 1);
             tracing::warn!(
                 namespace = %ns,
@@ -209,7 +220,21 @@ async fn push_other(
                     // Changed or made elsewhere after this side deleted it:
                     // theirs stays; a refresh brings it here.
                 }
-                Some(h) if h.kind == ObjKind::Dir => be.delete_dir(&key).await?,
+                Some(h) if h.kind == ObjKind::Dir => {
+                    if let Err(err) = be.delete_dir(&key).await {
+                        // A directory of a local backend empties as the
+                        // deletes of its files go through.
+                        let core = inner.core.clone();
+                        let (ns, p) = (e.ns.clone(), e.path.clone());
+                        if blocking(move || core.sync_queued_under(&ns, &p)).await? {
+                            return Ok(Outcome::Later);
+                        }
+                        if err.kind == ErrorKind::Transient {
+                            return Err(err);
+                        }
+                        tracing::warn!(namespace = %e.ns, path = %key, error = %err, "a directory removed here stays in the backend");
+                    }
+                }
                 Some(_) => be.delete(&key).await?,
                 None => {}
             }

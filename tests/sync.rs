@@ -1,0 +1,581 @@
+//! The sync sidecar on real mounts: against a real S3 server (moto's, on
+//! loopback, started per test) and against the local-directory backend.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Mount, S3Server, pattern, sha256_hex};
+
+const DRAIN: Duration = Duration::from_secs(90);
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn s3_mount(server: &S3Server, bucket: &str, extra: &str) -> Mount {
+    Mount::with_config(&server.config(bucket, extra), &server.env())
+}
+
+/// Bytes of block files under the data directory's block store.
+fn blocks_bytes(data: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        rd.flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                if m.is_dir() { walk(&e.path()) } else { m.len() }
+            })
+            .sum()
+    }
+    walk(&data.join("blocks/v1"))
+}
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Checks that `key` in `bucket` holds `data`, with its SHA-256 in the
+/// metadata.
+fn assert_object(server: &S3Server, bucket: &str, key: &str, data: &[u8]) {
+    let h = server.head(bucket, key);
+    assert_eq!(h["size"].as_u64(), Some(data.len() as u64), "{key}: size");
+    assert_eq!(
+        h["metadata"]["sha256"].as_str(),
+        Some(sha256_hex(data).as_str()),
+        "{key}: sha256 metadata"
+    );
+    assert_eq!(
+        sha256_hex(&server.get(bucket, key)),
+        sha256_hex(data),
+        "{key}: bytes"
+    );
+}
+
+#[test]
+fn files_written_through_the_mount_become_plain_objects() {
+    let server = S3Server::start();
+    server.mb("corp");
+    let m = s3_mount(
+        &server,
+        "corp",
+        "[sync]\nupload_delay_ms = 100\nrefresh_interval_s = 0\n",
+    );
+    let corp = m.corp();
+    let small = pattern(5000, 1);
+    let big = pattern(20 << 20, 2); // multipart
+    std::fs::write(corp.join("small.txt"), &small).unwrap();
+    std::fs::create_dir_all(corp.join("docs/2026")).unwrap();
+    std::fs::write(corp.join("docs/2026/big.bin"), &big).unwrap();
+    std::fs::create_dir(corp.join("empty")).unwrap();
+    std::os::unix::fs::symlink("small.txt", corp.join("link")).unwrap();
+    std::fs::set_permissions(
+        corp.join("small.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    m.wait_drained(DRAIN);
+
+    assert_object(&server, "corp", "small.txt", &small);
+    assert_object(&server, "corp", "docs/2026/big.bin", &big);
+    let h = server.head("corp", "small.txt");
+    assert_eq!(h["metadata"]["mode"], "600");
+    let mtime = std::fs::metadata(corp.join("small.txt")).unwrap().mtime();
+    let meta_mtime: f64 = h["metadata"]["mtime"].as_str().unwrap().parse().unwrap();
+    assert_eq!(meta_mtime as i64, mtime);
+    let keys = server.keys("corp");
+    assert!(keys.contains(&"empty/".to_string()), "{keys:?}");
+    let l = server.head("corp", "link");
+    assert_eq!(l["metadata"]["locker-type"], "symlink");
+    assert_eq!(server.get("corp", "link"), b"small.txt");
+
+    // A rename is a server-side copy and a delete, never a re-upload.
+    std::fs::rename(corp.join("docs/2026/big.bin"), corp.join("renamed.bin")).unwrap();
+    m.wait_drained(DRAIN);
+    let keys = server.keys("corp");
+    assert!(!keys.contains(&"docs/2026/big.bin".to_string()), "{keys:?}");
+    assert_object(&server, "corp", "renamed.bin", &big);
+    let log = server.log_text();
+    assert!(
+        log.contains("/corp/renamed.bin?x-id=CopyObject"),
+        "no server-side copy:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.contains("/corp/renamed.bin")
+            && (l.contains("PutObject") || l.contains("uploads"))),
+        "the renamed file was uploaded again"
+    );
+
+    // Deletes reach the bucket; a delete right after a write cancels it.
+    std::fs::remove_file(corp.join("small.txt")).unwrap();
+    std::fs::write(corp.join("gone.txt"), b"short-lived").unwrap();
+    std::fs::remove_file(corp.join("gone.txt")).unwrap();
+    std::fs::remove_dir(corp.join("empty")).unwrap();
+    m.wait_drained(DRAIN);
+    let keys = server.keys("corp");
+    for k in ["small.txt", "gone.txt", "empty/"] {
+        assert!(!keys.contains(&k.to_string()), "{k} still in {keys:?}");
+    }
+    assert!(
+        !server.log_text().contains("/corp/gone.txt?x-id=PutObject"),
+        "a deleted file was uploaded"
+    );
+}
+
+#[test]
+fn a_stopped_backend_loses_nothing_and_the_queue_drains() {
+    let mut server = S3Server::start();
+    server.mb("corp");
+    let m = s3_mount(
+        &server,
+        "corp",
+        "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n",
+    );
+    let corp = m.corp();
+
+    // A store that stops answering: writes keep succeeding at local speed.
+    server.freeze(true);
+    let t0 = Instant::now();
+    for i in 0..20 {
+        std::fs::write(
+            corp.join(format!("f{i}.bin")),
+            pattern(100_000 + i, i as u64),
+        )
+        .unwrap();
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "writes waited on the stopped backend: {:?}",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(m.queue_len() >= 19, "queue: {}", m.status(false));
+    server.freeze(false);
+    m.wait_drained(DRAIN);
+    for i in 0..20 {
+        assert_object(
+            &server,
+            "corp",
+            &format!("f{i}.bin"),
+            &pattern(100_000 + i, i as u64),
+        );
+    }
+
+    // A store that refuses connections: the queue waits and says why.
+    server.kill();
+    for i in 0..10 {
+        std::fs::write(corp.join(format!("g{i}.bin")), pattern(50_000, 100 + i)).unwrap();
+    }
+    wait_for("an error in status", Duration::from_secs(30), || {
+        let st = m.status(false);
+        let ns = &st["namespaces"][0];
+        ns["queue"].as_u64().unwrap() >= 10
+            && ns["last_error"].is_string()
+            && ns["reachable"] == false
+    });
+    let st = m.status(false);
+    assert!(st["namespaces"][0]["oldest_age_s"].as_f64().unwrap() >= 0.0);
+    assert!(st["namespaces"][0]["pending_bytes"].as_u64().unwrap() >= 500_000);
+    // Back (an empty moto: only what was queued meanwhile is checked).
+    server.spawn();
+    server.mb("corp");
+    m.wait_drained(DRAIN);
+    for i in 0..10 {
+        assert_object(
+            &server,
+            "corp",
+            &format!("g{i}.bin"),
+            &pattern(50_000, 100 + i),
+        );
+    }
+    let text = std::fs::read_to_string(&m.log).unwrap();
+    assert!(
+        !text.contains(&server.secret),
+        "the secret key reached the log"
+    );
+}
+
+#[test]
+fn kill_9_during_uploads_then_the_queue_resumes() {
+    let server = S3Server::start();
+    server.mb("corp");
+    let mut m = s3_mount(
+        &server,
+        "corp",
+        "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\n",
+    );
+    let corp = m.corp();
+    let mut want = Vec::new();
+    for i in 0..30u64 {
+        let data = pattern(((i as usize) % 5 + 1) << 20, 200 + i);
+        std::fs::write(corp.join(format!("k{i}.bin")), &data).unwrap();
+        want.push((format!("k{i}.bin"), data));
+    }
+    let big = pattern(40 << 20, 999);
+    let mut f = std::fs::File::create(corp.join("big.bin")).unwrap();
+    use std::io::Write;
+    f.write_all(&big).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    want.push(("big.bin".into(), big));
+    let queued = m.queue_len();
+    m.kill9();
+    assert!(
+        queued > 0,
+        "everything was already uploaded; the test proves nothing"
+    );
+    m.start(&[]);
+    m.wait_drained(DRAIN);
+    for (k, data) in &want {
+        assert_object(&server, "corp", k, data);
+        assert_eq!(
+            sha256_hex(&std::fs::read(m.corp().join(k)).unwrap()),
+            sha256_hex(data)
+        );
+    }
+}
+
+#[test]
+fn the_cache_stays_within_its_bound_and_evicted_data_comes_back() {
+    let server = S3Server::start();
+    server.mb("corp");
+    let cfg = "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n[cache]\nsize_mb = 16\nwrite_timeout_s = 120\n";
+    let m = s3_mount(&server, "corp", cfg);
+    let limit = 16u64 << 20;
+    let bound = limit + limit / 8 + (16 << 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak, data) = (stop.clone(), peak.clone(), m.data.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(blocks_bytes(&data), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let files: Vec<(String, Vec<u8>)> = (0..24u64)
+        .map(|i| (format!("c{i}.bin"), pattern(4 << 20, 300 + i)))
+        .collect();
+    for (name, data) in &files {
+        std::fs::write(m.corp().join(name), data).unwrap();
+    }
+    m.wait_drained(DRAIN);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak <= bound, "cache peaked at {peak} bytes, bound {bound}");
+    assert!(peak > limit / 2, "the test never filled the cache ({peak})");
+    // Everything is in the bucket, and reads fetch what was evicted.
+    for (name, data) in &files {
+        assert_object(&server, "corp", name, data);
+    }
+    drop_caches();
+    for (name, data) in &files {
+        let got = std::fs::read(m.corp().join(name)).unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(data), "{name}");
+        assert!(blocks_bytes(&m.data) <= bound);
+    }
+    let st = m.status(false);
+    assert_eq!(st["cache"]["limit_bytes"].as_u64(), Some(limit));
+    assert!(st["cache"]["used_bytes"].as_u64().unwrap() <= bound);
+}
+
+#[test]
+fn a_corrupt_object_gives_eio_never_wrong_bytes() {
+    let server = S3Server::start();
+    server.mb("corp");
+    let m = s3_mount(
+        &server,
+        "corp",
+        "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\n",
+    );
+    // Listed with a checksum its bytes do not have.
+    let data = pattern(300_000, 5);
+    let wrong = sha256_hex(&pattern(300_000, 6));
+    server.put("corp", "bad.bin", &data, &[("sha256", &wrong)]);
+    m.status(true);
+    let p = m.corp().join("bad.bin");
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 300_000);
+    let e = std::fs::read(&p).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(m.log_text().contains("does not match its SHA-256"));
+}
+
+#[test]
+fn remote_changes_appear_and_conflicts_keep_both_versions() {
+    let server = S3Server::start();
+    server.mb("corp");
+    let m = s3_mount(
+        &server,
+        "corp",
+        "[sync]\nupload_delay_ms = 300\nrefresh_interval_s = 0\n",
+    );
+    let corp = m.corp();
+
+    // A file put by another client appears with its size and mtime before
+    // any byte is fetched.
+    let data = pattern(2_500_000, 11);
+    let sha = sha256_hex(&data);
+    server.put(
+        "corp",
+        "incoming/new.bin",
+        &data,
+        &[("sha256", &sha), ("mtime", "1700000000.5"), ("mode", "640")],
+    );
+    server.put("corp", "plain.txt", b"no metadata at all", &[]);
+    m.status(true);
+    let st = std::fs::metadata(corp.join("incoming/new.bin")).unwrap();
+    assert_eq!(st.len(), 2_500_000);
+    assert_eq!(st.mtime(), 1_700_000_000);
+    assert_eq!(st.permissions().mode() & 0o777, 0o640);
+    assert!(
+        !server.log_text().contains("GET /corp/incoming/new.bin"),
+        "bytes were fetched before anyone read the file"
+    );
+    assert_eq!(std::fs::read(corp.join("incoming/new.bin")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(corp.join("plain.txt")).unwrap(),
+        b"no metadata at all"
+    );
+
+    // Changed remotely while clean here: refreshed.
+    let data2 = pattern(100_000, 12);
+    server.put(
+        "corp",
+        "incoming/new.bin",
+        &data2,
+        &[("sha256", &sha256_hex(&data2))],
+    );
+    m.status(true);
+    assert_eq!(std::fs::read(corp.join("incoming/new.bin")).unwrap(), data2);
+
+    // Deleted remotely while clean here: gone.
+    server.tool(&["rm", "corp", "plain.txt"]);
+    m.status(true);
+    assert!(!corp.join("plain.txt").exists());
+
+    // Both sides changed one file: both versions are kept.
+    std::fs::write(corp.join("c.txt"), b"original").unwrap();
+    m.wait_drained(DRAIN);
+    server.put(
+        "corp",
+        "c.txt",
+        b"theirs",
+        &[("sha256", &sha256_hex(b"theirs"))],
+    );
+    std::fs::write(corp.join("c.txt"), b"mine").unwrap();
+    m.wait_drained(DRAIN);
+    m.status(true);
+    m.wait_drained(DRAIN);
+    assert_eq!(std::fs::read(corp.join("c.txt")).unwrap(), b"theirs");
+    let conflict: Vec<PathBuf> = std::fs::read_dir(&corp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("c.conflict-")
+        })
+        .collect();
+    assert_eq!(
+        conflict.len(),
+        1,
+        "one conflict copy expected: {conflict:?}"
+    );
+    assert_eq!(std::fs::read(&conflict[0]).unwrap(), b"mine");
+    let cname = conflict[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(cname.ends_with(".txt"), "{cname}");
+    assert_eq!(server.get("corp", "c.txt"), b"theirs");
+    assert_eq!(server.get("corp", &cname), b"mine");
+}
+
+#[test]
+fn two_daemons_on_one_bucket_see_each_other() {
+    let server = S3Server::start();
+    server.mb("shared");
+    let cfg = "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n";
+    let a = s3_mount(&server, "shared", cfg);
+    let b = s3_mount(&server, "shared", cfg);
+    let big = pattern(3 << 20, 21);
+    std::fs::write(a.corp().join("from-a.txt"), b"written on A").unwrap();
+    std::fs::create_dir(a.corp().join("dir")).unwrap();
+    std::fs::write(a.corp().join("dir/big.bin"), &big).unwrap();
+    std::os::unix::fs::symlink("from-a.txt", a.corp().join("link")).unwrap();
+    std::fs::create_dir(a.corp().join("empty")).unwrap();
+    a.wait_drained(DRAIN);
+    b.status(true);
+    assert_eq!(
+        std::fs::read(b.corp().join("from-a.txt")).unwrap(),
+        b"written on A"
+    );
+    assert_eq!(std::fs::read(b.corp().join("dir/big.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::read_link(b.corp().join("link")).unwrap(),
+        Path::new("from-a.txt")
+    );
+    assert!(b.corp().join("empty").is_dir());
+
+    std::fs::write(b.corp().join("from-b.txt"), b"written on B").unwrap();
+    std::fs::remove_file(b.corp().join("from-a.txt")).unwrap();
+    b.wait_drained(DRAIN);
+    a.status(true);
+    assert_eq!(
+        std::fs::read(a.corp().join("from-b.txt")).unwrap(),
+        b"written on B"
+    );
+    assert!(
+        !a.corp().join("from-a.txt").exists(),
+        "a delete on B reaches A"
+    );
+    // Nothing went back and forth for ever.
+    a.wait_drained(DRAIN);
+    b.wait_drained(DRAIN);
+}
+
+#[test]
+fn the_local_backend_mirrors_the_namespace_as_plain_files() {
+    let m = Mount::with_config(
+        "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n[namespaces.corp]\n",
+        &[],
+    );
+    let corp = m.corp();
+    let backend = m.data.join("backend/corp");
+    let data = pattern(3 << 20, 31);
+    std::fs::create_dir(corp.join("d")).unwrap();
+    std::fs::write(corp.join("d/a.bin"), &data).unwrap();
+    std::os::unix::fs::symlink("d/a.bin", corp.join("ln")).unwrap();
+    m.wait_drained(DRAIN);
+    assert_eq!(std::fs::read(backend.join("d/a.bin")).unwrap(), data);
+    assert_eq!(
+        std::fs::read_link(backend.join("ln")).unwrap(),
+        Path::new("d/a.bin")
+    );
+    std::fs::rename(corp.join("d"), corp.join("e")).unwrap();
+    m.wait_drained(DRAIN);
+    assert!(!backend.join("d/a.bin").exists());
+    assert_eq!(std::fs::read(backend.join("e/a.bin")).unwrap(), data);
+    // A file another tool drops into the directory shows up.
+    std::fs::write(backend.join("e/dropped.txt"), b"dropped in").unwrap();
+    m.status(true);
+    assert_eq!(
+        std::fs::read(corp.join("e/dropped.txt")).unwrap(),
+        b"dropped in"
+    );
+}
+
+fn mount_error(config: &str, env: &[(String, String)]) -> (String, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let t0 = Instant::now();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(!out.status.success(), "mount succeeded with {config}");
+    assert!(!common::is_mounted(&mnt));
+    (String::from_utf8_lossy(&out.stderr).into_owned(), took)
+}
+
+#[test]
+fn unusable_backends_are_refused_at_mount_with_a_clear_error() {
+    let server = S3Server::start();
+    let env = server.env();
+    let (e, _) = mount_error("[namespaces.corp]\nbackend = \"ftp\"\n", &env);
+    assert!(e.contains("unknown backend \"ftp\""), "{e}");
+    let (e, _) = mount_error("[namespaces.corp]\nbackend = \"s3\"\n", &env);
+    assert!(e.contains("needs `bucket`"), "{e}");
+    let (e, took) = mount_error(&server.config("missing", ""), &env);
+    assert!(e.contains("bucket missing does not exist"), "{e}");
+    assert!(took < Duration::from_secs(30));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = server
+        .config("x", "")
+        .replace(&server.endpoint, &format!("http://127.0.0.1:{port}"));
+    let (e, took) = mount_error(&cfg, &env);
+    assert!(e.contains("namespace corp"), "{e}");
+    assert!(took < Duration::from_secs(40), "{took:?}");
+    // A credentials file readable by others.
+    let d = tempfile::tempdir().unwrap();
+    let cred = d.path().join("cred");
+    std::fs::write(
+        &cred,
+        format!(
+            "access_key_id = {}\nsecret_access_key = {}\n",
+            server.key_id, server.secret
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = format!(
+        "{}credentials_file = \"{}\"\n",
+        server.config("x", ""),
+        cred.display()
+    );
+    let (e, _) = mount_error(&cfg, &[]);
+    assert!(e.contains("chmod 600"), "{e}");
+    assert!(!e.contains(&server.secret), "the secret is in the error");
+}
+
+#[test]
+fn unmount_waits_for_the_queue_then_reports_what_is_pending() {
+    let server = S3Server::start();
+    server.mb("corp");
+    let cfg = "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\ndrain_timeout_s = 2\n";
+    let mut m = s3_mount(&server, "corp", cfg);
+    std::fs::write(m.corp().join("drained.txt"), b"before").unwrap();
+    m.wait_drained(DRAIN);
+    server.freeze(true);
+    std::fs::write(m.corp().join("pending.txt"), b"while the store is stopped").unwrap();
+    let t0 = Instant::now();
+    m.stop();
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "unmount hung: {:?}",
+        t0.elapsed()
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("still pending after the drain timeout"),
+        "{log}"
+    );
+    assert!(log.contains("path=pending.txt"), "{log}");
+    server.freeze(false);
+    m.start(&[]);
+    m.wait_drained(DRAIN);
+    assert_eq!(
+        server.get("corp", "pending.txt"),
+        b"while the store is stopped"
+    );
+}
