@@ -577,8 +577,7 @@ impl Locker {
 
     /// Writes `data` at `offset` (at the end of file for append handles).
     pub fn write(&self, fh: HandleId, offset: u64, data: &[u8]) -> CoreResult<u32> {
-        self.admit_write(data.len() as u64)?;
-        let mut st = self.lock();
+        let mut st = self.lock_for_write(data.len() as u64)?;
         let st = &mut *st;
         let (ino, mode) = Locker::file_handle(st, fh)?;
         if !mode.write {

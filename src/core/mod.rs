@@ -27,7 +27,7 @@ mod xattr;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -86,8 +86,8 @@ pub struct Locker {
     remote: OnceLock<Arc<dyn sync::RemoteSource>>,
     /// Wakes the sidecar after a change.
     waker: OnceLock<Arc<dyn Fn() + Send + Sync>>,
-    /// Writers are waiting for cache space.
-    pressure: AtomicBool,
+    /// Writers waiting for cache space.
+    pressure: AtomicUsize,
 }
 
 enum Handle {
@@ -196,7 +196,7 @@ impl Locker {
             opts,
             remote: OnceLock::new(),
             waker: OnceLock::new(),
-            pressure: AtomicBool::new(false),
+            pressure: AtomicUsize::new(0),
         };
         locker.ensure_root()?;
         locker.recover()?;

@@ -323,7 +323,7 @@ impl Locker {
     /// Whether writers are waiting for cache space: the sidecar then
     /// uploads without waiting for files to be quiet.
     pub fn under_pressure(&self) -> bool {
-        self.pressure.load(std::sync::atomic::Ordering::Relaxed)
+        self.pressure.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Queue entries ready at `now` (with `hurry`, also those not yet
@@ -953,36 +953,50 @@ impl Locker {
         Ok(())
     }
 
-    /// Waits until a write of `len` bytes fits in the cache bound plus its
-    /// margin, uploads making room; ENOSPC after the configured timeout.
-    pub(crate) fn admit_write(&self, len: u64) -> CoreResult<()> {
-        let bound = self.opts.cache_limit + self.opts.cache_margin;
-        // Uncommitted data in memory lands in the cache too.
-        let used = || self.blocks.bytes() + self.lock().mem_dirty;
-        if used() + len <= bound {
-            return Ok(());
-        }
+    /// The state lock, once a write of `len` bytes fits in the cache bound
+    /// plus its margin (blocks on disk and uncommitted data in memory,
+    /// checked under the lock the write then holds, so concurrent writers
+    /// cannot overshoot together). Meanwhile uploads and eviction make room;
+    /// ENOSPC after the configured timeout.
+    pub(crate) fn lock_for_write(&self, len: u64) -> CoreResult<std::sync::MutexGuard<'_, State>> {
         use std::sync::atomic::Ordering;
-        let start = std::time::Instant::now();
-        self.pressure.store(true, Ordering::Relaxed);
-        self.wake_sync();
-        let mut r = Ok(());
-        while used() + len > bound {
-            if start.elapsed() >= self.opts.write_timeout {
+        let bound = self.opts.cache_limit + self.opts.cache_margin;
+        let mut start: Option<std::time::Instant> = None;
+        loop {
+            let st = self.lock();
+            if self.blocks.bytes() + st.mem_dirty + len <= bound {
+                if start.is_some() {
+                    self.pressure.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Ok(st);
+            }
+            drop(st);
+            let t0 = *start.get_or_insert_with(|| {
+                self.pressure.fetch_add(1, Ordering::Relaxed);
+                std::time::Instant::now()
+            });
+            if t0.elapsed() >= self.opts.write_timeout {
+                self.pressure.fetch_sub(1, Ordering::Relaxed);
                 tracing::error!(
                     cache_bytes = self.blocks.bytes(),
                     bound,
-                    waited_s = start.elapsed().as_secs(),
+                    waited_s = t0.elapsed().as_secs(),
                     "the cache is full of data not yet in the backend: a write is refused with ENOSPC (is the backend reachable? see `locker status`)"
                 );
-                r = Err(CoreError::NoSpace);
-                break;
+                return Err(CoreError::NoSpace);
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
             self.wake_sync();
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        self.pressure.store(false, Ordering::Relaxed);
-        r
+    }
+
+    /// Makes room for `incoming` bytes of fetched blocks.
+    fn room_for_fetch(&self, incoming: u64) -> CoreResult<()> {
+        let limit = self.opts.cache_limit;
+        if self.blocks.bytes() + incoming > limit {
+            self.evict(limit.saturating_sub(incoming))?;
+        }
+        Ok(())
     }
 
     /// Fetches missing blocks `want` of file `ino` from the backend, checks
@@ -1021,6 +1035,7 @@ impl Locker {
             .zip(want)
             .map(|(i, b)| (*i as u64 * BLOCK_SIZE, b.len as u64))
             .collect();
+        self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
         let got = source.fetch(&ns, &path, &ranges).map_err(|e| {
             tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching blocks from the backend failed");
             CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO))
@@ -1082,6 +1097,7 @@ impl Locker {
             let ranges: Vec<(u64, u64)> = (idx..(idx + batch).min(nblocks))
                 .map(|i| (i * BLOCK_SIZE, (size - i * BLOCK_SIZE).min(BLOCK_SIZE)))
                 .collect();
+            self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
             let got = source.fetch(&ns, &path, &ranges).map_err(|e| {
                 tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching a file from the backend failed");
                 eio()
