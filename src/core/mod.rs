@@ -266,4 +266,6 @@ pub(crate) fn check_name(name: &[u8]) -> CoreResult<()> {
 }
 
 #[cfg(test)]
+mod sync_tests;
+#[cfg(test)]
 mod tests;

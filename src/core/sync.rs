@@ -990,6 +990,38 @@ impl Locker {
         }
     }
 
+    /// Fetches the committed blocks `idxs` of `ino` that were evicted (a
+    /// partial write or truncate edits them; a hash reads them). `None`:
+    /// every block.
+    pub(crate) fn fetch_missing(&self, ino: InodeNo, idxs: Option<&[u64]>) -> CoreResult<()> {
+        let need: Vec<BlockRef> = {
+            let st = self.lock();
+            let rows = match idxs {
+                None => meta::file_blocks_from(&st.conn, ino, 0)?,
+                Some(list) => {
+                    let mut v = Vec::new();
+                    for &i in list {
+                        if st.files.get(&ino).is_some_and(|f| f.has_dirty(i)) {
+                            continue;
+                        }
+                        if let Some(r) = meta::file_block(&st.conn, ino, i)? {
+                            v.push((i, r));
+                        }
+                    }
+                    v
+                }
+            };
+            rows.into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id))
+                .collect()
+        };
+        if need.is_empty() {
+            return Ok(());
+        }
+        self.fetch_blocks(ino, &need)
+    }
+
     /// Makes room for `incoming` bytes of fetched blocks.
     fn room_for_fetch(&self, incoming: u64) -> CoreResult<()> {
         let limit = self.opts.cache_limit;

@@ -126,6 +126,14 @@ impl Locker {
             // Listed in a backend without a checksum: fetch it to hash it.
             self.materialize(ino)?;
         }
+        let cached = {
+            let st = self.lock();
+            meta::get_inode(&st.conn, ino)?.is_some_and(|r| r.sha256.is_some())
+                && !st.files.get(&ino).is_some_and(|f| !f.is_clean_pub())
+        };
+        if !cached {
+            self.fetch_missing(ino, None)?;
+        }
         let st = self.lock();
         let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         if r.attr.kind != FileKind::File {

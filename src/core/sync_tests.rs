@@ -1,0 +1,371 @@
+//! Tests of the core's side of sync, without a mount or a backend: queue
+//! marks, ordering of renames, eviction rules, fetching and checking.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::sync::{LocalEntry, RemoteSource};
+use super::*;
+use crate::blocks::BLOCK_SIZE;
+use crate::meta::sync::{REMOTE_FILE, RemoteRow, now_ns};
+
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+    pid: 0,
+};
+
+fn rw() -> OpenMode {
+    OpenMode {
+        write: true,
+        ..Default::default()
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).into()
+}
+
+/// A backend in memory: objects by (namespace, path), with a switch that
+/// corrupts what it returns.
+#[derive(Default)]
+struct FakeRemote {
+    objects: Mutex<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    corrupt: Mutex<bool>,
+    ranges: Mutex<usize>,
+}
+
+impl RemoteSource for FakeRemote {
+    fn fetch(&self, ns: &str, path: &[u8], ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, String> {
+        let objs = self.objects.lock().unwrap();
+        let obj = objs
+            .get(&(ns.to_string(), path.to_vec()))
+            .ok_or("no such object")?;
+        *self.ranges.lock().unwrap() += ranges.len();
+        let bad = *self.corrupt.lock().unwrap();
+        Ok(ranges
+            .iter()
+            .map(|(o, l)| {
+                let s = (*o as usize).min(obj.len());
+                let e = (s + *l as usize).min(obj.len());
+                let mut v = obj[s..e].to_vec();
+                if bad && !v.is_empty() {
+                    v[0] ^= 1;
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+struct T {
+    _dir: tempfile::TempDir,
+    l: Locker,
+    remote: Arc<FakeRemote>,
+}
+
+fn new() -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Locker::open_dir(
+        dir.path(),
+        LockerOptions {
+            namespaces: vec!["corp".into()],
+            sync_delay: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let remote = Arc::new(FakeRemote::default());
+    l.set_remote(remote.clone());
+    T {
+        _dir: dir,
+        l,
+        remote,
+    }
+}
+
+impl T {
+    fn ns(&self) -> InodeNo {
+        self.l.lookup(InodeNo::ROOT, b"corp").unwrap().ino
+    }
+
+    fn put(&self, parent: InodeNo, name: &[u8], data: &[u8]) -> InodeNo {
+        let (a, fh) = self.l.create(&ME, parent, name, 0o644, rw()).unwrap();
+        let mut off = 0;
+        for chunk in data.chunks(128 << 10) {
+            self.l.write(fh, off, chunk).unwrap();
+            off += chunk.len() as u64;
+        }
+        self.l.release(fh).unwrap();
+        a.ino
+    }
+
+    fn read_all(&self, ino: InodeNo) -> CoreResult<Vec<u8>> {
+        let fh = self.l.open(ino, OpenMode::default())?;
+        let size = self.l.getattr(ino)?.size;
+        let mut out = Vec::new();
+        while (out.len() as u64) < size {
+            let chunk = self.l.read(fh, out.len() as u64, 128 << 10);
+            match chunk {
+                Ok(c) if c.is_empty() => break,
+                Ok(c) => out.extend_from_slice(&c),
+                Err(e) => {
+                    self.l.release(fh)?;
+                    return Err(e);
+                }
+            }
+        }
+        self.l.release(fh)?;
+        Ok(out)
+    }
+
+    fn due_paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .l
+            .sync_due(now_ns() + 1_000_000_000_000, false, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| String::from_utf8(e.path).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Does what the sidecar does once the backend confirmed `path`: the
+    /// object holds the file's current content.
+    fn confirm(&self, path: &str) {
+        let snap = self
+            .l
+            .sync_snapshot("corp", path.as_bytes())
+            .unwrap()
+            .unwrap();
+        let row = match &snap.local {
+            LocalEntry::File(f) => {
+                let sha = self.l.sync_hash(f).unwrap();
+                let data = self.l.sync_read(f, 0, f.size).unwrap();
+                self.remote
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .insert(("corp".into(), path.as_bytes().to_vec()), data);
+                self.l.sync_release(f);
+                Some(RemoteRow {
+                    kind: REMOTE_FILE,
+                    size: f.size,
+                    etag: format!("etag-{path}"),
+                    sha256: Some(sha),
+                    mtime: Some(f.mtime),
+                    mode: Some(f.mode),
+                    target: None,
+                    at_ns: now_ns(),
+                })
+            }
+            LocalEntry::Absent => None,
+            _ => Some(RemoteRow {
+                kind: 2,
+                size: 0,
+                etag: "dir".into(),
+                sha256: None,
+                mtime: None,
+                mode: None,
+                target: None,
+                at_ns: now_ns(),
+            }),
+        };
+        assert!(
+            self.l
+                .sync_done("corp", path.as_bytes(), snap.entry.seq, row)
+                .unwrap()
+        );
+    }
+}
+
+#[test]
+fn many_writes_make_one_entry_and_a_delete_replaces_it() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"a.txt", b"one");
+    for i in 0..10u64 {
+        let fh = t.l.open(ino, rw()).unwrap();
+        t.l.write(fh, i * 10, b"more bytes").unwrap();
+        t.l.release(fh).unwrap();
+    }
+    let pending = t.l.sync_pending().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].path, b"a.txt");
+    assert_eq!(pending[0].bytes, 100);
+    t.l.unlink(ns, b"a.txt").unwrap();
+    assert_eq!(t.l.sync_pending().unwrap().len(), 1);
+    let snap = t.l.sync_snapshot("corp", b"a.txt").unwrap().unwrap();
+    assert!(
+        matches!(snap.local, LocalEntry::Absent),
+        "a delete cancels the upload"
+    );
+}
+
+#[test]
+fn a_change_during_an_upload_keeps_the_entry() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"a.txt", b"first");
+    let snap = t.l.sync_snapshot("corp", b"a.txt").unwrap().unwrap();
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.write(fh, 0, b"second").unwrap();
+    t.l.release(fh).unwrap();
+    if let LocalEntry::File(f) = &snap.local {
+        t.l.sync_release(f);
+    }
+    assert!(
+        !t.l.sync_done("corp", b"a.txt", snap.entry.seq, None)
+            .unwrap()
+    );
+    assert_eq!(
+        t.l.sync_pending().unwrap().len(),
+        1,
+        "the newer change stays queued"
+    );
+}
+
+#[test]
+fn a_renamed_directory_copies_before_it_deletes() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
+    t.put(d, b"f", &pattern(2000, 1));
+    t.confirm("d");
+    t.confirm("d/f");
+    assert!(t.due_paths().is_empty());
+    t.l.rename(ns, b"d", ns, b"e", RenameMode::Replace).unwrap();
+    assert_eq!(
+        t.due_paths(),
+        ["e", "e/f"],
+        "old paths wait for the new ones"
+    );
+    t.confirm("e");
+    t.confirm("e/f");
+    assert_eq!(t.due_paths(), ["d", "d/f"]);
+}
+
+#[test]
+fn only_blocks_a_backend_holds_are_evicted_and_they_come_back_checked() {
+    let t = new();
+    let ns = t.ns();
+    let data = pattern(3 * BLOCK_SIZE as usize + 5000, 7);
+    let ino = t.put(ns, b"big", &data);
+    let used = t.l.block_store().bytes();
+    assert!(used >= 3 * BLOCK_SIZE);
+    assert_eq!(t.l.evict(0).unwrap(), 0, "dirty blocks are never evicted");
+    t.confirm("big");
+    // Open files keep their blocks.
+    let fh = t.l.open(ino, OpenMode::default()).unwrap();
+    assert_eq!(t.l.evict(0).unwrap(), 0, "blocks of an open file stay");
+    t.l.release(fh).unwrap();
+    assert_eq!(t.l.evict(0).unwrap(), 3);
+    assert_eq!(t.l.block_store().bytes(), 0);
+    assert_eq!(t.read_all(ino).unwrap(), data);
+    assert!(*t.remote.ranges.lock().unwrap() >= 3);
+    assert_eq!(t.l.evict(0).unwrap(), 3);
+    *t.remote.corrupt.lock().unwrap() = true;
+    match t.read_all(ino) {
+        Err(CoreError::Io(e)) => assert_eq!(e.raw_os_error(), Some(libc::EIO)),
+        other => panic!("a corrupt block must give EIO, got {other:?}"),
+    }
+    // A new change makes the file dirty again: nothing of it goes.
+    *t.remote.corrupt.lock().unwrap() = false;
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.write(fh, 0, b"changed").unwrap();
+    t.l.release(fh).unwrap();
+    let before = t.l.block_store().bytes();
+    t.l.evict(0).unwrap();
+    assert_eq!(t.l.block_store().bytes(), before);
+    let mut want = data.clone();
+    want[..7].copy_from_slice(b"changed");
+    assert_eq!(
+        t.read_all(ino).unwrap(),
+        want,
+        "a write into an evicted block keeps its other bytes"
+    );
+    // So does a truncate that cuts inside an evicted block.
+    t.confirm("big");
+    assert!(t.l.evict(0).unwrap() > 0);
+    let cut = BLOCK_SIZE + 1234;
+    t.l.setattr(
+        ino,
+        &SetAttr {
+            size: Some(cut),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(t.read_all(ino).unwrap(), &want[..cut as usize]);
+}
+
+#[test]
+fn a_file_only_in_the_backend_is_fetched_whole_and_checked() {
+    let t = new();
+    let data = pattern(2 * BLOCK_SIZE as usize + 100, 9);
+    let row = |s: [u8; 32]| RemoteRow {
+        kind: REMOTE_FILE,
+        size: data.len() as u64,
+        etag: "e1".into(),
+        sha256: Some(s),
+        mtime: Some(Timestamp {
+            sec: 1_600_000_000,
+            nsec: 0,
+        }),
+        mode: Some(0o600),
+        target: None,
+        at_ns: now_ns(),
+    };
+    t.remote
+        .objects
+        .lock()
+        .unwrap()
+        .insert(("corp".into(), b"sub/remote.bin".to_vec()), data.clone());
+    let started = now_ns();
+    assert_eq!(
+        t.l.apply_remote("corp", b"sub/remote.bin", row(sha(&data)), started)
+            .unwrap(),
+        sync::Applied::Created
+    );
+    let sub = t.l.lookup(t.ns(), b"sub").unwrap().ino;
+    let a = t.l.lookup(sub, b"remote.bin").unwrap();
+    assert_eq!(
+        (a.size, a.mtime.sec, a.perm),
+        (data.len() as u64, 1_600_000_000, 0o600)
+    );
+    assert_eq!(
+        *t.remote.ranges.lock().unwrap(),
+        0,
+        "nothing fetched before a read"
+    );
+    assert!(
+        t.l.sync_pending().unwrap().is_empty(),
+        "what came from the backend is not pushed back"
+    );
+    assert_eq!(t.read_all(a.ino).unwrap(), data);
+
+    // A listed checksum the bytes do not match: EIO.
+    t.remote
+        .objects
+        .lock()
+        .unwrap()
+        .insert(("corp".into(), b"liar.bin".to_vec()), data.clone());
+    t.l.apply_remote("corp", b"liar.bin", row(sha(b"other")), now_ns())
+        .unwrap();
+    let liar = t.l.lookup(t.ns(), b"liar.bin").unwrap().ino;
+    assert!(matches!(t.read_all(liar), Err(CoreError::Io(_))));
+}
