@@ -79,10 +79,6 @@ impl FileState {
         })
     }
 
-    pub(crate) fn has_dirty(&self, idx: u64) -> bool {
-        self.dirty.contains_key(&idx)
-    }
-
     pub(crate) fn is_clean_pub(&self) -> bool {
         self.is_clean()
     }
@@ -406,8 +402,11 @@ impl Locker {
     /// Opens regular file `ino`.
     pub fn open(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
         if mode.write && !mode.truncate {
-            // Writing into content that is only in a backend: fetch it first.
+            // A file that changes becomes a new version the backend does not
+            // hold, whose unchanged blocks must be here: fetch what is only
+            // in the backend now. (An open file's blocks are not evicted.)
             self.ensure_local(ino)?;
+            self.fetch_missing(ino)?;
         }
         let mut st = self.lock();
         let st = &mut *st;
@@ -581,29 +580,6 @@ impl Locker {
 
     /// Writes `data` at `offset` (at the end of file for append handles).
     pub fn write(&self, fh: HandleId, offset: u64, data: &[u8]) -> CoreResult<u32> {
-        if !data.is_empty() {
-            // A block written in part keeps its other bytes: fetch it first
-            // if it was evicted (the file being open, it then stays).
-            let (ino, append) = match self.lock().handles.get(&fh) {
-                Some(Handle::File { ino, mode, .. }) => (*ino, mode.append),
-                _ => return Err(CoreError::BadHandle),
-            };
-            let off = if append {
-                self.lock().files.get(&ino).map_or(0, |f| f.size)
-            } else {
-                offset
-            };
-            let end = off.saturating_add(data.len() as u64);
-            let mut edges = Vec::new();
-            if !off.is_multiple_of(BLOCK_SIZE) || end - off < BLOCK_SIZE {
-                edges.push(off / BLOCK_SIZE);
-            }
-            if !end.is_multiple_of(BLOCK_SIZE) {
-                edges.push((end - 1) / BLOCK_SIZE);
-            }
-            edges.dedup();
-            self.fetch_missing(ino, Some(&edges))?;
-        }
         let mut st = self.lock_for_write(data.len() as u64)?;
         let st = &mut *st;
         let (ino, mode) = Locker::file_handle(st, fh)?;

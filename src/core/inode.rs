@@ -81,10 +81,10 @@ impl Locker {
     }
 
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> CoreResult<Attr> {
-        if let Some(size) = set.size.filter(|s| *s > 0) {
+        if set.size.is_some_and(|s| s > 0) {
             self.ensure_local(ino)?;
-            // A cut inside a block keeps that block's head.
-            self.fetch_missing(ino, Some(&[size / crate::blocks::BLOCK_SIZE]))?;
+            // The new version keeps blocks of this one: they must be here.
+            self.fetch_missing(ino)?;
         }
         let mut st = self.lock();
         let st = &mut *st;

@@ -990,36 +990,22 @@ impl Locker {
         }
     }
 
-    /// Fetches the committed blocks `idxs` of `ino` that were evicted (a
-    /// partial write or truncate edits them; a hash reads them). `None`:
-    /// every block.
-    pub(crate) fn fetch_missing(&self, ino: InodeNo, idxs: Option<&[u64]>) -> CoreResult<()> {
+    /// Fetches every committed block of `ino` that was evicted: a file
+    /// about to change (or be hashed) needs all of them here.
+    pub(crate) fn fetch_missing(&self, ino: InodeNo) -> CoreResult<()> {
         let need: Vec<BlockRef> = {
             let st = self.lock();
-            let rows = match idxs {
-                None => meta::file_blocks_from(&st.conn, ino, 0)?,
-                Some(list) => {
-                    let mut v = Vec::new();
-                    for &i in list {
-                        if st.files.get(&ino).is_some_and(|f| f.has_dirty(i)) {
-                            continue;
-                        }
-                        if let Some(r) = meta::file_block(&st.conn, ino, i)? {
-                            v.push((i, r));
-                        }
-                    }
-                    v
-                }
-            };
-            rows.into_iter()
+            meta::file_blocks_from(&st.conn, ino, 0)?
+                .into_iter()
                 .map(|(_, r)| r)
                 .filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id))
                 .collect()
         };
-        if need.is_empty() {
-            return Ok(());
+        // In rounds, so the cache bound holds for a file larger than a round.
+        for chunk in need.chunks(16) {
+            self.fetch_blocks(ino, chunk)?;
         }
-        self.fetch_blocks(ino, &need)
+        Ok(())
     }
 
     /// Makes room for `incoming` bytes of fetched blocks.

@@ -39,11 +39,13 @@ fn sha(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// A backend in memory: objects by (namespace, path), with a switch that
-/// corrupts what it returns.
+/// Objects by (namespace, path).
+type Objects = HashMap<(String, Vec<u8>), Vec<u8>>;
+
+/// A backend in memory, with a switch that corrupts what it returns.
 #[derive(Default)]
 struct FakeRemote {
-    objects: Mutex<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    objects: Mutex<Objects>,
     corrupt: Mutex<bool>,
     ranges: Mutex<usize>,
 }

@@ -129,10 +129,10 @@ impl Locker {
         let cached = {
             let st = self.lock();
             meta::get_inode(&st.conn, ino)?.is_some_and(|r| r.sha256.is_some())
-                && !st.files.get(&ino).is_some_and(|f| !f.is_clean_pub())
+                && st.files.get(&ino).is_none_or(|f| f.is_clean_pub())
         };
         if !cached {
-            self.fetch_missing(ino, None)?;
+            self.fetch_missing(ino)?;
         }
         let st = self.lock();
         let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
