@@ -549,6 +549,21 @@ fn unusable_backends_are_refused_at_mount_with_a_clear_error() {
 }
 
 #[test]
+fn bad_credentials_are_refused_at_mount_and_the_secret_stays_hidden() {
+    let server = S3Server::start_with_auth(1);
+    server.mb("corp");
+    let secret = common::token(32);
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), format!("unknown{}", common::token(8))),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), secret.clone()),
+    ];
+    let (e, took) = mount_error(&server.config("corp", ""), &env);
+    assert!(e.contains("access to bucket corp denied") && e.contains("credentials"), "{e}");
+    assert!(took < Duration::from_secs(30));
+    assert!(!e.contains(&secret), "the secret is in the error");
+}
+
+#[test]
 fn unmount_waits_for_the_queue_then_reports_what_is_pending() {
     let server = S3Server::start();
     server.mb("corp");

@@ -287,6 +287,9 @@ pub struct S3Server {
     pub secret: String,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Check signatures against moto's IAM after this many requests
+    /// (`None`: no checks).
+    pub auth_after: Option<u32>,
     _dir: tempfile::TempDir,
 }
 
@@ -311,6 +314,16 @@ fn free_port() -> u16 {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        S3Server::start_with(None)
+    }
+
+    /// A server that refuses credentials it does not know (moto's IAM
+    /// checks), after `free` unchecked requests.
+    pub fn start_with_auth(free: u32) -> S3Server {
+        S3Server::start_with(Some(free))
+    }
+
+    fn start_with(auth_after: Option<u32>) -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         let mut s = S3Server {
             port: free_port(),
@@ -319,6 +332,7 @@ impl S3Server {
             secret: token(32),
             child: None,
             log: dir.path().join("moto.log"),
+            auth_after,
             _dir: dir,
         };
         s.endpoint = format!("http://127.0.0.1:{}", s.port);
@@ -335,7 +349,11 @@ impl S3Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(moto_bin())
+        let mut cmd = Command::new(moto_bin());
+        if let Some(n) = self.auth_after {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        let child = cmd
             .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
