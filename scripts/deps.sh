@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in "$@" fuse3 pkg-config attr; do
+for pkg in "$@" fuse3 pkg-config attr python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -27,4 +27,26 @@ if ! command -v cargo >/dev/null 2>&1; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
+fi
+
+# The test and benchmark tools' Python: moto's S3 server (moto_server) and
+# boto3 for scripts/lib/s3tool.py, in a venv of Debian's python3 so that no
+# system package is touched. Skipped when the venv already has both.
+VENV=${LOCKER_TEST_VENV:-/opt/locker-test/venv}
+MOTO_REQ='moto[server]>=5.1,<6'
+venv_ok() {
+  [ -x "$VENV/bin/moto_server" ] &&
+    "$VENV/bin/python" -c 'import importlib.metadata as m, sys
+for d in ("moto", "boto3", "flask", "flask-cors"):
+    m.version(d)
+sys.exit(0 if m.version("moto").split(".")[0] == "5" else 1)' 2>/dev/null
+}
+if ! venv_ok; then
+  echo "deps: installing $MOTO_REQ into $VENV"
+  # A venv whose interpreter is gone (python3 upgraded) is remade from scratch.
+  if [ -f "$VENV/pyvenv.cfg" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then rm -rf "$VENV"; fi
+  mkdir -p "$(dirname "$VENV")"
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$MOTO_REQ"
+  venv_ok || { echo "deps: $VENV still lacks moto[server] after pip install" >&2; exit 1; }
 fi

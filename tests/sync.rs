@@ -554,11 +554,17 @@ fn bad_credentials_are_refused_at_mount_and_the_secret_stays_hidden() {
     server.mb("corp");
     let secret = common::token(32);
     let env = vec![
-        ("AWS_ACCESS_KEY_ID".to_string(), format!("unknown{}", common::token(8))),
+        (
+            "AWS_ACCESS_KEY_ID".to_string(),
+            format!("unknown{}", common::token(8)),
+        ),
         ("AWS_SECRET_ACCESS_KEY".to_string(), secret.clone()),
     ];
     let (e, took) = mount_error(&server.config("corp", ""), &env);
-    assert!(e.contains("access to bucket corp denied") && e.contains("credentials"), "{e}");
+    assert!(
+        e.contains("access to bucket corp denied") && e.contains("credentials"),
+        "{e}"
+    );
     assert!(took < Duration::from_secs(30));
     assert!(!e.contains(&secret), "the secret is in the error");
 }
