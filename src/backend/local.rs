@@ -27,12 +27,29 @@ pub struct LocalBackend {
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> BackendError {
+    let msg = format!("{what} {}: {e}", path.display());
+    // Names the directory cannot hold, or something in the way: this path
+    // only.
+    if matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENAMETOOLONG
+                | libc::EISDIR
+                | libc::ENOTDIR
+                | libc::ENOTEMPTY
+                | libc::EEXIST
+                | libc::EINVAL
+                | libc::EILSEQ
+        )
+    ) {
+        return BackendError::permanent(msg).for_path();
+    }
     let kind = match e.kind() {
         io::ErrorKind::NotFound => ErrorKind::NotFound,
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorKind::Permanent,
         _ => ErrorKind::Transient,
     };
-    BackendError::new(kind, format!("{what} {}: {e}", path.display()))
+    BackendError::new(kind, msg)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -205,7 +222,8 @@ fn install(tmp: &Path, dst: &Path) -> BResult<String> {
         return Err(BackendError::permanent(format!(
             "{} is a directory in the backend",
             dst.display()
-        )));
+        ))
+        .for_path());
     }
     fs::rename(tmp, dst).map_err(|e| {
         let _ = fs::remove_file(tmp);
@@ -493,7 +511,8 @@ impl LocalBackend {
                     return Err(BackendError::permanent(format!(
                         "{} changed since it was recorded",
                         from.display()
-                    )));
+                    ))
+                    .for_path());
                 }
             }
             if from == to {

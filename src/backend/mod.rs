@@ -29,6 +29,9 @@ pub enum ErrorKind {
 pub struct BackendError {
     pub kind: ErrorKind,
     pub message: String,
+    /// The failure concerns this one path (a name the store cannot hold, a
+    /// changed source), not the backend as a whole.
+    pub path_only: bool,
 }
 
 impl BackendError {
@@ -36,7 +39,14 @@ impl BackendError {
         BackendError {
             kind,
             message: message.into(),
+            path_only: false,
         }
+    }
+
+    /// Marks the failure as one of this path only.
+    pub fn for_path(mut self) -> BackendError {
+        self.path_only = true;
+        self
     }
     pub fn transient(message: impl Into<String>) -> BackendError {
         BackendError::new(ErrorKind::Transient, message)
@@ -268,7 +278,7 @@ pub fn check_key(key: &str) -> BResult<()> {
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..")
     {
-        return Err(BackendError::permanent(format!("invalid path {key:?}")));
+        return Err(BackendError::permanent(format!("invalid path {key:?}")).for_path());
     }
     Ok(())
 }

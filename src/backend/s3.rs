@@ -109,6 +109,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + HttpStatus,
 {
+    let mut path_only = false;
     let (kind, detail) = match &e {
         SdkError::ServiceError(se) => {
             let status = se.raw().status_code();
@@ -122,7 +123,12 @@ where
                 }
                 (408, _) | (429, _) => ErrorKind::Transient,
                 (s, _) if s >= 500 => ErrorKind::Transient,
-                _ => ErrorKind::Permanent,
+                (401 | 403, _) => ErrorKind::Permanent,
+                _ => {
+                    // A key too long, a failed precondition: this object only.
+                    path_only = true;
+                    ErrorKind::Permanent
+                }
             };
             let msg = se.err().message().unwrap_or("").to_string();
             let detail = match (code.is_empty(), msg.is_empty()) {
@@ -146,7 +152,8 @@ where
         }
         _ => (ErrorKind::Transient, format!("{}", DisplayErrorContext(&e))),
     };
-    BackendError::new(kind, format!("{what} {key}: {detail}"))
+    let err = BackendError::new(kind, format!("{what} {key}: {detail}"));
+    if path_only { err.for_path() } else { err }
 }
 
 /// The HTTP status of a raw response, for `classify`.
@@ -698,7 +705,8 @@ impl S3Backend {
                 self.delete_full(&to).await?;
                 return Err(BackendError::permanent(format!(
                     "copy {from} to {to}: the source changed; copy withdrawn"
-                )));
+                ))
+                .for_path());
             }
         }
         Ok(etag)

@@ -241,6 +241,18 @@ impl Sidecar {
             if pending.is_empty() || start.elapsed() >= timeout {
                 return pending;
             }
+            // Nothing being pushed and nothing left to try now: what remains
+            // waits after failures; waiting longer would not help.
+            let idle = self.inner.inflight.lock().unwrap().is_empty()
+                && self
+                    .inner
+                    .core
+                    .sync_due(now_ns(), true, 1)
+                    .is_ok_and(|d| d.is_empty())
+                && start.elapsed() > Duration::from_millis(500);
+            if idle {
+                return pending;
+            }
             std::thread::sleep(Duration::from_millis(100));
             self.inner.notify.notify_one();
         }

@@ -104,7 +104,7 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
         }
         Err(err) => {
             inner.note_error(&ns, &err);
-            if !err.message.contains("not valid UTF-8") {
+            if !err.path_only {
                 // The backend as a whole is in trouble: hold its other
                 // entries too, rather than send every one to fail.
                 inner.pause(&ns, &err);
@@ -165,6 +165,7 @@ fn key_of(e: &QueueEntry) -> BResult<String> {
         BackendError::permanent(
             "the name is not valid UTF-8, which object stores require; kept local only",
         )
+        .for_path()
     })
 }
 
