@@ -30,6 +30,8 @@ pub(crate) enum Dirty {
 pub(crate) struct FileState {
     /// Open handles on this inode.
     pub open: u32,
+    /// Those of them open for writing.
+    pub writers: u32,
     /// Current logical size (what `stat` shows).
     pub size: u64,
     /// Size recorded in the metadata.
@@ -67,6 +69,7 @@ impl FileState {
         }
         Ok(FileState {
             open: 0,
+            writers: 0,
             size: row.attr.size,
             committed_size: row.attr.size,
             dirty: BTreeMap::new(),
@@ -402,16 +405,30 @@ impl Locker {
     /// Opens regular file `ino`.
     pub fn open(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
         if mode.write && !mode.truncate {
-            // A file that changes becomes a new version the backend does not
-            // hold, whose unchanged blocks must be here: fetch what is only
-            // in the backend now. (An open file's blocks are not evicted.)
+            // Writing into content that is only in a backend: fetch it.
             self.ensure_local(ino)?;
-            self.fetch_missing(ino)?;
         }
+        let fh = self.open_handle(ino, mode)?;
+        if mode.write && !mode.truncate {
+            // A file that changes becomes a new version the backend does not
+            // hold, whose unchanged blocks must be here: fetch the evicted
+            // ones, now that the open writer keeps them from eviction.
+            if let Err(e) = self.fetch_missing(ino) {
+                let _ = self.release(fh);
+                return Err(e);
+            }
+        }
+        Ok(fh)
+    }
+
+    fn open_handle(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
         let mut st = self.lock();
         let st = &mut *st;
         self.with_file(st, ino, |_, fs| {
             fs.open += 1;
+            if mode.write {
+                fs.writers += 1;
+            }
             Ok(())
         })?;
         if mode.truncate && mode.write {
@@ -419,6 +436,7 @@ impl Locker {
             if let Err(e) = self.truncate_locked(st, ino, 0, now) {
                 if let Some(fs) = st.files.get_mut(&ino) {
                     fs.open -= 1;
+                    fs.writers -= 1;
                 }
                 return Err(e);
             }
@@ -829,12 +847,15 @@ impl Locker {
     pub fn release(&self, fh: HandleId) -> CoreResult<()> {
         let mut st = self.lock();
         let st = &mut *st;
-        let (ino, _) = Locker::file_handle(st, fh)?;
+        let (ino, mode) = Locker::file_handle(st, fh)?;
         st.handles.remove(&fh);
         let r = self.commit_locked(st, ino);
         let last = match st.files.get_mut(&ino) {
             Some(fs) => {
                 fs.open = fs.open.saturating_sub(1);
+                if mode.write {
+                    fs.writers = fs.writers.saturating_sub(1);
+                }
                 fs.open == 0
             }
             None => true,

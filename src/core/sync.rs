@@ -921,11 +921,14 @@ impl Locker {
                 st.lru.put(id, ());
                 continue;
             }
+            // Files open for writing keep their blocks (their next version
+            // needs them); files open for reading only may lose blocks they
+            // have read past: those come back from the backend.
             let ok = match msync::block_in_backend(&st.conn, &id.0)? {
                 Some(inos) => !inos.iter().any(|i| {
                     st.files
                         .get(&InodeNo(*i as u64))
-                        .is_some_and(|f| f.open > 0 || !f.is_clean_pub())
+                        .is_some_and(|f| f.writers > 0 || !f.is_clean_pub())
                 }),
                 None => false,
             };
@@ -1107,42 +1110,51 @@ impl Locker {
         };
         let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));
         let mut h = Sha256::new();
-        let mut list: Vec<(u64, BlockRef, Option<Vec<u8>>)> = Vec::new();
-        let nblocks = size.div_ceil(BLOCK_SIZE);
-        let batch = 8u64;
-        let mut idx = 0;
-        while idx < nblocks {
-            let ranges: Vec<(u64, u64)> = (idx..(idx + batch).min(nblocks))
-                .map(|i| (i * BLOCK_SIZE, (size - i * BLOCK_SIZE).min(BLOCK_SIZE)))
+        // (index, block, inline bytes, stored in the cache)
+        let mut list: Vec<(u64, BlockRef, Option<Vec<u8>>, bool)> = Vec::new();
+        // Ranges of 8 MiB, four at a time: few requests per file (stores
+        // bill them, and some serve each range by reading the object).
+        const RANGE: u64 = 8 * BLOCK_SIZE;
+        let mut off = 0u64;
+        while off < size {
+            let ranges: Vec<(u64, u64)> = (0..4u64)
+                .map(|k| off + k * RANGE)
+                .filter(|o| *o < size)
+                .map(|o| (o, (size - o).min(RANGE)))
                 .collect();
-            self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
             let got = source.fetch(&ns, &path, &ranges).map_err(|e| {
                 tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching a file from the backend failed");
                 eio()
             })?;
-            for (data, (off, len)) in got.into_iter().zip(&ranges) {
-                if data.len() as u64 != *len {
+            for (chunk, (roff, rlen)) in got.into_iter().zip(&ranges) {
+                if chunk.len() as u64 != *rlen {
                     tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "the backend's object is shorter than listed; refusing it");
                     return Err(eio());
                 }
-                h.update(&data);
-                let i = off / BLOCK_SIZE;
-                if data.iter().all(|&b| b == 0) {
-                    continue;
-                }
-                let id = BlockId::of(&data);
-                let r = BlockRef {
-                    id,
-                    len: data.len() as u32,
-                };
-                if (data.len() as u32) < INLINE_MAX {
-                    list.push((i, r, Some(data)));
-                } else {
-                    self.blocks.put_with_id(&id, &data)?;
-                    list.push((i, r, None));
+                for (k, data) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
+                    h.update(data);
+                    let i = roff / BLOCK_SIZE + k as u64;
+                    if data.iter().all(|&b| b == 0) {
+                        continue;
+                    }
+                    let id = BlockId::of(data);
+                    let r = BlockRef {
+                        id,
+                        len: data.len() as u32,
+                    };
+                    if (data.len() as u32) < INLINE_MAX {
+                        list.push((i, r, Some(data.to_vec()), false));
+                    } else if self.blocks.bytes() + data.len() as u64 <= self.opts.cache_limit {
+                        self.blocks.put_with_id(&id, data)?;
+                        list.push((i, r, None, true));
+                    } else {
+                        // Past the cache bound: only its name is kept (now
+                        // known and checked); a read fetches it by range.
+                        list.push((i, r, None, false));
+                    }
                 }
             }
-            idx += batch;
+            off += ranges.iter().map(|r| r.1).sum::<u64>();
         }
         let got: [u8; 32] = h.finalize().into();
         if sha.is_some_and(|s| s != got) {
@@ -1150,10 +1162,10 @@ impl Locker {
             let st = self.lock();
             let gone: Vec<BlockId> = list
                 .iter()
-                .filter(|(_, r, d)| {
-                    d.is_none() && !meta::block_known(&st.conn, &r.id).unwrap_or(true)
+                .filter(|(_, r, _, stored)| {
+                    *stored && !meta::block_known(&st.conn, &r.id).unwrap_or(true)
                 })
-                .map(|(_, r, _)| r.id)
+                .map(|(_, r, _, _)| r.id)
                 .collect();
             self.free_blocks(&st, &gone);
             return Err(eio());
@@ -1166,11 +1178,15 @@ impl Locker {
             return Ok(());
         }
         st.tx(|tx| {
-            for (i, r, data) in &list {
+            for (i, r, data, stored) in &list {
                 if let Some(d) = data {
                     meta::put_inline_block(tx, &r.id, d)?;
                 }
-                meta::incref_block(tx, &r.id, r.len)?;
+                if data.is_some() || *stored {
+                    meta::incref_block(tx, &r.id, r.len)?;
+                } else {
+                    meta::incref_absent_block(tx, &r.id, r.len)?;
+                }
                 meta::put_file_block(tx, ino, *i, *r)?;
             }
             tx.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
@@ -1183,8 +1199,8 @@ impl Locker {
             .execute(rusqlite::params![ns, path, &got[..]])?;
             Ok(())
         })?;
-        for (_, r, d) in &list {
-            if d.is_none() {
+        for (_, r, _, stored) in &list {
+            if *stored {
                 st.lru.put(r.id, ());
             }
         }

@@ -271,9 +271,13 @@ fn only_blocks_a_backend_holds_are_evicted_and_they_come_back_checked() {
     assert!(used >= 3 * BLOCK_SIZE);
     assert_eq!(t.l.evict(0).unwrap(), 0, "dirty blocks are never evicted");
     t.confirm("big");
-    // Open files keep their blocks.
-    let fh = t.l.open(ino, OpenMode::default()).unwrap();
-    assert_eq!(t.l.evict(0).unwrap(), 0, "blocks of an open file stay");
+    // Files open for writing keep their blocks.
+    let fh = t.l.open(ino, rw()).unwrap();
+    assert_eq!(
+        t.l.evict(0).unwrap(),
+        0,
+        "blocks of a file open for writing stay"
+    );
     t.l.release(fh).unwrap();
     assert_eq!(t.l.evict(0).unwrap(), 3);
     assert_eq!(t.l.block_store().bytes(), 0);
@@ -370,4 +374,58 @@ fn a_file_only_in_the_backend_is_fetched_whole_and_checked() {
         .unwrap();
     let liar = t.l.lookup(t.ns(), b"liar.bin").unwrap().ino;
     assert!(matches!(t.read_all(liar), Err(CoreError::Io(_))));
+}
+
+#[test]
+fn a_remote_file_larger_than_the_cache_is_read_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Locker::open_dir(
+        dir.path(),
+        LockerOptions {
+            namespaces: vec!["corp".into()],
+            cache_limit: 2 * BLOCK_SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let remote = Arc::new(FakeRemote::default());
+    l.set_remote(remote.clone());
+    let t = T {
+        _dir: dir,
+        l,
+        remote,
+    };
+    let data = pattern(9 * BLOCK_SIZE as usize + 77, 13);
+    t.remote
+        .objects
+        .lock()
+        .unwrap()
+        .insert(("corp".into(), b"huge.bin".to_vec()), data.clone());
+    let row = RemoteRow {
+        kind: REMOTE_FILE,
+        size: data.len() as u64,
+        etag: "e".into(),
+        sha256: Some(sha(&data)),
+        mtime: None,
+        mode: None,
+        target: None,
+        at_ns: now_ns(),
+    };
+    t.l.apply_remote("corp", b"huge.bin", row, now_ns())
+        .unwrap();
+    let ino = t.l.lookup(t.ns(), b"huge.bin").unwrap().ino;
+    let fh = t.l.open(ino, OpenMode::default()).unwrap();
+    let mut got = Vec::new();
+    while (got.len() as u64) < data.len() as u64 {
+        let c = t.l.read(fh, got.len() as u64, 128 << 10).unwrap();
+        assert!(!c.is_empty());
+        got.extend_from_slice(&c);
+        assert!(
+            t.l.block_store().bytes() <= 2 * BLOCK_SIZE + 5 * BLOCK_SIZE,
+            "cache at {} bytes",
+            t.l.block_store().bytes()
+        );
+    }
+    t.l.release(fh).unwrap();
+    assert_eq!(got, data);
 }

@@ -526,6 +526,18 @@ pub fn incref_block(conn: &Connection, id: &BlockId, size: u32) -> MetaResult<()
     Ok(())
 }
 
+/// Counts one more reference to a block whose bytes are not in the cache
+/// (known by name only, fetched when read); a block already registered
+/// keeps its presence.
+pub fn incref_absent_block(conn: &Connection, id: &BlockId, size: u32) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO blocks (id, size, refs, present) VALUES (?1, ?2, 1, 0)
+         ON CONFLICT(id) DO UPDATE SET refs = refs + 1",
+    )?
+    .execute(params![&id.0[..], size as i64])?;
+    Ok(())
+}
+
 /// Drops one reference; returns true when the block is no longer referenced
 /// (its row is then deleted and the caller frees its bytes after commit).
 pub fn decref_block(conn: &Connection, id: &BlockId) -> MetaResult<bool> {
