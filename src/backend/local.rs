@@ -11,7 +11,8 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{
-    BResult, BackendError, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex, unhex32,
+    BResult, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex,
+    unhex32,
 };
 use crate::core::Timestamp;
 
@@ -213,8 +214,22 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Renames `tmp` over `dst` and makes the rename durable.
-fn install(tmp: &Path, dst: &Path) -> BResult<String> {
+/// Renames `tmp` over `dst` (if `cond` holds) and makes the rename durable.
+fn install(tmp: &Path, dst: &Path, cond: &Cond) -> BResult<String> {
+    let now = fs::symlink_metadata(dst).ok();
+    let ok = match cond {
+        Cond::Any => true,
+        Cond::IfAbsent => now.is_none(),
+        Cond::IfMatch(e) => now.as_ref().is_some_and(|m| &etag_of(m) == e),
+    };
+    if !ok {
+        let _ = fs::remove_file(tmp);
+        return Err(BackendError::transient(format!(
+            "{} changed meanwhile; not overwritten",
+            dst.display()
+        ))
+        .for_path());
+    }
     if let Ok(m) = fs::symlink_metadata(dst)
         && m.is_dir()
     {
@@ -294,13 +309,20 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta) -> BResult<String> {
+    pub async fn put(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
         let path = self.path(key)?;
         let meta = meta.clone();
+        let cond = cond.clone();
         blocking(move || {
             let dir = LocalBackend::parent_of(&path)?;
             let (tmp, _f) = write_tmp(&dir, &data, &meta)?;
-            install(&tmp, &path)
+            install(&tmp, &path, &cond)
         })
         .await
     }
@@ -329,6 +351,7 @@ impl LocalBackend {
                 key,
                 id: name,
                 meta,
+                cond: Cond::Any,
             })
         })
         .await
@@ -371,6 +394,7 @@ impl LocalBackend {
         let tmp = self.tmp_of(mp)?;
         let path = self.path(&mp.key)?;
         let meta = mp.meta.clone();
+        let cond = mp.cond.clone();
         blocking(move || {
             let f = OpenOptions::new()
                 .write(true)
@@ -379,7 +403,7 @@ impl LocalBackend {
             let size = f.metadata().map_err(|e| io_err("stat", &tmp, e))?.size();
             apply_meta(&f, &tmp, &meta, size)?;
             f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
-            install(&tmp, &path)
+            install(&tmp, &path, &cond)
         })
         .await
     }
@@ -390,10 +414,27 @@ impl LocalBackend {
         }
     }
 
-    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
+    pub async fn get_range(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> BResult<Vec<u8>> {
         let path = self.path(key)?;
+        let want = if_match.map(str::to_string);
         blocking(move || {
             let f = File::open(&path).map_err(|e| io_err("open", &path, e))?;
+            if let Some(want) = want {
+                let m = f.metadata().map_err(|e| io_err("stat", &path, e))?;
+                if etag_of(&m) != want {
+                    return Err(BackendError::transient(format!(
+                        "{} changed since it was listed",
+                        path.display()
+                    ))
+                    .for_path());
+                }
+            }
             let mut buf = vec![0u8; len as usize];
             let mut got = 0usize;
             while got < buf.len() {
@@ -546,7 +587,7 @@ impl LocalBackend {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
-            install(&tmp, &to)
+            install(&tmp, &to, &Cond::Any)
         })
         .await
     }
@@ -591,7 +632,7 @@ impl LocalBackend {
             let tmp = dir.join(tmp_name());
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &tmp)
                 .map_err(|e| io_err("symlink", &tmp, e))?;
-            install(&tmp, &path)
+            install(&tmp, &path, &Cond::Any)
         })
         .await
     }

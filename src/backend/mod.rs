@@ -100,6 +100,18 @@ pub struct ObjInfo {
     pub meta: Option<ObjMeta>,
 }
 
+/// A condition on what the backend holds at a key when a write lands, so
+/// that a change made meanwhile by someone else is never overwritten.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cond {
+    #[default]
+    Any,
+    /// Only if the object still has this ETag.
+    IfMatch(String),
+    /// Only if there is no object.
+    IfAbsent,
+}
+
 /// An upload in parts; parts may be sent in any order and in parallel.
 #[derive(Debug, Clone)]
 pub struct Multipart {
@@ -107,6 +119,8 @@ pub struct Multipart {
     pub id: String,
     /// The metadata the finished object gets.
     pub meta: ObjMeta,
+    /// The condition the completion is subject to.
+    pub cond: Cond,
 }
 
 pub enum Backend {
@@ -139,7 +153,19 @@ impl Backend {
     /// confirmed it (the MD5 it computed matches ours, or size and checksum
     /// read back).
     pub async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta) -> BResult<String> {
-        each!(self, b => b.put(key, data, meta).await)
+        self.put_if(key, data, meta, &Cond::Any).await
+    }
+
+    /// `put`, only if `cond` holds when it lands (else an error of this
+    /// path, transient: the caller looks again).
+    pub async fn put_if(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
+        each!(self, b => b.put(key, data, meta, cond).await)
     }
 
     pub async fn multipart_begin(
@@ -178,7 +204,19 @@ impl Backend {
 
     /// `len` bytes from `offset` (fewer only at the end of the object).
     pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
-        each!(self, b => b.get_range(key, offset, len).await)
+        self.get_range_if(key, None, offset, len).await
+    }
+
+    /// `get_range`, only while the object has ETag `if_match` (else an
+    /// error: never bytes of another version).
+    pub async fn get_range_if(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> BResult<Vec<u8>> {
+        each!(self, b => b.get_range(key, if_match, offset, len).await)
     }
 
     /// The entry at `key` (file, symlink or directory marker), with metadata.

@@ -29,7 +29,8 @@ use base64::Engine;
 use md5::{Digest, Md5};
 
 use super::{
-    BResult, BackendError, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex, unhex32,
+    BResult, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex,
+    unhex32,
 };
 use crate::config::NamespaceConfig;
 
@@ -121,6 +122,11 @@ where
                 (_, "RequestTimeout") | (_, "SlowDown") | (_, "InternalError") => {
                     ErrorKind::Transient
                 }
+                // A conditional write found the object changed: look again.
+                (412, _) | (409, "ConditionalRequestConflict") => {
+                    path_only = true;
+                    ErrorKind::Transient
+                }
                 (408, _) | (429, _) => ErrorKind::Transient,
                 (s, _) if s >= 500 => ErrorKind::Transient,
                 (401 | 403, _) => ErrorKind::Permanent,
@@ -170,6 +176,15 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
 fn md5_b64(data: &[u8]) -> (String, [u8; 16]) {
     let d: [u8; 16] = Md5::digest(data).into();
     (base64::engine::general_purpose::STANDARD.encode(d), d)
+}
+
+/// If-Match / If-None-Match for a condition.
+fn cond_headers(cond: &Cond) -> (Option<String>, Option<String>) {
+    match cond {
+        Cond::Any => (None, None),
+        Cond::IfMatch(e) => (Some(format!("\"{e}\"")), None),
+        Cond::IfAbsent => (None, Some("*".to_string())),
+    }
 }
 
 fn unquote(etag: &str) -> String {
@@ -312,9 +327,15 @@ impl S3Backend {
         }
     }
 
-    pub async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta) -> BResult<String> {
+    pub async fn put(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
         let full = self.full(key)?;
-        self.put_full(&full, data, meta_map(meta)).await
+        self.put_full(&full, data, meta_map(meta), cond).await
     }
 
     async fn put_full(
@@ -322,7 +343,9 @@ impl S3Backend {
         full: &str,
         data: Vec<u8>,
         meta: HashMap<String, String>,
+        cond: &Cond,
     ) -> BResult<String> {
+        let (if_match, if_none) = cond_headers(cond);
         let (b64, md5) = md5_b64(&data);
         let len = data.len() as i64;
         let out = self
@@ -332,6 +355,8 @@ impl S3Backend {
             .key(full)
             .content_length(len)
             .content_md5(b64)
+            .set_if_match(if_match)
+            .set_if_none_match(if_none)
             .set_metadata(Some(meta.clone()))
             .body(ByteStream::from(data))
             .send()
@@ -390,6 +415,7 @@ impl S3Backend {
             key: key.to_string(),
             id: id.to_string(),
             meta: meta.clone(),
+            cond: Cond::Any,
         })
     }
 
@@ -445,6 +471,8 @@ impl S3Backend {
             .bucket(&self.bucket)
             .key(&full)
             .upload_id(&mp.id)
+            .set_if_match(cond_headers(&mp.cond).0)
+            .set_if_none_match(cond_headers(&mp.cond).1)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(completed))
@@ -498,7 +526,13 @@ impl S3Backend {
         }
     }
 
-    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
+    pub async fn get_range(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> BResult<Vec<u8>> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -509,6 +543,7 @@ impl S3Backend {
             .bucket(&self.bucket)
             .key(&full)
             .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .set_if_match(if_match.map(|e| format!("\"{e}\"")))
             .send()
             .await;
         let out = match r {
@@ -688,7 +723,14 @@ impl S3Backend {
             .set_metadata(Some(map))
             .send()
             .await
-            .map_err(|e| classify(&format!("copy {from} to"), &to, e))?;
+            .map_err(|e| {
+                let mut err = classify(&format!("copy {from} to"), &to, e);
+                if err.path_only && err.kind == ErrorKind::Transient {
+                    // The source's ETag condition failed: no copy possible.
+                    err.kind = ErrorKind::Permanent;
+                }
+                err
+            })?;
         let etag = unquote(
             out.copy_object_result()
                 .and_then(|r| r.e_tag())
@@ -714,7 +756,8 @@ impl S3Backend {
 
     pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
         let full = format!("{}/", self.full(key)?);
-        self.put_full(&full, Vec::new(), meta_map(meta)).await
+        self.put_full(&full, Vec::new(), meta_map(meta), &Cond::Any)
+            .await
     }
 
     pub async fn delete_dir(&self, key: &str) -> BResult<()> {
@@ -726,11 +769,11 @@ impl S3Backend {
         let full = self.full(key)?;
         let mut map = meta_map(meta);
         map.insert(META_TYPE.to_string(), "symlink".to_string());
-        self.put_full(&full, target.to_vec(), map).await
+        self.put_full(&full, target.to_vec(), map, &Cond::Any).await
     }
 
     pub async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
-        self.get_range(key, 0, 4096).await
+        self.get_range(key, None, 0, 4096).await
     }
 }
 

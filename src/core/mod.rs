@@ -201,6 +201,7 @@ impl Locker {
         locker.ensure_root()?;
         locker.recover()?;
         locker.load_lru()?;
+        locker.seed_sync_queue()?;
         for ns in locker.opts.namespaces.clone() {
             locker.ensure_namespace(&ns)?;
         }

@@ -26,8 +26,15 @@ use crate::meta::{self, BlockRef};
 /// sidecar implements it; the core verifies what it returns.
 pub trait RemoteSource: Send + Sync {
     /// The bytes of each `(offset, len)` range of `path` in namespace `ns`
-    /// (shorter only at the end of the object).
-    fn fetch(&self, ns: &str, path: &[u8], ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, String>;
+    /// (shorter only at the end of the object); with `etag`, only from that
+    /// version of the object.
+    fn fetch(
+        &self,
+        ns: &str,
+        path: &[u8],
+        etag: Option<&str>,
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<Vec<u8>>, String>;
 }
 
 /// A path's directory, last name and entry (if there is one).
@@ -328,8 +335,14 @@ impl Locker {
 
     /// Queue entries ready at `now` (with `hurry`, also those not yet
     /// quiet).
-    pub fn sync_due(&self, now: i64, hurry: bool, limit: usize) -> CoreResult<Vec<QueueEntry>> {
-        Ok(msync::due(&self.lock().conn, now, hurry, limit)?)
+    pub fn sync_due(
+        &self,
+        now: i64,
+        hurry: bool,
+        skip: &[String],
+        limit: usize,
+    ) -> CoreResult<Vec<QueueEntry>> {
+        Ok(msync::due(&self.lock().conn, now, hurry, skip, limit)?)
     }
 
     /// Every queue entry, oldest change first.
@@ -510,14 +523,82 @@ impl Locker {
         remote: Option<RemoteRow>,
     ) -> CoreResult<bool> {
         let mut st = self.lock();
+        let found = Locker::resolve_in(&st.conn, ns, path)?;
         let done = st.tx(|tx| {
             match &remote {
                 Some(r) => msync::put_remote(tx, ns, path, r)?,
                 None => msync::delete_remote(tx, ns, path)?,
             }
+            // The file at the path has exactly this content: its version is
+            // confirmed at its own path (its checksum is only ever set for
+            // the version it was computed from).
+            if let (Some(r), Some((_, _, Some(local)))) = (&remote, &found)
+                && r.kind == REMOTE_FILE
+                && let Some(sha) = &r.sha256
+            {
+                tx.prepare_cached(
+                    "UPDATE inodes SET synced_version = version WHERE ino = ?1 AND sha256 = ?2",
+                )?
+                .execute(rusqlite::params![local.attr.ino.0 as i64, &sha[..]])?;
+            }
             Ok(msync::finish(tx, ns, path, seq)?)
         })?;
         Ok(done)
+    }
+
+    /// Before the object at `ns/path` is replaced or deleted: if it is the
+    /// only copy in any backend of content that other files here still hold
+    /// (a copy, the other side of an exchange), those files' evicted blocks
+    /// are fetched back and kept until their own path is confirmed.
+    pub fn sync_secure(&self, ns: &str, path: &[u8]) -> CoreResult<()> {
+        let inos: Vec<(InodeNo, bool)> = {
+            let mut st = self.lock();
+            let Some(row) = msync::get_remote(&st.conn, ns, path)? else {
+                return Ok(());
+            };
+            let Some(sha) = row.sha256.filter(|_| row.kind == REMOTE_FILE) else {
+                return Ok(());
+            };
+            if msync::other_copies(&st.conn, &sha, ns, path)? > 0 {
+                return Ok(());
+            }
+            // The file at the path itself, if it still has this content, is
+            // not replaced by pushing it.
+            let here = Locker::resolve_in(&st.conn, ns, path)?
+                .and_then(|(_, _, r)| r)
+                .map_or(0, |r| r.attr.ino.0 as i64);
+            let inos: Vec<(InodeNo, bool)> = {
+                let mut q = st.conn.prepare_cached(
+                    "SELECT ino, remote_only FROM inodes WHERE sha256 = ?1 AND kind = 1 AND ino != ?2",
+                )?;
+                let rows = q.query_map(rusqlite::params![&sha[..], here], |r| {
+                    Ok((
+                        InodeNo(r.get::<_, i64>(0)? as u64),
+                        r.get::<_, i64>(1)? != 0,
+                    ))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            if inos.is_empty() {
+                return Ok(());
+            }
+            st.tx(|tx| {
+                for (ino, _) in &inos {
+                    tx.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1")?
+                        .execute([ino.0 as i64])?;
+                }
+                Ok(())
+            })?;
+            inos
+        };
+        for (ino, remote_only) in inos {
+            if remote_only {
+                self.materialize_with(ino, true)?;
+            } else {
+                self.fetch_missing(ino)?;
+            }
+        }
+        Ok(())
     }
 
     /// Puts a queue entry back for a try at `ready` (ns since the epoch).
@@ -635,6 +716,16 @@ impl Locker {
     /// (fetched when first read).
     fn set_remote_content(&self, st: &mut State, ino: InodeNo, row: &RemoteRow) -> CoreResult<()> {
         self.forget_file(st, ino);
+        // Where it comes from, for content listed without a checksum.
+        let src: Option<Vec<u8>> = match meta::any_name(&st.conn, ino)? {
+            Some((parent, name)) => ns_path(&st.conn, parent, &name)?.map(|(ns, p)| {
+                let mut v = ns.into_bytes();
+                v.push(b'/');
+                v.extend_from_slice(&p);
+                v
+            }),
+            None => None,
+        };
         let mtime = row.mtime.unwrap_or_else(Timestamp::now);
         let freed = st.tx(|tx| {
             let mut freed = Vec::new();
@@ -647,7 +738,7 @@ impl Locker {
             tx.prepare_cached(
                 "UPDATE inodes SET remote_only = 1, size = ?2, sha256 = ?3, mtime_s = ?4,
                     mtime_ns = ?5, ctime_s = ?4, ctime_ns = ?5, perm = coalesce(?6, perm),
-                    version = version + 1
+                    version = version + 1, synced_version = version + 1, remote_src = ?7
                  WHERE ino = ?1",
             )?
             .execute(rusqlite::params![
@@ -657,6 +748,7 @@ impl Locker {
                 mtime.sec,
                 mtime.nsec as i64,
                 row.mode.map(|m| (m & 0o7777) as i64),
+                src,
             ])?;
             Ok(freed)
         })?;
@@ -791,6 +883,11 @@ impl Locker {
                 );
                 self.create_from_remote(st, dir, &name, &row, ns_ino)?;
                 record(st, &row)?;
+                st.tx(|tx| {
+                    tx.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
+                        .execute(rusqlite::params![ns, path])?;
+                    Ok(())
+                })?;
                 Ok(Applied::Conflict(moved))
             }
         }
@@ -882,6 +979,9 @@ impl Locker {
             self.create_from_remote(st, dir, &name, &row, ns_ino)?;
             st.tx(|tx| {
                 msync::put_remote(tx, ns, path, &row)?;
+                // The path now holds what the backend holds: nothing to push.
+                tx.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
+                    .execute(rusqlite::params![ns, path])?;
                 Ok(())
             })
         })();
@@ -910,7 +1010,8 @@ impl Locker {
     pub fn evict(&self, target: u64) -> CoreResult<u64> {
         let mut st = self.lock();
         let st = &mut *st;
-        let mut left = st.lru.len();
+        // A bounded pass: the state lock is held throughout.
+        let mut left = st.lru.len().min(512);
         let mut dropped = 0;
         while self.blocks.bytes() > target && left > 0 {
             left -= 1;
@@ -941,6 +1042,44 @@ impl Locker {
             dropped += 1;
         }
         Ok(dropped)
+    }
+
+    /// Once per store: queues every entry of every namespace, so that files
+    /// written before backends existed (a store from an older version) are
+    /// pushed too. Entries the backend already holds cost a HEAD each.
+    pub(crate) fn seed_sync_queue(&self) -> CoreResult<()> {
+        let mut st = self.lock();
+        let seeded: Option<i64> = st
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'sync_seeded'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        if seeded.is_some() {
+            return Ok(());
+        }
+        let m = st.mark();
+        let n = st.tx(|tx| {
+            let mut n = 0;
+            for (ns_name, ns_ino, _) in meta::list_dir(tx, InodeNo::ROOT)? {
+                for (name, ino, _) in meta::list_dir(tx, ns_ino)? {
+                    mark_moved(tx, m, ino, (ns_ino, &name), None)?;
+                    n += 1;
+                }
+                let _ = ns_name;
+            }
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES ('sync_seeded', 1)",
+                [],
+            )?;
+            Ok(n)
+        })?;
+        if n > 0 {
+            tracing::info!(entries = n, "queued the existing files for their backends");
+        }
+        Ok(())
     }
 
     /// Loads the cache's blocks into the eviction order (at open).
@@ -1026,7 +1165,7 @@ impl Locker {
         let source = self.remote.get().ok_or_else(|| {
             CoreError::Corrupt("a block is missing and no backend is attached".into())
         })?;
-        let (ns, path, idxs) = {
+        let (ns, path, etag, idxs) = {
             let st = self.lock();
             let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
             let sha = row.sha256.clone().ok_or_else(|| {
@@ -1035,7 +1174,7 @@ impl Locker {
                     ino.0
                 ))
             })?;
-            let (ns, path, _) = msync::remote_with_sha(&st.conn, &sha)?.ok_or_else(|| {
+            let (ns, path, etag) = msync::remote_with_sha(&st.conn, &sha)?.ok_or_else(|| {
                 CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
             })?;
             let mut idxs = Vec::new();
@@ -1049,7 +1188,7 @@ impl Locker {
                     .ok();
                 idxs.push(idx.ok_or(CoreError::NotFound)?);
             }
-            (ns, path, idxs)
+            (ns, path, etag, idxs)
         };
         let ranges: Vec<(u64, u64)> = idxs
             .iter()
@@ -1057,7 +1196,7 @@ impl Locker {
             .map(|(i, b)| (*i as u64 * BLOCK_SIZE, b.len as u64))
             .collect();
         self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
-        let got = source.fetch(&ns, &path, &ranges).map_err(|e| {
+        let got = source.fetch(&ns, &path, Some(&etag), &ranges).map_err(|e| {
             tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching blocks from the backend failed");
             CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO))
         })?;
@@ -1078,6 +1217,36 @@ impl Locker {
     /// checks it against the backend's SHA-256, and gives the file its block
     /// list.
     pub fn materialize(&self, ino: InodeNo) -> CoreResult<()> {
+        self.materialize_with(ino, false)
+    }
+
+    /// `materialize`; with `keep_all`, every block is kept in the cache
+    /// (the object is about to go).
+    fn materialize_with(&self, ino: InodeNo, keep_all: bool) -> CoreResult<()> {
+        let mut stored: Vec<BlockId> = Vec::new();
+        let r = self.materialize_inner(ino, keep_all, &mut stored);
+        if r.is_err() || !stored.is_empty() {
+            // Blocks stored for a download that did not complete: free them
+            // unless something names them now.
+            let st = self.lock();
+            let gone: Vec<BlockId> = stored
+                .iter()
+                .filter(|id| {
+                    !st.pins.contains_key(*id) && !meta::block_known(&st.conn, id).unwrap_or(true)
+                })
+                .copied()
+                .collect();
+            self.free_blocks(&st, &gone);
+        }
+        r
+    }
+
+    fn materialize_inner(
+        &self,
+        ino: InodeNo,
+        keep_all: bool,
+        stored: &mut Vec<BlockId>,
+    ) -> CoreResult<()> {
         use sha2::{Digest, Sha256};
         let source = self
             .remote
@@ -1086,7 +1255,7 @@ impl Locker {
                 CoreError::Corrupt("file content is in a backend but none is attached".into())
             })?
             .clone();
-        let (ns, path, size, sha, version) = {
+        let (ns, path, size, sha, version, etag) = {
             let st = self.lock();
             let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
             if !row.remote_only {
@@ -1100,13 +1269,24 @@ impl Locker {
             let src = match src {
                 Some(s) => Some(s),
                 None => {
-                    let (parent, name) =
-                        meta::any_name(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
-                    ns_path(&st.conn, parent, &name)?
+                    // Listed without a checksum: the object it was listed as.
+                    let r: Option<Vec<u8>> = st
+                        .conn
+                        .prepare_cached("SELECT remote_src FROM inodes WHERE ino = ?1")?
+                        .query_row([ino.0 as i64], |r| r.get(0))?;
+                    r.and_then(|b| {
+                        let i = b.iter().position(|&c| c == b'/')?;
+                        Some((
+                            String::from_utf8_lossy(&b[..i]).into_owned(),
+                            b[i + 1..].to_vec(),
+                        ))
+                    })
                 }
             };
             let (ns, path) = src.ok_or(CoreError::NotFound)?;
-            (ns, path, row.attr.size, sha, row.version)
+            // Only from the version of the object that was listed.
+            let etag = msync::get_remote(&st.conn, &ns, &path)?.map(|r| r.etag);
+            (ns, path, row.attr.size, sha, row.version, etag)
         };
         let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));
         let mut h = Sha256::new();
@@ -1122,7 +1302,7 @@ impl Locker {
                 .filter(|o| *o < size)
                 .map(|o| (o, (size - o).min(RANGE)))
                 .collect();
-            let got = source.fetch(&ns, &path, &ranges).map_err(|e| {
+            let got = source.fetch(&ns, &path, etag.as_deref(), &ranges).map_err(|e| {
                 tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching a file from the backend failed");
                 eio()
             })?;
@@ -1144,8 +1324,12 @@ impl Locker {
                     };
                     if (data.len() as u32) < INLINE_MAX {
                         list.push((i, r, Some(data.to_vec()), false));
-                    } else if self.blocks.bytes() + data.len() as u64 <= self.opts.cache_limit {
-                        self.blocks.put_with_id(&id, data)?;
+                    } else if keep_all
+                        || self.blocks.bytes() + data.len() as u64 <= self.opts.cache_limit
+                    {
+                        if self.blocks.put_with_id(&id, data)? {
+                            stored.push(id);
+                        }
                         list.push((i, r, None, true));
                     } else {
                         // Past the cache bound: only its name is kept (now

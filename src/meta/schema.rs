@@ -10,7 +10,12 @@
 //! | `orphans`    | unlinked inode still open        | purged on last close, or at the next mount after a crash |
 //! | `block_data` | small block's bytes              | blocks shorter than `blocks::INLINE_MAX`; deleted with their `blocks` row |
 //! | `sync_queue` | path changed since the backend last had it | keyed by (namespace, path); `seq` grows with every change, so a finished upload only removes the entry if nothing changed meanwhile; `after_*` names an entry that must finish first (the new name of a rename before the old one is deleted) |
-//! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode; a file's blocks may be evicted only while a row holds its SHA-256 |
+//! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode |
+//!
+//! `inodes.synced_version` is the content version a backend confirmed at the
+//! file's own path (a file's blocks may be evicted only while it equals
+//! `version` and a `remote` row holds its SHA-256); `inodes.remote_src` is
+//! `namespace/path` of the object a file listed only in a backend comes from.
 //!
 //! `PRAGMA user_version` holds the number of migrations applied.
 
@@ -103,6 +108,11 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX remote_by_sha ON remote (sha256);
     CREATE INDEX file_blocks_by_block ON file_blocks (block);",
+    // 4: which version of a file a backend confirmed at the file's own path,
+    // and where content only in a backend came from.
+    "ALTER TABLE inodes ADD COLUMN synced_version INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE inodes ADD COLUMN remote_src BLOB;
+    CREATE INDEX inodes_by_sha ON inodes (sha256);",
 ];
 
 /// Number of migrations this build knows.

@@ -61,8 +61,7 @@ pub fn mark(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(ns, path) DO UPDATE SET seq = excluded.seq,
             ready_ns = excluded.ready_ns, bytes = excluded.bytes, attempts = 0,
-            after_ns = coalesce(excluded.after_ns, after_ns),
-            after_path = coalesce(excluded.after_path, after_path)",
+            after_ns = excluded.after_ns, after_path = excluded.after_path",
     )?
     .execute(params![
         ns,
@@ -98,19 +97,27 @@ fn entry_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueEntry> {
 
 const ENTRY_COLS: &str = "ns, path, seq, since_ns, ready_ns, bytes, attempts, last_error";
 
-/// Entries ready at `now` whose `after` entry is done, oldest change first.
-/// With `hurry`, entries not yet quiet count as ready too (but not those
-/// waiting after a failure).
-pub fn due(conn: &Connection, now: i64, hurry: bool, limit: usize) -> MetaResult<Vec<QueueEntry>> {
+/// Entries ready at `now` whose `after` entry is done, oldest change first,
+/// leaving out the namespaces in `skip`. With `hurry`, entries not yet
+/// quiet count as ready too (but not those waiting after a failure).
+pub fn due(
+    conn: &Connection,
+    now: i64,
+    hurry: bool,
+    skip: &[String],
+    limit: usize,
+) -> MetaResult<Vec<QueueEntry>> {
+    let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
     let sql = format!(
         "SELECT {ENTRY_COLS} FROM sync_queue q
          WHERE (q.ready_ns <= ?1 OR (?3 AND q.attempts = 0))
+           AND q.ns NOT IN (SELECT value FROM json_each(?4))
            AND (q.after_ns IS NULL OR NOT EXISTS (
                 SELECT 1 FROM sync_queue a WHERE a.ns = q.after_ns AND a.path = q.after_path))
          ORDER BY q.seq LIMIT ?2"
     );
     let mut st = conn.prepare_cached(&sql)?;
-    let rows = st.query_map(params![now, limit as i64, hurry], entry_from)?;
+    let rows = st.query_map(params![now, limit as i64, hurry, skip], entry_from)?;
     rows.collect()
 }
 
@@ -271,6 +278,14 @@ pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()>
     Ok(())
 }
 
+/// How many paths other than `ns/path` hold a file with this content.
+pub fn other_copies(conn: &Connection, sha: &[u8], ns: &str, path: &[u8]) -> MetaResult<i64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM remote WHERE sha256 = ?1 AND kind = 1 AND NOT (ns = ?2 AND path = ?3)",
+    )?
+    .query_row(params![sha, ns, path], |r| r.get(0))
+}
+
 /// A path in the backend (any namespace) known to hold a file with this
 /// content.
 pub fn remote_with_sha(
@@ -289,7 +304,7 @@ pub fn remote_with_sha(
 /// when it may (the caller also checks they are not open).
 pub fn block_in_backend(conn: &Connection, id: &[u8]) -> MetaResult<Option<Vec<i64>>> {
     let mut st = conn.prepare_cached(
-        "SELECT fb.ino, (i.sha256 IS NOT NULL AND EXISTS
+        "SELECT fb.ino, (i.synced_version = i.version AND i.sha256 IS NOT NULL AND EXISTS
                  (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1))
          FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino WHERE fb.block = ?1",
     )?;
@@ -323,8 +338,8 @@ pub fn dirty_bytes(conn: &Connection, inline_max: u32) -> MetaResult<u64> {
     conn.query_row(
         "SELECT coalesce(sum(b.size), 0) FROM blocks b WHERE b.size >= ?1 AND b.present = 1
            AND EXISTS (SELECT 1 FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino
-                WHERE fb.block = b.id AND (i.sha256 IS NULL OR NOT EXISTS
-                    (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1)))",
+                WHERE fb.block = b.id AND (i.sha256 IS NULL OR i.synced_version != i.version
+                    OR NOT EXISTS (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1)))",
         [inline_max as i64],
         |r| r.get::<_, i64>(0),
     )

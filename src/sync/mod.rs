@@ -83,6 +83,16 @@ impl Inner {
         n.last_error = Some(e.message.clone());
     }
 
+    /// Namespaces whose queue is paused now.
+    pub fn paused_list(&self) -> Vec<String> {
+        let h = self.health.lock().unwrap();
+        let now = Instant::now();
+        h.iter()
+            .filter(|(_, n)| n.paused_until.is_some_and(|t| now < t))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     pub fn paused(&self, ns: &str) -> bool {
         let h = self.health.lock().unwrap();
         h.get(ns)
@@ -143,12 +153,19 @@ struct Fetcher {
 }
 
 impl RemoteSource for Fetcher {
-    fn fetch(&self, ns: &str, path: &[u8], ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, String> {
+    fn fetch(
+        &self,
+        ns: &str,
+        path: &[u8],
+        etag: Option<&str>,
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<Vec<u8>>, String> {
         let key = std::str::from_utf8(path)
             .map_err(|_| "the path is not UTF-8".to_string())?
             .to_string();
         let be = self.inner.backend_for(ns).map_err(|e| e.message)?;
         let ranges = ranges.to_vec();
+        let etag = etag.map(str::to_string);
         let inner = self.inner.clone();
         let ns = ns.to_string();
         self.handle.block_on(async move {
@@ -156,8 +173,10 @@ impl RemoteSource for Fetcher {
             for (off, len) in ranges {
                 let be = be.clone();
                 let key = key.clone();
+                let etag = etag.clone();
                 tasks.push(tokio::spawn(async move {
-                    tokio::time::timeout(Duration::from_secs(120), be.get_range(&key, off, len))
+                    let get = be.get_range_if(&key, etag.as_deref(), off, len);
+                    tokio::time::timeout(Duration::from_secs(120), get)
                         .await
                         .unwrap_or_else(|_| Err(BackendError::transient("no answer within 120 s")))
                 }));
@@ -247,7 +266,7 @@ impl Sidecar {
                 && self
                     .inner
                     .core
-                    .sync_due(now_ns(), true, 1)
+                    .sync_due(now_ns(), true, &[], 1)
                     .is_ok_and(|d| d.is_empty())
                 && start.elapsed() > Duration::from_millis(500);
             if idle {

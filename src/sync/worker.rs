@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{BResult, Backend, BackendError, ErrorKind, ObjKind, ObjMeta};
+use crate::backend::{BResult, Backend, BackendError, Cond, ErrorKind, ObjKind, ObjMeta};
 use crate::core::sync::{Applied, FileSnap, LocalEntry};
 use crate::meta::sync::{QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, now_ns};
 
@@ -19,10 +19,12 @@ const PART_SIZE: u64 = 8 << 20;
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::core::CoreResult<T> + Send + 'static,
 ) -> BResult<T> {
+    // Failures here are of this machine's store and this path, not of the
+    // backend: they must not pause the backend's queue.
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(BackendError::transient(format!("local store: {e}"))),
-        Err(e) => Err(BackendError::transient(format!("local task failed: {e}"))),
+        Ok(Err(e)) => Err(BackendError::transient(format!("local store: {e}")).for_path()),
+        Err(e) => Err(BackendError::transient(format!("local task failed: {e}")).for_path()),
     }
 }
 
@@ -47,8 +49,12 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             .saturating_sub(inner.inflight.lock().unwrap().len());
         if free > 0 {
             let core = inner.core.clone();
+            // Paused namespaces are left out in the query, so a backend
+            // that is down cannot crowd out the others.
+            let skip = inner.paused_list();
             let due =
-                tokio::task::spawn_blocking(move || core.sync_due(now_ns(), hurry, 512)).await;
+                tokio::task::spawn_blocking(move || core.sync_due(now_ns(), hurry, &skip, 512))
+                    .await;
             match due {
                 Ok(Ok(entries)) => {
                     let mut started = 0;
@@ -148,6 +154,16 @@ async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Outcome> {
         return Ok(Outcome::Done);
     };
     let seq = snap.entry.seq;
+    // What the backend holds here may be the only copy of content other
+    // files here still need: secure it before it is replaced or deleted.
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    if let Err(err) = blocking(move || core.sync_secure(&ns, &path)).await {
+        if let LocalEntry::File(f) = &snap.local {
+            inner.core.sync_release(f);
+        }
+        return Err(err);
+    }
     match snap.local {
         LocalEntry::File(f) => {
             let f = Arc::new(f);
@@ -408,7 +424,14 @@ async fn push_file(
         blocking(move || core.materialize(ino)).await?;
         return Ok(Outcome::Later);
     }
-    let etag = upload(inner, &be, &key, f.clone(), &meta).await?;
+    // Land only over what was just seen, so a concurrent writer elsewhere
+    // is never silently overwritten (the next attempt sees its change).
+    let cond = match &head {
+        Some(h) if h.kind == ObjKind::File => Cond::IfMatch(h.etag.clone()),
+        Some(_) => Cond::Any,
+        None => Cond::IfAbsent,
+    };
+    let etag = upload(inner, &be, &key, f.clone(), &meta, cond).await?;
     done(inner, e, seq, Some(row(etag))).await
 }
 
@@ -424,14 +447,17 @@ async fn upload(
     key: &str,
     f: Arc<FileSnap>,
     meta: &ObjMeta,
+    cond: Cond,
 ) -> BResult<String> {
     if f.size <= SINGLE_PUT_MAX {
         let data = read_part(inner, &f, 0, f.size).await?;
-        return be.put(key, data, meta).await;
+        return be.put_if(key, data, meta, &cond).await;
     }
     let part = PART_SIZE.max(f.size.div_ceil(9_000).next_multiple_of(1 << 20));
     let nparts = f.size.div_ceil(part);
-    let mp = Arc::new(be.multipart_begin(key, f.size, meta).await?);
+    let mut mp = be.multipart_begin(key, f.size, meta).await?;
+    mp.cond = cond;
+    let mp = Arc::new(mp);
     let mut set = tokio::task::JoinSet::new();
     let mut parts: Vec<(u32, String)> = Vec::with_capacity(nparts as usize);
     let mut next = 0u64;
@@ -546,9 +572,14 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
         let row = head_row(&be, &obj.key, &info).await?;
         let core = inner.core.clone();
         let (ns2, p2) = (ns.to_string(), path.clone());
-        let applied = blocking(move || core.apply_remote(&ns2, &p2, row, started)).await?;
-        if !matches!(applied, Applied::Skipped | Applied::Unchanged) {
-            changes += 1;
+        match blocking(move || core.apply_remote(&ns2, &p2, row, started)).await {
+            Ok(Applied::Skipped | Applied::Unchanged) => {}
+            Ok(_) => changes += 1,
+            // One entry this side cannot hold (a name too long) must not
+            // stop the rest of the listing.
+            Err(err) => {
+                tracing::warn!(namespace = %ns, path = %obj.key, error = %err, "an entry of the backend could not be taken here; skipped")
+            }
         }
     }
     let mut gone: Vec<Vec<u8>> = rows
@@ -561,9 +592,13 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
     for path in gone {
         let core = inner.core.clone();
         let ns2 = ns.to_string();
-        let applied = blocking(move || core.apply_remote_gone(&ns2, &path, started)).await?;
-        if applied == Applied::Updated {
-            changes += 1;
+        let shown = String::from_utf8_lossy(&path).into_owned();
+        match blocking(move || core.apply_remote_gone(&ns2, &path, started)).await {
+            Ok(Applied::Updated) => changes += 1,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(namespace = %ns, path = %shown, error = %err, "a removal in the backend could not be taken here; skipped")
+            }
         }
     }
     Ok(changes)
