@@ -38,6 +38,10 @@ const META_SHA: &str = "sha256";
 const META_MTIME: &str = "mtime";
 const META_MODE: &str = "mode";
 const META_TYPE: &str = "locker-type";
+/// CopyObject's limit; larger objects are copied in parts.
+const COPY_MAX: u64 = 5 << 30;
+/// Part size of a copy in parts (equal parts, as R2 requires).
+const COPY_PART: u64 = 1 << 30;
 
 pub struct S3Backend {
     client: Client,
@@ -706,11 +710,16 @@ impl S3Backend {
         let from = self.full(src)?;
         let to = self.full(dst)?;
         let mut map = meta_map(meta);
+        let mut size = 0u64;
         // Keep what marks the source as a symlink.
-        if let Some(h) = self.head_full(&from).await?
-            && let Some(t) = h.metadata().and_then(|m| m.get(META_TYPE))
-        {
-            map.insert(META_TYPE.to_string(), t.clone());
+        if let Some(h) = self.head_full(&from).await? {
+            size = h.content_length().unwrap_or(0).max(0) as u64;
+            if let Some(t) = h.metadata().and_then(|m| m.get(META_TYPE)) {
+                map.insert(META_TYPE.to_string(), t.clone());
+            }
+        }
+        if size > COPY_MAX {
+            return self.copy_parts(&from, src_etag, &to, size, map).await;
         }
         let out = self
             .client
@@ -752,6 +761,89 @@ impl S3Backend {
             }
         }
         Ok(etag)
+    }
+
+    /// A server-side copy of an object over CopyObject's 5 GiB limit: a
+    /// multipart upload whose equal parts are copied from ranges of the
+    /// source.
+    async fn copy_parts(
+        &self,
+        from: &str,
+        src_etag: Option<&str>,
+        to: &str,
+        size: u64,
+        map: HashMap<String, String>,
+    ) -> BResult<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(to)
+            .set_metadata(Some(map))
+            .send()
+            .await
+            .map_err(|e| classify("start copy to", to, e))?;
+        let id = out
+            .upload_id()
+            .ok_or_else(|| BackendError::transient(format!("start copy to {to}: no upload id")))?
+            .to_string();
+        let mut parts = Vec::new();
+        let mut off = 0u64;
+        let mut n = 1i32;
+        let r: BResult<()> = async {
+            while off < size {
+                let end = (off + COPY_PART).min(size) - 1;
+                let p = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .copy_source(encode_copy_source(&self.bucket, from))
+                    .copy_source_range(format!("bytes={off}-{end}"))
+                    .set_copy_source_if_match(src_etag.map(|e| format!("\"{e}\"")))
+                    .send()
+                    .await
+                    .map_err(|e| classify(&format!("copy part {n} of {from} to"), to, e))?;
+                let etag = p
+                    .copy_part_result()
+                    .and_then(|c| c.e_tag())
+                    .unwrap_or("")
+                    .to_string();
+                parts.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+                off = end + 1;
+                n += 1;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(to)
+                .upload_id(&id)
+                .send()
+                .await;
+            return Err(e);
+        }
+        let done = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(to)
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("complete copy to", to, e))?;
+        Ok(unquote(done.e_tag().unwrap_or("")))
     }
 
     pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {

@@ -572,7 +572,7 @@ impl Locker {
                 // Readahead: the next blocks of a sequential reader come in
                 // the same round of ranged GETs.
                 let last = (end - 1) / BLOCK_SIZE;
-                for ahead in last + 1..=last + 4 {
+                for ahead in last + 1..=last + 7 {
                     if ahead * BLOCK_SIZE >= file_size || fs.dirty.contains_key(&ahead) {
                         break;
                     }
