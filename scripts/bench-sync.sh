@@ -1,0 +1,884 @@
+#!/usr/bin/env bash
+# Benchmark of LOCKER's sync sidecar against rclone, both pushing to one local
+# moto S3 server (moto_server on 127.0.0.1, a free port, random credentials
+# made for the run). Informational only: it never gates CI. Prints a markdown
+# table and writes/replaces its own section of BENCHMARKS.md.
+#
+# Workloads (sizes for a full run; --quick shrinks them):
+#   a. upload of one 1 GiB random file: LOCKER = from the start of `cp` into
+#      MNT/corp/ until `locker status --json` shows every namespace's queue
+#      empty (and the object is in the bucket); rclone = `rclone copy` of the
+#      same file to another bucket
+#   b. the same for 3000 small files (1-16 KiB, random content) in a
+#      directory tree (scripts/bench/randtree.py): `cp -r` vs `rclone copy`
+#   c. cold read of the big file once evicted: LOCKER's upload data dir is
+#      remounted with a 16 MiB cache (the evictor drops the blocks the
+#      backend holds) and the page cache dropped, so every block comes from
+#      the backend by ranged GET: `cat MNT/corp/big` vs `rclone cat`
+#   d. close-to-confirmed latency of a 4 KiB file: from the return of the
+#      `cp` that writes (and closes) it until HEAD on the bucket shows the
+#      object with its size (scripts/lib/s3tool.py wait, 10 ms polls), median
+#      of 10 files; it includes LOCKER's upload_delay_ms. Reference: the run
+#      time of `rclone copyto` of the same file.
+# An object's key is the file's path below the namespace (no prefix set).
+#
+# Usage: scripts/bench-sync.sh [--quick] [--only locker,rclone] [--repeat N]
+#                              [--build] [--no-md] [--keep-logs]
+# Needs root (FUSE mount with allow_other, drop_caches). See --help.
+set -uo pipefail
+export LC_ALL=C
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+HELPERS=$SCRIPT_DIR/bench
+S3TOOL=$SCRIPT_DIR/lib/s3tool.py
+DEFAULT_LOCKER_BIN=$REPO/target/release/locker
+LOCKER_BIN=${LOCKER_BIN:-$DEFAULT_LOCKER_BIN}
+VENV=${LOCKER_TEST_VENV:-/opt/locker-test/venv}
+VPY=$VENV/bin/python
+MOTO_BIN=$VENV/bin/moto_server
+MD_FILE=${BENCH_MD:-$REPO/BENCHMARKS.md}
+ALL_CONTENDERS=(locker rclone)
+ORIG_ARGS=("$@")
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/bench-sync.sh [options]
+
+  --quick            smoke-test sizes (64 MiB file, 300 small files)
+  --only LIST        comma-separated contenders from locker,rclone
+                     (default: both)
+  --repeat N         run every workload N times and report medians (default 1)
+  --build            run `cargo build --release` first even when the binary
+                     exists (by default it is built only when missing)
+  --no-md            do not write BENCHMARKS.md (the table still goes to stdout)
+  --keep-logs        keep the log directory even when every step succeeded
+  -h, --help         this text
+
+Environment:
+  LOCKER_BIN           LOCKER binary (default: REPO/target/release/locker)
+  LOCKER_TEST_VENV     venv with moto[server] and boto3 (default
+                       /opt/locker-test/venv; scripts/deps.sh makes it)
+  BENCH_TMP            where data dirs and moto's spill files go (default /var/tmp)
+  BENCH_MD             the markdown file to update (default REPO/BENCHMARKS.md)
+  BENCH_STEP_TIMEOUT   seconds allowed to any single timed command (default 900)
+  BENCH_DRAIN_TIMEOUT  seconds allowed for LOCKER's queue to drain (default 900)
+EOF
+}
+
+# ---------------------------------------------------------------- options
+QUICK=0
+ONLY=locker,rclone
+REPEAT=1
+BUILD=0
+WRITE_MD=1
+KEEP_LOGS=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --only) [ $# -ge 2 ] || { echo "bench-sync: --only needs a list" >&2; exit 2; }; ONLY=$2; shift ;;
+    --only=*) ONLY=${1#--only=} ;;
+    --repeat) [ $# -ge 2 ] || { echo "bench-sync: --repeat needs a number" >&2; exit 2; }; REPEAT=$2; shift ;;
+    --repeat=*) REPEAT=${1#--repeat=} ;;
+    --build) BUILD=1 ;;
+    --no-md) WRITE_MD=0 ;;
+    --keep-logs) KEEP_LOGS=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench-sync: unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+CONTENDERS=()
+IFS=, read -r -a _want <<<"$ONLY"
+for c in "${ALL_CONTENDERS[@]}"; do
+  for w in "${_want[@]}"; do [ "$w" = "$c" ] && CONTENDERS+=("$c") && break; done
+done
+for w in "${_want[@]}"; do
+  case " ${ALL_CONTENDERS[*]} " in *" $w "*) ;; *) echo "bench-sync: unknown contender '$w'" >&2; exit 2 ;; esac
+done
+[ ${#CONTENDERS[@]} -gt 0 ] || { echo "bench-sync: --only selected no contender" >&2; exit 2; }
+case $REPEAT in ''|*[!0-9]*|0) echo "bench-sync: --repeat needs a positive number" >&2; exit 2 ;; esac
+has() { case " ${CONTENDERS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench-sync: must run as root (FUSE mount with allow_other, drop_caches)" >&2
+  exit 2
+fi
+
+# ---------------------------------------------------------------- sizes
+if [ $QUICK -eq 1 ]; then
+  MODE=quick
+  SEQ_MB=64 SMALL_FILES=300 SMALL_DIRS=20
+else
+  MODE=full
+  SEQ_MB=1024 SMALL_FILES=3000 SMALL_DIRS=100
+fi
+LAT_FILES=10 LAT_SIZE=4096
+UPLOAD_DELAY_MS=200
+# The upload mounts' cache holds all the test data: blocks not yet uploaded
+# are never evicted, so a smaller cache would make the writes wait for room
+# (cache.write_timeout_s) and measure that bound instead of the uploads.
+UP_CACHE_MB=$((SEQ_MB * 2 + 256))
+COLD_CACHE_MB=16                           # cold-read mount: far below the file
+STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-900}    # any single command run through step()
+DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-900}  # LOCKER's queue to drain after a copy
+MOUNT_TIMEOUT=30                           # seconds to wait for a mount
+STOP_TIMEOUT=60                            # after SIGTERM (LOCKER drains up to 30 s)
+MOTO_TIMEOUT=30                            # moto_server to answer
+APPEAR_TIMEOUT=120                         # remote files to show in a new mount
+LAT_TIMEOUT=60                             # one small file to reach the bucket
+
+RUN_ID=$(date +%Y%m%d-%H%M%S)
+BASE=${BENCH_TMP:-/var/tmp}/locker-bench-sync.$$
+SHM=/dev/shm/locker-bench-sync.$$
+LOGDIR=${TMPDIR:-/tmp}/locker-bench-sync-$RUN_ID
+MNT=$BASE/mnt
+RCLONE_REMOTE=bench
+export RCLONE_CONFIG=$BASE/rclone.conf
+RCLONE_FLAGS=(--transfers 8 --s3-upload-concurrency 4)  # LOCKER: uploads = 8, parallel_parts = 4
+MOTO_PID=
+LOCKER_PID=
+LOCKER_DATA=
+WAITER_PID=
+declare -A RES=() SECS=() COUNT=() FAILED=()
+FAILURES=0
+FAIL_NOTES=()
+NOTES=()
+T_START=$SECONDS
+
+# fd 3 and 4 keep the script's own stdout and stderr: a trap can fire while a
+# step's output is redirected to a log file.
+exec 3>&1 4>&2
+log() { printf '[bench-sync %4ds] %s\n' $((SECONDS - T_START)) "$*" >&4; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- teardown
+alive() {  # pid: running and not a zombie
+  local s
+  [ -n "$1" ] || return 1
+  s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$s" ] && [ "$s" != Z ]
+}
+
+stop_pid() {  # pid seconds: SIGTERM, wait, then SIGKILL; returns 1 if it had to kill
+  local pid=$1 secs=$2 i rc=0
+  [ -n "$pid" ] || return 0
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < secs * 10; i++)); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null
+      rc=1
+    fi
+  fi
+  wait "$pid" 2>/dev/null
+  return $rc
+}
+
+locker_stop() {  # unmount LOCKER: SIGTERM (it drains, then unmounts), else force
+  local pid=$LOCKER_PID
+  [ -n "$pid" ] || return 0
+  LOCKER_PID=
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null
+    local i
+    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && log "locker: still running ${STOP_TIMEOUT}s after SIGTERM"
+  fi
+  if mountpoint -q "$MNT" 2>/dev/null; then
+    log "locker: $MNT still mounted after its process ended or was signalled; fusermount3 -uz"
+    fusermount3 -uz "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null
+  fi
+  if alive "$pid"; then
+    log "locker: kill -9 $pid"
+    kill -KILL "$pid" 2>/dev/null
+  fi
+  wait "$pid" 2>/dev/null
+}
+
+cleanup() {
+  local rc=$? i
+  trap - EXIT INT TERM HUP
+  exec 1>&3 2>&4
+  if [ -n "$STEP_PID" ]; then  # a step was running: stop it (timeout leads its own process group)
+    log "stopping the running step"
+    kill -TERM "$STEP_PID" 2>/dev/null
+    for ((i = 0; i < 30; i++)); do alive "$STEP_PID" || break; sleep 0.1; done
+    kill -KILL -- "-$STEP_PID" 2>/dev/null
+    wait "$STEP_PID" 2>/dev/null
+  fi
+  [ -n "$WAITER_PID" ] && stop_pid "$WAITER_PID" 2
+  locker_stop
+  if [ -n "$MOTO_PID" ]; then
+    stop_pid "$MOTO_PID" 10 || log "moto_server: killed with SIGKILL"
+    MOTO_PID=
+  fi
+  if mountpoint -q "$MNT" 2>/dev/null; then
+    log "WARNING: $MNT is still mounted; not removing $BASE"
+  else
+    rm -rf --one-file-system "$BASE"
+  fi
+  rm -rf "$SHM"
+  if [ $rc -eq 0 ] && [ $FAILURES -eq 0 ] && [ $KEEP_LOGS -eq 0 ]; then
+    rm -rf "$LOGDIR"
+  elif [ -d "$LOGDIR" ]; then
+    echo "bench-sync: logs kept in $LOGDIR" >&2
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM HUP
+
+# ---------------------------------------------------------------- helpers
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+STEP_PID=
+step() {  # cmd...: run under a timeout, in the background so that a signal
+          # reaches this script's traps at once instead of after the command
+  timeout -k 10 "$STEP_TIMEOUT" "$@" 3>&- 4>&- &
+  STEP_PID=$!
+  wait "$STEP_PID"
+  local rc=$?
+  STEP_PID=
+  return $rc
+}
+
+ELAPSED=0
+timeit() {  # cmd...: runs it through step, sets ELAPSED (seconds)
+  local t0=$EPOCHREALTIME rc
+  step "$@"
+  rc=$?
+  ELAPSED=$(since "$t0")
+  return $rc
+}
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }'; }
+
+s3() { "$VPY" "$S3TOOL" --endpoint "$ENDPOINT" "$@"; }
+
+put() {  # metric contender value: one more sample
+  RES["$1|$2"]+="${RES["$1|$2"]:+ }$3"
+}
+put_timed() {  # metric contender count seconds: one more sample of count/seconds
+  SECS["$1|$2"]+="${SECS["$1|$2"]:+ }$4"
+  COUNT[$1]=$3
+}
+fail() {  # metric contender why
+  FAILED["$1|$2"]=1
+  FAIL_NOTES+=("$2: $1: $3")
+  FAILURES=$((FAILURES + 1))
+  log "$2: $1 FAILED: $3"
+}
+median() {  # samples...
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+value() {  # metric contender: median (of the times, for timed ones), FAIL, or empty
+  local s
+  if [ -n "${FAILED["$1|$2"]:-}" ]; then
+    echo FAIL
+  elif [ -n "${SECS["$1|$2"]:-}" ]; then
+    s=$(median ${SECS["$1|$2"]})
+    rate "${COUNT[$1]}" "$s"
+  else
+    median ${RES["$1|$2"]:-}
+  fi
+}
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", (s > 0 ? n / s : 0) }'; }
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---------------------------------------------------------------- dependencies
+need=()
+command -v python3 >/dev/null || need+=(python3)
+command -v mountpoint >/dev/null || need+=(util-linux)
+has rclone && { command -v rclone >/dev/null || need+=(rclone); }
+has locker && { command -v fusermount3 >/dev/null || need+=(fuse3); }
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]} with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+    die "apt-get install ${need[*]} failed"
+fi
+if [ ! -x "$MOTO_BIN" ] || ! "$VPY" -c 'import boto3' 2>/dev/null; then
+  log "no moto_server/boto3 in $VENV: running scripts/deps.sh"
+  bash "$SCRIPT_DIR/deps.sh" >&2 || die "scripts/deps.sh failed"
+  [ -x "$MOTO_BIN" ] || die "scripts/deps.sh did not install $MOTO_BIN"
+fi
+if has locker; then
+  if [ $BUILD -eq 1 ] || [ ! -x "$LOCKER_BIN" ]; then
+    [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || [ $BUILD -eq 0 ] ||
+      die "--build builds $DEFAULT_LOCKER_BIN, but LOCKER_BIN=$LOCKER_BIN"
+    [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || die "LOCKER_BIN=$LOCKER_BIN does not exist"
+    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+    log "building LOCKER: cargo build --release"
+    (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
+    [ -x "$LOCKER_BIN" ] || die "cargo build did not produce $LOCKER_BIN"
+  fi
+  if [ -n "$(find "$REPO/src" "$REPO/Cargo.toml" -newer "$LOCKER_BIN" -print -quit 2>/dev/null)" ]; then
+    log "WARNING: sources are newer than $LOCKER_BIN (use --build)"
+    NOTES+=("the LOCKER binary was older than some of the sources")
+  fi
+fi
+
+# ---------------------------------------------------------------- work dirs, data
+mkdir -p "$BASE/moto-tmp" "$SHM" "$LOGDIR" "$MNT" || die "cannot create work directories"
+log "mode $MODE; contenders: ${CONTENDERS[*]}; logs in $LOGDIR"
+shm_need=$(((SEQ_MB + SMALL_FILES * 17 / 1024 + 16) * 1024))
+shm_free=$(df -k --output=avail /dev/shm | tail -1)
+[ "$shm_free" -gt "$shm_need" ] || die "/dev/shm has ${shm_free} KiB free, need ${shm_need} KiB"
+# moto spills large objects to files; every repeat keeps two copies of each.
+tmp_need=$(((SEQ_MB * 4 * REPEAT + SEQ_MB * 2 + 1024) * 1024))
+tmp_free=$(df -k --output=avail "$BASE" | tail -1)
+[ "$tmp_free" -gt "$tmp_need" ] || die "$BASE has ${tmp_free} KiB free, need ${tmp_need} KiB"
+
+log "generating test data in $SHM (${SEQ_MB} MiB random file, ${SMALL_FILES} small files, ${LAT_FILES} x ${LAT_SIZE} B)"
+head -c "$((SEQ_MB * 1048576))" /dev/urandom >"$SHM/big" || die "cannot write $SHM/big"
+SEQ_BYTES=$((SEQ_MB * 1048576))
+SEQ_SHA=$(sha256sum <"$SHM/big" | cut -d' ' -f1)
+SMALL_BYTES=$(python3 "$HELPERS/randtree.py" "$SHM/small" "$SMALL_FILES" "$SMALL_DIRS") || die "randtree.py failed"
+mkdir -p "$SHM/lat"
+for ((i = 1; i <= LAT_FILES; i++)); do
+  head -c "$LAT_SIZE" /dev/urandom >"$SHM/lat/f$i.bin" || die "cannot write $SHM/lat/f$i.bin"
+done
+
+# ---------------------------------------------------------------- moto
+# Random credentials for this run only; moto accepts any, LOCKER and rclone
+# read them from the environment.
+AWS_ACCESS_KEY_ID=bench$(python3 -c 'import secrets; print(secrets.token_hex(8))')
+AWS_SECRET_ACCESS_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(30))')
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+export AWS_DEFAULT_REGION=us-east-1
+# The endpoint is plain HTTP: a CA bundle from the environment is of no use,
+# and rclone's S3 client fails outright when AWS_CA_BUNDLE is set.
+unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_CA_BUNDLE
+
+moto_listening() {  # port: the listener on it is our moto_server (not another server that took the port)
+  command -v ss >/dev/null || return 0
+  ss -Hltnp "sport = :$1" 2>/dev/null | grep -q "pid=$MOTO_PID,"
+}
+
+start_moto() {  # sets MOTO_PID, ENDPOINT; a few ports are tried (the free one may be taken meanwhile)
+  local try port deadline
+  for try in 1 2 3; do
+    port=$(free_port) || return 1
+    ENDPOINT=http://127.0.0.1:$port
+    TMPDIR=$BASE/moto-tmp setsid "$MOTO_BIN" -H 127.0.0.1 -p "$port" \
+      </dev/null >>"$LOGDIR/moto.log" 2>&1 3>&- 4>&- &
+    MOTO_PID=$!
+    deadline=$((SECONDS + MOTO_TIMEOUT))
+    while alive "$MOTO_PID" && [ $SECONDS -lt $deadline ]; do
+      if "$VPY" "$S3TOOL" wait-http "$ENDPOINT/" 1 2>/dev/null && moto_listening "$port"; then
+        log "moto_server $MOTO_VERSION on $ENDPOINT (pid $MOTO_PID)"
+        return 0
+      fi
+    done
+    log "moto_server did not start on port $port (try $try); last log lines:"
+    tail -n 5 "$LOGDIR/moto.log" >&2
+    stop_pid "$MOTO_PID" 5
+    MOTO_PID=
+  done
+  return 1
+}
+MOTO_VERSION=$("$VPY" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)
+start_moto || die "moto_server did not start (log: $LOGDIR/moto.log)"
+
+cat >"$RCLONE_CONFIG" <<EOF
+[$RCLONE_REMOTE]
+type = s3
+provider = Other
+env_auth = true
+endpoint = $ENDPOINT
+region = us-east-1
+force_path_style = true
+EOF
+
+# ---------------------------------------------------------------- LOCKER
+write_config() {  # file bucket cache_mb
+  cat >"$1" <<EOF
+[sync]
+upload_delay_ms = $UPLOAD_DELAY_MS
+refresh_interval_s = 0
+
+[cache]
+size_mb = $3
+
+[namespaces.corp]
+backend = "s3"
+endpoint = "$ENDPOINT"
+region = "us-east-1"
+bucket = "$2"
+path_style = true
+EOF
+}
+
+locker_mount() {  # config data-dir logfile: mounts at MNT, waits for the FUSE fs and MNT/corp
+  local cfg=$1 data=$2 logf=$3 deadline=$((SECONDS + MOUNT_TIMEOUT)) t
+  mkdir -p "$data"
+  if mountpoint -q "$MNT"; then log "locker: $MNT is already a mount point"; return 1; fi
+  setsid "$LOCKER_BIN" mount "$MNT" --config "$cfg" --data-dir "$data" \
+    </dev/null >>"$logf" 2>&1 3>&- 4>&- &
+  LOCKER_PID=$!
+  LOCKER_DATA=$data
+  while :; do
+    t=$(stat -f -c %T "$MNT" 2>/dev/null)
+    case $t in fuse*) [ -d "$MNT/corp" ] && break ;; esac
+    if ! alive "$LOCKER_PID"; then
+      wait "$LOCKER_PID"
+      log "locker: exited (status $?) before $MNT was mounted; last log lines:"
+      tail -n 20 "$logf" >&2
+      LOCKER_PID=
+      return 1
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      log "locker: $MNT not mounted with corp/ after ${MOUNT_TIMEOUT}s (fs type: ${t:-?}); last log lines:"
+      tail -n 20 "$logf" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  log "locker: mounted $MNT (pid $LOCKER_PID, data dir $data)"
+}
+
+# Reads `locker status --json` on stdin. Prints a one-line summary; exit 0
+# when every namespace's queue is empty, 1 while something is pending, 2 when
+# the JSON is not what it should be.
+cat >"$BASE/status.py" <<'EOF'
+import json, sys
+try:
+    d = json.load(sys.stdin)
+    ns = d["namespaces"]
+    assert isinstance(ns, list) and ns, "no namespaces"
+    parts, pending = [], False
+    for n in ns:
+        busy = bool(n["queue"]) or bool(n["pending_bytes"])
+        pending |= busy
+        s = "%s: %d queued, %d bytes" % (n["name"], n["queue"], n["pending_bytes"])
+        if n.get("oldest_age_s") is not None:
+            s += ", oldest %ss" % n["oldest_age_s"]
+        if n.get("reachable") is False:
+            s += ", UNREACHABLE"
+        if n.get("last_error"):
+            s += ", last error: %s" % " ".join(str(n["last_error"]).split())
+        parts.append(s)
+    c = d.get("cache") or {}
+    parts.append("cache %s/%s bytes, %s dirty" % (c.get("used_bytes"), c.get("limit_bytes"), c.get("dirty_bytes")))
+except Exception as e:
+    print("unexpected status JSON (%s: %s)" % (e.__class__.__name__, e))
+    sys.exit(2)
+print("; ".join(parts))
+sys.exit(1 if pending else 0)
+EOF
+
+# wait_drained LABEL CHECK...: polls `locker status --json` until every queue
+# is empty and then CHECK (a command that looks at the bucket) succeeds.
+# Sets DRAINED_AT to the time of the first status that showed the queues
+# empty with CHECK passing. Returns 1 on timeout or if the daemon died, with
+# why in DRAIN_WHY and the daemon's last log lines on stderr.
+DRAINED_AT=
+DRAIN_WHY=
+wait_drained() {
+  local label=$1; shift
+  local deadline=$((SECONDS + DRAIN_TIMEOUT)) out rc summary="no status yet" t early=0 last_check=
+  DRAINED_AT="" DRAIN_WHY=""
+  while :; do
+    if ! alive "$LOCKER_PID"; then
+      DRAIN_WHY="the daemon exited while its uploads were pending; last status: $summary"
+      log "locker: $label: $DRAIN_WHY; last log lines:"
+      tail -n 20 "$LOGDIR/locker-$REP.log" >&2
+      return 1
+    fi
+    out=$(timeout 20 "$LOCKER_BIN" status --data-dir "$LOCKER_DATA" --json 2>"$BASE/status.err")
+    rc=$?
+    t=$EPOCHREALTIME
+    if [ $rc -ne 0 ]; then
+      summary="\`locker status\` exited with $rc: $(head -c 300 "$BASE/status.err" | tr '\n' ' ')"
+    else
+      summary=$(printf '%s' "$out" | python3 "$BASE/status.py")
+      rc=$?
+      if [ $rc -eq 0 ]; then
+        if last_check=$("$@" 2>&1); then
+          DRAINED_AT=$t
+          [ $early -gt 0 ] && NOTES+=("$label: \`locker status\` showed the queue empty $early time(s) before the bucket had everything")
+          return 0
+        fi
+        [ $early -eq 0 ] && log "locker: $label: status shows the queue empty but the bucket is not complete yet ($last_check)"
+        early=$((early + 1))
+        summary="queue empty, but the bucket check says: $last_check"
+      elif [ $rc -eq 2 ]; then
+        summary="$summary: $(printf '%s' "$out" | head -c 300)"
+      fi
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      DRAIN_WHY="uploads not finished after ${DRAIN_TIMEOUT}s (BENCH_DRAIN_TIMEOUT); last status: $summary"
+      log "locker: $label: $DRAIN_WHY"
+      log "locker: last lines of its log:"
+      tail -n 20 "$LOGDIR/locker-$REP.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+check_big() {  # bucket key: object there with the big file's size
+  local out size
+  out=$(s3 head "$1" "$2" 2>&1) || { echo "$out"; return 1; }
+  size=$(printf '%s' "$out" | python3 -c 'import json, sys; print(json.load(sys.stdin)["size"])')
+  [ "$size" = "$SEQ_BYTES" ] || { echo "$1/$2 has $size bytes, want $SEQ_BYTES"; return 1; }
+}
+check_small() {  # bucket prefix: all small files there with the right total size
+  local out
+  out=$(s3 ls "$1" "$2" 2>&1) || { echo "$out"; return 1; }
+  printf '%s\n' "$out" | python3 -c '
+import json, sys
+n = int(sys.argv[1]); b = int(sys.argv[2])
+objs = [json.loads(l) for l in sys.stdin if l.strip()]
+# Directory markers ("dir/", empty) are not files.
+objs = [o for o in objs if not o["key"].endswith("/")]
+tot = sum(o["size"] for o in objs)
+if len(objs) != n or tot != b:
+    print("%d objects of %d bytes under the prefix, want %d of %d" % (len(objs), tot, n, b))
+    sys.exit(1)' "$SMALL_FILES" "$SMALL_BYTES"
+}
+check_sha() {  # bucket key: the object's bytes are the big file's
+  local got
+  got=$(s3 sha256 "$1" "$2" 2>&1) || { echo "$got"; return 1; }
+  [ "$got" = "$SEQ_SHA" ] || { echo "$1/$2: SHA-256 differs from the source file"; return 1; }
+}
+
+# a, b and d on one mount, from a fresh data dir and an empty bucket.
+locker_upload() {
+  local b=corp-r$REP cfg=$BASE/locker-up.toml data=$BASE/locker-data-up t0 msg
+  local logf=$LOGDIR/locker-$REP.log
+  write_config "$cfg" "$b" "$UP_CACHE_MB"
+  cp "$cfg" "$LOGDIR/locker-up.toml"
+  if ! locker_mount "$cfg" "$data" "$logf"; then
+    for m in up_big up_small latency; do fail "$m" locker "mount failed (see $logf)"; done
+    locker_stop
+    return 1
+  fi
+
+  log "locker: a. upload of a ${SEQ_MB} MiB file (cp, then until the queue is empty)"
+  sync
+  t0=$EPOCHREALTIME
+  if ! step cp "$SHM/big" "$MNT/corp/big" 2>>"$logf"; then
+    fail up_big locker "cp into the mount failed"
+  else
+    put_timed cp_big locker "$SEQ_MB" "$(since "$t0")"
+    if wait_drained "a. big file" check_big "$b" big; then
+      put_timed up_big locker "$SEQ_MB" "$(awk -v a="$t0" -v b="$DRAINED_AT" 'BEGIN { printf "%.6f", b - a }')"
+      msg=$(check_sha "$b" big) || fail verify_big locker "$msg"
+    else
+      fail up_big locker "$DRAIN_WHY"
+    fi
+  fi
+
+  log "locker: b. upload of $SMALL_FILES small files (cp -r, then until the queue is empty)"
+  sync
+  t0=$EPOCHREALTIME
+  if ! step cp -r "$SHM/small" "$MNT/corp/small" 2>>"$logf"; then
+    fail up_small locker "cp -r into the mount failed"
+  else
+    put_timed cp_small locker "$SMALL_FILES" "$(since "$t0")"
+    if wait_drained "b. small files" check_small "$b" small/; then
+      put_timed up_small locker "$SMALL_FILES" "$(awk -v a="$t0" -v b="$DRAINED_AT" 'BEGIN { printf "%.6f", b - a }')"
+    else
+      fail up_small locker "$DRAIN_WHY"
+    fi
+  fi
+
+  log "locker: d. close-to-confirmed latency, $LAT_FILES files of $LAT_SIZE B"
+  locker_latency "$b" "$logf"
+
+  locker_stop
+  # The data dir stays for the cold read (c), which remounts it with a
+  # small cache so that the big file's blocks are evicted.
+}
+
+locker_latency() {  # bucket logfile
+  local b=$1 logf=$2 i rf out rc t_close ms deadline samples=()
+  if ! mkdir -p "$MNT/corp/lat"; then
+    fail latency locker "mkdir in the mount failed"
+    return
+  fi
+  for ((i = 1; i <= LAT_FILES; i++)); do
+    rf=$BASE/ready.$i
+    rm -f "$rf"
+    # The waiter starts polling before the file is written: its own start-up
+    # (Python, boto3) must not delay the first poll after the close.
+    "$VPY" "$S3TOOL" --endpoint "$ENDPOINT" wait "$b" "lat/f$i.bin" --size "$LAT_SIZE" \
+      --timeout "$LAT_TIMEOUT" --interval 0.01 --ready-file "$rf" >"$BASE/wait.$i" 2>>"$logf" &
+    WAITER_PID=$!
+    deadline=$((SECONDS + 30))
+    while [ ! -e "$rf" ] && alive "$WAITER_PID" && [ $SECONDS -lt $deadline ]; do sleep 0.01; done
+    if [ ! -e "$rf" ]; then
+      stop_pid "$WAITER_PID" 2
+      WAITER_PID=
+      fail latency locker "the HEAD poller did not start (see $logf)"
+      return
+    fi
+    if ! step cp "$SHM/lat/f$i.bin" "$MNT/corp/lat/f$i.bin" 2>>"$logf"; then
+      stop_pid "$WAITER_PID" 2
+      WAITER_PID=
+      fail latency locker "writing file $i into the mount failed"
+      return
+    fi
+    t_close=$EPOCHREALTIME
+    wait "$WAITER_PID"
+    rc=$?
+    WAITER_PID=
+    if [ $rc -ne 0 ]; then
+      fail latency locker "file $i did not reach the bucket with its size within ${LAT_TIMEOUT}s"
+      return
+    fi
+    out=$(cat "$BASE/wait.$i")
+    ms=$(printf '%s' "$out" | python3 -c 'import json, sys; print("%.1f" % ((json.load(sys.stdin)["seen_at"] - float(sys.argv[1])) * 1000))' "$t_close") ||
+      { fail latency locker "bad output from s3tool wait: $out"; return; }
+    samples+=("$ms")
+  done
+  LAT_SAMPLES[locker]+=" ${samples[*]}"
+  put latency locker "$(median "${samples[@]}")"
+}
+
+# c: a new data dir against the rep's bucket, with a small cache.
+locker_cold() {
+  local b=corp-r$REP cfg=$BASE/locker-cold.toml data=$BASE/locker-data-up deadline used msg
+  local logf=$LOGDIR/locker-$REP.log
+  if ! msg=$(check_big "$b" big); then
+    fail cold_big locker "nothing to read: $msg"
+    return 1
+  fi
+  # The upload's data dir, remounted with a cache far below the file: the
+  # evictor drops the blocks the backend holds, and the read fetches them.
+  write_config "$cfg" "$b" "$COLD_CACHE_MB"
+  cp "$cfg" "$LOGDIR/locker-cold.toml"
+  if ! locker_mount "$cfg" "$data" "$logf"; then
+    fail cold_big locker "remount with a ${COLD_CACHE_MB} MiB cache failed (see $logf)"
+    locker_stop
+    return 1
+  fi
+  deadline=$((SECONDS + APPEAR_TIMEOUT))
+  while :; do
+    used=$("$LOCKER_BIN" status --data-dir "$data" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["used_bytes"])' 2>/dev/null)
+    [ -n "$used" ] && [ "$used" -le $((COLD_CACHE_MB << 20)) ] && break
+    if ! alive "$LOCKER_PID" || [ $SECONDS -ge $deadline ]; then
+      fail cold_big locker "the cache did not shrink to ${COLD_CACHE_MB} MiB within ${APPEAR_TIMEOUT}s (used: ${used:-unknown})"
+      locker_stop
+      rm -rf "$data"
+      return 1
+    fi
+    sleep 0.2
+  done
+
+  log "locker: c. cold read of ${SEQ_MB} MiB (evicted: ${COLD_CACHE_MB} MiB cache)"
+  drop_caches
+  if timeit cat "$MNT/corp/big" >/dev/null 2>>"$logf"; then
+    put_timed cold_big locker "$SEQ_MB" "$ELAPSED"
+    step cmp -s "$SHM/big" "$MNT/corp/big" || fail verify_cold locker "the file read back differs from the source"
+  else
+    fail cold_big locker "cat exit status $?"
+  fi
+  if has_small_files "$b"; then
+    local n
+    n=$(find "$MNT/corp/small" -type f 2>/dev/null | wc -l)
+    [ "$n" -eq "$SMALL_FILES" ] || fail verify_listing locker "the new mount lists $n small files, want $SMALL_FILES"
+  fi
+  locker_stop
+  rm -rf "$data"
+}
+has_small_files() { check_small "$1" small/ >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------- rclone
+rclone_run() {  # logfile args...: a timed rclone command (sets ELAPSED)
+  local logf=$1; shift
+  timeit rclone "${RCLONE_FLAGS[@]}" "$@" >>"$logf" 2>&1
+}
+
+rclone_upload() {
+  local b=rclone-r$REP logf=$LOGDIR/rclone-$REP.log i msg samples=()
+  log "rclone: a. rclone copy of the ${SEQ_MB} MiB file"
+  sync
+  if rclone_run "$logf" copy "$SHM/big" "$RCLONE_REMOTE:$b/"; then
+    put_timed up_big rclone "$SEQ_MB" "$ELAPSED"
+    msg=$(check_sha "$b" big) || fail verify_big rclone "$msg"
+  else
+    fail up_big rclone "rclone copy failed (see $logf)"
+  fi
+
+  log "rclone: b. rclone copy of $SMALL_FILES small files"
+  sync
+  if rclone_run "$logf" copy "$SHM/small" "$RCLONE_REMOTE:$b/small"; then
+    put_timed up_small rclone "$SMALL_FILES" "$ELAPSED"
+    msg=$(check_small "$b" small/) || fail verify_small rclone "$msg"
+  else
+    fail up_small rclone "rclone copy failed (see $logf)"
+  fi
+
+  log "rclone: d. rclone copyto of $LAT_FILES files of $LAT_SIZE B (process run time)"
+  for ((i = 1; i <= LAT_FILES; i++)); do
+    if ! rclone_run "$logf" copyto "$SHM/lat/f$i.bin" "$RCLONE_REMOTE:$b/lat/f$i.bin"; then
+      fail latency rclone "rclone copyto failed (see $logf)"
+      return
+    fi
+    samples+=("$(awk -v s="$ELAPSED" 'BEGIN { printf "%.1f", s * 1000 }')")
+  done
+  LAT_SAMPLES[rclone]+=" ${samples[*]}"
+  put latency rclone "$(median "${samples[@]}")"
+}
+
+rclone_cold() {
+  local b=rclone-r$REP logf=$LOGDIR/rclone-$REP.log msg
+  if ! msg=$(check_big "$b" big); then
+    fail cold_big rclone "nothing to read: $msg"
+    return 1
+  fi
+  log "rclone: c. rclone cat of ${SEQ_MB} MiB"
+  drop_caches
+  if timeit rclone cat "$RCLONE_REMOTE:$b/big" >/dev/null 2>>"$logf"; then
+    put_timed cold_big rclone "$SEQ_MB" "$ELAPSED"
+  else
+    fail cold_big rclone "rclone cat failed (see $logf)"
+  fi
+}
+
+# ---------------------------------------------------------------- run
+declare -A LAT_SAMPLES=()
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+for ((REP = 1; REP <= REPEAT; REP++)); do
+  log "=== run $REP of $REPEAT"
+  for b in corp-r$REP rclone-r$REP; do
+    s3 mb "$b" 2>>"$LOGDIR/moto.log" || die "cannot create bucket $b on $ENDPOINT"
+  done
+  has locker && locker_upload
+  has rclone && rclone_upload
+  has locker && locker_cold
+  has rclone && rclone_cold
+  alive "$MOTO_PID" || die "moto_server died (log: $LOGDIR/moto.log)"
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+TOTAL_SECS=$((SECONDS - T_START))
+
+# ---------------------------------------------------------------- report
+# metric | label | unit | decimals | kind (rate: higher is better; time: lower is)
+METRICS=(
+  "up_big|a. upload of one ${SEQ_MB} MiB file: LOCKER cp → queue empty; rclone copy|MiB/s|1|rate"
+  "cp_big|a. (LOCKER: the cp into the mount alone)|MiB/s|1|info"
+  "up_small|b. upload of $SMALL_FILES small files ($((SMALL_BYTES / 1024)) KiB): LOCKER cp -r → queue empty; rclone copy|files/s|0|rate"
+  "cp_small|b. (LOCKER: the cp -r into the mount alone)|files/s|0|info"
+  "cold_big|c. cold read of the ${SEQ_MB} MiB file, evicted (the upload's data dir remounted with a ${COLD_CACHE_MB} MiB cache, page cache dropped): cat; rclone cat|MiB/s|1|rate"
+  "latency|d. ${LAT_SIZE} B file, close → object visible (HEAD), median of $LAT_FILES; rclone: copyto run time|ms|0|time"
+)
+fmt() {  # value decimals
+  case $1 in
+    FAIL) printf 'FAIL' ;;
+    '') printf -- '–' ;;
+    *) printf "%'.${2}f" "$1" ;;
+  esac
+}
+speed_ratio() {  # locker other kind: LOCKER's speed ÷ the other's
+  case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
+  [ -n "$1" ] && [ -n "$2" ] || { printf -- '–'; return; }
+  awk -v a="$1" -v b="$2" -v k="$3" 'BEGIN {
+    r = (k == "time") ? (a > 0 ? b / a : -1) : (b > 0 ? a / b : -1)
+    if (r >= 0) printf "%.2f×", r; else printf "–" }'
+}
+
+table() {
+  local line key label unit dec kind c v s row hdr sep
+  hdr="| workload | unit |"; sep="|---|---|"
+  for c in "${CONTENDERS[@]}"; do hdr+=" $c |"; sep+="---:|"; done
+  has locker && has rclone && { hdr+=" LOCKER/rclone |"; sep+="---:|"; }
+  printf '%s\n%s\n' "$hdr" "$sep"
+  for line in "${METRICS[@]}"; do
+    IFS='|' read -r key label unit dec kind <<<"$line"
+    [ "$kind" = info ] && ! has locker && continue
+    row="| $label | $unit |"
+    for c in "${CONTENDERS[@]}"; do
+      if [ "$kind" = info ] && [ "$c" != locker ]; then row+=" |"; continue; fi
+      v=$(value "$key" "$c")
+      s=$(median ${SECS["$key|$c"]:-})
+      if [ "$kind" = time ] && [ -n "${LAT_SAMPLES[$c]:-}" ] && [ "$v" != FAIL ]; then
+        row+=" $(fmt "$v" "$dec") ($(printf '%s\n' ${LAT_SAMPLES[$c]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }')) |"
+      elif [ -n "$s" ] && [ "$v" != FAIL ]; then
+        row+=" $(fmt "$v" "$dec") ($(printf '%.2f' "$s") s) |"
+      else
+        row+=" $(fmt "$v" "$dec") |"
+      fi
+    done
+    if has locker && has rclone; then
+      if [ "$kind" = info ]; then row+=" |"
+      else row+=" $(speed_ratio "$(value "$key" locker)" "$(value "$key" rclone)" "$kind") |"; fi
+    fi
+    printf '%s\n' "$row"
+  done
+}
+
+machine_facts() {
+  local model mem
+  model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+  mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+  echo "- Machine: $(nproc) CPUs ($model), $mem RAM, kernel $(uname -r); load average (1/5/15 min) $LOAD_START at start, $LOAD_END at end (no busy loop runs here; a load well above 2 means other work shared the machine)"
+  echo "- Storage: $(has locker && echo "LOCKER's data dirs and ")moto's spill files on \`$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')\`; test data prepared in /dev/shm"
+  echo "- Backend: moto_server $MOTO_VERSION (\`$MOTO_BIN -H 127.0.0.1 -p PORT\`), one server for both contenders, separate buckets (corp-rN for LOCKER, rclone-rN for rclone, a fresh pair per run); it keeps objects in memory and spill files, so the absolute figures are bound by moto and the ratios are the point"
+  if has locker; then
+    echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) and \`$COLD_CACHE_MB\` for the cold read, one \`[namespaces.corp]\` of backend s3 (path_style); other settings default. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by a HEAD/list of the bucket"
+    echo "- LOCKER binary: \`$LOCKER_BIN\` (built $(date -r "$LOCKER_BIN" '+%Y-%m-%d %H:%M'), repo at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes'))"
+  fi
+  if has rclone; then
+    echo "- rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}'): remote \`type = s3, provider = Other, env_auth = true, force_path_style = true\`, flags \`${RCLONE_FLAGS[*]}\` (as many uploads at once as LOCKER's \`uploads\` and \`parallel_parts\` defaults), otherwise default (5 MiB chunks)"
+  fi
+  echo "- Tools: $(cp --version | head -1), Python $("$VPY" -c 'import platform; print(platform.python_version())') with boto3 $("$VPY" -c 'import importlib.metadata as m; print(m.version("boto3"))') (scripts/lib/s3tool.py)"
+}
+
+section() {
+  local cmd n
+  cmd="scripts/bench-sync.sh"
+  [ ${#ORIG_ARGS[@]} -gt 0 ] && cmd+=" ${ORIG_ARGS[*]}"
+  echo "### Sync sidecar benchmark ($MODE run)"
+  echo
+  echo "- Command: \`$cmd\` (as root; ran in $((TOTAL_SECS / 60)) min $((TOTAL_SECS % 60)) s)"
+  echo "- Date: $(date '+%Y-%m-%d %H:%M %Z')"
+  if [ "$REPEAT" -gt 1 ]; then
+    echo "- Repeats: every workload ran $REPEAT times; each figure is the median"
+  else
+    echo "- Repeats: one run (use \`--repeat 3\` for medians)"
+  fi
+  machine_facts
+  echo "- Figures: throughputs (MiB/s or files/s = amount ÷ elapsed wall time, the elapsed time in brackets) and, for d, the latency in ms (range over all files in brackets). The LOCKER upload times include the configured upload_delay_ms = $UPLOAD_DELAY_MS (a file is sent once closed and quiet that long); d's LOCKER latency is from the return of the \`cp\` that closed the file to the first HEAD (10 ms polls) showing the object with its size, and rclone's is the whole run time of \`rclone copyto\`, process start-up included. LOCKER/rclone is a speed ratio (the inverse of the time ratio): above 1× LOCKER is faster."
+  for n in "${NOTES[@]}"; do echo "- Note: $n"; done
+  if [ $FAILURES -gt 0 ]; then
+    echo "- $FAILURES step(s) failed (FAIL in the table):"
+    printf '  - %s\n' "${FAIL_NOTES[@]}"
+  fi
+  echo
+  table
+}
+
+SECTION=$(section)
+echo
+printf '%s\n' "$SECTION"
+echo
+
+if [ $WRITE_MD -eq 1 ]; then
+  SECTION="$SECTION" MODE=$MODE python3 - "$MD_FILE" <<'EOF'
+import os, re, sys
+path, mode, body = sys.argv[1], os.environ["MODE"], os.environ["SECTION"]
+begin, end = "<!-- bench-sync:%s:begin -->" % mode, "<!-- bench-sync:%s:end -->" % mode
+block = "%s\n%s\n%s" % (begin, body.strip("\n"), end)
+try:
+    text = open(path).read()
+except FileNotFoundError:
+    text = "# Benchmarks\n"
+pat = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+if pat.search(text):
+    text = pat.sub(lambda m: block, text)
+elif mode == "full" and "<!-- bench-sync:quick:begin -->" in text:
+    text = text.replace("<!-- bench-sync:quick:begin -->", block + "\n\n<!-- bench-sync:quick:begin -->", 1)
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+open(path, "w").write(text)
+EOF
+  log "wrote the sync $MODE section of $MD_FILE"
+fi
+log "done in ${TOTAL_SECS}s; $FAILURES failed step(s)"
+[ $FAILURES -eq 0 ]
