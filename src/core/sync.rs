@@ -345,6 +345,11 @@ impl Locker {
         Ok(msync::due(&self.lock().conn, now, hurry, skip, limit)?)
     }
 
+    /// When the next queue entry becomes ready, if any waits.
+    pub fn sync_next_ready(&self) -> CoreResult<Option<i64>> {
+        Ok(msync::next_ready(&self.lock().conn, msync::now_ns())?)
+    }
+
     /// Every queue entry, oldest change first.
     pub fn sync_pending(&self) -> CoreResult<Vec<QueueEntry>> {
         Ok(msync::all_entries(&self.lock().conn)?)

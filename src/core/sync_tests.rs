@@ -299,7 +299,11 @@ fn only_blocks_a_backend_holds_are_evicted_and_they_come_back_checked() {
     assert_eq!(t.l.evict(0).unwrap(), 3);
     assert_eq!(t.l.block_store().bytes(), 0);
     assert_eq!(t.read_all(ino).unwrap(), data);
-    assert_eq!(*t.remote.ranges.lock().unwrap(), 1, "neighbouring blocks come in one ranged GET");
+    assert_eq!(
+        *t.remote.ranges.lock().unwrap(),
+        1,
+        "neighbouring blocks come in one ranged GET"
+    );
     assert_eq!(t.l.evict(0).unwrap(), 3);
     *t.remote.corrupt.lock().unwrap() = true;
     match t.read_all(ino) {

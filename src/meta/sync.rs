@@ -76,6 +76,16 @@ pub fn mark(
     Ok(())
 }
 
+/// When the next entry not yet ready at `now` becomes ready (ns since the
+/// epoch), if any waits.
+pub fn next_ready(conn: &Connection, now: i64) -> MetaResult<Option<i64>> {
+    conn.query_row(
+        "SELECT min(ready_ns) FROM sync_queue WHERE ready_ns > ?1",
+        [now],
+        |r| r.get(0),
+    )
+}
+
 pub fn max_seq(conn: &Connection) -> MetaResult<i64> {
     conn.query_row("SELECT coalesce(max(seq), 0) FROM sync_queue", [], |r| {
         r.get(0)

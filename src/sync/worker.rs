@@ -77,12 +77,25 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                 Err(e) => tracing::error!(error = %e, "reading the upload queue failed"),
             }
         }
+        // Sleep until a change comes in or the next entry becomes quiet
+        // enough (at most half a second, for retries and pauses).
+        let core = inner.core.clone();
+        let next = tokio::task::spawn_blocking(move || core.sync_next_ready())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let wait = match next {
+            Some(t) => Duration::from_nanos((t - now_ns()).clamp(2_000_000, 500_000_000) as u64),
+            None => Duration::from_millis(500),
+        };
         tokio::select! {
-            _ = inner.notify.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = inner.notify.notified() => {
+                // Let a burst of changes gather before the next look.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ = tokio::time::sleep(wait) => {}
         }
-        // Let a burst of changes gather before the next look at the queue.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
