@@ -88,6 +88,10 @@ pub struct Locker {
     waker: OnceLock<Arc<dyn Fn() + Send + Sync>>,
     /// Writers waiting for cache space.
     pressure: AtomicUsize,
+    /// Blocks being fetched from a backend right now, so concurrent readers
+    /// of one region wait for one fetch instead of each making their own.
+    fetching: Mutex<std::collections::HashSet<BlockId>>,
+    fetched: std::sync::Condvar,
 }
 
 enum Handle {
@@ -197,6 +201,8 @@ impl Locker {
             remote: OnceLock::new(),
             waker: OnceLock::new(),
             pressure: AtomicUsize::new(0),
+            fetching: Mutex::new(std::collections::HashSet::new()),
+            fetched: std::sync::Condvar::new(),
         };
         locker.ensure_root()?;
         locker.recover()?;

@@ -1148,19 +1148,29 @@ impl Locker {
     /// Fetches every committed block of `ino` that was evicted: a file
     /// about to change (or be hashed) needs all of them here.
     pub(crate) fn fetch_missing(&self, ino: InodeNo) -> CoreResult<()> {
-        let need: Vec<BlockRef> = {
-            let st = self.lock();
-            meta::file_blocks_from(&st.conn, ino, 0)?
-                .into_iter()
-                .map(|(_, r)| r)
-                .filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id))
-                .collect()
-        };
-        // In rounds, so the cache bound holds for a file larger than a round.
-        for chunk in need.chunks(16) {
-            self.fetch_blocks(ino, chunk)?;
+        for _ in 0..4 {
+            let need: Vec<BlockRef> = {
+                let st = self.lock();
+                meta::file_blocks_from(&st.conn, ino, 0)?
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id))
+                    .collect()
+            };
+            if need.is_empty() {
+                return Ok(());
+            }
+            // In rounds, so the cache bound holds for a file larger than a
+            // round.
+            for chunk in need.chunks(16) {
+                self.fetch_blocks(ino, chunk)?;
+            }
         }
-        Ok(())
+        tracing::error!(
+            inode = ino.0,
+            "blocks of a file could not all be fetched back"
+        );
+        Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
     }
 
     /// Makes room for `incoming` bytes of fetched blocks.
@@ -1175,6 +1185,42 @@ impl Locker {
     /// Fetches missing blocks `want` of file `ino` from the backend, checks
     /// each against its SHA-256 and stores it.
     pub(crate) fn fetch_blocks(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
+        // Blocks another reader is fetching already are waited for, not
+        // fetched twice.
+        let (mine, theirs): (Vec<BlockRef>, Vec<BlockRef>) = {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            let mut mine = Vec::new();
+            let mut theirs = Vec::new();
+            for b in want {
+                if f.contains(&b.id) {
+                    theirs.push(*b);
+                } else {
+                    f.insert(b.id);
+                    mine.push(*b);
+                }
+            }
+            (mine, theirs)
+        };
+        let r = if mine.is_empty() {
+            Ok(())
+        } else {
+            self.fetch_blocks_now(ino, &mine)
+        };
+        {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            for b in &mine {
+                f.remove(&b.id);
+            }
+            self.fetched.notify_all();
+            while theirs.iter().any(|b| f.contains(&b.id)) {
+                f = self.fetched.wait(f).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        // What the others failed to fetch, the caller's retry asks again.
+        r
+    }
+
+    fn fetch_blocks_now(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
         let source = self.remote.get().ok_or_else(|| {
             CoreError::Corrupt("a block is missing and no backend is attached".into())
         })?;
