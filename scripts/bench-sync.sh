@@ -30,6 +30,7 @@ export LC_ALL=C
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+. "$REPO/scripts/lib/bench-common.sh"
 HELPERS=$SCRIPT_DIR/bench
 S3TOOL=$SCRIPT_DIR/lib/s3tool.py
 DEFAULT_LOCKER_BIN=$REPO/target/release/locker
@@ -154,12 +155,6 @@ log() { printf '[bench-sync %4ds] %s\n' $((SECONDS - T_START)) "$*" >&4; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- teardown
-alive() {  # pid: running and not a zombie
-  local s
-  [ -n "$1" ] || return 1
-  s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$s" ] && [ "$s" != Z ]
-}
 
 stop_pid() {  # pid seconds: SIGTERM, wait, then SIGKILL; returns 1 if it had to kill
   local pid=$1 secs=$2 i rc=0
@@ -231,59 +226,14 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- helpers
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
-STEP_PID=
-step() {  # cmd...: run under a timeout, in the background so that a signal
-          # reaches this script's traps at once instead of after the command
-  timeout -k 10 "$STEP_TIMEOUT" "$@" 3>&- 4>&- &
-  STEP_PID=$!
-  wait "$STEP_PID"
-  local rc=$?
-  STEP_PID=
-  return $rc
-}
-
-ELAPSED=0
-timeit() {  # cmd...: runs it through step, sets ELAPSED (seconds)
-  local t0=$EPOCHREALTIME rc
-  step "$@"
-  rc=$?
-  ELAPSED=$(since "$t0")
-  return $rc
-}
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }'; }
-
 s3() { "$VPY" "$S3TOOL" --endpoint "$ENDPOINT" "$@"; }
 
-put() {  # metric contender value: one more sample
-  RES["$1|$2"]+="${RES["$1|$2"]:+ }$3"
-}
-put_timed() {  # metric contender count seconds: one more sample of count/seconds
-  SECS["$1|$2"]+="${SECS["$1|$2"]:+ }$4"
-  COUNT[$1]=$3
-}
 fail() {  # metric contender why
   FAILED["$1|$2"]=1
   FAIL_NOTES+=("$2: $1: $3")
   FAILURES=$((FAILURES + 1))
   log "$2: $1 FAILED: $3"
 }
-median() {  # samples...
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
-}
-value() {  # metric contender: median (of the times, for timed ones), FAIL, or empty
-  local s
-  if [ -n "${FAILED["$1|$2"]:-}" ]; then
-    echo FAIL
-  elif [ -n "${SECS["$1|$2"]:-}" ]; then
-    s=$(median ${SECS["$1|$2"]})
-    rate "${COUNT[$1]}" "$s"
-  else
-    median ${RES["$1|$2"]:-}
-  fi
-}
-rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", (s > 0 ? n / s : 0) }'; }
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -768,13 +718,6 @@ METRICS=(
   "cold_big|c. cold read of the ${SEQ_MB} MiB file, evicted (the upload's data dir remounted with a ${COLD_CACHE_MB} MiB cache, page cache dropped): cat; rclone cat|MiB/s|1|rate"
   "latency|d. ${LAT_SIZE} B file, close → object visible (HEAD), median of $LAT_FILES; rclone: copyto run time|ms|0|time"
 )
-fmt() {  # value decimals
-  case $1 in
-    FAIL) printf 'FAIL' ;;
-    '') printf -- '–' ;;
-    *) printf "%'.${2}f" "$1" ;;
-  esac
-}
 speed_ratio() {  # locker other kind: LOCKER's speed ÷ the other's
   case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
   [ -n "$1" ] && [ -n "$2" ] || { printf -- '–'; return; }

@@ -24,6 +24,7 @@ export LC_ALL=C
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+. "$REPO/scripts/lib/bench-common.sh"
 HELPERS=$SCRIPT_DIR/bench
 DEFAULT_LOCKER_BIN=$REPO/target/release/locker
 LOCKER_BIN=${LOCKER_BIN:-$DEFAULT_LOCKER_BIN}
@@ -135,11 +136,6 @@ log() { printf '[bench %4ds] %s\n' $((SECONDS - T_START)) "$*" >&4; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- teardown
-alive() {  # pid: running and not a zombie
-  local s
-  s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$s" ] && [ "$s" != Z ]
-}
 
 stop_daemon() {  # contender
   local c=$1 pid=${MPID[$1]:-} mnt=${MDIR[$1]:-} i
@@ -200,35 +196,6 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- helpers
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
-STEP_PID=
-step() {  # cmd...: run under a timeout, in the background so that a signal
-          # reaches this script's traps at once instead of after the command
-  timeout -k 10 "$STEP_TIMEOUT" "$@" 3>&- 4>&- &
-  STEP_PID=$!
-  wait "$STEP_PID"
-  local rc=$?
-  STEP_PID=
-  return $rc
-}
-
-ELAPSED=0
-timeit() {  # cmd...: runs it through step, sets ELAPSED (seconds)
-  local t0=$EPOCHREALTIME rc
-  step "$@"
-  rc=$?
-  ELAPSED=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.6f", b - a }')
-  return $rc
-}
-
-put() {  # metric contender value: one more sample
-  RES["$1|$2"]+="${RES["$1|$2"]:+ }$3"
-}
-put_timed() {  # metric contender count seconds: one more sample of count/seconds
-  SECS["$1|$2"]+="${SECS["$1|$2"]:+ }$4"
-  COUNT[$1]=$3
-}
 FAIL_NOTES=()
 fail() {  # metric contender why
   FAILED["$1|$2"]=1
@@ -236,21 +203,6 @@ fail() {  # metric contender why
   FAILURES=$((FAILURES + 1))
   log "$2: $1 FAILED: $3"
 }
-median() {  # samples...
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
-}
-value() {  # metric contender: median (of the times, for timed ones), FAIL, or empty
-  local s
-  if [ -n "${FAILED["$1|$2"]:-}" ]; then
-    echo FAIL
-  elif [ -n "${SECS["$1|$2"]:-}" ]; then
-    s=$(median ${SECS["$1|$2"]})
-    rate "${COUNT[$1]}" "$s"
-  else
-    median ${RES["$1|$2"]:-}
-  fi
-}
-rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", (s > 0 ? n / s : 0) }'; }
 
 fio_iops() {  # json-file rw
   python3 - "$1" "$2" <<'EOF'
@@ -565,13 +517,6 @@ GROUP_TITLES=(
   "4. Metadata ($META_FILES files of 4 KiB in $META_DIRS directories, scripts/bench/meta.py; each phase timed separately)"
   "5. Small files ($SMALL_FILES files in $SMALL_DIRS directories, $((SMALL_BYTES / 1048576)) MiB, deterministic tar)"
 )
-fmt() {  # value decimals
-  case $1 in
-    FAIL) printf 'FAIL' ;;
-    '') printf -- '–' ;;
-    *) printf "%'.${2}f" "$1" ;;
-  esac
-}
 ratio() {  # a b
   case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
   [ -n "$1" ] && [ -n "$2" ] || { printf -- '–'; return; }

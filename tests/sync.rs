@@ -380,7 +380,12 @@ fn remote_changes_appear_and_conflicts_keep_both_versions() {
     m.wait_drained(DRAIN);
     m.status(true);
     m.wait_drained(DRAIN);
-    assert_eq!(std::fs::read(corp.join("c.txt")).unwrap(), b"theirs");
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(corp.join("c.txt")).unwrap()),
+        "theirs",
+        "log:\n{}",
+        m.log_text()
+    );
     let conflict: Vec<PathBuf> = std::fs::read_dir(&corp)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -396,6 +396,62 @@ impl S3Backend {
         Ok(())
     }
 
+    /// Starts a multipart upload of `full` (a key with the prefix).
+    async fn create_upload(&self, full: &str, map: HashMap<String, String>) -> BResult<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .set_metadata(Some(map))
+            .send()
+            .await
+            .map_err(|e| classify("start upload of", full, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| BackendError::transient(format!("start upload of {full}: no upload id")))
+    }
+
+    async fn abort_upload(&self, full: &str, id: &str) {
+        let _ = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(id)
+            .send()
+            .await;
+    }
+
+    /// Completes a multipart upload of `full`, subject to `cond`; returns
+    /// the object's ETag.
+    async fn complete_upload(
+        &self,
+        full: &str,
+        id: &str,
+        parts: Vec<CompletedPart>,
+        cond: &Cond,
+    ) -> BResult<String> {
+        let (if_match, if_none) = cond_headers(cond);
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(id)
+            .set_if_match(if_match)
+            .set_if_none_match(if_none)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("complete upload of", full, e))?;
+        Ok(unquote(out.e_tag().unwrap_or("")))
+    }
+
     pub async fn multipart_begin(
         &self,
         key: &str,
@@ -403,21 +459,10 @@ impl S3Backend {
         meta: &ObjMeta,
     ) -> BResult<Multipart> {
         let full = self.full(key)?;
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .set_metadata(Some(meta_map(meta)))
-            .send()
-            .await
-            .map_err(|e| classify("start upload of", &full, e))?;
-        let id = out.upload_id().ok_or_else(|| {
-            BackendError::transient(format!("start upload of {full}: no upload id"))
-        })?;
+        let id = self.create_upload(&full, meta_map(meta)).await?;
         Ok(Multipart {
             key: key.to_string(),
-            id: id.to_string(),
+            id,
             meta: meta.clone(),
             cond: Cond::Any,
         })
@@ -469,25 +514,11 @@ impl S3Backend {
                     .build()
             })
             .collect();
-        let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .upload_id(&mp.id)
-            .set_if_match(cond_headers(&mp.cond).0)
-            .set_if_none_match(cond_headers(&mp.cond).1)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| classify("complete upload of", &full, e))?;
+        let etag = self
+            .complete_upload(&full, &mp.id, completed, &mp.cond)
+            .await?;
         // The ETag of a multipart object is the MD5 of the parts' MD5s,
         // "-" and the number of parts.
-        let etag = unquote(out.e_tag().unwrap_or(""));
         let mut h = Md5::new();
         let mut ok = true;
         for (_, e) in &parts {
@@ -519,14 +550,7 @@ impl S3Backend {
 
     pub async fn multipart_abort(&self, mp: &Multipart) {
         if let Ok(full) = self.full(&mp.key) {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&full)
-                .upload_id(&mp.id)
-                .send()
-                .await;
+            self.abort_upload(&full, &mp.id).await;
         }
     }
 
@@ -774,19 +798,7 @@ impl S3Backend {
         size: u64,
         map: HashMap<String, String>,
     ) -> BResult<String> {
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(to)
-            .set_metadata(Some(map))
-            .send()
-            .await
-            .map_err(|e| classify("start copy to", to, e))?;
-        let id = out
-            .upload_id()
-            .ok_or_else(|| BackendError::transient(format!("start copy to {to}: no upload id")))?
-            .to_string();
+        let id = self.create_upload(to, map).await?;
         let mut parts = Vec::new();
         let mut off = 0u64;
         let mut n = 1i32;
@@ -819,31 +831,10 @@ impl S3Backend {
         }
         .await;
         if let Err(e) = r {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(to)
-                .upload_id(&id)
-                .send()
-                .await;
+            self.abort_upload(to, &id).await;
             return Err(e);
         }
-        let done = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(to)
-            .upload_id(&id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| classify("complete copy to", to, e))?;
-        Ok(unquote(done.e_tag().unwrap_or("")))
+        self.complete_upload(to, &id, parts, &Cond::Any).await
     }
 
     pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {

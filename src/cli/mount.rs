@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::config::{Config, default_data_dir, is_root};
+use crate::core::sync::Invalidate;
 use crate::core::{Locker, LockerOptions};
 use crate::datadir::DataDir;
 use crate::fuse::LockerFs;
@@ -74,6 +75,18 @@ pub fn run(
     let mut session = fuser::Session::new(LockerFs::new(core.clone()), mountpoint, &fuse_cfg)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let notifier = session.notifier();
+    core.set_invalidator(Arc::new(move |list: &[Invalidate]| {
+        for i in list {
+            // ENOENT: the kernel did not cache it; nothing to drop.
+            let _ = match i {
+                Invalidate::Entry(dir, name) => {
+                    notifier.inval_entry(fuser::INodeNo(dir.0), std::ffi::OsStr::from_bytes(name))
+                }
+                Invalidate::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
+            };
+        }
+    }));
     tracing::info!(
         mountpoint = %mountpoint.display(),
         data_dir = %dir.path().display(),

@@ -86,6 +86,8 @@ pub struct Locker {
     remote: OnceLock<Arc<dyn sync::RemoteSource>>,
     /// Wakes the sidecar after a change.
     waker: OnceLock<Arc<dyn Fn() + Send + Sync>>,
+    /// Tells the kernel what a change from a backend made stale.
+    invalidator: OnceLock<Arc<dyn Fn(&[sync::Invalidate]) + Send + Sync>>,
     /// Writers waiting for cache space.
     pressure: AtomicUsize,
     /// Blocks being fetched from a backend right now, so concurrent readers
@@ -200,6 +202,7 @@ impl Locker {
             opts,
             remote: OnceLock::new(),
             waker: OnceLock::new(),
+            invalidator: OnceLock::new(),
             pressure: AtomicUsize::new(0),
             fetching: Mutex::new(std::collections::HashSet::new()),
             fetched: std::sync::Condvar::new(),

@@ -37,6 +37,15 @@ pub trait RemoteSource: Send + Sync {
     ) -> Result<Vec<Vec<u8>>, String>;
 }
 
+/// Something the kernel may cache that a change from a backend made stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidate {
+    /// The name in the directory.
+    Entry(InodeNo, Vec<u8>),
+    /// The inode's attributes and data.
+    Inode(InodeNo),
+}
+
 /// A path's directory, last name and entry (if there is one).
 type Found = (InodeNo, Vec<u8>, Option<meta::InodeRow>);
 
@@ -314,6 +323,12 @@ impl Locker {
     /// Installs the reader of the backends.
     pub fn set_remote(&self, source: Arc<dyn RemoteSource>) {
         let _ = self.remote.set(source);
+    }
+
+    /// Installs what tells the kernel to drop cached names and data that a
+    /// change from a backend made stale.
+    pub fn set_invalidator(&self, f: Arc<dyn Fn(&[Invalidate]) + Send + Sync>) {
+        let _ = self.invalidator.set(f);
     }
 
     /// Installs what wakes the sidecar after a change.
@@ -793,6 +808,19 @@ impl Locker {
         row: RemoteRow,
         started: i64,
     ) -> CoreResult<Applied> {
+        let before = self.kernel_view(ns, path)?;
+        let r = self.apply_remote_inner(ns, path, row, started)?;
+        self.tell_kernel(ns, path, before, &r)?;
+        Ok(r)
+    }
+
+    fn apply_remote_inner(
+        &self,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+        started: i64,
+    ) -> CoreResult<Applied> {
         let mut st = self.lock();
         let st = &mut *st;
         if msync::get_entry(&st.conn, ns, path)?.is_some() {
@@ -909,6 +937,13 @@ impl Locker {
     /// Applies the disappearance from the backend of `ns/path`: the local
     /// entry goes too if it is unchanged since the backend had it.
     pub fn apply_remote_gone(&self, ns: &str, path: &[u8], started: i64) -> CoreResult<Applied> {
+        let before = self.kernel_view(ns, path)?;
+        let r = self.apply_remote_gone_inner(ns, path, started)?;
+        self.tell_kernel(ns, path, before, &r)?;
+        Ok(r)
+    }
+
+    fn apply_remote_gone_inner(&self, ns: &str, path: &[u8], started: i64) -> CoreResult<Applied> {
         let mut st = self.lock();
         let st = &mut *st;
         if msync::get_entry(&st.conn, ns, path)?.is_some() {
@@ -973,6 +1008,75 @@ impl Locker {
     /// this side changed too: the local version moves to a conflict name
     /// (and is uploaded there); the backend's version takes the path.
     pub fn sync_conflict(
+        &self,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+    ) -> CoreResult<Option<Vec<u8>>> {
+        let before = self.kernel_view(ns, path)?;
+        let r = self.sync_conflict_inner(ns, path, row)?;
+        if let Some(moved) = &r {
+            self.tell_kernel(ns, path, before, &Applied::Conflict(moved.clone()))?;
+        }
+        Ok(r)
+    }
+
+    /// The kernel's possible view of `ns/path`: each (directory, name) along
+    /// it, and the inode at the end if there is one.
+    fn kernel_view(&self, ns: &str, path: &[u8]) -> CoreResult<Vec<Invalidate>> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        let Some(mut cur) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(out);
+        };
+        for comp in path.split(|&b| b == b'/') {
+            out.push(Invalidate::Entry(cur, comp.to_vec()));
+            match meta::lookup(&st.conn, cur, comp)? {
+                Some(next) => cur = next,
+                None => return Ok(out),
+            }
+        }
+        out.push(Invalidate::Inode(cur));
+        Ok(out)
+    }
+
+    /// Changes made from a backend happened behind the kernel's back: drop
+    /// what it caches of the names and inodes involved (before and after),
+    /// so that readers see them at once.
+    fn tell_kernel(
+        &self,
+        ns: &str,
+        path: &[u8],
+        before: Vec<Invalidate>,
+        r: &Applied,
+    ) -> CoreResult<()> {
+        if matches!(r, Applied::Skipped | Applied::Unchanged) {
+            return Ok(());
+        }
+        let Some(inval) = self.invalidator.get() else {
+            return Ok(());
+        };
+        let mut all = before;
+        let after = self.kernel_view(ns, path)?;
+        if let (Applied::Conflict(moved), Some(Invalidate::Entry(dir, _))) = (
+            r,
+            after
+                .iter()
+                .rev()
+                .find(|i| matches!(i, Invalidate::Entry(..))),
+        ) {
+            all.push(Invalidate::Entry(*dir, moved.clone()));
+        }
+        for i in after {
+            if !all.contains(&i) {
+                all.push(i);
+            }
+        }
+        inval(&all);
+        Ok(())
+    }
+
+    fn sync_conflict_inner(
         &self,
         ns: &str,
         path: &[u8],

@@ -5,34 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::sync::{LocalEntry, RemoteSource};
+use super::tests::{ME, pattern, rw};
 use super::*;
 use crate::blocks::BLOCK_SIZE;
 use crate::meta::sync::{REMOTE_FILE, RemoteRow, now_ns};
-
-const ME: Caller = Caller {
-    uid: 1000,
-    gid: 1000,
-    pid: 0,
-};
-
-fn rw() -> OpenMode {
-    OpenMode {
-        write: true,
-        ..Default::default()
-    }
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn sha(data: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};

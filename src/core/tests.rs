@@ -5,13 +5,13 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::blocks::BLOCK_SIZE;
 
-const ME: Caller = Caller {
+pub(super) const ME: Caller = Caller {
     uid: 1000,
     gid: 1000,
     pid: 0,
 };
 
-fn rw() -> OpenMode {
+pub(super) fn rw() -> OpenMode {
     OpenMode {
         write: true,
         ..Default::default()
@@ -76,7 +76,7 @@ impl T {
     }
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..len)
         .map(|_| {

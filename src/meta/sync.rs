@@ -202,22 +202,23 @@ pub fn stats(conn: &Connection) -> MetaResult<Vec<QueueStats>> {
     rows.collect()
 }
 
-fn remote_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RemoteRow> {
-    let sha: Option<Vec<u8>> = r.get(3)?;
-    let ms: Option<i64> = r.get(4)?;
-    let mn: Option<i64> = r.get(5)?;
+/// A remote row from the `REMOTE_COLS` of `r`, starting at column `at`.
+fn remote_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RemoteRow> {
+    let sha: Option<Vec<u8>> = r.get(at + 3)?;
+    let ms: Option<i64> = r.get(at + 4)?;
+    let mn: Option<i64> = r.get(at + 5)?;
     Ok(RemoteRow {
-        kind: r.get(0)?,
-        size: r.get::<_, i64>(1)? as u64,
-        etag: r.get(2)?,
+        kind: r.get(at)?,
+        size: r.get::<_, i64>(at + 1)? as u64,
+        etag: r.get(at + 2)?,
         sha256: sha.and_then(|s| s.try_into().ok()),
         mtime: ms.map(|sec| Timestamp {
             sec,
             nsec: mn.unwrap_or(0) as u32,
         }),
-        mode: r.get::<_, Option<i64>>(6)?.map(|m| m as u32),
-        target: r.get(7)?,
-        at_ns: r.get(8)?,
+        mode: r.get::<_, Option<i64>>(at + 6)?.map(|m| m as u32),
+        target: r.get(at + 7)?,
+        at_ns: r.get(at + 8)?,
     })
 }
 
@@ -226,7 +227,7 @@ const REMOTE_COLS: &str = "kind, size, etag, sha256, mtime_s, mtime_ns, mode, ta
 pub fn get_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<RemoteRow>> {
     let sql = format!("SELECT {REMOTE_COLS} FROM remote WHERE ns = ?1 AND path = ?2");
     conn.prepare_cached(&sql)?
-        .query_row(params![ns, path], remote_from)
+        .query_row(params![ns, path], |r| remote_at(r, 0))
         .optional()
 }
 
@@ -234,29 +235,7 @@ pub fn get_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option
 pub fn remote_rows(conn: &Connection, ns: &str) -> MetaResult<Vec<(Vec<u8>, RemoteRow)>> {
     let sql = format!("SELECT path, {REMOTE_COLS} FROM remote WHERE ns = ?1");
     let mut st = conn.prepare(&sql)?;
-    let rows = st.query_map([ns], |r| {
-        let path: Vec<u8> = r.get(0)?;
-        // Shift the row by one column for remote_from.
-        let sha: Option<Vec<u8>> = r.get(4)?;
-        let ms: Option<i64> = r.get(5)?;
-        let mn: Option<i64> = r.get(6)?;
-        Ok((
-            path,
-            RemoteRow {
-                kind: r.get(1)?,
-                size: r.get::<_, i64>(2)? as u64,
-                etag: r.get(3)?,
-                sha256: sha.and_then(|s| s.try_into().ok()),
-                mtime: ms.map(|sec| Timestamp {
-                    sec,
-                    nsec: mn.unwrap_or(0) as u32,
-                }),
-                mode: r.get::<_, Option<i64>>(7)?.map(|m| m as u32),
-                target: r.get(8)?,
-                at_ns: r.get(9)?,
-            },
-        ))
-    })?;
+    let rows = st.query_map([ns], |r| Ok((r.get(0)?, remote_at(r, 1)?)))?;
     rows.collect()
 }
 

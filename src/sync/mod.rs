@@ -48,6 +48,11 @@ pub(crate) struct Inner {
     pub health: Mutex<HashMap<String, NsHealth>>,
     pub refresh_now: tokio::sync::Notify,
     pub refresh_done: tokio::sync::Notify,
+    /// Refreshes asked for, and the count that the last finished refresh
+    /// had seen when it started: a request is served by a refresh that
+    /// began after it, and only one.
+    pub refresh_asked: std::sync::atomic::AtomicU64,
+    pub refresh_served: std::sync::atomic::AtomicU64,
     pub cache_limit: u64,
 }
 
@@ -234,6 +239,8 @@ impl Sidecar {
             health: Mutex::new(HashMap::new()),
             refresh_now: tokio::sync::Notify::new(),
             refresh_done: tokio::sync::Notify::new(),
+            refresh_asked: std::sync::atomic::AtomicU64::new(0),
+            refresh_served: std::sync::atomic::AtomicU64::new(0),
             cache_limit: cfg.cache.size_mb << 20,
         });
         core.set_remote(Arc::new(Fetcher {

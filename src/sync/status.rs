@@ -102,11 +102,21 @@ fn answer(
     if line.trim() == "refresh" {
         let inner2 = inner.clone();
         handle.block_on(async move {
-            let done = inner2.refresh_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
+            use std::sync::atomic::Ordering;
+            let want = inner2.refresh_asked.fetch_add(1, Ordering::SeqCst) + 1;
             inner2.refresh_now.notify_one();
-            let _ = tokio::time::timeout(Duration::from_secs(300), done).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+            while inner2.refresh_served.load(Ordering::SeqCst) < want {
+                let done = inner2.refresh_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if inner2.refresh_served.load(Ordering::SeqCst) >= want {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    break;
+                }
+            }
         });
     }
     let st = collect(inner);

@@ -510,8 +510,10 @@ async fn upload(
 }
 
 pub(crate) async fn run_refresh(inner: Arc<Inner>) {
+    use std::sync::atomic::Ordering;
     let interval = inner.cfg.refresh_interval_s;
     loop {
+        let asked = inner.refresh_asked.load(Ordering::SeqCst);
         let core = inner.core.clone();
         let names = tokio::task::spawn_blocking(move || core.namespaces())
             .await
@@ -534,15 +536,22 @@ pub(crate) async fn run_refresh(inner: Arc<Inner>) {
                 }
             }
         }
+        inner.refresh_served.store(asked, Ordering::SeqCst);
         inner.refresh_done.notify_waiters();
         let wait = if interval == 0 {
             Duration::from_secs(365 * 24 * 3600)
         } else {
             Duration::from_secs(interval)
         };
-        tokio::select! {
-            _ = inner.refresh_now.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+        let timer = tokio::time::sleep(wait);
+        tokio::pin!(timer);
+        // Until the interval passes or a refresh is asked for that this
+        // one did not serve (a stale wake-up does not start another).
+        while inner.refresh_asked.load(Ordering::SeqCst) == asked {
+            tokio::select! {
+                _ = inner.refresh_now.notified() => {}
+                _ = &mut timer => break,
+            }
         }
     }
 }
