@@ -87,7 +87,7 @@ pub struct Locker {
     /// Wakes the sidecar after a change.
     waker: OnceLock<Arc<dyn Fn() + Send + Sync>>,
     /// Tells the kernel what a change from a backend made stale.
-    invalidator: OnceLock<Arc<dyn Fn(&[sync::Invalidate]) + Send + Sync>>,
+    invalidator: OnceLock<sync::Invalidator>,
     /// Writers waiting for cache space.
     pressure: AtomicUsize,
     /// Blocks being fetched from a backend right now, so concurrent readers

@@ -46,6 +46,9 @@ pub enum Invalidate {
     Inode(InodeNo),
 }
 
+/// What tells the kernel to drop what it caches (the mount installs it).
+pub type Invalidator = Arc<dyn Fn(&[Invalidate]) + Send + Sync>;
+
 /// A path's directory, last name and entry (if there is one).
 type Found = (InodeNo, Vec<u8>, Option<meta::InodeRow>);
 
@@ -327,7 +330,7 @@ impl Locker {
 
     /// Installs what tells the kernel to drop cached names and data that a
     /// change from a backend made stale.
-    pub fn set_invalidator(&self, f: Arc<dyn Fn(&[Invalidate]) + Send + Sync>) {
+    pub fn set_invalidator(&self, f: Invalidator) {
         let _ = self.invalidator.set(f);
     }
 
