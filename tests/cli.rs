@@ -149,3 +149,30 @@ fn init_writes_the_default_config_and_refuses_to_overwrite() {
     assert_eq!(names, ["corp", "deck", "emails", "factory", "hst"]);
     assert!(st.success());
 }
+
+#[test]
+fn fsck_checks_a_stopped_store_and_refuses_a_running_one() {
+    let (ok, err) = run(&["fsck", "--data-dir", "/nonexistent/locker-data"]);
+    assert!(!ok && err.contains("holds no LOCKER store"), "{err}");
+    let mut m = common::Mount::new();
+    std::fs::write(m.corp().join("f.bin"), common::pattern(3 << 20, 9)).unwrap();
+    let data = m.data.to_str().unwrap().to_string();
+    let (ok, err) = run(&["fsck", "--data-dir", &data]);
+    assert!(!ok, "fsck ran beside the daemon");
+    assert!(
+        err.contains("in use") || err.contains("lock") || err.contains("running"),
+        "{err}"
+    );
+    m.stop();
+    let out = Command::new(BIN)
+        .args(["fsck", "--data-dir", &data])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 blocks checked, 0 damaged"), "{text}");
+}

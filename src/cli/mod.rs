@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+mod fsck;
 mod init;
 mod mount;
 mod status;
@@ -49,6 +50,18 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Re-check every block of a stopped store against its SHA-256: damaged
+    /// blocks are removed (fetched back from the backend when read, if it
+    /// holds them) and files whose data is lost are listed. Exits 1 if
+    /// anything was damaged or missing.
+    Fsck {
+        /// Configuration file (to find the data directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write the default configuration, with comments, to a file.
     Init {
         /// Where to write it (default: /etc/locker/locker.toml as root,
@@ -69,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
         } => mount::run(&mountpoint, config.as_deref(), data_dir.as_deref()),
         Command::Init { output, force } => init::run(output.as_deref(), force),
+        Command::Fsck { config, data_dir } => fsck::run(config.as_deref(), data_dir.as_deref()),
         Command::Status {
             json,
             refresh,

@@ -17,6 +17,7 @@
 
 pub mod error;
 mod file;
+pub mod fsck;
 mod hasher;
 mod inode;
 pub mod namespace;

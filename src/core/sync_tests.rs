@@ -487,3 +487,37 @@ fn renames_back_and_forth_leave_no_waiting_cycle() {
         t.l.sync_pending().unwrap()
     );
 }
+
+#[test]
+fn fsck_finds_damaged_blocks_and_the_backend_heals_them() {
+    let t = new();
+    let ns = t.ns();
+    let synced = pattern(3 * BLOCK_SIZE as usize, 31);
+    let dirty = pattern(2 * BLOCK_SIZE as usize, 32);
+    let a = t.put(ns, b"synced", &synced);
+    t.confirm("synced");
+    t.put(ns, b"dirty", &dirty);
+    assert_eq!(
+        t.l.fsck().unwrap(),
+        fsck::FsckReport {
+            checked: 5,
+            ..Default::default()
+        }
+    );
+    // Damage one block of each file on disk.
+    let damage = |data: &[u8]| {
+        let id = crate::blocks::BlockId::of(&data[..BLOCK_SIZE as usize]);
+        let h = id.hex();
+        let p = t._dir.path().join("blocks/v1").join(&h[..2]).join(&h);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&p, bytes).unwrap();
+    };
+    damage(&synced);
+    damage(&dirty);
+    let r = t.l.fsck().unwrap();
+    assert_eq!((r.corrupt, r.recoverable), (2, 1), "{r:?}");
+    assert_eq!(r.lost, ["corp/dirty"]);
+    // The synced file reads whole again, its block fetched back and checked.
+    assert_eq!(t.read_all(a).unwrap(), synced);
+}
