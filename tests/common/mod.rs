@@ -61,32 +61,25 @@ fn force_unmount(p: &Path) {
 impl Mount {
     /// Mounts a fresh store.
     pub fn new() -> Mount {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mnt = dir.path().join("mnt");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&mnt).unwrap();
-        let log = dir.path().join("locker.log");
-        let mut m = Mount {
-            dir,
-            mnt,
-            data,
-            child: None,
-            log,
-            args: Vec::new(),
-            env: Vec::new(),
-        };
-        m.start(&[]);
-        m
+        Mount::fresh(None, &[])
     }
 
     /// Mounts a fresh store with this configuration and environment.
     pub fn with_config(config: &str, env: &[(String, String)]) -> Mount {
+        Mount::fresh(Some(config), env)
+    }
+
+    fn fresh(config: Option<&str>, env: &[(String, String)]) -> Mount {
         let dir = tempfile::tempdir().expect("tempdir");
         let mnt = dir.path().join("mnt");
         let data = dir.path().join("data");
         std::fs::create_dir(&mnt).unwrap();
-        let cfg = dir.path().join("locker.toml");
-        std::fs::write(&cfg, config).unwrap();
+        let mut args = Vec::new();
+        if let Some(config) = config {
+            let cfg = dir.path().join("locker.toml");
+            std::fs::write(&cfg, config).unwrap();
+            args = vec!["--config".into(), cfg.display().to_string()];
+        }
         let log = dir.path().join("locker.log");
         let mut m = Mount {
             dir,
@@ -94,7 +87,7 @@ impl Mount {
             data,
             child: None,
             log,
-            args: vec!["--config".into(), cfg.display().to_string()],
+            args,
             env: env.to_vec(),
         };
         m.start(&[]);
