@@ -74,6 +74,24 @@ write_timeout_s = 60
 #   prefix = ""
 #   path_style = false
 #   credentials_file = "/etc/locker/r2.credentials"
+
+# The HTTP API (PUT/GET/DELETE /api/files/..., signed URLs, references) is
+# served when an [api] section is present; `locker serve` serves it without
+# a mount. Keys and the signing secret come from the environment or 0600
+# files, never from this file.
+#   [api]
+#   listen = "127.0.0.1:7070"
+#   public_url = "https://files.example.com"
+#   max_body_mb = 5120
+#   max_expires_in_s = 604800
+#   default_expires_in_s = 3600
+#   signing_key_env = "LOCKER_SIGNING_KEY"        # else signing_key_file,
+#   # signing_key_file = "/etc/locker/signing.key" # else <data_dir>/signing.key
+#   shutdown_grace_s = 30
+#   [api.keys.invoicing]
+#   namespaces = ["corp"]        # or ["*"]
+#   write = true
+#   key_env = "LOCKER_API_KEY_INVOICING"          # or key_file = "/etc/locker/invoicing.key"
 [namespaces.corp]
 [namespaces.deck]
 [namespaces.emails]
@@ -93,6 +111,165 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// The HTTP API; served only when the section is present.
+    pub api: Option<ApiConfig>,
+}
+
+/// The HTTP API. Key material and the URL-signing secret never live here:
+/// they come from the environment or from 0600 files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address and port to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Base of the `url` and `signed_url` the API returns (scheme, host and
+    /// an optional path prefix). Default: `http://` + `listen`.
+    pub public_url: Option<String>,
+    /// Largest request body (file) accepted, in MiB.
+    #[serde(default = "default_max_body_mb")]
+    pub max_body_mb: u64,
+    /// Longest lifetime of a signed URL, in seconds.
+    #[serde(default = "default_max_expires")]
+    pub max_expires_in_s: u64,
+    /// Lifetime of a signed URL when the request does not give one.
+    #[serde(default = "default_expires")]
+    pub default_expires_in_s: u64,
+    /// The URL-signing secret: this environment variable if set, else this
+    /// file (mode 0600), else `<data_dir>/signing.key` (made at first use).
+    #[serde(default = "default_signing_env")]
+    pub signing_key_env: String,
+    pub signing_key_file: Option<PathBuf>,
+    /// At shutdown, how long requests in flight may take to finish.
+    #[serde(default = "default_grace_s")]
+    pub shutdown_grace_s: u64,
+    /// API keys by name.
+    #[serde(default)]
+    pub keys: BTreeMap<String, ApiKeyConfig>,
+}
+
+/// One API key: what it may touch; its material comes from `key_env`
+/// (default `LOCKER_API_KEY_<NAME>`) or `key_file` (mode 0600).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Namespaces the key may use; `"*"` for all.
+    pub namespaces: Vec<String>,
+    /// Whether it may PUT and DELETE (otherwise read only).
+    #[serde(default)]
+    pub write: bool,
+    pub key_env: Option<String>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl ApiKeyConfig {
+    /// The environment variable that holds the key, when no file is named.
+    pub fn env_name(&self, name: &str) -> String {
+        self.key_env.clone().unwrap_or_else(|| {
+            let up: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("LOCKER_API_KEY_{up}")
+        })
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7070".into()
+}
+fn default_max_body_mb() -> u64 {
+    5 << 10
+}
+fn default_max_expires() -> u64 {
+    7 * 24 * 3600
+}
+fn default_expires() -> u64 {
+    3600
+}
+fn default_signing_env() -> String {
+    "LOCKER_SIGNING_KEY".into()
+}
+fn default_grace_s() -> u64 {
+    30
+}
+
+impl ApiConfig {
+    /// The public base URL without a trailing '/'.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    fn check(&self, namespaces: &BTreeMap<String, NamespaceConfig>) -> Result<(), String> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "api.listen = {:?}: expected an address and port such as \"127.0.0.1:7070\"",
+                self.listen
+            ));
+        }
+        if let Some(u) = &self.public_url {
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"));
+            match rest {
+                Some(r) if !r.is_empty() && !r.starts_with('/') && !u.contains(['?', '#']) => {}
+                _ => {
+                    return Err(format!(
+                        "api.public_url = {u:?}: expected http(s)://host[:port][/prefix]"
+                    ));
+                }
+            }
+        }
+        if self.max_body_mb == 0 {
+            return Err("api.max_body_mb must be at least 1".into());
+        }
+        if self.max_expires_in_s == 0
+            || self.default_expires_in_s == 0
+            || self.default_expires_in_s > self.max_expires_in_s
+        {
+            return Err(
+                "api: default_expires_in_s must be between 1 and max_expires_in_s".into(),
+            );
+        }
+        for (name, k) in &self.keys {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "api.keys.{name:?}: a key name is letters, digits, '-' or '_'"
+                ));
+            }
+            if k.key_env.is_some() && k.key_file.is_some() {
+                return Err(format!(
+                    "api.keys.{name}: give `key_env` or `key_file`, not both"
+                ));
+            }
+            if k.namespaces.is_empty() {
+                return Err(format!(
+                    "api.keys.{name}: `namespaces` is empty; list namespaces or \"*\""
+                ));
+            }
+            for ns in &k.namespaces {
+                if ns != "*" && !namespaces.contains_key(ns) {
+                    return Err(format!(
+                        "api.keys.{name}: namespace {ns:?} is not configured"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,6 +594,9 @@ impl Config {
                 "mount.threads = {}: must be 1 to 64",
                 cfg.mount.threads
             )));
+        }
+        if let Some(api) = &cfg.api {
+            api.check(&cfg.namespaces).map_err(invalid)?;
         }
         if cfg.mount.dirty_memory_mb == Some(0) {
             return Err(invalid("mount.dirty_memory_mb must be at least 1".into()));

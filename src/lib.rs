@@ -2,11 +2,13 @@
 //! hold plain files whose content lives in a content-addressed block store on
 //! local disk, with metadata in SQLite.
 //!
-//! Dependencies point one way: `fuse`, `cli` → `core` → {`meta`, `blocks`};
+//! Dependencies point one way: `fuse`, `api`, `cli` → `core` → {`meta`, `blocks`};
 //! `sync` (the sidecar) → {`core`, `backend`}. The core reaches the
 //! backends only through the `RemoteSource` trait the sidecar installs.
-//! The core knows nothing about FUSE; the FUSE glue holds no filesystem logic.
+//! The core knows nothing about FUSE or HTTP; the FUSE glue and the API hold
+//! no filesystem logic.
 
+pub mod api;
 pub mod backend;
 pub mod blocks;
 pub mod cli;

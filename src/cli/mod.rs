@@ -1,8 +1,11 @@
 //! The command line: one file per subcommand.
 
+mod daemon;
 mod fsck;
 mod init;
 mod mount;
+mod refs;
+mod serve;
 mod status;
 
 use std::path::PathBuf;
@@ -27,6 +30,44 @@ pub enum Command {
     Mount {
         /// Directory to mount on (must exist).
         mountpoint: PathBuf,
+        /// Configuration file (default: the embedded configuration).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Serve the HTTP API (config section [api]) and push changes to the
+    /// backends, without mounting, until SIGINT or SIGTERM.
+    Serve {
+        /// Configuration file (default: the embedded configuration).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the locker:// reference of a file in a LOCKER mount.
+    Ref {
+        /// A path inside the mount.
+        path: PathBuf,
+    },
+    /// Print the path in the mount of a locker:// reference.
+    Resolve {
+        /// A reference: locker://namespace/path.
+        reference: String,
+        /// The LOCKER mount to use (default: the only one active).
+        #[arg(long)]
+        mountpoint: Option<PathBuf>,
+    },
+    /// Print a signed URL for a file: anyone can GET it until it expires,
+    /// without an API key. Uses the daemon's public URL and signing key.
+    Sign {
+        /// A file in the mount, a locker:// reference, or namespace/path.
+        path: String,
+        /// Lifetime: seconds, or a number with s, m, h or d.
+        #[arg(long, default_value = "1h")]
+        expires: String,
         /// Configuration file (default: the embedded configuration).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -81,6 +122,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             data_dir,
         } => mount::run(&mountpoint, config.as_deref(), data_dir.as_deref()),
+        Command::Serve { config, data_dir } => serve::run(config.as_deref(), data_dir.as_deref()),
+        Command::Ref { path } => refs::reference(&path),
+        Command::Resolve {
+            reference,
+            mountpoint,
+        } => refs::resolve(&reference, mountpoint.as_deref()),
+        Command::Sign {
+            path,
+            expires,
+            config,
+            data_dir,
+        } => refs::sign(&path, &expires, config.as_deref(), data_dir.as_deref()),
         Command::Init { output, force } => init::run(output.as_deref(), force),
         Command::Fsck { config, data_dir } => fsck::run(config.as_deref(), data_dir.as_deref()),
         Command::Status {

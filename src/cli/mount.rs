@@ -1,22 +1,20 @@
-//! `locker mount`: checks its inputs, opens the core, mounts, and serves in
-//! the foreground until a signal or an external unmount; then commits every
-//! open file, makes the store durable and exits.
+//! `locker mount`: checks its inputs, opens the store (core, sidecar, and
+//! the HTTP API if configured), mounts, and serves in the foreground until a
+//! signal or an external unmount; then stops the API, commits every open
+//! file, pushes what is queued and exits.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::config::{Config, default_data_dir, is_root};
+use super::daemon;
+use crate::config::is_root;
 use crate::core::sync::Invalidate;
-use crate::core::{Locker, LockerOptions};
-use crate::datadir::DataDir;
 use crate::fuse::LockerFs;
-use crate::sync::Sidecar;
 
 enum Event {
     Signal(i32),
@@ -28,36 +26,13 @@ pub fn run(
     config: Option<&Path>,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let cfg = match config {
-        Some(p) => Config::load(p)?,
-        None => Config::default_config(),
-    };
+    let cfg = daemon::load_config(config)?;
     check_mountpoint(mountpoint)?;
-    let data_path = data_dir
-        .map(Path::to_path_buf)
-        .or_else(|| cfg.data_dir.clone())
-        .unwrap_or_else(default_data_dir);
-    let dir = DataDir::open(&data_path)?;
-
     // Signals are taken by one thread with sigwait; block them before any
     // other thread exists so none of those receives them.
-    let sigs = block_signals();
-
-    let cache_limit = cfg.cache.size_mb << 20;
-    let opts = LockerOptions {
-        namespaces: cfg.namespaces.keys().cloned().collect(),
-        // Uncommitted data spills into the cache: keep it within the margin.
-        dirty_memory_limit: cfg.mount.dirty_memory_limit().min(cache_limit / 8),
-        cache_limit,
-        cache_margin: LockerOptions::margin_for(cache_limit),
-        write_timeout: Duration::from_secs(cfg.cache.write_timeout_s),
-        sync_delay: Duration::from_millis(cfg.sync.upload_delay_ms),
-    };
-    let core = Arc::new(
-        Locker::open_dir(dir.path(), opts)
-            .with_context(|| format!("cannot open the store in {}", dir.path().display()))?,
-    );
-    let sidecar = Sidecar::start(core.clone(), &cfg, dir.path())?;
+    let sigs = daemon::block_signals();
+    let store = daemon::Store::open(&cfg, data_dir)?;
+    let core = store.core.clone();
     let allow_other = cfg.mount.allow_other.unwrap_or_else(is_root);
     let mut fuse_cfg = fuser::Config::default();
     fuse_cfg.mount_options = vec![
@@ -89,7 +64,7 @@ pub fn run(
     }));
     tracing::info!(
         mountpoint = %mountpoint.display(),
-        data_dir = %dir.path().display(),
+        data_dir = %store.dir.path().display(),
         allow_other,
         "serving"
     );
@@ -102,19 +77,7 @@ pub fn run(
             let r = session.run();
             let _ = tx2.send(Event::SessionEnded(r));
         })?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            loop {
-                let mut sig = 0;
-                // SAFETY: sigs is an initialised set; sig is a valid out-pointer.
-                if unsafe { libc::sigwait(&sigs, &mut sig) } == 0
-                    && tx.send(Event::Signal(sig)).is_err()
-                {
-                    break;
-                }
-            }
-        })?;
+    daemon::forward_signals(sigs, move |sig| tx.send(Event::Signal(sig)).is_ok())?;
 
     let mut unmount_asked = false;
     let result = loop {
@@ -141,35 +104,7 @@ pub fn run(
     if let Err(e) = &result {
         tracing::error!(error = %e, "the FUSE session ended with an error");
     }
-    core.shutdown().context("flushing the store at unmount")?;
-    let timeout = Duration::from_secs(cfg.sync.drain_timeout_s);
-    tracing::info!(
-        timeout_s = timeout.as_secs(),
-        "unmounted; pushing what is still queued"
-    );
-    let pending = sidecar.drain(timeout);
-    if pending.is_empty() {
-        tracing::info!("every change is in its backend");
-    } else {
-        tracing::warn!(
-            entries = pending.len(),
-            "changes still pending after the drain timeout; they stay queued for the next mount"
-        );
-        for e in &pending {
-            tracing::warn!(
-                namespace = %e.ns,
-                path = %String::from_utf8_lossy(&e.path),
-                bytes = e.bytes,
-                attempts = e.attempts,
-                last_error = e.last_error.as_deref().unwrap_or("-"),
-                "pending"
-            );
-        }
-    }
-    sidecar.shutdown();
-    core.shutdown().context("flushing the store at unmount")?;
-    tracing::info!("unmounted cleanly");
-    drop(dir);
+    store.close(&cfg)?;
     result.context("FUSE session")?;
     Ok(())
 }
@@ -239,7 +174,7 @@ fn mount_type(path: &Path) -> Option<String> {
 }
 
 /// mountinfo writes space, tab, newline and backslash as \ooo octal.
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
+pub(super) fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -281,18 +216,4 @@ fn lazy_unmount(mountpoint: &Path) {
         .arg("-uz")
         .arg(mountpoint)
         .status();
-}
-
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: the set is initialised by sigemptyset before use; the mask
-    // change applies to this thread and is inherited by threads it spawns.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
 }

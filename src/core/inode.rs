@@ -18,11 +18,11 @@ struct Node<'a> {
     target: Option<&'a [u8]>,
 }
 
-fn row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
+pub(crate) fn row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
     meta::get_inode(conn, ino)?.ok_or(CoreError::NotFound)
 }
 
-fn dir_row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
+pub(crate) fn dir_row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
     let r = row(conn, ino)?;
     if r.attr.kind != FileKind::Dir {
         return Err(CoreError::NotDir);
@@ -32,7 +32,7 @@ fn dir_row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
 
 /// Updates a directory's mtime and ctime (its entries changed) and its link
 /// count by `nlink_delta` (subdirectories added or removed).
-fn touch_dir(conn: &Connection, dir: InodeNo, now: Timestamp, nlink_delta: i32) -> CoreResult<()> {
+pub(crate) fn touch_dir(conn: &Connection, dir: InodeNo, now: Timestamp, nlink_delta: i32) -> CoreResult<()> {
     meta::touch_dir(conn, dir, now, nlink_delta as i64)?;
     Ok(())
 }
@@ -385,7 +385,7 @@ impl Locker {
 
     /// Drops one link of a non-directory inode inside a transaction; returns
     /// true if the inode has no names left.
-    fn drop_link(
+    pub(crate) fn drop_link(
         st_files_open: bool,
         tx: &Connection,
         ino: InodeNo,
@@ -400,7 +400,7 @@ impl Locker {
 
     /// Whether `ino` is open; if so, marks it for the nlink check at its
     /// last close (the caller is about to remove one of its names).
-    fn is_open(st: &mut State, ino: InodeNo) -> bool {
+    pub(crate) fn is_open(st: &mut State, ino: InodeNo) -> bool {
         match st.files.get_mut(&ino) {
             Some(f) if f.open > 0 => {
                 f.maybe_unlinked = true;
@@ -734,7 +734,7 @@ impl Locker {
 
     /// Deletes the rows of an inode and its block references; returns the
     /// block files to free after the commit.
-    fn purge_rows(tx: &Connection, ino: InodeNo) -> CoreResult<Vec<crate::blocks::BlockId>> {
+    pub(crate) fn purge_rows(tx: &Connection, ino: InodeNo) -> CoreResult<Vec<crate::blocks::BlockId>> {
         {
             let mut freed = Vec::new();
             for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {

@@ -21,6 +21,7 @@ pub mod fsck;
 mod hasher;
 mod inode;
 pub mod namespace;
+pub mod objects;
 mod recover;
 pub mod sync;
 pub mod types;

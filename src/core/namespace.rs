@@ -62,7 +62,7 @@ pub(crate) fn check_rename(
 
 /// Percent-encodes the bytes of a path that cannot appear in a reference
 /// as they are (controls, space, '%', '?', '#', and non-UTF-8 bytes).
-fn encode_ref_path(path: &[u8]) -> String {
+pub fn encode_ref_path(path: &[u8]) -> String {
     let mut out = String::with_capacity(path.len());
     let text = String::from_utf8_lossy(path);
     let valid = matches!(text, std::borrow::Cow::Borrowed(_));

@@ -255,6 +255,27 @@ pub struct FileSnap {
     inline: HashMap<BlockId, Arc<Vec<u8>>>,
 }
 
+impl FileSnap {
+    /// The blocks of the snapshot that overlap `len` bytes from `offset`
+    /// and satisfy `pred`.
+    pub(crate) fn blocks_in(
+        &self,
+        offset: u64,
+        len: u64,
+        pred: impl Fn(&BlockId) -> bool,
+    ) -> Vec<BlockRef> {
+        let first = offset / BLOCK_SIZE;
+        let end = offset.saturating_add(len);
+        self.blocks
+            .iter()
+            .filter(|(i, b)| {
+                *i >= first && i * BLOCK_SIZE < end && b.len >= INLINE_MAX && pred(&b.id)
+            })
+            .map(|(_, b)| *b)
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub entry: QueueEntry,
@@ -420,34 +441,7 @@ impl Locker {
                         mode: a.perm as u32,
                         mtime: a.mtime,
                     },
-                    FileKind::File => {
-                        let blocks = meta::file_blocks_from(&st.conn, a.ino, 0)?;
-                        let mut inline = HashMap::new();
-                        for (_, b) in &blocks {
-                            if b.len < INLINE_MAX {
-                                if let Some(d) = meta::get_inline_block(&st.conn, &b.id)? {
-                                    inline.insert(b.id, Arc::new(d));
-                                }
-                            } else {
-                                st.pin(b.id);
-                            }
-                        }
-                        let writers = st.handles.values().any(|h| {
-                            matches!(h, Handle::File { ino, mode, .. } if *ino == a.ino && mode.write)
-                        });
-                        LocalEntry::File(FileSnap {
-                            ino: a.ino,
-                            version: r.version,
-                            size: a.size,
-                            mtime: a.mtime,
-                            mode: a.perm as u32,
-                            sha256: r.sha256.as_deref().and_then(|s| s.try_into().ok()),
-                            remote_only: r.remote_only,
-                            writers,
-                            blocks,
-                            inline,
-                        })
-                    }
+                    FileKind::File => LocalEntry::File(Locker::snap_file_locked(st, &r)?),
                     _ => LocalEntry::Other,
                 }
             }
@@ -457,6 +451,38 @@ impl Locker {
             local,
             remote,
         }))
+    }
+
+    /// The committed version of file `r`, its blocks pinned so that they
+    /// stay until `sync_release`.
+    pub(crate) fn snap_file_locked(st: &mut State, r: &meta::InodeRow) -> CoreResult<FileSnap> {
+        let a = &r.attr;
+        let blocks = meta::file_blocks_from(&st.conn, a.ino, 0)?;
+        let mut inline = HashMap::new();
+        for (_, b) in &blocks {
+            if b.len < INLINE_MAX {
+                if let Some(d) = meta::get_inline_block(&st.conn, &b.id)? {
+                    inline.insert(b.id, Arc::new(d));
+                }
+            } else {
+                st.pin(b.id);
+            }
+        }
+        let writers = st.handles.values().any(
+            |h| matches!(h, Handle::File { ino, mode, .. } if *ino == a.ino && mode.write),
+        );
+        Ok(FileSnap {
+            ino: a.ino,
+            version: r.version,
+            size: a.size,
+            mtime: a.mtime,
+            mode: a.perm as u32,
+            sha256: r.sha256.as_deref().and_then(|s| s.try_into().ok()),
+            remote_only: r.remote_only,
+            writers,
+            blocks,
+            inline,
+        })
     }
 
     /// Drops the pins of a snapshot; blocks no file names any more are freed.

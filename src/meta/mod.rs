@@ -320,6 +320,23 @@ pub fn set_sha256(conn: &Connection, ino: InodeNo, version: i64, sha: &[u8]) -> 
     Ok(())
 }
 
+/// Named files whose cached whole-content hash is `sha` (a few at most).
+pub fn inodes_with_sha(conn: &Connection, sha: &[u8]) -> MetaResult<Vec<InodeNo>> {
+    let mut st = conn.prepare_cached(
+        "SELECT ino FROM inodes WHERE sha256 = ?1 AND nlink > 0 AND kind = 1 LIMIT 16",
+    )?;
+    let rows = st.query_map([sha], |r| Ok(InodeNo(r.get::<_, i64>(0)? as u64)))?;
+    rows.collect()
+}
+
+/// Files whose first block is `id` (a few at most).
+pub fn inodes_with_first_block(conn: &Connection, id: &BlockId) -> MetaResult<Vec<InodeNo>> {
+    let mut st = conn
+        .prepare_cached("SELECT ino FROM file_blocks WHERE block = ?1 AND idx = 0 LIMIT 16")?;
+    let rows = st.query_map([&id.0[..]], |r| Ok(InodeNo(r.get::<_, i64>(0)? as u64)))?;
+    rows.collect()
+}
+
 pub fn content_version(conn: &Connection, ino: InodeNo) -> MetaResult<i64> {
     conn.prepare_cached("SELECT version FROM inodes WHERE ino = ?1")?
         .query_row([ino.0 as i64], |r| r.get(0))

@@ -1,0 +1,649 @@
+//! The file endpoints: PUT (streamed into the store, placed whole), GET and
+//! HEAD (streamed from a snapshot, with ranges and validators), DELETE,
+//! directory listings, signed URLs and reference resolution.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::auth::Grant;
+use super::headers::{self, RangeReq};
+use super::path::{self, ApiPath};
+use super::{ApiError, Body, Shared, blocking, empty, full, json_response};
+use crate::blocks::{BLOCK_SIZE, hex};
+use crate::core::namespace::{REF_SCHEME, encode_ref_path};
+use crate::core::objects::{ListEntry, Upload};
+use crate::core::sync::FileSnap;
+use crate::core::{CoreError, FileKind, Locker};
+
+/// Bytes handed to the core at once while a body streams in, and read from
+/// it at once while one streams out.
+const CHUNK: usize = BLOCK_SIZE as usize;
+/// A body that sends nothing for this long is abandoned.
+const BODY_IDLE: Duration = Duration::from_secs(60);
+/// Largest JSON request body.
+const JSON_MAX: u64 = 64 << 10;
+
+fn names(ap: &ApiPath) -> Vec<Vec<u8>> {
+    let mut v = vec![ap.ns.as_bytes().to_vec()];
+    v.extend(ap.names.iter().map(|n| n.as_bytes().to_vec()));
+    v
+}
+
+fn refs(v: &[Vec<u8>]) -> Vec<&[u8]> {
+    v.iter().map(|n| n.as_slice()).collect()
+}
+
+fn reference(path: &[u8]) -> String {
+    format!("{REF_SCHEME}{}", encode_ref_path(path))
+}
+
+fn kind_name(k: FileKind) -> &'static str {
+    match k {
+        FileKind::File => "file",
+        FileKind::Dir => "dir",
+        FileKind::Symlink => "symlink",
+        _ => "other",
+    }
+}
+
+fn not_a_file() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_a_file",
+        "the path is not a regular file (the API does not follow symlinks)",
+    )
+}
+
+impl Shared {
+    fn public_url(&self, ap: &ApiPath) -> String {
+        format!("{}/{}", self.base_url, ap.url_path())
+    }
+
+    fn api_url(&self, ap: &ApiPath) -> String {
+        format!("{}/api/files/{}", self.base_url, ap.url_path())
+    }
+}
+
+/// Releases a snapshot's pins when dropped.
+struct SnapGuard {
+    core: Arc<Locker>,
+    snap: FileSnap,
+}
+
+impl Drop for SnapGuard {
+    fn drop(&mut self) {
+        self.core.sync_release(&self.snap);
+    }
+}
+
+/// `GET /api/files` — the namespaces the key may use.
+pub(super) async fn list_namespaces(
+    sh: &Arc<Shared>,
+    grant: &Grant,
+) -> Result<Response<Body>, ApiError> {
+    let core = sh.core.clone();
+    let all = blocking(move || {
+        let ns = core.list(crate::core::InodeNo::ROOT)?;
+        Ok(ns)
+    })
+    .await?;
+    let entries: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|e| grant.allows(&String::from_utf8_lossy(&e.name)))
+        .map(|e| entry_json(e))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"path": "", "entries": entries}),
+    ))
+}
+
+fn entry_json(e: &ListEntry) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "name": String::from_utf8_lossy(&e.name),
+        "type": kind_name(e.kind),
+        "size": e.size,
+        "mtime": headers::rfc3339(e.mtime),
+    });
+    if let Some(h) = &e.sha256 {
+        v["sha256"] = hex(h).into();
+    }
+    v
+}
+
+/// `GET`/`HEAD` of a file (or a directory's listing).
+pub(super) async fn get(
+    sh: &Arc<Shared>,
+    ap: &ApiPath,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let head = req.method() == hyper::Method::HEAD;
+    let core = sh.core.clone();
+    let n = names(ap);
+    let (row, mime, listing) = blocking(move || {
+        let row = core.stat_names(&refs(&n))?;
+        match row.attr.kind {
+            FileKind::Dir => {
+                let l = core.list(row.attr.ino)?;
+                Ok((row, None, Some(l)))
+            }
+            FileKind::File => {
+                let m = core.mime_type(row.attr.ino)?;
+                Ok((row, m, None))
+            }
+            _ => Err(not_a_file()),
+        }
+    })
+    .await?;
+    if let Some(list) = listing {
+        let entries: Vec<serde_json::Value> = list.iter().map(entry_json).collect();
+        let body = serde_json::json!({
+            "path": ap.joined(),
+            "ref": reference(ap.joined().as_bytes()),
+            "type": "dir",
+            "mtime": headers::rfc3339(row.attr.mtime),
+            "entries": entries,
+        });
+        let mut r = json_response(StatusCode::OK, &body);
+        if head {
+            *r.body_mut() = empty();
+        }
+        return Ok(r);
+    }
+    // A snapshot of the committed version: consistent, pinned, read
+    // without the state lock.
+    let core = sh.core.clone();
+    let ino = row.attr.ino;
+    let guard = blocking(move || {
+        let snap = core.file_snapshot(ino)?;
+        let g = SnapGuard { core, snap };
+        Ok(g)
+    })
+    .await?;
+    let (guard, sha) = blocking(move || {
+        let sha = guard.core.snap_sha256(&guard.snap)?;
+        Ok((guard, sha))
+    })
+    .await?;
+    let size = guard.snap.size;
+    let etag = format!("\"{}\"", hex(&sha));
+    let mtime = guard.snap.mtime;
+    let mime = match mime {
+        Some(m) => String::from_utf8_lossy(&m).into_owned(),
+        None => headers::guess_mime(ap.names.last().map_or("", |s| s.as_str())).to_string(),
+    };
+    let mut h = HeaderMap::new();
+    let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+    h.insert(header::ETAG, hv(&etag));
+    h.insert(header::LAST_MODIFIED, hv(&headers::http_date(mtime)));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let rh = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let not_modified = match rh(header::IF_NONE_MATCH) {
+        Some(inm) => headers::none_match(inm, &etag),
+        None => rh(header::IF_MODIFIED_SINCE).is_some_and(|d| headers::not_modified_since(d, mtime)),
+    };
+    if not_modified {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        *r.headers_mut() = h;
+        return Ok(r);
+    }
+    h.insert(header::CONTENT_TYPE, hv(&mime));
+    // If-Range: the range only applies to the version the client names.
+    let range_applies = rh(header::IF_RANGE).is_none_or(|v| v.trim() == etag);
+    let (status, start, end) = match rh(header::RANGE).filter(|_| range_applies) {
+        None => (StatusCode::OK, 0, size),
+        Some(r) => match headers::parse_range(r, size) {
+            RangeReq::Whole => (StatusCode::OK, 0, size),
+            RangeReq::Part(s, e) => {
+                h.insert(
+                    header::CONTENT_RANGE,
+                    hv(&format!("bytes {s}-{}/{size}", e - 1)),
+                );
+                (StatusCode::PARTIAL_CONTENT, s, e)
+            }
+            RangeReq::Unsatisfiable => {
+                return Err(ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "bad_range",
+                    format!("the range does not fit the file's {size} bytes"),
+                )
+                .with_header(header::CONTENT_RANGE, hv(&format!("bytes */{size}"))));
+            }
+        },
+    };
+    h.insert(header::CONTENT_LENGTH, hv(&(end - start).to_string()));
+    let body = if head || start == end {
+        empty()
+    } else if end - start <= CHUNK as u64 {
+        let data = blocking(move || {
+            let d = guard.core.snap_read(&guard.snap, start, end - start)?;
+            Ok(d)
+        })
+        .await?;
+        full(data)
+    } else {
+        stream_body(guard, start, end)
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    Ok(r)
+}
+
+/// A body fed by a blocking reader thread through a small channel: at
+/// most a few chunks are in memory, and a client that goes away stops the
+/// reader.
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    left: u64,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.left = self.left.saturating_sub(b.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+fn stream_body(guard: SnapGuard, start: u64, end: u64) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut off = start;
+        while off < end {
+            // Whole blocks after the first, so each read touches one block.
+            let n = (CHUNK as u64 - off % CHUNK as u64).min(end - off);
+            let r = guard
+                .core
+                .snap_read(&guard.snap, off, n)
+                .map(Bytes::from)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "api: a read failed while sending a file");
+                    io::Error::other(e.to_string())
+                });
+            let failed = r.is_err();
+            if tx.blocking_send(r).is_err() || failed {
+                break;
+            }
+            off += n;
+        }
+        drop(guard);
+    });
+    ChannelBody {
+        rx,
+        left: end - start,
+    }
+    .boxed()
+}
+
+/// An upload that is removed unless it is placed.
+struct UploadGuard {
+    core: Arc<Locker>,
+    up: Arc<Mutex<Option<Upload>>>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        let (core, up) = (self.core.clone(), self.up.clone());
+        let abort = move || {
+            let taken = up.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(u) = taken {
+                core.upload_abort(u);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(abort);
+            }
+            Err(_) => abort(),
+        }
+    }
+}
+
+/// `PUT` — streams the body into the store and places it whole.
+pub(super) async fn put(
+    sh: &Arc<Shared>,
+    ap: ApiPath,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let Some((dirs, name)) = ap.split_last() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "is_directory",
+            "the path is a namespace; PUT needs a file name",
+        ));
+    };
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is larger than the limit of {} MiB; nothing was stored",
+                sh.max_body >> 20
+            ),
+        )
+        .closing()
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > sh.max_body) {
+        return Err(too_large());
+    }
+    let mime = match req.headers().get(header::CONTENT_TYPE) {
+        None => None,
+        Some(v) => {
+            let ok = v.len() <= 255 && v.as_bytes().iter().all(|&c| (0x20..0x7f).contains(&c));
+            if !ok {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "Content-Type must be printable ASCII of at most 255 bytes",
+                )
+                .closing());
+            }
+            Some(v.as_bytes().to_vec())
+        }
+    };
+    // Refuse early what the placement would refuse: a directory at the
+    // path, or a file where a directory is needed.
+    let mut dir_names = vec![ap.ns.as_bytes().to_vec()];
+    dir_names.extend(dirs.iter().map(|d| d.as_bytes().to_vec()));
+    let name = name.as_bytes().to_vec();
+    {
+        let core = sh.core.clone();
+        let (d, n) = (dir_names.clone(), name.clone());
+        blocking(move || {
+            let mut all = d.clone();
+            all.push(n);
+            match core.stat_names(&refs(&all)) {
+                Ok(r) if r.attr.kind == FileKind::Dir => Err(CoreError::IsDir.into()),
+                Ok(_) | Err(CoreError::NotFound) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+        .map_err(ApiError::closing)?;
+    }
+    let core = sh.core.clone();
+    let up = blocking(move || Ok(core.upload_begin()?)).await?;
+    let guard = UploadGuard {
+        core: sh.core.clone(),
+        up: Arc::new(Mutex::new(Some(up))),
+    };
+    let mut body = req.into_body();
+    let mut hasher = Sha256::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    let mut total: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the body stalled; nothing was stored",
+                )
+                .closing());
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::info!(path = %ap.joined(), error = %e, "api: an upload was cut off; nothing was stored");
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "incomplete_body",
+                    "the body ended before its declared length; nothing was stored",
+                )
+                .closing());
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > sh.max_body {
+            return Err(too_large());
+        }
+        hasher.update(&data);
+        buf.extend_from_slice(&data);
+        if buf.len() >= CHUNK {
+            let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
+            write_chunk(&guard, chunk).await?;
+        }
+    }
+    if !buf.is_empty() {
+        write_chunk(&guard, buf).await?;
+    }
+    let sha: [u8; 32] = hasher.finalize().into();
+    let core = sh.core.clone();
+    let up = guard.up.clone();
+    let placed = blocking(move || {
+        let u = up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "upload lost")
+            })?;
+        Ok(core.upload_finish(u, &refs(&dir_names), &name, sha, mime.as_deref())?)
+    })
+    .await?;
+    let mut body = serde_json::json!({
+        "ref": reference(ap.joined().as_bytes()),
+        "url": sh.public_url(&ap),
+        "sha256": hex(&sha),
+        "size_bytes": placed.size,
+        "deduplicated": placed.existing.is_some(),
+    });
+    if let Some(p) = &placed.existing {
+        body["existing_ref"] = reference(p).into();
+    }
+    tracing::debug!(path = %ap.joined(), size = placed.size, "api: stored");
+    let status = if placed.replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut r = json_response(status, &body);
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", hex(&sha))) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
+}
+
+async fn write_chunk(guard: &UploadGuard, chunk: Vec<u8>) -> Result<(), ApiError> {
+    let core = guard.core.clone();
+    let up = guard.up.clone();
+    blocking(move || {
+        let mut u = up.lock().unwrap_or_else(|p| p.into_inner());
+        let u = u.as_mut().ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "upload lost")
+        })?;
+        Ok(core.upload_write(u, &chunk)?)
+    })
+    .await
+    .map_err(ApiError::closing)
+}
+
+/// `DELETE` — removes a file.
+pub(super) async fn delete(sh: &Arc<Shared>, ap: &ApiPath) -> Result<Response<Body>, ApiError> {
+    let core = sh.core.clone();
+    let n = names(ap);
+    blocking(move || Ok(core.remove_names(&refs(&n))?)).await?;
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    path: String,
+    expires_in: Option<u64>,
+}
+
+/// Reads a small body whole.
+async fn read_small(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a JSON body is at most {} KiB", JSON_MAX >> 10),
+        )
+        .closing()
+    };
+    let limited = http_body_util::Limited::new(req.into_body(), JSON_MAX as usize);
+    match tokio::time::timeout(BODY_IDLE, limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "incomplete_body",
+            "the body could not be read",
+        )
+        .closing()),
+    }
+}
+
+/// `POST /api/signed-url` — `{path, expires_in}` → `{signed_url}`.
+pub(super) async fn sign(
+    sh: &Arc<Shared>,
+    grant: &Grant,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body = read_small(req).await?;
+    let r: SignRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("expected {{\"path\": \"ns/dir/file\", \"expires_in\": seconds}}: {e}"),
+        )
+    })?;
+    let ap = if r.path.starts_with(REF_SCHEME) {
+        path::parse_ref(&r.path)
+    } else {
+        path::parse_plain(&r.path)
+    }
+    .map_err(|e| ApiError::bad_path(e.to_string()))?;
+    let expires_in = r.expires_in.unwrap_or(sh.default_expires);
+    if expires_in == 0 || expires_in > sh.max_expires {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_expiry",
+            format!("expires_in must be 1 to {} seconds", sh.max_expires),
+        ));
+    }
+    sh.grant(grant, &ap.ns, false)?;
+    let core = sh.core.clone();
+    let n = names(&ap);
+    blocking(move || match core.stat_names(&refs(&n))?.attr.kind {
+        FileKind::File => Ok(()),
+        _ => Err(not_a_file()),
+    })
+    .await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires = now + expires_in;
+    let url = signed_url(sh, &ap, expires);
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "signed_url": url,
+            "expires": expires,
+            "expires_at": headers::rfc3339_secs(expires as i64),
+        }),
+    ))
+}
+
+/// The signed URL of `ap` valid until `expires`.
+fn signed_url(sh: &Shared, ap: &ApiPath, expires: u64) -> String {
+    let token = sh.signer.sign(&ap.joined(), expires);
+    format!("{}?token={token}&expires={expires}", sh.public_url(ap))
+}
+
+/// `GET /api/refs/resolve?ref=locker://ns/path` — the entry's metadata and
+/// URLs.
+pub(super) async fn resolve(
+    sh: &Arc<Shared>,
+    grant: &Grant,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let r = req
+        .uri()
+        .query()
+        .and_then(|q| super::query_param(q, "ref"))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give the reference: ?ref=locker://namespace/path",
+            )
+        })?;
+    let ap = path::parse_ref(&r).map_err(|e| {
+        ApiError::bad_path(format!("not a locker://namespace/path reference: {e}"))
+    })?;
+    sh.grant(grant, &ap.ns, false)?;
+    let core = sh.core.clone();
+    let n = names(&ap);
+    let (row, sha, mime) = blocking(move || {
+        let row = core.stat_names(&refs(&n))?;
+        if row.attr.kind != FileKind::File {
+            return Ok((row, None, None));
+        }
+        let snap = core.file_snapshot(row.attr.ino)?;
+        let g = SnapGuard { core, snap };
+        let sha = g.core.snap_sha256(&g.snap)?;
+        let mime = g.core.mime_type(row.attr.ino)?;
+        Ok((row, Some(sha), mime))
+    })
+    .await?;
+    let mut v = serde_json::json!({
+        "ref": reference(ap.joined().as_bytes()),
+        "path": ap.joined(),
+        "type": kind_name(row.attr.kind),
+        "size_bytes": row.attr.size,
+        "mtime": headers::rfc3339(row.attr.mtime),
+        "url": sh.public_url(&ap),
+        "api_url": sh.api_url(&ap),
+    });
+    if let Some(h) = sha {
+        v["sha256"] = hex(&h).into();
+        v["content_type"] = match mime {
+            Some(m) => String::from_utf8_lossy(&m).into_owned(),
+            None => headers::guess_mime(ap.names.last().map_or("", |s| s.as_str())).to_string(),
+        }
+        .into();
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}

@@ -1,0 +1,149 @@
+//! What `locker mount` and `locker serve` share: the open store (data
+//! directory lock, core, sidecar and, when configured, the HTTP API), the
+//! signal thread, and the orderly stop.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::ApiServer;
+use crate::config::{Config, default_data_dir};
+use crate::core::{Locker, LockerOptions};
+use crate::datadir::DataDir;
+use crate::sync::Sidecar;
+
+/// The configuration file, or the embedded default.
+pub fn load_config(config: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default_config(),
+    })
+}
+
+/// The data directory the command line or the config names.
+pub fn data_path(cfg: &Config, data_dir: Option<&Path>) -> std::path::PathBuf {
+    data_dir
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.data_dir.clone())
+        .unwrap_or_else(default_data_dir)
+}
+
+/// A store being served.
+pub struct Store {
+    pub dir: DataDir,
+    pub core: Arc<Locker>,
+    sidecar: Sidecar,
+    api: Option<ApiServer>,
+}
+
+impl Store {
+    /// Locks the data directory, opens the core (recovering if needed),
+    /// checks the backends and starts the sidecar, then the API if the
+    /// config has an `[api]` section.
+    pub fn open(cfg: &Config, data_dir: Option<&Path>) -> anyhow::Result<Store> {
+        let dir = DataDir::open(&data_path(cfg, data_dir))?;
+        let cache_limit = cfg.cache.size_mb << 20;
+        let opts = LockerOptions {
+            namespaces: cfg.namespaces.keys().cloned().collect(),
+            // Uncommitted data spills into the cache: keep it within the margin.
+            dirty_memory_limit: cfg.mount.dirty_memory_limit().min(cache_limit / 8),
+            cache_limit,
+            cache_margin: LockerOptions::margin_for(cache_limit),
+            write_timeout: Duration::from_secs(cfg.cache.write_timeout_s),
+            sync_delay: Duration::from_millis(cfg.sync.upload_delay_ms),
+        };
+        let core = Arc::new(
+            Locker::open_dir(dir.path(), opts)
+                .with_context(|| format!("cannot open the store in {}", dir.path().display()))?,
+        );
+        let sidecar = Sidecar::start(core.clone(), cfg, dir.path())?;
+        let api = match &cfg.api {
+            Some(a) => Some(ApiServer::start(core.clone(), a, dir.path())?),
+            None => None,
+        };
+        Ok(Store {
+            dir,
+            core,
+            sidecar,
+            api,
+        })
+    }
+
+    /// Stops the API (requests in flight may finish), commits every open
+    /// file, pushes what is queued for up to the drain timeout, and makes
+    /// the store durable.
+    pub fn close(mut self, cfg: &Config) -> anyhow::Result<()> {
+        if let Some(api) = self.api.take() {
+            api.shutdown();
+        }
+        let core = &self.core;
+        core.shutdown().context("flushing the store")?;
+        let timeout = Duration::from_secs(cfg.sync.drain_timeout_s);
+        tracing::info!(
+            timeout_s = timeout.as_secs(),
+            "stopped serving; pushing what is still queued"
+        );
+        let pending = self.sidecar.drain(timeout);
+        if pending.is_empty() {
+            tracing::info!("every change is in its backend");
+        } else {
+            tracing::warn!(
+                entries = pending.len(),
+                "changes still pending after the drain timeout; they stay queued for the next start"
+            );
+            for e in &pending {
+                tracing::warn!(
+                    namespace = %e.ns,
+                    path = %String::from_utf8_lossy(&e.path),
+                    bytes = e.bytes,
+                    attempts = e.attempts,
+                    last_error = e.last_error.as_deref().unwrap_or("-"),
+                    "pending"
+                );
+            }
+        }
+        self.sidecar.shutdown();
+        core.shutdown().context("flushing the store")?;
+        tracing::info!("stopped cleanly");
+        drop(self.dir);
+        Ok(())
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and the threads it
+/// spawns later, so that only the signal thread receives them.
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use; the mask
+    // change applies to this thread and is inherited by threads it spawns.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Starts the thread that waits for the blocked signals and hands each to
+/// `on_signal` until it returns false.
+pub fn forward_signals(
+    sigs: libc::sigset_t,
+    on_signal: impl Fn(i32) -> bool + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: sigs is an initialised set; sig is a valid out-pointer.
+                if unsafe { libc::sigwait(&sigs, &mut sig) } == 0 && !on_signal(sig) {
+                    break;
+                }
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! `locker ref`, `locker resolve` and `locker sign`: between paths in the
+//! mount, `locker://` references and signed URLs.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::daemon;
+use crate::api::auth::Signer;
+use crate::api::path::{self, ApiPath};
+use crate::core::namespace::{REF_SCHEME, encode_ref_path};
+
+/// Mount points of LOCKER file systems, from /proc/self/mountinfo.
+fn locker_mounts() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            if fstype != "fuse.locker" {
+                return None;
+            }
+            let point = left.split(' ').nth(4)?;
+            Some(PathBuf::from(std::ffi::OsStr::from_bytes(
+                &super::mount::unescape_mountinfo(point),
+            )))
+        })
+        .collect()
+}
+
+/// The namespace path of a file in a LOCKER mount.
+fn path_in_mount(p: &Path) -> anyhow::Result<ApiPath> {
+    let abs = std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))?;
+    let mounts = locker_mounts();
+    let Some(mp) = mounts
+        .iter()
+        .filter(|m| abs.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+    else {
+        bail!("{} is not inside a LOCKER mount", abs.display());
+    };
+    let rel = abs.strip_prefix(mp).expect("checked prefix");
+    let text = rel
+        .to_str()
+        .with_context(|| format!("{}: the path is not UTF-8", abs.display()))?;
+    path::parse_plain(text).map_err(|e| {
+        if text.is_empty() {
+            anyhow::anyhow!("{} is the root of the mount, not a file", abs.display())
+        } else {
+            anyhow::anyhow!("{}: {e}", abs.display())
+        }
+    })
+}
+
+/// `locker ref PATH`.
+pub fn reference(p: &Path) -> anyhow::Result<()> {
+    let ap = path_in_mount(p)?;
+    println!("{REF_SCHEME}{}", encode_ref_path(ap.joined().as_bytes()));
+    Ok(())
+}
+
+/// `locker resolve REF`.
+pub fn resolve(r: &str, mountpoint: Option<&Path>) -> anyhow::Result<()> {
+    let ap = path::parse_ref(r).map_err(|e| {
+        anyhow::anyhow!("{r:?} is not a locker://namespace/path reference: {e}")
+    })?;
+    let mp = match mountpoint {
+        Some(m) => m.to_path_buf(),
+        None => {
+            let mounts = locker_mounts();
+            match mounts.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("no LOCKER mount is active; pass --mountpoint"),
+                many => bail!(
+                    "several LOCKER mounts are active ({}); pass --mountpoint",
+                    many.iter()
+                        .map(|m| m.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    let mut local = mp.join(&ap.ns);
+    for n in &ap.names {
+        local.push(n);
+    }
+    match std::fs::symlink_metadata(&local) {
+        Ok(_) => {
+            println!("{}", local.display());
+            Ok(())
+        }
+        Err(e) => bail!("{}: {e}", local.display()),
+    }
+}
+
+/// Parses a lifetime: seconds, or a number with s, m, h or d.
+pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("{s:?}: expected a duration such as 3600, 90s, 15m, 1h or 7d"))?;
+    n.checked_mul(mult).context("duration too long")
+}
+
+/// `locker sign PATH --expires D`: PATH is a file in the mount, a
+/// `locker://` reference, or `namespace/path`.
+pub fn sign(
+    target: &str,
+    expires: &str,
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let cfg = daemon::load_config(config)?;
+    let Some(api) = &cfg.api else {
+        bail!("the config has no [api] section, which gives the public URL and the signing key");
+    };
+    let ap = if target.starts_with(REF_SCHEME) {
+        path::parse_ref(target).map_err(|e| anyhow::anyhow!("{target}: {e}"))?
+    } else if Path::new(target).exists() {
+        path_in_mount(Path::new(target))?
+    } else {
+        path::parse_plain(target).map_err(|e| anyhow::anyhow!("{target}: {e}"))?
+    };
+    let secs = parse_duration(expires)?;
+    if secs > api.max_expires_in_s {
+        bail!(
+            "--expires {expires} is longer than api.max_expires_in_s ({} s)",
+            api.max_expires_in_s
+        );
+    }
+    let data = daemon::data_path(&cfg, data_dir);
+    let signer = Signer::load(api, &data).map_err(|e| anyhow::anyhow!(e))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let exp = now + secs;
+    let token = signer.sign(&ap.joined(), exp);
+    println!(
+        "{}/{}?token={token}&expires={exp}",
+        api.base_url(),
+        ap.url_path()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3600").unwrap(), 3600);
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("15m").unwrap(), 900);
+        assert_eq!(parse_duration("1h").unwrap(), 3600);
+        assert_eq!(parse_duration("7d").unwrap(), 604_800);
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-5m").is_err());
+        assert!(parse_duration("1w").is_err());
+    }
+}

@@ -1,0 +1,474 @@
+//! Whole-file operations, as the HTTP API uses them.
+//!
+//! - A file is stored by streaming into an inode that has no name yet
+//!   (`upload_begin`/`upload_write`), then put in place in one transaction
+//!   (`upload_finish`): readers of the path see the old file or the new one,
+//!   whole, never a part. An upload that is abandoned, or interrupted by a
+//!   crash, leaves an inode with no name, which the last close or the next
+//!   mount's recovery removes.
+//! - A file is read from a snapshot of its committed version (`file_snapshot`,
+//!   `snap_read`): its blocks are pinned, so the read is consistent even if
+//!   the file changes meanwhile, and the state lock is not held while bytes
+//!   are read.
+//! - Paths are name lists from the root (the first name is the namespace);
+//!   symlinks are never followed.
+
+use crate::blocks::{BLOCK_SIZE, BlockId};
+use crate::core::inode::{dir_row, row, touch_dir};
+use crate::core::sync::{FileSnap, Invalidate, mark_name};
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Locker, OpenMode, State, check_name};
+use crate::meta::{self, InodeRow};
+
+/// The extended attribute that holds a file's media type (the name the
+/// freedesktop.org shared MIME database and Apache's mod_mime_xattr use).
+pub const MIME_XATTR: &[u8] = b"user.mime_type";
+
+/// Committed data of an upload is flushed to the block store this often, so
+/// that an upload holds at most this much in memory whatever its size.
+const UPLOAD_COMMIT_EVERY: u64 = 8 * BLOCK_SIZE;
+
+/// An upload in progress: an inode with no name, open for writing.
+#[derive(Debug)]
+pub struct Upload {
+    ino: InodeNo,
+    fh: HandleId,
+    written: u64,
+    committed: u64,
+}
+
+impl Upload {
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+}
+
+/// Where a finished upload went.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub ino: InodeNo,
+    pub size: u64,
+    /// The path replaced an earlier entry (a file) rather than being new.
+    pub replaced: bool,
+    /// `namespace/path` of a file that already held the same content (the
+    /// replaced file itself counts), if any.
+    pub existing: Option<Vec<u8>>,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    pub name: Vec<u8>,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: Timestamp,
+    /// Known only for files whose hash has been computed.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl Locker {
+    /// The entry `names` lead to from the root, without following symlinks.
+    fn walk_locked(st: &State, names: &[&[u8]]) -> CoreResult<InodeRow> {
+        let mut cur = row(&st.conn, InodeNo::ROOT)?;
+        for n in names {
+            if cur.attr.kind != FileKind::Dir {
+                return Err(CoreError::NotDir);
+            }
+            cur = meta::lookup_row(&st.conn, cur.attr.ino, n)?.ok_or(CoreError::NotFound)?;
+        }
+        let mut a = cur.attr;
+        Locker::overlay(st, &mut a);
+        Ok(InodeRow { attr: a, ..cur })
+    }
+
+    /// The entry at `names` (committed metadata, uncommitted size overlaid).
+    pub fn stat_names(&self, names: &[&[u8]]) -> CoreResult<InodeRow> {
+        Locker::walk_locked(&self.lock(), names)
+    }
+
+    /// The media type stored with a file, if any.
+    pub fn mime_type(&self, ino: InodeNo) -> CoreResult<Option<Vec<u8>>> {
+        Ok(meta::get_xattr(&self.lock().conn, ino, MIME_XATTR)?)
+    }
+
+    /// The entries of directory `ino`, with their attributes.
+    pub fn list(&self, ino: InodeNo) -> CoreResult<Vec<ListEntry>> {
+        let st = self.lock();
+        dir_row(&st.conn, ino)?;
+        let mut out = Vec::new();
+        for (name, child, _) in meta::list_dir(&st.conn, ino)? {
+            let Some(r) = meta::get_inode(&st.conn, child)? else {
+                continue;
+            };
+            let mut a = r.attr;
+            Locker::overlay(&st, &mut a);
+            let clean = st.files.get(&child).is_none_or(|f| f.is_clean_pub());
+            out.push(ListEntry {
+                name,
+                kind: a.kind,
+                size: a.size,
+                mtime: a.mtime,
+                sha256: r
+                    .sha256
+                    .as_deref()
+                    .filter(|_| clean && a.kind == FileKind::File)
+                    .and_then(|s| s.try_into().ok()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Starts an upload: a regular file with no name, open for writing.
+    pub fn upload_begin(&self) -> CoreResult<Upload> {
+        let ino = {
+            let mut st = self.lock();
+            st.tx(|tx| {
+                let now = Timestamp::now();
+                let attr = Attr {
+                    ino: InodeNo(0),
+                    kind: FileKind::File,
+                    perm: 0o644,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    rdev: 0,
+                    atime: now,
+                    mtime: now,
+                    ctime: now,
+                    crtime: now,
+                };
+                Ok(meta::insert_inode(tx, &attr, None, None)?)
+            })?
+        };
+        let fh = self.open(
+            ino,
+            OpenMode {
+                write: true,
+                append: false,
+                truncate: false,
+            },
+        );
+        let fh = match fh {
+            Ok(fh) => fh,
+            Err(e) => {
+                let mut st = self.lock();
+                self.purge_locked(&mut st, ino)?;
+                return Err(e);
+            }
+        };
+        // The last close removes it unless it got a name by then.
+        if let Some(fs) = self.lock().files.get_mut(&ino) {
+            fs.maybe_unlinked = true;
+        }
+        Ok(Upload {
+            ino,
+            fh,
+            written: 0,
+            committed: 0,
+        })
+    }
+
+    /// Appends `data` to an upload.
+    pub fn upload_write(&self, up: &mut Upload, data: &[u8]) -> CoreResult<()> {
+        let mut off = 0;
+        while off < data.len() {
+            let n = self.write(up.fh, up.written, &data[off..])? as usize;
+            if n == 0 {
+                return Err(CoreError::NoSpace);
+            }
+            off += n;
+            up.written += n as u64;
+        }
+        if up.written - up.committed >= UPLOAD_COMMIT_EVERY {
+            self.flush(up.fh)?;
+            up.committed = up.written;
+        }
+        Ok(())
+    }
+
+    /// Abandons an upload; nothing of it stays.
+    pub fn upload_abort(&self, up: Upload) {
+        if let Err(e) = self.release(up.fh) {
+            tracing::warn!(error = %e, "could not drop an abandoned upload; the next mount removes it");
+        }
+    }
+
+    /// Puts a finished upload at `dirs/name` (`dirs` starts with the
+    /// namespace; missing directories are made, owned like their parent),
+    /// replacing a file there, and makes it durable. The new file keeps the
+    /// permissions and owner of the file it replaces. `sha256` is the hash
+    /// of the uploaded bytes, computed as they arrived.
+    pub fn upload_finish(
+        &self,
+        up: Upload,
+        dirs: &[&[u8]],
+        name: &[u8],
+        sha256: [u8; 32],
+        mime: Option<&[u8]>,
+    ) -> CoreResult<Placed> {
+        let r = self.place(&up, dirs, name, sha256, mime);
+        let released = self.release(up.fh);
+        let (placed, stale) = r?;
+        released?;
+        if let Some(inval) = self.invalidator.get() {
+            inval(&stale);
+        }
+        Ok(placed)
+    }
+
+    fn place(
+        &self,
+        up: &Upload,
+        dirs: &[&[u8]],
+        name: &[u8],
+        sha256: [u8; 32],
+        mime: Option<&[u8]>,
+    ) -> CoreResult<(Placed, Vec<Invalidate>)> {
+        check_name(name)?;
+        let ino = up.ino;
+        let mut st = self.lock();
+        let st = &mut *st;
+        self.commit_locked(st, ino)?;
+        let ids: Vec<BlockId> = meta::file_blocks_from(&st.conn, ino, 0)?
+            .into_iter()
+            .map(|(_, b)| b.id)
+            .collect();
+        self.blocks.sync_blocks(&ids)?;
+        let dir = self.make_dirs_locked(st, dirs)?;
+        let old = meta::lookup_row(&st.conn, dir, name)?;
+        if let Some(o) = &old
+            && o.attr.kind == FileKind::Dir
+        {
+            return Err(CoreError::IsDir);
+        }
+        let existing = self.same_content_locked(st, ino, &sha256)?;
+        let old_open = old
+            .as_ref()
+            .is_some_and(|o| Locker::is_open(st, o.attr.ino));
+        let parent = row(&st.conn, dir)?.attr;
+        let version = meta::content_version(&st.conn, ino)?;
+        let m = st.mark();
+        let (size, freed) = st.tx(|tx| {
+            let now = Timestamp::now();
+            let mut freed = Vec::new();
+            let mut a = row(tx, ino)?.attr;
+            a.uid = parent.uid;
+            a.gid = parent.gid;
+            if let Some(o) = &old {
+                if o.attr.kind == FileKind::File {
+                    a.perm = o.attr.perm;
+                    a.uid = o.attr.uid;
+                    a.gid = o.attr.gid;
+                }
+                meta::delete_dentry(tx, dir, name)?;
+                if Locker::drop_link(old_open, tx, o.attr.ino, now)? && !old_open {
+                    freed = Locker::purge_rows(tx, o.attr.ino)?;
+                }
+            }
+            a.nlink = 1;
+            a.ctime = now;
+            meta::update_attr(tx, &a)?;
+            meta::insert_dentry(tx, dir, name, ino)?;
+            touch_dir(tx, dir, now, 0)?;
+            meta::set_sha256(tx, ino, version, &sha256)?;
+            if let Some(t) = mime {
+                meta::set_xattr(tx, ino, MIME_XATTR, t)?;
+            }
+            mark_name(tx, m, dir, name, a.size)?;
+            Ok((a.size, freed))
+        })?;
+        if let Some(fs) = st.files.get_mut(&ino) {
+            fs.maybe_unlinked = false;
+        }
+        if let Some(o) = &old {
+            self.forget_file(st, o.attr.ino);
+        }
+        self.free_blocks(st, &freed);
+        st.durable()?;
+        if m.is_some() {
+            self.wake_sync();
+        }
+        let mut inval = vec![Invalidate::Entry(dir, name.to_vec())];
+        if let Some(o) = &old {
+            inval.push(Invalidate::Inode(o.attr.ino));
+        }
+        Ok((
+            Placed {
+                ino,
+                size,
+                replaced: old.is_some(),
+                existing,
+            },
+            inval,
+        ))
+    }
+
+    /// Makes the directories `dirs` (from the root; the first is the
+    /// namespace, which must exist) where missing; returns the last one.
+    fn make_dirs_locked(&self, st: &mut State, dirs: &[&[u8]]) -> CoreResult<InodeNo> {
+        let (ns, rest) = dirs.split_first().ok_or(CoreError::Invalid("no namespace"))?;
+        let mut cur = meta::lookup_row(&st.conn, InodeNo::ROOT, ns)?.ok_or(CoreError::NotFound)?;
+        for n in rest {
+            if cur.attr.kind != FileKind::Dir {
+                return Err(CoreError::NotDir);
+            }
+            cur = match meta::lookup_row(&st.conn, cur.attr.ino, n)? {
+                Some(r) => r,
+                None => {
+                    let owner = Caller {
+                        uid: cur.attr.uid,
+                        gid: cur.attr.gid,
+                        pid: 0,
+                    };
+                    let a =
+                        self.make_node_locked(st, &owner, cur.attr.ino, n, 0o040755, None)?;
+                    row(&st.conn, a.ino)?
+                }
+            };
+        }
+        if cur.attr.kind != FileKind::Dir {
+            return Err(CoreError::NotDir);
+        }
+        Ok(cur.attr.ino)
+    }
+
+    /// `namespace/path` of a named file other than `ino` whose committed
+    /// content hashes to `sha256`.
+    fn same_content_locked(
+        &self,
+        st: &State,
+        ino: InodeNo,
+        sha256: &[u8; 32],
+    ) -> CoreResult<Option<Vec<u8>>> {
+        for other in meta::inodes_with_sha(&st.conn, sha256)? {
+            if other == ino {
+                continue;
+            }
+            if let Some(p) = Locker::path_locked(st, other)? {
+                return Ok(Some(p));
+            }
+        }
+        // Files whose hash was never asked for: the same content has the
+        // same block list (blocks are named by their SHA-256).
+        let size = row(&st.conn, ino)?.attr.size;
+        let mine = meta::file_blocks_from(&st.conn, ino, 0)?;
+        let Some((0, first)) = mine.first() else {
+            return Ok(None);
+        };
+        for other in meta::inodes_with_first_block(&st.conn, &first.id)? {
+            if other == ino {
+                continue;
+            }
+            let Some(r) = meta::get_inode(&st.conn, other)? else {
+                continue;
+            };
+            if r.attr.kind != FileKind::File || r.attr.size != size || r.remote_only {
+                continue;
+            }
+            if meta::file_blocks_from(&st.conn, other, 0)? != mine {
+                continue;
+            }
+            if let Some(p) = Locker::path_locked(st, other)? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The path of `ino` from the root, if it has a name.
+    fn path_locked(st: &State, ino: InodeNo) -> CoreResult<Option<Vec<u8>>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut cur = ino;
+        while cur != InodeNo::ROOT {
+            let Some((parent, name)) = meta::any_name(&st.conn, cur)? else {
+                return Ok(None);
+            };
+            parts.push(name);
+            cur = parent;
+            if parts.len() > 4096 {
+                return Err(CoreError::Corrupt("directory cycle".into()));
+            }
+        }
+        parts.reverse();
+        Ok(Some(parts.join(&b'/')))
+    }
+
+    /// Removes the file at `names` (not a directory).
+    pub fn remove_names(&self, names: &[&[u8]]) -> CoreResult<()> {
+        let (name, dirs) = names.split_last().ok_or(CoreError::IsDir)?;
+        if dirs.is_empty() {
+            return Err(CoreError::IsDir);
+        }
+        let dir = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let d = Locker::walk_locked(st, dirs)?;
+            if d.attr.kind != FileKind::Dir {
+                return Err(CoreError::NotDir);
+            }
+            let target = meta::lookup_row(&st.conn, d.attr.ino, name)?.ok_or(CoreError::NotFound)?;
+            if target.attr.kind == FileKind::Dir {
+                return Err(CoreError::IsDir);
+            }
+            self.unlink_locked(st, d.attr.ino, name)?;
+            st.durable()?;
+            d.attr.ino
+        };
+        if let Some(inval) = self.invalidator.get() {
+            inval(&[Invalidate::Entry(dir, name.to_vec())]);
+        }
+        Ok(())
+    }
+
+    /// A consistent view of the committed version of file `ino`, its blocks
+    /// pinned until `sync_release`. Content known only to a backend is
+    /// fetched first.
+    pub fn file_snapshot(&self, ino: InodeNo) -> CoreResult<FileSnap> {
+        self.ensure_local(ino)?;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        if r.attr.kind != FileKind::File {
+            return Err(CoreError::Invalid("not a regular file"));
+        }
+        Locker::snap_file_locked(st, &r)
+    }
+
+    /// `len` bytes of a snapshot from `offset`; blocks evicted from the
+    /// cache are fetched from the backend first.
+    pub fn snap_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        match self.sync_read(snap, offset, len) {
+            Err(CoreError::Corrupt(_)) => {
+                let missing = snap.blocks_in(offset, len, |id| !self.blocks.contains(id));
+                self.fetch_blocks(snap.ino, &missing)?;
+                self.sync_read(snap, offset, len)
+            }
+            r => r,
+        }
+    }
+
+    /// The SHA-256 of a snapshot's content: the known one, or computed (and
+    /// remembered for this version).
+    pub fn snap_sha256(&self, snap: &FileSnap) -> CoreResult<[u8; 32]> {
+        if let Some(h) = snap.sha256 {
+            return Ok(h);
+        }
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut off = 0;
+        while off < snap.size {
+            let n = (snap.size - off).min(8 * BLOCK_SIZE);
+            h.update(self.snap_read(snap, off, n)?);
+            off += n;
+        }
+        let sha: [u8; 32] = h.finalize().into();
+        let st = self.lock();
+        meta::set_sha256(&st.conn, snap.ino, snap.version, &sha)?;
+        Ok(sha)
+    }
+}
