@@ -236,9 +236,7 @@ impl ApiConfig {
             || self.default_expires_in_s == 0
             || self.default_expires_in_s > self.max_expires_in_s
         {
-            return Err(
-                "api: default_expires_in_s must be between 1 and max_expires_in_s".into(),
-            );
+            return Err("api: default_expires_in_s must be between 1 and max_expires_in_s".into());
         }
         for (name, k) in &self.keys {
             if name.is_empty()

@@ -53,8 +53,8 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
             m.mode() & 0o777
         ));
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{what} file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
     Ok(text.trim().to_string())
 }
 
@@ -187,7 +187,13 @@ impl Signer {
     }
 
     /// Checks a token (constant-time comparison), then the expiry.
-    pub fn verify(&self, path: &str, expires: &str, token: &str, now: u64) -> Result<(), SignError> {
+    pub fn verify(
+        &self,
+        path: &str,
+        expires: &str,
+        token: &str,
+        now: u64,
+    ) -> Result<(), SignError> {
         if expires.is_empty() || expires.len() > 20 || !expires.bytes().all(|b| b.is_ascii_digit())
         {
             return Err(SignError::Malformed);

@@ -101,7 +101,7 @@ pub(super) async fn list_namespaces(
     let entries: Vec<serde_json::Value> = all
         .iter()
         .filter(|e| grant.allows(&String::from_utf8_lossy(&e.name)))
-        .map(|e| entry_json(e))
+        .map(entry_json)
         .collect();
     Ok(json_response(
         StatusCode::OK,
@@ -191,7 +191,9 @@ pub(super) async fn get(
     let rh = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     let not_modified = match rh(header::IF_NONE_MATCH) {
         Some(inm) => headers::none_match(inm, &etag),
-        None => rh(header::IF_MODIFIED_SINCE).is_some_and(|d| headers::not_modified_since(d, mtime)),
+        None => {
+            rh(header::IF_MODIFIED_SINCE).is_some_and(|d| headers::not_modified_since(d, mtime))
+        }
     };
     if not_modified {
         let mut r = Response::new(empty());
@@ -610,9 +612,8 @@ pub(super) async fn resolve(
                 "give the reference: ?ref=locker://namespace/path",
             )
         })?;
-    let ap = path::parse_ref(&r).map_err(|e| {
-        ApiError::bad_path(format!("not a locker://namespace/path reference: {e}"))
-    })?;
+    let ap = path::parse_ref(&r)
+        .map_err(|e| ApiError::bad_path(format!("not a locker://namespace/path reference: {e}")))?;
     sh.grant(grant, &ap.ns, false)?;
     let core = sh.core.clone();
     let n = names(&ap);

@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(rfc3339_secs(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_secs(1_735_689_600), "2025-01-01T00:00:00Z");
         assert_eq!(rfc3339_secs(951_782_400), "2000-02-29T00:00:00Z");
-        let t = Timestamp { sec: 784_111_777, nsec: 0 };
+        let t = Timestamp {
+            sec: 784_111_777,
+            nsec: 0,
+        };
         assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert!(not_modified_since("Sun, 06 Nov 1994 08:49:37 GMT", t));
         assert!(!not_modified_since("Sun, 06 Nov 1994 08:49:36 GMT", t));

@@ -387,7 +387,12 @@ impl Shared {
         }
     }
 
-    fn check_signature(&self, ap: &path::ApiPath, expires: &str, token: &str) -> Result<(), ApiError> {
+    fn check_signature(
+        &self,
+        ap: &path::ApiPath,
+        expires: &str,
+        token: &str,
+    ) -> Result<(), ApiError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -404,9 +409,9 @@ impl Shared {
             Err(auth::SignError::BadSignature) => Err(ApiError::forbidden(
                 "the signature does not match this path and expiry",
             )),
-            Err(auth::SignError::Malformed) => {
-                Err(ApiError::forbidden("the signed URL's token or expiry is malformed"))
-            }
+            Err(auth::SignError::Malformed) => Err(ApiError::forbidden(
+                "the signed URL's token or expiry is malformed",
+            )),
         }
     }
 }
@@ -421,7 +426,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -470,9 +479,11 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> ApiError {
         match e {
-            CoreError::NotFound => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file or directory")
-            }
+            CoreError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such file or directory",
+            ),
             CoreError::IsDir => ApiError::new(
                 StatusCode::CONFLICT,
                 "is_directory",

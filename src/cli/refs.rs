@@ -19,8 +19,11 @@ fn locker_mounts() -> Vec<PathBuf> {
     info.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split(' ').next()?;
-            if fstype != "fuse.locker" {
+            // "fuse.locker", or "fuse" with source "locker" (as mounted
+            // without the subtype).
+            let mut r = right.split(' ');
+            let (fstype, source) = (r.next()?, r.next()?);
+            if fstype != "fuse.locker" && !(fstype.starts_with("fuse") && source == "locker") {
                 return None;
             }
             let point = left.split(' ').nth(4)?;
@@ -64,9 +67,8 @@ pub fn reference(p: &Path) -> anyhow::Result<()> {
 
 /// `locker resolve REF`.
 pub fn resolve(r: &str, mountpoint: Option<&Path>) -> anyhow::Result<()> {
-    let ap = path::parse_ref(r).map_err(|e| {
-        anyhow::anyhow!("{r:?} is not a locker://namespace/path reference: {e}")
-    })?;
+    let ap = path::parse_ref(r)
+        .map_err(|e| anyhow::anyhow!("{r:?} is not a locker://namespace/path reference: {e}"))?;
     let mp = match mountpoint {
         Some(m) => m.to_path_buf(),
         None => {
@@ -107,11 +109,10 @@ pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
         Some((i, 'd')) => (&s[..i], 86_400),
         _ => (s, 1),
     };
-    let n: u64 = num
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .with_context(|| format!("{s:?}: expected a duration such as 3600, 90s, 15m, 1h or 7d"))?;
+    let n: u64 =
+        num.parse().ok().filter(|n| *n > 0).with_context(|| {
+            format!("{s:?}: expected a duration such as 3600, 90s, 15m, 1h or 7d")
+        })?;
     n.checked_mul(mult).context("duration too long")
 }
 

@@ -32,7 +32,12 @@ pub(crate) fn dir_row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
 
 /// Updates a directory's mtime and ctime (its entries changed) and its link
 /// count by `nlink_delta` (subdirectories added or removed).
-pub(crate) fn touch_dir(conn: &Connection, dir: InodeNo, now: Timestamp, nlink_delta: i32) -> CoreResult<()> {
+pub(crate) fn touch_dir(
+    conn: &Connection,
+    dir: InodeNo,
+    now: Timestamp,
+    nlink_delta: i32,
+) -> CoreResult<()> {
     meta::touch_dir(conn, dir, now, nlink_delta as i64)?;
     Ok(())
 }
@@ -734,7 +739,10 @@ impl Locker {
 
     /// Deletes the rows of an inode and its block references; returns the
     /// block files to free after the commit.
-    pub(crate) fn purge_rows(tx: &Connection, ino: InodeNo) -> CoreResult<Vec<crate::blocks::BlockId>> {
+    pub(crate) fn purge_rows(
+        tx: &Connection,
+        ino: InodeNo,
+    ) -> CoreResult<Vec<crate::blocks::BlockId>> {
         {
             let mut freed = Vec::new();
             for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {

@@ -311,7 +311,9 @@ impl Locker {
     /// Makes the directories `dirs` (from the root; the first is the
     /// namespace, which must exist) where missing; returns the last one.
     fn make_dirs_locked(&self, st: &mut State, dirs: &[&[u8]]) -> CoreResult<InodeNo> {
-        let (ns, rest) = dirs.split_first().ok_or(CoreError::Invalid("no namespace"))?;
+        let (ns, rest) = dirs
+            .split_first()
+            .ok_or(CoreError::Invalid("no namespace"))?;
         let mut cur = meta::lookup_row(&st.conn, InodeNo::ROOT, ns)?.ok_or(CoreError::NotFound)?;
         for n in rest {
             if cur.attr.kind != FileKind::Dir {
@@ -325,8 +327,7 @@ impl Locker {
                         gid: cur.attr.gid,
                         pid: 0,
                     };
-                    let a =
-                        self.make_node_locked(st, &owner, cur.attr.ino, n, 0o040755, None)?;
+                    let a = self.make_node_locked(st, &owner, cur.attr.ino, n, 0o040755, None)?;
                     row(&st.conn, a.ino)?
                 }
             };
@@ -411,7 +412,8 @@ impl Locker {
             if d.attr.kind != FileKind::Dir {
                 return Err(CoreError::NotDir);
             }
-            let target = meta::lookup_row(&st.conn, d.attr.ino, name)?.ok_or(CoreError::NotFound)?;
+            let target =
+                meta::lookup_row(&st.conn, d.attr.ino, name)?.ok_or(CoreError::NotFound)?;
             if target.attr.kind == FileKind::Dir {
                 return Err(CoreError::IsDir);
             }

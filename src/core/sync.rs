@@ -468,9 +468,10 @@ impl Locker {
                 st.pin(b.id);
             }
         }
-        let writers = st.handles.values().any(
-            |h| matches!(h, Handle::File { ino, mode, .. } if *ino == a.ino && mode.write),
-        );
+        let writers = st
+            .handles
+            .values()
+            .any(|h| matches!(h, Handle::File { ino, mode, .. } if *ino == a.ino && mode.write));
         Ok(FileSnap {
             ino: a.ino,
             version: r.version,

@@ -496,3 +496,185 @@ fn random_writes_past_the_dirty_memory_limit_stay_bounded_and_correct() {
     }
     assert_eq!(&got[..end], &model[..end]);
 }
+
+// ---- whole-file operations (the HTTP API's) ----
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).into()
+}
+
+impl T {
+    fn upload(&self, path: &[&[u8]], data: &[u8]) -> CoreResult<objects::Placed> {
+        let mut up = self.l.upload_begin()?;
+        for piece in data.chunks(100_000) {
+            self.l.upload_write(&mut up, piece)?;
+        }
+        let (name, dirs) = path.split_last().unwrap();
+        self.l
+            .upload_finish(up, dirs, name, sha(data), Some(b"application/pdf"))
+    }
+
+    fn inodes(&self) -> u64 {
+        meta::count_inodes(&self.l.lock().conn).unwrap()
+    }
+}
+
+#[test]
+fn upload_is_placed_whole_with_its_directories() {
+    let t = new();
+    let data = pattern(3 << 20, 70);
+    let p = t.upload(&[b"corp", b"a", b"b", b"c.pdf"], &data).unwrap();
+    assert_eq!(
+        (p.size, p.replaced, p.existing.clone()),
+        (3 << 20, false, None)
+    );
+    let row = t.l.stat_names(&[b"corp", b"a", b"b", b"c.pdf"]).unwrap();
+    assert_eq!(row.attr.ino, p.ino);
+    assert_eq!(row.attr.nlink, 1);
+    assert_eq!(t.get(p.ino), data);
+    assert_eq!(
+        t.l.sha256_hex(p.ino).unwrap(),
+        crate::blocks::hex(&sha(&data))
+    );
+    assert_eq!(t.l.mime_type(p.ino).unwrap().unwrap(), b"application/pdf");
+    let dir = t.l.stat_names(&[b"corp", b"a", b"b"]).unwrap().attr;
+    assert_eq!((dir.kind, dir.perm), (FileKind::Dir, 0o755));
+    // It is queued for its backend like any change.
+    let queued: Vec<Vec<u8>> =
+        t.l.sync_pending()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+    assert!(queued.contains(&b"a/b/c.pdf".to_vec()), "{queued:?}");
+}
+
+#[test]
+fn abandoned_or_crashed_uploads_leave_nothing() {
+    let t = new();
+    let inodes = t.inodes();
+    let blocks = t.l.block_store().list().unwrap().len();
+    let mut up = t.l.upload_begin().unwrap();
+    t.l.upload_write(&mut up, &pattern(2 << 20, 71)).unwrap();
+    t.l.upload_abort(up);
+    assert_eq!(t.inodes(), inodes);
+    assert_eq!(t.l.block_store().list().unwrap().len(), blocks);
+
+    // Past the point where the upload's data is committed to the store.
+    let mut up = t.l.upload_begin().unwrap();
+    for i in 0..20 {
+        t.l.upload_write(&mut up, &pattern(1 << 20, 80 + i))
+            .unwrap();
+    }
+    assert!(t.l.block_store().list().unwrap().len() > blocks);
+    // Neither finished nor abandoned: the handle is still open at the crash.
+    drop(up);
+    let t = t.crash_and_reopen();
+    assert_eq!(t.inodes(), inodes);
+    assert_eq!(t.l.block_store().list().unwrap().len(), blocks);
+}
+
+#[test]
+fn upload_replaces_a_file_keeping_its_mode_and_open_readers() {
+    let t = new();
+    let old = pattern(300_000, 72);
+    let ino = t.put(t.ns(), b"doc.pdf", &old);
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    t.l.setattr(ino, &set).unwrap();
+    let reader = t.l.open(ino, OpenMode::default()).unwrap();
+    let inodes = t.inodes();
+    let new_data = pattern(200_000, 73);
+    let p = t.upload(&[b"corp", b"doc.pdf"], &new_data).unwrap();
+    assert!(p.replaced);
+    assert_ne!(p.ino, ino);
+    let a = t.l.getattr(p.ino).unwrap();
+    assert_eq!((a.perm, a.uid), (0o600, ME.uid));
+    assert_eq!(t.get(p.ino), new_data);
+    // The reader that had the old file open still reads it whole.
+    assert_eq!(t.l.read(reader, 0, 300_000).unwrap(), old);
+    t.l.release(reader).unwrap();
+    assert_eq!(
+        t.inodes(),
+        inodes,
+        "the old file is gone after its last close"
+    );
+}
+
+#[test]
+fn upload_reports_where_its_content_already_was() {
+    let t = new();
+    let data = pattern(2_500_000, 74);
+    // Written as a program would: its hash never asked for.
+    let d = t.l.mkdir(&ME, t.ns(), b"in", 0o755).unwrap().ino;
+    t.put(d, b"first.bin", &data);
+    let used = t.l.block_store().bytes();
+    let p = t.upload(&[b"deck", b"second.bin"], &data).unwrap();
+    assert_eq!(p.existing.as_deref(), Some(&b"corp/in/first.bin"[..]));
+    assert_eq!(t.l.block_store().bytes(), used);
+    // The second one's hash is known: a third finds one of them.
+    let p = t.upload(&[b"deck", b"third.bin"], &data).unwrap();
+    assert!(p.existing.is_some());
+    let p = t
+        .upload(&[b"deck", b"other.bin"], &pattern(10, 75))
+        .unwrap();
+    assert_eq!(p.existing, None);
+}
+
+#[test]
+fn upload_and_remove_refuse_what_is_in_the_way() {
+    let t = new();
+    t.l.mkdir(&ME, t.ns(), b"dir", 0o755).unwrap();
+    t.put(t.ns(), b"file", b"x");
+    let inodes = t.inodes();
+    assert!(matches!(
+        t.upload(&[b"corp", b"dir"], b"d"),
+        Err(CoreError::IsDir)
+    ));
+    assert!(matches!(
+        t.upload(&[b"corp", b"file", b"x"], b"d"),
+        Err(CoreError::NotDir)
+    ));
+    assert!(matches!(
+        t.upload(&[b"nope", b"x"], b"d"),
+        Err(CoreError::NotFound)
+    ));
+    assert_eq!(t.inodes(), inodes, "a refused upload left something");
+    assert!(matches!(
+        t.l.remove_names(&[b"corp", b"dir"]),
+        Err(CoreError::IsDir)
+    ));
+    assert!(matches!(
+        t.l.remove_names(&[b"corp"]),
+        Err(CoreError::IsDir)
+    ));
+    assert!(matches!(
+        t.l.remove_names(&[b"corp", b"missing"]),
+        Err(CoreError::NotFound)
+    ));
+    assert!(matches!(
+        t.l.remove_names(&[b"corp", b"file", b"x"]),
+        Err(CoreError::NotDir)
+    ));
+    t.l.remove_names(&[b"corp", b"file"]).unwrap();
+    assert!(matches!(
+        t.l.stat_names(&[b"corp", b"file"]),
+        Err(CoreError::NotFound)
+    ));
+}
+
+#[test]
+fn snapshot_reads_stay_consistent_while_the_file_changes() {
+    let t = new();
+    let v1 = pattern(3 << 20, 76);
+    let p = t.upload(&[b"corp", b"s.bin"], &v1).unwrap();
+    let snap = t.l.file_snapshot(p.ino).unwrap();
+    t.upload(&[b"corp", b"s.bin"], &pattern(3 << 20, 77))
+        .unwrap();
+    assert_eq!(t.l.snap_read(&snap, 0, 3 << 20).unwrap(), v1);
+    assert_eq!(t.l.snap_sha256(&snap).unwrap(), sha(&v1));
+    t.l.sync_release(&snap);
+}

@@ -331,8 +331,8 @@ pub fn inodes_with_sha(conn: &Connection, sha: &[u8]) -> MetaResult<Vec<InodeNo>
 
 /// Files whose first block is `id` (a few at most).
 pub fn inodes_with_first_block(conn: &Connection, id: &BlockId) -> MetaResult<Vec<InodeNo>> {
-    let mut st = conn
-        .prepare_cached("SELECT ino FROM file_blocks WHERE block = ?1 AND idx = 0 LIMIT 16")?;
+    let mut st =
+        conn.prepare_cached("SELECT ino FROM file_blocks WHERE block = ?1 AND idx = 0 LIMIT 16")?;
     let rows = st.query_map([&id.0[..]], |r| Ok(InodeNo(r.get::<_, i64>(0)? as u64)))?;
     rows.collect()
 }

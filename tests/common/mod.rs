@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -297,7 +299,7 @@ pub fn moto_bin() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -469,5 +471,228 @@ impl Drop for S3Server {
             }
         }
         self.kill();
+    }
+}
+
+/// Keys of an API test daemon: generated per test, given through the
+/// environment.
+#[derive(Clone)]
+pub struct ApiKeys {
+    /// Every namespace, read and write.
+    pub admin: String,
+    /// `corp`, read only.
+    pub reader: String,
+    /// `deck`, read and write.
+    pub deck: String,
+}
+
+impl ApiKeys {
+    pub fn new() -> ApiKeys {
+        ApiKeys {
+            admin: token(32),
+            reader: token(32),
+            deck: token(32),
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("LOCKER_API_KEY_ADMIN".into(), self.admin.clone()),
+            ("LOCKER_API_KEY_READER".into(), self.reader.clone()),
+            ("LOCKER_API_KEY_DECKW".into(), self.deck.clone()),
+        ]
+    }
+}
+
+/// A config serving the API on `port` (body limit 64 MiB), with the
+/// namespaces corp and deck and the keys of `ApiKeys`, plus `extra` TOML.
+pub fn api_config(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[sync]
+upload_delay_ms = 200
+[api]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+max_body_mb = 64
+max_expires_in_s = 86400
+shutdown_grace_s = 20
+{extra}
+[api.keys.admin]
+namespaces = ["*"]
+write = true
+[api.keys.reader]
+namespaces = ["corp"]
+[api.keys.deckw]
+namespaces = ["deck"]
+write = true
+[namespaces.corp]
+[namespaces.deck]
+"#
+    )
+}
+
+/// Waits until `addr` accepts connections, or panics with the log.
+pub fn wait_port(addr: std::net::SocketAddr, child: &mut Child, log: &Path) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "locker exited early ({st}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the API did not start listening; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A mounted store that also serves the API.
+pub struct ApiMount {
+    pub m: Mount,
+    pub addr: std::net::SocketAddr,
+    pub keys: ApiKeys,
+    pub base: String,
+}
+
+impl ApiMount {
+    pub fn start(extra: &str) -> ApiMount {
+        let port = free_port();
+        let keys = ApiKeys::new();
+        let mut m = Mount::with_config(&api_config(port, extra), &keys.env());
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = m.log.clone();
+        wait_port(addr, m.child.as_mut().unwrap(), &log);
+        ApiMount {
+            m,
+            addr,
+            keys,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A request with the admin key.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> http::Resp {
+        let auth = format!("Bearer {}", self.keys.admin);
+        let mut h = vec![("Authorization", auth.as_str())];
+        h.extend_from_slice(headers);
+        http::request(self.addr, method, path.as_bytes(), &h, body)
+    }
+
+    pub fn put(&self, path: &str, body: &[u8]) -> http::Resp {
+        self.call("PUT", &format!("/api/files/{path}"), &[], body)
+    }
+
+    pub fn get(&self, path: &str) -> http::Resp {
+        self.call("GET", &format!("/api/files/{path}"), &[], b"")
+    }
+
+    pub fn delete(&self, path: &str) -> http::Resp {
+        self.call("DELETE", &format!("/api/files/{path}"), &[], b"")
+    }
+
+    /// Restarts the daemon (same mountpoint, data and port).
+    pub fn restart(&mut self) {
+        self.m.stop();
+        self.m.start(&[]);
+        let log = self.m.log.clone();
+        wait_port(self.addr, self.m.child.as_mut().unwrap(), &log);
+    }
+}
+
+/// `locker serve` (the API without a mount) on a temporary data dir.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub cfg: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    pub addr: std::net::SocketAddr,
+    pub keys: ApiKeys,
+}
+
+impl Served {
+    pub fn start(extra: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("locker.toml");
+        std::fs::write(&cfg, api_config(port, extra)).unwrap();
+        let mut s = Served {
+            data: dir.path().join("data"),
+            log: dir.path().join("locker.log"),
+            cfg,
+            dir,
+            child: None,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            keys: ApiKeys::new(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.cfg)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .envs(self.keys.env())
+            .env("LOCKER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn locker serve");
+        wait_port(self.addr, &mut child, &self.log);
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait (at most `timeout`) for the exit status.
+    pub fn stop_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return Some(st);
+            }
+            if t0.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop_within(Duration::from_secs(30));
     }
 }
