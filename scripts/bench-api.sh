@@ -232,6 +232,8 @@ vm() {  # pid field: /proc/PID/status field (VmRSS, VmHWM) in KiB
 }
 
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+conns() { if [ "$1" = 1 ]; then echo "1 connection"; else echo "$1 connections"; fi; }
+threads_for() { echo $(($1 < MAX_THREADS ? $1 : MAX_THREADS)); }
 
 # ---------------------------------------------------------------- dependencies
 need=()
@@ -431,14 +433,14 @@ drain_or_die() { locker_drain "$1" || die "LOCKER's upload queue did not empty (
 wrk_run() {
   local key=$1 c=$2 conns=$3 method=$4 threads out line rc url prefix auth='' errs=''
   local -A f=()
-  threads=$((conns < MAX_THREADS ? conns : MAX_THREADS))
+  threads=$(threads_for "$conns")
   out=$LOGDIR/wrk-$key-$c.txt
   if [ "$c" = locker ]; then
     url=$LOCKER_URL prefix=/api/files/corp/small auth="Bearer $API_KEY"
   else
     url=$NGINX_URL prefix=/small
   fi
-  log "$c: 4 KiB $method, $conns connection(s), wrk -t $threads, ${DURATION} s"
+  log "$c: 4 KiB $method, $(conns "$conns"), wrk -t $threads, ${DURATION} s"
   BENCH_AUTH=$auth step wrk -t "$threads" -c "$conns" -d "${DURATION}s" --timeout 10s -s "$LUA" "$url" \
     -- "$method" "$prefix" "$SMALL_N" "$threads" "$SMALL_SIZE" "$RUN_ID-$$-$key-$c" >"$out" 2>&1
   rc=$?
@@ -530,7 +532,7 @@ for n in "${CONNS[@]}"; do
   for c in "${CONTENDERS[@]}"; do
     wrk_run "put_c$n" "$c" "$n" PUT
     if [ "$c" = locker ]; then
-      drain_or_die "after the 4 KiB PUTs at $n connection(s)"
+      drain_or_die "after the 4 KiB PUTs at $(conns "$n")"
       PUT_DRAINS+=("$(printf '%.1f' "$DRAIN_SECS") s at $n")
     fi
   done
@@ -615,10 +617,10 @@ TOTAL_SECS=$((SECONDS - T_START))
 # metric | label | unit | decimals | kind (rate: LOCKER/nginx ratio; info: LOCKER only)
 METRICS=()
 for n in "${CONNS[@]}"; do
-  METRICS+=("get_c$n|4 KiB GET, $n connection(s) (wrk -t $((n < MAX_THREADS ? n : MAX_THREADS)) -c $n, ${DURATION} s)|req/s|0|rate")
+  METRICS+=("get_c$n|4 KiB GET, $(conns "$n") (wrk -t $(threads_for "$n") -c $n, ${DURATION} s)|req/s|0|rate")
 done
 for n in "${CONNS[@]}"; do
-  METRICS+=("put_c$n|4 KiB PUT replacing a file, $n connection(s) (wrk -t $((n < MAX_THREADS ? n : MAX_THREADS)) -c $n, ${DURATION} s)|req/s|0|rate")
+  METRICS+=("put_c$n|4 KiB PUT replacing a file, $(conns "$n") (wrk -t $(threads_for "$n") -c $n, ${DURATION} s)|req/s|0|rate")
 done
 METRICS+=(
   "bigput|${SEQ_MB} MiB PUT (curl -T)|MiB/s|1|rate"
@@ -686,7 +688,7 @@ section() {
   echo "- Figures: req/s = wrk's requests ÷ its run time (p50 / p99 latency in brackets); MiB/s = ${SEQ_MB} MiB ÷ curl's time_total (in brackets). LOCKER/nginx is a speed ratio: above 1× LOCKER is faster. nginx is the ceiling for GET (static files, sendfile)"
   echo "- Memory: LOCKER's VmRSS from /proc/PID/status before the ${SEQ_MB} MiB PUT, then sampled every 10 ms during it (${RSS_SAMPLES:-0} samples); VmHWM read after it$([ "$HWM_RESET" = yes ] && echo ", reset just before it with \`echo 5 > /proc/PID/clear_refs\`" || echo " (could not be reset: peak since start)"); RSS after the PUT: $(mib "${RSS_AFTER:-0}") MiB"
   echo "- After the ${SEQ_MB} MiB PUT returned, LOCKER's push of the file to its local backend finished ${PUSH_SECS:-?} s later (includes the ${UPLOAD_DELAY_MS} ms upload delay; untimed, nothing else ran meanwhile)"
-  echo "- After each 4 KiB PUT run, LOCKER's upload queue took this long to empty (untimed, before the next run): $(IFS=,; d="${PUT_DRAINS[*]}"; echo "${d//,/, }") connection(s)"
+  echo "- After each 4 KiB PUT run, LOCKER's upload queue took this long to empty (untimed, before the next run): $(IFS=,; d="${PUT_DRAINS[*]}"; echo "${d//,/, }") connections"
   for n in "${NOTES[@]}"; do echo "- Note: $n"; done
   if [ $FAILURES -gt 0 ]; then
     echo "- $FAILURES problem(s) (FAIL in the table: no figure; **with errors**: figure kept, but some requests failed):"

@@ -1294,3 +1294,41 @@ fn key_material_stays_out_of_config_logs_and_errors() {
     assert!(!text.contains(wrong.trim_start_matches("Bearer ")));
     assert!(!text.contains(signing.trim()));
 }
+
+#[test]
+fn acknowledged_puts_survive_kill_9_and_reach_the_backend() {
+    let mut a = ApiMount::start("");
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("corp/acked/f{i}.bin"),
+                pattern(10_000 + i * 150_000, 600 + i as u64),
+            )
+        })
+        .collect();
+    for (p, d) in &files {
+        let r = a.put(p, d);
+        assert_eq!(r.status, 201);
+    }
+    // No clean stop: the process dies right after the last answer.
+    a.m.kill9();
+    a.m.start(&[]);
+    let log = a.m.log.clone();
+    common::wait_port(a.addr, a.m.child.as_mut().unwrap(), &log);
+    for (p, d) in &files {
+        let r = a.get(p);
+        assert_eq!(r.status, 200, "{p} lost");
+        assert_eq!(sha256_hex(&r.body), sha256_hex(d), "{p} changed");
+    }
+    // Each is pushed to the namespace's backend as a plain file.
+    a.m.wait_drained(Duration::from_secs(60));
+    for (p, d) in &files {
+        let in_backend = a.m.data.join("backend").join(p);
+        assert_eq!(
+            std::fs::read(&in_backend).unwrap(),
+            *d,
+            "{}",
+            in_backend.display()
+        );
+    }
+}

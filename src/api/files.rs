@@ -565,7 +565,7 @@ pub(super) async fn sign(
             format!("expires_in must be 1 to {} seconds", sh.max_expires),
         ));
     }
-    sh.grant(grant, &ap.ns, false)?;
+    sh.grant(grant, &ap.ns, false).await?;
     let core = sh.core.clone();
     let n = names(&ap);
     blocking(move || match core.stat_names(&refs(&n))?.attr.kind {
@@ -614,7 +614,7 @@ pub(super) async fn resolve(
         })?;
     let ap = path::parse_ref(&r)
         .map_err(|e| ApiError::bad_path(format!("not a locker://namespace/path reference: {e}")))?;
-    sh.grant(grant, &ap.ns, false)?;
+    sh.grant(grant, &ap.ns, false).await?;
     let core = sh.core.clone();
     let n = names(&ap);
     let (row, sha, mime) = blocking(move || {

@@ -254,15 +254,15 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         let grant = sh.authorize(&req)?;
         return match method {
             hyper::Method::GET | hyper::Method::HEAD => {
-                sh.grant(&grant, &ap.ns, false)?;
+                sh.grant(&grant, &ap.ns, false).await?;
                 files::get(sh, &ap, &req).await
             }
             hyper::Method::PUT => {
-                sh.grant(&grant, &ap.ns, true)?;
+                sh.grant(&grant, &ap.ns, true).await?;
                 files::put(sh, ap, req).await
             }
             hyper::Method::DELETE => {
-                sh.grant(&grant, &ap.ns, true)?;
+                sh.grant(&grant, &ap.ns, true).await?;
                 files::delete(sh, &ap).await
             }
             _ => Err(ApiError::method("GET, HEAD, PUT, DELETE")),
@@ -305,7 +305,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         (Some(t), Some(x)) => sh.check_signature(&ap, &x, &t)?,
         (None, None) if req.headers().contains_key(header::AUTHORIZATION) => {
             let grant = sh.authorize(&req)?;
-            sh.grant(&grant, &ap.ns, false)?;
+            sh.grant(&grant, &ap.ns, false).await?;
         }
         (None, None) => {
             return Err(ApiError::new(
@@ -363,7 +363,7 @@ impl Shared {
 
     /// Checks that `grant` may use namespace `ns` (for writing if `write`),
     /// and that the namespace exists.
-    fn grant(&self, grant: &Grant, ns: &str, write: bool) -> Result<(), ApiError> {
+    async fn grant(&self, grant: &Grant, ns: &str, write: bool) -> Result<(), ApiError> {
         if !grant.allows(ns) {
             return Err(ApiError::forbidden(format!(
                 "key {:?} may not use namespace {ns:?}",
@@ -376,7 +376,9 @@ impl Shared {
                 grant.name
             )));
         }
-        match self.core.stat_names(&[ns.as_bytes()]) {
+        let core = self.core.clone();
+        let name = ns.to_string();
+        match blocking(move || Ok(core.stat_names(&[name.as_bytes()]))).await? {
             Ok(_) => Ok(()),
             Err(CoreError::NotFound) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,

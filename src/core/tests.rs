@@ -568,8 +568,8 @@ fn abandoned_or_crashed_uploads_leave_nothing() {
             .unwrap();
     }
     assert!(t.l.block_store().list().unwrap().len() > blocks);
-    // Neither finished nor abandoned: the handle is still open at the crash.
-    drop(up);
+    // Neither finished nor abandoned: its handle is still open at the crash.
+    let _ = up;
     let t = t.crash_and_reopen();
     assert_eq!(t.inodes(), inodes);
     assert_eq!(t.l.block_store().list().unwrap().len(), blocks);
