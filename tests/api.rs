@@ -1332,3 +1332,63 @@ fn acknowledged_puts_survive_kill_9_and_reach_the_backend() {
         );
     }
 }
+
+#[test]
+fn public_url_with_a_path_prefix() {
+    let s = Served::start_with(|port| {
+        common::api_config(port, "").replace(
+            &format!("public_url = \"http://127.0.0.1:{port}\""),
+            &format!("public_url = \"http://127.0.0.1:{port}/files/\""),
+        )
+    });
+    let auth = format!("Bearer {}", s.keys.admin);
+    let h = [("Authorization", auth.as_str())];
+    let base = format!("http://{}/files", s.addr);
+    // A proxy may keep the prefix or strip it: both reach the API.
+    let r = http::request(
+        s.addr,
+        "PUT",
+        b"/files/api/files/corp/d/x.txt",
+        &h,
+        b"prefixed",
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["url"], format!("{base}/corp/d/x.txt"));
+    assert_eq!(
+        http::request(s.addr, "GET", b"/api/files/corp/d/x.txt", &h, b"").body,
+        b"prefixed"
+    );
+    let r = http::request(
+        s.addr,
+        "POST",
+        b"/api/signed-url",
+        &h,
+        br#"{"path": "corp/d/x.txt", "expires_in": 60}"#,
+    );
+    let url = r.json()["signed_url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{base}/corp/d/x.txt?token=")),
+        "{url}"
+    );
+    let target = url.strip_prefix(&format!("http://{}", s.addr)).unwrap();
+    let r = http::request(s.addr, "GET", target.as_bytes(), &[], b"");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"prefixed"[..]));
+    // A signed URL serves files, never a directory listing.
+    let out = Command::new(BIN)
+        .args(["sign", "corp/d", "--config"])
+        .arg(&s.cfg)
+        .arg("--data-dir")
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    let dir_url = String::from_utf8(out.stdout).unwrap();
+    let target = dir_url
+        .trim()
+        .strip_prefix(&format!("http://{}", s.addr))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        http::request(s.addr, "GET", target.as_bytes(), &[], b"").status,
+        409
+    );
+}

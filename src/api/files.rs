@@ -122,11 +122,12 @@ fn entry_json(e: &ListEntry) -> serde_json::Value {
     v
 }
 
-/// `GET`/`HEAD` of a file (or a directory's listing).
+/// `GET`/`HEAD` of a file, or, if `listings`, a directory's listing.
 pub(super) async fn get(
     sh: &Arc<Shared>,
     ap: &ApiPath,
     req: &Request<Incoming>,
+    listings: bool,
 ) -> Result<Response<Body>, ApiError> {
     let head = req.method() == hyper::Method::HEAD;
     let core = sh.core.clone();
@@ -134,7 +135,7 @@ pub(super) async fn get(
     let (row, mime, listing) = blocking(move || {
         let row = core.stat_names(&refs(&n))?;
         match row.attr.kind {
-            FileKind::Dir => {
+            FileKind::Dir if listings => {
                 let l = core.list(row.attr.ino)?;
                 Ok((row, None, Some(l)))
             }

@@ -87,7 +87,6 @@ impl ApiServer {
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .max_blocking_threads(256)
             .thread_name("api")
             .enable_all()
             .build()?;
@@ -236,7 +235,15 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let raw = req.uri().path().to_string();
+    let mut raw = req.uri().path().to_string();
+    // Behind a proxy that keeps the public URL's path prefix, every route
+    // arrives under it.
+    if !sh.base_path.is_empty()
+        && let Some(r) = raw.strip_prefix(sh.base_path.as_str())
+        && r.starts_with('/')
+    {
+        raw = r.to_string();
+    }
     let method = req.method().clone();
     if raw == "/api/files" || raw == "/api/files/" {
         return match method {
@@ -255,7 +262,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         return match method {
             hyper::Method::GET | hyper::Method::HEAD => {
                 sh.grant(&grant, &ap.ns, false).await?;
-                files::get(sh, &ap, &req).await
+                files::get(sh, &ap, &req, true).await
             }
             hyper::Method::PUT => {
                 sh.grant(&grant, &ap.ns, true).await?;
@@ -291,8 +298,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     }
     // A public (signed) URL: {base path}/{namespace}/{path}.
     let rest = raw
-        .strip_prefix(sh.base_path.as_str())
-        .and_then(|r| r.strip_prefix('/'))
+        .strip_prefix('/')
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))?;
     if method != hyper::Method::GET && method != hyper::Method::HEAD {
         return Err(ApiError::method("GET, HEAD"));
@@ -320,7 +326,8 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
             ));
         }
     }
-    files::get(sh, &ap, &req).await
+    // Files only: a signed URL names a file, never a listing.
+    files::get(sh, &ap, &req, false).await
 }
 
 /// The percent-decoded value of query parameter `name`.

@@ -623,10 +623,15 @@ pub struct Served {
 
 impl Served {
     pub fn start(extra: &str) -> Served {
+        Served::start_with(|port| api_config(port, extra))
+    }
+
+    /// With the config `make` writes for the port.
+    pub fn start_with(make: impl Fn(u16) -> String) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let cfg = dir.path().join("locker.toml");
-        std::fs::write(&cfg, api_config(port, extra)).unwrap();
+        std::fs::write(&cfg, make(port)).unwrap();
         let mut s = Served {
             data: dir.path().join("data"),
             log: dir.path().join("locker.log"),
