@@ -106,7 +106,6 @@ impl Store {
         }
         self.sidecar.shutdown();
         core.shutdown().context("flushing the store")?;
-        tracing::info!("stopped cleanly");
         drop(self.dir);
         Ok(())
     }

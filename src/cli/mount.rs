@@ -105,6 +105,7 @@ pub fn run(
         tracing::error!(error = %e, "the FUSE session ended with an error");
     }
     store.close(&cfg)?;
+    tracing::info!("unmounted cleanly");
     result.context("FUSE session")?;
     Ok(())
 }

@@ -21,5 +21,7 @@ pub fn run(config: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<()>
     if let Ok(sig) = rx.recv() {
         tracing::info!(signal = sig, "stopping");
     }
-    store.close(&cfg)
+    store.close(&cfg)?;
+    tracing::info!("stopped cleanly");
+    Ok(())
 }
