@@ -75,6 +75,20 @@ impl Shared {
     }
 }
 
+/// Files up to this size are read with their lookup.
+const SMALL: u64 = 256 << 10;
+
+/// What a GET found.
+enum Found {
+    Dir(crate::meta::InodeRow, Vec<ListEntry>),
+    File {
+        guard: SnapGuard,
+        sha: [u8; 32],
+        mime: Option<Vec<u8>>,
+        small: Option<Vec<u8>>,
+    },
+}
+
 /// Releases a snapshot's pins when dropped.
 struct SnapGuard {
     core: Arc<Locker>,
@@ -132,51 +146,61 @@ pub(super) async fn get(
     let head = req.method() == hyper::Method::HEAD;
     let core = sh.core.clone();
     let n = names(ap);
-    let (row, mime, listing) = blocking(move || {
+    // One trip to the blocking pool finds the entry, snapshots it (the
+    // committed version, its blocks pinned, read without the state lock),
+    // hashes it if its hash is not known, and reads it if it is small.
+    let found = blocking(move || {
         let row = core.stat_names(&refs(&n))?;
         match row.attr.kind {
             FileKind::Dir if listings => {
                 let l = core.list(row.attr.ino)?;
-                Ok((row, None, Some(l)))
+                Ok(Found::Dir(row, l))
             }
             FileKind::File => {
-                let m = core.mime_type(row.attr.ino)?;
-                Ok((row, m, None))
+                let mime = core.mime_type(row.attr.ino)?;
+                let snap = core.file_snapshot(row.attr.ino)?;
+                let guard = SnapGuard { core, snap };
+                let sha = guard.core.snap_sha256(&guard.snap)?;
+                let size = guard.snap.size;
+                let small = if !head && size <= SMALL {
+                    Some(guard.core.snap_read(&guard.snap, 0, size)?)
+                } else {
+                    None
+                };
+                Ok(Found::File {
+                    guard,
+                    sha,
+                    mime,
+                    small,
+                })
             }
             _ => Err(not_a_file()),
         }
     })
     .await?;
-    if let Some(list) = listing {
-        let entries: Vec<serde_json::Value> = list.iter().map(entry_json).collect();
-        let body = serde_json::json!({
-            "path": ap.joined(),
-            "ref": reference(ap.joined().as_bytes()),
-            "type": "dir",
-            "mtime": headers::rfc3339(row.attr.mtime),
-            "entries": entries,
-        });
-        let mut r = json_response(StatusCode::OK, &body);
-        if head {
-            *r.body_mut() = empty();
+    let (guard, sha, mime, small) = match found {
+        Found::Dir(row, list) => {
+            let entries: Vec<serde_json::Value> = list.iter().map(entry_json).collect();
+            let body = serde_json::json!({
+                "path": ap.joined(),
+                "ref": reference(ap.joined().as_bytes()),
+                "type": "dir",
+                "mtime": headers::rfc3339(row.attr.mtime),
+                "entries": entries,
+            });
+            let mut r = json_response(StatusCode::OK, &body);
+            if head {
+                *r.body_mut() = empty();
+            }
+            return Ok(r);
         }
-        return Ok(r);
-    }
-    // A snapshot of the committed version: consistent, pinned, read
-    // without the state lock.
-    let core = sh.core.clone();
-    let ino = row.attr.ino;
-    let guard = blocking(move || {
-        let snap = core.file_snapshot(ino)?;
-        let g = SnapGuard { core, snap };
-        Ok(g)
-    })
-    .await?;
-    let (guard, sha) = blocking(move || {
-        let sha = guard.core.snap_sha256(&guard.snap)?;
-        Ok((guard, sha))
-    })
-    .await?;
+        Found::File {
+            guard,
+            sha,
+            mime,
+            small,
+        } => (guard, sha, mime, small),
+    };
     let size = guard.snap.size;
     let etag = format!("\"{}\"", hex(&sha));
     let mtime = guard.snap.mtime;
@@ -229,6 +253,8 @@ pub(super) async fn get(
     h.insert(header::CONTENT_LENGTH, hv(&(end - start).to_string()));
     let body = if head || start == end {
         empty()
+    } else if let Some(all) = small {
+        full(Bytes::from(all).slice(start as usize..end as usize))
     } else if end - start <= CHUNK as u64 {
         let data = blocking(move || {
             let d = guard.core.snap_read(&guard.snap, start, end - start)?;
@@ -307,7 +333,7 @@ fn stream_body(guard: SnapGuard, start: u64, end: u64) -> Body {
     .boxed()
 }
 
-/// An upload that is removed unless it is placed.
+/// An upload (once begun) that is removed unless it is placed.
 struct UploadGuard {
     core: Arc<Locker>,
     up: Arc<Mutex<Option<Upload>>>,
@@ -398,11 +424,11 @@ pub(super) async fn put(
         .await
         .map_err(ApiError::closing)?;
     }
-    let core = sh.core.clone();
-    let up = blocking(move || Ok(core.upload_begin()?)).await?;
+    // The upload starts with the first full chunk; a small body is stored
+    // with one call into the core when it has arrived whole.
     let guard = UploadGuard {
         core: sh.core.clone(),
-        up: Arc::new(Mutex::new(Some(up))),
+        up: Arc::new(Mutex::new(None)),
     };
     let mut body = req.into_body();
     let mut hasher = Sha256::new();
@@ -444,20 +470,19 @@ pub(super) async fn put(
             write_chunk(&guard, chunk).await?;
         }
     }
-    if !buf.is_empty() {
-        write_chunk(&guard, buf).await?;
-    }
     let sha: [u8; 32] = hasher.finalize().into();
     let core = sh.core.clone();
     let up = guard.up.clone();
     let placed = blocking(move || {
-        let u = up
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "upload lost")
-            })?;
+        let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
+        let mut u = match slot.take() {
+            Some(u) => u,
+            None => core.upload_begin()?,
+        };
+        if let Err(e) = core.upload_write(&mut u, &buf) {
+            core.upload_abort(u);
+            return Err(e.into());
+        }
         Ok(core.upload_finish(u, &refs(&dir_names), &name, sha, mime.as_deref())?)
     })
     .await?;
@@ -488,10 +513,11 @@ async fn write_chunk(guard: &UploadGuard, chunk: Vec<u8>) -> Result<(), ApiError
     let core = guard.core.clone();
     let up = guard.up.clone();
     blocking(move || {
-        let mut u = up.lock().unwrap_or_else(|p| p.into_inner());
-        let u = u.as_mut().ok_or_else(|| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "upload lost")
-        })?;
+        let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(core.upload_begin()?);
+        }
+        let u = slot.as_mut().expect("just set");
         Ok(core.upload_write(u, &chunk)?)
     })
     .await
