@@ -57,6 +57,27 @@ fn kind_name(k: FileKind) -> &'static str {
     }
 }
 
+/// The error of a core call on a path in namespace `ns`: a missing entry
+/// whose namespace does not exist is reported as an unknown namespace.
+pub(super) fn core_err(core: &Locker, ns: &str, e: CoreError) -> ApiError {
+    if matches!(e, CoreError::NotFound) && !ns_exists(core, ns) {
+        return unknown_ns(ns);
+    }
+    e.into()
+}
+
+fn ns_exists(core: &Locker, ns: &str) -> bool {
+    !matches!(core.stat_names(&[ns.as_bytes()]), Err(CoreError::NotFound))
+}
+
+fn unknown_ns(ns: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_namespace",
+        format!("there is no namespace {ns:?}"),
+    )
+}
+
 fn not_a_file() -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
@@ -146,11 +167,14 @@ pub(super) async fn get(
     let head = req.method() == hyper::Method::HEAD;
     let core = sh.core.clone();
     let n = names(ap);
+    let ns = ap.ns.clone();
     // One trip to the blocking pool finds the entry, snapshots it (the
     // committed version, its blocks pinned, read without the state lock),
     // hashes it if its hash is not known, and reads it if it is small.
     let found = blocking(move || {
-        let row = core.stat_names(&refs(&n))?;
+        let row = core
+            .stat_names(&refs(&n))
+            .map_err(|e| core_err(&core, &ns, e))?;
         match row.attr.kind {
             FileKind::Dir if listings => {
                 let l = core.list(row.attr.ino)?;
@@ -417,7 +441,13 @@ pub(super) async fn put(
             all.push(n);
             match core.stat_names(&refs(&all)) {
                 Ok(r) if r.attr.kind == FileKind::Dir => Err(CoreError::IsDir.into()),
-                Ok(_) | Err(CoreError::NotFound) => Ok(()),
+                Ok(_) => Ok(()),
+                Err(CoreError::NotFound)
+                    if !ns_exists(&core, &String::from_utf8_lossy(&all[0])) =>
+                {
+                    Err(unknown_ns(&String::from_utf8_lossy(&all[0])))
+                }
+                Err(CoreError::NotFound) => Ok(()),
                 Err(e) => Err(e.into()),
             }
         })
@@ -528,7 +558,12 @@ async fn write_chunk(guard: &UploadGuard, chunk: Vec<u8>) -> Result<(), ApiError
 pub(super) async fn delete(sh: &Arc<Shared>, ap: &ApiPath) -> Result<Response<Body>, ApiError> {
     let core = sh.core.clone();
     let n = names(ap);
-    blocking(move || Ok(core.remove_names(&refs(&n))?)).await?;
+    let ns = ap.ns.clone();
+    blocking(move || {
+        core.remove_names(&refs(&n))
+            .map_err(|e| core_err(&core, &ns, e))
+    })
+    .await?;
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
@@ -592,12 +627,18 @@ pub(super) async fn sign(
             format!("expires_in must be 1 to {} seconds", sh.max_expires),
         ));
     }
-    sh.grant(grant, &ap.ns, false).await?;
+    sh.grant(grant, &ap.ns, false)?;
     let core = sh.core.clone();
     let n = names(&ap);
-    blocking(move || match core.stat_names(&refs(&n))?.attr.kind {
-        FileKind::File => Ok(()),
-        _ => Err(not_a_file()),
+    let ns = ap.ns.clone();
+    blocking(move || {
+        let row = core
+            .stat_names(&refs(&n))
+            .map_err(|e| core_err(&core, &ns, e))?;
+        match row.attr.kind {
+            FileKind::File => Ok(()),
+            _ => Err(not_a_file()),
+        }
     })
     .await?;
     let now = std::time::SystemTime::now()
@@ -641,11 +682,14 @@ pub(super) async fn resolve(
         })?;
     let ap = path::parse_ref(&r)
         .map_err(|e| ApiError::bad_path(format!("not a locker://namespace/path reference: {e}")))?;
-    sh.grant(grant, &ap.ns, false).await?;
+    sh.grant(grant, &ap.ns, false)?;
     let core = sh.core.clone();
     let n = names(&ap);
+    let ns = ap.ns.clone();
     let (row, sha, mime) = blocking(move || {
-        let row = core.stat_names(&refs(&n))?;
+        let row = core
+            .stat_names(&refs(&n))
+            .map_err(|e| core_err(&core, &ns, e))?;
         if row.attr.kind != FileKind::File {
             return Ok((row, None, None));
         }

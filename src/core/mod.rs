@@ -96,6 +96,9 @@ pub struct Locker {
     /// of one region wait for one fetch instead of each making their own.
     fetching: Mutex<std::collections::HashSet<BlockId>>,
     fetched: std::sync::Condvar,
+    /// Group commit: (commits known durable, a barrier is running).
+    synced: Mutex<(u64, bool)>,
+    synced_cv: std::sync::Condvar,
 }
 
 enum Handle {
@@ -124,6 +127,9 @@ pub(crate) struct State {
     mem_dirty: u64,
     /// A transaction committed since the last durable barrier.
     meta_unsynced: bool,
+    /// Transactions committed so far (for group commit: a barrier makes
+    /// every one up to its count durable).
+    commits: u64,
     hasher: hasher::Hasher,
     /// Sequence number of the last sync-queue mark.
     next_seq: i64,
@@ -142,6 +148,7 @@ impl State {
         let v = f(&tx)?;
         tx.commit()?;
         self.meta_unsynced = true;
+        self.commits += 1;
         Ok(v)
     }
 
@@ -194,6 +201,7 @@ impl Locker {
                 pins: HashMap::new(),
                 mem_dirty: 0,
                 meta_unsynced: true,
+                commits: 0,
                 hasher,
                 next_seq: 0,
                 sync_delay_ns: opts.sync_delay.as_nanos() as i64,
@@ -208,6 +216,8 @@ impl Locker {
             pressure: AtomicUsize::new(0),
             fetching: Mutex::new(std::collections::HashSet::new()),
             fetched: std::sync::Condvar::new(),
+            synced: Mutex::new((0, false)),
+            synced_cv: std::sync::Condvar::new(),
         };
         locker.ensure_root()?;
         locker.recover()?;
@@ -224,6 +234,37 @@ impl Locker {
         // updated in memory, but every durable change is a transaction, so
         // continuing is safe.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every transaction up to number `upto` durable. Concurrent
+    /// callers share barriers (group commit): one that finds a barrier
+    /// running waits for it, and the next barrier covers every commit made
+    /// meanwhile, so N waiters cost about two barriers, not N.
+    pub(crate) fn durable_upto(&self, upto: u64) -> CoreResult<()> {
+        let mut g = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if g.0 >= upto {
+                return Ok(());
+            }
+            if !g.1 {
+                break;
+            }
+            g = self.synced_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.1 = true;
+        drop(g);
+        let r = {
+            let mut st = self.lock();
+            let target = st.commits;
+            st.durable().map(|_| target)
+        };
+        let mut g = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 = false;
+        if let Ok(t) = r {
+            g.0 = g.0.max(t);
+        }
+        self.synced_cv.notify_all();
+        r.map(|_| ())
     }
 
     /// The block store (for tests, fsck and status).

@@ -231,14 +231,20 @@ impl Locker {
     ) -> CoreResult<(Placed, Vec<Invalidate>)> {
         check_name(name)?;
         let ino = up.ino;
-        let mut st = self.lock();
-        let st = &mut *st;
-        self.commit_locked(st, ino)?;
-        let ids: Vec<BlockId> = meta::file_blocks_from(&st.conn, ino, 0)?
-            .into_iter()
-            .map(|(_, b)| b.id)
-            .collect();
+        // The data: committed, and its blocks on disk, without holding the
+        // state lock over the block syncs (the inode names them, so they
+        // stay).
+        let ids: Vec<BlockId> = {
+            let mut st = self.lock();
+            self.commit_locked(&mut st, ino)?;
+            meta::file_blocks_from(&st.conn, ino, 0)?
+                .into_iter()
+                .map(|(_, b)| b.id)
+                .collect()
+        };
         self.blocks.sync_blocks(&ids)?;
+        let mut st_guard = self.lock();
+        let st = &mut *st_guard;
         let dir = self.make_dirs_locked(st, dirs)?;
         let old = meta::lookup_row(&st.conn, dir, name)?;
         if let Some(o) = &old
@@ -289,10 +295,14 @@ impl Locker {
             self.forget_file(st, o.attr.ino);
         }
         self.free_blocks(st, &freed);
-        st.durable()?;
+        let commit = st.commits;
         if m.is_some() {
             self.wake_sync();
         }
+        // The metadata: durable before the answer, in a barrier shared with
+        // concurrent uploads.
+        drop(st_guard);
+        self.durable_upto(commit)?;
         let mut inval = vec![Invalidate::Entry(dir, name.to_vec())];
         if let Some(o) = &old {
             inval.push(Invalidate::Inode(o.attr.ino));
@@ -405,7 +415,7 @@ impl Locker {
         if dirs.is_empty() {
             return Err(CoreError::IsDir);
         }
-        let dir = {
+        let (dir, commit) = {
             let mut st = self.lock();
             let st = &mut *st;
             let d = Locker::walk_locked(st, dirs)?;
@@ -418,9 +428,9 @@ impl Locker {
                 return Err(CoreError::IsDir);
             }
             self.unlink_locked(st, d.attr.ino, name)?;
-            st.durable()?;
-            d.attr.ino
+            (d.attr.ino, st.commits)
         };
+        self.durable_upto(commit)?;
         if let Some(inval) = self.invalidator.get() {
             inval(&[Invalidate::Entry(dir, name.to_vec())]);
         }

@@ -678,3 +678,42 @@ fn snapshot_reads_stay_consistent_while_the_file_changes() {
     assert_eq!(t.l.snap_sha256(&snap).unwrap(), sha(&v1));
     t.l.sync_release(&snap);
 }
+
+fn barriers(t: &T) -> i64 {
+    t.l.lock()
+        .conn
+        .query_row(
+            "SELECT coalesce((SELECT value FROM settings WHERE key = 'barrier'), 0)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn group_commit_skips_barriers_that_are_already_covered() {
+    let t = new();
+    t.upload(&[b"corp", b"a"], b"one").unwrap();
+    let n = barriers(&t);
+    let done = t.l.lock().commits;
+    // Everything up to `done` is durable: no new barrier.
+    t.l.durable_upto(done).unwrap();
+    assert_eq!(barriers(&t), n);
+    // A new commit needs one barrier; asking again does not add another.
+    t.put(t.ns(), b"b", b"two");
+    let now = t.l.lock().commits;
+    t.l.durable_upto(now).unwrap();
+    assert_eq!(barriers(&t), n + 1);
+    t.l.durable_upto(now).unwrap();
+    assert_eq!(barriers(&t), n + 1);
+    // Concurrent uploads each end durable; they never need more barriers
+    // than uploads.
+    std::thread::scope(|s| {
+        for i in 0..16u8 {
+            let t = &t;
+            s.spawn(move || t.upload(&[b"corp", &[b'c', b'a' + i]], &[i; 10]).unwrap());
+        }
+    });
+    assert!(barriers(&t) <= n + 1 + 16);
+    assert!(!t.l.lock().meta_unsynced);
+}
