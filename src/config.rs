@@ -603,6 +603,20 @@ impl Config {
     }
 }
 
+/// Refuses a file holding secrets (`what`) that group or others can read.
+pub fn check_private_file(path: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{what} file {}: {e}", path.display()))?;
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{what} file {} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            m.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -37,6 +37,42 @@ fn json(b: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
 }
 
+/// `locker sign ARGS --config CFG --data-dir DATA`: the URL it prints.
+fn locker_sign(cfg: &Path, data: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("sign")
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "locker sign {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Sends each (method, target, body) with `headers` and checks its status.
+fn expect(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+    cases: &[(&str, &str, &[u8], u16)],
+) {
+    for (method, target, body, want) in cases {
+        let r = http::request(addr, method, target.as_bytes(), headers, body);
+        assert_eq!(
+            r.status,
+            *want,
+            "{method} {target}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
+
 /// Every path below `root`, relative, directories with a trailing '/'.
 fn tree(root: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -428,42 +464,16 @@ fn signed_urls_are_checked() {
     );
     assert_eq!(r.status, 403);
 
-    // `locker sign` uses the daemon's secret: its URL works.
+    // `locker sign` uses the daemon's secret: its URL works, for
+    // namespace/path, a path in the mount and a reference alike.
     let cfg = a.m.dir.path().join("locker.toml");
-    let out = Command::new(BIN)
-        .args(["sign", "corp/docs/x.pdf", "--expires", "5m", "--config"])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(&a.m.data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let url = String::from_utf8(out.stdout).unwrap();
-    let (code, got) = curl(&[url.trim()]);
+    let url = locker_sign(&cfg, &a.m.data, &["corp/docs/x.pdf", "--expires", "5m"]);
+    let (code, got) = curl(&[&url]);
     assert_eq!(code, 200);
     assert_eq!(got, data);
-    // A path in the mount and a reference work too.
-    for target in [
-        a.m.corp().join("docs/x.pdf").display().to_string(),
-        "locker://corp/docs/x.pdf".into(),
-    ] {
-        let out = Command::new(BIN)
-            .args(["sign", &target, "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(&a.m.data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (code, _) = curl(&[String::from_utf8(out.stdout).unwrap().trim()]);
+    let in_mount = a.m.corp().join("docs/x.pdf").display().to_string();
+    for target in [in_mount.as_str(), "locker://corp/docs/x.pdf"] {
+        let (code, _) = curl(&[&locker_sign(&cfg, &a.m.data, &[target])]);
         assert_eq!(code, 200, "{target}");
     }
 }
@@ -559,21 +569,15 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(r.status, 401);
     let reader = format!("Bearer {}", a.keys.reader);
     let rh = [("Authorization", reader.as_str())];
-    assert_eq!(
-        http::request(a.addr, "GET", b"/api/files/corp/keep.bin", &rh, b"").status,
-        200
-    );
-    assert_eq!(
-        http::request(a.addr, "PUT", b"/api/files/corp/new.bin", &rh, b"x").status,
-        403
-    );
-    assert_eq!(
-        http::request(a.addr, "DELETE", b"/api/files/corp/keep.bin", &rh, b"").status,
-        403
-    );
-    assert_eq!(
-        http::request(a.addr, "GET", b"/api/files/deck/x", &rh, b"").status,
-        403
+    expect(
+        a.addr,
+        &rh,
+        &[
+            ("GET", "/api/files/corp/keep.bin", b"", 200),
+            ("PUT", "/api/files/corp/new.bin", b"x", 403),
+            ("DELETE", "/api/files/corp/keep.bin", b"", 403),
+            ("GET", "/api/files/deck/x", b"", 403),
+        ],
     );
     let listing = http::request(a.addr, "GET", b"/api/files", &rh, b"").json();
     let visible: Vec<&str> = listing["entries"]
@@ -585,22 +589,16 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(visible, ["corp"]);
 
     // Directories and files in the way: 409.
-    assert_eq!(
-        http::request(a.addr, "PUT", b"/api/files/corp", &h, b"x").status,
-        409
-    );
     std::fs::create_dir(a.m.corp().join("adir")).unwrap();
-    assert_eq!(
-        http::request(a.addr, "PUT", b"/api/files/corp/adir", &h, b"x").status,
-        409
-    );
-    assert_eq!(
-        http::request(a.addr, "DELETE", b"/api/files/corp/adir", &h, b"").status,
-        409
-    );
-    assert_eq!(
-        http::request(a.addr, "PUT", b"/api/files/corp/keep.bin/under", &h, b"x").status,
-        409
+    expect(
+        a.addr,
+        &h,
+        &[
+            ("PUT", "/api/files/corp", b"x", 409),
+            ("PUT", "/api/files/corp/adir", b"x", 409),
+            ("DELETE", "/api/files/corp/adir", b"", 409),
+            ("PUT", "/api/files/corp/keep.bin/under", b"x", 409),
+        ],
     );
     std::fs::remove_dir(a.m.corp().join("adir")).unwrap();
 
@@ -651,21 +649,18 @@ fn bad_input_is_refused_and_changes_nothing() {
     let r = http::request(a.addr, "PATCH", b"/api/files/corp/keep.bin", &h, b"x");
     assert_eq!(r.status, 405);
     assert!(r.header("allow").is_some());
-    assert_eq!(
-        http::request(a.addr, "POST", b"/api/files/corp/keep.bin", &h, b"x").status,
-        405
-    );
-    assert_eq!(
-        http::request(a.addr, "GET", b"/api/signed-url", &h, b"").status,
-        405
-    );
-    assert_eq!(
-        http::request(a.addr, "PUT", b"/corp/keep.bin", &h, b"x").status,
-        405
-    );
-    assert_eq!(
-        http::request(a.addr, "GET", b"/api/nothing", &h, b"").status,
-        404
+    expect(
+        a.addr,
+        &h,
+        &[
+            ("POST", "/api/files/corp/keep.bin", b"x", 405),
+            ("GET", "/api/signed-url", b"", 405),
+            ("PUT", "/corp/keep.bin", b"x", 405),
+            ("GET", "/api/nothing", b"", 404),
+            ("GET", "/api/refs/resolve?ref=http://corp/x", b"", 400),
+            ("GET", "/api/refs/resolve", b"", 400),
+            ("GET", "/api/refs/resolve?ref=locker://corp/../x", b"", 400),
+        ],
     );
     for bad in [
         &b"{"[..],
@@ -685,32 +680,6 @@ fn bad_input_is_refused_and_changes_nothing() {
     }
     let r = http::request(a.addr, "POST", b"/api/signed-url", &h, &vec![b' '; 100_000]);
     assert_eq!(r.status, 413);
-    assert_eq!(
-        http::request(
-            a.addr,
-            "GET",
-            b"/api/refs/resolve?ref=http://corp/x",
-            &h,
-            b""
-        )
-        .status,
-        400
-    );
-    assert_eq!(
-        http::request(a.addr, "GET", b"/api/refs/resolve", &h, b"").status,
-        400
-    );
-    assert_eq!(
-        http::request(
-            a.addr,
-            "GET",
-            b"/api/refs/resolve?ref=locker://corp/../x",
-            &h,
-            b""
-        )
-        .status,
-        400
-    );
 
     // Bodies over the limit (64 MiB): refused by the declared length at
     // once, or while streaming a chunked body; nothing is stored.
@@ -1374,14 +1343,7 @@ fn public_url_with_a_path_prefix() {
     let r = http::request(s.addr, "GET", target.as_bytes(), &[], b"");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"prefixed"[..]));
     // A signed URL serves files, never a directory listing.
-    let out = Command::new(BIN)
-        .args(["sign", "corp/d", "--config"])
-        .arg(&s.cfg)
-        .arg("--data-dir")
-        .arg(&s.data)
-        .output()
-        .unwrap();
-    let dir_url = String::from_utf8(out.stdout).unwrap();
+    let dir_url = locker_sign(&s.cfg, &s.data, &["corp/d"]);
     let target = dir_url
         .trim()
         .strip_prefix(&format!("http://{}", s.addr))

@@ -44,15 +44,7 @@ pub struct Keys {
 
 /// Reads a secret from a file that group and others cannot read.
 pub fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| format!("{what} file {}: {e}", path.display()))?;
-    if m.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{what} file {} is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            m.mode() & 0o777
-        ));
-    }
+    crate::config::check_private_file(path, what)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
     Ok(text.trim().to_string())

@@ -53,16 +53,7 @@ pub struct S3Backend {
 /// Reads a credentials file: `key = value` lines, `#` comments. It must not
 /// be readable by group or others.
 fn read_credentials_file(path: &Path) -> Result<Credentials, String> {
-    use std::os::unix::fs::MetadataExt;
-    let m =
-        std::fs::metadata(path).map_err(|e| format!("credentials file {}: {e}", path.display()))?;
-    if m.mode() & 0o077 != 0 {
-        return Err(format!(
-            "credentials file {} is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            m.mode() & 0o777
-        ));
-    }
+    crate::config::check_private_file(path, "credentials")?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
     let (mut id, mut secret, mut token) = (None, None, None);

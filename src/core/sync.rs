@@ -542,22 +542,6 @@ impl Locker {
         Ok(out)
     }
 
-    /// The SHA-256 of the snapshot's content (read block by block).
-    pub fn sync_hash(&self, snap: &FileSnap) -> CoreResult<[u8; 32]> {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        let mut off = 0;
-        while off < snap.size {
-            let n = (snap.size - off).min(8 * BLOCK_SIZE);
-            h.update(self.sync_read(snap, off, n)?);
-            off += n;
-        }
-        let sha: [u8; 32] = h.finalize().into();
-        let st = self.lock();
-        meta::set_sha256(&st.conn, snap.ino, snap.version, &sha)?;
-        Ok(sha)
-    }
-
     /// A path (namespace, path, ETag) where the backend holds this content.
     pub fn sync_source(&self, sha: &[u8; 32]) -> CoreResult<Option<(String, Vec<u8>, String)>> {
         Ok(msync::remote_with_sha(&self.lock().conn, sha)?)

@@ -147,7 +147,7 @@ impl T {
                         (sha, objs[&(ns, p)].clone())
                     }
                     _ => (
-                        self.l.sync_hash(f).unwrap(),
+                        self.l.snap_sha256(f).unwrap(),
                         self.l.sync_read(f, 0, f.size).unwrap(),
                     ),
                 };

@@ -376,7 +376,7 @@ async fn push_file(
         None => {
             let core = inner.core.clone();
             let f2 = f.clone();
-            blocking(move || core.sync_hash(&f2)).await?
+            blocking(move || core.snap_sha256(&f2)).await?
         }
     };
     let meta = file_meta(&f, sha);
