@@ -130,21 +130,6 @@ die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- teardown
 
-stop_pid() {  # pid seconds: SIGTERM, wait, then SIGKILL; returns 1 if it had to kill
-  local pid=$1 secs=$2 i rc=0
-  [ -n "$pid" ] || return 0
-  if alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < secs * 10; i++)); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then
-      kill -KILL "$pid" 2>/dev/null
-      rc=1
-    fi
-  fi
-  wait "$pid" 2>/dev/null
-  return $rc
-}
-
 locker_stop() {  # SIGTERM: it finishes the requests in flight and drains its queue
   local pid=$LOCKER_PID i rc
   [ -n "$pid" ] || return 0
@@ -181,46 +166,26 @@ nginx_stop() {  # SIGTERM to the master (fast shutdown); then any worker left ov
 }
 
 cleanup() {
-  local rc=$? i
+  local rc=$?
   trap - EXIT INT TERM HUP
   exec 1>&3 2>&4
-  if [ -n "$STEP_PID" ]; then  # a step was running: stop it (timeout leads its own process group)
-    log "stopping the running step"
-    kill -TERM "$STEP_PID" 2>/dev/null
-    for ((i = 0; i < 30; i++)); do alive "$STEP_PID" || break; sleep 0.1; done
-    kill -KILL -- "-$STEP_PID" 2>/dev/null
-    wait "$STEP_PID" 2>/dev/null
-  fi
+  stop_step
   [ -n "$SAMPLER_PID" ] && stop_pid "$SAMPLER_PID" 2
   locker_stop
   nginx_stop
   rm -rf --one-file-system "$BASE"
-  if [ $rc -eq 0 ] && [ $FAILURES -eq 0 ] && [ $KEEP_LOGS -eq 0 ]; then
-    rm -rf "$LOGDIR"
-  elif [ -d "$LOGDIR" ]; then
-    echo "bench-api: logs kept in $LOGDIR" >&2
-  fi
+  tidy_logs $rc bench-api
   exit $rc
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- helpers
-fail() {  # metric contender why: no figure
-  FAILED["$1|$2"]=1
-  FAIL_NOTES+=("$2: $1: $3")
-  FAILURES=$((FAILURES + 1))
-  log "$2: $1 FAILED: $3"
-}
 flag() {  # metric contender why: the figure stands, but the run had errors
   ERRS["$1|$2"]=$3
   FAIL_NOTES+=("$2: $1: $3")
   FAILURES=$((FAILURES + 1))
   log "$2: $1: $3"
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 listening() {  # port pid: the listener on the port belongs to pid
@@ -242,23 +207,16 @@ command -v curl >/dev/null || need+=(curl)
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx)
 command -v ss >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]} with apt-get"
-  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }; then
-    die "apt-get install ${need[*]} failed"
-  fi
-fi
+apt_install "${need[@]}"
 nginx -V 2>&1 | grep -q -- --with-http_dav_module || die "this nginx has no http_dav_module (PUT)"
 if [ ! -x "$LOCKER_BIN" ]; then
   [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || die "LOCKER_BIN=$LOCKER_BIN does not exist"
   command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-  log "building LOCKER: cargo build --release"
-  (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
-  [ -x "$LOCKER_BIN" ] || die "cargo build did not produce $LOCKER_BIN"
+  build_locker
 fi
 # Recorded now: the binary may be rebuilt while the benchmark runs (the
 # daemon started below keeps the file it was started from).
-BIN_FACTS="built $(date -r "$LOCKER_BIN" '+%Y-%m-%d %H:%M'), repo at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes') when the run started"
+BIN_FACTS="$(bin_facts) when the run started"
 if [ -n "$(find "$REPO/src" "$REPO/Cargo.toml" -newer "$LOCKER_BIN" -print -quit 2>/dev/null)" ]; then
   log "WARNING: sources are newer than $LOCKER_BIN"
   NOTES+=("the LOCKER binary was older than some of the sources")
@@ -269,9 +227,7 @@ mkdir -p "$BASE" "$LOGDIR" "$DATA" "$NGX/logs" "$NGX/body" "$NGX_ROOT/small" || 
 log "mode $MODE; work dir $BASE; logs in $LOGDIR"
 # The big file, LOCKER's blocks and its local backend's copy, nginx's copy
 # and its body temp file.
-tmp_need=$(((SEQ_MB * 5 + 1024) * 1024))
-tmp_free=$(df -k --output=avail "$BASE" | tail -1)
-[ "$tmp_free" -gt "$tmp_need" ] || die "$BASE has ${tmp_free} KiB free, need ${tmp_need} KiB"
+need_space "$BASE" $(((SEQ_MB * 5 + 1024) * 1024))
 
 # A key for this run only, never written to a file but $HDR (mode 0600),
 # and given to LOCKER through its environment.
@@ -633,12 +589,6 @@ METRICS+=(
   "rss_peak|LOCKER daemon peak RSS during the ${SEQ_MB} MiB PUT (VmRSS every 10 ms; VmHWM after it in brackets)|MiB|1|info"
 )
 
-speed_ratio() {  # locker nginx
-  case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
-  if [ -z "$1" ] || [ -z "$2" ]; then printf -- '–'; return; fi
-  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else printf "–" }'
-}
-
 table() {
   local line key label unit dec kind c v s row cell
   printf '| workload | unit | locker | nginx | LOCKER/nginx |\n|---|---|---:|---:|---:|\n'
@@ -660,16 +610,13 @@ table() {
       row+=" $cell |"
     done
     if [ "$kind" = info ]; then row+=" |"
-    else row+=" $(speed_ratio "$(value "$key" locker)" "$(value "$key" nginx)") |"; fi
+    else row+=" $(ratio "$(value "$key" locker)" "$(value "$key" nginx)") |"; fi
     printf '%s\n' "$row"
   done
 }
 
 machine_facts() {
-  local model mem
-  model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-  mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-  echo "- Machine: $(nproc) CPUs ($model), $mem RAM, kernel $(uname -r); load average (1/5/15 min) $LOAD_START at start, $LOAD_END at end. wrk, curl and the server under test share these CPUs (nothing is pinned)"
+  machine_line ". wrk, curl and the server under test share these CPUs (nothing is pinned)"
   echo "- Storage: LOCKER's data dir, nginx's root and the ${SEQ_MB} MiB source file on \`$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')\`"
   echo "- LOCKER: \`locker serve --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS\`, \`[cache] size_mb = $CACHE_MB\`, \`[api] listen/public_url = 127.0.0.1:PORT, max_body_mb = $MAX_BODY_MB\`, one key \`[api.keys.bench] namespaces = [\"*\"], write = true\` (random key for the run, from the environment), \`[namespaces.corp]\` with the default local backend (DATA/backend/corp); files under \`/api/files/corp/\`. A PUT file is pushed to the backend ${UPLOAD_DELAY_MS} ms after it is stored: during the 4 KiB PUT runs that push runs alongside; after every LOCKER PUT run and before the next run the script waits, untimed, for \`locker status --json\` to show the queue empty"
   echo "- LOCKER binary: \`$LOCKER_BIN\` ($BIN_FACTS)"
@@ -679,13 +626,8 @@ machine_facts() {
 }
 
 section() {
-  local cmd n
-  cmd="scripts/bench-api.sh"
-  [ ${#ORIG_ARGS[@]} -gt 0 ] && cmd+=" ${ORIG_ARGS[*]}"
-  echo "### HTTP API benchmark ($MODE run)"
-  echo
-  echo "- Command: \`$cmd\` (as root; ran in $((TOTAL_SECS / 60)) min $((TOTAL_SECS % 60)) s)"
-  echo "- Date: $(date '+%Y-%m-%d %H:%M %Z')"
+  local n
+  section_head "HTTP API benchmark" scripts/bench-api.sh
   echo "- Repeats: one run. Timings on these machines are noisy: the ratios compare LOCKER and nginx within this one run; absolute figures move between runs"
   machine_facts
   echo "- Figures: req/s = wrk's requests ÷ its run time (p50 / p99 latency in brackets); MiB/s = ${SEQ_MB} MiB ÷ curl's time_total (in brackets). LOCKER/nginx is a speed ratio: above 1× LOCKER is faster. nginx is the ceiling for GET (static files, sendfile)"
@@ -704,30 +646,6 @@ section() {
 }
 
 SECTION=$(section)
-echo
-printf '%s\n' "$SECTION"
-echo
-
-if [ $WRITE_MD -eq 1 ]; then
-  SECTION="$SECTION" MODE=$MODE python3 - "$MD_FILE" <<'EOF'
-import os, re, sys
-path, mode, body = sys.argv[1], os.environ["MODE"], os.environ["SECTION"]
-begin, end = "<!-- bench-api:%s:begin -->" % mode, "<!-- bench-api:%s:end -->" % mode
-block = "%s\n%s\n%s" % (begin, body.strip("\n"), end)
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n"
-pat = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-if pat.search(text):
-    text = pat.sub(lambda m: block, text)
-elif mode == "full" and "<!-- bench-api:quick:begin -->" in text:
-    text = text.replace("<!-- bench-api:quick:begin -->", block + "\n\n<!-- bench-api:quick:begin -->", 1)
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-open(path, "w").write(text)
-EOF
-  log "wrote the API $MODE section of $MD_FILE"
-fi
+report_section "$MD_FILE" bench-api "API $MODE"
 log "done in ${TOTAL_SECS}s; $FAILURES problem(s)"
 [ $FAILURES -eq 0 ]

@@ -90,17 +90,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-CONTENDERS=()
-IFS=, read -r -a _want <<<"$ONLY"
-for c in "${ALL_CONTENDERS[@]}"; do
-  for w in "${_want[@]}"; do [ "$w" = "$c" ] && CONTENDERS+=("$c") && break; done
-done
-for w in "${_want[@]}"; do
-  case " ${ALL_CONTENDERS[*]} " in *" $w "*) ;; *) echo "bench-sync: unknown contender '$w'" >&2; exit 2 ;; esac
-done
-[ ${#CONTENDERS[@]} -gt 0 ] || { echo "bench-sync: --only selected no contender" >&2; exit 2; }
+select_contenders bench-sync
 case $REPEAT in ''|*[!0-9]*|0) echo "bench-sync: --repeat needs a positive number" >&2; exit 2 ;; esac
-has() { case " ${CONTENDERS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench-sync: must run as root (FUSE mount with allow_other, drop_caches)" >&2
@@ -156,21 +147,6 @@ die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- teardown
 
-stop_pid() {  # pid seconds: SIGTERM, wait, then SIGKILL; returns 1 if it had to kill
-  local pid=$1 secs=$2 i rc=0
-  [ -n "$pid" ] || return 0
-  if alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < secs * 10; i++)); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then
-      kill -KILL "$pid" 2>/dev/null
-      rc=1
-    fi
-  fi
-  wait "$pid" 2>/dev/null
-  return $rc
-}
-
 locker_stop() {  # unmount LOCKER: SIGTERM (it drains, then unmounts), else force
   local pid=$LOCKER_PID
   [ -n "$pid" ] || return 0
@@ -193,16 +169,10 @@ locker_stop() {  # unmount LOCKER: SIGTERM (it drains, then unmounts), else forc
 }
 
 cleanup() {
-  local rc=$? i
+  local rc=$?
   trap - EXIT INT TERM HUP
   exec 1>&3 2>&4
-  if [ -n "$STEP_PID" ]; then  # a step was running: stop it (timeout leads its own process group)
-    log "stopping the running step"
-    kill -TERM "$STEP_PID" 2>/dev/null
-    for ((i = 0; i < 30; i++)); do alive "$STEP_PID" || break; sleep 0.1; done
-    kill -KILL -- "-$STEP_PID" 2>/dev/null
-    wait "$STEP_PID" 2>/dev/null
-  fi
+  stop_step
   [ -n "$WAITER_PID" ] && stop_pid "$WAITER_PID" 2
   locker_stop
   if [ -n "$MOTO_PID" ]; then
@@ -215,11 +185,7 @@ cleanup() {
     rm -rf --one-file-system "$BASE"
   fi
   rm -rf "$SHM"
-  if [ $rc -eq 0 ] && [ $FAILURES -eq 0 ] && [ $KEEP_LOGS -eq 0 ]; then
-    rm -rf "$LOGDIR"
-  elif [ -d "$LOGDIR" ]; then
-    echo "bench-sync: logs kept in $LOGDIR" >&2
-  fi
+  tidy_logs $rc bench-sync
   exit $rc
 }
 trap cleanup EXIT
@@ -228,28 +194,13 @@ trap 'log "interrupted"; exit 130' INT TERM HUP
 # ---------------------------------------------------------------- helpers
 s3() { "$VPY" "$S3TOOL" --endpoint "$ENDPOINT" "$@"; }
 
-fail() {  # metric contender why
-  FAILED["$1|$2"]=1
-  FAIL_NOTES+=("$2: $1: $3")
-  FAILURES=$((FAILURES + 1))
-  log "$2: $1 FAILED: $3"
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # ---------------------------------------------------------------- dependencies
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v mountpoint >/dev/null || need+=(util-linux)
 has rclone && { command -v rclone >/dev/null || need+=(rclone); }
 has locker && { command -v fusermount3 >/dev/null || need+=(fuse3); }
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]} with apt-get"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
-    die "apt-get install ${need[*]} failed"
-fi
+apt_install "${need[@]}"
 if [ ! -x "$MOTO_BIN" ] || ! "$VPY" -c 'import boto3' 2>/dev/null; then
   log "no moto_server/boto3 in $VENV: running scripts/deps.sh"
   bash "$SCRIPT_DIR/deps.sh" >&2 || die "scripts/deps.sh failed"
@@ -261,9 +212,7 @@ if has locker; then
       die "--build builds $DEFAULT_LOCKER_BIN, but LOCKER_BIN=$LOCKER_BIN"
     [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || die "LOCKER_BIN=$LOCKER_BIN does not exist"
     command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-    log "building LOCKER: cargo build --release"
-    (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
-    [ -x "$LOCKER_BIN" ] || die "cargo build did not produce $LOCKER_BIN"
+    build_locker
   fi
   if [ -n "$(find "$REPO/src" "$REPO/Cargo.toml" -newer "$LOCKER_BIN" -print -quit 2>/dev/null)" ]; then
     log "WARNING: sources are newer than $LOCKER_BIN (use --build)"
@@ -274,13 +223,9 @@ fi
 # ---------------------------------------------------------------- work dirs, data
 mkdir -p "$BASE/moto-tmp" "$SHM" "$LOGDIR" "$MNT" || die "cannot create work directories"
 log "mode $MODE; contenders: ${CONTENDERS[*]}; logs in $LOGDIR"
-shm_need=$(((SEQ_MB + SMALL_FILES * 17 / 1024 + 16) * 1024))
-shm_free=$(df -k --output=avail /dev/shm | tail -1)
-[ "$shm_free" -gt "$shm_need" ] || die "/dev/shm has ${shm_free} KiB free, need ${shm_need} KiB"
+need_space /dev/shm $(((SEQ_MB + SMALL_FILES * 17 / 1024 + 16) * 1024))
 # moto spills large objects to files; every repeat keeps two copies of each.
-tmp_need=$(((SEQ_MB * 4 * REPEAT + SEQ_MB * 2 + 1024) * 1024))
-tmp_free=$(df -k --output=avail "$BASE" | tail -1)
-[ "$tmp_free" -gt "$tmp_need" ] || die "$BASE has ${tmp_free} KiB free, need ${tmp_need} KiB"
+need_space "$BASE" $(((SEQ_MB * 4 * REPEAT + SEQ_MB * 2 + 1024) * 1024))
 
 log "generating test data in $SHM (${SEQ_MB} MiB random file, ${SMALL_FILES} small files, ${LAT_FILES} x ${LAT_SIZE} B)"
 head -c "$((SEQ_MB * 1048576))" /dev/urandom >"$SHM/big" || die "cannot write $SHM/big"
@@ -757,15 +702,12 @@ table() {
 }
 
 machine_facts() {
-  local model mem
-  model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-  mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-  echo "- Machine: $(nproc) CPUs ($model), $mem RAM, kernel $(uname -r); load average (1/5/15 min) $LOAD_START at start, $LOAD_END at end (no busy loop runs here; a load well above 2 means other work shared the machine)"
+  machine_line " (no busy loop runs here; a load well above 2 means other work shared the machine)"
   echo "- Storage: $(has locker && echo "LOCKER's data dirs and ")moto's spill files on \`$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')\`; test data prepared in /dev/shm"
   echo "- Backend: moto_server $MOTO_VERSION (\`$MOTO_BIN -H 127.0.0.1 -p PORT\`), one server for both contenders, separate buckets (corp-rN for LOCKER, rclone-rN for rclone, a fresh pair per run); it keeps objects in memory and spill files, so the absolute figures are bound by moto and the ratios are the point"
   if has locker; then
     echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) and \`$COLD_CACHE_MB\` for the cold read, one \`[namespaces.corp]\` of backend s3 (path_style); other settings default. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by a HEAD/list of the bucket"
-    echo "- LOCKER binary: \`$LOCKER_BIN\` (built $(date -r "$LOCKER_BIN" '+%Y-%m-%d %H:%M'), repo at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes'))"
+    echo "- LOCKER binary: \`$LOCKER_BIN\` ($(bin_facts))"
   fi
   if has rclone; then
     echo "- rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}'): remote \`type = s3, provider = Other, env_auth = true, force_path_style = true\`, flags \`${RCLONE_FLAGS[*]}\` (as many uploads at once as LOCKER's \`uploads\` and \`parallel_parts\` defaults), otherwise default (5 MiB chunks)"
@@ -774,13 +716,8 @@ machine_facts() {
 }
 
 section() {
-  local cmd n
-  cmd="scripts/bench-sync.sh"
-  [ ${#ORIG_ARGS[@]} -gt 0 ] && cmd+=" ${ORIG_ARGS[*]}"
-  echo "### Sync sidecar benchmark ($MODE run)"
-  echo
-  echo "- Command: \`$cmd\` (as root; ran in $((TOTAL_SECS / 60)) min $((TOTAL_SECS % 60)) s)"
-  echo "- Date: $(date '+%Y-%m-%d %H:%M %Z')"
+  local n
+  section_head "Sync sidecar benchmark" scripts/bench-sync.sh
   if [ "$REPEAT" -gt 1 ]; then
     echo "- Repeats: every workload ran $REPEAT times; each figure is the median"
   else
@@ -798,30 +735,6 @@ section() {
 }
 
 SECTION=$(section)
-echo
-printf '%s\n' "$SECTION"
-echo
-
-if [ $WRITE_MD -eq 1 ]; then
-  SECTION="$SECTION" MODE=$MODE python3 - "$MD_FILE" <<'EOF'
-import os, re, sys
-path, mode, body = sys.argv[1], os.environ["MODE"], os.environ["SECTION"]
-begin, end = "<!-- bench-sync:%s:begin -->" % mode, "<!-- bench-sync:%s:end -->" % mode
-block = "%s\n%s\n%s" % (begin, body.strip("\n"), end)
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n"
-pat = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-if pat.search(text):
-    text = pat.sub(lambda m: block, text)
-elif mode == "full" and "<!-- bench-sync:quick:begin -->" in text:
-    text = text.replace("<!-- bench-sync:quick:begin -->", block + "\n\n<!-- bench-sync:quick:begin -->", 1)
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-open(path, "w").write(text)
-EOF
-  log "wrote the sync $MODE section of $MD_FILE"
-fi
+report_section "$MD_FILE" bench-sync "sync $MODE"
 log "done in ${TOTAL_SECS}s; $FAILURES failed step(s)"
 [ $FAILURES -eq 0 ]

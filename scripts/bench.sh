@@ -80,18 +80,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-CONTENDERS=()
-IFS=, read -r -a _want <<<"$ONLY"
-for c in "${ALL_CONTENDERS[@]}"; do
-  for w in "${_want[@]}"; do [ "$w" = "$c" ] && CONTENDERS+=("$c") && break; done
-done
-for w in "${_want[@]}"; do
-  case " ${ALL_CONTENDERS[*]} " in *" $w "*) ;; *) echo "bench: unknown contender '$w'" >&2; exit 2 ;; esac
-done
-[ ${#CONTENDERS[@]} -gt 0 ] || { echo "bench: --only selected no contender" >&2; exit 2; }
+select_contenders bench
 case $BUSY in all|one|none) ;; *) echo "bench: --busy must be one, all or none" >&2; exit 2 ;; esac
 case $REPEAT in ''|*[!0-9]*|0) echo "bench: --repeat needs a positive number" >&2; exit 2 ;; esac
-has() { case " ${CONTENDERS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench: must run as root (loop device, mount, drop_caches)" >&2
@@ -166,16 +157,10 @@ stop_busy() {
 }
 
 cleanup() {
-  local rc=$? c i
+  local rc=$? c
   trap - EXIT INT TERM HUP
   exec 1>&3 2>&4
-  if [ -n "$STEP_PID" ]; then  # a step was running: stop it (timeout leads its own process group)
-    log "stopping the running step"
-    kill -TERM "$STEP_PID" 2>/dev/null
-    for ((i = 0; i < 30; i++)); do alive "$STEP_PID" || break; sleep 0.1; done
-    kill -KILL -- "-$STEP_PID" 2>/dev/null
-    wait "$STEP_PID" 2>/dev/null
-  fi
+  stop_step
   for c in "${!MPID[@]}"; do stop_daemon "$c"; done
   stop_busy
   if [ -n "$LOOPDEV" ]; then
@@ -185,11 +170,7 @@ cleanup() {
     losetup -d "$LOOPDEV" 2>/dev/null
   fi
   rm -rf "$BASE" "$SHM"
-  if [ $rc -eq 0 ] && [ $FAILURES -eq 0 ] && [ $KEEP_LOGS -eq 0 ]; then
-    rm -rf "$LOGDIR"
-  elif [ -d "$LOGDIR" ]; then
-    echo "bench: logs kept in $LOGDIR" >&2
-  fi
+  tidy_logs $rc bench
   exit $rc
 }
 trap cleanup EXIT
@@ -197,12 +178,6 @@ trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- helpers
 FAIL_NOTES=()
-fail() {  # metric contender why
-  FAILED["$1|$2"]=1
-  FAIL_NOTES+=("$2: $1: $3")
-  FAILURES=$((FAILURES + 1))
-  log "$2: $1 FAILED: $3"
-}
 
 fio_iops() {  # json-file rw
   python3 - "$1" "$2" <<'EOF'
@@ -242,24 +217,16 @@ command -v mountpoint >/dev/null || need+=(util-linux)
 if has bindfs || has locker || has rclone; then command -v fusermount3 >/dev/null || need+=(fuse3); fi
 has bindfs && { command -v bindfs >/dev/null || need+=(bindfs); }
 has rclone && { command -v rclone >/dev/null || need+=(rclone); }
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]} with apt-get"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
-    die "apt-get install ${need[*]} failed"
-fi
+apt_install "${need[@]}"
 if has locker && [ ! -x "$LOCKER_BIN" ]; then
   [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || die "LOCKER_BIN=$LOCKER_BIN does not exist"
-  log "building LOCKER: cargo build --release"
-  (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
-  [ -x "$LOCKER_BIN" ] || die "cargo build did not produce $LOCKER_BIN"
+  build_locker
 fi
 
 # ---------------------------------------------------------------- scratch fs
 mkdir -p "$BASE" "$SHM" "$LOGDIR" "$SCRATCH" "$MNTROOT" || die "cannot create work directories"
 log "mode $MODE; contenders: ${CONTENDERS[*]}; logs in $LOGDIR"
-shm_need=$(((SEQ_MB + 2 * SMALL_FILES * 20 / 1024 + 64) * 1024))
-shm_free=$(df -k --output=avail /dev/shm | tail -1)
-[ "$shm_free" -gt "$shm_need" ] || die "/dev/shm has ${shm_free} KiB free, need ${shm_need} KiB"
+need_space /dev/shm $(((SEQ_MB + 2 * SMALL_FILES * 20 / 1024 + 64) * 1024))
 
 log "creating ${IMG_MB} MiB scratch ext4 image on a loop device"
 fallocate -l "${IMG_MB}M" "$IMG" 2>/dev/null || truncate -s "${IMG_MB}M" "$IMG" || die "cannot create $IMG"
@@ -517,12 +484,6 @@ GROUP_TITLES=(
   "4. Metadata ($META_FILES files of 4 KiB in $META_DIRS directories, scripts/bench/meta.py; each phase timed separately)"
   "5. Small files ($SMALL_FILES files in $SMALL_DIRS directories, $((SMALL_BYTES / 1048576)) MiB, deterministic tar)"
 )
-ratio() {  # a b
-  case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
-  [ -n "$1" ] && [ -n "$2" ] || { printf -- '–'; return; }
-  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else printf "–" }'
-}
-
 tables() {
   local g line key grp label unit dec target c others=() hdr sep row v s tc tf r
   declare -A val=()
@@ -565,10 +526,7 @@ tables() {
 }
 
 machine_facts() {
-  local model mem
-  model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-  mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-  echo "- Machine: $(nproc) CPUs ($model), $mem RAM, kernel $(uname -r); load average (1/5/15 min) $LOAD_START at start, $LOAD_END at end (anything well above the busy loop's 1 means other work shared the machine)"
+  machine_line " (anything well above the busy loop's 1 means other work shared the machine)"
   echo "- Scratch filesystem: ${IMG_MB} MiB image file (fallocated on \`$ROOT_OPTS\`), loop device with direct-io=$LOOP_DIO, \`mkfs.ext4 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0\`, mounted \`$SCRATCH_OPTS\` (no online discard). Native, bindfs's source, LOCKER's data dir and rclone's remote and cache dir all live on it; test data is prepared in /dev/shm."
   local cs=()
   has native && cs+=("native = a directory on the scratch fs")
@@ -579,19 +537,14 @@ machine_facts() {
   for ((i = 1; i < ${#cs[@]}; i++)); do out+="; ${cs[$i]}"; done
   echo "- Contenders: $out"
   if has locker; then
-    echo "- LOCKER binary: \`$LOCKER_BIN\` (built $(date -r "$LOCKER_BIN" '+%Y-%m-%d %H:%M'), repo at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes'))"
+    echo "- LOCKER binary: \`$LOCKER_BIN\` ($(bin_facts))"
   fi
   echo "- Tools: $(fio --version), $(dd --version | head -1), $(tar --version | head -1), Python $(python3 -c 'import platform; print(platform.python_version())')"
 }
 
 section() {
-  local c cmd
-  cmd="scripts/bench.sh"
-  [ ${#ORIG_ARGS[@]} -gt 0 ] && cmd+=" ${ORIG_ARGS[*]}"
-  echo "### LOCKER benchmark ($MODE run)"
-  echo
-  echo "- Command: \`$cmd\` (as root; ran in $((TOTAL_SECS / 60)) min $((TOTAL_SECS % 60)) s)"
-  echo "- Date: $(date '+%Y-%m-%d %H:%M %Z')"
+  local c
+  section_head "LOCKER benchmark" scripts/bench.sh
   if [ "$REPEAT" -gt 1 ]; then
     echo "- Repeats: every contender ran $REPEAT times, interleaved; each figure is the median"
   else
@@ -612,31 +565,7 @@ section() {
 }
 
 SECTION=$(section)
-echo
-printf '%s\n' "$SECTION"
-echo
-
-if [ $WRITE_MD -eq 1 ]; then
-  SECTION="$SECTION" MODE=$MODE python3 - "$REPO/BENCHMARKS.md" <<'EOF'
-import os, re, sys
-path, mode, body = sys.argv[1], os.environ["MODE"], os.environ["SECTION"]
-begin, end = "<!-- bench:%s:begin -->" % mode, "<!-- bench:%s:end -->" % mode
-block = "%s\n%s\n%s" % (begin, body.strip("\n"), end)
-try:
-    text = open(path).read()
-except FileNotFoundError:
-    text = ("# Benchmarks\n\nProduced by `scripts/bench.sh` (sections are replaced on each run; "
-            "the full run and the `--quick` smoke test keep separate sections).\n")
-pat = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-if pat.search(text):
-    text = pat.sub(lambda m: block, text)
-elif mode == "full" and "<!-- bench:quick:begin -->" in text:
-    text = text.replace("<!-- bench:quick:begin -->", block + "\n\n<!-- bench:quick:begin -->", 1)
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-open(path, "w").write(text)
-EOF
-  log "wrote the $MODE section of $REPO/BENCHMARKS.md"
-fi
+report_section "$REPO/BENCHMARKS.md" bench "$MODE" \
+  $'# Benchmarks\n\nProduced by `scripts/bench.sh` (sections are replaced on each run; the full run and the `--quick` smoke test keep separate sections).\n'
 log "done in ${TOTAL_SECS}s; $FAILURES failed step(s)"
 [ $FAILURES -eq 0 ]
