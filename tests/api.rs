@@ -370,6 +370,16 @@ fn same_content_is_deduplicated() {
     // Re-sending a file's own content reports the path itself.
     let r = a.put("corp/s3.txt", b"other").json();
     assert_eq!(r["existing_ref"], "locker://corp/s3.txt");
+
+    // A key never learns of content in a namespace it may not read: the
+    // deck-only key stores corp's content without being told where it is.
+    let deck = format!("Bearer {}", a.keys.deck);
+    let h = [("Authorization", deck.as_str())];
+    let r = http::request(a.addr, "PUT", b"/api/files/deck/mine.bin", &h, &m).json();
+    assert_eq!(r["deduplicated"], false);
+    assert!(r.get("existing_ref").is_none(), "{r}");
+    let r = http::request(a.addr, "PUT", b"/api/files/deck/mine2.bin", &h, &m).json();
+    assert_eq!(r["existing_ref"], "locker://deck/mine.bin");
 }
 
 #[test]
@@ -1046,6 +1056,25 @@ fn shutdown_finishes_uploads_in_flight_and_answers_503() {
         .request("GET", b"/api/files/corp", &[("Authorization", &auth)], b"")
         .unwrap();
     assert_eq!(r.status, 200);
+    // A download half read.
+    let big = pattern(24 << 20, 41);
+    let r = http::request(
+        s.addr,
+        "PUT",
+        b"/api/files/corp/big.bin",
+        &[("Authorization", &auth)],
+        &big,
+    );
+    assert_eq!(r.status, 201);
+    let mut down = Conn::open(s.addr).unwrap();
+    down.send_raw(
+        format!("GET /api/files/corp/big.bin HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let (status, _) = down.read_head().unwrap();
+    assert_eq!(status, 200);
+    let first = down.read_bytes(1 << 20).unwrap();
     // An upload half sent.
     let body = pattern(4 << 20, 40);
     let mut up = Conn::open(s.addr).unwrap();
@@ -1068,6 +1097,13 @@ fn shutdown_finishes_uploads_in_flight_and_answers_503() {
     up.send_raw(&body[2 << 20..]).unwrap();
     let r = up.read_response(false).unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // The download in flight is sent whole.
+    std::thread::sleep(Duration::from_millis(500));
+    let rest = down.read_bytes(big.len() - first.len()).unwrap();
+    assert!(
+        first == big[..1 << 20] && rest == big[1 << 20..],
+        "download cut short"
+    );
     let st = s
         .stop_within(Duration::from_secs(30))
         .expect("daemon exits");

@@ -110,15 +110,42 @@ enum Found {
     },
 }
 
-/// Releases a snapshot's pins when dropped.
+/// Releases a snapshot's pins when dropped (on the blocking pool when in
+/// the runtime: the release takes the state lock).
 struct SnapGuard {
     core: Arc<Locker>,
-    snap: FileSnap,
+    snap: Option<FileSnap>,
+}
+
+impl SnapGuard {
+    fn new(core: Arc<Locker>, snap: FileSnap) -> SnapGuard {
+        SnapGuard {
+            core,
+            snap: Some(snap),
+        }
+    }
+
+    fn snap(&self) -> &FileSnap {
+        self.snap.as_ref().expect("taken only when dropped")
+    }
+
+    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, CoreError> {
+        self.core.snap_read(self.snap(), offset, len)
+    }
 }
 
 impl Drop for SnapGuard {
     fn drop(&mut self) {
-        self.core.sync_release(&self.snap);
+        let (core, Some(snap)) = (self.core.clone(), self.snap.take()) else {
+            return;
+        };
+        let release = move || core.sync_release(&snap);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(release);
+            }
+            Err(_) => release(),
+        }
     }
 }
 
@@ -183,11 +210,11 @@ pub(super) async fn get(
             FileKind::File => {
                 let mime = core.mime_type(row.attr.ino)?;
                 let snap = core.file_snapshot(row.attr.ino)?;
-                let guard = SnapGuard { core, snap };
-                let sha = guard.core.snap_sha256(&guard.snap)?;
-                let size = guard.snap.size;
+                let guard = SnapGuard::new(core, snap);
+                let sha = guard.core.snap_sha256(guard.snap())?;
+                let size = guard.snap().size;
                 let small = if !head && size <= SMALL {
-                    Some(guard.core.snap_read(&guard.snap, 0, size)?)
+                    Some(guard.read(0, size)?)
                 } else {
                     None
                 };
@@ -212,11 +239,9 @@ pub(super) async fn get(
                 "mtime": headers::rfc3339(row.attr.mtime),
                 "entries": entries,
             });
-            let mut r = json_response(StatusCode::OK, &body);
-            if head {
-                *r.body_mut() = empty();
-            }
-            return Ok(r);
+            // For HEAD, hyper sends the headers (Content-Length included)
+            // and no body.
+            return Ok(json_response(StatusCode::OK, &body));
         }
         Found::File {
             guard,
@@ -225,9 +250,9 @@ pub(super) async fn get(
             small,
         } => (guard, sha, mime, small),
     };
-    let size = guard.snap.size;
+    let size = guard.snap().size;
     let etag = format!("\"{}\"", hex(&sha));
-    let mtime = guard.snap.mtime;
+    let mtime = guard.snap().mtime;
     let mime = match mime {
         Some(m) => String::from_utf8_lossy(&m).into_owned(),
         None => headers::guess_mime(ap.names.last().map_or("", |s| s.as_str())).to_string(),
@@ -237,6 +262,11 @@ pub(super) async fn get(
     h.insert(header::ETAG, hv(&etag));
     h.insert(header::LAST_MODIFIED, hv(&headers::http_date(mtime)));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // A stored type is served as it is, never guessed at by a browser.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     let rh = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     let not_modified = match rh(header::IF_NONE_MATCH) {
         Some(inm) => headers::none_match(inm, &etag),
@@ -281,13 +311,13 @@ pub(super) async fn get(
         full(Bytes::from(all).slice(start as usize..end as usize))
     } else if end - start <= CHUNK as u64 {
         let data = blocking(move || {
-            let d = guard.core.snap_read(&guard.snap, start, end - start)?;
+            let d = guard.read(start, end - start)?;
             Ok(d)
         })
         .await?;
         full(data)
     } else {
-        stream_body(guard, start, end)
+        stream_body(sh, guard, start, end)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -327,28 +357,37 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-fn stream_body(guard: SnapGuard, start: u64, end: u64) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+/// A body that a client stops reading for this long is abandoned.
+const SEND_IDLE: Duration = Duration::from_secs(60);
+
+/// Streams bytes `start..end` of a snapshot: each chunk is read on the
+/// blocking pool (no thread waits on the client), at most two wait in the
+/// channel, and the request counts as in flight until the last is sent.
+fn stream_body(sh: &Arc<Shared>, guard: SnapGuard, start: u64, end: u64) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let active = super::Active::new(sh);
+    tokio::spawn(async move {
+        let _active = active;
+        let guard = Arc::new(guard);
         let mut off = start;
         while off < end {
             // Whole blocks after the first, so each read touches one block.
             let n = (CHUNK as u64 - off % CHUNK as u64).min(end - off);
-            let r = guard
-                .core
-                .snap_read(&guard.snap, off, n)
-                .map(Bytes::from)
-                .map_err(|e| {
+            let g = guard.clone();
+            let r = match tokio::task::spawn_blocking(move || g.read(off, n)).await {
+                Ok(Ok(v)) => Ok(Bytes::from(v)),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "api: a read failed while sending a file");
-                    io::Error::other(e.to_string())
-                });
+                    Err(io::Error::other(e.to_string()))
+                }
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
             let failed = r.is_err();
-            if tx.blocking_send(r).is_err() || failed {
-                break;
+            match tokio::time::timeout(SEND_IDLE, tx.send(r)).await {
+                Ok(Ok(())) if !failed => off += n,
+                _ => break,
             }
-            off += n;
         }
-        drop(guard);
     });
     ChannelBody {
         rx,
@@ -357,18 +396,48 @@ fn stream_body(guard: SnapGuard, start: u64, end: u64) -> Body {
     .boxed()
 }
 
-/// An upload (once begun) that is removed unless it is placed.
+/// Where an upload stands.
+enum Slot {
+    /// Nothing written yet.
+    Fresh,
+    Active(Upload),
+    /// Abandoned (the request went away) or finished: nothing more may be
+    /// written or placed.
+    Closed,
+}
+
+impl Slot {
+    /// The upload to write to, begun if fresh.
+    fn active(&mut self, core: &Locker) -> Result<&mut Upload, ApiError> {
+        if matches!(self, Slot::Fresh) {
+            *self = Slot::Active(core.upload_begin()?);
+        }
+        match self {
+            Slot::Active(u) => Ok(u),
+            _ => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the upload was abandoned",
+            )),
+        }
+    }
+}
+
+/// An upload that is removed unless it is placed.
 struct UploadGuard {
     core: Arc<Locker>,
-    up: Arc<Mutex<Option<Upload>>>,
+    up: Arc<Mutex<Slot>>,
 }
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         let (core, up) = (self.core.clone(), self.up.clone());
         let abort = move || {
-            let taken = up.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(u) = taken {
+            let old = std::mem::replace(
+                &mut *up.lock().unwrap_or_else(|p| p.into_inner()),
+                Slot::Closed,
+            );
+            if let Slot::Active(u) = old {
                 core.upload_abort(u);
             }
         };
@@ -386,6 +455,7 @@ pub(super) async fn put(
     sh: &Arc<Shared>,
     ap: ApiPath,
     req: Request<Incoming>,
+    grant: &Grant,
 ) -> Result<Response<Body>, ApiError> {
     let Some((dirs, name)) = ap.split_last() else {
         return Err(ApiError::new(
@@ -458,7 +528,7 @@ pub(super) async fn put(
     // with one call into the core when it has arrived whole.
     let guard = UploadGuard {
         core: sh.core.clone(),
-        up: Arc::new(Mutex::new(None)),
+        up: Arc::new(Mutex::new(Slot::Fresh)),
     };
     let mut body = req.into_body();
     let mut hasher = Sha256::new();
@@ -503,17 +573,20 @@ pub(super) async fn put(
     let sha: [u8; 32] = hasher.finalize().into();
     let core = sh.core.clone();
     let up = guard.up.clone();
+    let grant = grant.clone();
     let placed = blocking(move || {
         let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
-        let mut u = match slot.take() {
-            Some(u) => u,
-            None => core.upload_begin()?,
+        slot.active(&core)?;
+        let Slot::Active(mut u) = std::mem::replace(&mut *slot, Slot::Closed) else {
+            unreachable!("made active above")
         };
         if let Err(e) = core.upload_write(&mut u, &buf) {
             core.upload_abort(u);
             return Err(e.into());
         }
-        Ok(core.upload_finish(u, &refs(&dir_names), &name, sha, mime.as_deref())?)
+        // Content found elsewhere is named only where this key may read.
+        let visible = |ns: &[u8]| grant.allows(&String::from_utf8_lossy(ns));
+        Ok(core.upload_finish(u, &refs(&dir_names), &name, sha, mime.as_deref(), &visible)?)
     })
     .await?;
     let mut body = serde_json::json!({
@@ -544,10 +617,7 @@ async fn write_chunk(guard: &UploadGuard, chunk: Vec<u8>) -> Result<(), ApiError
     let up = guard.up.clone();
     blocking(move || {
         let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(core.upload_begin()?);
-        }
-        let u = slot.as_mut().expect("just set");
+        let u = slot.active(&core)?;
         Ok(core.upload_write(u, &chunk)?)
     })
     .await
@@ -694,8 +764,8 @@ pub(super) async fn resolve(
             return Ok((row, None, None));
         }
         let snap = core.file_snapshot(row.attr.ino)?;
-        let g = SnapGuard { core, snap };
-        let sha = g.core.snap_sha256(&g.snap)?;
+        let g = SnapGuard::new(core, snap);
+        let sha = g.core.snap_sha256(g.snap())?;
         let mime = g.core.mime_type(row.attr.ino)?;
         Ok((row, Some(sha), mime))
     })

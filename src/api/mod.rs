@@ -196,11 +196,12 @@ async fn accept_loop(
     }
 }
 
-/// Counts a request in flight while it lives.
-struct Active(Arc<Shared>);
+/// Counts a request in flight while it lives (a streamed response body
+/// holds one until it is sent).
+pub(crate) struct Active(Arc<Shared>);
 
 impl Active {
-    fn new(sh: &Arc<Shared>) -> Active {
+    pub(crate) fn new(sh: &Arc<Shared>) -> Active {
         sh.active.fetch_add(1, Ordering::SeqCst);
         Active(sh.clone())
     }
@@ -266,7 +267,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
             }
             hyper::Method::PUT => {
                 sh.grant(&grant, &ap.ns, true)?;
-                files::put(sh, ap, req).await
+                files::put(sh, ap, req, &grant).await
             }
             hyper::Method::DELETE => {
                 sh.grant(&grant, &ap.ns, true)?;

@@ -202,7 +202,8 @@ impl Locker {
     /// namespace; missing directories are made, owned like their parent),
     /// replacing a file there, and makes it durable. The new file keeps the
     /// permissions and owner of the file it replaces. `sha256` is the hash
-    /// of the uploaded bytes, computed as they arrived.
+    /// of the uploaded bytes, computed as they arrived. A file that already
+    /// held the content is reported only from a namespace `visible` accepts.
     pub fn upload_finish(
         &self,
         up: Upload,
@@ -210,8 +211,9 @@ impl Locker {
         name: &[u8],
         sha256: [u8; 32],
         mime: Option<&[u8]>,
+        visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<Placed> {
-        let r = self.place(&up, dirs, name, sha256, mime);
+        let r = self.place(&up, dirs, name, sha256, mime, visible);
         let released = self.release(up.fh);
         let (placed, stale) = r?;
         released?;
@@ -228,6 +230,7 @@ impl Locker {
         name: &[u8],
         sha256: [u8; 32],
         mime: Option<&[u8]>,
+        visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<(Placed, Vec<Invalidate>)> {
         check_name(name)?;
         let ino = up.ino;
@@ -252,7 +255,7 @@ impl Locker {
         {
             return Err(CoreError::IsDir);
         }
-        let existing = self.same_content_locked(st, ino, &sha256)?;
+        let existing = self.same_content_locked(st, ino, &sha256, visible)?;
         let old_open = old
             .as_ref()
             .is_some_and(|o| Locker::is_open(st, o.attr.ino));
@@ -349,18 +352,22 @@ impl Locker {
     }
 
     /// `namespace/path` of a named file other than `ino` whose committed
-    /// content hashes to `sha256`.
+    /// content hashes to `sha256`, in a namespace `visible` accepts.
     fn same_content_locked(
         &self,
         st: &State,
         ino: InodeNo,
         sha256: &[u8; 32],
+        visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<Option<Vec<u8>>> {
+        let shown = |p: Option<Vec<u8>>| {
+            p.filter(|p| visible(p.split(|&c| c == b'/').next().unwrap_or(b"")))
+        };
         for other in meta::inodes_with_sha(&st.conn, sha256)? {
             if other == ino {
                 continue;
             }
-            if let Some(p) = Locker::path_locked(st, other)? {
+            if let Some(p) = shown(Locker::path_locked(st, other)?) {
                 return Ok(Some(p));
             }
         }
@@ -384,7 +391,7 @@ impl Locker {
             if meta::file_blocks_from(&st.conn, other, 0)? != mine {
                 continue;
             }
-            if let Some(p) = Locker::path_locked(st, other)? {
+            if let Some(p) = shown(Locker::path_locked(st, other)?) {
                 return Ok(Some(p));
             }
         }

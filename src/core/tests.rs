@@ -512,7 +512,9 @@ impl T {
         }
         let (name, dirs) = path.split_last().unwrap();
         self.l
-            .upload_finish(up, dirs, name, sha(data), Some(b"application/pdf"))
+            .upload_finish(up, dirs, name, sha(data), Some(b"application/pdf"), &|_| {
+                true
+            })
     }
 
     fn inodes(&self) -> u64 {

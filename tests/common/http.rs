@@ -82,8 +82,8 @@ impl Conn {
         self.read_response(method == "HEAD")
     }
 
-    /// Reads one response.
-    pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Resp> {
+    /// Reads a response's status line and headers.
+    pub fn read_head(&mut self) -> std::io::Result<(u16, Vec<(String, String)>)> {
         let mut line = String::new();
         if self.r.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(
@@ -108,6 +108,19 @@ impl Conn {
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
+        Ok((status, headers))
+    }
+
+    /// Reads exactly `n` bytes (of a body whose head was read).
+    pub fn read_bytes(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        self.r.read_exact(&mut v)?;
+        Ok(v)
+    }
+
+    /// Reads one response.
+    pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Resp> {
+        let (status, headers) = self.read_head()?;
         let get = |n: &str| {
             headers
                 .iter()
