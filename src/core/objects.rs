@@ -464,7 +464,7 @@ impl Locker {
         match self.sync_read(snap, offset, len) {
             Err(CoreError::Corrupt(_)) => {
                 let missing = snap.blocks_in(offset, len, |id| !self.blocks.contains(id));
-                self.fetch_blocks(snap.ino, &missing)?;
+                self.fetch_snap_blocks(snap, &missing)?;
                 self.sync_read(snap, offset, len)
             }
             r => r,

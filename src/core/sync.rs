@@ -1303,6 +1303,41 @@ impl Locker {
     /// Fetches missing blocks `want` of file `ino` from the backend, checks
     /// each against its SHA-256 and stores it.
     pub(crate) fn fetch_blocks(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
+        self.fetch_shared(want, |mine| self.fetch_blocks_now(ino, mine))
+    }
+
+    /// Fetches missing blocks `want` of a snapshot: located by the
+    /// snapshot's own content hash and block list, so they can be fetched
+    /// even after the file changed or went away.
+    pub(crate) fn fetch_snap_blocks(&self, snap: &FileSnap, want: &[BlockRef]) -> CoreResult<()> {
+        self.fetch_shared(want, |mine| {
+            let sha = snap.sha256.ok_or_else(|| {
+                CoreError::Corrupt(format!(
+                    "inode {} lost a block before it reached a backend",
+                    snap.ino.0
+                ))
+            })?;
+            let located = mine
+                .iter()
+                .map(|b| {
+                    snap.blocks
+                        .iter()
+                        .find(|(_, r)| r.id == b.id)
+                        .map(|(i, _)| (*i, *b))
+                        .ok_or(CoreError::NotFound)
+                })
+                .collect::<CoreResult<Vec<_>>>()?;
+            self.fetch_located(snap.ino, &sha, located)
+        })
+    }
+
+    /// Runs `fetch` for the blocks of `want` no other reader is fetching,
+    /// and waits for those others are.
+    fn fetch_shared(
+        &self,
+        want: &[BlockRef],
+        fetch: impl FnOnce(&[BlockRef]) -> CoreResult<()>,
+    ) -> CoreResult<()> {
         // Blocks another reader is fetching already are waited for, not
         // fetched twice.
         let (mine, theirs): (Vec<BlockRef>, Vec<BlockRef>) = {
@@ -1322,7 +1357,7 @@ impl Locker {
         let r = if mine.is_empty() {
             Ok(())
         } else {
-            self.fetch_blocks_now(ino, &mine)
+            fetch(&mine)
         };
         {
             let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
@@ -1339,10 +1374,7 @@ impl Locker {
     }
 
     fn fetch_blocks_now(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
-        let source = self.remote.get().ok_or_else(|| {
-            CoreError::Corrupt("a block is missing and no backend is attached".into())
-        })?;
-        let (ns, path, etag, idxs) = {
+        let (sha, idxs) = {
             let st = self.lock();
             let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
             let sha = row.sha256.clone().ok_or_else(|| {
@@ -1350,9 +1382,6 @@ impl Locker {
                     "inode {} lost a block before it reached a backend",
                     ino.0
                 ))
-            })?;
-            let (ns, path, etag) = msync::remote_with_sha(&st.conn, &sha)?.ok_or_else(|| {
-                CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
             })?;
             let mut idxs = Vec::new();
             for b in want {
@@ -1363,17 +1392,37 @@ impl Locker {
                     )?
                     .query_row(rusqlite::params![ino.0 as i64, &b.id.0[..]], |r| r.get(0))
                     .ok();
-                idxs.push(idx.ok_or(CoreError::NotFound)?);
+                idxs.push(idx.ok_or(CoreError::NotFound)? as u64);
             }
-            (ns, path, etag, idxs)
+            (sha, idxs)
+        };
+        self.fetch_located(
+            ino,
+            &sha,
+            idxs.into_iter().zip(want.iter().copied()).collect(),
+        )
+    }
+
+    /// Fetches blocks (index in the file, block) of the content that hashes
+    /// to `sha` (of inode `ino`, for messages) from a backend holding it,
+    /// checks each against its SHA-256 and stores it.
+    fn fetch_located(
+        &self,
+        ino: InodeNo,
+        sha: &[u8],
+        mut order: Vec<(u64, BlockRef)>,
+    ) -> CoreResult<()> {
+        let source = self.remote.get().ok_or_else(|| {
+            CoreError::Corrupt("a block is missing and no backend is attached".into())
+        })?;
+        let (ns, path, etag) = {
+            let st = self.lock();
+            msync::remote_with_sha(&st.conn, sha)?.ok_or_else(|| {
+                CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
+            })?
         };
         // Neighbouring blocks go in one ranged GET (up to 8 MiB): fewer
         // requests for a sequential reader's block and its readahead.
-        let mut order: Vec<(u64, BlockRef)> = idxs
-            .iter()
-            .map(|i| *i as u64)
-            .zip(want.iter().copied())
-            .collect();
         order.sort_by_key(|(i, _)| *i);
         order.dedup_by_key(|(i, _)| *i);
         let mut groups: Vec<Vec<(u64, BlockRef)>> = Vec::new();
