@@ -561,22 +561,13 @@ fn bad_input_is_refused_and_changes_nothing() {
     let r = http::request(a.addr, "GET", b"/api/files/corp/keep.bin", &[], b"");
     assert_eq!((r.status, r.error()), (401, "unauthorized".into()));
     assert!(r.header("www-authenticate").is_some());
-    let r = http::request(
-        a.addr,
-        "GET",
-        b"/api/files/corp/keep.bin",
-        &[("Authorization", "Bearer not-a-key-at-all")],
-        b"",
-    );
-    assert_eq!(r.status, 401);
-    let r = http::request(
-        a.addr,
-        "GET",
-        b"/api/files/corp/keep.bin",
-        &[("Authorization", "Basic Zm9vOmJhcg==")],
-        b"",
-    );
-    assert_eq!(r.status, 401);
+    for bad in ["Bearer not-a-key-at-all", "Basic Zm9vOmJhcg=="] {
+        expect(
+            a.addr,
+            &[("Authorization", bad)],
+            &[("GET", "/api/files/corp/keep.bin", b"", 401)],
+        );
+    }
     let reader = format!("Bearer {}", a.keys.reader);
     let rh = [("Authorization", reader.as_str())];
     expect(

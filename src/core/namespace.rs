@@ -97,20 +97,7 @@ impl Locker {
                 let now = Timestamp::now();
                 meta::insert_inode(
                     tx,
-                    &Attr {
-                        ino: InodeNo::ROOT,
-                        kind: FileKind::Dir,
-                        perm: 0o755,
-                        nlink: 2,
-                        uid: 0,
-                        gid: 0,
-                        size: 0,
-                        rdev: 0,
-                        atime: now,
-                        mtime: now,
-                        ctime: now,
-                        crtime: now,
-                    },
+                    &Attr::new_root_owned(InodeNo::ROOT, FileKind::Dir, 0o755, 2, now),
                     None,
                     None,
                 )?;

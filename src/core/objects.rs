@@ -127,21 +127,8 @@ impl Locker {
         let ino = {
             let mut st = self.lock();
             st.tx(|tx| {
-                let now = Timestamp::now();
-                let attr = Attr {
-                    ino: InodeNo(0),
-                    kind: FileKind::File,
-                    perm: 0o644,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    size: 0,
-                    rdev: 0,
-                    atime: now,
-                    mtime: now,
-                    ctime: now,
-                    crtime: now,
-                };
+                let attr =
+                    Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 0, Timestamp::now());
                 Ok(meta::insert_inode(tx, &attr, None, None)?)
             })?
         };

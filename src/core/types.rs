@@ -126,6 +126,32 @@ pub struct Attr {
     pub crtime: Timestamp,
 }
 
+impl Attr {
+    /// A new empty inode owned by root, all its times `now`.
+    pub fn new_root_owned(
+        ino: InodeNo,
+        kind: FileKind,
+        perm: u16,
+        nlink: u32,
+        now: Timestamp,
+    ) -> Attr {
+        Attr {
+            ino,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            rdev: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+        }
+    }
+}
+
 /// A time to set: an explicit one or "now" (UTIME_NOW).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSet {
