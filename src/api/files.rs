@@ -110,6 +110,17 @@ enum Found {
     },
 }
 
+/// Runs core work a `Drop` needs done on the blocking pool when in the
+/// runtime (it takes the state lock), else right here.
+fn off_the_event_loop(f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn_blocking(f);
+        }
+        Err(_) => f(),
+    }
+}
+
 /// Releases a snapshot's pins when dropped (on the blocking pool when in
 /// the runtime: the release takes the state lock).
 struct SnapGuard {
@@ -139,13 +150,7 @@ impl Drop for SnapGuard {
         let (core, Some(snap)) = (self.core.clone(), self.snap.take()) else {
             return;
         };
-        let release = move || core.sync_release(&snap);
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(release);
-            }
-            Err(_) => release(),
-        }
+        off_the_event_loop(move || core.sync_release(&snap));
     }
 }
 
@@ -432,7 +437,7 @@ struct UploadGuard {
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         let (core, up) = (self.core.clone(), self.up.clone());
-        let abort = move || {
+        off_the_event_loop(move || {
             let old = std::mem::replace(
                 &mut *up.lock().unwrap_or_else(|p| p.into_inner()),
                 Slot::Closed,
@@ -440,13 +445,7 @@ impl Drop for UploadGuard {
             if let Slot::Active(u) = old {
                 core.upload_abort(u);
             }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(abort);
-            }
-            Err(_) => abort(),
-        }
+        });
     }
 }
 

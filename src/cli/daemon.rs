@@ -9,26 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::api::ApiServer;
-use crate::config::{Config, default_data_dir};
+use crate::config::Config;
 use crate::core::{Locker, LockerOptions};
 use crate::datadir::DataDir;
 use crate::sync::Sidecar;
-
-/// The configuration file, or the embedded default.
-pub fn load_config(config: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(match config {
-        Some(p) => Config::load(p)?,
-        None => Config::default_config(),
-    })
-}
-
-/// The data directory the command line or the config names.
-pub fn data_path(cfg: &Config, data_dir: Option<&Path>) -> std::path::PathBuf {
-    data_dir
-        .map(Path::to_path_buf)
-        .or_else(|| cfg.data_dir.clone())
-        .unwrap_or_else(default_data_dir)
-}
 
 /// A store being served.
 pub struct Store {
@@ -43,7 +27,7 @@ impl Store {
     /// checks the backends and starts the sidecar, then the API if the
     /// config has an `[api]` section.
     pub fn open(cfg: &Config, data_dir: Option<&Path>) -> anyhow::Result<Store> {
-        let dir = DataDir::open(&data_path(cfg, data_dir))?;
+        let dir = DataDir::open(&super::data_path(cfg, data_dir))?;
         let cache_limit = cfg.cache.size_mb << 20;
         let opts = LockerOptions {
             namespaces: cfg.namespaces.keys().cloned().collect(),

@@ -5,19 +5,12 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::config::{Config, default_data_dir};
 use crate::core::{Locker, LockerOptions};
 use crate::datadir::DataDir;
 
 pub fn run(config: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = match config {
-        Some(p) => Config::load(p)?,
-        None => Config::default_config(),
-    };
-    let path = data_dir
-        .map(Path::to_path_buf)
-        .or(cfg.data_dir)
-        .unwrap_or_else(default_data_dir);
+    let cfg = super::load_config(config)?;
+    let path = super::data_path(&cfg, data_dir);
     if !path.join("meta.db").exists() {
         anyhow::bail!("{} holds no LOCKER store", path.display());
     }

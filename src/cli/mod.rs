@@ -8,9 +8,27 @@ mod refs;
 mod serve;
 mod status;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+
+use crate::config::{Config, default_data_dir};
+
+/// The configuration file, or the embedded default.
+fn load_config(config: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default_config(),
+    })
+}
+
+/// The data directory the command line or the config names.
+fn data_path(cfg: &Config, data_dir: Option<&Path>) -> PathBuf {
+    data_dir
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.data_dir.clone())
+        .unwrap_or_else(default_data_dir)
+}
 
 #[derive(Debug, Parser)]
 #[command(

@@ -26,7 +26,7 @@ pub fn run(
     config: Option<&Path>,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let cfg = daemon::load_config(config)?;
+    let cfg = super::load_config(config)?;
     check_mountpoint(mountpoint)?;
     // Signals are taken by one thread with sigwait; block them before any
     // other thread exists so none of those receives them.
@@ -156,26 +156,43 @@ fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
 /// The file system type mounted exactly at `path`, from /proc/self/mountinfo
 /// (the last mount there wins, as it is the visible one).
 fn mount_type(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.as_os_str().as_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let mut parts = line.split(" - ");
-        let (Some(left), Some(right)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let Some(point) = left.split(' ').nth(4) else {
-            continue;
-        };
-        if unescape_mountinfo(point) == want {
-            found = right.split(' ').next().map(str::to_string);
-        }
-    }
-    found
+    mounts()
+        .into_iter()
+        .rfind(|m| m.point.as_os_str().as_bytes() == want)
+        .map(|m| m.fstype)
+}
+
+/// One line of /proc/self/mountinfo.
+pub(super) struct MountEntry {
+    pub point: std::path::PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// The mounts this process sees, in mount order.
+pub(super) fn mounts() -> Vec<MountEntry> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            Some(MountEntry {
+                point: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(
+                    point,
+                ))),
+                fstype: r.next()?.to_string(),
+                source: r.next().unwrap_or("").to_string(),
+            })
+        })
+        .collect()
 }
 
 /// mountinfo writes space, tab, newline and backslash as \ooo octal.
-pub(super) fn unescape_mountinfo(s: &str) -> Vec<u8> {
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

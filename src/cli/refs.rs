@@ -1,36 +1,24 @@
 //! `locker ref`, `locker resolve` and `locker sign`: between paths in the
 //! mount, `locker://` references and signed URLs.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::daemon;
 use crate::api::auth::Signer;
 use crate::api::path::{self, ApiPath};
 use crate::core::namespace::{REF_SCHEME, encode_ref_path};
 
 /// Mount points of LOCKER file systems, from /proc/self/mountinfo.
 fn locker_mounts() -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            // "fuse.locker", or "fuse" with source "locker" (as mounted
-            // without the subtype).
-            let mut r = right.split(' ');
-            let (fstype, source) = (r.next()?, r.next()?);
-            if fstype != "fuse.locker" && !(fstype.starts_with("fuse") && source == "locker") {
-                return None;
-            }
-            let point = left.split(' ').nth(4)?;
-            Some(PathBuf::from(std::ffi::OsStr::from_bytes(
-                &super::mount::unescape_mountinfo(point),
-            )))
+    super::mount::mounts()
+        .into_iter()
+        // "fuse.locker", or "fuse" with source "locker" (as mounted without
+        // the subtype).
+        .filter(|m| {
+            m.fstype == "fuse.locker" || (m.fstype.starts_with("fuse") && m.source == "locker")
         })
+        .map(|m| m.point)
         .collect()
 }
 
@@ -124,7 +112,7 @@ pub fn sign(
     config: Option<&Path>,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let cfg = daemon::load_config(config)?;
+    let cfg = super::load_config(config)?;
     let Some(api) = &cfg.api else {
         bail!("the config has no [api] section, which gives the public URL and the signing key");
     };
@@ -142,7 +130,7 @@ pub fn sign(
             api.max_expires_in_s
         );
     }
-    let data = daemon::data_path(&cfg, data_dir);
+    let data = super::data_path(&cfg, data_dir);
     let signer = Signer::load(api, &data).map_err(|e| anyhow::anyhow!(e))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

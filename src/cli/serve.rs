@@ -9,7 +9,7 @@ use anyhow::bail;
 use super::daemon;
 
 pub fn run(config: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = daemon::load_config(config)?;
+    let cfg = super::load_config(config)?;
     if cfg.api.is_none() {
         bail!("the config has no [api] section; add one to serve the HTTP API (see `locker init`)");
     }

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use crate::config::{Config, default_data_dir};
 use crate::sync::query_status;
 
 fn bytes(n: u64) -> String {
@@ -27,14 +26,8 @@ pub fn run(
     config: Option<&Path>,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let cfg = match config {
-        Some(p) => Config::load(p)?,
-        None => Config::default_config(),
-    };
-    let dir = data_dir
-        .map(Path::to_path_buf)
-        .or(cfg.data_dir)
-        .unwrap_or_else(default_data_dir);
+    let cfg = super::load_config(config)?;
+    let dir = super::data_path(&cfg, data_dir);
     let st = query_status(&dir, if refresh { "refresh" } else { "status" })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);

@@ -435,14 +435,24 @@ impl Locker {
     /// pinned until `sync_release`. Content known only to a backend is
     /// fetched first.
     pub fn file_snapshot(&self, ino: InodeNo) -> CoreResult<FileSnap> {
-        self.ensure_local(ino)?;
-        let mut st = self.lock();
-        let st = &mut *st;
-        let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
-        if r.attr.kind != FileKind::File {
-            return Err(CoreError::Invalid("not a regular file"));
+        for _ in 0..2 {
+            {
+                let mut st = self.lock();
+                let st = &mut *st;
+                let r = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+                if r.attr.kind != FileKind::File {
+                    return Err(CoreError::Invalid("not a regular file"));
+                }
+                if !r.remote_only {
+                    return Locker::snap_file_locked(st, &r);
+                }
+            }
+            self.materialize(ino)?;
         }
-        Locker::snap_file_locked(st, &r)
+        Err(CoreError::Corrupt(format!(
+            "inode {} is still only in its backend after a fetch",
+            ino.0
+        )))
     }
 
     /// `len` bytes of a snapshot from `offset`; blocks evicted from the
