@@ -486,6 +486,70 @@ fn the_local_backend_mirrors_the_namespace_as_plain_files() {
     );
 }
 
+/// `renameat2(RENAME_EXCHANGE)` of two names in one directory.
+fn exchange(a: &Path, b: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: two NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(r, 0, "exchange: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_symlink_exchanged_with_a_directory_never_leads_the_backend_outside() {
+    // A user's symlink to a directory outside, exchanged again and again
+    // with a directory holding a file: whichever order the pushes land in,
+    // the local backend never writes (or removes) anything through it.
+    let m = Mount::with_config(
+        "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n[namespaces.corp]\n",
+        &[],
+    );
+    let corp = m.corp();
+    let backend = m.data.join("backend/corp");
+    let canary = tempfile::tempdir().unwrap();
+    std::fs::write(canary.path().join("keep"), b"outside").unwrap();
+    std::os::unix::fs::symlink(canary.path(), corp.join("x")).unwrap();
+    std::fs::create_dir(corp.join("d")).unwrap();
+    std::fs::write(corp.join("d/f"), b"data").unwrap();
+    for i in 0..200u64 {
+        exchange(&corp.join("d"), &corp.join("x"));
+        // Varied pauses, so that pushes of one step meet the next step at
+        // every point.
+        std::thread::sleep(Duration::from_millis(i * 7 % 61));
+    }
+    m.wait_drained(DRAIN);
+    let mut outside: Vec<_> = std::fs::read_dir(canary.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    outside.sort();
+    assert_eq!(
+        outside,
+        ["keep"],
+        "something was written outside the backend"
+    );
+    assert_eq!(
+        std::fs::read(canary.path().join("keep")).unwrap(),
+        b"outside"
+    );
+    // After an even number of exchanges the backend mirrors the start.
+    assert_eq!(std::fs::read(backend.join("d/f")).unwrap(), b"data");
+    assert_eq!(
+        std::fs::read_link(backend.join("x")).unwrap(),
+        canary.path()
+    );
+    assert_eq!(std::fs::read(corp.join("d/f")).unwrap(), b"data");
+}
+
 fn mount_error(config: &str, env: &[(String, String)]) -> (String, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");

@@ -2,13 +2,28 @@
 //! hidden temporary name beside their target, synced, given their mode,
 //! mtime and checksum (an xattr), and renamed into place, so a reader (or a
 //! sync tool watching the tree) never sees a partial file.
+//!
+//! Confinement: the tree holds symlinks that users chose (`put_symlink`), so
+//! no path is ever resolved by the kernel from a string. The root directory
+//! is opened once and every call walks its key one component at a time with
+//! `openat(O_DIRECTORY | O_NOFOLLOW)` from that descriptor, then acts on the
+//! last component with the `*at` calls relative to its parent (never
+//! following it either). Keys never hold `.`, `..` or empty components
+//! (`check_key`), so a walk cannot leave the root, and a symlink anywhere on
+//! the way fails the call (ELOOP/ENOTDIR, an error of this path) instead of
+//! being followed: LOCKER never reads or writes outside its directory, even
+//! when a directory is swapped for a symlink while a call runs.
 
-use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::{
     BResult, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex,
@@ -24,13 +39,16 @@ const TMP_PREFIX: &str = ".locker-tmp-";
 const XATTR_SUM: &str = "user.locker.sum";
 
 pub struct LocalBackend {
+    /// For messages only: nothing is ever opened by this path after `open`.
     root: PathBuf,
+    /// The root directory, opened once; every path is resolved from it.
+    root_fd: Arc<OwnedFd>,
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> BackendError {
     let msg = format!("{what} {}: {e}", path.display());
-    // Names the directory cannot hold, or something in the way: this path
-    // only.
+    // Names the directory cannot hold, or something in the way (a file or a
+    // symlink where a directory should be): this path only.
     if matches!(
         e.raw_os_error(),
         Some(
@@ -41,6 +59,7 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> BackendError {
                 | libc::EEXIST
                 | libc::EINVAL
                 | libc::EILSEQ
+                | libc::ELOOP
         )
     ) {
         return BackendError::permanent(msg).for_path();
@@ -53,6 +72,10 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> BackendError {
     BackendError::new(kind, msg)
 }
 
+fn not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> BResult<T> + Send + 'static,
 ) -> BResult<T> {
@@ -63,11 +86,6 @@ async fn blocking<T: Send + 'static>(
 
 fn tmp_name() -> String {
     format!("{TMP_PREFIX}{:016x}", fastrand::u64(..))
-}
-
-fn cstr(p: &Path) -> BResult<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| BackendError::permanent(format!("path {} contains NUL", p.display())))
 }
 
 fn etag_of(m: &fs::Metadata) -> String {
@@ -87,6 +105,88 @@ fn mtime_of(m: &fs::Metadata) -> Timestamp {
     }
 }
 
+/// A directory of the tree, opened without following symlinks, with its
+/// path for messages.
+struct DirAt {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl DirAt {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The path of `name` in this directory, for messages.
+    fn show(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Opens `name` in this directory with `flags`, never following a
+    /// symlink there.
+    fn open(&self, name: &str, flags: OFlags, mode: u32) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            self.fd(),
+            name,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// The entry `name` itself (a symlink is not followed); NotFound if
+    /// absent.
+    fn lstat(&self, name: &str) -> io::Result<fs::Metadata> {
+        // An O_PATH descriptor of the entry (of the link itself, for a
+        // symlink) answers fstat like lstat would.
+        self.open(name, OFlags::PATH, 0)?.metadata()
+    }
+
+    fn lstat_opt(&self, name: &str) -> BResult<Option<fs::Metadata>> {
+        match self.lstat(name) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(io_err("stat", &self.show(name), e)),
+        }
+    }
+
+    /// Opens the subdirectory `name` (never a symlink to one).
+    fn subdir(&self, name: &str) -> io::Result<DirAt> {
+        let fd = rustix::fs::openat(
+            self.fd(),
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(DirAt {
+            fd,
+            path: self.show(name),
+        })
+    }
+
+    fn unlink(&self, name: &str, dir: bool) -> io::Result<()> {
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        Ok(rustix::fs::unlinkat(self.fd(), name, flags)?)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat(self.fd(), from, self.fd(), to)?)
+    }
+
+    /// Makes the directory's entries durable.
+    fn sync(&self) {
+        let _ = rustix::fs::fsync(self.fd());
+    }
+
+    fn remove_quietly(&self, name: &str) {
+        let _ = self.unlink(name, false);
+    }
+}
+
 /// Gives the open file its mode, checksum and mtime (in that order: the
 /// xattr and chmod would otherwise not disturb mtime, but keep it last).
 fn apply_meta(f: &File, path: &Path, meta: &ObjMeta, size: u64) -> BResult<()> {
@@ -102,50 +202,28 @@ fn apply_meta(f: &File, path: &Path, meta: &ObjMeta, size: u64) -> BResult<()> {
             size,
             super::format_mtime(mtime)
         );
-        let name = CString::new(XATTR_SUM).expect("no NUL");
-        use std::os::fd::AsRawFd;
-        // SAFETY: valid fd, NUL-terminated name, value pointer and length
-        // from a live String. Filesystems without user xattrs refuse it:
-        // the checksum is then recomputed when needed.
-        unsafe {
-            libc::fsetxattr(f.as_raw_fd(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0);
-        }
+        // Filesystems without user xattrs refuse it: the checksum is then
+        // recomputed when needed.
+        let _ = rustix::fs::fsetxattr(f, XATTR_SUM, v.as_bytes(), rustix::fs::XattrFlags::empty());
     }
-    let ts = [
-        libc::timespec {
-            tv_sec: mtime.sec,
-            tv_nsec: mtime.nsec as i64,
-        },
-        libc::timespec {
-            tv_sec: mtime.sec,
-            tv_nsec: mtime.nsec as i64,
-        },
-    ];
-    use std::os::fd::AsRawFd;
-    // SAFETY: valid fd and a two-element timespec array.
-    if unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) } != 0 {
-        return Err(io_err("utimens", path, io::Error::last_os_error()));
-    }
-    Ok(())
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime.sec,
+        tv_nsec: mtime.nsec as _,
+    };
+    let ts = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::futimens(f, &ts).map_err(|e| io_err("utimens", path, e.into()))
 }
 
-fn read_sum(path: &Path, m: &fs::Metadata) -> Option<[u8; 32]> {
-    let c = cstr(path).ok()?;
-    let name = CString::new(XATTR_SUM).ok()?;
+/// The checksum recorded on the regular file `name` of `dir`, if size and
+/// mtime still match what it was recorded for.
+fn read_sum(dir: &DirAt, name: &str, m: &fs::Metadata) -> Option<[u8; 32]> {
+    let f = dir.open(name, OFlags::RDONLY | OFlags::NONBLOCK, 0).ok()?;
     let mut buf = [0u8; 256];
-    // SAFETY: NUL-terminated strings and a buffer of the given length.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n <= 0 {
-        return None;
-    }
-    let s = std::str::from_utf8(&buf[..n as usize]).ok()?;
+    let n = rustix::fs::fgetxattr(&f, XATTR_SUM, &mut buf).ok()?;
+    let s = std::str::from_utf8(&buf[..n]).ok()?;
     let mut it = s.split(' ');
     if it.next()? != "sha256" {
         return None;
@@ -156,24 +234,32 @@ fn read_sum(path: &Path, m: &fs::Metadata) -> Option<[u8; 32]> {
     (size == m.size() && mtime == mtime_of(m)).then_some(sha)
 }
 
-fn info_of(key: String, path: &Path, m: &fs::Metadata) -> ObjInfo {
+fn kind_of(m: &fs::Metadata) -> Option<ObjKind> {
     let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        ObjKind::Dir
+    if ft.is_dir() {
+        Some(ObjKind::Dir)
     } else if ft.is_symlink() {
-        ObjKind::Symlink
+        Some(ObjKind::Symlink)
+    } else if ft.is_file() {
+        Some(ObjKind::File)
     } else {
-        ObjKind::File
-    };
-    let meta = ObjMeta {
+        None
+    }
+}
+
+/// The entry `name` of `dir` as an object; `with_meta` reads the checksum
+/// (a listing does not carry metadata).
+fn info_of(key: String, dir: &DirAt, name: &str, m: &fs::Metadata, with_meta: bool) -> ObjInfo {
+    let kind = kind_of(m).unwrap_or(ObjKind::File);
+    let meta = with_meta.then(|| ObjMeta {
         sha256: if kind == ObjKind::File {
-            read_sum(path, m)
+            read_sum(dir, name, m)
         } else {
             None
         },
         mtime: Some(mtime_of(m)),
         mode: Some(m.mode() & 0o7777),
-    };
+    });
     ObjInfo {
         key,
         kind,
@@ -183,72 +269,79 @@ fn info_of(key: String, path: &Path, m: &fs::Metadata) -> ObjInfo {
         } else {
             etag_of(m)
         },
-        meta: Some(meta),
+        meta,
     }
 }
 
-/// Writes `data` to a temporary file in `dir`, syncs it and gives it `meta`.
-fn write_tmp(dir: &Path, data: &[u8], meta: &ObjMeta) -> BResult<(PathBuf, File)> {
-    let tmp = dir.join(tmp_name());
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io_err("create", &tmp, e))?;
+/// Writes `data` to a new temporary file in `dir`, syncs it and gives it
+/// `meta`; returns the temporary's name.
+fn write_tmp(dir: &DirAt, data: &[u8], meta: &ObjMeta) -> BResult<String> {
+    let tmp = tmp_name();
+    let mut f = dir
+        .open(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)
+        .map_err(|e| io_err("create", &dir.show(&tmp), e))?;
     let r = (|| {
-        f.write_all(data).map_err(|e| io_err("write", &tmp, e))?;
-        apply_meta(&f, &tmp, meta, data.len() as u64)?;
-        f.sync_all().map_err(|e| io_err("fsync", &tmp, e))
+        f.write_all(data)
+            .map_err(|e| io_err("write", &dir.show(&tmp), e))?;
+        apply_meta(&f, &dir.show(&tmp), meta, data.len() as u64)?;
+        f.sync_all()
+            .map_err(|e| io_err("fsync", &dir.show(&tmp), e))
     })();
     if let Err(e) = r {
-        let _ = fs::remove_file(&tmp);
+        dir.remove_quietly(&tmp);
         return Err(e);
     }
-    Ok((tmp, f))
+    Ok(tmp)
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Renames `tmp` over `dst` (if `cond` holds) and makes the rename durable.
-fn install(tmp: &Path, dst: &Path, cond: &Cond) -> BResult<String> {
-    let now = fs::symlink_metadata(dst).ok();
+/// Renames the temporary `tmp` over `name` in `dir` (if `cond` holds) and
+/// makes the rename durable.
+fn install(dir: &DirAt, tmp: &str, name: &str, cond: &Cond) -> BResult<String> {
+    let now = match dir.lstat_opt(name) {
+        Ok(m) => m,
+        Err(e) => {
+            dir.remove_quietly(tmp);
+            return Err(e);
+        }
+    };
     let ok = match cond {
         Cond::Any => true,
         Cond::IfAbsent => now.is_none(),
         Cond::IfMatch(e) => now.as_ref().is_some_and(|m| &etag_of(m) == e),
     };
     if !ok {
-        let _ = fs::remove_file(tmp);
+        dir.remove_quietly(tmp);
         return Err(BackendError::transient(format!(
             "{} changed meanwhile; not overwritten",
-            dst.display()
+            dir.show(name).display()
         ))
         .for_path());
     }
-    if let Ok(m) = fs::symlink_metadata(dst)
-        && m.is_dir()
-    {
-        let _ = fs::remove_file(tmp);
+    if now.as_ref().is_some_and(|m| m.is_dir()) {
+        dir.remove_quietly(tmp);
         return Err(BackendError::permanent(format!(
             "{} is a directory in the backend",
-            dst.display()
+            dir.show(name).display()
         ))
         .for_path());
     }
-    fs::rename(tmp, dst).map_err(|e| {
-        let _ = fs::remove_file(tmp);
-        io_err("rename", dst, e)
+    dir.rename(tmp, name).map_err(|e| {
+        dir.remove_quietly(tmp);
+        io_err("rename", &dir.show(name), e)
     })?;
-    if let Some(d) = dst.parent() {
-        sync_dir(d);
-    }
-    let m = fs::symlink_metadata(dst).map_err(|e| io_err("stat", dst, e))?;
+    dir.sync();
+    let m = dir
+        .lstat(name)
+        .map_err(|e| io_err("stat", &dir.show(name), e))?;
     Ok(etag_of(&m))
+}
+
+/// Splits a checked key into its parent's components and its last name.
+fn split_key(key: &str) -> BResult<(Vec<&str>, &str)> {
+    check_key(key)?;
+    let mut comps: Vec<&str> = key.split('/').collect();
+    let name = comps.pop().expect("a checked key has a component");
+    Ok((comps, name))
 }
 
 impl LocalBackend {
@@ -274,36 +367,46 @@ impl LocalBackend {
             }
             Err(e) => return Err(io_err("stat", dir, e)),
         }
+        // The configured directory and prefix are the admin's: they are
+        // resolved as given, once, here.
         let root = dir.join(prefix.trim_matches('/'));
         fs::create_dir_all(&root).map_err(|e| io_err("create", &root, e))?;
-        Ok(LocalBackend { root })
+        let root_fd = rustix::fs::open(
+            &root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", &root, e.into()))?;
+        Ok(LocalBackend {
+            root,
+            root_fd: Arc::new(root_fd),
+        })
     }
 
     pub fn describe(&self) -> String {
         format!("local directory {}", self.root.display())
     }
 
-    fn path(&self, key: &str) -> BResult<PathBuf> {
-        check_key(key)?;
-        Ok(self.root.join(key))
-    }
-
-    /// The directory a new entry at `path` goes into, created if missing.
-    fn parent_of(path: &Path) -> BResult<PathBuf> {
-        let dir = path
-            .parent()
-            .ok_or_else(|| BackendError::permanent("path without parent"))?
-            .to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
-        Ok(dir)
+    /// A handle for a blocking task.
+    fn walker(&self) -> Walker {
+        Walker {
+            root: self.root.clone(),
+            root_fd: self.root_fd.clone(),
+        }
     }
 
     pub async fn check(&self) -> BResult<()> {
-        let root = self.root.clone();
+        let w = self.walker();
         blocking(move || {
-            let probe = root.join(tmp_name());
-            File::create(&probe).map_err(|e| io_err("write to", &root, e))?;
-            let _ = fs::remove_file(&probe);
+            let root = w.root_dir()?;
+            let probe = tmp_name();
+            root.open(
+                &probe,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                0o600,
+            )
+            .map_err(|e| io_err("write to", &w.root, e))?;
+            root.remove_quietly(&probe);
             Ok(())
         })
         .await
@@ -316,13 +419,14 @@ impl LocalBackend {
         meta: &ObjMeta,
         cond: &Cond,
     ) -> BResult<String> {
-        let path = self.path(key)?;
+        let (w, key) = (self.walker(), key.to_string());
         let meta = meta.clone();
         let cond = cond.clone();
         blocking(move || {
-            let dir = LocalBackend::parent_of(&path)?;
-            let (tmp, _f) = write_tmp(&dir, &data, &meta)?;
-            install(&tmp, &path, &cond)
+            let (parent, name) = split_key(&key)?;
+            let dir = w.dir(&parent, true)?;
+            let tmp = write_tmp(&dir, &data, &meta)?;
+            install(&dir, &tmp, name, &cond)
         })
         .await
     }
@@ -333,20 +437,17 @@ impl LocalBackend {
         size: u64,
         meta: &ObjMeta,
     ) -> BResult<Multipart> {
-        let path = self.path(key)?;
+        let (w, key) = (self.walker(), key.to_string());
         let meta = meta.clone();
-        let key = key.to_string();
         blocking(move || {
-            let dir = LocalBackend::parent_of(&path)?;
+            let (parent, _) = split_key(&key)?;
+            let dir = w.dir(&parent, true)?;
             let name = tmp_name();
-            let tmp = dir.join(&name);
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| io_err("create", &tmp, e))?;
-            f.set_len(size).map_err(|e| io_err("truncate", &tmp, e))?;
+            let f = dir
+                .open(&name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)
+                .map_err(|e| io_err("create", &dir.show(&name), e))?;
+            f.set_len(size)
+                .map_err(|e| io_err("truncate", &dir.show(&name), e))?;
             Ok(Multipart {
                 key,
                 id: name,
@@ -357,14 +458,6 @@ impl LocalBackend {
         .await
     }
 
-    fn tmp_of(&self, mp: &Multipart) -> BResult<PathBuf> {
-        let path = self.path(&mp.key)?;
-        Ok(path
-            .parent()
-            .ok_or_else(|| BackendError::permanent("path without parent"))?
-            .join(&mp.id))
-    }
-
     pub async fn multipart_part(
         &self,
         mp: &Multipart,
@@ -372,14 +465,15 @@ impl LocalBackend {
         offset: u64,
         data: Vec<u8>,
     ) -> BResult<String> {
-        let tmp = self.tmp_of(mp)?;
+        let (w, mp) = (self.walker(), mp.clone());
         blocking(move || {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&tmp)
-                .map_err(|e| io_err("open", &tmp, e))?;
+            let (parent, _) = split_key(&mp.key)?;
+            let dir = w.dir(&parent, false)?;
+            let f = dir
+                .open(&mp.id, OFlags::WRONLY, 0)
+                .map_err(|e| io_err("open", &dir.show(&mp.id), e))?;
             f.write_all_at(&data, offset)
-                .map_err(|e| io_err("write", &tmp, e))?;
+                .map_err(|e| io_err("write", &dir.show(&mp.id), e))?;
             Ok(format!("part-{number}"))
         })
         .await
@@ -391,27 +485,30 @@ impl LocalBackend {
         mp: &Multipart,
         _parts: Vec<(u32, String)>,
     ) -> BResult<String> {
-        let tmp = self.tmp_of(mp)?;
-        let path = self.path(&mp.key)?;
-        let meta = mp.meta.clone();
-        let cond = mp.cond.clone();
+        let (w, mp) = (self.walker(), mp.clone());
         blocking(move || {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&tmp)
-                .map_err(|e| io_err("open", &tmp, e))?;
-            let size = f.metadata().map_err(|e| io_err("stat", &tmp, e))?.size();
-            apply_meta(&f, &tmp, &meta, size)?;
-            f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
-            install(&tmp, &path, &cond)
+            let (parent, name) = split_key(&mp.key)?;
+            let dir = w.dir(&parent, false)?;
+            let shown = dir.show(&mp.id);
+            let f = dir
+                .open(&mp.id, OFlags::WRONLY, 0)
+                .map_err(|e| io_err("open", &shown, e))?;
+            let size = f.metadata().map_err(|e| io_err("stat", &shown, e))?.size();
+            apply_meta(&f, &shown, &mp.meta, size)?;
+            f.sync_all().map_err(|e| io_err("fsync", &shown, e))?;
+            install(&dir, &mp.id, name, &mp.cond)
         })
         .await
     }
 
     pub async fn multipart_abort(&self, mp: &Multipart) {
-        if let Ok(tmp) = self.tmp_of(mp) {
-            let _ = fs::remove_file(tmp);
-        }
+        let (w, mp) = (self.walker(), mp.clone());
+        let _ = blocking(move || {
+            let (parent, _) = split_key(&mp.key)?;
+            w.dir(&parent, false)?.remove_quietly(&mp.id);
+            Ok(())
+        })
+        .await;
     }
 
     pub async fn get_range(
@@ -421,16 +518,21 @@ impl LocalBackend {
         offset: u64,
         len: u64,
     ) -> BResult<Vec<u8>> {
-        let path = self.path(key)?;
+        let (w, key) = (self.walker(), key.to_string());
         let want = if_match.map(str::to_string);
         blocking(move || {
-            let f = File::open(&path).map_err(|e| io_err("open", &path, e))?;
+            let (parent, name) = split_key(&key)?;
+            let dir = w.dir(&parent, false)?;
+            let shown = dir.show(name);
+            let f = dir
+                .open(name, OFlags::RDONLY, 0)
+                .map_err(|e| io_err("open", &shown, e))?;
             if let Some(want) = want {
-                let m = f.metadata().map_err(|e| io_err("stat", &path, e))?;
+                let m = f.metadata().map_err(|e| io_err("stat", &shown, e))?;
                 if etag_of(&m) != want {
                     return Err(BackendError::transient(format!(
                         "{} changed since it was listed",
-                        path.display()
+                        shown.display()
                     ))
                     .for_path());
                 }
@@ -440,7 +542,7 @@ impl LocalBackend {
             while got < buf.len() {
                 let n = f
                     .read_at(&mut buf[got..], offset + got as u64)
-                    .map_err(|e| io_err("read", &path, e))?;
+                    .map_err(|e| io_err("read", &shown, e))?;
                 if n == 0 {
                     break;
                 }
@@ -453,65 +555,32 @@ impl LocalBackend {
     }
 
     pub async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
-        let path = self.path(key)?;
-        let key = key.to_string();
-        blocking(move || match fs::symlink_metadata(&path) {
-            Ok(m) => Ok(Some(info_of(key, &path, &m))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("stat", &path, e)),
+        let (w, key) = (self.walker(), key.to_string());
+        blocking(move || {
+            let (parent, name) = split_key(&key)?;
+            let Some(dir) = w.dir_opt(&parent)? else {
+                return Ok(None);
+            };
+            Ok(dir
+                .lstat_opt(name)?
+                .map(|m| info_of(key.clone(), &dir, name, &m, true)))
         })
         .await
     }
 
     pub async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
-        let root = self.root.clone();
+        let w = self.walker();
         let prefix = prefix.trim_matches('/').to_string();
         blocking(move || {
             let mut out = Vec::new();
             let start = if prefix.is_empty() {
-                root.clone()
+                Some(w.root_dir()?)
             } else {
-                root.join(&prefix)
+                check_key(&prefix)?;
+                w.dir_opt(&prefix.split('/').collect::<Vec<_>>())?
             };
-            let mut stack = vec![(start, prefix)];
-            while let Some((dir, rel)) = stack.pop() {
-                let rd = match fs::read_dir(&dir) {
-                    Ok(rd) => rd,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err("list", &dir, e)),
-                };
-                for ent in rd {
-                    let ent = ent.map_err(|e| io_err("list", &dir, e))?;
-                    let name = ent.file_name();
-                    let Some(name) = name.to_str() else {
-                        tracing::warn!(dir = %dir.display(), "skipping a name that is not UTF-8");
-                        continue;
-                    };
-                    if name.starts_with(TMP_PREFIX) {
-                        continue;
-                    }
-                    let key = if rel.is_empty() {
-                        name.to_string()
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    let path = ent.path();
-                    let m = match fs::symlink_metadata(&path) {
-                        Ok(m) => m,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(io_err("stat", &path, e)),
-                    };
-                    let ft = m.file_type();
-                    if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
-                        continue;
-                    }
-                    let mut info = info_of(key.clone(), &path, &m);
-                    info.meta = None;
-                    if ft.is_dir() {
-                        stack.push((path, key));
-                    }
-                    out.push(info);
-                }
+            if let Some(start) = start {
+                list_into(&start, &prefix, &mut out)?;
             }
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
@@ -520,16 +589,20 @@ impl LocalBackend {
     }
 
     pub async fn delete(&self, key: &str) -> BResult<()> {
-        let path = self.path(key)?;
-        blocking(move || match fs::remove_file(&path) {
-            Ok(()) => {
-                if let Some(d) = path.parent() {
-                    sync_dir(d);
+        let (w, key) = (self.walker(), key.to_string());
+        blocking(move || {
+            let (parent, name) = split_key(&key)?;
+            let Some(dir) = w.dir_opt(&parent)? else {
+                return Ok(());
+            };
+            match dir.unlink(name, false) {
+                Ok(()) => {
+                    dir.sync();
+                    Ok(())
                 }
-                Ok(())
+                Err(e) if not_found(&e) => Ok(()),
+                Err(e) => Err(io_err("remove", &dir.show(name), e)),
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &path, e)),
         })
         .await
     }
@@ -541,109 +614,396 @@ impl LocalBackend {
         dst: &str,
         meta: &ObjMeta,
     ) -> BResult<String> {
-        let from = self.path(src)?;
-        let to = self.path(dst)?;
+        let w = self.walker();
+        let (src, dst) = (src.to_string(), dst.to_string());
         let meta = meta.clone();
         let want = src_etag.map(str::to_string);
         blocking(move || {
-            if let Some(want) = want {
-                let m = fs::symlink_metadata(&from).map_err(|e| io_err("stat", &from, e))?;
-                if etag_of(&m) != want {
-                    return Err(BackendError::permanent(format!(
+            let (sparent, sname) = split_key(&src)?;
+            let sdir = w.dir(&sparent, false)?;
+            let shown = sdir.show(sname);
+            let check = |m: &fs::Metadata| -> BResult<()> {
+                match &want {
+                    Some(want) if &etag_of(m) != want => Err(BackendError::permanent(format!(
                         "{} changed since it was recorded",
-                        from.display()
+                        shown.display()
                     ))
-                    .for_path());
+                    .for_path()),
+                    _ => Ok(()),
                 }
-            }
-            if from == to {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&to)
-                    .map_err(|e| io_err("open", &to, e))?;
-                let size = f.metadata().map_err(|e| io_err("stat", &to, e))?.size();
-                apply_meta(&f, &to, &meta, size)?;
-                f.sync_all().map_err(|e| io_err("fsync", &to, e))?;
-                let m = fs::symlink_metadata(&to).map_err(|e| io_err("stat", &to, e))?;
+            };
+            if src == dst {
+                let f = sdir
+                    .open(sname, OFlags::WRONLY, 0)
+                    .map_err(|e| io_err("open", &shown, e))?;
+                let m = f.metadata().map_err(|e| io_err("stat", &shown, e))?;
+                check(&m)?;
+                apply_meta(&f, &shown, &meta, m.size())?;
+                f.sync_all().map_err(|e| io_err("fsync", &shown, e))?;
+                let m = f.metadata().map_err(|e| io_err("stat", &shown, e))?;
                 return Ok(etag_of(&m));
             }
-            let dir = LocalBackend::parent_of(&to)?;
-            let tmp = dir.join(tmp_name());
-            // std::fs::copy uses copy_file_range: the kernel copies (or
-            // reflinks) without the bytes passing through here.
-            let size = fs::copy(&from, &tmp).map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                io_err("copy", &from, e)
-            })?;
+            let mut from = sdir
+                .open(sname, OFlags::RDONLY, 0)
+                .map_err(|e| io_err("open", &shown, e))?;
+            check(&from.metadata().map_err(|e| io_err("stat", &shown, e))?)?;
+            let (dparent, dname) = split_key(&dst)?;
+            let ddir = w.dir(&dparent, true)?;
+            let tmp = tmp_name();
+            let tshown = ddir.show(&tmp);
+            let mut to = ddir
+                .open(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)
+                .map_err(|e| io_err("create", &tshown, e))?;
             let r = (|| {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&tmp)
-                    .map_err(|e| io_err("open", &tmp, e))?;
-                apply_meta(&f, &tmp, &meta, size)?;
-                f.sync_all().map_err(|e| io_err("fsync", &tmp, e))
+                // io::copy between two files uses copy_file_range: the
+                // kernel copies (or reflinks) without the bytes passing
+                // through here.
+                let size = io::copy(&mut from, &mut to).map_err(|e| io_err("copy", &shown, e))?;
+                apply_meta(&to, &tshown, &meta, size)?;
+                to.sync_all().map_err(|e| io_err("fsync", &tshown, e))
             })();
             if let Err(e) = r {
-                let _ = fs::remove_file(&tmp);
+                ddir.remove_quietly(&tmp);
                 return Err(e);
             }
-            install(&tmp, &to, &Cond::Any)
+            install(&ddir, &tmp, dname, &Cond::Any)
         })
         .await
     }
 
     pub async fn put_dir(&self, key: &str, _meta: &ObjMeta) -> BResult<String> {
-        let path = self.path(key)?;
+        let (w, key) = (self.walker(), key.to_string());
         blocking(move || {
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => return Ok("dir".into()),
-                Ok(_) => {
-                    fs::remove_file(&path).map_err(|e| io_err("remove", &path, e))?;
-                }
-                Err(_) => {}
+            let (parent, name) = split_key(&key)?;
+            let dir = w.dir(&parent, true)?;
+            match dir.lstat_opt(name)? {
+                Some(m) if m.is_dir() => return Ok("dir".into()),
+                // A file or symlink in the way is replaced (never followed).
+                Some(_) => dir
+                    .unlink(name, false)
+                    .map_err(|e| io_err("remove", &dir.show(name), e))?,
+                None => {}
             }
-            fs::create_dir_all(&path).map_err(|e| io_err("mkdir", &path, e))?;
+            match rustix::fs::mkdirat(dir.fd(), name, Mode::from_raw_mode(0o755)) {
+                Ok(()) => dir.sync(),
+                Err(rustix::io::Errno::EXIST) if dir.subdir(name).is_ok() => {}
+                Err(e) => return Err(io_err("mkdir", &dir.show(name), e.into())),
+            }
             Ok("dir".into())
         })
         .await
     }
 
     pub async fn delete_dir(&self, key: &str) -> BResult<()> {
-        let path = self.path(key)?;
-        blocking(move || match fs::remove_dir(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                Err(BackendError::permanent(format!(
-                    "{} holds files LOCKER does not know; left in place",
-                    path.display()
-                )))
+        let (w, key) = (self.walker(), key.to_string());
+        blocking(move || {
+            let (parent, name) = split_key(&key)?;
+            let Some(dir) = w.dir_opt(&parent)? else {
+                return Ok(());
+            };
+            match dir.unlink(name, true) {
+                Ok(()) => Ok(()),
+                Err(e) if not_found(&e) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    Err(BackendError::permanent(format!(
+                        "{} holds files LOCKER does not know; left in place",
+                        dir.show(name).display()
+                    )))
+                }
+                Err(e) => Err(io_err("rmdir", &dir.show(name), e)),
             }
-            Err(e) => Err(io_err("rmdir", &path, e)),
         })
         .await
     }
 
     pub async fn put_symlink(&self, key: &str, target: &[u8], _meta: &ObjMeta) -> BResult<String> {
-        let path = self.path(key)?;
+        let (w, key) = (self.walker(), key.to_string());
         let target = target.to_vec();
         blocking(move || {
-            let dir = LocalBackend::parent_of(&path)?;
-            let tmp = dir.join(tmp_name());
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &tmp)
-                .map_err(|e| io_err("symlink", &tmp, e))?;
-            install(&tmp, &path, &Cond::Any)
+            let (parent, name) = split_key(&key)?;
+            let dir = w.dir(&parent, true)?;
+            let tmp = tmp_name();
+            rustix::fs::symlinkat(OsStr::from_bytes(&target), dir.fd(), tmp.as_str())
+                .map_err(|e| io_err("symlink", &dir.show(&tmp), e.into()))?;
+            install(&dir, &tmp, name, &Cond::Any)
         })
         .await
     }
 
     pub async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
-        let path = self.path(key)?;
+        let (w, key) = (self.walker(), key.to_string());
         blocking(move || {
-            fs::read_link(&path)
-                .map(|t| t.as_os_str().as_bytes().to_vec())
-                .map_err(|e| io_err("readlink", &path, e))
+            let (parent, name) = split_key(&key)?;
+            let dir = w.dir(&parent, false)?;
+            rustix::fs::readlinkat(dir.fd(), name, Vec::new())
+                .map(CString::into_bytes)
+                .map_err(|e| io_err("readlink", &dir.show(name), e.into()))
         })
         .await
+    }
+}
+
+/// The root descriptor and path, movable into a blocking task.
+struct Walker {
+    root: PathBuf,
+    root_fd: Arc<OwnedFd>,
+}
+
+impl Walker {
+    fn root_dir(&self) -> BResult<DirAt> {
+        let fd = self
+            .root_fd
+            .try_clone()
+            .map_err(|e| io_err("open", &self.root, e))?;
+        Ok(DirAt {
+            fd,
+            path: self.root.clone(),
+        })
+    }
+
+    /// The directory `comps` below the root, one component at a time and
+    /// never through a symlink; with `create`, missing ones are made. A
+    /// file or symlink in the way is, for a write, an error of this path
+    /// that a queued change may clear (retried soon); for anything else, the
+    /// key names nothing (NotFound).
+    fn dir(&self, comps: &[&str], create: bool) -> BResult<DirAt> {
+        let mut cur = self.root_dir()?;
+        for c in comps {
+            let next = match cur.subdir(c) {
+                Err(e) if create && not_found(&e) => {
+                    match rustix::fs::mkdirat(cur.fd(), *c, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(io_err("mkdir", &cur.show(c), e.into())),
+                    }
+                    cur.sync();
+                    cur.subdir(c)
+                }
+                r => r,
+            };
+            cur = match next {
+                Ok(d) => d,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    let msg = format!(
+                        "{} is not a directory in the backend (a file or symlink is in the way)",
+                        cur.show(c).display()
+                    );
+                    return Err(if create {
+                        BackendError::transient(msg).for_path()
+                    } else {
+                        BackendError::not_found(msg)
+                    });
+                }
+                Err(e) => return Err(io_err("open", &cur.show(c), e)),
+            };
+        }
+        Ok(cur)
+    }
+
+    /// `dir` without creating; `None` if the key's directory is missing.
+    fn dir_opt(&self, comps: &[&str]) -> BResult<Option<DirAt>> {
+        match self.dir(comps, false) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Appends every entry below `dir` (whose key is `rel`) to `out`, depth
+/// first; only directories (never symlinks to them) are descended, and at
+/// most one descriptor per level is open.
+fn list_into(dir: &DirAt, rel: &str, out: &mut Vec<ObjInfo>) -> BResult<()> {
+    let names: Vec<CString> = {
+        let rd = rustix::fs::Dir::read_from(dir.fd())
+            .map_err(|e| io_err("list", &dir.path, e.into()))?;
+        let mut names = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| io_err("list", &dir.path, e.into()))?;
+            let n: &CStr = ent.file_name();
+            if n.to_bytes() != b"." && n.to_bytes() != b".." {
+                names.push(n.to_owned());
+            }
+        }
+        names
+    };
+    for name in names {
+        let Ok(name) = name.into_string() else {
+            tracing::warn!(dir = %dir.path.display(), "skipping a name that is not UTF-8");
+            continue;
+        };
+        if name.starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let key = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let m = match dir.lstat(&name) {
+            Ok(m) => m,
+            Err(e) if not_found(&e) => continue,
+            Err(e) => return Err(io_err("stat", &dir.show(&name), e)),
+        };
+        let Some(kind) = kind_of(&m) else {
+            continue;
+        };
+        out.push(info_of(key.clone(), dir, &name, &m, false));
+        if kind == ObjKind::Dir {
+            match dir.subdir(&name) {
+                Ok(sub) => list_into(&sub, &key, out)?,
+                // Removed or replaced by a symlink since the stat above.
+                Err(e)
+                    if not_found(&e)
+                        || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {}
+                Err(e) => return Err(io_err("list", &dir.show(&name), e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Every name below `dir`, recursively (symlinks not followed).
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                if fs::symlink_metadata(&p).unwrap().is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn symlink_in_backend_is_never_followed() {
+        let rt = rt();
+        let base = tempfile::tempdir().unwrap();
+        let canary = tempfile::tempdir().unwrap();
+        fs::write(canary.path().join("secret"), b"outside").unwrap();
+        fs::create_dir(canary.path().join("sub")).unwrap();
+        fs::write(canary.path().join("sub/inner"), b"deep").unwrap();
+        let before = tree(canary.path());
+        let be = LocalBackend::open(base.path(), "corp", false).unwrap();
+        let m = ObjMeta::default();
+        rt.block_on(async {
+            // A user's symlink, absolute and relative, to the canary.
+            be.put_symlink("x", canary.path().as_os_str().as_bytes(), &m)
+                .await
+                .unwrap();
+            let rel = format!("../../..{}", canary.path().display());
+            be.put_symlink("r", rel.as_bytes(), &m).await.unwrap();
+            for link in ["x", "r"] {
+                let e = be
+                    .put(&format!("{link}/evil"), b"data".to_vec(), &m, &Cond::Any)
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+                assert!(e.path_only, "{e}");
+                assert!(be.put_dir(&format!("{link}/s"), &m).await.is_err());
+                assert!(be.put_dir(&format!("{link}/s/t"), &m).await.is_err());
+                assert!(
+                    be.put_symlink(&format!("{link}/l"), b"/etc", &m)
+                        .await
+                        .is_err()
+                );
+                assert!(
+                    be.get_range(&format!("{link}/secret"), None, 0, 10)
+                        .await
+                        .is_err()
+                );
+                assert!(
+                    be.get_range(&format!("{link}/sub/inner"), None, 0, 10)
+                        .await
+                        .is_err()
+                );
+                assert!(be.read_symlink(&format!("{link}/secret")).await.is_err());
+                // Through a link, a key names nothing: absent, and deleting
+                // it removes nothing.
+                assert_eq!(be.head(&format!("{link}/secret")).await.unwrap(), None);
+                be.delete(&format!("{link}/secret")).await.unwrap();
+                be.delete(&format!("{link}/sub/inner")).await.unwrap();
+                be.delete_dir(&format!("{link}/sub")).await.unwrap();
+                assert!(
+                    be.copy(&format!("{link}/secret"), None, "stolen", &m)
+                        .await
+                        .is_err()
+                );
+                assert!(
+                    be.copy("x", None, &format!("{link}/evil"), &m)
+                        .await
+                        .is_err()
+                );
+                let mp = be.multipart_begin(&format!("{link}/big"), 10, &m).await;
+                assert!(mp.is_err());
+                assert!(be.list(link).await.unwrap_or_default().is_empty());
+            }
+            // The listing shows the links as links, not what they point at.
+            let all = be.list("").await.unwrap();
+            let keys: Vec<_> = all.iter().map(|o| (o.key.as_str(), o.kind)).collect();
+            assert_eq!(keys, [("r", ObjKind::Symlink), ("x", ObjKind::Symlink)]);
+            // The link itself is an object like any other: replaced, read
+            // and deleted as a link.
+            assert_eq!(
+                be.read_symlink("x").await.unwrap(),
+                canary.path().as_os_str().as_bytes()
+            );
+            be.put_dir("x", &m).await.unwrap();
+            be.put("x/evil", b"data".to_vec(), &m, &Cond::Any)
+                .await
+                .unwrap();
+            be.delete("r").await.unwrap();
+        });
+        assert_eq!(tree(canary.path()), before, "the canary changed");
+        assert_eq!(fs::read(canary.path().join("secret")).unwrap(), b"outside");
+        assert_eq!(
+            fs::read(base.path().join("corp/x/evil")).unwrap(),
+            b"data",
+            "the directory that replaced the link holds the file"
+        );
+    }
+
+    #[test]
+    fn directory_swapped_for_symlink_mid_walk_is_not_followed() {
+        // A directory of the tree replaced by a symlink between calls (what a
+        // rename-exchange pushed in two steps looks like) stops the walk.
+        let rt = rt();
+        let base = tempfile::tempdir().unwrap();
+        let canary = tempfile::tempdir().unwrap();
+        let be = LocalBackend::open(base.path(), "", false).unwrap();
+        let m = ObjMeta::default();
+        rt.block_on(async {
+            be.put("d/f", b"one".to_vec(), &m, &Cond::Any)
+                .await
+                .unwrap();
+            fs::rename(base.path().join("d"), base.path().join("moved")).unwrap();
+            std::os::unix::fs::symlink(canary.path(), base.path().join("d")).unwrap();
+            assert!(
+                be.put("d/f", b"two".to_vec(), &m, &Cond::Any)
+                    .await
+                    .is_err()
+            );
+            assert!(
+                be.put("d/g/h", b"two".to_vec(), &m, &Cond::Any)
+                    .await
+                    .is_err()
+            );
+        });
+        assert!(tree(canary.path()).is_empty(), "{:?}", tree(canary.path()));
     }
 }
