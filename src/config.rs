@@ -604,17 +604,48 @@ impl Config {
 }
 
 /// Refuses a file holding secrets (`what`) that group or others can read.
-pub fn check_private_file(path: &Path, what: &str) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| format!("{what} file {}: {e}", path.display()))?;
+/// Reads a file holding a secret. The file is opened once, without
+/// following a symlink, and the open file itself is checked (so nothing can
+/// be swapped in between): a regular file, owned by the user the daemon
+/// runs as, with no group or other permission bits.
+pub fn read_private_file(path: &Path, what: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = path.display();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                format!("{what} file {shown} is a symlink; name the file itself")
+            }
+            _ => format!("{what} file {shown}: {e}"),
+        })?;
+    let m = f
+        .metadata()
+        .map_err(|e| format!("{what} file {shown}: {e}"))?;
+    if !m.is_file() {
+        return Err(format!("{what} file {shown} is not a regular file"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return Err(format!(
+            "{what} file {shown} is owned by uid {}, not by the daemon's user (uid {me}); chown it",
+            m.uid()
+        ));
+    }
     if m.mode() & 0o077 != 0 {
         return Err(format!(
-            "{what} file {} is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
+            "{what} file {shown} is readable by group or others (mode {:o}); chmod 600 it",
             m.mode() & 0o777
         ));
     }
-    Ok(())
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(|e| format!("{what} file {shown}: {e}"))?;
+    Ok(text)
 }
 
 pub fn is_root() -> bool {

@@ -44,10 +44,9 @@ pub struct Keys {
 
 /// Reads a secret from a file that group and others cannot read.
 pub fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
-    crate::config::check_private_file(path, what)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
-    Ok(text.trim().to_string())
+    Ok(crate::config::read_private_file(path, what)?
+        .trim()
+        .to_string())
 }
 
 fn check_length(secret: &str, what: &str) -> Result<(), String> {
@@ -228,6 +227,34 @@ fn make_secret_file(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_files_must_be_the_daemons_own_regular_private_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("key");
+        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret_file(&p, "k").unwrap(), "0123456789abcdef0123");
+        // A symlink to a private file is refused: it is not the file named.
+        let l = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &l).unwrap();
+        let e = read_secret_file(&l, "k").unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
+        // Group or other bits.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_secret_file(&p, "k").unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Not a regular file.
+        assert!(read_secret_file(d.path(), "k").is_err());
+        // Owned by someone else (only root can give a file away).
+        if crate::config::is_root() {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            let e = read_secret_file(&p, "k").unwrap_err();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+            assert!(!e.contains("0123456789"), "the secret leaked: {e}");
+        }
+    }
 
     #[test]
     fn signed_tokens_check_path_expiry_and_secret() {

@@ -53,9 +53,7 @@ pub struct S3Backend {
 /// Reads a credentials file: `key = value` lines, `#` comments. It must not
 /// be readable by group or others.
 fn read_credentials_file(path: &Path) -> Result<Credentials, String> {
-    crate::config::check_private_file(path, "credentials")?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+    let text = crate::config::read_private_file(path, "credentials")?;
     let (mut id, mut secret, mut token) = (None, None, None);
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
