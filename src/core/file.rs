@@ -611,7 +611,7 @@ impl Locker {
         }
         let limit = self.opts.dirty_memory_limit;
         self.drain_hashed(st, false);
-        self.with_file(st, ino, |st, fs| {
+        let r = self.with_file(st, ino, |st, fs| {
             let offset = if mode.append { fs.size } else { offset };
             let end = offset
                 .checked_add(data.len() as u64)
@@ -656,7 +656,9 @@ impl Locker {
                 }
             }
             Ok(data.len() as u32)
-        })
+        });
+        self.reap_unpinned(st);
+        r
     }
 
     /// Sets the size of file `ino` (called with the state lock held).
@@ -707,6 +709,7 @@ impl Locker {
         if fs.open > 0 || r.is_err() || !fs.is_clean() {
             st.files.insert(ino, fs);
         }
+        self.reap_unpinned(st);
         r
     }
 
@@ -809,6 +812,23 @@ impl Locker {
             self.wake_sync();
         }
         Ok(())
+    }
+
+    /// Frees the blocks whose last pin went (a rewritten block stored from
+    /// a whole buffer, a snapshot released, a forgotten file's changes)
+    /// and that no committed row names.
+    pub(crate) fn reap_unpinned(&self, st: &mut State) {
+        if st.unpinned.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut st.unpinned);
+        let gone: Vec<BlockId> = ids
+            .into_iter()
+            .filter(|id| {
+                !st.pins.contains_key(id) && !meta::block_known(&st.conn, id).unwrap_or(true)
+            })
+            .collect();
+        self.free_blocks(st, &gone);
     }
 
     /// Removes the bytes of blocks no row names any more, unless an

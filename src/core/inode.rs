@@ -719,6 +719,7 @@ impl Locker {
         self.forget_file(st, ino);
         let freed = st.tx(|tx| Locker::purge_rows(tx, ino))?;
         self.free_blocks(st, &freed);
+        self.reap_unpinned(st);
         Ok(())
     }
 
@@ -735,6 +736,7 @@ impl Locker {
                 Locker::set_dirty(st, &mut fs, idx, None);
             }
         }
+        self.reap_unpinned(st);
     }
 
     /// Deletes the rows of an inode and its block references; returns the

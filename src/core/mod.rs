@@ -123,6 +123,10 @@ pub(crate) struct State {
     /// Blocks referenced by uncommitted changes: their bytes must stay even
     /// if no committed row names them.
     pins: HashMap<BlockId, u32>,
+    /// Blocks whose last pin went since the last `reap`: freed there unless
+    /// a committed row (or a new pin) names them. Every path that drops a
+    /// pin goes through `unpin`, so no stored block can be forgotten.
+    unpinned: Vec<BlockId>,
     /// Bytes of uncommitted file data held in memory.
     mem_dirty: u64,
     /// A transaction committed since the last durable barrier.
@@ -170,6 +174,7 @@ impl State {
             *n -= 1;
             if *n == 0 {
                 self.pins.remove(id);
+                self.unpinned.push(*id);
             }
         }
     }
@@ -199,6 +204,7 @@ impl Locker {
                 handles: HashMap::new(),
                 next_handle: 1,
                 pins: HashMap::new(),
+                unpinned: Vec::new(),
                 mem_dirty: 0,
                 meta_unsynced: true,
                 commits: 0,

@@ -490,18 +490,12 @@ impl Locker {
     pub fn sync_release(&self, snap: &FileSnap) {
         let mut st = self.lock();
         let st = &mut *st;
-        let mut gone = Vec::new();
         for (_, b) in &snap.blocks {
             if b.len >= INLINE_MAX {
                 st.unpin(&b.id);
-                if !st.pins.contains_key(&b.id)
-                    && !meta::block_known(&st.conn, &b.id).unwrap_or(true)
-                {
-                    gone.push(b.id);
-                }
             }
         }
-        self.free_blocks(st, &gone);
+        self.reap_unpinned(st);
     }
 
     /// `len` bytes of the snapshot's content from `offset`.

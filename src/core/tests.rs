@@ -497,6 +497,77 @@ fn random_writes_past_the_dirty_memory_limit_stay_bounded_and_correct() {
     assert_eq!(&got[..end], &model[..end]);
 }
 
+/// Block files in the store, and the distinct large blocks the metadata
+/// names.
+fn stored_and_referenced(l: &Locker) -> (Vec<crate::blocks::BlockId>, usize) {
+    let mut stored = l.blocks.list().unwrap();
+    stored.sort_by_key(|b| b.0);
+    let st = l.lock();
+    let referenced: i64 = st
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM blocks WHERE size >= ?1",
+            [crate::blocks::INLINE_MAX as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (stored, referenced as usize)
+}
+
+#[test]
+fn random_writes_leave_only_referenced_blocks_in_the_store() {
+    // Blocks hashed and stored when a random write filled their tail, then
+    // rewritten, must be freed once nothing names them: they count against
+    // the cache bound.
+    let t = new();
+    let ns = t.ns();
+    let size = 8usize << 20;
+    let ino = t.put(ns, b"f", &pattern(size, 1));
+    let fh = t.l.open(ino, rw()).unwrap();
+    let mut model = t.get(ino);
+    // The tail of block 0 (which stores it), another block (which takes the
+    // stored result), block 0 again (which replaces it).
+    for (i, off) in [(0u64, BLOCK_SIZE as usize - 4096), (1, 3 << 20), (2, 0)] {
+        let data = pattern(4096, 50 + i);
+        t.l.write(fh, off as u64, &data).unwrap();
+        model[off..off + 4096].copy_from_slice(&data);
+        // As if the hasher finished before the next write came.
+        let mut st = t.l.lock();
+        t.l.drain_hashed(&mut st, true);
+    }
+    let mut x = 777u64;
+    for i in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x as usize % (size / 4096)) * 4096;
+        let data = pattern(4096, 100 + i);
+        t.l.write(fh, off as u64, &data).unwrap();
+        model[off..off + 4096].copy_from_slice(&data);
+        if i % 3 == 0 {
+            let mut st = t.l.lock();
+            t.l.drain_hashed(&mut st, true);
+        }
+        if i % 500 == 499 {
+            t.l.fsync(fh).unwrap();
+        }
+    }
+    t.l.fsync(fh).unwrap();
+    let (stored, referenced) = stored_and_referenced(&t.l);
+    assert_eq!(referenced, 8);
+    assert_eq!(stored.len(), 8, "block files no file names are left behind");
+    t.l.release(fh).unwrap();
+    assert_eq!(t.get(ino), model);
+    // An unlinked file's uncommitted blocks go with it.
+    let (a, fh) = t.l.create(&ME, ns, b"g", 0o644, rw()).unwrap();
+    t.l.write(fh, 0, &pattern(3 << 20, 9)).unwrap();
+    t.l.write(fh, 5000, b"x").unwrap();
+    t.l.unlink(ns, b"g").unwrap();
+    t.l.release(fh).unwrap();
+    let _ = a;
+    assert_eq!(stored_and_referenced(&t.l).0.len(), 8);
+}
+
 // ---- whole-file operations (the HTTP API's) ----
 
 fn sha(data: &[u8]) -> [u8; 32] {
