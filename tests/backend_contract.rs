@@ -1,15 +1,21 @@
-//! One contract, run against every backend: the local directory backend and
-//! the S3 backend against a real S3 server (moto's, on loopback). Put,
+//! One contract, run against every backend: the in-memory backend (bare and
+//! behind the fault decorator), the local directory backend and the S3
+//! backend against a real S3 server (moto's, on loopback). Put,
 //! ranged get, head, list with prefixes, delete, copy (conditional on the
 //! source's ETag), metadata round trip, directories, symlinks, multipart.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{S3Server, pattern, sha256_hex};
-use locker::backend::{Backend, ErrorKind, ObjKind, ObjMeta, local::LocalBackend, s3::S3Backend};
+use locker::backend::fault::{Fault, FaultBackend};
+use locker::backend::memory::MemoryBackend;
+use locker::backend::{
+    Backend, Cond, ErrorKind, ObjKind, ObjMeta, local::LocalBackend, s3::S3Backend,
+};
 use locker::config::NamespaceConfig;
 use locker::core::Timestamp;
 
@@ -43,11 +49,14 @@ fn files_of(list: &[locker::backend::ObjInfo]) -> Vec<String> {
     v
 }
 
-async fn contract(be: &Backend) {
+async fn contract(be: &dyn Backend) {
     // put + head: size, kind, metadata round trip.
     let small = pattern(3000, 1);
     let m1 = meta(1, &small);
-    let etag1 = be.put("docs/report.txt", small.clone(), &m1).await.unwrap();
+    let etag1 = be
+        .put("docs/report.txt", small.clone(), &m1, &Cond::Any)
+        .await
+        .unwrap();
     let h = be
         .head("docs/report.txt")
         .await
@@ -60,19 +69,25 @@ async fn contract(be: &Backend) {
 
     // ranged get: middle, tail past the end, whole.
     assert_eq!(
-        be.get_range("docs/report.txt", 100, 50).await.unwrap(),
+        be.get_range("docs/report.txt", None, 100, 50)
+            .await
+            .unwrap(),
         &small[100..150]
     );
     assert_eq!(
-        be.get_range("docs/report.txt", 2990, 100).await.unwrap(),
+        be.get_range("docs/report.txt", None, 2990, 100)
+            .await
+            .unwrap(),
         &small[2990..]
     );
     assert_eq!(
-        be.get_range("docs/report.txt", 0, 3000).await.unwrap(),
+        be.get_range("docs/report.txt", None, 0, 3000)
+            .await
+            .unwrap(),
         small
     );
     assert!(
-        be.get_range("docs/report.txt", 5000, 10)
+        be.get_range("docs/report.txt", None, 5000, 10)
             .await
             .unwrap()
             .is_empty()
@@ -81,21 +96,26 @@ async fn contract(be: &Backend) {
     // overwrite changes the ETag.
     let small2 = pattern(3000, 2);
     let etag2 = be
-        .put("docs/report.txt", small2.clone(), &meta(2, &small2))
+        .put(
+            "docs/report.txt",
+            small2.clone(),
+            &meta(2, &small2),
+            &Cond::Any,
+        )
         .await
         .unwrap();
     assert_ne!(etag1, etag2);
 
     // names with spaces, '+', '%' and non-ASCII.
     let odd = "odd dir/ünï+code %41.txt";
-    be.put(odd, b"odd".to_vec(), &meta(3, b"odd"))
+    be.put(odd, b"odd".to_vec(), &meta(3, b"odd"), &Cond::Any)
         .await
         .unwrap();
-    assert_eq!(be.get_range(odd, 0, 10).await.unwrap(), b"odd");
+    assert_eq!(be.get_range(odd, None, 0, 10).await.unwrap(), b"odd");
 
     // list with prefixes.
     for k in ["a/b/c.txt", "a/d.txt", "ab.txt"] {
-        be.put(k, k.as_bytes().to_vec(), &meta(4, k.as_bytes()))
+        be.put(k, k.as_bytes().to_vec(), &meta(4, k.as_bytes()), &Cond::Any)
             .await
             .unwrap();
     }
@@ -141,7 +161,7 @@ async fn contract(be: &Backend) {
         .await
         .unwrap();
     assert_eq!(
-        be.get_range("copied/d.txt", 0, 100).await.unwrap(),
+        be.get_range("copied/d.txt", None, 0, 100).await.unwrap(),
         b"a/d.txt"
     );
     assert_eq!(
@@ -179,7 +199,7 @@ async fn contract(be: &Backend) {
     let h = be.head("copied/d.txt").await.unwrap().unwrap();
     assert_eq!(h.meta.unwrap().mode, Some(0o600));
     assert_eq!(
-        be.get_range("copied/d.txt", 0, 100).await.unwrap(),
+        be.get_range("copied/d.txt", None, 0, 100).await.unwrap(),
         b"a/d.txt"
     );
 
@@ -216,12 +236,12 @@ async fn contract(be: &Backend) {
     assert_eq!(h.size, big.len() as u64);
     assert_eq!(h.meta.unwrap(), mb);
     let got = be
-        .get_range("big/file.bin", 0, big.len() as u64)
+        .get_range("big/file.bin", None, 0, big.len() as u64)
         .await
         .unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&big));
     assert_eq!(
-        be.get_range("big/file.bin", part as u64 - 10, 20)
+        be.get_range("big/file.bin", None, part as u64 - 10, 20)
             .await
             .unwrap(),
         &big[part - 10..part + 10]
@@ -240,16 +260,71 @@ async fn contract(be: &Backend) {
     // bad keys are refused before any request.
     for k in ["", "/abs", "a/../b", "a//b"] {
         assert!(
-            be.put(k, vec![], &ObjMeta::default()).await.is_err(),
+            be.put(k, vec![], &ObjMeta::default(), &Cond::Any)
+                .await
+                .is_err(),
             "{k:?}"
         );
     }
 }
 
 #[test]
+fn memory_backend_keeps_the_contract() {
+    let be = MemoryBackend::new();
+    let rt = rt();
+    rt.block_on(be.check()).unwrap();
+    rt.block_on(contract(&be));
+}
+
+#[test]
+fn fault_decorator_without_rules_keeps_the_contract_and_injects_when_told() {
+    let mem = Arc::new(MemoryBackend::new());
+    let be = FaultBackend::new(mem.clone());
+    let rt = rt();
+    rt.block_on(contract(&be));
+    // A scripted failure, once; a foreign write before the next put; a
+    // corrupt read.
+    be.inject(
+        Some("put"),
+        Some("x/"),
+        Fault::Fail(ErrorKind::Transient),
+        Some(1),
+    );
+    let m = ObjMeta::default();
+    let e = rt
+        .block_on(be.put("x/a", b"1".to_vec(), &m, &Cond::IfAbsent))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient);
+    let mem2 = mem.clone();
+    be.inject(
+        Some("put"),
+        None,
+        Fault::Before(Arc::new(move || {
+            mem2.put_foreign("x/a", b"theirs", ObjMeta::default());
+        })),
+        Some(1),
+    );
+    let e = rt
+        .block_on(be.put("x/a", b"mine".to_vec(), &m, &Cond::IfAbsent))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient, "the condition caught it: {e}");
+    assert_eq!(mem.object("x/a").unwrap().data, b"theirs");
+    be.inject(Some("get_range"), None, Fault::Corrupt, Some(1));
+    assert_ne!(
+        rt.block_on(be.get_range("x/a", None, 0, 6)).unwrap(),
+        b"theirs"
+    );
+    assert_eq!(
+        rt.block_on(be.get_range("x/a", None, 0, 6)).unwrap(),
+        b"theirs"
+    );
+    assert!(be.calls().iter().any(|(op, k)| *op == "put" && k == "x/a"));
+}
+
+#[test]
 fn local_backend_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let be = Backend::Local(LocalBackend::open(dir.path(), "pre/fix", false).unwrap());
+    let be = LocalBackend::open(dir.path(), "pre/fix", false).unwrap();
     let rt = rt();
     rt.block_on(be.check()).unwrap();
     rt.block_on(contract(&be));
@@ -308,7 +383,7 @@ fn s3_backend_keeps_the_contract() {
     let server = S3Server::start();
     server.mb("contract");
     let dir = tempfile::tempdir().unwrap();
-    let be = Backend::S3(S3Backend::new(&s3_config(&server, "contract", dir.path())).unwrap());
+    let be = S3Backend::new(&s3_config(&server, "contract", dir.path())).unwrap();
     let rt = rt();
     rt.block_on(be.check()).unwrap();
     rt.block_on(contract(&be));
@@ -336,7 +411,7 @@ fn s3_backend_errors_are_clear_and_quick() {
     let rt = rt();
 
     // A missing bucket.
-    let be = Backend::S3(S3Backend::new(&s3_config(&server, "nosuchbucket", dir.path())).unwrap());
+    let be = S3Backend::new(&s3_config(&server, "nosuchbucket", dir.path())).unwrap();
     let e = rt.block_on(be.check()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Permanent);
     assert!(e.message.contains("does not exist"), "{e}");
@@ -349,7 +424,7 @@ fn s3_backend_errors_are_clear_and_quick() {
         .port();
     let mut cfg = s3_config(&server, "x", dir.path());
     cfg.endpoint = Some(format!("http://127.0.0.1:{port}"));
-    let be = Backend::S3(S3Backend::new(&cfg).unwrap());
+    let be = S3Backend::new(&cfg).unwrap();
     let t0 = Instant::now();
     let e = rt.block_on(be.check()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Transient, "{e}");

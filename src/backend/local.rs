@@ -26,8 +26,8 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::{
-    BResult, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex,
-    unhex32,
+    BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta,
+    check_key, hex, unhex32,
 };
 use crate::core::Timestamp;
 
@@ -383,10 +383,6 @@ impl LocalBackend {
         })
     }
 
-    pub fn describe(&self) -> String {
-        format!("local directory {}", self.root.display())
-    }
-
     /// A handle for a blocking task.
     fn walker(&self) -> Walker {
         Walker {
@@ -394,8 +390,15 @@ impl LocalBackend {
             root_fd: self.root_fd.clone(),
         }
     }
+}
 
-    pub async fn check(&self) -> BResult<()> {
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+
+    async fn check(&self) -> BResult<()> {
         let w = self.walker();
         blocking(move || {
             let root = w.root_dir()?;
@@ -412,13 +415,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn put(
-        &self,
-        key: &str,
-        data: Vec<u8>,
-        meta: &ObjMeta,
-        cond: &Cond,
-    ) -> BResult<String> {
+    async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
         let (w, key) = (self.walker(), key.to_string());
         let meta = meta.clone();
         let cond = cond.clone();
@@ -431,12 +428,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn multipart_begin(
-        &self,
-        key: &str,
-        size: u64,
-        meta: &ObjMeta,
-    ) -> BResult<Multipart> {
+    async fn multipart_begin(&self, key: &str, size: u64, meta: &ObjMeta) -> BResult<Multipart> {
         let (w, key) = (self.walker(), key.to_string());
         let meta = meta.clone();
         blocking(move || {
@@ -458,7 +450,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn multipart_part(
+    async fn multipart_part(
         &self,
         mp: &Multipart,
         number: u32,
@@ -480,7 +472,7 @@ impl LocalBackend {
     }
 
     /// Completes a multipart upload: sync, metadata, rename.
-    pub async fn multipart_finish(
+    async fn multipart_finish(
         &self,
         mp: &Multipart,
         _parts: Vec<(u32, String)>,
@@ -501,7 +493,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn multipart_abort(&self, mp: &Multipart) {
+    async fn multipart_abort(&self, mp: &Multipart) {
         let (w, mp) = (self.walker(), mp.clone());
         let _ = blocking(move || {
             let (parent, _) = split_key(&mp.key)?;
@@ -511,7 +503,7 @@ impl LocalBackend {
         .await;
     }
 
-    pub async fn get_range(
+    async fn get_range(
         &self,
         key: &str,
         if_match: Option<&str>,
@@ -554,7 +546,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
+    async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
         let (w, key) = (self.walker(), key.to_string());
         blocking(move || {
             let (parent, name) = split_key(&key)?;
@@ -568,7 +560,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
+    async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
         let w = self.walker();
         let prefix = prefix.trim_matches('/').to_string();
         blocking(move || {
@@ -588,7 +580,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn delete(&self, key: &str) -> BResult<()> {
+    async fn delete(&self, key: &str) -> BResult<()> {
         let (w, key) = (self.walker(), key.to_string());
         blocking(move || {
             let (parent, name) = split_key(&key)?;
@@ -607,7 +599,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn copy(
+    async fn copy(
         &self,
         src: &str,
         src_etag: Option<&str>,
@@ -671,7 +663,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn put_dir(&self, key: &str, _meta: &ObjMeta) -> BResult<String> {
+    async fn put_dir(&self, key: &str, _meta: &ObjMeta) -> BResult<String> {
         let (w, key) = (self.walker(), key.to_string());
         blocking(move || {
             let (parent, name) = split_key(&key)?;
@@ -694,7 +686,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn delete_dir(&self, key: &str) -> BResult<()> {
+    async fn delete_dir(&self, key: &str) -> BResult<()> {
         let (w, key) = (self.walker(), key.to_string());
         blocking(move || {
             let (parent, name) = split_key(&key)?;
@@ -716,7 +708,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn put_symlink(&self, key: &str, target: &[u8], _meta: &ObjMeta) -> BResult<String> {
+    async fn put_symlink(&self, key: &str, target: &[u8], _meta: &ObjMeta) -> BResult<String> {
         let (w, key) = (self.walker(), key.to_string());
         let target = target.to_vec();
         blocking(move || {
@@ -730,7 +722,7 @@ impl LocalBackend {
         .await
     }
 
-    pub async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
+    async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
         let (w, key) = (self.walker(), key.to_string());
         blocking(move || {
             let (parent, name) = split_key(&key)?;

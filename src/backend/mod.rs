@@ -7,7 +7,10 @@
 //! leading slash); the backend adds its prefix. Every call is async and
 //! bounded by timeouts: nothing here can hang a caller forever.
 
+pub mod fault;
 pub mod local;
+pub mod memory;
+pub mod retry;
 pub mod s3;
 
 use std::fmt;
@@ -123,150 +126,84 @@ pub struct Multipart {
     pub cond: Cond,
 }
 
-pub enum Backend {
-    Local(local::LocalBackend),
-    S3(s3::S3Backend),
-}
-
-macro_rules! each {
-    ($self:ident, $b:ident => $e:expr) => {
-        match $self {
-            Backend::Local($b) => $e,
-            Backend::S3($b) => $e,
-        }
-    };
-}
-
-impl Backend {
+/// One store that namespaces push to: paths and byte ranges, nothing about
+/// inodes. Implementations: `local`, `s3`, `memory` (tests and fakes), and
+/// decorators that wrap any of them (`fault`, `retry`). Shared as
+/// `Arc<dyn Backend>`.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
     /// A human description, without secrets: `s3 bucket corp at https://…`.
-    pub fn describe(&self) -> String {
-        each!(self, b => b.describe())
-    }
+    fn describe(&self) -> String;
 
     /// Checks that the backend is reachable and usable (bucket exists,
     /// credentials accepted).
-    pub async fn check(&self) -> BResult<()> {
-        each!(self, b => b.check().await)
-    }
+    async fn check(&self) -> BResult<()>;
 
-    /// Stores `data` as the whole object; returns its ETag once the backend
-    /// confirmed it (the MD5 it computed matches ours, or size and checksum
-    /// read back).
-    pub async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta) -> BResult<String> {
-        self.put_if(key, data, meta, &Cond::Any).await
-    }
+    /// Stores `data` as the whole object, only if `cond` holds when it lands
+    /// (else a transient error of this path: the caller looks again);
+    /// returns its ETag once the backend confirmed it.
+    async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta, cond: &Cond) -> BResult<String>;
 
-    /// `put`, only if `cond` holds when it lands (else an error of this
-    /// path, transient: the caller looks again).
-    pub async fn put_if(
-        &self,
-        key: &str,
-        data: Vec<u8>,
-        meta: &ObjMeta,
-        cond: &Cond,
-    ) -> BResult<String> {
-        each!(self, b => b.put(key, data, meta, cond).await)
-    }
-
-    pub async fn multipart_begin(
-        &self,
-        key: &str,
-        size: u64,
-        meta: &ObjMeta,
-    ) -> BResult<Multipart> {
-        each!(self, b => b.multipart_begin(key, size, meta).await)
-    }
+    async fn multipart_begin(&self, key: &str, size: u64, meta: &ObjMeta) -> BResult<Multipart>;
 
     /// Sends part `number` (from 1), which starts at byte `offset`.
-    pub async fn multipart_part(
+    async fn multipart_part(
         &self,
         mp: &Multipart,
         number: u32,
         offset: u64,
         data: Vec<u8>,
-    ) -> BResult<String> {
-        each!(self, b => b.multipart_part(mp, number, offset, data).await)
-    }
+    ) -> BResult<String>;
 
     /// Completes the upload; `parts` are (number, etag) in order. Returns the
     /// object's ETag.
-    pub async fn multipart_finish(
-        &self,
-        mp: &Multipart,
-        parts: Vec<(u32, String)>,
-    ) -> BResult<String> {
-        each!(self, b => b.multipart_finish(mp, parts).await)
-    }
+    async fn multipart_finish(&self, mp: &Multipart, parts: Vec<(u32, String)>) -> BResult<String>;
 
-    pub async fn multipart_abort(&self, mp: &Multipart) {
-        each!(self, b => b.multipart_abort(mp).await)
-    }
+    async fn multipart_abort(&self, mp: &Multipart);
 
-    /// `len` bytes from `offset` (fewer only at the end of the object).
-    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
-        self.get_range_if(key, None, offset, len).await
-    }
-
-    /// `get_range`, only while the object has ETag `if_match` (else an
-    /// error: never bytes of another version).
-    pub async fn get_range_if(
+    /// `len` bytes from `offset` (fewer only at the end of the object); with
+    /// `if_match`, only while the object has that ETag (else an error: never
+    /// bytes of another version).
+    async fn get_range(
         &self,
         key: &str,
         if_match: Option<&str>,
         offset: u64,
         len: u64,
-    ) -> BResult<Vec<u8>> {
-        each!(self, b => b.get_range(key, if_match, offset, len).await)
-    }
+    ) -> BResult<Vec<u8>>;
 
     /// The entry at `key` (file, symlink or directory marker), with metadata.
-    pub async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
-        each!(self, b => b.head(key).await)
-    }
+    async fn head(&self, key: &str) -> BResult<Option<ObjInfo>>;
 
     /// Every entry under `prefix` (a path inside the namespace, "" for all),
     /// recursively.
-    pub async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
-        each!(self, b => b.list(prefix).await)
-    }
+    async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>>;
 
     /// Removes a file or symlink; absent is not an error.
-    pub async fn delete(&self, key: &str) -> BResult<()> {
-        each!(self, b => b.delete(key).await)
-    }
+    async fn delete(&self, key: &str) -> BResult<()>;
 
     /// Copies `src` to `dst` inside the backend (never through this
     /// machine), giving `dst` the metadata `meta`; with `src_etag`, only if
     /// the source still has that ETag. `src == dst` rewrites the metadata
     /// only.
-    pub async fn copy(
+    async fn copy(
         &self,
         src: &str,
         src_etag: Option<&str>,
         dst: &str,
         meta: &ObjMeta,
-    ) -> BResult<String> {
-        each!(self, b => b.copy(src, src_etag, dst, meta).await)
-    }
+    ) -> BResult<String>;
 
     /// Makes the directory (marker) `key`.
-    pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
-        each!(self, b => b.put_dir(key, meta).await)
-    }
+    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String>;
 
     /// Removes the directory (marker) `key`.
-    pub async fn delete_dir(&self, key: &str) -> BResult<()> {
-        each!(self, b => b.delete_dir(key).await)
-    }
+    async fn delete_dir(&self, key: &str) -> BResult<()>;
 
-    pub async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
-        each!(self, b => b.put_symlink(key, target, meta).await)
-    }
+    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String>;
 
     /// The target of the symlink at `key`.
-    pub async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
-        each!(self, b => b.read_symlink(key).await)
-    }
+    async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>>;
 }
 
 /// Lowercase hex.

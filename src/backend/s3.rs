@@ -29,8 +29,8 @@ use base64::Engine;
 use md5::{Digest, Md5};
 
 use super::{
-    BResult, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta, check_key, hex,
-    unhex32,
+    BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta,
+    check_key, hex, unhex32,
 };
 use crate::config::NamespaceConfig;
 
@@ -275,60 +275,9 @@ impl S3Backend {
         })
     }
 
-    pub fn describe(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("s3 bucket {} at {}", self.bucket, self.endpoint)
-        } else {
-            format!(
-                "s3 bucket {} prefix {} at {}",
-                self.bucket, self.prefix, self.endpoint
-            )
-        }
-    }
-
     fn full(&self, key: &str) -> BResult<String> {
         check_key(key)?;
         Ok(format!("{}{key}", self.prefix))
-    }
-
-    pub async fn check(&self) -> BResult<()> {
-        let r = tokio::time::timeout(
-            Duration::from_secs(20),
-            self.client.head_bucket().bucket(&self.bucket).send(),
-        )
-        .await
-        .map_err(|_| {
-            BackendError::transient(format!("no answer from {} within 20 s", self.endpoint))
-        })?;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let mut err = classify("bucket", &self.bucket, e);
-                if err.message.contains("HTTP 404") {
-                    err = BackendError::permanent(format!(
-                        "bucket {} does not exist at {}",
-                        self.bucket, self.endpoint
-                    ));
-                } else if err.message.contains("HTTP 403") {
-                    err = BackendError::permanent(format!(
-                        "access to bucket {} denied at {} (check the credentials)",
-                        self.bucket, self.endpoint
-                    ));
-                }
-                Err(err)
-            }
-        }
-    }
-
-    pub async fn put(
-        &self,
-        key: &str,
-        data: Vec<u8>,
-        meta: &ObjMeta,
-        cond: &Cond,
-    ) -> BResult<String> {
-        let full = self.full(key)?;
-        self.put_full(&full, data, meta_map(meta), cond).await
     }
 
     async fn put_full(
@@ -441,12 +390,150 @@ impl S3Backend {
         Ok(unquote(out.e_tag().unwrap_or("")))
     }
 
-    pub async fn multipart_begin(
+    async fn head_full(
         &self,
-        key: &str,
-        _size: u64,
-        meta: &ObjMeta,
-    ) -> BResult<Multipart> {
+        full: &str,
+    ) -> BResult<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => {
+                let e = classify("head", full, e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn delete_full(&self, full: &str) -> BResult<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = classify("delete", full, e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// A server-side copy of an object over CopyObject's 5 GiB limit: a
+    /// multipart upload whose equal parts are copied from ranges of the
+    /// source.
+    async fn copy_parts(
+        &self,
+        from: &str,
+        src_etag: Option<&str>,
+        to: &str,
+        size: u64,
+        map: HashMap<String, String>,
+    ) -> BResult<String> {
+        let id = self.create_upload(to, map).await?;
+        let mut parts = Vec::new();
+        let mut off = 0u64;
+        let mut n = 1i32;
+        let r: BResult<()> = async {
+            while off < size {
+                let end = (off + COPY_PART).min(size) - 1;
+                let p = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .copy_source(encode_copy_source(&self.bucket, from))
+                    .copy_source_range(format!("bytes={off}-{end}"))
+                    .set_copy_source_if_match(src_etag.map(|e| format!("\"{e}\"")))
+                    .send()
+                    .await
+                    .map_err(|e| classify(&format!("copy part {n} of {from} to"), to, e))?;
+                let etag = p
+                    .copy_part_result()
+                    .and_then(|c| c.e_tag())
+                    .unwrap_or("")
+                    .to_string();
+                parts.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+                off = end + 1;
+                n += 1;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            self.abort_upload(to, &id).await;
+            return Err(e);
+        }
+        self.complete_upload(to, &id, parts, &Cond::Any).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for S3Backend {
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3 bucket {} at {}", self.bucket, self.endpoint)
+        } else {
+            format!(
+                "s3 bucket {} prefix {} at {}",
+                self.bucket, self.prefix, self.endpoint
+            )
+        }
+    }
+
+    async fn check(&self) -> BResult<()> {
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client.head_bucket().bucket(&self.bucket).send(),
+        )
+        .await
+        .map_err(|_| {
+            BackendError::transient(format!("no answer from {} within 20 s", self.endpoint))
+        })?;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut err = classify("bucket", &self.bucket, e);
+                if err.message.contains("HTTP 404") {
+                    err = BackendError::permanent(format!(
+                        "bucket {} does not exist at {}",
+                        self.bucket, self.endpoint
+                    ));
+                } else if err.message.contains("HTTP 403") {
+                    err = BackendError::permanent(format!(
+                        "access to bucket {} denied at {} (check the credentials)",
+                        self.bucket, self.endpoint
+                    ));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
+        let full = self.full(key)?;
+        self.put_full(&full, data, meta_map(meta), cond).await
+    }
+
+    async fn multipart_begin(&self, key: &str, _size: u64, meta: &ObjMeta) -> BResult<Multipart> {
         let full = self.full(key)?;
         let id = self.create_upload(&full, meta_map(meta)).await?;
         Ok(Multipart {
@@ -457,7 +544,7 @@ impl S3Backend {
         })
     }
 
-    pub async fn multipart_part(
+    async fn multipart_part(
         &self,
         mp: &Multipart,
         number: u32,
@@ -488,11 +575,7 @@ impl S3Backend {
         Ok(etag)
     }
 
-    pub async fn multipart_finish(
-        &self,
-        mp: &Multipart,
-        parts: Vec<(u32, String)>,
-    ) -> BResult<String> {
+    async fn multipart_finish(&self, mp: &Multipart, parts: Vec<(u32, String)>) -> BResult<String> {
         let full = self.full(&mp.key)?;
         let completed: Vec<CompletedPart> = parts
             .iter()
@@ -537,13 +620,13 @@ impl S3Backend {
         Ok(unquote(h.e_tag().unwrap_or(&etag)))
     }
 
-    pub async fn multipart_abort(&self, mp: &Multipart) {
+    async fn multipart_abort(&self, mp: &Multipart) {
         if let Ok(full) = self.full(&mp.key) {
             self.abort_upload(&full, &mp.id).await;
         }
     }
 
-    pub async fn get_range(
+    async fn get_range(
         &self,
         key: &str,
         if_match: Option<&str>,
@@ -580,31 +663,7 @@ impl S3Backend {
         Ok(v)
     }
 
-    async fn head_full(
-        &self,
-        full: &str,
-    ) -> BResult<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-        {
-            Ok(h) => Ok(Some(h)),
-            Err(e) => {
-                let e = classify("head", full, e);
-                if e.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    pub async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
+    async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
         let full = self.full(key)?;
         if let Some(h) = self.head_full(&full).await? {
             let kind = match h
@@ -636,7 +695,7 @@ impl S3Backend {
         Ok(None)
     }
 
-    pub async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
+    async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
         let p = prefix.trim_matches('/');
         let full_prefix = if p.is_empty() {
             self.prefix.clone()
@@ -687,33 +746,12 @@ impl S3Backend {
         Ok(out)
     }
 
-    pub async fn delete(&self, key: &str) -> BResult<()> {
+    async fn delete(&self, key: &str) -> BResult<()> {
         let full = self.full(key)?;
         self.delete_full(&full).await
     }
 
-    async fn delete_full(&self, full: &str) -> BResult<()> {
-        match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = classify("delete", full, e);
-                if e.kind == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    pub async fn copy(
+    async fn copy(
         &self,
         src: &str,
         src_etag: Option<&str>,
@@ -776,75 +814,25 @@ impl S3Backend {
         Ok(etag)
     }
 
-    /// A server-side copy of an object over CopyObject's 5 GiB limit: a
-    /// multipart upload whose equal parts are copied from ranges of the
-    /// source.
-    async fn copy_parts(
-        &self,
-        from: &str,
-        src_etag: Option<&str>,
-        to: &str,
-        size: u64,
-        map: HashMap<String, String>,
-    ) -> BResult<String> {
-        let id = self.create_upload(to, map).await?;
-        let mut parts = Vec::new();
-        let mut off = 0u64;
-        let mut n = 1i32;
-        let r: BResult<()> = async {
-            while off < size {
-                let end = (off + COPY_PART).min(size) - 1;
-                let p = self
-                    .client
-                    .upload_part_copy()
-                    .bucket(&self.bucket)
-                    .key(to)
-                    .upload_id(&id)
-                    .part_number(n)
-                    .copy_source(encode_copy_source(&self.bucket, from))
-                    .copy_source_range(format!("bytes={off}-{end}"))
-                    .set_copy_source_if_match(src_etag.map(|e| format!("\"{e}\"")))
-                    .send()
-                    .await
-                    .map_err(|e| classify(&format!("copy part {n} of {from} to"), to, e))?;
-                let etag = p
-                    .copy_part_result()
-                    .and_then(|c| c.e_tag())
-                    .unwrap_or("")
-                    .to_string();
-                parts.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
-                off = end + 1;
-                n += 1;
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = r {
-            self.abort_upload(to, &id).await;
-            return Err(e);
-        }
-        self.complete_upload(to, &id, parts, &Cond::Any).await
-    }
-
-    pub async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
         let full = format!("{}/", self.full(key)?);
         self.put_full(&full, Vec::new(), meta_map(meta), &Cond::Any)
             .await
     }
 
-    pub async fn delete_dir(&self, key: &str) -> BResult<()> {
+    async fn delete_dir(&self, key: &str) -> BResult<()> {
         let full = format!("{}/", self.full(key)?);
         self.delete_full(&full).await
     }
 
-    pub async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
         let full = self.full(key)?;
         let mut map = meta_map(meta);
         map.insert(META_TYPE.to_string(), "symlink".to_string());
         self.put_full(&full, target.to_vec(), map, &Cond::Any).await
     }
 
-    pub async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
+    async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
         self.get_range(key, None, 0, 4096).await
     }
 }

@@ -7,6 +7,8 @@
 //! that take the state lock or touch the disk run on the blocking pool.
 
 mod status;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -38,7 +40,7 @@ pub(crate) struct NsHealth {
 pub(crate) struct Inner {
     pub core: Arc<Locker>,
     pub cfg: SyncConfig,
-    pub backends: Mutex<HashMap<String, Arc<Backend>>>,
+    pub backends: Mutex<HashMap<String, Arc<dyn Backend>>>,
     /// Where namespaces without settings (and those made by mkdir) go.
     pub default_root: PathBuf,
     pub notify: tokio::sync::Notify,
@@ -59,16 +61,13 @@ pub(crate) struct Inner {
 impl Inner {
     /// The backend of namespace `ns`, made on first use for namespaces that
     /// the config does not name.
-    pub fn backend_for(&self, ns: &str) -> Result<Arc<Backend>, BackendError> {
+    pub fn backend_for(&self, ns: &str) -> Result<Arc<dyn Backend>, BackendError> {
         let mut map = self.backends.lock().unwrap();
         if let Some(b) = map.get(ns) {
             return Ok(b.clone());
         }
-        let b = Arc::new(Backend::Local(LocalBackend::open(
-            &self.default_root.join(ns),
-            "",
-            true,
-        )?));
+        let b: Arc<dyn Backend> =
+            Arc::new(LocalBackend::open(&self.default_root.join(ns), "", true)?);
         map.insert(ns.to_string(), b.clone());
         Ok(b)
     }
@@ -105,17 +104,13 @@ impl Inner {
             .is_some_and(|t| Instant::now() < t)
     }
 
-    /// A request failed: pause the namespace's queue, 1 s doubling to a
-    /// minute for transient errors, 30 s for permanent ones.
+    /// A request failed: pause the namespace's queue for the retry policy's
+    /// delay after this many failures in a row.
     pub fn pause(&self, ns: &str, e: &BackendError) {
         let mut h = self.health.lock().unwrap();
         let n = h.entry(ns.to_string()).or_default();
         n.failures += 1;
-        let secs = match e.kind {
-            crate::backend::ErrorKind::Permanent => 30.0,
-            _ => 2f64.powi(n.failures.min(7) as i32 - 1).min(60.0),
-        };
-        n.paused_until = Some(Instant::now() + Duration::from_secs_f64(secs));
+        n.paused_until = Some(Instant::now() + crate::backend::retry::backoff(e.kind, n.failures));
     }
 
     pub fn resume(&self, ns: &str) {
@@ -123,6 +118,25 @@ impl Inner {
         let n = h.entry(ns.to_string()).or_default();
         n.failures = 0;
         n.paused_until = None;
+    }
+
+    /// Asks for a refresh and waits (at most `limit`) until one that began
+    /// after the request has finished.
+    pub async fn refresh_wait(&self, limit: Duration) {
+        let want = self.refresh_asked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.refresh_now.notify_one();
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.refresh_served.load(Ordering::SeqCst) < want {
+            let done = self.refresh_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.refresh_served.load(Ordering::SeqCst) >= want {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                break;
+            }
+        }
     }
 
     /// Push now rather than wait for quiet files.
@@ -137,7 +151,11 @@ pub struct Sidecar {
 }
 
 /// Opens the backend a namespace's settings describe.
-pub fn open_backend(name: &str, ns: &NamespaceConfig, data_dir: &Path) -> Result<Backend, String> {
+pub fn open_backend(
+    name: &str,
+    ns: &NamespaceConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn Backend>, String> {
     match ns.kind() {
         BackendKind::Local => {
             let (dir, create) = match &ns.path {
@@ -145,15 +163,18 @@ pub fn open_backend(name: &str, ns: &NamespaceConfig, data_dir: &Path) -> Result
                 None => (data_dir.join("backend").join(name), true),
             };
             LocalBackend::open(&dir, &ns.key_prefix(), create)
-                .map(Backend::Local)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
                 .map_err(|e| e.message)
         }
-        BackendKind::S3 => S3Backend::new(ns).map(Backend::S3),
+        BackendKind::S3 => S3Backend::new(ns).map(|b| Arc::new(b) as Arc<dyn Backend>),
     }
 }
 
+/// Fetches for the core's reads. It holds the sidecar weakly: the core
+/// holds it, and the sidecar holds the core (a strong cycle would keep a
+/// stopped store open).
 struct Fetcher {
-    inner: Arc<Inner>,
+    inner: std::sync::Weak<Inner>,
     handle: tokio::runtime::Handle,
 }
 
@@ -168,10 +189,13 @@ impl RemoteSource for Fetcher {
         let key = std::str::from_utf8(path)
             .map_err(|_| "the path is not UTF-8".to_string())?
             .to_string();
-        let be = self.inner.backend_for(ns).map_err(|e| e.message)?;
+        let inner = self
+            .inner
+            .upgrade()
+            .ok_or_else(|| "the sync sidecar has stopped".to_string())?;
+        let be = inner.backend_for(ns).map_err(|e| e.message)?;
         let ranges = ranges.to_vec();
         let etag = etag.map(str::to_string);
-        let inner = self.inner.clone();
         let ns = ns.to_string();
         self.handle.block_on(async move {
             let mut tasks = Vec::new();
@@ -180,7 +204,7 @@ impl RemoteSource for Fetcher {
                 let key = key.clone();
                 let etag = etag.clone();
                 tasks.push(tokio::spawn(async move {
-                    let get = be.get_range_if(&key, etag.as_deref(), off, len);
+                    let get = be.get_range(&key, etag.as_deref(), off, len);
                     tokio::time::timeout(Duration::from_secs(120), get)
                         .await
                         .unwrap_or_else(|_| Err(BackendError::transient("no answer within 120 s")))
@@ -226,8 +250,23 @@ impl Sidecar {
                 }
             }
             tracing::info!(namespace = %name, backend = %b.describe(), "backend ready");
-            backends.insert(name.clone(), Arc::new(b));
+            backends.insert(name.clone(), b);
         }
+        let sidecar = Sidecar::start_with(rt, core, cfg, data_dir, backends)?;
+        status::serve(sidecar.inner.clone(), data_dir, sidecar.rt.handle().clone())?;
+        Ok(sidecar)
+    }
+
+    /// Starts the sidecar on backends already opened (and checked), on `rt`,
+    /// without the status socket. Namespaces without a backend get a local
+    /// directory under the data dir.
+    pub fn start_with(
+        rt: tokio::runtime::Runtime,
+        core: Arc<Locker>,
+        cfg: &Config,
+        data_dir: &Path,
+        backends: HashMap<String, Arc<dyn Backend>>,
+    ) -> anyhow::Result<Sidecar> {
         let inner = Arc::new(Inner {
             core: core.clone(),
             cfg: cfg.sync.clone(),
@@ -244,15 +283,18 @@ impl Sidecar {
             cache_limit: cfg.cache.size_mb << 20,
         });
         core.set_remote(Arc::new(Fetcher {
-            inner: inner.clone(),
+            inner: Arc::downgrade(&inner),
             handle: rt.handle().clone(),
         }));
-        let w = inner.clone();
-        core.set_waker(Arc::new(move || w.notify.notify_one()));
+        let w = Arc::downgrade(&inner);
+        core.set_waker(Arc::new(move || {
+            if let Some(w) = w.upgrade() {
+                w.notify.notify_one()
+            }
+        }));
         rt.spawn(worker::run_queue(inner.clone()));
         rt.spawn(worker::run_refresh(inner.clone()));
         rt.spawn(worker::run_evictor(inner.clone()));
-        status::serve(inner.clone(), data_dir, rt.handle().clone())?;
         Ok(Sidecar { rt, inner })
     }
 
@@ -282,6 +324,14 @@ impl Sidecar {
             std::thread::sleep(Duration::from_millis(100));
             self.inner.notify.notify_one();
         }
+    }
+
+    /// Lists every backend now and applies what changed there; returns
+    /// when a refresh that started after this call has finished.
+    pub fn refresh(&self) {
+        let inner = self.inner.clone();
+        self.rt
+            .block_on(async move { inner.refresh_wait(Duration::from_secs(300)).await });
     }
 
     pub fn shutdown(self) {

@@ -101,23 +101,7 @@ fn answer(
     BufReader::new(s.try_clone()?).read_line(&mut line)?;
     if line.trim() == "refresh" {
         let inner2 = inner.clone();
-        handle.block_on(async move {
-            use std::sync::atomic::Ordering;
-            let want = inner2.refresh_asked.fetch_add(1, Ordering::SeqCst) + 1;
-            inner2.refresh_now.notify_one();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-            while inner2.refresh_served.load(Ordering::SeqCst) < want {
-                let done = inner2.refresh_done.notified();
-                tokio::pin!(done);
-                done.as_mut().enable();
-                if inner2.refresh_served.load(Ordering::SeqCst) >= want {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, done).await.is_err() {
-                    break;
-                }
-            }
-        });
+        handle.block_on(async move { inner2.refresh_wait(Duration::from_secs(300)).await });
     }
     let st = collect(inner);
     let mut out = serde_json::to_vec(&st).map_err(std::io::Error::other)?;

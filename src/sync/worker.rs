@@ -28,18 +28,6 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Backoff before retry `attempt` (from 1) of one path: exponential from
-/// 1 s to 1 min for transient errors; 30 s for permanent ones (denied,
-/// missing bucket: they need an admin, and a fix should show soon); ±50%
-/// jitter.
-fn backoff(kind: ErrorKind, attempt: u32) -> Duration {
-    let base = match kind {
-        ErrorKind::Permanent => 30.0,
-        _ => (2f64.powi(attempt.clamp(1, 10) as i32 - 1)).min(60.0),
-    };
-    Duration::from_secs_f64(base * (0.5 + fastrand::f64()))
-}
-
 pub(crate) async fn run_queue(inner: Arc<Inner>) {
     loop {
         let hurry = inner.hurry();
@@ -128,7 +116,7 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
                 // entries too, rather than send every one to fail.
                 inner.pause(&ns, &err);
             }
-            let wait = backoff(err.kind, e.attempts + 1);
+            let wait = crate::backend::retry::backoff(err.kind, e.attempts + 1);
             tracing::warn!(
                 namespace = %ns,
                 path = %String::from_utf8_lossy(&path),
@@ -211,7 +199,11 @@ async fn done(
 }
 
 /// The backend's entry as a remote row, with a symlink's target.
-async fn head_row(be: &Backend, key: &str, info: &crate::backend::ObjInfo) -> BResult<RemoteRow> {
+async fn head_row(
+    be: &dyn Backend,
+    key: &str,
+    info: &crate::backend::ObjInfo,
+) -> BResult<RemoteRow> {
     let target = if info.kind == ObjKind::Symlink {
         Some(be.read_symlink(key).await?)
     } else {
@@ -280,7 +272,7 @@ async fn push_other(
                 Some(h) if h.kind == ObjKind::Dir => h.etag.clone(),
                 Some(h) if foreign => {
                     tracing::warn!(namespace = %e.ns, path = %key, "the backend has a file where this side made a directory; the file is left alone");
-                    let row = head_row(&be, &key, h).await?;
+                    let row = head_row(be.as_ref(), &key, h).await?;
                     return done(inner, e, seq, Some(row)).await.map(|_| Outcome::Done);
                 }
                 Some(_) => {
@@ -313,13 +305,13 @@ async fn push_other(
                     .is_some_and(|r| r.target.as_ref() == Some(&target))
                 && !foreign
             {
-                let row = head_row(&be, &key, h).await?;
+                let row = head_row(be.as_ref(), &key, h).await?;
                 return done(inner, e, seq, Some(row)).await;
             }
             if let Some(h) = &head
                 && foreign
             {
-                let row = head_row(&be, &key, h).await?;
+                let row = head_row(be.as_ref(), &key, h).await?;
                 if row.target.as_ref() == Some(&target) {
                     return done(inner, e, seq, Some(row)).await;
                 }
@@ -407,7 +399,7 @@ async fn push_file(
             return done(inner, e, seq, Some(row(etag))).await;
         }
         if foreign {
-            let r = head_row(&be, &key, h).await?;
+            let r = head_row(be.as_ref(), &key, h).await?;
             return conflict(inner, e, r).await;
         }
         if h.kind == ObjKind::Dir {
@@ -456,7 +448,7 @@ async fn read_part(inner: &Arc<Inner>, f: &Arc<FileSnap>, off: u64, len: u64) ->
 
 async fn upload(
     inner: &Arc<Inner>,
-    be: &Arc<Backend>,
+    be: &Arc<dyn Backend>,
     key: &str,
     f: Arc<FileSnap>,
     meta: &ObjMeta,
@@ -464,7 +456,7 @@ async fn upload(
 ) -> BResult<String> {
     if f.size <= SINGLE_PUT_MAX {
         let data = read_part(inner, &f, 0, f.size).await?;
-        return be.put_if(key, data, meta, &cond).await;
+        return be.put(key, data, meta, &cond).await;
     }
     let part = PART_SIZE.max(f.size.div_ceil(9_000).next_multiple_of(1 << 20));
     let nparts = f.size.div_ceil(part);
@@ -591,7 +583,7 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
                 None => continue,
             }
         };
-        let row = head_row(&be, &obj.key, &info).await?;
+        let row = head_row(be.as_ref(), &obj.key, &info).await?;
         let core = inner.core.clone();
         let (ns2, p2) = (ns.to_string(), path.clone());
         match blocking(move || core.apply_remote(&ns2, &p2, row, started)).await {

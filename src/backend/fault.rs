@@ -1,0 +1,250 @@
+//! A decorator that injects faults into any backend, scripted by tests:
+//! fail a call, delay it, freeze every call until thawed, run an action
+//! just before a call goes through (another writer landing between a HEAD
+//! and the write that follows it), or corrupt the bytes a read returns.
+//!
+//! Rules are matched in the order they were added; each matches an
+//! operation (the trait method's name, or any) and optionally keys with a
+//! prefix, and fires a number of times (or forever). Every call is also
+//! logged, so a test can check what reached the store and in which order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjMeta};
+
+/// What a matching rule does to the call.
+#[derive(Clone)]
+pub enum Fault {
+    /// The call fails with this kind of error (transient errors are those of
+    /// an unreachable store).
+    Fail(ErrorKind),
+    /// The call waits this long first.
+    Delay(Duration),
+    /// This runs first (for example a foreign write on the wrapped store);
+    /// then the call goes through.
+    Before(Arc<dyn Fn() + Send + Sync>),
+    /// A read returns its bytes with one bit flipped.
+    Corrupt,
+}
+
+struct Rule {
+    op: Option<&'static str>,
+    key_prefix: Option<String>,
+    fault: Fault,
+    /// Firings left; `None` for every matching call.
+    left: Option<u32>,
+}
+
+pub struct FaultBackend {
+    inner: Arc<dyn Backend>,
+    rules: Mutex<Vec<Rule>>,
+    frozen: AtomicBool,
+    thawed: tokio::sync::Notify,
+    log: Mutex<Vec<(&'static str, String)>>,
+}
+
+impl FaultBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> FaultBackend {
+        FaultBackend {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            frozen: AtomicBool::new(false),
+            thawed: tokio::sync::Notify::new(),
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a rule: `op` is a method name (`"put"`, `"head"`, …) or `None`
+    /// for any; `key_prefix` limits it to keys starting so; `times` is how
+    /// often it fires (`None`: always).
+    pub fn inject(
+        &self,
+        op: Option<&'static str>,
+        key_prefix: Option<&str>,
+        fault: Fault,
+        times: Option<u32>,
+    ) {
+        self.rules.lock().unwrap().push(Rule {
+            op,
+            key_prefix: key_prefix.map(str::to_string),
+            fault,
+            left: times,
+        });
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    /// Every call from now on waits (as a store that stopped answering)
+    /// until `thaw`.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+        self.thawed.notify_waiters();
+    }
+
+    /// The calls made so far: (operation, key).
+    pub fn calls(&self) -> Vec<(&'static str, String)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Runs the faults of a call; `Ok(corrupt)` lets it go through.
+    async fn enter(&self, op: &'static str, key: &str) -> BResult<bool> {
+        self.log.lock().unwrap().push((op, key.to_string()));
+        loop {
+            let thawed = self.thawed.notified();
+            if !self.frozen.load(Ordering::SeqCst) {
+                break;
+            }
+            thawed.await;
+        }
+        let fired: Vec<Fault> = {
+            let mut rules = self.rules.lock().unwrap();
+            let mut fired = Vec::new();
+            for r in rules.iter_mut() {
+                let matches = r.op.is_none_or(|o| o == op)
+                    && r.key_prefix.as_deref().is_none_or(|p| key.starts_with(p))
+                    && r.left != Some(0);
+                if matches {
+                    if let Some(n) = &mut r.left {
+                        *n -= 1;
+                    }
+                    fired.push(r.fault.clone());
+                }
+            }
+            rules.retain(|r| r.left != Some(0));
+            fired
+        };
+        let mut corrupt = false;
+        for f in fired {
+            match f {
+                Fault::Fail(kind) => {
+                    return Err(BackendError::new(
+                        kind,
+                        format!("injected failure of {op} {key}"),
+                    ));
+                }
+                Fault::Delay(d) => tokio::time::sleep(d).await,
+                Fault::Before(action) => action(),
+                Fault::Corrupt => corrupt = true,
+            }
+        }
+        Ok(corrupt)
+    }
+}
+
+fn flip(mut data: Vec<u8>) -> Vec<u8> {
+    if let Some(b) = data.first_mut() {
+        *b ^= 1;
+    }
+    data
+}
+
+#[async_trait::async_trait]
+impl Backend for FaultBackend {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn check(&self) -> BResult<()> {
+        self.enter("check", "").await?;
+        self.inner.check().await
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
+        self.enter("put", key).await?;
+        self.inner.put(key, data, meta, cond).await
+    }
+
+    async fn multipart_begin(&self, key: &str, size: u64, meta: &ObjMeta) -> BResult<Multipart> {
+        self.enter("multipart_begin", key).await?;
+        self.inner.multipart_begin(key, size, meta).await
+    }
+
+    async fn multipart_part(
+        &self,
+        mp: &Multipart,
+        number: u32,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> BResult<String> {
+        self.enter("multipart_part", &mp.key).await?;
+        self.inner.multipart_part(mp, number, offset, data).await
+    }
+
+    async fn multipart_finish(&self, mp: &Multipart, parts: Vec<(u32, String)>) -> BResult<String> {
+        self.enter("multipart_finish", &mp.key).await?;
+        self.inner.multipart_finish(mp, parts).await
+    }
+
+    async fn multipart_abort(&self, mp: &Multipart) {
+        let _ = self.enter("multipart_abort", &mp.key).await;
+        self.inner.multipart_abort(mp).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> BResult<Vec<u8>> {
+        let corrupt = self.enter("get_range", key).await?;
+        let data = self.inner.get_range(key, if_match, offset, len).await?;
+        Ok(if corrupt { flip(data) } else { data })
+    }
+
+    async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
+        self.enter("head", key).await?;
+        self.inner.head(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
+        self.enter("list", prefix).await?;
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> BResult<()> {
+        self.enter("delete", key).await?;
+        self.inner.delete(key).await
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        src_etag: Option<&str>,
+        dst: &str,
+        meta: &ObjMeta,
+    ) -> BResult<String> {
+        self.enter("copy", dst).await?;
+        self.inner.copy(src, src_etag, dst, meta).await
+    }
+
+    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+        self.enter("put_dir", key).await?;
+        self.inner.put_dir(key, meta).await
+    }
+
+    async fn delete_dir(&self, key: &str) -> BResult<()> {
+        self.enter("delete_dir", key).await?;
+        self.inner.delete_dir(key).await
+    }
+
+    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+        self.enter("put_symlink", key).await?;
+        self.inner.put_symlink(key, target, meta).await
+    }
+
+    async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
+        let corrupt = self.enter("read_symlink", key).await?;
+        let t = self.inner.read_symlink(key).await?;
+        Ok(if corrupt { flip(t) } else { t })
+    }
+}

@@ -1,0 +1,380 @@
+//! The `memory` backend: an object store held in a map, for tests and
+//! fakes. It behaves like a flat S3 bucket (keys, markers for directories,
+//! ETags that change with every write, conditional writes), runs through
+//! the same contract suite as the real backends, and lets a test act as
+//! another writer (`put_foreign`, `remove_foreign`) and read what is stored
+//! (`object`, `keys`) without going through the trait.
+//!
+//! `ignore_conditions` makes it behave like the stores that accept
+//! `If-Match`/`If-None-Match` and ignore them (Garage, some gateways).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::{
+    BResult, Backend, BackendError, Cond, Multipart, ObjInfo, ObjKind, ObjMeta, check_key,
+};
+
+/// One stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub kind: ObjKind,
+    /// The body (a symlink's target).
+    pub data: Vec<u8>,
+    pub meta: ObjMeta,
+    pub etag: String,
+}
+
+#[derive(Default)]
+struct Upload {
+    key: String,
+    parts: BTreeMap<u32, (u64, Vec<u8>)>,
+}
+
+#[derive(Default)]
+pub struct MemoryBackend {
+    objects: Mutex<BTreeMap<String, Object>>,
+    uploads: Mutex<HashMap<String, Upload>>,
+    next: AtomicU64,
+    ignore_conditions: AtomicBool,
+    /// Requests served, by operation name, for tests that count them.
+    calls: Mutex<HashMap<&'static str, u64>>,
+}
+
+fn refused(key: &str) -> BackendError {
+    BackendError::transient(format!("{key} changed meanwhile; not overwritten")).for_path()
+}
+
+impl MemoryBackend {
+    pub fn new() -> MemoryBackend {
+        MemoryBackend::default()
+    }
+
+    /// Accept conditions and ignore them, as some S3-compatible stores do.
+    pub fn set_ignore_conditions(&self, on: bool) {
+        self.ignore_conditions.store(on, Ordering::SeqCst);
+    }
+
+    fn etag(&self) -> String {
+        format!("m{:08x}", self.next.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn count(&self, op: &'static str) {
+        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+    }
+
+    /// How many requests of `op` (the trait method's name) were served.
+    pub fn calls(&self, op: &str) -> u64 {
+        self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
+    /// The entry at `key`, as stored.
+    pub fn object(&self, key: &str) -> Option<Object> {
+        self.objects.lock().unwrap().get(key).cloned()
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Another writer stores a file at `key` (no condition).
+    pub fn put_foreign(&self, key: &str, data: &[u8], meta: ObjMeta) -> String {
+        let etag = self.etag();
+        self.objects.lock().unwrap().insert(
+            key.to_string(),
+            Object {
+                kind: ObjKind::File,
+                data: data.to_vec(),
+                meta,
+                etag: etag.clone(),
+            },
+        );
+        etag
+    }
+
+    /// Another writer removes `key`.
+    pub fn remove_foreign(&self, key: &str) {
+        self.objects.lock().unwrap().remove(key);
+    }
+
+    /// Stores `obj` at `key` if `cond` holds (or conditions are ignored).
+    fn store(&self, key: &str, mut obj: Object, cond: &Cond) -> BResult<String> {
+        let mut map = self.objects.lock().unwrap();
+        let now = map.get(key);
+        let holds = match cond {
+            Cond::Any => true,
+            Cond::IfAbsent => now.is_none(),
+            Cond::IfMatch(e) => now.is_some_and(|o| &o.etag == e),
+        };
+        if !holds && !self.ignore_conditions.load(Ordering::SeqCst) {
+            return Err(refused(key));
+        }
+        if now.is_some_and(|o| o.kind == ObjKind::Dir) && obj.kind != ObjKind::Dir {
+            return Err(
+                BackendError::permanent(format!("{key} is a directory in the backend")).for_path(),
+            );
+        }
+        obj.etag = self.etag();
+        let etag = obj.etag.clone();
+        map.insert(key.to_string(), obj);
+        Ok(etag)
+    }
+
+    fn info(key: &str, o: &Object, with_meta: bool) -> ObjInfo {
+        ObjInfo {
+            key: key.to_string(),
+            kind: o.kind,
+            size: if o.kind == ObjKind::Dir {
+                0
+            } else {
+                o.data.len() as u64
+            },
+            etag: if o.kind == ObjKind::Dir {
+                "dir".into()
+            } else {
+                o.etag.clone()
+            },
+            meta: with_meta.then(|| o.meta.clone()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for MemoryBackend {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    async fn check(&self) -> BResult<()> {
+        self.count("check");
+        Ok(())
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
+        self.count("put");
+        check_key(key)?;
+        let obj = Object {
+            kind: ObjKind::File,
+            data,
+            meta: meta.clone(),
+            etag: String::new(),
+        };
+        self.store(key, obj, cond)
+    }
+
+    async fn multipart_begin(&self, key: &str, _size: u64, meta: &ObjMeta) -> BResult<Multipart> {
+        self.count("multipart_begin");
+        check_key(key)?;
+        let id = self.etag();
+        self.uploads.lock().unwrap().insert(
+            id.clone(),
+            Upload {
+                key: key.to_string(),
+                parts: BTreeMap::new(),
+            },
+        );
+        Ok(Multipart {
+            key: key.to_string(),
+            id,
+            meta: meta.clone(),
+            cond: Cond::Any,
+        })
+    }
+
+    async fn multipart_part(
+        &self,
+        mp: &Multipart,
+        number: u32,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> BResult<String> {
+        self.count("multipart_part");
+        let mut ups = self.uploads.lock().unwrap();
+        let up = ups
+            .get_mut(&mp.id)
+            .ok_or_else(|| BackendError::not_found(format!("no upload {}", mp.id)))?;
+        up.parts.insert(number, (offset, data));
+        Ok(format!("part-{number}"))
+    }
+
+    async fn multipart_finish(&self, mp: &Multipart, parts: Vec<(u32, String)>) -> BResult<String> {
+        self.count("multipart_finish");
+        let up = self
+            .uploads
+            .lock()
+            .unwrap()
+            .remove(&mp.id)
+            .ok_or_else(|| BackendError::not_found(format!("no upload {}", mp.id)))?;
+        let mut data = Vec::new();
+        for (n, _) in &parts {
+            let (off, bytes) = up
+                .parts
+                .get(n)
+                .ok_or_else(|| BackendError::permanent(format!("part {n} was never sent")))?;
+            if *off != data.len() as u64 {
+                return Err(BackendError::permanent(format!(
+                    "part {n} starts at {off}, not {}",
+                    data.len()
+                )));
+            }
+            data.extend_from_slice(bytes);
+        }
+        let obj = Object {
+            kind: ObjKind::File,
+            data,
+            meta: mp.meta.clone(),
+            etag: String::new(),
+        };
+        self.store(&up.key, obj, &mp.cond)
+    }
+
+    async fn multipart_abort(&self, mp: &Multipart) {
+        self.count("multipart_abort");
+        self.uploads.lock().unwrap().remove(&mp.id);
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> BResult<Vec<u8>> {
+        self.count("get_range");
+        check_key(key)?;
+        let map = self.objects.lock().unwrap();
+        let o = map
+            .get(key)
+            .filter(|o| o.kind == ObjKind::File)
+            .ok_or_else(|| BackendError::not_found(format!("{key} does not exist")))?;
+        if if_match.is_some_and(|e| e != o.etag) {
+            return Err(
+                BackendError::transient(format!("{key} changed since it was listed")).for_path(),
+            );
+        }
+        let start = (offset as usize).min(o.data.len());
+        let end = (offset.saturating_add(len) as usize).min(o.data.len());
+        Ok(o.data[start..end].to_vec())
+    }
+
+    async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
+        self.count("head");
+        check_key(key)?;
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| MemoryBackend::info(key, o, true)))
+    }
+
+    async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
+        self.count("list");
+        let prefix = prefix.trim_matches('/');
+        let under = format!("{prefix}/");
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| prefix.is_empty() || k.starts_with(&under))
+            .map(|(k, o)| MemoryBackend::info(k, o, false))
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> BResult<()> {
+        self.count("delete");
+        check_key(key)?;
+        let mut map = self.objects.lock().unwrap();
+        if map.get(key).is_some_and(|o| o.kind == ObjKind::Dir) {
+            return Err(BackendError::permanent(format!("{key} is a directory")).for_path());
+        }
+        map.remove(key);
+        Ok(())
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        src_etag: Option<&str>,
+        dst: &str,
+        meta: &ObjMeta,
+    ) -> BResult<String> {
+        self.count("copy");
+        check_key(src)?;
+        check_key(dst)?;
+        let o = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(src)
+            .filter(|o| o.kind == ObjKind::File)
+            .cloned()
+            .ok_or_else(|| BackendError::not_found(format!("{src} does not exist")))?;
+        if src_etag.is_some_and(|e| e != o.etag) {
+            return Err(
+                BackendError::permanent(format!("{src} changed since it was recorded")).for_path(),
+            );
+        }
+        let obj = Object {
+            meta: meta.clone(),
+            ..o
+        };
+        self.store(dst, obj, &Cond::Any)
+    }
+
+    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+        self.count("put_dir");
+        check_key(key)?;
+        let mut map = self.objects.lock().unwrap();
+        if map.get(key).is_some_and(|o| o.kind == ObjKind::Dir) {
+            return Ok("dir".into());
+        }
+        map.insert(
+            key.to_string(),
+            Object {
+                kind: ObjKind::Dir,
+                data: Vec::new(),
+                meta: meta.clone(),
+                etag: "dir".into(),
+            },
+        );
+        Ok("dir".into())
+    }
+
+    async fn delete_dir(&self, key: &str) -> BResult<()> {
+        self.count("delete_dir");
+        check_key(key)?;
+        let mut map = self.objects.lock().unwrap();
+        if map.get(key).is_some_and(|o| o.kind == ObjKind::Dir) {
+            map.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+        self.count("put_symlink");
+        check_key(key)?;
+        let obj = Object {
+            kind: ObjKind::Symlink,
+            data: target.to_vec(),
+            meta: meta.clone(),
+            etag: String::new(),
+        };
+        self.store(key, obj, &Cond::Any)
+    }
+
+    async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
+        self.count("read_symlink");
+        check_key(key)?;
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .filter(|o| o.kind == ObjKind::Symlink)
+            .map(|o| o.data.clone())
+            .ok_or_else(|| BackendError::not_found(format!("{key} is not a symlink")))
+    }
+}

@@ -1,0 +1,389 @@
+//! The sidecar on the in-memory store behind the fault decorator: the real
+//! core and the real queue, no mount and no network, so each test runs in
+//! well under a second and builds its interleaving on purpose. `Rig` is one
+//! daemon (its data directory can be reopened as after `kill -9`); two rigs
+//! on one store are two hosts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Sidecar;
+use crate::backend::fault::{Fault, FaultBackend};
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Backend, ObjKind, ObjMeta};
+use crate::config::Config;
+use crate::core::{Caller, CoreError, InodeNo, Locker, LockerOptions, OpenMode, RenameMode};
+
+pub(crate) const NS: [&str; 2] = ["corp", "deck"];
+
+pub(crate) fn sha(data: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).into()
+}
+
+/// One store per namespace, shared by every rig made `on` them.
+#[derive(Clone)]
+pub(crate) struct Stores {
+    pub mem: HashMap<String, Arc<MemoryBackend>>,
+}
+
+impl Stores {
+    pub fn new() -> Stores {
+        Stores {
+            mem: NS
+                .iter()
+                .map(|n| (n.to_string(), Arc::new(MemoryBackend::new())))
+                .collect(),
+        }
+    }
+
+    pub fn corp(&self) -> &MemoryBackend {
+        &self.mem["corp"]
+    }
+}
+
+pub(crate) struct Rig {
+    _dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub cfg: Config,
+    pub opts: LockerOptions,
+    core: Option<Arc<Locker>>,
+    sidecar: Option<Sidecar>,
+    pub stores: Stores,
+    /// The fault decorator in front of each namespace's store.
+    pub fault: HashMap<String, Arc<FaultBackend>>,
+}
+
+const CALLER: Caller = Caller::ROOT;
+
+fn rw() -> OpenMode {
+    OpenMode {
+        write: true,
+        ..Default::default()
+    }
+}
+
+impl Rig {
+    /// A daemon on fresh stores; `sync` is extra TOML for `[sync]`.
+    pub fn new(sync: &str) -> Rig {
+        Rig::on(Stores::new(), sync)
+    }
+
+    /// A daemon on `stores` (another host when they are shared).
+    pub fn on(stores: Stores, sync: &str) -> Rig {
+        Rig::with(stores, sync, LockerOptions::default())
+    }
+
+    pub fn with(stores: Stores, sync: &str, mut opts: LockerOptions) -> Rig {
+        let text = format!(
+            "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\ndrain_timeout_s = 10\n{sync}\n\
+             [namespaces.corp]\n[namespaces.deck]\n"
+        );
+        let cfg = Config::parse(&text, "test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        opts.namespaces = NS.iter().map(|s| s.to_string()).collect();
+        opts.sync_delay = Duration::from_millis(cfg.sync.upload_delay_ms);
+        let core = Arc::new(Locker::open_dir(&data, opts.clone()).unwrap());
+        let fault = NS
+            .iter()
+            .map(|n| {
+                let inner: Arc<dyn Backend> = stores.mem[*n].clone();
+                (n.to_string(), Arc::new(FaultBackend::new(inner)))
+            })
+            .collect();
+        let mut rig = Rig {
+            _dir: dir,
+            data,
+            cfg,
+            opts,
+            core: Some(core),
+            sidecar: None,
+            stores,
+            fault,
+        };
+        rig.start();
+        rig
+    }
+
+    fn start(&mut self) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let backends = self
+            .fault
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone() as Arc<dyn Backend>))
+            .collect();
+        self.sidecar = Some(
+            Sidecar::start_with(rt, self.core().clone(), &self.cfg, &self.data, backends).unwrap(),
+        );
+    }
+
+    /// The daemon dies (no drain, no commit of open files) and starts again
+    /// on the same data directory.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(s) = self.sidecar.take() {
+            s.shutdown();
+        }
+        let core = self.core.take().unwrap();
+        assert_eq!(
+            Arc::strong_count(&core),
+            1,
+            "something still holds the stopped core"
+        );
+        drop(core);
+        self.core = Some(Arc::new(
+            Locker::open_dir(&self.data, self.opts.clone()).unwrap(),
+        ));
+        self.start();
+    }
+
+    pub fn core(&self) -> &Arc<Locker> {
+        self.core.as_ref().unwrap()
+    }
+
+    /// Pushes what is queued; the entries still pending after `limit`.
+    pub fn drain(&self, limit: Duration) -> usize {
+        self.sidecar.as_ref().unwrap().drain(limit).len()
+    }
+
+    /// Drains (through retries) and insists that nothing is left.
+    pub fn drained(&self) {
+        let t0 = Instant::now();
+        while self.drain(Duration::from_secs(20)) > 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "still queued after {:?}: {:?}",
+                t0.elapsed(),
+                self.core().sync_pending().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn refresh(&self) {
+        self.sidecar.as_ref().unwrap().refresh();
+    }
+
+    /// The inode at `path` ("corp/a/b").
+    pub fn ino(&self, path: &str) -> Option<InodeNo> {
+        let mut cur = InodeNo::ROOT;
+        for c in path.split('/') {
+            cur = match self.core().lookup(cur, c.as_bytes()) {
+                Ok(a) => a.ino,
+                Err(CoreError::NotFound) => return None,
+                Err(e) => panic!("lookup {path}: {e}"),
+            };
+        }
+        Some(cur)
+    }
+
+    /// The parent directory of `path` (made if missing) and the last name.
+    fn parent(&self, path: &str) -> (InodeNo, String) {
+        let (dirs, name) = path.rsplit_once('/').unwrap();
+        let mut cur = InodeNo::ROOT;
+        for c in dirs.split('/') {
+            cur = match self.core().lookup(cur, c.as_bytes()) {
+                Ok(a) => a.ino,
+                Err(CoreError::NotFound) => {
+                    self.core()
+                        .mkdir(&CALLER, cur, c.as_bytes(), 0o755)
+                        .unwrap()
+                        .ino
+                }
+                Err(e) => panic!("lookup {path}: {e}"),
+            };
+        }
+        (cur, name.to_string())
+    }
+
+    /// Writes `data` as the whole file at `path` and closes it.
+    pub fn write(&self, path: &str, data: &[u8]) -> InodeNo {
+        let (dir, name) = self.parent(path);
+        let (ino, fh) = match self.core().lookup(dir, name.as_bytes()) {
+            Ok(a) => {
+                let fh = self
+                    .core()
+                    .open(
+                        a.ino,
+                        OpenMode {
+                            write: true,
+                            truncate: true,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                self.core()
+                    .setattr(
+                        a.ino,
+                        &crate::core::SetAttr {
+                            size: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                (a.ino, fh)
+            }
+            Err(_) => {
+                let (a, fh) = self
+                    .core()
+                    .create(&CALLER, dir, name.as_bytes(), 0o644, rw())
+                    .unwrap();
+                (a.ino, fh)
+            }
+        };
+        let mut off = 0;
+        for chunk in data.chunks(1 << 20) {
+            self.core().write(fh, off, chunk).unwrap();
+            off += chunk.len() as u64;
+        }
+        self.core().release(fh).unwrap();
+        ino
+    }
+
+    /// The content of the file at `path`, if there is one.
+    pub fn read(&self, path: &str) -> Option<Vec<u8>> {
+        let ino = self.ino(path)?;
+        let size = self.core().getattr(ino).unwrap().size;
+        let fh = self.core().open(ino, OpenMode::default()).unwrap();
+        let mut out = Vec::new();
+        while (out.len() as u64) < size {
+            let d = self.core().read(fh, out.len() as u64, 1 << 20).unwrap();
+            assert!(!d.is_empty(), "short read of {path}");
+            out.extend_from_slice(&d);
+        }
+        self.core().release(fh).unwrap();
+        Some(out)
+    }
+
+    pub fn mkdir(&self, path: &str) {
+        let (dir, name) = self.parent(path);
+        self.core()
+            .mkdir(&CALLER, dir, name.as_bytes(), 0o755)
+            .unwrap();
+    }
+
+    pub fn rename(&self, from: &str, to: &str) {
+        let (a, an) = self.parent(from);
+        let (b, bn) = self.parent(to);
+        self.core()
+            .rename(a, an.as_bytes(), b, bn.as_bytes(), RenameMode::Replace)
+            .unwrap();
+    }
+
+    pub fn unlink(&self, path: &str) {
+        let (dir, name) = self.parent(path);
+        self.core().unlink(dir, name.as_bytes()).unwrap();
+    }
+
+    pub fn rmdir(&self, path: &str) {
+        let (dir, name) = self.parent(path);
+        self.core().rmdir(dir, name.as_bytes()).unwrap();
+    }
+
+    /// Removes the tree at `path` (children first), as `rm -rf`.
+    pub fn remove_tree(&self, path: &str) {
+        let ino = self.ino(path).unwrap();
+        let fh = self.core().opendir(ino).unwrap();
+        let mut entries = Vec::new();
+        self.core()
+            .readdir(fh, 0, |e, _| {
+                entries.push((e.name.clone(), e.kind));
+                false
+            })
+            .unwrap();
+        self.core().releasedir(fh).unwrap();
+        for (name, kind) in entries {
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let child = format!("{path}/{}", String::from_utf8(name).unwrap());
+            if kind == crate::core::FileKind::Dir {
+                self.remove_tree(&child);
+            } else {
+                self.unlink(&child);
+            }
+        }
+        self.rmdir(path);
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(s) = self.sidecar.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// The file object at `key` of `mem`: its bytes, if it is a file.
+pub(crate) fn object(mem: &MemoryBackend, key: &str) -> Option<Vec<u8>> {
+    mem.object(key)
+        .filter(|o| o.kind == ObjKind::File)
+        .map(|o| o.data)
+}
+
+// ---- the basics the rest stands on ----
+
+#[test]
+fn writes_renames_and_deletes_reach_the_store() {
+    let rig = Rig::new("");
+    rig.write("corp/a/b.txt", b"hello");
+    rig.drained();
+    let mem = rig.stores.corp();
+    assert_eq!(object(mem, "a/b.txt").unwrap(), b"hello");
+    assert_eq!(
+        mem.object("a/b.txt").unwrap().meta.sha256,
+        Some(sha(b"hello"))
+    );
+    let puts = mem.calls("put");
+    rig.rename("corp/a/b.txt", "corp/a/c.txt");
+    rig.drained();
+    assert_eq!(mem.calls("put"), puts, "a rename is a copy, not an upload");
+    assert!(mem.object("a/b.txt").is_none());
+    assert_eq!(object(mem, "a/c.txt").unwrap(), b"hello");
+    rig.unlink("corp/a/c.txt");
+    rig.rmdir("corp/a");
+    rig.drained();
+    assert_eq!(mem.keys(), Vec::<String>::new());
+}
+
+#[test]
+fn an_outage_holds_the_queue_and_it_drains_after() {
+    let rig = Rig::new("");
+    let f = rig.fault["corp"].clone();
+    f.inject(
+        None,
+        None,
+        Fault::Fail(crate::backend::ErrorKind::Transient),
+        Some(2),
+    );
+    rig.write("corp/x", b"kept");
+    rig.drained();
+    assert_eq!(object(rig.stores.corp(), "x").unwrap(), b"kept");
+}
+
+#[test]
+fn a_crash_keeps_the_queue_and_changes_made_elsewhere_arrive_on_refresh() {
+    let mut rig = Rig::new("");
+    rig.fault["corp"].freeze();
+    rig.mkdir("corp/d");
+    rig.write("corp/d/a", b"written before the crash");
+    rig.crash_and_restart();
+    rig.fault["corp"].thaw();
+    rig.drained();
+    let mem = rig.stores.corp();
+    assert_eq!(object(mem, "d/a").unwrap(), b"written before the crash");
+    mem.put_foreign("d/b", b"from elsewhere", ObjMeta::default());
+    rig.refresh();
+    assert_eq!(rig.read("corp/d/b").unwrap(), b"from elsewhere");
+    rig.remove_tree("corp/d");
+    rig.drained();
+    assert_eq!(mem.keys(), Vec::<String>::new());
+    assert!(rig.ino("corp/d").is_none());
+}
