@@ -312,6 +312,16 @@ fn a_corrupt_object_gives_eio_never_wrong_bytes() {
     let e = std::fs::read(&p).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     assert!(m.log_text().contains("does not match its SHA-256"));
+    // The content bad.bin's label names, written here: it is uploaded, not
+    // copied from bad.bin inside the bucket on the strength of the label.
+    let good = pattern(300_000, 6);
+    std::fs::write(m.corp().join("good.bin"), &good).unwrap();
+    m.wait_drained(DRAIN);
+    assert_eq!(
+        sha256_hex(&server.get("corp", "good.bin")),
+        sha256_hex(&good),
+        "the bucket's good.bin does not hold good.bin's bytes"
+    );
 }
 
 #[test]

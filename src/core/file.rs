@@ -674,15 +674,23 @@ impl Locker {
         }
         self.with_file(st, ino, |st, fs| {
             if size < fs.size {
+                let tail = (size % BLOCK_SIZE) as usize;
+                // All or nothing: the one step that can fail (bringing the
+                // new last block into memory, which needs its bytes here)
+                // comes before anything changes; it changes nothing the
+                // file shows.
+                if tail != 0 {
+                    self.make_mem(st, ino, fs, size / BLOCK_SIZE)?;
+                }
                 let cut = size.div_ceil(BLOCK_SIZE);
                 let gone: Vec<u64> = fs.dirty.range(cut..).map(|(i, _)| *i).collect();
                 for idx in gone {
                     Locker::set_dirty(st, fs, idx, None);
                 }
                 fs.cut = Some(fs.cut.map_or(cut, |c| c.min(cut)));
-                let tail = (size % BLOCK_SIZE) as usize;
                 if tail != 0 {
-                    self.edit_mem(st, ino, fs, size / BLOCK_SIZE, |buf| buf.truncate(tail))?;
+                    self.edit_mem(st, ino, fs, size / BLOCK_SIZE, |buf| buf.truncate(tail))
+                        .expect("the block is in memory already");
                 }
             }
             fs.size = size;
@@ -718,6 +726,7 @@ impl Locker {
             return Ok(());
         }
         self.spill_all(st, fs)?;
+        self.crash.hit("block-stored");
         // What is still in memory is small: it goes into the database with
         // the block list.
         let inline: Vec<(u64, BlockId)> = fs
@@ -811,6 +820,7 @@ impl Locker {
         if m.is_some() {
             self.wake_sync();
         }
+        self.crash.hit("rows-committed");
         Ok(())
     }
 
@@ -834,7 +844,12 @@ impl Locker {
     /// Removes the bytes of blocks no row names any more, unless an
     /// uncommitted change still pins them. A failure only leaves garbage that
     /// the next mount collects.
-    pub(crate) fn free_blocks(&self, st: &State, ids: &[BlockId]) {
+    pub(crate) fn free_blocks(&self, st: &mut State, ids: &[BlockId]) {
+        if st.in_batch {
+            // Rows naming them may yet come back with a rollback.
+            st.free_after_batch.extend_from_slice(ids);
+            return;
+        }
         for id in ids {
             if st.pins.contains_key(id) {
                 continue;

@@ -86,22 +86,32 @@ impl Locker {
     }
 
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> CoreResult<Attr> {
-        if set.size.is_some_and(|s| s > 0) {
-            self.ensure_local(ino)?;
-            // The new version keeps blocks of this one: they must be here.
-            self.fetch_missing(ino)?;
-        }
-        let mut st = self.lock();
-        let st = &mut *st;
-        let now = Timestamp::now();
-        let kind = row(&st.conn, ino)?.attr.kind;
-        if let Some(size) = set.size {
-            match kind {
-                FileKind::File => self.truncate_locked(st, ino, size, now)?,
+        let mut tries = 0;
+        let mut st = loop {
+            if set.size.is_some_and(|s| s > 0) {
+                self.ensure_local(ino)?;
+                // The new version keeps blocks of this one: they must be here.
+                self.fetch_missing(ino)?;
+            }
+            let mut st = self.lock();
+            let now = Timestamp::now();
+            let kind = row(&st.conn, ino)?.attr.kind;
+            let Some(size) = set.size else { break st };
+            let r = match kind {
+                FileKind::File => self.truncate_locked(&mut st, ino, size, now),
                 FileKind::Dir => return Err(CoreError::IsDir),
                 _ => return Err(CoreError::Invalid("truncate of a special file")),
+            };
+            match r {
+                Ok(()) => break st,
+                // A block evicted between the fetch and the lock: the
+                // truncate changed nothing; fetch again.
+                Err(CoreError::Corrupt(_)) if tries < 3 => tries += 1,
+                Err(e) => return Err(e),
             }
-        }
+        };
+        let st = &mut *st;
+        let now = Timestamp::now();
         let changes_times = set.mode.is_some()
             || set.uid.is_some()
             || set.gid.is_some()

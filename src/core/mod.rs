@@ -15,6 +15,7 @@
 //!   garbage, collected at the next mount.
 //! - A directory's `nlink` is 2 plus its subdirectories.
 
+pub mod crash;
 pub mod error;
 mod file;
 pub mod fsck;
@@ -33,7 +34,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::Connection;
 
 use crate::blocks::{BlockId, BlockStore};
 use crate::meta;
@@ -99,6 +100,8 @@ pub struct Locker {
     /// Group commit: (commits known durable, a barrier is running).
     synced: Mutex<(u64, bool)>,
     synced_cv: std::sync::Condvar,
+    /// Where a crash test stops this core (see `crash.rs`).
+    pub crash: crash::CrashPoints,
 }
 
 enum Handle {
@@ -141,13 +144,21 @@ pub(crate) struct State {
     sync_delay_ns: i64,
     /// Set while changes from a backend are applied: they are not marked.
     suppress_marks: bool,
+    /// Inside `batch`: `tx` joins the open transaction.
+    in_batch: bool,
+    /// Block files freed inside the open batch: removed once it commits.
+    free_after_batch: Vec<BlockId>,
     /// Blocks held as files in the cache, least recently used last.
     lru: lru::LruCache<BlockId, ()>,
 }
 
 impl State {
     /// Runs `f` in one metadata transaction; nothing of it persists on error.
-    fn tx<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> CoreResult<T>) -> CoreResult<T> {
+    /// Inside `batch`, it is part of the batch's transaction.
+    fn tx<T>(&mut self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+        if self.in_batch {
+            return f(&self.conn);
+        }
         let tx = self.conn.transaction()?;
         let v = f(&tx)?;
         tx.commit()?;
@@ -212,6 +223,8 @@ impl Locker {
                 next_seq: 0,
                 sync_delay_ns: opts.sync_delay.as_nanos() as i64,
                 suppress_marks: false,
+                in_batch: false,
+                free_after_batch: Vec::new(),
                 lru: lru::LruCache::unbounded(),
             }),
             blocks,
@@ -224,6 +237,7 @@ impl Locker {
             fetched: std::sync::Condvar::new(),
             synced: Mutex::new((0, false)),
             synced_cv: std::sync::Condvar::new(),
+            crash: crash::CrashPoints::from_env(),
         };
         locker.ensure_root()?;
         locker.recover()?;
@@ -240,6 +254,40 @@ impl Locker {
         // updated in memory, but every durable change is a transaction, so
         // continuing is safe.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f`, whose every `tx` becomes part of one transaction: all of it
+    /// persists or none (after an error, or a crash anywhere inside). Block
+    /// files it frees are removed only once it committed.
+    pub(crate) fn batch<T>(
+        &self,
+        st: &mut State,
+        f: impl FnOnce(&mut State) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        assert!(!st.in_batch, "batches do not nest");
+        st.conn.execute_batch("BEGIN IMMEDIATE")?;
+        st.in_batch = true;
+        let r = f(st);
+        st.in_batch = false;
+        let freed = std::mem::take(&mut st.free_after_batch);
+        let r = r.and_then(|v| {
+            st.conn.execute_batch("COMMIT")?;
+            Ok(v)
+        });
+        match r {
+            Ok(v) => {
+                st.meta_unsynced = true;
+                st.commits += 1;
+                self.free_blocks(st, &freed);
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(re) = st.conn.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %re, "rolling back a batch failed");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Makes every transaction up to number `upto` durable. Concurrent
@@ -327,4 +375,4 @@ pub(crate) fn check_name(name: &[u8]) -> CoreResult<()> {
 #[cfg(test)]
 mod sync_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

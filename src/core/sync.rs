@@ -158,9 +158,10 @@ pub(crate) fn mark_ino(
     Ok(())
 }
 
-/// Paths below `ino` relative to it ("" for itself), with file sizes.
-fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64)>> {
-    let mut out = vec![(Vec::new(), size_of(conn, ino)?)];
+/// Paths below `ino` relative to it ("" for itself), with file sizes and
+/// the inode of each.
+fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64, InodeNo)>> {
+    let mut out = vec![(Vec::new(), size_of(conn, ino)?, ino)];
     let mut stack = vec![(ino, Vec::new())];
     while let Some((dir, rel)) = stack.pop() {
         if meta::get_inode(conn, dir)?.is_none_or(|r| r.attr.kind != FileKind::Dir) {
@@ -173,7 +174,7 @@ fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64)>> {
             } else {
                 0
             };
-            out.push((p.clone(), size));
+            out.push((p.clone(), size, child));
             if kind == FileKind::Dir {
                 stack.push((child, p));
             }
@@ -192,13 +193,21 @@ pub(crate) fn mark_moved(
     new: (InodeNo, &[u8]),
     old: Option<(InodeNo, &[u8])>,
 ) -> CoreResult<()> {
+    let entries = subtree(conn, ino)?;
+    // The content of a moved file is not at its new path in any backend
+    // yet: its blocks stay (or come back) until that path is confirmed,
+    // whatever happens meanwhile to the object at the old path.
+    for (_, _, i) in &entries {
+        conn.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND kind = 1")?
+            .execute([i.0 as i64])?;
+    }
     let Some(m) = m else { return Ok(()) };
     let newp = ns_path(conn, new.0, new.1)?;
     let oldp = match old {
         Some((d, n)) => ns_path(conn, d, n)?,
         None => None,
     };
-    for (suffix, bytes) in subtree(conn, ino)? {
+    for (suffix, bytes, _) in entries {
         let np = newp.as_ref().map(|(ns, p)| (ns.clone(), join(p, &suffix)));
         if let Some((ns, p)) = &np {
             msync::mark(conn, ns, p, m.seq, m.now, m.ready, bytes, None)?;
@@ -498,9 +507,24 @@ impl Locker {
         self.reap_unpinned(st);
     }
 
-    /// `len` bytes of the snapshot's content from `offset`.
+    /// `len` bytes of the snapshot's content from `offset`. Blocks evicted
+    /// since (the file was confirmed elsewhere, then moved or copied) are
+    /// fetched back through the same checked path as a reader's.
     pub fn sync_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
         let end = snap.size.min(offset + len);
+        let missing: Vec<BlockRef> = snap
+            .blocks
+            .iter()
+            .filter(|(i, b)| {
+                let s = i * BLOCK_SIZE;
+                s < end && s + b.len as u64 > offset && b.len >= INLINE_MAX
+            })
+            .map(|(_, b)| *b)
+            .filter(|b| !self.blocks.contains(&b.id))
+            .collect();
+        if !missing.is_empty() {
+            self.fetch_snap_blocks(snap, &missing)?;
+        }
         let mut out = vec![0u8; end.saturating_sub(offset) as usize];
         let first = offset / BLOCK_SIZE;
         let start = snap.blocks.partition_point(|(i, _)| *i < first);
@@ -536,9 +560,11 @@ impl Locker {
         Ok(out)
     }
 
-    /// A path (namespace, path, ETag) where the backend holds this content.
-    pub fn sync_source(&self, sha: &[u8; 32]) -> CoreResult<Option<(String, Vec<u8>, String)>> {
-        Ok(msync::remote_with_sha(&self.lock().conn, sha)?)
+    /// A path where a backend holds this content, as LOCKER uploaded or
+    /// checked it (never on the strength of an object's label): a source
+    /// for a server-side copy. (namespace, path, what is there.)
+    pub fn sync_source(&self, sha: &[u8; 32]) -> CoreResult<Option<(String, Vec<u8>, RemoteRow)>> {
+        Ok(msync::remote_with_sha(&self.lock().conn, sha, true)?)
     }
 
     /// The backend confirmed `ns/path` as `remote` (or its absence): records
@@ -734,6 +760,7 @@ impl Locker {
                 let mode = row.mode.unwrap_or(0o644) & 0o7777;
                 let a =
                     self.make_node_locked(st, &caller, dir, name, libc::S_IFREG | mode, None)?;
+                self.crash.hit("remote-node");
                 self.set_remote_content(st, a.ino, row)?;
             }
         }
@@ -842,10 +869,16 @@ impl Locker {
             return Ok(Applied::Skipped);
         };
         st.suppress_marks = true;
-        let r = self.apply_remote_locked(st, ns, path, row, old, ns_ino);
+        // One transaction: a crash leaves the entry whole or absent, never
+        // an empty file (which a later refresh would take for a change
+        // made here).
+        let r = self.batch(st, |st| {
+            self.apply_remote_locked(st, ns, path, row, old, ns_ino)
+        });
         st.suppress_marks = false;
         let r = r?;
         st.durable()?;
+        self.crash.hit("remote-applied");
         Ok(r)
     }
 
@@ -965,7 +998,7 @@ impl Locker {
         }
         let found = Locker::resolve_in(&st.conn, ns, path)?;
         st.suppress_marks = true;
-        let r = (|| -> CoreResult<Applied> {
+        let r = self.batch(st, |st| {
             if let Some((dir, name, Some(local))) = found {
                 let lsha: Option<[u8; 32]> =
                     local.sha256.as_deref().and_then(|s| s.try_into().ok());
@@ -1005,7 +1038,7 @@ impl Locker {
             }
             st.tx(|tx| Ok(msync::delete_remote(tx, ns, path)?))?;
             Ok(Applied::Updated)
-        })();
+        });
         st.suppress_marks = false;
         let r = r?;
         st.durable()?;
@@ -1167,6 +1200,17 @@ impl Locker {
             dropped += 1;
         }
         Ok(dropped)
+    }
+
+    /// How many blocks of file `ino` are not in the cache (tests).
+    #[cfg(test)]
+    pub(crate) fn evicted_blocks(&self, ino: InodeNo) -> usize {
+        let st = self.lock();
+        meta::file_blocks_from(&st.conn, ino, 0)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, b)| b.len >= INLINE_MAX && !self.blocks.contains(&b.id))
+            .count()
     }
 
     /// Once per store: queues every entry of every namespace, so that files
@@ -1411,9 +1455,11 @@ impl Locker {
         })?;
         let (ns, path, etag) = {
             let st = self.lock();
-            msync::remote_with_sha(&st.conn, sha)?.ok_or_else(|| {
-                CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
-            })?
+            let (ns, path, row) =
+                msync::remote_with_sha(&st.conn, sha, false)?.ok_or_else(|| {
+                    CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
+                })?;
+            (ns, path, row.etag)
         };
         // Neighbouring blocks go in one ranged GET (up to 8 MiB): fewer
         // requests for a sequential reader's block and its readahead.
@@ -1483,7 +1529,7 @@ impl Locker {
         if r.is_err() || !stored.is_empty() {
             // Blocks stored for a download that did not complete: free them
             // unless something names them now.
-            let st = self.lock();
+            let mut st = self.lock();
             let gone: Vec<BlockId> = stored
                 .iter()
                 .filter(|id| {
@@ -1491,7 +1537,7 @@ impl Locker {
                 })
                 .copied()
                 .collect();
-            self.free_blocks(&st, &gone);
+            self.free_blocks(&mut st, &gone);
         }
         r
     }
@@ -1518,7 +1564,7 @@ impl Locker {
             }
             let sha: Option<[u8; 32]> = row.sha256.as_deref().and_then(|s| s.try_into().ok());
             let src = match &sha {
-                Some(s) => msync::remote_with_sha(&st.conn, s)?.map(|(n, p, _)| (n, p)),
+                Some(s) => msync::remote_with_sha(&st.conn, s, false)?.map(|(n, p, _)| (n, p)),
                 None => None,
             };
             let src = match src {
@@ -1598,7 +1644,7 @@ impl Locker {
         let got: [u8; 32] = h.finalize().into();
         if sha.is_some_and(|s| s != got) {
             tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "a file fetched from the backend does not match its SHA-256; refusing it");
-            let st = self.lock();
+            let mut st = self.lock();
             let gone: Vec<BlockId> = list
                 .iter()
                 .filter(|(_, r, _, stored)| {
@@ -1606,7 +1652,7 @@ impl Locker {
                 })
                 .map(|(_, r, _, _)| r.id)
                 .collect();
-            self.free_blocks(&st, &gone);
+            self.free_blocks(&mut st, &gone);
             return Err(eio());
         }
         let mut st = self.lock();
@@ -1630,12 +1676,15 @@ impl Locker {
             }
             tx.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
                 .execute(rusqlite::params![ino.0 as i64, &got[..]])?;
-            // An object listed without a checksum now has one: its blocks
-            // can be evicted and fetched back like any other.
+            // The version fetched (by its ETag) hashes to `got`: the object
+            // now has a checksum LOCKER checked itself, and its blocks can be
+            // evicted and fetched back like any other.
             tx.prepare_cached(
-                "UPDATE remote SET sha256 = ?3 WHERE ns = ?1 AND path = ?2 AND sha256 IS NULL",
+                "UPDATE remote SET sha256 = ?3, verified = 1
+                 WHERE ns = ?1 AND path = ?2 AND kind = 1 AND (sha256 IS NULL OR sha256 = ?3)
+                    AND (?4 IS NULL OR etag = ?4)",
             )?
-            .execute(rusqlite::params![ns, path, &got[..]])?;
+            .execute(rusqlite::params![ns, path, &got[..], etag])?;
             Ok(())
         })?;
         for (_, r, _, stored) in &list {

@@ -166,6 +166,7 @@ impl T {
                     mode: Some(f.mode),
                     target: None,
                     at_ns: now_ns(),
+                    verified: true,
                 })
             }
             LocalEntry::Absent => None,
@@ -178,6 +179,7 @@ impl T {
                 mode: None,
                 target: None,
                 at_ns: now_ns(),
+                verified: false,
             }),
         };
         assert!(
@@ -354,6 +356,7 @@ fn a_file_only_in_the_backend_is_fetched_whole_and_checked() {
         mode: Some(0o600),
         target: None,
         at_ns: now_ns(),
+        verified: false,
     };
     t.remote
         .objects
@@ -429,6 +432,7 @@ fn a_remote_file_larger_than_the_cache_is_read_within_the_bound() {
         mode: None,
         target: None,
         at_ns: now_ns(),
+        verified: false,
     };
     t.l.apply_remote("corp", b"huge.bin", row, now_ns())
         .unwrap();
@@ -542,4 +546,45 @@ fn fsck_finds_damaged_blocks_and_the_backend_heals_them() {
     assert_eq!(r.lost, ["corp/dirty"]);
     // The synced file reads whole again, its block fetched back and checked.
     assert_eq!(t.read_all(a).unwrap(), synced);
+}
+
+#[test]
+fn a_truncate_that_cannot_get_its_last_block_changes_nothing() {
+    // The race of setattr: its fetch ran, then eviction took the block the
+    // new last block comes from, and the truncate under the lock fails. It
+    // must leave no half-applied state that a later commit writes out.
+    let t = new();
+    let ns = t.ns();
+    let data = pattern(3 * BLOCK_SIZE as usize + 5000, 31);
+    let ino = t.put(ns, b"big", &data);
+    t.confirm("big");
+    assert!(t.due_paths().is_empty());
+    assert_eq!(t.l.evict(0).unwrap(), 3);
+    // The backend is unreachable now: the block cannot come back.
+    *t.remote.corrupt.lock().unwrap() = true;
+    {
+        let mut st = t.l.lock();
+        let r =
+            t.l.truncate_locked(&mut st, ino, BLOCK_SIZE + 1000, Timestamp::now());
+        assert!(r.is_err(), "the truncate cannot succeed without the block");
+    }
+    let set = SetAttr {
+        size: Some(BLOCK_SIZE + 1000),
+        ..Default::default()
+    };
+    assert!(t.l.setattr(ino, &set).is_err());
+    t.l.shutdown().unwrap();
+    assert_eq!(t.l.getattr(ino).unwrap().size, data.len() as u64);
+    assert!(
+        t.due_paths().is_empty(),
+        "a failed truncate queued an upload"
+    );
+    *t.remote.corrupt.lock().unwrap() = false;
+    assert_eq!(t.read_all(ino).unwrap(), data, "the bytes changed");
+    // With the backend back, the same truncate goes through.
+    t.l.setattr(ino, &set).unwrap();
+    assert_eq!(
+        t.read_all(ino).unwrap(),
+        &data[..BLOCK_SIZE as usize + 1000]
+    );
 }

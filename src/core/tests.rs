@@ -76,7 +76,7 @@ impl T {
     }
 }
 
-pub(super) fn pattern(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..len)
         .map(|_| {

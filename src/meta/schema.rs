@@ -10,7 +10,7 @@
 //! | `orphans`    | unlinked inode still open        | purged on last close, or at the next mount after a crash |
 //! | `block_data` | small block's bytes              | blocks shorter than `blocks::INLINE_MAX`; deleted with their `blocks` row |
 //! | `sync_queue` | path changed since the backend last had it | keyed by (namespace, path); `seq` grows with every change, so a finished upload only removes the entry if nothing changed meanwhile; `after_*` names an entry that must finish first (the new name of a rename before the old one is deleted) |
-//! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode |
+//! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode; `verified` 1 when LOCKER uploaded that content or hashed it itself (a listed object's SHA-256 is only its label until then) |
 //!
 //! `inodes.synced_version` is the content version a backend confirmed at the
 //! file's own path (a file's blocks may be evicted only while it equals
@@ -113,6 +113,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE inodes ADD COLUMN synced_version INTEGER NOT NULL DEFAULT -1;
     ALTER TABLE inodes ADD COLUMN remote_src BLOB;
     CREATE INDEX inodes_by_sha ON inodes (sha256);",
+    // 5: whether LOCKER knows the object's content is what its SHA-256 says
+    // (it uploaded it, or hashed it after a fetch), rather than taking the
+    // object's own label for it. Rows a confirmed push wrote are known.
+    "ALTER TABLE remote ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+    UPDATE remote SET verified = 1 WHERE kind = 1 AND sha256 IS NOT NULL AND EXISTS
+        (SELECT 1 FROM inodes i WHERE i.sha256 = remote.sha256
+            AND i.synced_version = i.version AND i.remote_only = 0);",
 ];
 
 /// Number of migrations this build knows.

@@ -35,6 +35,9 @@ pub struct RemoteRow {
     pub target: Option<Vec<u8>>,
     /// When the row was written (ns since the epoch).
     pub at_ns: i64,
+    /// The content is known to hash to `sha256` (LOCKER uploaded it, or
+    /// fetched and hashed it); otherwise `sha256` is the object's label.
+    pub verified: bool,
 }
 
 pub fn now_ns() -> i64 {
@@ -219,10 +222,12 @@ fn remote_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RemoteRow> {
         mode: r.get::<_, Option<i64>>(at + 6)?.map(|m| m as u32),
         target: r.get(at + 7)?,
         at_ns: r.get(at + 8)?,
+        verified: r.get::<_, i64>(at + 9)? != 0,
     })
 }
 
-const REMOTE_COLS: &str = "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns";
+const REMOTE_COLS: &str =
+    "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified";
 
 pub fn get_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<RemoteRow>> {
     let sql = format!("SELECT {REMOTE_COLS} FROM remote WHERE ns = ?1 AND path = ?2");
@@ -242,8 +247,8 @@ pub fn remote_rows(conn: &Connection, ns: &str) -> MetaResult<Vec<(Vec<u8>, Remo
 pub fn put_remote(conn: &Connection, ns: &str, path: &[u8], row: &RemoteRow) -> MetaResult<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO remote
-            (ns, path, kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            (ns, path, kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         ns,
@@ -257,6 +262,7 @@ pub fn put_remote(conn: &Connection, ns: &str, path: &[u8], row: &RemoteRow) -> 
         row.mode.map(|m| m as i64),
         row.target,
         row.at_ns,
+        row.verified as i64,
     ])?;
     Ok(())
 }
@@ -267,25 +273,35 @@ pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()>
     Ok(())
 }
 
-/// How many paths other than `ns/path` hold a file with this content.
+/// How many paths other than `ns/path` are known to hold a file with this
+/// content (a label alone does not count).
 pub fn other_copies(conn: &Connection, sha: &[u8], ns: &str, path: &[u8]) -> MetaResult<i64> {
     conn.prepare_cached(
-        "SELECT count(*) FROM remote WHERE sha256 = ?1 AND kind = 1 AND NOT (ns = ?2 AND path = ?3)",
+        "SELECT count(*) FROM remote WHERE sha256 = ?1 AND kind = 1 AND verified = 1
+            AND NOT (ns = ?2 AND path = ?3)",
     )?
     .query_row(params![sha, ns, path], |r| r.get(0))
 }
 
-/// A path in the backend (any namespace) known to hold a file with this
-/// content.
+/// A path in the backend (any namespace) holding a file with this content:
+/// with `verified_only`, one whose content LOCKER uploaded or hashed itself
+/// (a source for a server-side copy); otherwise also one whose label says so
+/// (enough to fetch from, since what is fetched is checked). Known ones
+/// first, then the newest.
 pub fn remote_with_sha(
     conn: &Connection,
     sha: &[u8],
-) -> MetaResult<Option<(String, Vec<u8>, String)>> {
-    conn.prepare_cached(
-        "SELECT ns, path, etag FROM remote WHERE sha256 = ?1 AND kind = 1 ORDER BY at_ns DESC LIMIT 1",
-    )?
-    .query_row([sha], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-    .optional()
+    verified_only: bool,
+) -> MetaResult<Option<(String, Vec<u8>, RemoteRow)>> {
+    let sql = format!(
+        "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
+            AND (verified = 1 OR ?2 = 0) ORDER BY verified DESC, at_ns DESC LIMIT 1"
+    );
+    conn.prepare_cached(&sql)?
+        .query_row(params![sha, verified_only as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, remote_at(r, 2)?))
+        })
+        .optional()
 }
 
 /// Whether the block may be dropped from the cache: every file naming it
@@ -294,7 +310,8 @@ pub fn remote_with_sha(
 pub fn block_in_backend(conn: &Connection, id: &[u8]) -> MetaResult<Option<Vec<i64>>> {
     let mut st = conn.prepare_cached(
         "SELECT fb.ino, (i.synced_version = i.version AND i.sha256 IS NOT NULL AND EXISTS
-                 (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1))
+                 (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1
+                    AND r.verified = 1))
          FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino WHERE fb.block = ?1",
     )?;
     let mut inos = Vec::new();
@@ -328,7 +345,8 @@ pub fn dirty_bytes(conn: &Connection, inline_max: u32) -> MetaResult<u64> {
         "SELECT coalesce(sum(b.size), 0) FROM blocks b WHERE b.size >= ?1 AND b.present = 1
            AND EXISTS (SELECT 1 FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino
                 WHERE fb.block = b.id AND (i.sha256 IS NULL OR i.synced_version != i.version
-                    OR NOT EXISTS (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1)))",
+                    OR NOT EXISTS (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1
+                        AND r.verified = 1)))",
         [inline_max as i64],
         |r| r.get::<_, i64>(0),
     )

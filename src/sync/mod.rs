@@ -355,5 +355,7 @@ pub(crate) fn row_of(info: &crate::backend::ObjInfo, target: Option<Vec<u8>>) ->
         mode: meta.mode,
         target,
         at_ns: now_ns(),
+        // What an object's metadata says of its content is only a label.
+        verified: false,
     }
 }

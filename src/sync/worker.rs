@@ -290,6 +290,7 @@ async fn push_other(
                 mode: Some(mode),
                 target: None,
                 at_ns: now_ns(),
+                verified: false,
             };
             done(inner, e, seq, Some(row)).await
         }
@@ -335,6 +336,7 @@ async fn push_other(
                 mode: Some(mode),
                 target: Some(target),
                 at_ns: now_ns(),
+                verified: false,
             };
             done(inner, e, seq, Some(row)).await
         }
@@ -378,6 +380,8 @@ async fn push_file(
         (None, Some(_)) => true,
         _ => false,
     };
+    // What LOCKER uploaded (or copied from content it uploaded or checked):
+    // its content is known, not taken from a label.
     let row = |etag: String| RemoteRow {
         kind: REMOTE_FILE,
         size: f.size,
@@ -387,11 +391,20 @@ async fn push_file(
         mode: Some(f.mode & 0o7777),
         target: None,
         at_ns: now_ns(),
+        verified: true,
     };
     if let Some(h) = &head {
         let hmeta = h.meta.clone().unwrap_or_default();
-        if h.kind == ObjKind::File && hmeta.sha256 == Some(sha) && h.size == f.size {
-            // The backend already holds this content here.
+        // The backend may already hold this content here: as LOCKER last
+        // confirmed it, or (someone else's object with the same label) as
+        // reading it back shows. A label alone proves nothing.
+        let same = h.kind == ObjKind::File
+            && hmeta.sha256 == Some(sha)
+            && h.size == f.size
+            && (rec.as_ref().is_some_and(|r| {
+                r.verified && r.etag == h.etag && r.sha256 == Some(sha) && r.size == h.size
+            }) || holds_content(be.as_ref(), &key, &h.etag, h.size, &sha).await?);
+        if same {
             if hmeta.mode == meta.mode && hmeta.mtime == meta.mtime {
                 return done(inner, e, seq, Some(row(h.etag.clone()))).await;
             }
@@ -406,16 +419,18 @@ async fn push_file(
             be.delete_dir(&key).await?;
         }
     }
-    // Content the backend holds under another name: copy it there.
+    // Content the backend holds under another name (as LOCKER uploaded or
+    // checked it): copy it there.
     let core = inner.core.clone();
-    if let Some((sns, spath, setag)) = blocking(move || core.sync_source(&sha)).await?
+    if let Some((sns, spath, src_row)) = blocking(move || core.sync_source(&sha)).await?
         && sns == e.ns
         && spath != e.path
+        && src_row.size == f.size
         && let Ok(src) = String::from_utf8(spath)
     {
         // Only if the source still has the ETag it had when its content
         // was confirmed; otherwise upload.
-        match be.copy(&src, Some(&setag), &key, &meta).await {
+        match be.copy(&src, Some(&src_row.etag), &key, &meta).await {
             Ok(etag) => return done(inner, e, seq, Some(row(etag))).await,
             Err(err) if err.kind == ErrorKind::Transient => return Err(err),
             Err(err) => {
@@ -437,7 +452,32 @@ async fn push_file(
         None => Cond::IfAbsent,
     };
     let etag = upload(inner, &be, &key, f.clone(), &meta, cond).await?;
+    inner.core.crash.hit("upload-sent");
     done(inner, e, seq, Some(row(etag))).await
+}
+
+/// Whether the object at `key` (version `etag`, `size` bytes) holds the
+/// content that hashes to `sha`, read back and hashed here.
+async fn holds_content(
+    be: &dyn Backend,
+    key: &str,
+    etag: &str,
+    size: u64,
+    sha: &[u8; 32],
+) -> BResult<bool> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut off = 0;
+    while off < size {
+        let len = PART_SIZE.min(size - off);
+        let data = be.get_range(key, Some(etag), off, len).await?;
+        if data.len() as u64 != len {
+            return Ok(false);
+        }
+        h.update(&data);
+        off += len;
+    }
+    Ok(<[u8; 32]>::from(h.finalize()) == *sha)
 }
 
 async fn read_part(inner: &Arc<Inner>, f: &Arc<FileSnap>, off: u64, len: u64) -> BResult<Vec<u8>> {
