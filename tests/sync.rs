@@ -560,6 +560,55 @@ fn a_symlink_exchanged_with_a_directory_never_leads_the_backend_outside() {
     assert_eq!(std::fs::read(corp.join("d/f")).unwrap(), b"data");
 }
 
+#[test]
+fn removed_trees_stay_removed_across_a_stop_in_the_middle_of_their_uploads() {
+    // Two rounds of small files in many directories, each renamed and then
+    // removed within seconds (the second while the first's uploads are
+    // still queued), then a stop whose drain cannot finish, a restart and
+    // refreshes: nothing of either tree comes back, here or in the backend.
+    let mut m = Mount::with_config(
+        "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 1\ndrain_timeout_s = 2\n[namespaces.corp]\n",
+        &[],
+    );
+    let corp = m.corp();
+    let backend = m.data.join("backend/corp");
+    for round in 0..2 {
+        let top = corp.join(format!("r{round}"));
+        for d in 0..20 {
+            let dir = top.join(format!("d{d}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..40 {
+                std::fs::write(dir.join(format!("f{f}")), format!("{round}/{d}/{f}")).unwrap();
+            }
+        }
+        let moved = corp.join(format!("moved{round}"));
+        std::fs::rename(&top, &moved).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::remove_dir_all(&moved).unwrap();
+    }
+    m.stop();
+    m.start(&[]);
+    m.wait_drained(DRAIN);
+    m.status(true);
+    std::thread::sleep(Duration::from_millis(1500));
+    m.status(true);
+    m.wait_drained(DRAIN);
+    let here: Vec<_> = std::fs::read_dir(&corp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(here.is_empty(), "came back in the mount: {here:?}");
+    let there: Vec<_> = std::fs::read_dir(&backend)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(there.is_empty(), "stayed in the backend: {there:?}");
+    assert!(
+        !m.log_text().contains("stays in the backend"),
+        "a directory removal was given up"
+    );
+}
+
 fn mount_error(config: &str, env: &[(String, String)]) -> (String, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");

@@ -693,6 +693,23 @@ impl Backend for LocalBackend {
             let Some(dir) = w.dir_opt(&parent)? else {
                 return Ok(());
             };
+            // Temporaries of ours left inside by an upload that a stop cut
+            // short are not files anyone knows: they must not keep the
+            // directory (which a listing would then bring back empty).
+            if let Ok(sub) = dir.subdir(name) {
+                let mut stale = Vec::new();
+                if let Ok(rd) = rustix::fs::Dir::read_from(sub.fd()) {
+                    for ent in rd.flatten() {
+                        let n = ent.file_name().to_bytes();
+                        if n.starts_with(TMP_PREFIX.as_bytes()) {
+                            stale.push(String::from_utf8_lossy(n).into_owned());
+                        }
+                    }
+                }
+                for n in stale {
+                    sub.remove_quietly(&n);
+                }
+            }
             match dir.unlink(name, true) {
                 Ok(()) => Ok(()),
                 Err(e) if not_found(&e) => Ok(()),

@@ -686,9 +686,22 @@ impl Locker {
         Ok(n > 0)
     }
 
-    /// Whether `ns/path` has a pending change.
+    /// Whether `ns/path`, or a directory above it, has a pending change: a
+    /// listing must not bring back (or replace) what a queued change is
+    /// about to remove, such as the files of a tree whose deletion is still
+    /// on its way.
     pub fn sync_queued(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
-        Ok(msync::get_entry(&self.lock().conn, ns, path)?.is_some())
+        let st = self.lock();
+        let mut end = path.len();
+        loop {
+            if msync::get_entry(&st.conn, ns, &path[..end])?.is_some() {
+                return Ok(true);
+            }
+            match path[..end].iter().rposition(|&b| b == b'/') {
+                Some(i) => end = i,
+                None => return Ok(false),
+            }
+        }
     }
 
     /// Owner of the namespace directory: what entries made from the backend

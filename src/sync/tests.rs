@@ -76,7 +76,22 @@ impl Rig {
         Rig::with(stores, sync, LockerOptions::default())
     }
 
-    pub fn with(stores: Stores, sync: &str, mut opts: LockerOptions) -> Rig {
+    pub fn with(stores: Stores, sync: &str, opts: LockerOptions) -> Rig {
+        Rig::build(stores, sync, opts, None)
+    }
+
+    /// A daemon whose `corp` goes to `corp` (another kind of backend)
+    /// instead of its memory store.
+    pub fn with_corp(corp: Arc<dyn Backend>, sync: &str) -> Rig {
+        Rig::build(Stores::new(), sync, LockerOptions::default(), Some(corp))
+    }
+
+    fn build(
+        stores: Stores,
+        sync: &str,
+        mut opts: LockerOptions,
+        corp: Option<Arc<dyn Backend>>,
+    ) -> Rig {
         let text = format!(
             "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\ndrain_timeout_s = 10\n{sync}\n\
              [namespaces.corp]\n[namespaces.deck]\n"
@@ -90,7 +105,10 @@ impl Rig {
         let fault = NS
             .iter()
             .map(|n| {
-                let inner: Arc<dyn Backend> = stores.mem[*n].clone();
+                let inner: Arc<dyn Backend> = match (&corp, *n) {
+                    (Some(c), "corp") => c.clone(),
+                    _ => stores.mem[*n].clone(),
+                };
                 (n.to_string(), Arc::new(FaultBackend::new(inner)))
             })
             .collect();
@@ -598,4 +616,60 @@ fn a_moved_files_blocks_stay_until_its_new_path_is_confirmed() {
     rig.drained();
     assert_eq!(object(&rig.stores.mem["deck"], "a").unwrap(), a);
     assert_eq!(rig.read("deck/a").unwrap(), a);
+}
+
+// ---- removed trees stay removed (issue: a deleted tree came back) ----
+
+#[test]
+fn a_removed_tree_stays_removed_though_a_stop_left_temporaries_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = crate::backend::local::LocalBackend::open(dir.path(), "", false).unwrap();
+    let rig = Rig::with_corp(Arc::new(local), "");
+    for i in 0..3 {
+        rig.write(&format!("corp/d/sub/f{i}"), b"x");
+    }
+    rig.drained();
+    // An upload cut short by a stop leaves its temporary beside its target.
+    std::fs::write(
+        dir.path().join("d/sub/.locker-tmp-0123456789abcdef"),
+        b"cut",
+    )
+    .unwrap();
+    rig.remove_tree("corp/d");
+    rig.drained();
+    rig.refresh();
+    assert!(rig.ino("corp/d").is_none(), "the removed tree came back");
+    assert!(
+        !dir.path().join("d").exists(),
+        "the tree stayed in the backend"
+    );
+}
+
+#[test]
+fn a_listing_never_brings_back_what_a_queued_removal_is_about_to_delete() {
+    let rig = Rig::new("");
+    for i in 0..3 {
+        rig.write(&format!("corp/d/f{i}"), b"x");
+    }
+    rig.drained();
+    // The removals cannot reach the store for now.
+    let f = rig.fault["corp"].clone();
+    f.inject(
+        Some("delete"),
+        Some("d/"),
+        Fault::Fail(crate::backend::ErrorKind::Transient),
+        None,
+    );
+    rig.remove_tree("corp/d");
+    std::thread::sleep(Duration::from_millis(200));
+    rig.refresh();
+    assert!(
+        rig.ino("corp/d").is_none(),
+        "the listing brought the tree back"
+    );
+    f.clear();
+    rig.drained();
+    rig.refresh();
+    assert!(rig.ino("corp/d").is_none());
+    assert_eq!(rig.stores.corp().keys(), Vec::<String>::new());
 }

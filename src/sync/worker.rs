@@ -243,6 +243,14 @@ async fn push_other(
                     // theirs stays; a refresh brings it here.
                 }
                 Some(h) if h.kind == ObjKind::Dir => {
+                    // Everything inside goes first: a directory removed
+                    // ahead of its files would fail (or, on an object store,
+                    // leave them behind).
+                    let core = inner.core.clone();
+                    let (ns, p) = (e.ns.clone(), e.path.clone());
+                    if blocking(move || core.sync_queued_under(&ns, &p)).await? {
+                        return Ok(Outcome::Later);
+                    }
                     if let Err(err) = be.delete_dir(&key).await {
                         // A directory of a local backend empties as the
                         // deletes of its files go through.
