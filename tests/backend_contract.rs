@@ -36,6 +36,8 @@ fn meta(seed: u8, data: &[u8]) -> ObjMeta {
             nsec: 123_456_789,
         }),
         mode: Some(0o640),
+        // The version replaced: travels with the object like the rest.
+        base: Some([seed; 32]),
     }
 }
 

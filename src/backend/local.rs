@@ -33,9 +33,9 @@ use crate::core::Timestamp;
 
 /// Names starting with this are temporaries of ours, never listed.
 const TMP_PREFIX: &str = ".locker-tmp-";
-/// xattr holding `sha256 <hex> <size> <mtime>`: the checksum is trusted only
-/// while size and mtime still match (another tool changing the file changes
-/// them).
+/// xattr holding `sha256 <hex> <size> <mtime>[ <base hex>]`: the checksum
+/// (and the base it replaced) is trusted only while size and mtime still
+/// match (another tool changing the file changes them).
 const XATTR_SUM: &str = "user.locker.sum";
 
 pub struct LocalBackend {
@@ -196,12 +196,16 @@ fn apply_meta(f: &File, path: &Path, meta: &ObjMeta, size: u64) -> BResult<()> {
     }
     let mtime = meta.mtime.unwrap_or_else(Timestamp::now);
     if let Some(sha) = meta.sha256 {
-        let v = format!(
+        let mut v = format!(
             "sha256 {} {} {}",
             hex(&sha),
             size,
             super::format_mtime(mtime)
         );
+        if let Some(b) = meta.base {
+            v.push(' ');
+            v.push_str(&hex(&b));
+        }
         // Filesystems without user xattrs refuse it: the checksum is then
         // recomputed when needed.
         let _ = rustix::fs::fsetxattr(f, XATTR_SUM, v.as_bytes(), rustix::fs::XattrFlags::empty());
@@ -217,9 +221,9 @@ fn apply_meta(f: &File, path: &Path, meta: &ObjMeta, size: u64) -> BResult<()> {
     rustix::fs::futimens(f, &ts).map_err(|e| io_err("utimens", path, e.into()))
 }
 
-/// The checksum recorded on the regular file `name` of `dir`, if size and
-/// mtime still match what it was recorded for.
-fn read_sum(dir: &DirAt, name: &str, m: &fs::Metadata) -> Option<[u8; 32]> {
+/// The checksum (and base) recorded on the regular file `name` of `dir`, if
+/// size and mtime still match what it was recorded for.
+fn read_sum(dir: &DirAt, name: &str, m: &fs::Metadata) -> Option<([u8; 32], Option<[u8; 32]>)> {
     let f = dir.open(name, OFlags::RDONLY | OFlags::NONBLOCK, 0).ok()?;
     let mut buf = [0u8; 256];
     let n = rustix::fs::fgetxattr(&f, XATTR_SUM, &mut buf).ok()?;
@@ -231,7 +235,8 @@ fn read_sum(dir: &DirAt, name: &str, m: &fs::Metadata) -> Option<[u8; 32]> {
     let sha = unhex32(it.next()?)?;
     let size: u64 = it.next()?.parse().ok()?;
     let mtime = super::parse_mtime(it.next()?)?;
-    (size == m.size() && mtime == mtime_of(m)).then_some(sha)
+    let base = it.next().and_then(unhex32);
+    (size == m.size() && mtime == mtime_of(m)).then_some((sha, base))
 }
 
 fn kind_of(m: &fs::Metadata) -> Option<ObjKind> {
@@ -251,14 +256,18 @@ fn kind_of(m: &fs::Metadata) -> Option<ObjKind> {
 /// (a listing does not carry metadata).
 fn info_of(key: String, dir: &DirAt, name: &str, m: &fs::Metadata, with_meta: bool) -> ObjInfo {
     let kind = kind_of(m).unwrap_or(ObjKind::File);
-    let meta = with_meta.then(|| ObjMeta {
-        sha256: if kind == ObjKind::File {
+    let meta = with_meta.then(|| {
+        let sum = if kind == ObjKind::File {
             read_sum(dir, name, m)
         } else {
             None
-        },
-        mtime: Some(mtime_of(m)),
-        mode: Some(m.mode() & 0o7777),
+        };
+        ObjMeta {
+            sha256: sum.map(|s| s.0),
+            mtime: Some(mtime_of(m)),
+            mode: Some(m.mode() & 0o7777),
+            base: sum.and_then(|s| s.1),
+        }
     });
     ObjInfo {
         key,

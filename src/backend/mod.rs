@@ -87,7 +87,15 @@ pub struct ObjMeta {
     pub mtime: Option<Timestamp>,
     /// Permission bits (07777).
     pub mode: Option<u32>,
+    /// The SHA-256 of the version this one replaced, as its writer last saw
+    /// the path (`NO_BASE`: it saw nothing there). A host that finds a new
+    /// object whose base is not the version it holds knows the two writes
+    /// were concurrent, even on stores that ignore conditional writes.
+    pub base: Option<[u8; 32]>,
 }
+
+/// The `base` of an object written where its writer saw none.
+pub const NO_BASE: [u8; 32] = [0; 32];
 
 /// One entry as listed or headed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,8 @@ const META_SHA: &str = "sha256";
 const META_MTIME: &str = "mtime";
 const META_MODE: &str = "mode";
 const META_TYPE: &str = "locker-type";
+/// The SHA-256 of the version an upload replaced (`ObjMeta::base`).
+const META_BASE: &str = "locker-base";
 /// CopyObject's limit; larger objects are copied in parts.
 const COPY_MAX: u64 = 5 << 30;
 /// Part size of a copy in parts (equal parts, as R2 requires).
@@ -195,6 +197,9 @@ fn meta_map(meta: &ObjMeta) -> HashMap<String, String> {
     if let Some(mode) = meta.mode {
         m.insert(META_MODE.to_string(), format!("{:o}", mode & 0o7777));
     }
+    if let Some(b) = meta.base {
+        m.insert(META_BASE.to_string(), hex(&b));
+    }
     m
 }
 
@@ -204,6 +209,7 @@ fn meta_from(m: Option<&HashMap<String, String>>) -> ObjMeta {
         sha256: get(META_SHA).and_then(unhex32),
         mtime: get(META_MTIME).and_then(super::parse_mtime),
         mode: get(META_MODE).and_then(|s| u32::from_str_radix(s, 8).ok()),
+        base: get(META_BASE).and_then(unhex32),
     }
 }
 
@@ -865,6 +871,7 @@ mod tests {
             sha256: Some([3; 32]),
             mtime: Some(crate::core::Timestamp { sec: 5, nsec: 6 }),
             mode: Some(0o640),
+            base: Some([4; 32]),
         };
         assert_eq!(meta_from(Some(&meta_map(&m))), m);
     }

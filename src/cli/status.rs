@@ -59,6 +59,13 @@ pub fn run(
         if let Some(r) = n.last_refresh_age_s {
             println!("  last listed {r:.0} s ago");
         }
+        match n.conditional_writes {
+            Some(true) => println!("  conditional writes: honoured"),
+            Some(false) => println!(
+                "  conditional writes: IGNORED by this store (concurrent changes are found from each object's base instead)"
+            ),
+            None => {}
+        }
         if let Some(e) = &n.last_error {
             println!("  last error: {e}");
         }

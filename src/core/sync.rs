@@ -921,16 +921,40 @@ impl Locker {
             .files
             .get(&local.attr.ino)
             .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
+        // The new object was written over something other than the version
+        // this host uploaded last (its writer never saw that one): two
+        // writes were
+        // concurrent, and the store let the later one land over the other
+        // (as stores that ignore conditional writes do). The version held
+        // here is kept, under a conflict name, rather than replaced.
+        let concurrent = local.attr.kind == FileKind::File
+            && row.kind == REMOTE_FILE
+            && !local.remote_only
+            && row.base.is_some()
+            && old
+                .as_ref()
+                .is_some_and(|o| o.own && o.kind == REMOTE_FILE && o.sha256 != row.base);
+        if concurrent {
+            tracing::warn!(
+                namespace = ns,
+                path = %String::from_utf8_lossy(path),
+                "the backend's new version was written without seeing the one held here: concurrent writes"
+            );
+        }
         // Local matches what the backend held before: it is clean.
-        let clean = match (&old, local.attr.kind) {
-            // Content only in the backend was never changed here.
-            (Some(o), FileKind::File) => {
-                o.kind == REMOTE_FILE && (local.remote_only || (lsha.is_some() && lsha == o.sha256))
-            }
-            (Some(o), FileKind::Symlink) => o.kind == REMOTE_SYMLINK && local.target == o.target,
-            (Some(o), FileKind::Dir) => o.kind == REMOTE_DIR,
-            _ => false,
-        };
+        let clean = !concurrent
+            && match (&old, local.attr.kind) {
+                // Content only in the backend was never changed here.
+                (Some(o), FileKind::File) => {
+                    o.kind == REMOTE_FILE
+                        && (local.remote_only || (lsha.is_some() && lsha == o.sha256))
+                }
+                (Some(o), FileKind::Symlink) => {
+                    o.kind == REMOTE_SYMLINK && local.target == o.target
+                }
+                (Some(o), FileKind::Dir) => o.kind == REMOTE_DIR,
+                _ => false,
+            };
         match (local.attr.kind, row.kind) {
             (FileKind::Dir, REMOTE_DIR) => {
                 record(st, &row)?;
@@ -1693,7 +1717,7 @@ impl Locker {
             // now has a checksum LOCKER checked itself, and its blocks can be
             // evicted and fetched back like any other.
             tx.prepare_cached(
-                "UPDATE remote SET sha256 = ?3, verified = 1
+                "UPDATE remote SET sha256 = ?3, verified = max(verified, 1)
                  WHERE ns = ?1 AND path = ?2 AND kind = 1 AND (sha256 IS NULL OR sha256 = ?3)
                     AND (?4 IS NULL OR etag = ?4)",
             )?

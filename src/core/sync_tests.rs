@@ -167,6 +167,8 @@ impl T {
                     target: None,
                     at_ns: now_ns(),
                     verified: true,
+                    own: true,
+                    base: None,
                 })
             }
             LocalEntry::Absent => None,
@@ -180,6 +182,8 @@ impl T {
                 target: None,
                 at_ns: now_ns(),
                 verified: false,
+                own: false,
+                base: None,
             }),
         };
         assert!(
@@ -357,6 +361,8 @@ fn a_file_only_in_the_backend_is_fetched_whole_and_checked() {
         target: None,
         at_ns: now_ns(),
         verified: false,
+        own: false,
+        base: None,
     };
     t.remote
         .objects
@@ -433,6 +439,8 @@ fn a_remote_file_larger_than_the_cache_is_read_within_the_bound() {
         target: None,
         at_ns: now_ns(),
         verified: false,
+        own: false,
+        base: None,
     };
     t.l.apply_remote("corp", b"huge.bin", row, now_ns())
         .unwrap();

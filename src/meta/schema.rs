@@ -10,7 +10,7 @@
 //! | `orphans`    | unlinked inode still open        | purged on last close, or at the next mount after a crash |
 //! | `block_data` | small block's bytes              | blocks shorter than `blocks::INLINE_MAX`; deleted with their `blocks` row |
 //! | `sync_queue` | path changed since the backend last had it | keyed by (namespace, path); `seq` grows with every change, so a finished upload only removes the entry if nothing changed meanwhile; `after_*` names an entry that must finish first (the new name of a rename before the old one is deleted) |
-//! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode; `verified` 1 when LOCKER uploaded that content or hashed it itself (a listed object's SHA-256 is only its label until then) |
+//! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode; `verified` 1 when LOCKER hashed that content itself, 2 when this host uploaded it (a listed object's SHA-256 is only its label until then) |
 //!
 //! `inodes.synced_version` is the content version a backend confirmed at the
 //! file's own path (a file's blocks may be evicted only while it equals

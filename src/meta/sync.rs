@@ -38,6 +38,11 @@ pub struct RemoteRow {
     /// The content is known to hash to `sha256` (LOCKER uploaded it, or
     /// fetched and hashed it); otherwise `sha256` is the object's label.
     pub verified: bool,
+    /// This host wrote the object (an upload or copy of its own).
+    pub own: bool,
+    /// The version the object replaced, as its writer said (`ObjMeta::base`);
+    /// read from a listing, not stored.
+    pub base: Option<[u8; 32]>,
 }
 
 pub fn now_ns() -> i64 {
@@ -222,7 +227,9 @@ fn remote_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RemoteRow> {
         mode: r.get::<_, Option<i64>>(at + 6)?.map(|m| m as u32),
         target: r.get(at + 7)?,
         at_ns: r.get(at + 8)?,
-        verified: r.get::<_, i64>(at + 9)? != 0,
+        verified: r.get::<_, i64>(at + 9)? >= 1,
+        own: r.get::<_, i64>(at + 9)? == 2,
+        base: None,
     })
 }
 
@@ -262,7 +269,7 @@ pub fn put_remote(conn: &Connection, ns: &str, path: &[u8], row: &RemoteRow) -> 
         row.mode.map(|m| m as i64),
         row.target,
         row.at_ns,
-        row.verified as i64,
+        if row.own { 2 } else { row.verified as i64 },
     ])?;
     Ok(())
 }
@@ -277,7 +284,7 @@ pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()>
 /// content (a label alone does not count).
 pub fn other_copies(conn: &Connection, sha: &[u8], ns: &str, path: &[u8]) -> MetaResult<i64> {
     conn.prepare_cached(
-        "SELECT count(*) FROM remote WHERE sha256 = ?1 AND kind = 1 AND verified = 1
+        "SELECT count(*) FROM remote WHERE sha256 = ?1 AND kind = 1 AND verified >= 1
             AND NOT (ns = ?2 AND path = ?3)",
     )?
     .query_row(params![sha, ns, path], |r| r.get(0))
@@ -295,7 +302,7 @@ pub fn remote_with_sha(
 ) -> MetaResult<Option<(String, Vec<u8>, RemoteRow)>> {
     let sql = format!(
         "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
-            AND (verified = 1 OR ?2 = 0) ORDER BY verified DESC, at_ns DESC LIMIT 1"
+            AND (verified >= 1 OR ?2 = 0) ORDER BY verified DESC, at_ns DESC LIMIT 1"
     );
     conn.prepare_cached(&sql)?
         .query_row(params![sha, verified_only as i64], |r| {
@@ -311,7 +318,7 @@ pub fn block_in_backend(conn: &Connection, id: &[u8]) -> MetaResult<Option<Vec<i
     let mut st = conn.prepare_cached(
         "SELECT fb.ino, (i.synced_version = i.version AND i.sha256 IS NOT NULL AND EXISTS
                  (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1
-                    AND r.verified = 1))
+                    AND r.verified >= 1))
          FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino WHERE fb.block = ?1",
     )?;
     let mut inos = Vec::new();
@@ -346,7 +353,7 @@ pub fn dirty_bytes(conn: &Connection, inline_max: u32) -> MetaResult<u64> {
            AND EXISTS (SELECT 1 FROM file_blocks fb JOIN inodes i ON i.ino = fb.ino
                 WHERE fb.block = b.id AND (i.sha256 IS NULL OR i.synced_version != i.version
                     OR NOT EXISTS (SELECT 1 FROM remote r WHERE r.sha256 = i.sha256 AND r.kind = 1
-                        AND r.verified = 1)))",
+                        AND r.verified >= 1)))",
         [inline_max as i64],
         |r| r.get::<_, i64>(0),
     )

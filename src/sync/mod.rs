@@ -35,6 +35,8 @@ pub(crate) struct NsHealth {
     /// namespace waits (one failing request per pause, not one per path).
     pub failures: u32,
     pub paused_until: Option<Instant>,
+    /// Whether the store refuses writes whose condition fails.
+    pub conditional_writes: Option<bool>,
 }
 
 pub(crate) struct Inner {
@@ -150,6 +152,26 @@ pub struct Sidecar {
     inner: Arc<Inner>,
 }
 
+/// Whether `be` refuses a write whose condition fails: it writes a hidden
+/// object, writes it again "only if absent", and removes it. Stores that
+/// accept conditions and ignore them (Garage, some gateways) take the
+/// second write.
+pub async fn honours_conditions(be: &dyn Backend) -> Result<bool, BackendError> {
+    let key = format!(".locker-probe-{:016x}", fastrand::u64(..));
+    let m = crate::backend::ObjMeta::default();
+    be.put(&key, b"probe".to_vec(), &m, &crate::backend::Cond::IfAbsent)
+        .await?;
+    let again = be
+        .put(&key, b"again".to_vec(), &m, &crate::backend::Cond::IfAbsent)
+        .await;
+    let _ = be.delete(&key).await;
+    match again {
+        Ok(_) => Ok(false),
+        Err(e) if e.path_only && e.kind == crate::backend::ErrorKind::Transient => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens the backend a namespace's settings describe.
 pub fn open_backend(
     name: &str,
@@ -237,6 +259,7 @@ impl Sidecar {
             .enable_all()
             .build()?;
         let mut backends = HashMap::new();
+        let mut conditional = HashMap::new();
         for (name, ns) in &cfg.namespaces {
             let b = open_backend(name, ns, data_dir)
                 .map_err(|e| anyhow::anyhow!("namespace {name}: {e}"))?;
@@ -250,9 +273,33 @@ impl Sidecar {
                 }
             }
             tracing::info!(namespace = %name, backend = %b.describe(), "backend ready");
+            let probe = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), honours_conditions(b.as_ref())).await
+            });
+            match probe {
+                Ok(Ok(true)) => {
+                    conditional.insert(name.clone(), true);
+                }
+                Ok(Ok(false)) => {
+                    tracing::warn!(namespace = %name, backend = %b.describe(), "this store ignores conditional writes: a change made meanwhile on another host is found from each object's base and kept as a conflict copy, not refused by the store");
+                    conditional.insert(name.clone(), false);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(namespace = %name, error = %e, "could not tell whether the store honours conditional writes")
+                }
+                Err(_) => {
+                    tracing::warn!(namespace = %name, "could not tell whether the store honours conditional writes: no answer within 30 s")
+                }
+            }
             backends.insert(name.clone(), b);
         }
         let sidecar = Sidecar::start_with(rt, core, cfg, data_dir, backends)?;
+        {
+            let mut h = sidecar.inner.health.lock().unwrap();
+            for (name, ok) in conditional {
+                h.entry(name).or_default().conditional_writes = Some(ok);
+            }
+        }
         status::serve(sidecar.inner.clone(), data_dir, sidecar.rt.handle().clone())?;
         Ok(sidecar)
     }
@@ -357,5 +404,7 @@ pub(crate) fn row_of(info: &crate::backend::ObjInfo, target: Option<Vec<u8>>) ->
         at_ns: now_ns(),
         // What an object's metadata says of its content is only a label.
         verified: false,
+        own: false,
+        base: meta.base,
     }
 }

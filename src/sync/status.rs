@@ -25,6 +25,10 @@ pub struct NsStatus {
     pub oldest_age_s: Option<f64>,
     pub last_error: Option<String>,
     pub last_refresh_age_s: Option<f64>,
+    /// Whether the store refuses a write whose condition fails (checked
+    /// once at start); `None` if not known.
+    #[serde(default)]
+    pub conditional_writes: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +79,7 @@ fn collect(inner: &Inner) -> Status {
                     .map(|t| (now - t).max(0) as f64 / 1e9),
                 last_error: st.and_then(|s| s.last_error.clone()).or(h.last_error),
                 last_refresh_age_s: h.last_refresh.map(|t| t.elapsed().as_secs_f64()),
+                conditional_writes: h.conditional_writes,
                 name,
             }
         })

@@ -673,3 +673,70 @@ fn a_listing_never_brings_back_what_a_queued_removal_is_about_to_delete() {
     assert!(rig.ino("corp/d").is_none());
     assert_eq!(rig.stores.corp().keys(), Vec::<String>::new());
 }
+
+// ---- two hosts, one store that ignores conditional writes ----
+
+#[test]
+fn concurrent_writes_on_a_store_that_ignores_conditions_keep_both_versions() {
+    let stores = Stores::new();
+    stores.corp().set_ignore_conditions(true);
+    let a = Rig::on(stores.clone(), "");
+    let b = Rig::on(stores.clone(), "");
+    a.write("corp/shared.txt", b"v0");
+    a.drained();
+    b.refresh();
+    assert_eq!(b.read("corp/shared.txt").unwrap(), b"v0");
+    // Both hosts look (HEAD) before either write lands, and the store takes
+    // both writes whatever their If-Match says.
+    for r in [&a, &b] {
+        r.fault["corp"].inject(
+            Some("put"),
+            Some("shared"),
+            Fault::Delay(Duration::from_millis(400)),
+            Some(1),
+        );
+    }
+    a.write("corp/shared.txt", b"from-a");
+    b.write("corp/shared.txt", b"from-b");
+    std::thread::scope(|s| {
+        s.spawn(|| a.drained());
+        s.spawn(|| b.drained());
+    });
+    for _ in 0..2 {
+        a.refresh();
+        b.refresh();
+        a.drained();
+        b.drained();
+    }
+    let mem = stores.corp();
+    let mut stored: Vec<Vec<u8>> = mem.keys().iter().filter_map(|k| object(mem, k)).collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [b"from-a".to_vec(), b"from-b".to_vec()],
+        "keys: {:?}",
+        mem.keys()
+    );
+    for r in [&a, &b] {
+        let mut here: Vec<Vec<u8>> = names(r, "corp")
+            .iter()
+            .map(|n| r.read(&format!("corp/{n}")).unwrap())
+            .collect();
+        here.sort();
+        assert_eq!(here, stored, "a host lost a version");
+    }
+}
+
+#[test]
+fn whether_a_store_honours_conditional_writes_is_found_and_leaves_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mem = MemoryBackend::new();
+    assert!(rt.block_on(super::honours_conditions(&mem)).unwrap());
+    mem.set_ignore_conditions(true);
+    assert!(!rt.block_on(super::honours_conditions(&mem)).unwrap());
+    assert_eq!(mem.keys(), Vec::<String>::new());
+    let dir = tempfile::tempdir().unwrap();
+    let local = crate::backend::local::LocalBackend::open(dir.path(), "", false).unwrap();
+    assert!(rt.block_on(super::honours_conditions(&local)).unwrap());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

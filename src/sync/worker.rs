@@ -140,11 +140,18 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
     inner.notify.notify_one();
 }
 
-fn file_meta(f: &FileSnap, sha: [u8; 32]) -> ObjMeta {
+/// The metadata an upload of `f` carries; `rec` is what LOCKER last knew
+/// at the path (its content is the version this one replaces).
+fn file_meta(f: &FileSnap, sha: [u8; 32], rec: Option<&RemoteRow>) -> ObjMeta {
     ObjMeta {
         sha256: Some(sha),
         mtime: Some(f.mtime),
         mode: Some(f.mode & 0o7777),
+        base: Some(
+            rec.filter(|r| r.kind == REMOTE_FILE)
+                .and_then(|r| r.sha256)
+                .unwrap_or(crate::backend::NO_BASE),
+        ),
     }
 }
 
@@ -272,9 +279,9 @@ async fn push_other(
         }
         LocalEntry::Dir { mode, mtime } => {
             let meta = ObjMeta {
-                sha256: None,
                 mtime: Some(mtime),
                 mode: Some(mode),
+                ..Default::default()
             };
             let etag = match &head {
                 Some(h) if h.kind == ObjKind::Dir => h.etag.clone(),
@@ -299,6 +306,8 @@ async fn push_other(
                 target: None,
                 at_ns: now_ns(),
                 verified: false,
+                own: false,
+                base: None,
             };
             done(inner, e, seq, Some(row)).await
         }
@@ -327,9 +336,9 @@ async fn push_other(
                 return conflict(inner, e, row).await;
             }
             let meta = ObjMeta {
-                sha256: None,
                 mtime: Some(mtime),
                 mode: Some(mode),
+                ..Default::default()
             };
             if head.as_ref().is_some_and(|h| h.kind == ObjKind::Dir) {
                 be.delete_dir(&key).await?;
@@ -345,6 +354,8 @@ async fn push_other(
                 target: Some(target),
                 at_ns: now_ns(),
                 verified: false,
+                own: false,
+                base: None,
             };
             done(inner, e, seq, Some(row)).await
         }
@@ -381,7 +392,7 @@ async fn push_file(
             blocking(move || core.snap_sha256(&f2)).await?
         }
     };
-    let meta = file_meta(&f, sha);
+    let meta = file_meta(&f, sha, rec.as_ref());
     let head = be.head(&key).await?;
     let foreign = match (&rec, &head) {
         (Some(r), Some(h)) => r.etag != h.etag,
@@ -400,6 +411,8 @@ async fn push_file(
         target: None,
         at_ns: now_ns(),
         verified: true,
+        own: true,
+        base: None,
     };
     if let Some(h) = &head {
         let hmeta = h.meta.clone().unwrap_or_default();
@@ -414,7 +427,10 @@ async fn push_file(
             }) || holds_content(be.as_ref(), &key, &h.etag, h.size, &sha).await?);
         if same {
             if hmeta.mode == meta.mode && hmeta.mtime == meta.mtime {
-                return done(inner, e, seq, Some(row(h.etag.clone()))).await;
+                // Whoever wrote it, it was not this push.
+                let mut r = row(h.etag.clone());
+                r.own = rec.as_ref().is_some_and(|r| r.own && r.etag == h.etag);
+                return done(inner, e, seq, Some(r)).await;
             }
             let etag = be.copy(&key, Some(&h.etag), &key, &meta).await?;
             return done(inner, e, seq, Some(row(etag))).await;
