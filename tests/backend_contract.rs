@@ -139,7 +139,9 @@ async fn contract(be: &dyn Backend) {
     );
 
     // directories (markers) and symlinks.
-    be.put_dir("empty", &ObjMeta::default()).await.unwrap();
+    be.put_dir("empty", &ObjMeta::default(), &Cond::IfAbsent)
+        .await
+        .unwrap();
     assert_eq!(be.head("empty").await.unwrap().unwrap().kind, ObjKind::Dir);
     assert!(
         be.list("")
@@ -150,7 +152,7 @@ async fn contract(be: &dyn Backend) {
     );
     be.delete_dir("empty").await.unwrap();
     assert!(be.head("empty").await.unwrap().is_none());
-    be.put_symlink("ln", b"a/d.txt", &ObjMeta::default())
+    be.put_symlink("ln", b"a/d.txt", &ObjMeta::default(), &Cond::IfAbsent)
         .await
         .unwrap();
     assert_eq!(be.head("ln").await.unwrap().unwrap().kind, ObjKind::Symlink);
@@ -159,9 +161,15 @@ async fn contract(be: &dyn Backend) {
     // copy: conditional on the source's ETag, with new metadata.
     let src = be.head("a/d.txt").await.unwrap().unwrap();
     let m5 = meta(5, b"a/d.txt");
-    be.copy("a/d.txt", Some(&src.etag), "copied/d.txt", &m5)
-        .await
-        .unwrap();
+    be.copy(
+        "a/d.txt",
+        Some(&src.etag),
+        "copied/d.txt",
+        &m5,
+        &Cond::IfAbsent,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         be.get_range("copied/d.txt", None, 0, 100).await.unwrap(),
         b"a/d.txt"
@@ -181,6 +189,7 @@ async fn contract(be: &dyn Backend) {
             Some("0123456789abcdef0123456789abcdef"),
             "copied/x.txt",
             &m5,
+            &Cond::Any,
         )
         .await
         .unwrap_err();
@@ -195,7 +204,7 @@ async fn contract(be: &dyn Backend) {
         mode: Some(0o600),
         ..m5.clone()
     };
-    be.copy("copied/d.txt", None, "copied/d.txt", &m6)
+    be.copy("copied/d.txt", None, "copied/d.txt", &m6, &Cond::Any)
         .await
         .unwrap();
     let h = be.head("copied/d.txt").await.unwrap().unwrap();
@@ -206,9 +215,64 @@ async fn contract(be: &dyn Backend) {
     );
 
     // delete: gone, and deleting again is fine.
-    be.delete("ab.txt").await.unwrap();
+    be.delete("ab.txt", &Cond::Any).await.unwrap();
     assert!(be.head("ab.txt").await.unwrap().is_none());
-    be.delete("ab.txt").await.unwrap();
+    be.delete("ab.txt", &Cond::Any).await.unwrap();
+
+    // Every write is conditional where asked: a changed or present object
+    // is never replaced or removed, and the refusal is a transient error
+    // of the path (the caller looks again).
+    let cur = be
+        .put("cond/x.txt", b"mine".to_vec(), &m5, &Cond::IfAbsent)
+        .await
+        .unwrap();
+    let stale = Cond::IfMatch("0123456789abcdef0123456789abcdef".into());
+    let refused = |e: locker::backend::BackendError| {
+        assert!(e.kind == ErrorKind::Transient && e.path_only, "{e}");
+    };
+    refused(
+        be.put("cond/x.txt", b"other".to_vec(), &m5, &Cond::IfAbsent)
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        be.put("cond/x.txt", b"other".to_vec(), &m5, &stale)
+            .await
+            .unwrap_err(),
+    );
+    refused(be.delete("cond/x.txt", &stale).await.unwrap_err());
+    refused(
+        be.copy("a/d.txt", None, "cond/x.txt", &m5, &Cond::IfAbsent)
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        be.copy("a/d.txt", None, "cond/x.txt", &m5, &stale)
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        be.put_symlink("cond/x.txt", b"x", &ObjMeta::default(), &Cond::IfAbsent)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(be.head("cond/x.txt").await.unwrap().unwrap().etag, cur);
+    assert_eq!(
+        be.get_range("cond/x.txt", None, 0, 100).await.unwrap(),
+        b"mine"
+    );
+    let e2 = be
+        .copy(
+            "a/d.txt",
+            None,
+            "cond/x.txt",
+            &m5,
+            &Cond::IfMatch(cur.clone()),
+        )
+        .await
+        .unwrap();
+    be.delete("cond/x.txt", &Cond::IfMatch(e2)).await.unwrap();
+    assert!(be.head("cond/x.txt").await.unwrap().is_none());
 
     // multipart: equal parts sent out of order, then a shorter last part.
     let part = 5 << 20;

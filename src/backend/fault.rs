@@ -211,9 +211,9 @@ impl Backend for FaultBackend {
         self.inner.list(prefix).await
     }
 
-    async fn delete(&self, key: &str) -> BResult<()> {
+    async fn delete(&self, key: &str, cond: &Cond) -> BResult<()> {
         self.enter("delete", key).await?;
-        self.inner.delete(key).await
+        self.inner.delete(key, cond).await
     }
 
     async fn copy(
@@ -222,14 +222,15 @@ impl Backend for FaultBackend {
         src_etag: Option<&str>,
         dst: &str,
         meta: &ObjMeta,
+        cond: &Cond,
     ) -> BResult<String> {
         self.enter("copy", dst).await?;
-        self.inner.copy(src, src_etag, dst, meta).await
+        self.inner.copy(src, src_etag, dst, meta, cond).await
     }
 
-    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+    async fn put_dir(&self, key: &str, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
         self.enter("put_dir", key).await?;
-        self.inner.put_dir(key, meta).await
+        self.inner.put_dir(key, meta, cond).await
     }
 
     async fn delete_dir(&self, key: &str) -> BResult<()> {
@@ -237,9 +238,15 @@ impl Backend for FaultBackend {
         self.inner.delete_dir(key).await
     }
 
-    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+    async fn put_symlink(
+        &self,
+        key: &str,
+        target: &[u8],
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
         self.enter("put_symlink", key).await?;
-        self.inner.put_symlink(key, target, meta).await
+        self.inner.put_symlink(key, target, meta, cond).await
     }
 
     async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {

@@ -27,7 +27,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::{
     BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta,
-    check_key, hex, unhex32,
+    check_key, cond_holds, cond_refused, hex, unhex32,
 };
 use crate::core::Timestamp;
 
@@ -452,6 +452,7 @@ impl Backend for LocalBackend {
             Ok(Multipart {
                 key,
                 id: name,
+                size,
                 meta,
                 cond: Cond::Any,
             })
@@ -589,13 +590,17 @@ impl Backend for LocalBackend {
         .await
     }
 
-    async fn delete(&self, key: &str) -> BResult<()> {
-        let (w, key) = (self.walker(), key.to_string());
+    async fn delete(&self, key: &str, cond: &Cond) -> BResult<()> {
+        let (w, key, cond) = (self.walker(), key.to_string(), cond.clone());
         blocking(move || {
             let (parent, name) = split_key(&key)?;
             let Some(dir) = w.dir_opt(&parent)? else {
                 return Ok(());
             };
+            let now = dir.lstat_opt(name)?;
+            if now.is_some() && !cond_holds(&cond, now.as_ref().map(etag_of).as_deref()) {
+                return Err(cond_refused(&key));
+            }
             match dir.unlink(name, false) {
                 Ok(()) => {
                     dir.sync();
@@ -614,9 +619,10 @@ impl Backend for LocalBackend {
         src_etag: Option<&str>,
         dst: &str,
         meta: &ObjMeta,
+        cond: &Cond,
     ) -> BResult<String> {
         let w = self.walker();
-        let (src, dst) = (src.to_string(), dst.to_string());
+        let (src, dst, cond) = (src.to_string(), dst.to_string(), cond.clone());
         let meta = meta.clone();
         let want = src_etag.map(str::to_string);
         blocking(move || {
@@ -667,18 +673,21 @@ impl Backend for LocalBackend {
                 ddir.remove_quietly(&tmp);
                 return Err(e);
             }
-            install(&ddir, &tmp, dname, &Cond::Any)
+            install(&ddir, &tmp, dname, &cond)
         })
         .await
     }
 
-    async fn put_dir(&self, key: &str, _meta: &ObjMeta) -> BResult<String> {
-        let (w, key) = (self.walker(), key.to_string());
+    async fn put_dir(&self, key: &str, _meta: &ObjMeta, cond: &Cond) -> BResult<String> {
+        let (w, key, cond) = (self.walker(), key.to_string(), cond.clone());
         blocking(move || {
             let (parent, name) = split_key(&key)?;
             let dir = w.dir(&parent, true)?;
             match dir.lstat_opt(name)? {
                 Some(m) if m.is_dir() => return Ok("dir".into()),
+                Some(m) if !cond_holds(&cond, Some(&etag_of(&m))) => {
+                    return Err(cond_refused(&key));
+                }
                 // A file or symlink in the way is replaced (never followed).
                 Some(_) => dir
                     .unlink(name, false)
@@ -734,8 +743,14 @@ impl Backend for LocalBackend {
         .await
     }
 
-    async fn put_symlink(&self, key: &str, target: &[u8], _meta: &ObjMeta) -> BResult<String> {
-        let (w, key) = (self.walker(), key.to_string());
+    async fn put_symlink(
+        &self,
+        key: &str,
+        target: &[u8],
+        _meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
+        let (w, key, cond) = (self.walker(), key.to_string(), cond.clone());
         let target = target.to_vec();
         blocking(move || {
             let (parent, name) = split_key(&key)?;
@@ -743,7 +758,7 @@ impl Backend for LocalBackend {
             let tmp = tmp_name();
             rustix::fs::symlinkat(OsStr::from_bytes(&target), dir.fd(), tmp.as_str())
                 .map_err(|e| io_err("symlink", &dir.show(&tmp), e.into()))?;
-            install(&dir, &tmp, name, &Cond::Any)
+            install(&dir, &tmp, name, &cond)
         })
         .await
     }
@@ -921,11 +936,13 @@ mod tests {
         let m = ObjMeta::default();
         rt.block_on(async {
             // A user's symlink, absolute and relative, to the canary.
-            be.put_symlink("x", canary.path().as_os_str().as_bytes(), &m)
+            be.put_symlink("x", canary.path().as_os_str().as_bytes(), &m, &Cond::Any)
                 .await
                 .unwrap();
             let rel = format!("../../..{}", canary.path().display());
-            be.put_symlink("r", rel.as_bytes(), &m).await.unwrap();
+            be.put_symlink("r", rel.as_bytes(), &m, &Cond::Any)
+                .await
+                .unwrap();
             for link in ["x", "r"] {
                 let e = be
                     .put(&format!("{link}/evil"), b"data".to_vec(), &m, &Cond::Any)
@@ -933,10 +950,18 @@ mod tests {
                     .unwrap_err();
                 assert_eq!(e.kind, ErrorKind::Transient, "{e}");
                 assert!(e.path_only, "{e}");
-                assert!(be.put_dir(&format!("{link}/s"), &m).await.is_err());
-                assert!(be.put_dir(&format!("{link}/s/t"), &m).await.is_err());
                 assert!(
-                    be.put_symlink(&format!("{link}/l"), b"/etc", &m)
+                    be.put_dir(&format!("{link}/s"), &m, &Cond::Any)
+                        .await
+                        .is_err()
+                );
+                assert!(
+                    be.put_dir(&format!("{link}/s/t"), &m, &Cond::Any)
+                        .await
+                        .is_err()
+                );
+                assert!(
+                    be.put_symlink(&format!("{link}/l"), b"/etc", &m, &Cond::Any)
                         .await
                         .is_err()
                 );
@@ -954,16 +979,20 @@ mod tests {
                 // Through a link, a key names nothing: absent, and deleting
                 // it removes nothing.
                 assert_eq!(be.head(&format!("{link}/secret")).await.unwrap(), None);
-                be.delete(&format!("{link}/secret")).await.unwrap();
-                be.delete(&format!("{link}/sub/inner")).await.unwrap();
+                be.delete(&format!("{link}/secret"), &Cond::Any)
+                    .await
+                    .unwrap();
+                be.delete(&format!("{link}/sub/inner"), &Cond::Any)
+                    .await
+                    .unwrap();
                 be.delete_dir(&format!("{link}/sub")).await.unwrap();
                 assert!(
-                    be.copy(&format!("{link}/secret"), None, "stolen", &m)
+                    be.copy(&format!("{link}/secret"), None, "stolen", &m, &Cond::Any)
                         .await
                         .is_err()
                 );
                 assert!(
-                    be.copy("x", None, &format!("{link}/evil"), &m)
+                    be.copy("x", None, &format!("{link}/evil"), &m, &Cond::Any)
                         .await
                         .is_err()
                 );
@@ -981,11 +1010,11 @@ mod tests {
                 be.read_symlink("x").await.unwrap(),
                 canary.path().as_os_str().as_bytes()
             );
-            be.put_dir("x", &m).await.unwrap();
+            be.put_dir("x", &m, &Cond::Any).await.unwrap();
             be.put("x/evil", b"data".to_vec(), &m, &Cond::Any)
                 .await
                 .unwrap();
-            be.delete("r").await.unwrap();
+            be.delete("r", &Cond::Any).await.unwrap();
         });
         assert_eq!(tree(canary.path()), before, "the canary changed");
         assert_eq!(fs::read(canary.path().join("secret")).unwrap(), b"outside");

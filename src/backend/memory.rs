@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::{
     BResult, Backend, BackendError, Cond, Multipart, ObjInfo, ObjKind, ObjMeta, check_key,
+    cond_holds, cond_refused,
 };
 
 /// One stored entry.
@@ -40,10 +41,6 @@ pub struct MemoryBackend {
     ignore_conditions: AtomicBool,
     /// Requests served, by operation name, for tests that count them.
     calls: Mutex<HashMap<&'static str, u64>>,
-}
-
-fn refused(key: &str) -> BackendError {
-    BackendError::transient(format!("{key} changed meanwhile; not overwritten")).for_path()
 }
 
 impl MemoryBackend {
@@ -103,13 +100,8 @@ impl MemoryBackend {
     fn store(&self, key: &str, mut obj: Object, cond: &Cond) -> BResult<String> {
         let mut map = self.objects.lock().unwrap();
         let now = map.get(key);
-        let holds = match cond {
-            Cond::Any => true,
-            Cond::IfAbsent => now.is_none(),
-            Cond::IfMatch(e) => now.is_some_and(|o| &o.etag == e),
-        };
-        if !holds && !self.ignore_conditions.load(Ordering::SeqCst) {
-            return Err(refused(key));
+        if !self.holds(cond, now) {
+            return Err(cond_refused(key));
         }
         if now.is_some_and(|o| o.kind == ObjKind::Dir) && obj.kind != ObjKind::Dir {
             return Err(
@@ -120,6 +112,12 @@ impl MemoryBackend {
         let etag = obj.etag.clone();
         map.insert(key.to_string(), obj);
         Ok(etag)
+    }
+
+    /// Whether `cond` holds for `now` (always, when conditions are ignored).
+    fn holds(&self, cond: &Cond, now: Option<&Object>) -> bool {
+        self.ignore_conditions.load(Ordering::SeqCst)
+            || cond_holds(cond, now.map(|o| o.etag.as_str()))
     }
 
     fn info(key: &str, o: &Object, with_meta: bool) -> ObjInfo {
@@ -178,6 +176,7 @@ impl Backend for MemoryBackend {
         Ok(Multipart {
             key: key.to_string(),
             id,
+            size: _size,
             meta: meta.clone(),
             cond: Cond::Any,
         })
@@ -284,12 +283,16 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    async fn delete(&self, key: &str) -> BResult<()> {
+    async fn delete(&self, key: &str, cond: &Cond) -> BResult<()> {
         self.count("delete");
         check_key(key)?;
         let mut map = self.objects.lock().unwrap();
-        if map.get(key).is_some_and(|o| o.kind == ObjKind::Dir) {
+        let now = map.get(key);
+        if now.is_some_and(|o| o.kind == ObjKind::Dir) {
             return Err(BackendError::permanent(format!("{key} is a directory")).for_path());
+        }
+        if now.is_some() && !self.holds(cond, now) {
+            return Err(cond_refused(key));
         }
         map.remove(key);
         Ok(())
@@ -301,6 +304,7 @@ impl Backend for MemoryBackend {
         src_etag: Option<&str>,
         dst: &str,
         meta: &ObjMeta,
+        cond: &Cond,
     ) -> BResult<String> {
         self.count("copy");
         check_key(src)?;
@@ -322,15 +326,19 @@ impl Backend for MemoryBackend {
             meta: meta.clone(),
             ..o
         };
-        self.store(dst, obj, &Cond::Any)
+        self.store(dst, obj, cond)
     }
 
-    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+    async fn put_dir(&self, key: &str, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
         self.count("put_dir");
         check_key(key)?;
         let mut map = self.objects.lock().unwrap();
-        if map.get(key).is_some_and(|o| o.kind == ObjKind::Dir) {
+        let now = map.get(key);
+        if now.is_some_and(|o| o.kind == ObjKind::Dir) {
             return Ok("dir".into());
+        }
+        if !self.holds(cond, now) {
+            return Err(cond_refused(key));
         }
         map.insert(
             key.to_string(),
@@ -354,7 +362,13 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+    async fn put_symlink(
+        &self,
+        key: &str,
+        target: &[u8],
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
         self.count("put_symlink");
         check_key(key)?;
         let obj = Object {
@@ -363,7 +377,7 @@ impl Backend for MemoryBackend {
             meta: meta.clone(),
             etag: String::new(),
         };
-        self.store(key, obj, &Cond::Any)
+        self.store(key, obj, cond)
     }
 
     async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {

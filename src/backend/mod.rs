@@ -128,6 +128,8 @@ pub enum Cond {
 pub struct Multipart {
     pub key: String,
     pub id: String,
+    /// Size of the whole object.
+    pub size: u64,
     /// The metadata the finished object gets.
     pub meta: ObjMeta,
     /// The condition the completion is subject to.
@@ -187,31 +189,56 @@ pub trait Backend: Send + Sync {
     /// recursively.
     async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>>;
 
-    /// Removes a file or symlink; absent is not an error.
-    async fn delete(&self, key: &str) -> BResult<()>;
+    /// Removes a file or symlink, only if `cond` holds (else a transient
+    /// error of this path); absent is not an error.
+    async fn delete(&self, key: &str, cond: &Cond) -> BResult<()>;
 
     /// Copies `src` to `dst` inside the backend (never through this
     /// machine), giving `dst` the metadata `meta`; with `src_etag`, only if
-    /// the source still has that ETag. `src == dst` rewrites the metadata
-    /// only.
+    /// the source still has that ETag, and only if `cond` holds at `dst`.
+    /// `src == dst` rewrites the metadata only.
     async fn copy(
         &self,
         src: &str,
         src_etag: Option<&str>,
         dst: &str,
         meta: &ObjMeta,
+        cond: &Cond,
     ) -> BResult<String>;
 
-    /// Makes the directory (marker) `key`.
-    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String>;
+    /// Makes the directory (marker) `key`, only if `cond` holds there (a
+    /// directory already there satisfies `IfAbsent`).
+    async fn put_dir(&self, key: &str, meta: &ObjMeta, cond: &Cond) -> BResult<String>;
 
     /// Removes the directory (marker) `key`.
     async fn delete_dir(&self, key: &str) -> BResult<()>;
 
-    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String>;
+    /// Stores a symlink at `key`, only if `cond` holds there.
+    async fn put_symlink(
+        &self,
+        key: &str,
+        target: &[u8],
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String>;
 
     /// The target of the symlink at `key`.
     async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>>;
+}
+
+/// Whether `cond` holds for what is at a key now (`etag` of a file or
+/// symlink; `None` if nothing is there).
+pub fn cond_holds(cond: &Cond, etag: Option<&str>) -> bool {
+    match cond {
+        Cond::Any => true,
+        Cond::IfAbsent => etag.is_none(),
+        Cond::IfMatch(e) => etag == Some(e.as_str()),
+    }
+}
+
+/// The error of a write whose condition did not hold.
+pub fn cond_refused(key: &str) -> BackendError {
+    BackendError::transient(format!("{key} changed meanwhile; not overwritten")).for_path()
 }
 
 /// Lowercase hex.

@@ -30,7 +30,7 @@ use md5::{Digest, Md5};
 
 use super::{
     BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta,
-    check_key, hex, unhex32,
+    check_key, cond_holds, cond_refused, hex, unhex32,
 };
 use crate::config::NamespaceConfig;
 
@@ -315,13 +315,16 @@ impl S3Backend {
             return Ok(etag);
         }
         // Stores that do not use the MD5 as ETag (encryption at rest, some
-        // gateways): confirm by reading back size and checksum.
-        self.confirm(full, len as u64, &meta).await?;
+        // gateways): confirm that the object there is the one this write
+        // made (its ETag) with the size sent. Not by the checksum label:
+        // that is ours, and anyone may set it.
+        self.confirm(full, len as u64, &etag).await?;
         Ok(etag)
     }
 
-    /// Heads `full` and checks its size and metadata checksum.
-    async fn confirm(&self, full: &str, size: u64, meta: &HashMap<String, String>) -> BResult<()> {
+    /// Heads `full`: it must be the version with ETag `etag` (the one a
+    /// write just made), of `size` bytes.
+    async fn confirm(&self, full: &str, size: u64, etag: &str) -> BResult<()> {
         let h = self
             .client
             .head_object()
@@ -331,10 +334,10 @@ impl S3Backend {
             .await
             .map_err(|e| classify("head", full, e))?;
         let got_size = h.content_length().unwrap_or(-1);
-        let got_sha = h.metadata().and_then(|m| m.get(META_SHA));
-        if got_size != size as i64 || got_sha != meta.get(META_SHA) {
+        let got_etag = unquote(h.e_tag().unwrap_or(""));
+        if etag.is_empty() || got_etag != etag || got_size != size as i64 {
             return Err(BackendError::transient(format!(
-                "put {full}: the store holds {got_size} bytes, expected {size}; not confirmed"
+                "write of {full}: the store holds {got_size} bytes as version {got_etag:?}, expected {size} as {etag:?}; not confirmed"
             )));
         }
         Ok(())
@@ -420,12 +423,14 @@ impl S3Backend {
         }
     }
 
-    async fn delete_full(&self, full: &str) -> BResult<()> {
+    /// Deletes `full`; with `if_match`, only that version.
+    async fn delete_full(&self, full: &str, if_match: Option<&str>) -> BResult<()> {
         match self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(full)
+            .set_if_match(if_match.map(|e| format!("\"{e}\"")))
             .send()
             .await
         {
@@ -451,6 +456,7 @@ impl S3Backend {
         to: &str,
         size: u64,
         map: HashMap<String, String>,
+        cond: &Cond,
     ) -> BResult<String> {
         let id = self.create_upload(to, map).await?;
         let mut parts = Vec::new();
@@ -488,7 +494,7 @@ impl S3Backend {
             self.abort_upload(to, &id).await;
             return Err(e);
         }
-        self.complete_upload(to, &id, parts, &Cond::Any).await
+        self.complete_upload(to, &id, parts, cond).await
     }
 }
 
@@ -545,6 +551,7 @@ impl Backend for S3Backend {
         Ok(Multipart {
             key: key.to_string(),
             id,
+            size: _size,
             meta: meta.clone(),
             cond: Cond::Any,
         })
@@ -609,21 +616,10 @@ impl Backend for S3Backend {
         if ok && etag == want {
             return Ok(etag);
         }
-        let h = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| classify("head", &full, e))?;
-        let sha = h.metadata().and_then(|m| m.get(META_SHA)).cloned();
-        if sha != mp.meta.sha256.map(|s| hex(&s)) {
-            return Err(BackendError::transient(format!(
-                "complete upload of {full}: checksum not confirmed"
-            )));
-        }
-        Ok(unquote(h.e_tag().unwrap_or(&etag)))
+        // Stores that compute another ETag: the object there must be the
+        // one the completion made, with the size sent.
+        self.confirm(&full, mp.size, &etag).await?;
+        Ok(etag)
     }
 
     async fn multipart_abort(&self, mp: &Multipart) {
@@ -752,9 +748,13 @@ impl Backend for S3Backend {
         Ok(out)
     }
 
-    async fn delete(&self, key: &str) -> BResult<()> {
+    async fn delete(&self, key: &str, cond: &Cond) -> BResult<()> {
         let full = self.full(key)?;
-        self.delete_full(&full).await
+        let if_match = match cond {
+            Cond::IfMatch(e) => Some(e.as_str()),
+            Cond::Any | Cond::IfAbsent => None,
+        };
+        self.delete_full(&full, if_match).await
     }
 
     async fn copy(
@@ -763,6 +763,7 @@ impl Backend for S3Backend {
         src_etag: Option<&str>,
         dst: &str,
         meta: &ObjMeta,
+        cond: &Cond,
     ) -> BResult<String> {
         let from = self.full(src)?;
         let to = self.full(dst)?;
@@ -776,8 +777,20 @@ impl Backend for S3Backend {
             }
         }
         if size > COPY_MAX {
-            return self.copy_parts(&from, src_etag, &to, size, map).await;
+            return self.copy_parts(&from, src_etag, &to, size, map, cond).await;
         }
+        // The destination's condition goes with the request, and is checked
+        // just before too, for stores that take it and ignore it on a copy.
+        if from != to {
+            let now = self.head_full(&to).await?;
+            if !cond_holds(
+                cond,
+                now.as_ref().and_then(|h| h.e_tag()).map(unquote).as_deref(),
+            ) {
+                return Err(cond_refused(dst));
+            }
+        }
+        let (dst_match, dst_none) = cond_headers(cond);
         let out = self
             .client
             .copy_object()
@@ -785,18 +798,28 @@ impl Backend for S3Backend {
             .key(&to)
             .copy_source(encode_copy_source(&self.bucket, &from))
             .set_copy_source_if_match(src_etag.map(|e| format!("\"{e}\"")))
+            .set_if_match(dst_match)
+            .set_if_none_match(dst_none)
             .metadata_directive(MetadataDirective::Replace)
             .set_metadata(Some(map))
             .send()
             .await
-            .map_err(|e| {
-                let mut err = classify(&format!("copy {from} to"), &to, e);
-                if err.path_only && err.kind == ErrorKind::Transient {
-                    // The source's ETag condition failed: no copy possible.
+            .map_err(|e| classify(&format!("copy {from} to"), &to, e));
+        let out = match out {
+            Ok(o) => o,
+            Err(mut err) if err.path_only && err.kind == ErrorKind::Transient => {
+                // A condition failed: the source's (no copy possible: the
+                // caller uploads instead) or the destination's (someone
+                // wrote there meanwhile: look again).
+                let now = self.head_full(&from).await?;
+                let src_now = now.as_ref().and_then(|h| h.e_tag()).map(unquote);
+                if src_etag.is_some_and(|want| src_now.as_deref() != Some(want)) {
                     err.kind = ErrorKind::Permanent;
                 }
-                err
-            })?;
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
         let etag = unquote(
             out.copy_object_result()
                 .and_then(|r| r.e_tag())
@@ -810,7 +833,7 @@ impl Backend for S3Backend {
         {
             let now = self.head_full(&from).await?;
             if now.as_ref().and_then(|h| h.e_tag()).map(unquote).as_deref() != Some(want) {
-                self.delete_full(&to).await?;
+                self.delete_full(&to, Some(&etag)).await?;
                 return Err(BackendError::permanent(format!(
                     "copy {from} to {to}: the source changed; copy withdrawn"
                 ))
@@ -820,7 +843,20 @@ impl Backend for S3Backend {
         Ok(etag)
     }
 
-    async fn put_dir(&self, key: &str, meta: &ObjMeta) -> BResult<String> {
+    async fn put_dir(&self, key: &str, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
+        // The marker is its own key: a file at `key` does not stop it, so
+        // the condition applies to the file alone.
+        if !cond_holds(
+            cond,
+            self.head_full(&self.full(key)?)
+                .await?
+                .as_ref()
+                .and_then(|h| h.e_tag())
+                .map(unquote)
+                .as_deref(),
+        ) {
+            return Err(cond_refused(key));
+        }
         let full = format!("{}/", self.full(key)?);
         self.put_full(&full, Vec::new(), meta_map(meta), &Cond::Any)
             .await
@@ -828,14 +864,20 @@ impl Backend for S3Backend {
 
     async fn delete_dir(&self, key: &str) -> BResult<()> {
         let full = format!("{}/", self.full(key)?);
-        self.delete_full(&full).await
+        self.delete_full(&full, None).await
     }
 
-    async fn put_symlink(&self, key: &str, target: &[u8], meta: &ObjMeta) -> BResult<String> {
+    async fn put_symlink(
+        &self,
+        key: &str,
+        target: &[u8],
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
         let full = self.full(key)?;
         let mut map = meta_map(meta);
         map.insert(META_TYPE.to_string(), "symlink".to_string());
-        self.put_full(&full, target.to_vec(), map, &Cond::Any).await
+        self.put_full(&full, target.to_vec(), map, cond).await
     }
 
     async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {

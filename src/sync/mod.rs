@@ -164,7 +164,7 @@ pub async fn honours_conditions(be: &dyn Backend) -> Result<bool, BackendError> 
     let again = be
         .put(&key, b"again".to_vec(), &m, &crate::backend::Cond::IfAbsent)
         .await;
-    let _ = be.delete(&key).await;
+    let _ = be.delete(&key, &crate::backend::Cond::Any).await;
     match again {
         Ok(_) => Ok(false),
         Err(e) if e.path_only && e.kind == crate::backend::ErrorKind::Transient => Ok(true),

@@ -740,3 +740,57 @@ fn whether_a_store_honours_conditional_writes_is_found_and_leaves_nothing() {
     assert!(rt.block_on(super::honours_conditions(&local)).unwrap());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+// ---- every write conditional (issue: copies, deletes, symlinks were not) ----
+
+#[test]
+fn a_write_landing_between_the_head_and_the_push_is_never_lost() {
+    let rig = Rig::new("");
+    let mem = rig.stores.mem["corp"].clone();
+    let f = rig.fault["corp"].clone();
+    rig.write("corp/a", b"moved here");
+    rig.write("corp/c", b"deleted here");
+    rig.drained();
+    // Another writer lands just before each kind of write: the copy of a
+    // rename, a delete, a symlink.
+    for (op, key, theirs) in [
+        ("copy", "b", &b"their b"[..]),
+        ("delete", "c", &b"their c"[..]),
+        ("put_symlink", "l", &b"their l"[..]),
+    ] {
+        let m = mem.clone();
+        f.inject(
+            Some(op),
+            Some(key),
+            Fault::Before(Arc::new(move || {
+                m.put_foreign(key, theirs, labelled(theirs));
+            })),
+            Some(1),
+        );
+    }
+    rig.rename("corp/a", "corp/b");
+    rig.unlink("corp/c");
+    let root = rig.ino("corp").unwrap();
+    rig.core()
+        .symlink(&Caller::ROOT, root, b"l", b"target")
+        .unwrap();
+    rig.drained();
+    rig.refresh();
+    rig.drained();
+    // Theirs kept under their names, ours beside them.
+    for (key, theirs) in [("b", &b"their b"[..]), ("c", b"their c"), ("l", b"their l")] {
+        assert_eq!(object(&mem, key).unwrap(), theirs, "{key} was overwritten");
+        assert_eq!(rig.read(&format!("corp/{key}")).unwrap(), theirs);
+    }
+    let keys = mem.keys();
+    let ours = keys
+        .iter()
+        .filter(|k| object(&mem, k).is_some_and(|d| d == b"moved here"))
+        .count();
+    assert_eq!(ours, 1, "the renamed file is in no object: {keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("l.conflict")
+            && mem.object(k).is_some_and(|o| o.kind == ObjKind::Symlink)),
+        "the symlink is in no object: {keys:?}"
+    );
+}

@@ -184,6 +184,16 @@ async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Outcome> {
     }
 }
 
+/// The condition a write to a key lands under, from what its HEAD saw: over
+/// that very file or symlink, or where there was nothing (a directory seen
+/// there was removed first).
+fn dest_cond(head: Option<&crate::backend::ObjInfo>) -> Cond {
+    match head {
+        Some(h) if h.kind != ObjKind::Dir => Cond::IfMatch(h.etag.clone()),
+        Some(_) | None => Cond::IfAbsent,
+    }
+}
+
 fn key_of(e: &QueueEntry) -> BResult<String> {
     String::from_utf8(e.path.clone()).map_err(|_| {
         BackendError::permanent(
@@ -272,7 +282,9 @@ async fn push_other(
                         tracing::warn!(namespace = %e.ns, path = %key, error = %err, "a directory removed here stays in the backend");
                     }
                 }
-                Some(_) => be.delete(&key).await?,
+                // Only the version LOCKER saw: a write landing meanwhile
+                // survives (the next attempt finds it foreign).
+                Some(h) => be.delete(&key, &Cond::IfMatch(h.etag.clone())).await?,
                 None => {}
             }
             done(inner, e, seq, None).await
@@ -290,11 +302,11 @@ async fn push_other(
                     let row = head_row(be.as_ref(), &key, h).await?;
                     return done(inner, e, seq, Some(row)).await.map(|_| Outcome::Done);
                 }
-                Some(_) => {
-                    be.delete(&key).await?;
-                    be.put_dir(&key, &meta).await?
+                Some(h) => {
+                    be.delete(&key, &Cond::IfMatch(h.etag.clone())).await?;
+                    be.put_dir(&key, &meta, &Cond::IfAbsent).await?
                 }
-                None => be.put_dir(&key, &meta).await?,
+                None => be.put_dir(&key, &meta, &Cond::IfAbsent).await?,
             };
             let row = RemoteRow {
                 kind: REMOTE_DIR,
@@ -343,7 +355,9 @@ async fn push_other(
             if head.as_ref().is_some_and(|h| h.kind == ObjKind::Dir) {
                 be.delete_dir(&key).await?;
             }
-            let etag = be.put_symlink(&key, &target, &meta).await?;
+            let etag = be
+                .put_symlink(&key, &target, &meta, &dest_cond(head.as_ref()))
+                .await?;
             let row = RemoteRow {
                 kind: REMOTE_SYMLINK,
                 size: target.len() as u64,
@@ -432,7 +446,15 @@ async fn push_file(
                 r.own = rec.as_ref().is_some_and(|r| r.own && r.etag == h.etag);
                 return done(inner, e, seq, Some(r)).await;
             }
-            let etag = be.copy(&key, Some(&h.etag), &key, &meta).await?;
+            let etag = be
+                .copy(
+                    &key,
+                    Some(&h.etag),
+                    &key,
+                    &meta,
+                    &Cond::IfMatch(h.etag.clone()),
+                )
+                .await?;
             return done(inner, e, seq, Some(row(etag))).await;
         }
         if foreign {
@@ -454,7 +476,16 @@ async fn push_file(
     {
         // Only if the source still has the ETag it had when its content
         // was confirmed; otherwise upload.
-        match be.copy(&src, Some(&src_row.etag), &key, &meta).await {
+        match be
+            .copy(
+                &src,
+                Some(&src_row.etag),
+                &key,
+                &meta,
+                &dest_cond(head.as_ref()),
+            )
+            .await
+        {
             Ok(etag) => return done(inner, e, seq, Some(row(etag))).await,
             Err(err) if err.kind == ErrorKind::Transient => return Err(err),
             Err(err) => {
@@ -470,11 +501,7 @@ async fn push_file(
     }
     // Land only over what was just seen, so a concurrent writer elsewhere
     // is never silently overwritten (the next attempt sees its change).
-    let cond = match &head {
-        Some(h) if h.kind == ObjKind::File => Cond::IfMatch(h.etag.clone()),
-        Some(_) => Cond::Any,
-        None => Cond::IfAbsent,
-    };
+    let cond = dest_cond(head.as_ref());
     let etag = upload(inner, &be, &key, f.clone(), &meta, cond).await?;
     inner.core.crash.hit("upload-sent");
     done(inner, e, seq, Some(row(etag))).await
