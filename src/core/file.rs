@@ -332,9 +332,7 @@ impl Locker {
                     st.files.insert(done.ino, fs);
                 }
                 Ok(Some(r)) => {
-                    if !st.pins.contains_key(&r.id)
-                        && !meta::block_known(&st.conn, &r.id).unwrap_or(true)
-                    {
+                    if !st.held(&r.id) && !meta::block_known(&st.conn, &r.id).unwrap_or(true) {
                         self.free_blocks(st, &[r.id]);
                     }
                 }
@@ -834,9 +832,7 @@ impl Locker {
         let ids = std::mem::take(&mut st.unpinned);
         let gone: Vec<BlockId> = ids
             .into_iter()
-            .filter(|id| {
-                !st.pins.contains_key(id) && !meta::block_known(&st.conn, id).unwrap_or(true)
-            })
+            .filter(|id| !st.held(id) && !meta::block_known(&st.conn, id).unwrap_or(true))
             .collect();
         self.free_blocks(st, &gone);
     }
@@ -851,7 +847,7 @@ impl Locker {
             return;
         }
         for id in ids {
-            if st.pins.contains_key(id) {
+            if st.held(id) {
                 continue;
             }
             if let Err(e) = self.blocks.remove(id) {

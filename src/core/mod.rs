@@ -124,8 +124,13 @@ pub(crate) struct State {
     handles: HashMap<HandleId, Handle>,
     next_handle: u64,
     /// Blocks referenced by uncommitted changes: their bytes must stay even
-    /// if no committed row names them.
+    /// if no committed row names them, and are never evicted.
     pins: HashMap<BlockId, u32>,
+    /// Blocks of snapshots being read (API downloads, uploads): never freed
+    /// while held, but evicted like any other while a backend holds the
+    /// version that names them (the reader fetches them again), so slow
+    /// readers cannot hold the cache past its bound.
+    read_pins: HashMap<BlockId, u32>,
     /// Blocks whose last pin went since the last `reap`: freed there unless
     /// a committed row (or a new pin) names them. Every path that drops a
     /// pin goes through `unpin`, so no stored block can be forgotten.
@@ -185,9 +190,33 @@ impl State {
             *n -= 1;
             if *n == 0 {
                 self.pins.remove(id);
-                self.unpinned.push(*id);
+                if !self.held(id) {
+                    self.unpinned.push(*id);
+                }
             }
         }
+    }
+
+    /// A reader (snapshot) needs the block's content until it lets go.
+    fn pin_read(&mut self, id: BlockId) {
+        *self.read_pins.entry(id).or_default() += 1;
+    }
+
+    fn unpin_read(&mut self, id: &BlockId) {
+        if let Some(n) = self.read_pins.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.read_pins.remove(id);
+                if !self.held(id) {
+                    self.unpinned.push(*id);
+                }
+            }
+        }
+    }
+
+    /// Whether anything holds the block (its bytes must not be freed).
+    fn held(&self, id: &BlockId) -> bool {
+        self.pins.contains_key(id) || self.read_pins.contains_key(id)
     }
 }
 
@@ -215,6 +244,7 @@ impl Locker {
                 handles: HashMap::new(),
                 next_handle: 1,
                 pins: HashMap::new(),
+                read_pins: HashMap::new(),
                 unpinned: Vec::new(),
                 mem_dirty: 0,
                 meta_unsynced: true,

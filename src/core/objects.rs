@@ -458,14 +458,7 @@ impl Locker {
     /// `len` bytes of a snapshot from `offset`; blocks evicted from the
     /// cache are fetched from the backend first.
     pub fn snap_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
-        match self.sync_read(snap, offset, len) {
-            Err(CoreError::Corrupt(_)) => {
-                let missing = snap.blocks_in(offset, len, |id| !self.blocks.contains(id));
-                self.fetch_snap_blocks(snap, &missing)?;
-                self.sync_read(snap, offset, len)
-            }
-            r => r,
-        }
+        self.sync_read(snap, offset, len)
     }
 
     /// The SHA-256 of a snapshot's content: the known one, or computed (and

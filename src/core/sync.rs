@@ -474,7 +474,7 @@ impl Locker {
                     inline.insert(b.id, Arc::new(d));
                 }
             } else {
-                st.pin(b.id);
+                st.pin_read(b.id);
             }
         }
         let writers = st
@@ -501,7 +501,7 @@ impl Locker {
         let st = &mut *st;
         for (_, b) in &snap.blocks {
             if b.len >= INLINE_MAX {
-                st.unpin(&b.id);
+                st.unpin_read(&b.id);
             }
         }
         self.reap_unpinned(st);
@@ -511,20 +511,24 @@ impl Locker {
     /// since (the file was confirmed elsewhere, then moved or copied) are
     /// fetched back through the same checked path as a reader's.
     pub fn sync_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
-        let end = snap.size.min(offset + len);
-        let missing: Vec<BlockRef> = snap
-            .blocks
-            .iter()
-            .filter(|(i, b)| {
-                let s = i * BLOCK_SIZE;
-                s < end && s + b.len as u64 > offset && b.len >= INLINE_MAX
-            })
-            .map(|(_, b)| *b)
-            .filter(|b| !self.blocks.contains(&b.id))
-            .collect();
-        if !missing.is_empty() {
-            self.fetch_snap_blocks(snap, &missing)?;
+        // A block fetched for this read may be evicted again before it is
+        // read (the cache is small and others read too): then once more.
+        let mut tries = 0;
+        loop {
+            let missing = snap.blocks_in(offset, len, |id| !self.blocks.contains(id));
+            if !missing.is_empty() {
+                self.fetch_snap_blocks(snap, &missing)?;
+            }
+            match self.read_snap_here(snap, offset, len) {
+                Err(CoreError::Corrupt(_)) if tries < 3 => tries += 1,
+                r => return r,
+            }
         }
+    }
+
+    /// `sync_read` of blocks that are all in the cache (or inline).
+    fn read_snap_here(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        let end = snap.size.min(offset + len);
         let mut out = vec![0u8; end.saturating_sub(offset) as usize];
         let first = offset / BLOCK_SIZE;
         let start = snap.blocks.partition_point(|(i, _)| *i < first);
@@ -1220,12 +1224,19 @@ impl Locker {
             // Files open for writing keep their blocks (their next version
             // needs them); files open for reading only may lose blocks they
             // have read past: those come back from the backend.
+            // A block only readers hold goes too while the backend holds
+            // the current version of a file naming it: the reader fetches
+            // it again. (One no file names any more is a reader's only
+            // copy: it stays.)
             let ok = match msync::block_in_backend(&st.conn, &id.0)? {
-                Some(inos) => !inos.iter().any(|i| {
-                    st.files
-                        .get(&InodeNo(*i as u64))
-                        .is_some_and(|f| f.writers > 0 || !f.is_clean_pub())
-                }),
+                Some(inos) => {
+                    !(st.read_pins.contains_key(&id) && inos.is_empty())
+                        && !inos.iter().any(|i| {
+                            st.files
+                                .get(&InodeNo(*i as u64))
+                                .is_some_and(|f| f.writers > 0 || !f.is_clean_pub())
+                        })
+                }
                 None => false,
             };
             if !ok {
@@ -1569,9 +1580,7 @@ impl Locker {
             let mut st = self.lock();
             let gone: Vec<BlockId> = stored
                 .iter()
-                .filter(|id| {
-                    !st.pins.contains_key(*id) && !meta::block_known(&st.conn, id).unwrap_or(true)
-                })
+                .filter(|id| !st.held(id) && !meta::block_known(&st.conn, id).unwrap_or(true))
                 .copied()
                 .collect();
             self.free_blocks(&mut st, &gone);

@@ -794,3 +794,54 @@ fn a_write_landing_between_the_head_and_the_push_is_never_lost() {
         "the symlink is in no object: {keys:?}"
     );
 }
+
+// ---- slow readers (issue: a snapshot pinned every block it fetched) ----
+
+#[test]
+fn slow_readers_of_an_evicted_file_keep_the_cache_within_its_bound() {
+    use crate::blocks::BLOCK_SIZE;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let limit = 16u64 << 20;
+    let opts = LockerOptions {
+        cache_limit: limit,
+        cache_margin: LockerOptions::margin_for(limit),
+        write_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let bound = limit + opts.cache_margin;
+    let rig = Rig::with(Stores::new(), "[cache]\nsize_mb = 16\n", opts);
+    let big = crate::core::tests::pattern(24 << 20, 41);
+    let ino = rig.write("corp/big", &big);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    // Ten downloads of the file, each reading a block at a time, in turns
+    // (as ten slow clients would), while a writer needs room.
+    let snaps: Vec<_> = (0..10)
+        .map(|_| rig.core().file_snapshot(ino).unwrap())
+        .collect();
+    let peak = AtomicU64::new(0);
+    let nblocks = big.len() as u64 / BLOCK_SIZE;
+    std::thread::scope(|s| {
+        let w = s.spawn(|| rig.write("corp/w", &crate::core::tests::pattern(16 << 20, 42)));
+        for step in 0..nblocks {
+            for (k, snap) in snaps.iter().enumerate() {
+                let off = ((step + 2 * k as u64) % nblocks) * BLOCK_SIZE;
+                let d = rig.core().snap_read(snap, off, BLOCK_SIZE).unwrap();
+                assert!(
+                    d == big[off as usize..(off + BLOCK_SIZE) as usize],
+                    "wrong bytes at {off}"
+                );
+                peak.fetch_max(rig.core().block_store().bytes(), Ordering::Relaxed);
+            }
+        }
+        w.join().expect("the writer got no room");
+    });
+    for s in &snaps {
+        rig.core().sync_release(s);
+    }
+    let peak = peak.into_inner();
+    assert!(
+        peak <= bound,
+        "the cache reached {peak} bytes, bound {bound}"
+    );
+}
