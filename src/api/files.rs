@@ -101,7 +101,7 @@ const SMALL: u64 = 256 << 10;
 
 /// What a GET found.
 enum Found {
-    Dir(crate::meta::InodeRow, Vec<ListEntry>),
+    Dir(crate::meta::InodeRow),
     File {
         guard: SnapGuard,
         sha: [u8; 32],
@@ -208,10 +208,7 @@ pub(super) async fn get(
             .stat_names(&refs(&n))
             .map_err(|e| core_err(&core, &ns, e))?;
         match row.attr.kind {
-            FileKind::Dir if listings => {
-                let l = core.list(row.attr.ino)?;
-                Ok(Found::Dir(row, l))
-            }
+            FileKind::Dir if listings => Ok(Found::Dir(row)),
             FileKind::File => {
                 let mime = core.mime_type(row.attr.ino)?;
                 let snap = core.file_snapshot(row.attr.ino)?;
@@ -235,18 +232,21 @@ pub(super) async fn get(
     })
     .await?;
     let (guard, sha, mime, small) = match found {
-        Found::Dir(row, list) => {
-            let entries: Vec<serde_json::Value> = list.iter().map(entry_json).collect();
-            let body = serde_json::json!({
+        Found::Dir(row) => {
+            let head_json = serde_json::json!({
                 "path": ap.joined(),
                 "ref": reference(ap.joined().as_bytes()),
                 "type": "dir",
                 "mtime": headers::rfc3339(row.attr.mtime),
-                "entries": entries,
             });
-            // For HEAD, hyper sends the headers (Content-Length included)
-            // and no body.
-            return Ok(json_response(StatusCode::OK, &body));
+            // For HEAD, hyper sends the headers only and drops the body,
+            // which stops the listing.
+            let mut r = Response::new(stream_listing(sh, row.attr.ino, head_json));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            return Ok(r);
         }
         Found::File {
             guard,
@@ -335,7 +335,8 @@ pub(super) async fn get(
 /// reader.
 struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
-    left: u64,
+    /// Bytes still to come, when known.
+    left: Option<u64>,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -348,7 +349,7 @@ impl hyper::body::Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(b))) => {
-                self.left = self.left.saturating_sub(b.len() as u64);
+                self.left = self.left.map(|l| l.saturating_sub(b.len() as u64));
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
@@ -358,7 +359,10 @@ impl hyper::body::Body for ChannelBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -396,9 +400,70 @@ fn stream_body(sh: &Arc<Shared>, guard: SnapGuard, start: u64, end: u64) -> Body
     });
     ChannelBody {
         rx,
-        left: end - start,
+        left: Some(end - start),
     }
     .boxed()
+}
+
+/// Streams a directory's listing as one JSON object: `head` (path, ref,
+/// type, mtime) with `"entries": [...]` filled page by page, each page read
+/// on the blocking pool with the state lock held for that page only, at
+/// most two pages waiting in the channel.
+fn stream_listing(sh: &Arc<Shared>, dir: crate::core::InodeNo, head: serde_json::Value) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let active = super::Active::new(sh);
+    let core = sh.core.clone();
+    tokio::spawn(async move {
+        let _active = active;
+        // The object without its closing brace, then the entries.
+        let mut open = serde_json::to_vec(&head).unwrap_or_default();
+        open.pop();
+        open.extend_from_slice(if head.as_object().is_some_and(|o| o.is_empty()) {
+            b"\"entries\":["
+        } else {
+            b",\"entries\":["
+        });
+        let mut chunk = open;
+        let mut after: Option<Vec<u8>> = None;
+        let mut first = true;
+        loop {
+            let (c, a) = (core.clone(), after.clone());
+            let page = tokio::task::spawn_blocking(move || {
+                c.list_page(dir, a.as_deref(), crate::core::objects::LIST_PAGE)
+            })
+            .await;
+            let page = match page {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "api: listing a directory failed midway");
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            let last = page.len() < crate::core::objects::LIST_PAGE;
+            after = page.last().map(|e| e.name.clone());
+            for e in &page {
+                if !first {
+                    chunk.push(b',');
+                }
+                first = false;
+                chunk.extend(serde_json::to_vec(&entry_json(e)).unwrap_or_default());
+            }
+            if last {
+                chunk.extend_from_slice(b"]}\n");
+            }
+            let out = std::mem::take(&mut chunk);
+            match tokio::time::timeout(SEND_IDLE, tx.send(Ok(Bytes::from(out)))).await {
+                Ok(Ok(())) if !last => {}
+                _ => return,
+            }
+        }
+    });
+    ChannelBody { rx, left: None }.boxed()
 }
 
 /// Where an upload stands.

@@ -59,6 +59,9 @@ pub struct Placed {
     pub existing: Option<Vec<u8>>,
 }
 
+/// Entries per page of a listing.
+pub const LIST_PAGE: usize = 1000;
+
 /// One entry of a directory listing.
 #[derive(Debug, Clone)]
 pub struct ListEntry {
@@ -97,29 +100,52 @@ impl Locker {
 
     /// The entries of directory `ino`, with their attributes.
     pub fn list(&self, ino: InodeNo) -> CoreResult<Vec<ListEntry>> {
+        let mut out: Vec<ListEntry> = Vec::new();
+        loop {
+            let page = self.list_page(ino, out.last().map(|e| e.name.as_slice()), LIST_PAGE)?;
+            let more = page.len() == LIST_PAGE;
+            out.extend(page);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Up to `limit` entries of directory `ino` after the name `after`, in
+    /// name order. The state lock is held for one page only, so listing a
+    /// huge directory (page by page) never holds up other requests for
+    /// long; entries added or removed between pages may or may not appear.
+    pub fn list_page(
+        &self,
+        ino: InodeNo,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> CoreResult<Vec<ListEntry>> {
         let st = self.lock();
         dir_row(&st.conn, ino)?;
-        let mut out = Vec::new();
-        for (name, child, _) in meta::list_dir(&st.conn, ino)? {
-            let Some(r) = meta::get_inode(&st.conn, child)? else {
-                continue;
-            };
-            let mut a = r.attr;
-            Locker::overlay(&st, &mut a);
-            let clean = st.files.get(&child).is_none_or(|f| f.is_clean_pub());
-            out.push(ListEntry {
-                name,
-                kind: a.kind,
-                size: a.size,
-                mtime: a.mtime,
-                sha256: r
-                    .sha256
-                    .as_deref()
-                    .filter(|_| clean && a.kind == FileKind::File)
-                    .and_then(|s| s.try_into().ok()),
-            });
-        }
-        Ok(out)
+        let page = meta::list_dir_page(&st.conn, ino, after, limit)?;
+        Ok(page
+            .into_iter()
+            .map(|e| {
+                let (mut size, mut mtime, mut clean) = (e.size, e.mtime, true);
+                if let Some(fs) = st.files.get(&e.ino) {
+                    size = fs.size;
+                    mtime = fs.mtime.unwrap_or(mtime);
+                    clean = fs.is_clean_pub();
+                }
+                ListEntry {
+                    name: e.name,
+                    kind: e.kind,
+                    size,
+                    mtime,
+                    sha256: e
+                        .sha256
+                        .as_deref()
+                        .filter(|_| clean && e.kind == FileKind::File)
+                        .and_then(|s| s.try_into().ok()),
+                }
+            })
+            .collect())
     }
 
     /// Starts an upload: a regular file with no name, open for writing.

@@ -425,6 +425,50 @@ pub fn list_dir(conn: &Connection, dir: InodeNo) -> MetaResult<Vec<(Vec<u8>, Ino
     rows.collect()
 }
 
+/// One entry of a listing page, with what a listing shows of it.
+#[derive(Debug, Clone)]
+pub struct PageEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeNo,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub sha256: Option<Vec<u8>>,
+}
+
+/// Up to `limit` entries of directory `dir` whose names sort after
+/// `after` (from the first with `None`), in name order: one query, so a
+/// huge directory is listed in pages, each a short look at the database.
+pub fn list_dir_page(
+    conn: &Connection,
+    dir: InodeNo,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> MetaResult<Vec<PageEntry>> {
+    let mut st = conn.prepare_cached(
+        "SELECT d.name, i.ino, i.kind, i.size, i.mtime_s, i.mtime_ns, i.sha256
+         FROM dentries d JOIN inodes i ON i.ino = d.ino
+         WHERE d.parent = ?1 AND d.name > ?2 ORDER BY d.name LIMIT ?3",
+    )?;
+    let rows = st.query_map(
+        rusqlite::params![dir.0 as i64, after.unwrap_or(b""), limit as i64],
+        |r| {
+            Ok(PageEntry {
+                name: r.get(0)?,
+                ino: InodeNo(r.get::<_, i64>(1)? as u64),
+                kind: FileKind::from_code(r.get(2)?).unwrap_or(FileKind::File),
+                size: r.get::<_, i64>(3)? as u64,
+                mtime: Timestamp {
+                    sec: r.get(4)?,
+                    nsec: r.get::<_, i64>(5)? as u32,
+                },
+                sha256: r.get(6)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
 /// One name of `ino`: (parent, name). Hard-linked files have several; the
 /// oldest is returned.
 pub fn any_name(conn: &Connection, ino: InodeNo) -> MetaResult<Option<(InodeNo, Vec<u8>)>> {
