@@ -1230,7 +1230,8 @@ impl Locker {
             // copy: it stays.)
             let ok = match msync::block_in_backend(&st.conn, &id.0)? {
                 Some(inos) => {
-                    !(st.read_pins.contains_key(&id) && inos.is_empty())
+                    let readers_only_copy = st.read_pins.contains_key(&id) && inos.is_empty();
+                    !readers_only_copy
                         && !inos.iter().any(|i| {
                             st.files
                                 .get(&InodeNo(*i as u64))

@@ -803,7 +803,8 @@ fn listing_a_huge_directory_never_holds_up_other_requests() {
         let mut st = t.l.lock();
         st.tx(|tx| {
             for i in 0..N {
-                let a = Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 0, Timestamp::now());
+                let a =
+                    Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 0, Timestamp::now());
                 let ino = meta::insert_inode(tx, &a, None, None)?;
                 meta::insert_dentry(tx, dir, format!("f{i:07}").as_bytes(), ino)?;
             }
@@ -818,7 +819,9 @@ fn listing_a_huge_directory_never_holds_up_other_requests() {
             let mut n = 0;
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let page = t.l.list_page(dir, after.as_deref(), objects::LIST_PAGE).unwrap();
+                let page =
+                    t.l.list_page(dir, after.as_deref(), objects::LIST_PAGE)
+                        .unwrap();
                 n += page.len();
                 if page.len() < objects::LIST_PAGE {
                     break;
