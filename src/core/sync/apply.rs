@@ -1,0 +1,457 @@
+//! Remote apply: taking changes a refresh found in a backend (new, changed
+//! and vanished entries) into the local tree, unmarked, and telling the
+//! kernel what they made stale.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use super::marks::{mark_name, ns_path};
+use crate::blocks::INLINE_MAX;
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Locker, State};
+use crate::meta;
+use crate::meta::sync::{self as msync, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow};
+
+/// Something the kernel may cache that a change from a backend made stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidate {
+    /// The name in the directory.
+    Entry(InodeNo, Vec<u8>),
+    /// The inode's attributes and data.
+    Inode(InodeNo),
+}
+
+/// What tells the kernel to drop what it caches (the mount installs it).
+pub type Invalidator = Arc<dyn Fn(&[Invalidate]) + Send + Sync>;
+
+/// How a change found in the backend was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+    /// A local change is pending (or the entry is open): left for later.
+    Skipped,
+    /// Both sides changed: the local version was renamed to this name.
+    Conflict(Vec<u8>),
+}
+
+impl Locker {
+    /// Installs what tells the kernel to drop cached names and data that a
+    /// change from a backend made stale.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
+    }
+
+    /// Owner of the namespace directory: what entries made from the backend
+    /// get.
+    fn ns_caller(conn: &Connection, ns_ino: InodeNo) -> CoreResult<Caller> {
+        let r = meta::get_inode(conn, ns_ino)?.ok_or(CoreError::NotFound)?;
+        Ok(Caller {
+            uid: r.attr.uid,
+            gid: r.attr.gid,
+            pid: 0,
+        })
+    }
+
+    /// The directory that holds `path` in namespace `ns`, made (unmarked) if
+    /// missing. `None` if something not a directory is in the way.
+    fn ensure_parent(
+        &self,
+        st: &mut State,
+        ns: &str,
+        path: &[u8],
+    ) -> CoreResult<Option<(InodeNo, Vec<u8>)>> {
+        let Some(mut cur) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(None);
+        };
+        let caller = Locker::ns_caller(&st.conn, cur)?;
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        let (last, dirs) = comps.split_last().expect("split yields one part");
+        for c in dirs {
+            match meta::lookup_row(&st.conn, cur, c)? {
+                Some(r) if r.attr.kind == FileKind::Dir => cur = r.attr.ino,
+                Some(_) => return Ok(None),
+                None => {
+                    let a =
+                        self.make_node_locked(st, &caller, cur, c, libc::S_IFDIR | 0o755, None)?;
+                    cur = a.ino;
+                }
+            }
+        }
+        Ok(Some((cur, last.to_vec())))
+    }
+
+    /// Makes the entry described by `row` at `name` in `dir`.
+    pub(super) fn create_from_remote(
+        &self,
+        st: &mut State,
+        dir: InodeNo,
+        name: &[u8],
+        row: &RemoteRow,
+        ns_ino: InodeNo,
+    ) -> CoreResult<()> {
+        let caller = Locker::ns_caller(&st.conn, ns_ino)?;
+        match row.kind {
+            REMOTE_DIR => {
+                let mode = row.mode.unwrap_or(0o755) & 0o7777;
+                self.make_node_locked(st, &caller, dir, name, libc::S_IFDIR | mode, None)?;
+            }
+            REMOTE_SYMLINK => {
+                let target = row.target.clone().unwrap_or_default();
+                self.make_node_locked(
+                    st,
+                    &caller,
+                    dir,
+                    name,
+                    libc::S_IFLNK | 0o777,
+                    Some(&target),
+                )?;
+            }
+            _ => {
+                let mode = row.mode.unwrap_or(0o644) & 0o7777;
+                let a =
+                    self.make_node_locked(st, &caller, dir, name, libc::S_IFREG | mode, None)?;
+                self.crash.hit("remote-node");
+                self.set_remote_content(st, a.ino, row)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes file `ino` hold the backend's content described by `row`
+    /// (fetched when first read).
+    fn set_remote_content(&self, st: &mut State, ino: InodeNo, row: &RemoteRow) -> CoreResult<()> {
+        self.forget_file(st, ino);
+        // Where it comes from, for content listed without a checksum.
+        let src: Option<Vec<u8>> = match meta::any_name(&st.conn, ino)? {
+            Some((parent, name)) => ns_path(&st.conn, parent, &name)?.map(|(ns, p)| {
+                let mut v = ns.into_bytes();
+                v.push(b'/');
+                v.extend_from_slice(&p);
+                v
+            }),
+            None => None,
+        };
+        let mtime = row.mtime.unwrap_or_else(Timestamp::now);
+        let freed = st.tx(|tx| {
+            let mut freed = Vec::new();
+            for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
+                if meta::decref_block(tx, &b.id)? && b.len >= INLINE_MAX {
+                    freed.push(b.id);
+                }
+                meta::delete_file_block(tx, ino, idx)?;
+            }
+            tx.prepare_cached(
+                "UPDATE inodes SET remote_only = 1, size = ?2, sha256 = ?3, mtime_s = ?4,
+                    mtime_ns = ?5, ctime_s = ?4, ctime_ns = ?5, perm = coalesce(?6, perm),
+                    version = version + 1, synced_version = version + 1, remote_src = ?7
+                 WHERE ino = ?1",
+            )?
+            .execute(rusqlite::params![
+                ino.0 as i64,
+                row.size as i64,
+                row.sha256.as_ref().map(|s| &s[..]),
+                mtime.sec,
+                mtime.nsec as i64,
+                row.mode.map(|m| (m & 0o7777) as i64),
+                src,
+            ])?;
+            Ok(freed)
+        })?;
+        self.free_blocks(st, &freed);
+        Ok(())
+    }
+
+    /// Applies an entry found in the backend at `ns/path` (new, or changed
+    /// since `remote` was recorded). `started` is when the listing began:
+    /// rows recorded after it are newer than the listing and win.
+    pub fn apply_remote(
+        &self,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+        started: i64,
+    ) -> CoreResult<Applied> {
+        let before = self.kernel_view(ns, path)?;
+        let r = self.apply_remote_inner(ns, path, row, started)?;
+        self.tell_kernel(ns, path, before, &r)?;
+        Ok(r)
+    }
+
+    fn apply_remote_inner(
+        &self,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+        started: i64,
+    ) -> CoreResult<Applied> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if msync::get_entry(&st.conn, ns, path)?.is_some() {
+            return Ok(Applied::Skipped);
+        }
+        let old = msync::get_remote(&st.conn, ns, path)?;
+        if old.as_ref().is_some_and(|o| o.at_ns > started) {
+            return Ok(Applied::Skipped);
+        }
+        let Some(ns_ino) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(Applied::Skipped);
+        };
+        st.suppress_marks = true;
+        // One transaction: a crash leaves the entry whole or absent, never
+        // an empty file (which a later refresh would take for a change
+        // made here).
+        let r = self.batch(st, |st| {
+            self.apply_remote_locked(st, ns, path, row, old, ns_ino)
+        });
+        st.suppress_marks = false;
+        let r = r?;
+        st.durable()?;
+        self.crash.hit("remote-applied");
+        Ok(r)
+    }
+
+    fn apply_remote_locked(
+        &self,
+        st: &mut State,
+        ns: &str,
+        path: &[u8],
+        row: RemoteRow,
+        old: Option<RemoteRow>,
+        ns_ino: InodeNo,
+    ) -> CoreResult<Applied> {
+        let Some((dir, name)) = self.ensure_parent(st, ns, path)? else {
+            tracing::warn!(namespace = ns, path = %String::from_utf8_lossy(path), "a file in the backend has a non-directory in its path here; left alone");
+            return Ok(Applied::Skipped);
+        };
+        let record = |st: &mut State, row: &RemoteRow| -> CoreResult<()> {
+            st.tx(|tx| Ok(msync::put_remote(tx, ns, path, row)?))
+        };
+        let Some(local) = meta::lookup_row(&st.conn, dir, &name)? else {
+            self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+            record(st, &row)?;
+            return Ok(Applied::Created);
+        };
+        let lsha: Option<[u8; 32]> = local.sha256.as_deref().and_then(|s| s.try_into().ok());
+        let is_open = st
+            .files
+            .get(&local.attr.ino)
+            .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
+        // The new object was written over something other than the version
+        // this host uploaded last (its writer never saw that one): two
+        // writes were
+        // concurrent, and the store let the later one land over the other
+        // (as stores that ignore conditional writes do). The version held
+        // here is kept, under a conflict name, rather than replaced.
+        let concurrent = local.attr.kind == FileKind::File
+            && row.kind == REMOTE_FILE
+            && !local.remote_only
+            && row.base.is_some()
+            && old
+                .as_ref()
+                .is_some_and(|o| o.own && o.kind == REMOTE_FILE && o.sha256 != row.base);
+        if concurrent {
+            tracing::warn!(
+                namespace = ns,
+                path = %String::from_utf8_lossy(path),
+                "the backend's new version was written without seeing the one held here: concurrent writes"
+            );
+        }
+        // Local matches what the backend held before: it is clean.
+        let clean = !concurrent
+            && match (&old, local.attr.kind) {
+                // Content only in the backend was never changed here.
+                (Some(o), FileKind::File) => {
+                    o.kind == REMOTE_FILE
+                        && (local.remote_only || (lsha.is_some() && lsha == o.sha256))
+                }
+                (Some(o), FileKind::Symlink) => {
+                    o.kind == REMOTE_SYMLINK && local.target == o.target
+                }
+                (Some(o), FileKind::Dir) => o.kind == REMOTE_DIR,
+                _ => false,
+            };
+        match (local.attr.kind, row.kind) {
+            (FileKind::Dir, REMOTE_DIR) => {
+                record(st, &row)?;
+                Ok(Applied::Unchanged)
+            }
+            (FileKind::File, REMOTE_FILE) if row.sha256.is_some() && lsha == row.sha256 => {
+                record(st, &row)?;
+                Ok(Applied::Unchanged)
+            }
+            (FileKind::Symlink, REMOTE_SYMLINK) if local.target == row.target => {
+                record(st, &row)?;
+                Ok(Applied::Unchanged)
+            }
+            _ if is_open => Ok(Applied::Skipped),
+            (FileKind::File, REMOTE_FILE) if clean && local.attr.nlink > 1 => {
+                // One name of a hard link changed in the backend: this name
+                // gets the new content, the others keep theirs.
+                self.unlink_locked(st, dir, &name)?;
+                self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+                record(st, &row)?;
+                Ok(Applied::Updated)
+            }
+            (FileKind::File, REMOTE_FILE) if clean => {
+                self.set_remote_content(st, local.attr.ino, &row)?;
+                record(st, &row)?;
+                Ok(Applied::Updated)
+            }
+            (FileKind::Dir, _) => {
+                tracing::warn!(namespace = ns, path = %String::from_utf8_lossy(path), "the backend has a file where this side has a directory; left alone");
+                Ok(Applied::Skipped)
+            }
+            (_, _) if clean && local.attr.kind != FileKind::Dir => {
+                self.unlink_locked(st, dir, &name)?;
+                self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+                record(st, &row)?;
+                Ok(Applied::Updated)
+            }
+            _ => {
+                let moved = self.move_to_conflict(st, dir, &name)?;
+                tracing::warn!(
+                    namespace = ns,
+                    path = %String::from_utf8_lossy(path),
+                    kept_as = %String::from_utf8_lossy(&moved),
+                    "both this side and the backend changed a file: the backend's version keeps the name, this side's is kept under a conflict name"
+                );
+                self.create_from_remote(st, dir, &name, &row, ns_ino)?;
+                record(st, &row)?;
+                st.tx(|tx| {
+                    tx.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
+                        .execute(rusqlite::params![ns, path])?;
+                    Ok(())
+                })?;
+                Ok(Applied::Conflict(moved))
+            }
+        }
+    }
+
+    /// Applies the disappearance from the backend of `ns/path`: the local
+    /// entry goes too if it is unchanged since the backend had it.
+    pub fn apply_remote_gone(&self, ns: &str, path: &[u8], started: i64) -> CoreResult<Applied> {
+        let before = self.kernel_view(ns, path)?;
+        let r = self.apply_remote_gone_inner(ns, path, started)?;
+        self.tell_kernel(ns, path, before, &r)?;
+        Ok(r)
+    }
+
+    fn apply_remote_gone_inner(&self, ns: &str, path: &[u8], started: i64) -> CoreResult<Applied> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if msync::get_entry(&st.conn, ns, path)?.is_some() {
+            return Ok(Applied::Skipped);
+        }
+        let Some(old) = msync::get_remote(&st.conn, ns, path)? else {
+            return Ok(Applied::Unchanged);
+        };
+        if old.at_ns > started {
+            return Ok(Applied::Skipped);
+        }
+        let found = Locker::resolve_in(&st.conn, ns, path)?;
+        st.suppress_marks = true;
+        let r = self.batch(st, |st| {
+            if let Some((dir, name, Some(local))) = found {
+                let lsha: Option<[u8; 32]> =
+                    local.sha256.as_deref().and_then(|s| s.try_into().ok());
+                let is_open = st
+                    .files
+                    .get(&local.attr.ino)
+                    .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
+                let clean = match local.attr.kind {
+                    FileKind::File => {
+                        old.kind == REMOTE_FILE
+                            && (local.remote_only || (lsha.is_some() && lsha == old.sha256))
+                    }
+                    FileKind::Symlink => old.kind == REMOTE_SYMLINK && local.target == old.target,
+                    FileKind::Dir => old.kind == REMOTE_DIR,
+                    _ => false,
+                };
+                if is_open {
+                    return Ok(Applied::Skipped);
+                }
+                if !clean {
+                    // Changed here: push it again.
+                    st.suppress_marks = false;
+                    let m = st.mark();
+                    st.tx(|tx| {
+                        msync::delete_remote(tx, ns, path)?;
+                        mark_name(tx, m, dir, &name, local.attr.size)
+                    })?;
+                    return Ok(Applied::Skipped);
+                }
+                if local.attr.kind == FileKind::Dir {
+                    if meta::dir_is_empty(&st.conn, local.attr.ino)? {
+                        self.rmdir_locked(st, dir, &name)?;
+                    }
+                } else {
+                    self.unlink_locked(st, dir, &name)?;
+                }
+            }
+            st.tx(|tx| Ok(msync::delete_remote(tx, ns, path)?))?;
+            Ok(Applied::Updated)
+        });
+        st.suppress_marks = false;
+        let r = r?;
+        st.durable()?;
+        Ok(r)
+    }
+
+    /// The kernel's possible view of `ns/path`: each (directory, name) along
+    /// it, and the inode at the end if there is one.
+    pub(super) fn kernel_view(&self, ns: &str, path: &[u8]) -> CoreResult<Vec<Invalidate>> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        let Some(mut cur) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
+            return Ok(out);
+        };
+        for comp in path.split(|&b| b == b'/') {
+            out.push(Invalidate::Entry(cur, comp.to_vec()));
+            match meta::lookup(&st.conn, cur, comp)? {
+                Some(next) => cur = next,
+                None => return Ok(out),
+            }
+        }
+        out.push(Invalidate::Inode(cur));
+        Ok(out)
+    }
+
+    /// Changes made from a backend happened behind the kernel's back: drop
+    /// what it caches of the names and inodes involved (before and after),
+    /// so that readers see them at once.
+    pub(super) fn tell_kernel(
+        &self,
+        ns: &str,
+        path: &[u8],
+        before: Vec<Invalidate>,
+        r: &Applied,
+    ) -> CoreResult<()> {
+        if matches!(r, Applied::Skipped | Applied::Unchanged) {
+            return Ok(());
+        }
+        let Some(inval) = self.invalidator.get() else {
+            return Ok(());
+        };
+        let mut all = before;
+        let after = self.kernel_view(ns, path)?;
+        if let (Applied::Conflict(moved), Some(Invalidate::Entry(dir, _))) = (
+            r,
+            after
+                .iter()
+                .rev()
+                .find(|i| matches!(i, Invalidate::Entry(..))),
+        ) {
+            all.push(Invalidate::Entry(*dir, moved.clone()));
+        }
+        for i in after {
+            if !all.contains(&i) {
+                all.push(i);
+            }
+        }
+        inval(&all);
+        Ok(())
+    }
+}

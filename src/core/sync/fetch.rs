@@ -1,0 +1,421 @@
+//! Fetching from the backends: the `RemoteSource` the sidecar installs,
+//! evicted blocks fetched back (shared between concurrent readers and
+//! checked against their SHA-256), and files that exist only in a backend
+//! downloaded whole (`materialize`).
+
+use std::sync::Arc;
+
+use super::snapshot::FileSnap;
+use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Locker};
+use crate::meta::sync as msync;
+use crate::meta::{self, BlockRef};
+
+/// Reads byte ranges of objects in the backends, for the read path. The
+/// sidecar implements it; the core verifies what it returns.
+pub trait RemoteSource: Send + Sync {
+    /// The bytes of each `(offset, len)` range of `path` in namespace `ns`
+    /// (shorter only at the end of the object); with `etag`, only from that
+    /// version of the object.
+    fn fetch(
+        &self,
+        ns: &str,
+        path: &[u8],
+        etag: Option<&str>,
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<Vec<u8>>, String>;
+}
+
+impl Locker {
+    /// Installs the reader of the backends.
+    pub fn set_remote(&self, source: Arc<dyn RemoteSource>) {
+        let _ = self.remote.set(source);
+    }
+
+    /// Fetches every committed block of `ino` that was evicted: a file
+    /// about to change (or be hashed) needs all of them here.
+    pub(crate) fn fetch_missing(&self, ino: InodeNo) -> CoreResult<()> {
+        for _ in 0..4 {
+            let need: Vec<BlockRef> = {
+                let st = self.lock();
+                meta::file_blocks_from(&st.conn, ino, 0)?
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id))
+                    .collect()
+            };
+            if need.is_empty() {
+                return Ok(());
+            }
+            // In rounds, so the cache bound holds for a file larger than a
+            // round.
+            for chunk in need.chunks(16) {
+                self.fetch_blocks(ino, chunk)?;
+            }
+        }
+        tracing::error!(
+            inode = ino.0,
+            "blocks of a file could not all be fetched back"
+        );
+        Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+    }
+
+    /// Fetches missing blocks `want` of file `ino` from the backend, checks
+    /// each against its SHA-256 and stores it.
+    pub(crate) fn fetch_blocks(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
+        self.fetch_shared(want, |mine| self.fetch_blocks_now(ino, mine))
+    }
+
+    /// Fetches missing blocks `want` of a snapshot: located by the
+    /// snapshot's own content hash and block list, so they can be fetched
+    /// even after the file changed or went away.
+    pub(crate) fn fetch_snap_blocks(&self, snap: &FileSnap, want: &[BlockRef]) -> CoreResult<()> {
+        self.fetch_shared(want, |mine| {
+            let sha = snap.sha256.ok_or_else(|| {
+                CoreError::Corrupt(format!(
+                    "inode {} lost a block before it reached a backend",
+                    snap.ino.0
+                ))
+            })?;
+            let located = mine
+                .iter()
+                .map(|b| {
+                    snap.blocks
+                        .iter()
+                        .find(|(_, r)| r.id == b.id)
+                        .map(|(i, _)| (*i, *b))
+                        .ok_or(CoreError::NotFound)
+                })
+                .collect::<CoreResult<Vec<_>>>()?;
+            self.fetch_located(snap.ino, &sha, located)
+        })
+    }
+
+    /// Runs `fetch` for the blocks of `want` no other reader is fetching,
+    /// and waits for those others are.
+    fn fetch_shared(
+        &self,
+        want: &[BlockRef],
+        fetch: impl FnOnce(&[BlockRef]) -> CoreResult<()>,
+    ) -> CoreResult<()> {
+        // Blocks another reader is fetching already are waited for, not
+        // fetched twice.
+        let (mine, theirs): (Vec<BlockRef>, Vec<BlockRef>) = {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            let mut mine = Vec::new();
+            let mut theirs = Vec::new();
+            for b in want {
+                if f.contains(&b.id) {
+                    theirs.push(*b);
+                } else {
+                    f.insert(b.id);
+                    mine.push(*b);
+                }
+            }
+            (mine, theirs)
+        };
+        let r = if mine.is_empty() {
+            Ok(())
+        } else {
+            fetch(&mine)
+        };
+        {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            for b in &mine {
+                f.remove(&b.id);
+            }
+            self.fetched.notify_all();
+            while theirs.iter().any(|b| f.contains(&b.id)) {
+                f = self.fetched.wait(f).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        // What the others failed to fetch, the caller's retry asks again.
+        r
+    }
+
+    fn fetch_blocks_now(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
+        let (sha, idxs) = {
+            let st = self.lock();
+            let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+            let sha = row.sha256.clone().ok_or_else(|| {
+                CoreError::Corrupt(format!(
+                    "inode {} lost a block before it reached a backend",
+                    ino.0
+                ))
+            })?;
+            let mut idxs = Vec::new();
+            for b in want {
+                let idx: Option<i64> = st
+                    .conn
+                    .prepare_cached(
+                        "SELECT idx FROM file_blocks WHERE ino = ?1 AND block = ?2 LIMIT 1",
+                    )?
+                    .query_row(rusqlite::params![ino.0 as i64, &b.id.0[..]], |r| r.get(0))
+                    .ok();
+                idxs.push(idx.ok_or(CoreError::NotFound)? as u64);
+            }
+            (sha, idxs)
+        };
+        self.fetch_located(
+            ino,
+            &sha,
+            idxs.into_iter().zip(want.iter().copied()).collect(),
+        )
+    }
+
+    /// Fetches blocks (index in the file, block) of the content that hashes
+    /// to `sha` (of inode `ino`, for messages) from a backend holding it,
+    /// checks each against its SHA-256 and stores it.
+    fn fetch_located(
+        &self,
+        ino: InodeNo,
+        sha: &[u8],
+        mut order: Vec<(u64, BlockRef)>,
+    ) -> CoreResult<()> {
+        let source = self.remote.get().ok_or_else(|| {
+            CoreError::Corrupt("a block is missing and no backend is attached".into())
+        })?;
+        let (ns, path, etag) = {
+            let st = self.lock();
+            let (ns, path, row) =
+                msync::remote_with_sha(&st.conn, sha, false)?.ok_or_else(|| {
+                    CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
+                })?;
+            (ns, path, row.etag)
+        };
+        // Neighbouring blocks go in one ranged GET (up to 8 MiB): fewer
+        // requests for a sequential reader's block and its readahead.
+        order.sort_by_key(|(i, _)| *i);
+        order.dedup_by_key(|(i, _)| *i);
+        let mut groups: Vec<Vec<(u64, BlockRef)>> = Vec::new();
+        for (i, b) in order {
+            match groups.last_mut() {
+                Some(g)
+                    if g.len() < 8
+                        && g.last()
+                            .is_some_and(|(li, lb)| li + 1 == i && lb.len as u64 == BLOCK_SIZE) =>
+                {
+                    g.push((i, b))
+                }
+                _ => groups.push(vec![(i, b)]),
+            }
+        }
+        let ranges: Vec<(u64, u64)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g[0].0 * BLOCK_SIZE,
+                    g.iter().map(|(_, b)| b.len as u64).sum(),
+                )
+            })
+            .collect();
+        self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
+        let got = source.fetch(&ns, &path, Some(&etag), &ranges).map_err(|e| {
+            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching blocks from the backend failed");
+            CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO))
+        })?;
+        let mut pieces: Vec<(BlockRef, Vec<u8>)> = Vec::new();
+        for (g, chunk) in groups.iter().zip(got) {
+            let mut at = 0usize;
+            for (_, b) in g {
+                let end = (at + b.len as usize).min(chunk.len());
+                pieces.push((*b, chunk[at..end].to_vec()));
+                at = end;
+            }
+        }
+        for (b, data) in pieces {
+            if data.len() != b.len as usize || BlockId::of(&data) != b.id {
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
+                return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+            }
+            self.blocks.put_with_id(&b.id, &data)?;
+            let mut st = self.lock();
+            msync::set_block_present(&st.conn, &b.id.0, true)?;
+            st.lru.put(b.id, ());
+        }
+        Ok(())
+    }
+
+    /// Downloads the content of a file that exists only in the backend,
+    /// checks it against the backend's SHA-256, and gives the file its block
+    /// list.
+    pub fn materialize(&self, ino: InodeNo) -> CoreResult<()> {
+        self.materialize_with(ino, false)
+    }
+
+    /// `materialize`; with `keep_all`, every block is kept in the cache
+    /// (the object is about to go).
+    pub(super) fn materialize_with(&self, ino: InodeNo, keep_all: bool) -> CoreResult<()> {
+        let mut stored: Vec<BlockId> = Vec::new();
+        let r = self.materialize_inner(ino, keep_all, &mut stored);
+        if r.is_err() || !stored.is_empty() {
+            // Blocks stored for a download that did not complete: free them
+            // unless something names them now.
+            let mut st = self.lock();
+            let gone: Vec<BlockId> = stored
+                .iter()
+                .filter(|id| !st.held(id) && !meta::block_known(&st.conn, id).unwrap_or(true))
+                .copied()
+                .collect();
+            self.free_blocks(&mut st, &gone);
+        }
+        r
+    }
+
+    fn materialize_inner(
+        &self,
+        ino: InodeNo,
+        keep_all: bool,
+        stored: &mut Vec<BlockId>,
+    ) -> CoreResult<()> {
+        use sha2::{Digest, Sha256};
+        let source = self
+            .remote
+            .get()
+            .ok_or_else(|| {
+                CoreError::Corrupt("file content is in a backend but none is attached".into())
+            })?
+            .clone();
+        let (ns, path, size, sha, version, etag) = {
+            let st = self.lock();
+            let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+            if !row.remote_only {
+                return Ok(());
+            }
+            let sha: Option<[u8; 32]> = row.sha256.as_deref().and_then(|s| s.try_into().ok());
+            let src = match &sha {
+                Some(s) => msync::remote_with_sha(&st.conn, s, false)?.map(|(n, p, _)| (n, p)),
+                None => None,
+            };
+            let src = match src {
+                Some(s) => Some(s),
+                None => {
+                    // Listed without a checksum: the object it was listed as.
+                    let r: Option<Vec<u8>> = st
+                        .conn
+                        .prepare_cached("SELECT remote_src FROM inodes WHERE ino = ?1")?
+                        .query_row([ino.0 as i64], |r| r.get(0))?;
+                    r.and_then(|b| {
+                        let i = b.iter().position(|&c| c == b'/')?;
+                        Some((
+                            String::from_utf8_lossy(&b[..i]).into_owned(),
+                            b[i + 1..].to_vec(),
+                        ))
+                    })
+                }
+            };
+            let (ns, path) = src.ok_or(CoreError::NotFound)?;
+            // Only from the version of the object that was listed.
+            let etag = msync::get_remote(&st.conn, &ns, &path)?.map(|r| r.etag);
+            (ns, path, row.attr.size, sha, row.version, etag)
+        };
+        let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));
+        let mut h = Sha256::new();
+        // (index, block, inline bytes, stored in the cache)
+        let mut list: Vec<(u64, BlockRef, Option<Vec<u8>>, bool)> = Vec::new();
+        // Ranges of 8 MiB, four at a time: few requests per file (stores
+        // bill them, and some serve each range by reading the object).
+        const RANGE: u64 = 8 * BLOCK_SIZE;
+        let mut off = 0u64;
+        while off < size {
+            let ranges: Vec<(u64, u64)> = (0..4u64)
+                .map(|k| off + k * RANGE)
+                .filter(|o| *o < size)
+                .map(|o| (o, (size - o).min(RANGE)))
+                .collect();
+            let got = source.fetch(&ns, &path, etag.as_deref(), &ranges).map_err(|e| {
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching a file from the backend failed");
+                eio()
+            })?;
+            for (chunk, (roff, rlen)) in got.into_iter().zip(&ranges) {
+                if chunk.len() as u64 != *rlen {
+                    tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "the backend's object is shorter than listed; refusing it");
+                    return Err(eio());
+                }
+                for (k, data) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
+                    h.update(data);
+                    let i = roff / BLOCK_SIZE + k as u64;
+                    if data.iter().all(|&b| b == 0) {
+                        continue;
+                    }
+                    let id = BlockId::of(data);
+                    let r = BlockRef {
+                        id,
+                        len: data.len() as u32,
+                    };
+                    if (data.len() as u32) < INLINE_MAX {
+                        list.push((i, r, Some(data.to_vec()), false));
+                    } else if keep_all
+                        || self.blocks.bytes() + data.len() as u64 <= self.opts.cache_limit
+                    {
+                        if self.blocks.put_with_id(&id, data)? {
+                            stored.push(id);
+                        }
+                        list.push((i, r, None, true));
+                    } else {
+                        // Past the cache bound: only its name is kept (now
+                        // known and checked); a read fetches it by range.
+                        list.push((i, r, None, false));
+                    }
+                }
+            }
+            off += ranges.iter().map(|r| r.1).sum::<u64>();
+        }
+        let got: [u8; 32] = h.finalize().into();
+        if sha.is_some_and(|s| s != got) {
+            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "a file fetched from the backend does not match its SHA-256; refusing it");
+            let mut st = self.lock();
+            let gone: Vec<BlockId> = list
+                .iter()
+                .filter(|(_, r, _, stored)| {
+                    *stored && !meta::block_known(&st.conn, &r.id).unwrap_or(true)
+                })
+                .map(|(_, r, _, _)| r.id)
+                .collect();
+            self.free_blocks(&mut st, &gone);
+            return Err(eio());
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        if !row.remote_only || row.version != version {
+            // Changed meanwhile; the caller looks again.
+            return Ok(());
+        }
+        st.tx(|tx| {
+            for (i, r, data, stored) in &list {
+                if let Some(d) = data {
+                    meta::put_inline_block(tx, &r.id, d)?;
+                }
+                if data.is_some() || *stored {
+                    meta::incref_block(tx, &r.id, r.len)?;
+                } else {
+                    meta::incref_absent_block(tx, &r.id, r.len)?;
+                }
+                meta::put_file_block(tx, ino, *i, *r)?;
+            }
+            tx.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
+                .execute(rusqlite::params![ino.0 as i64, &got[..]])?;
+            // The version fetched (by its ETag) hashes to `got`: the object
+            // now has a checksum LOCKER checked itself, and its blocks can be
+            // evicted and fetched back like any other.
+            tx.prepare_cached(
+                "UPDATE remote SET sha256 = ?3, verified = max(verified, 1)
+                 WHERE ns = ?1 AND path = ?2 AND kind = 1 AND (sha256 IS NULL OR sha256 = ?3)
+                    AND (?4 IS NULL OR etag = ?4)",
+            )?
+            .execute(rusqlite::params![ns, path, &got[..], etag])?;
+            Ok(())
+        })?;
+        for (_, r, _, stored) in &list {
+            if *stored {
+                st.lru.put(r.id, ());
+            }
+        }
+        if let Some(fs) = st.files.get_mut(&ino) {
+            fs.remote_only = false;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Queue marks: every change a backend should see marks its paths in
+//! `sync_queue` inside the transaction that makes it (`mark_name`,
+//! `mark_ino`, `mark_moved`), and the namespace paths those marks name.
+
+use rusqlite::Connection;
+
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, State};
+use crate::meta;
+use crate::meta::sync as msync;
+
+/// The sequence number and times of the marks one change makes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    seq: i64,
+    now: i64,
+    ready: i64,
+}
+
+impl State {
+    /// A new mark, or none while changes from the backend are applied.
+    pub(crate) fn mark(&mut self) -> Option<Mark> {
+        if self.suppress_marks {
+            return None;
+        }
+        self.next_seq += 1;
+        let now = msync::now_ns();
+        Some(Mark {
+            seq: self.next_seq,
+            now,
+            ready: now + self.sync_delay_ns,
+        })
+    }
+}
+
+fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    if b.is_empty() {
+        return a.to_vec();
+    }
+    let mut v = a.to_vec();
+    v.push(b'/');
+    v.extend_from_slice(b);
+    v
+}
+
+/// The namespace and path inside it of entry `name` of directory `dir`;
+/// `None` for a namespace itself (an entry of the root).
+pub(crate) fn ns_path(
+    conn: &Connection,
+    dir: InodeNo,
+    name: &[u8],
+) -> CoreResult<Option<(String, Vec<u8>)>> {
+    if dir == InodeNo::ROOT {
+        return Ok(None);
+    }
+    let mut parts = vec![name.to_vec()];
+    let mut cur = dir;
+    loop {
+        let (parent, n) = meta::any_name(conn, cur)?.ok_or(CoreError::NotFound)?;
+        if parent == InodeNo::ROOT {
+            parts.reverse();
+            return Ok(Some((
+                String::from_utf8_lossy(&n).into_owned(),
+                parts.join(&b'/'),
+            )));
+        }
+        parts.push(n);
+        cur = parent;
+        if parts.len() > 4096 {
+            return Err(CoreError::Corrupt("directory cycle".into()));
+        }
+    }
+}
+
+fn size_of(conn: &Connection, ino: InodeNo) -> CoreResult<u64> {
+    Ok(meta::get_inode(conn, ino)?.map_or(0, |r| r.attr.size))
+}
+
+/// Marks the entry `name` of `dir`.
+pub(crate) fn mark_name(
+    conn: &Connection,
+    m: Option<Mark>,
+    dir: InodeNo,
+    name: &[u8],
+    bytes: u64,
+) -> CoreResult<()> {
+    let Some(m) = m else { return Ok(()) };
+    if let Some((ns, path)) = ns_path(conn, dir, name)? {
+        msync::mark(conn, &ns, &path, m.seq, m.now, m.ready, bytes, None)?;
+    }
+    Ok(())
+}
+
+/// Marks every name of inode `ino` (a file's hard links).
+pub(crate) fn mark_ino(
+    conn: &Connection,
+    m: Option<Mark>,
+    ino: InodeNo,
+    bytes: u64,
+) -> CoreResult<()> {
+    if m.is_none() {
+        return Ok(());
+    }
+    let names: Vec<(i64, Vec<u8>)> = {
+        let mut st = conn.prepare_cached("SELECT parent, name FROM dentries WHERE ino = ?1")?;
+        let rows = st.query_map([ino.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (parent, name) in names {
+        mark_name(conn, m, InodeNo(parent as u64), &name, bytes)?;
+    }
+    Ok(())
+}
+
+/// Paths below `ino` relative to it ("" for itself), with file sizes and
+/// the inode of each.
+fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64, InodeNo)>> {
+    let mut out = vec![(Vec::new(), size_of(conn, ino)?, ino)];
+    let mut stack = vec![(ino, Vec::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        if meta::get_inode(conn, dir)?.is_none_or(|r| r.attr.kind != FileKind::Dir) {
+            continue;
+        }
+        for (name, child, kind) in meta::list_dir(conn, dir)? {
+            let p = join(&rel, &name);
+            let size = if kind == FileKind::File {
+                size_of(conn, child)?
+            } else {
+                0
+            };
+            out.push((p.clone(), size, child));
+            if kind == FileKind::Dir {
+                stack.push((child, p));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Marks the entry now at `new` and everything below it; with `old` (a
+/// rename), also every old path, each after its new path so that the
+/// backend copies before it deletes.
+pub(crate) fn mark_moved(
+    conn: &Connection,
+    m: Option<Mark>,
+    ino: InodeNo,
+    new: (InodeNo, &[u8]),
+    old: Option<(InodeNo, &[u8])>,
+) -> CoreResult<()> {
+    let entries = subtree(conn, ino)?;
+    // The content of a moved file is not at its new path in any backend
+    // yet: its blocks stay (or come back) until that path is confirmed,
+    // whatever happens meanwhile to the object at the old path.
+    for (_, _, i) in &entries {
+        conn.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND kind = 1")?
+            .execute([i.0 as i64])?;
+    }
+    let Some(m) = m else { return Ok(()) };
+    let newp = ns_path(conn, new.0, new.1)?;
+    let oldp = match old {
+        Some((d, n)) => ns_path(conn, d, n)?,
+        None => None,
+    };
+    for (suffix, bytes, _) in entries {
+        let np = newp.as_ref().map(|(ns, p)| (ns.clone(), join(p, &suffix)));
+        if let Some((ns, p)) = &np {
+            msync::mark(conn, ns, p, m.seq, m.now, m.ready, bytes, None)?;
+        }
+        if let Some((ons, op)) = &oldp {
+            let after = np.as_ref().map(|(ns, p)| (ns.as_str(), p.as_slice()));
+            msync::mark(
+                conn,
+                ons,
+                &join(op, &suffix),
+                m.seq,
+                m.now,
+                m.ready,
+                0,
+                after,
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The calls the sidecar makes on the queue and the remote table: what is
+//! due, pending or queued, what a backend confirmed, retries, securing the
+//! last copy of content before a backend replaces it, and waking the sidecar
+//! after a change; also the one-time seeding of the queue with a store's
+//! existing files.
+
+use std::sync::Arc;
+
+use super::marks::mark_moved;
+use crate::core::types::*;
+use crate::core::{CoreResult, Locker};
+use crate::meta;
+use crate::meta::sync::{self as msync, QueueEntry, REMOTE_FILE, RemoteRow};
+
+impl Locker {
+    /// Installs what wakes the sidecar after a change.
+    pub fn set_waker(&self, waker: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(waker);
+    }
+
+    pub(crate) fn wake_sync(&self) {
+        if let Some(w) = self.waker.get() {
+            w();
+        }
+    }
+
+    /// Queue entries ready at `now` (with `hurry`, also those not yet
+    /// quiet).
+    pub fn sync_due(
+        &self,
+        now: i64,
+        hurry: bool,
+        skip: &[String],
+        limit: usize,
+    ) -> CoreResult<Vec<QueueEntry>> {
+        Ok(msync::due(&self.lock().conn, now, hurry, skip, limit)?)
+    }
+
+    /// When the next queue entry becomes ready, if any waits.
+    pub fn sync_next_ready(&self) -> CoreResult<Option<i64>> {
+        Ok(msync::next_ready(&self.lock().conn, msync::now_ns())?)
+    }
+
+    /// Every queue entry, oldest change first.
+    pub fn sync_pending(&self) -> CoreResult<Vec<QueueEntry>> {
+        Ok(msync::all_entries(&self.lock().conn)?)
+    }
+
+    /// Per namespace: (name, entries, bytes, oldest change ns, last error).
+    pub fn sync_stats(&self) -> CoreResult<Vec<msync::QueueStats>> {
+        Ok(msync::stats(&self.lock().conn)?)
+    }
+
+    /// A path where a backend holds this content, as LOCKER uploaded or
+    /// checked it (never on the strength of an object's label): a source
+    /// for a server-side copy. (namespace, path, what is there.)
+    pub fn sync_source(&self, sha: &[u8; 32]) -> CoreResult<Option<(String, Vec<u8>, RemoteRow)>> {
+        Ok(msync::remote_with_sha(&self.lock().conn, sha, true)?)
+    }
+
+    /// The backend confirmed `ns/path` as `remote` (or its absence): records
+    /// it, and removes the queue entry unless the path changed meanwhile.
+    pub fn sync_done(
+        &self,
+        ns: &str,
+        path: &[u8],
+        seq: i64,
+        remote: Option<RemoteRow>,
+    ) -> CoreResult<bool> {
+        let mut st = self.lock();
+        let found = Locker::resolve_in(&st.conn, ns, path)?;
+        let done = st.tx(|tx| {
+            match &remote {
+                Some(r) => msync::put_remote(tx, ns, path, r)?,
+                None => msync::delete_remote(tx, ns, path)?,
+            }
+            // The file at the path has exactly this content: its version is
+            // confirmed at its own path (its checksum is only ever set for
+            // the version it was computed from).
+            if let (Some(r), Some((_, _, Some(local)))) = (&remote, &found)
+                && r.kind == REMOTE_FILE
+                && let Some(sha) = &r.sha256
+            {
+                tx.prepare_cached(
+                    "UPDATE inodes SET synced_version = version WHERE ino = ?1 AND sha256 = ?2",
+                )?
+                .execute(rusqlite::params![local.attr.ino.0 as i64, &sha[..]])?;
+            }
+            Ok(msync::finish(tx, ns, path, seq)?)
+        })?;
+        Ok(done)
+    }
+
+    /// Before the object at `ns/path` is replaced or deleted: if it is the
+    /// only copy in any backend of content that other files here still hold
+    /// (a copy, the other side of an exchange), those files' evicted blocks
+    /// are fetched back and kept until their own path is confirmed.
+    pub fn sync_secure(&self, ns: &str, path: &[u8]) -> CoreResult<()> {
+        let inos: Vec<(InodeNo, bool)> = {
+            let mut st = self.lock();
+            let Some(row) = msync::get_remote(&st.conn, ns, path)? else {
+                return Ok(());
+            };
+            let Some(sha) = row.sha256.filter(|_| row.kind == REMOTE_FILE) else {
+                return Ok(());
+            };
+            if msync::other_copies(&st.conn, &sha, ns, path)? > 0 {
+                return Ok(());
+            }
+            // The file at the path itself, if it still has this content, is
+            // not replaced by pushing it.
+            let here = Locker::resolve_in(&st.conn, ns, path)?
+                .and_then(|(_, _, r)| r)
+                .map_or(0, |r| r.attr.ino.0 as i64);
+            let inos: Vec<(InodeNo, bool)> = {
+                let mut q = st.conn.prepare_cached(
+                    "SELECT ino, remote_only FROM inodes WHERE sha256 = ?1 AND kind = 1 AND ino != ?2",
+                )?;
+                let rows = q.query_map(rusqlite::params![&sha[..], here], |r| {
+                    Ok((
+                        InodeNo(r.get::<_, i64>(0)? as u64),
+                        r.get::<_, i64>(1)? != 0,
+                    ))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            if inos.is_empty() {
+                return Ok(());
+            }
+            st.tx(|tx| {
+                for (ino, _) in &inos {
+                    tx.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1")?
+                        .execute([ino.0 as i64])?;
+                }
+                Ok(())
+            })?;
+            inos
+        };
+        for (ino, remote_only) in inos {
+            if remote_only {
+                self.materialize_with(ino, true)?;
+            } else {
+                self.fetch_missing(ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a queue entry back for a try at `ready` (ns since the epoch).
+    pub fn sync_retry(
+        &self,
+        ns: &str,
+        path: &[u8],
+        ready: i64,
+        error: Option<&str>,
+    ) -> CoreResult<()> {
+        let mut st = self.lock();
+        st.tx(|tx| Ok(msync::retry(tx, ns, path, ready, error)?))
+    }
+
+    pub fn remote_rows(&self, ns: &str) -> CoreResult<Vec<(Vec<u8>, RemoteRow)>> {
+        Ok(msync::remote_rows(&self.lock().conn, ns)?)
+    }
+
+    /// Whether anything below directory `ns/path` has a pending change.
+    pub fn sync_queued_under(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
+        let mut lo = path.to_vec();
+        lo.push(b'/');
+        let mut hi = path.to_vec();
+        hi.push(b'/' + 1);
+        let st = self.lock();
+        let n: i64 = st.conn.query_row(
+            "SELECT count(*) FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3",
+            rusqlite::params![ns, lo, hi],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Whether `ns/path`, or a directory above it, has a pending change: a
+    /// listing must not bring back (or replace) what a queued change is
+    /// about to remove, such as the files of a tree whose deletion is still
+    /// on its way.
+    pub fn sync_queued(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
+        let st = self.lock();
+        let mut end = path.len();
+        loop {
+            if msync::get_entry(&st.conn, ns, &path[..end])?.is_some() {
+                return Ok(true);
+            }
+            match path[..end].iter().rposition(|&b| b == b'/') {
+                Some(i) => end = i,
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Once per store: queues every entry of every namespace, so that files
+    /// written before backends existed (a store from an older version) are
+    /// pushed too. Entries the backend already holds cost a HEAD each.
+    pub(crate) fn seed_sync_queue(&self) -> CoreResult<()> {
+        let mut st = self.lock();
+        let seeded: Option<i64> = st
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'sync_seeded'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        if seeded.is_some() {
+            return Ok(());
+        }
+        let m = st.mark();
+        let n = st.tx(|tx| {
+            let mut n = 0;
+            for (ns_name, ns_ino, _) in meta::list_dir(tx, InodeNo::ROOT)? {
+                for (name, ino, _) in meta::list_dir(tx, ns_ino)? {
+                    mark_moved(tx, m, ino, (ns_ino, &name), None)?;
+                    n += 1;
+                }
+                let _ = ns_name;
+            }
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES ('sync_seeded', 1)",
+                [],
+            )?;
+            Ok(n)
+        })?;
+        if n > 0 {
+            tracing::info!(entries = n, "queued the existing files for their backends");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! Snapshots: a consistent view of a queued path (what is there locally,
+//! a file's committed version with its blocks held, what the backend is
+//! known to hold), and reading a snapshot's content while the file changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
+use crate::core::types::*;
+use crate::core::{CoreError, CoreResult, Handle, Locker, State};
+use crate::meta::sync::{self as msync, QueueEntry, RemoteRow};
+use crate::meta::{self, BlockRef};
+
+/// What is at a queued path locally.
+#[derive(Debug)]
+pub enum LocalEntry {
+    Absent,
+    Dir {
+        mode: u32,
+        mtime: Timestamp,
+    },
+    Symlink {
+        target: Vec<u8>,
+        mode: u32,
+        mtime: Timestamp,
+    },
+    File(FileSnap),
+    /// A device, fifo or socket: kept local only.
+    Other,
+}
+
+/// A committed version of a file, with its blocks pinned until
+/// `sync_release`.
+#[derive(Debug)]
+pub struct FileSnap {
+    pub ino: InodeNo,
+    pub version: i64,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub mode: u32,
+    pub sha256: Option<[u8; 32]>,
+    pub remote_only: bool,
+    /// Open for writing by someone.
+    pub writers: bool,
+    pub(super) blocks: Vec<(u64, BlockRef)>,
+    inline: HashMap<BlockId, Arc<Vec<u8>>>,
+}
+
+impl FileSnap {
+    /// The blocks of the snapshot that overlap `len` bytes from `offset`
+    /// and satisfy `pred`.
+    pub(crate) fn blocks_in(
+        &self,
+        offset: u64,
+        len: u64,
+        pred: impl Fn(&BlockId) -> bool,
+    ) -> Vec<BlockRef> {
+        let first = offset / BLOCK_SIZE;
+        let end = offset.saturating_add(len);
+        self.blocks
+            .iter()
+            .filter(|(i, b)| {
+                *i >= first && i * BLOCK_SIZE < end && b.len >= INLINE_MAX && pred(&b.id)
+            })
+            .map(|(_, b)| *b)
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub entry: QueueEntry,
+    pub local: LocalEntry,
+    /// What the backend is known to hold at the path.
+    pub remote: Option<RemoteRow>,
+}
+
+impl Locker {
+    /// A consistent view of a queued path: the entry, what is there locally
+    /// (a file's committed version, its blocks pinned) and what the backend
+    /// is known to hold. `None` if the entry is gone.
+    pub fn sync_snapshot(&self, ns: &str, path: &[u8]) -> CoreResult<Option<Snapshot>> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(entry) = msync::get_entry(&st.conn, ns, path)? else {
+            return Ok(None);
+        };
+        let remote = msync::get_remote(&st.conn, ns, path)?;
+        let row = Locker::resolve_in(&st.conn, ns, path)?.and_then(|(_, _, r)| r);
+        let local = match row {
+            None => LocalEntry::Absent,
+            Some(r) => {
+                let a = &r.attr;
+                match a.kind {
+                    FileKind::Dir => LocalEntry::Dir {
+                        mode: a.perm as u32,
+                        mtime: a.mtime,
+                    },
+                    FileKind::Symlink => LocalEntry::Symlink {
+                        target: r.target.clone().unwrap_or_default(),
+                        mode: a.perm as u32,
+                        mtime: a.mtime,
+                    },
+                    FileKind::File => LocalEntry::File(Locker::snap_file_locked(st, &r)?),
+                    _ => LocalEntry::Other,
+                }
+            }
+        };
+        Ok(Some(Snapshot {
+            entry,
+            local,
+            remote,
+        }))
+    }
+
+    /// The committed version of file `r`, its blocks pinned so that they
+    /// stay until `sync_release`.
+    pub(crate) fn snap_file_locked(st: &mut State, r: &meta::InodeRow) -> CoreResult<FileSnap> {
+        let a = &r.attr;
+        let blocks = meta::file_blocks_from(&st.conn, a.ino, 0)?;
+        let mut inline = HashMap::new();
+        for (_, b) in &blocks {
+            if b.len < INLINE_MAX {
+                if let Some(d) = meta::get_inline_block(&st.conn, &b.id)? {
+                    inline.insert(b.id, Arc::new(d));
+                }
+            } else {
+                st.pin_read(b.id);
+            }
+        }
+        let writers = st
+            .handles
+            .values()
+            .any(|h| matches!(h, Handle::File { ino, mode, .. } if *ino == a.ino && mode.write));
+        Ok(FileSnap {
+            ino: a.ino,
+            version: r.version,
+            size: a.size,
+            mtime: a.mtime,
+            mode: a.perm as u32,
+            sha256: r.sha256.as_deref().and_then(|s| s.try_into().ok()),
+            remote_only: r.remote_only,
+            writers,
+            blocks,
+            inline,
+        })
+    }
+
+    /// Drops the pins of a snapshot; blocks no file names any more are freed.
+    pub fn sync_release(&self, snap: &FileSnap) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        for (_, b) in &snap.blocks {
+            if b.len >= INLINE_MAX {
+                st.unpin_read(&b.id);
+            }
+        }
+        self.reap_unpinned(st);
+    }
+
+    /// `len` bytes of the snapshot's content from `offset`. Blocks evicted
+    /// since (the file was confirmed elsewhere, then moved or copied) are
+    /// fetched back through the same checked path as a reader's.
+    pub fn sync_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        // A block fetched for this read may be evicted again before it is
+        // read (the cache is small and others read too): then once more.
+        let mut tries = 0;
+        loop {
+            let missing = snap.blocks_in(offset, len, |id| !self.blocks.contains(id));
+            if !missing.is_empty() {
+                self.fetch_snap_blocks(snap, &missing)?;
+            }
+            match self.read_snap_here(snap, offset, len) {
+                Err(CoreError::Corrupt(_)) if tries < 3 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    /// `sync_read` of blocks that are all in the cache (or inline).
+    fn read_snap_here(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        let end = snap.size.min(offset + len);
+        let mut out = vec![0u8; end.saturating_sub(offset) as usize];
+        let first = offset / BLOCK_SIZE;
+        let start = snap.blocks.partition_point(|(i, _)| *i < first);
+        for (idx, b) in &snap.blocks[start..] {
+            let bstart = idx * BLOCK_SIZE;
+            if bstart >= end {
+                break;
+            }
+            let from = offset.max(bstart);
+            let to = end.min(bstart + b.len as u64);
+            if from >= to {
+                continue;
+            }
+            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+            let bo = from - bstart;
+            if b.len < INLINE_MAX {
+                let d = snap.inline.get(&b.id).ok_or_else(|| {
+                    CoreError::Corrupt(format!("block {} is missing", b.id.hex()))
+                })?;
+                dst.copy_from_slice(&d[bo as usize..bo as usize + dst.len()]);
+            } else {
+                match self.blocks.read_at(&b.id, bo, dst)? {
+                    Some(n) if n == dst.len() => {}
+                    _ => {
+                        return Err(CoreError::Corrupt(format!(
+                            "block {} is not in the cache",
+                            b.id.hex()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
