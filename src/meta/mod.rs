@@ -342,6 +342,93 @@ pub fn content_version(conn: &Connection, ino: InodeNo) -> MetaResult<i64> {
         .query_row([ino.0 as i64], |r| r.get(0))
 }
 
+/// Gives file `ino` content that is only in a backend: its size, checksum,
+/// times, permission bits (if given) and source path, as a new version the
+/// backend is known to hold.
+pub fn set_remote_only(
+    conn: &Connection,
+    ino: InodeNo,
+    size: u64,
+    sha256: Option<&[u8]>,
+    mtime: Timestamp,
+    perm: Option<u32>,
+    src: Option<&[u8]>,
+) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE inodes SET remote_only = 1, size = ?2, sha256 = ?3, mtime_s = ?4,
+            mtime_ns = ?5, ctime_s = ?4, ctime_ns = ?5, perm = coalesce(?6, perm),
+            version = version + 1, synced_version = version + 1, remote_src = ?7
+         WHERE ino = ?1",
+    )?
+    .execute(params![
+        ino.0 as i64,
+        size as i64,
+        sha256,
+        mtime.sec,
+        mtime.nsec as i64,
+        perm.map(|m| m as i64),
+        src,
+    ])?;
+    Ok(())
+}
+
+/// The backend object (`ns/path`) a backend-only file was listed as.
+pub fn remote_src(conn: &Connection, ino: InodeNo) -> MetaResult<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT remote_src FROM inodes WHERE ino = ?1")?
+        .query_row([ino.0 as i64], |r| r.get(0))
+}
+
+/// File `ino`'s content is here now (no longer only in a backend) and
+/// hashes to `sha`.
+pub fn set_materialized(conn: &Connection, ino: InodeNo, sha: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
+        .execute(params![ino.0 as i64, sha])?;
+    Ok(())
+}
+
+/// No version of inode `ino` is confirmed at its own path any more.
+pub fn clear_synced(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1")?
+        .execute([ino.0 as i64])?;
+    Ok(())
+}
+
+/// `clear_synced`, if `ino` is a regular file.
+pub fn clear_synced_file(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND kind = 1")?
+        .execute([ino.0 as i64])?;
+    Ok(())
+}
+
+/// The current version of `ino` is confirmed at its own path, if its
+/// content still hashes to `sha`.
+pub fn confirm_synced(conn: &Connection, ino: InodeNo, sha: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE inodes SET synced_version = version WHERE ino = ?1 AND sha256 = ?2",
+    )?
+    .execute(params![ino.0 as i64, sha])?;
+    Ok(())
+}
+
+/// Files other than `except` whose cached whole-content hash is `sha`, each
+/// with whether its content is only in a backend.
+pub fn files_with_sha_except(
+    conn: &Connection,
+    sha: &[u8],
+    except: Option<InodeNo>,
+) -> MetaResult<Vec<(InodeNo, bool)>> {
+    let mut q = conn.prepare_cached(
+        "SELECT ino, remote_only FROM inodes WHERE sha256 = ?1 AND kind = 1 AND ino != ?2",
+    )?;
+    let rows = q.query_map(params![sha, except.map_or(0, |i| i.0 as i64)], |r| {
+        Ok((
+            InodeNo(r.get::<_, i64>(0)? as u64),
+            r.get::<_, i64>(1)? != 0,
+        ))
+    })?;
+    rows.collect()
+}
+
 pub fn delete_inode(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
     let i = ino.0 as i64;
     conn.prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
@@ -479,6 +566,15 @@ pub fn any_name(conn: &Connection, ino: InodeNo) -> MetaResult<Option<(InodeNo, 
     .optional()
 }
 
+/// Every name of `ino`: (parent, name), one per hard link.
+pub fn names(conn: &Connection, ino: InodeNo) -> MetaResult<Vec<(InodeNo, Vec<u8>)>> {
+    let mut st = conn.prepare_cached("SELECT parent, name FROM dentries WHERE ino = ?1")?;
+    let rows = st.query_map([ino.0 as i64], |r| {
+        Ok((InodeNo(r.get::<_, i64>(0)? as u64), r.get(1)?))
+    })?;
+    rows.collect()
+}
+
 // ---- extended attributes ----
 
 pub fn get_xattr(conn: &Connection, ino: InodeNo, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
@@ -538,6 +634,15 @@ pub fn file_block(conn: &Connection, ino: InodeNo, idx: u64) -> MetaResult<Optio
         })
     })
     .optional()
+}
+
+/// An index at which file `ino` holds block `id` (`None` also when the
+/// lookup fails).
+pub fn block_index(conn: &Connection, ino: InodeNo, id: &BlockId) -> MetaResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT idx FROM file_blocks WHERE ino = ?1 AND block = ?2 LIMIT 1")?
+        .query_row(params![ino.0 as i64, &id.0[..]], |r| r.get(0))
+        .ok())
 }
 
 /// The block list of a file from `from_idx` on, in order: (idx, block).

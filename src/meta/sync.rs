@@ -162,6 +162,46 @@ pub fn finish(conn: &Connection, ns: &str, path: &[u8], seq: i64) -> MetaResult<
         > 0)
 }
 
+/// Removes the entry of `ns/path`, whatever its sequence number.
+pub fn remove_entry(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
+        .execute(params![ns, path])?;
+    Ok(())
+}
+
+/// How many entries are below directory `ns/path`.
+pub fn count_below(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<i64> {
+    let mut lo = path.to_vec();
+    lo.push(b'/');
+    let mut hi = path.to_vec();
+    hi.push(b'/' + 1);
+    conn.query_row(
+        "SELECT count(*) FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3",
+        params![ns, lo, hi],
+        |r| r.get(0),
+    )
+}
+
+/// Whether the queue was seeded once with the store's existing entries (a
+/// setting that cannot be read counts as not).
+pub fn queue_seeded(conn: &Connection) -> bool {
+    conn.query_row(
+        "SELECT value FROM settings WHERE key = 'sync_seeded'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .is_ok()
+}
+
+/// Records that the queue was seeded (see `queue_seeded`).
+pub fn set_queue_seeded(conn: &Connection) -> MetaResult<()> {
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES ('sync_seeded', 1)",
+        [],
+    )?;
+    Ok(())
+}
+
 /// Puts the entry back for a later try.
 pub fn retry(
     conn: &Connection,
@@ -309,6 +349,25 @@ pub fn remote_with_sha(
             Ok((r.get(0)?, r.get(1)?, remote_at(r, 2)?))
         })
         .optional()
+}
+
+/// The version of the file at `ns/path` fetched by its ETag (any, without
+/// one) hashes to `sha`: the row takes that checksum as checked by LOCKER,
+/// unless it names another.
+pub fn verify_remote(
+    conn: &Connection,
+    ns: &str,
+    path: &[u8],
+    sha: &[u8],
+    etag: Option<&str>,
+) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE remote SET sha256 = ?3, verified = max(verified, 1)
+         WHERE ns = ?1 AND path = ?2 AND kind = 1 AND (sha256 IS NULL OR sha256 = ?3)
+            AND (?4 IS NULL OR etag = ?4)",
+    )?
+    .execute(params![ns, path, sha, etag])?;
+    Ok(())
 }
 
 /// Whether the block may be dropped from the cache: every file naming it

@@ -143,21 +143,15 @@ impl Locker {
                 }
                 meta::delete_file_block(tx, ino, idx)?;
             }
-            tx.prepare_cached(
-                "UPDATE inodes SET remote_only = 1, size = ?2, sha256 = ?3, mtime_s = ?4,
-                    mtime_ns = ?5, ctime_s = ?4, ctime_ns = ?5, perm = coalesce(?6, perm),
-                    version = version + 1, synced_version = version + 1, remote_src = ?7
-                 WHERE ino = ?1",
-            )?
-            .execute(rusqlite::params![
-                ino.0 as i64,
-                row.size as i64,
+            meta::set_remote_only(
+                tx,
+                ino,
+                row.size,
                 row.sha256.as_ref().map(|s| &s[..]),
-                mtime.sec,
-                mtime.nsec as i64,
-                row.mode.map(|m| (m & 0o7777) as i64),
-                src,
-            ])?;
+                mtime,
+                row.mode.map(|m| m & 0o7777),
+                src.as_deref(),
+            )?;
             Ok(freed)
         })?;
         self.free_blocks(st, &freed);
@@ -320,11 +314,7 @@ impl Locker {
                 );
                 self.create_from_remote(st, dir, &name, &row, ns_ino)?;
                 record(st, &row)?;
-                st.tx(|tx| {
-                    tx.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
-                        .execute(rusqlite::params![ns, path])?;
-                    Ok(())
-                })?;
+                st.tx(|tx| Ok(msync::remove_entry(tx, ns, path)?))?;
                 Ok(Applied::Conflict(moved))
             }
         }

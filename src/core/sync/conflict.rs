@@ -121,8 +121,7 @@ impl Locker {
             st.tx(|tx| {
                 msync::put_remote(tx, ns, path, &row)?;
                 // The path now holds what the backend holds: nothing to push.
-                tx.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
-                    .execute(rusqlite::params![ns, path])?;
+                msync::remove_entry(tx, ns, path)?;
                 Ok(())
             })
         })();

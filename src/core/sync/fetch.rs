@@ -146,13 +146,7 @@ impl Locker {
             })?;
             let mut idxs = Vec::new();
             for b in want {
-                let idx: Option<i64> = st
-                    .conn
-                    .prepare_cached(
-                        "SELECT idx FROM file_blocks WHERE ino = ?1 AND block = ?2 LIMIT 1",
-                    )?
-                    .query_row(rusqlite::params![ino.0 as i64, &b.id.0[..]], |r| r.get(0))
-                    .ok();
+                let idx = meta::block_index(&st.conn, ino, &b.id)?;
                 idxs.push(idx.ok_or(CoreError::NotFound)? as u64);
             }
             (sha, idxs)
@@ -292,10 +286,7 @@ impl Locker {
                 Some(s) => Some(s),
                 None => {
                     // Listed without a checksum: the object it was listed as.
-                    let r: Option<Vec<u8>> = st
-                        .conn
-                        .prepare_cached("SELECT remote_src FROM inodes WHERE ino = ?1")?
-                        .query_row([ino.0 as i64], |r| r.get(0))?;
+                    let r = meta::remote_src(&st.conn, ino)?;
                     r.and_then(|b| {
                         let i = b.iter().position(|&c| c == b'/')?;
                         Some((
@@ -395,17 +386,11 @@ impl Locker {
                 }
                 meta::put_file_block(tx, ino, *i, *r)?;
             }
-            tx.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
-                .execute(rusqlite::params![ino.0 as i64, &got[..]])?;
+            meta::set_materialized(tx, ino, &got[..])?;
             // The version fetched (by its ETag) hashes to `got`: the object
             // now has a checksum LOCKER checked itself, and its blocks can be
             // evicted and fetched back like any other.
-            tx.prepare_cached(
-                "UPDATE remote SET sha256 = ?3, verified = max(verified, 1)
-                 WHERE ns = ?1 AND path = ?2 AND kind = 1 AND (sha256 IS NULL OR sha256 = ?3)
-                    AND (?4 IS NULL OR etag = ?4)",
-            )?
-            .execute(rusqlite::params![ns, path, &got[..], etag])?;
+            msync::verify_remote(tx, &ns, &path, &got[..], etag.as_deref())?;
             Ok(())
         })?;
         for (_, r, _, stored) in &list {

@@ -104,13 +104,8 @@ pub(crate) fn mark_ino(
     if m.is_none() {
         return Ok(());
     }
-    let names: Vec<(i64, Vec<u8>)> = {
-        let mut st = conn.prepare_cached("SELECT parent, name FROM dentries WHERE ino = ?1")?;
-        let rows = st.query_map([ino.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    for (parent, name) in names {
-        mark_name(conn, m, InodeNo(parent as u64), &name, bytes)?;
+    for (parent, name) in meta::names(conn, ino)? {
+        mark_name(conn, m, parent, &name, bytes)?;
     }
     Ok(())
 }
@@ -155,8 +150,7 @@ pub(crate) fn mark_moved(
     // yet: its blocks stay (or come back) until that path is confirmed,
     // whatever happens meanwhile to the object at the old path.
     for (_, _, i) in &entries {
-        conn.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND kind = 1")?
-            .execute([i.0 as i64])?;
+        meta::clear_synced_file(conn, *i)?;
     }
     let Some(m) = m else { return Ok(()) };
     let newp = ns_path(conn, new.0, new.1)?;

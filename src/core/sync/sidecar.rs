@@ -81,10 +81,7 @@ impl Locker {
                 && r.kind == REMOTE_FILE
                 && let Some(sha) = &r.sha256
             {
-                tx.prepare_cached(
-                    "UPDATE inodes SET synced_version = version WHERE ino = ?1 AND sha256 = ?2",
-                )?
-                .execute(rusqlite::params![local.attr.ino.0 as i64, &sha[..]])?;
+                meta::confirm_synced(tx, local.attr.ino, &sha[..])?;
             }
             Ok(msync::finish(tx, ns, path, seq)?)
         })?;
@@ -111,26 +108,14 @@ impl Locker {
             // not replaced by pushing it.
             let here = Locker::resolve_in(&st.conn, ns, path)?
                 .and_then(|(_, _, r)| r)
-                .map_or(0, |r| r.attr.ino.0 as i64);
-            let inos: Vec<(InodeNo, bool)> = {
-                let mut q = st.conn.prepare_cached(
-                    "SELECT ino, remote_only FROM inodes WHERE sha256 = ?1 AND kind = 1 AND ino != ?2",
-                )?;
-                let rows = q.query_map(rusqlite::params![&sha[..], here], |r| {
-                    Ok((
-                        InodeNo(r.get::<_, i64>(0)? as u64),
-                        r.get::<_, i64>(1)? != 0,
-                    ))
-                })?;
-                rows.collect::<Result<_, _>>()?
-            };
+                .map(|r| r.attr.ino);
+            let inos = meta::files_with_sha_except(&st.conn, &sha[..], here)?;
             if inos.is_empty() {
                 return Ok(());
             }
             st.tx(|tx| {
                 for (ino, _) in &inos {
-                    tx.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1")?
-                        .execute([ino.0 as i64])?;
+                    meta::clear_synced(tx, *ino)?;
                 }
                 Ok(())
             })?;
@@ -164,17 +149,8 @@ impl Locker {
 
     /// Whether anything below directory `ns/path` has a pending change.
     pub fn sync_queued_under(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
-        let mut lo = path.to_vec();
-        lo.push(b'/');
-        let mut hi = path.to_vec();
-        hi.push(b'/' + 1);
         let st = self.lock();
-        let n: i64 = st.conn.query_row(
-            "SELECT count(*) FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3",
-            rusqlite::params![ns, lo, hi],
-            |r| r.get(0),
-        )?;
-        Ok(n > 0)
+        Ok(msync::count_below(&st.conn, ns, path)? > 0)
     }
 
     /// Whether `ns/path`, or a directory above it, has a pending change: a
@@ -200,15 +176,7 @@ impl Locker {
     /// pushed too. Entries the backend already holds cost a HEAD each.
     pub(crate) fn seed_sync_queue(&self) -> CoreResult<()> {
         let mut st = self.lock();
-        let seeded: Option<i64> = st
-            .conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'sync_seeded'",
-                [],
-                |r| r.get(0),
-            )
-            .ok();
-        if seeded.is_some() {
+        if msync::queue_seeded(&st.conn) {
             return Ok(());
         }
         let m = st.mark();
@@ -221,10 +189,7 @@ impl Locker {
                 }
                 let _ = ns_name;
             }
-            tx.execute(
-                "INSERT INTO settings (key, value) VALUES ('sync_seeded', 1)",
-                [],
-            )?;
+            msync::set_queue_seeded(tx)?;
             Ok(n)
         })?;
         if n > 0 {
