@@ -3,8 +3,10 @@
 //! local disk, with metadata in SQLite.
 //!
 //! Dependencies point one way: `fuse`, `api`, `cli` → `core` → {`meta`, `blocks`};
-//! `sync` (the sidecar) → {`core`, `backend`}. The core reaches the
-//! backends only through the `RemoteSource` trait the sidecar installs.
+//! `sync` (the sidecar) → {`core`, `backend`}; `core`, `meta`, `backend` →
+//! `types` (the shared vocabulary), which depends on nothing. The core
+//! reaches the backends only through the `RemoteSource` trait the sidecar
+//! installs.
 //! The core knows nothing about FUSE or HTTP; the FUSE glue and the API hold
 //! no filesystem logic.
 
@@ -18,3 +20,4 @@ pub mod datadir;
 pub mod fuse;
 pub mod meta;
 pub mod sync;
+pub mod types;

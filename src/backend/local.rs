@@ -29,7 +29,7 @@ use super::{
     BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjKind, ObjMeta,
     check_key, cond_holds, cond_refused, hex, unhex32,
 };
-use crate::core::Timestamp;
+use crate::types::Timestamp;
 
 /// Names starting with this are temporaries of ours, never listed.
 const TMP_PREFIX: &str = ".locker-tmp-";

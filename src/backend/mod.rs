@@ -15,7 +15,7 @@ pub mod s3;
 
 use std::fmt;
 
-use crate::core::Timestamp;
+use crate::types::Timestamp;
 
 /// How a failed call should be treated by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -911,7 +911,7 @@ mod tests {
     fn metadata_round_trips() {
         let m = ObjMeta {
             sha256: Some([3; 32]),
-            mtime: Some(crate::core::Timestamp { sec: 5, nsec: 6 }),
+            mtime: Some(crate::types::Timestamp { sec: 5, nsec: 6 }),
             mode: Some(0o640),
             base: Some([4; 32]),
         };

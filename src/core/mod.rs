@@ -25,7 +25,6 @@ pub mod namespace;
 pub mod objects;
 mod recover;
 pub mod sync;
-pub mod types;
 mod xattr;
 
 use std::collections::HashMap;
@@ -38,6 +37,7 @@ use rusqlite::Connection;
 
 use crate::blocks::{BlockId, BlockStore};
 use crate::meta;
+pub use crate::types;
 pub use error::{CoreError, CoreResult};
 use file::FileState;
 pub use types::*;

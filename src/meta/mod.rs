@@ -12,7 +12,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::blocks::BlockId;
-use crate::core::types::{Attr, FileKind, InodeNo, Timestamp};
+use crate::types::{Attr, FileKind, InodeNo, Timestamp};
 
 pub type MetaResult<T> = rusqlite::Result<T>;
 

@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::MetaResult;
-use crate::core::Timestamp;
+use crate::types::Timestamp;
 
 /// One change to push: the entry at `ns/path` differs from the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]

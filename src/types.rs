@@ -1,4 +1,7 @@
-//! Identifiers and attribute types shared by the core and its callers.
+//! Identifiers and attribute types shared by the core and its callers, the
+//! metadata store and the backends. The bottom of the crate: it uses nothing
+//! else in it, so every layer can share this vocabulary without depending on
+//! the core (which re-exports it as `crate::core::types`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
