@@ -1381,3 +1381,76 @@ fn public_url_with_a_path_prefix() {
         409
     );
 }
+
+#[test]
+fn a_huge_listing_over_http_never_holds_up_the_mount() {
+    // A directory of 300,000 entries listed over HTTP while the mount is
+    // asked for names: every answer comes within 50 ms, because the
+    // listing takes the state lock one page at a time and streams.
+    let mut a = ApiMount::start("");
+    std::fs::create_dir(a.m.mnt.join("corp/huge")).unwrap();
+    a.m.stop();
+    // The entries are made straight in the metadata database while the
+    // daemon is stopped: through the mount they would take minutes.
+    const N: usize = 300_000;
+    {
+        let mut conn = rusqlite::Connection::open(a.m.data.join("meta.db")).unwrap();
+        let dir: i64 = conn
+            .query_row(
+                "SELECT ino FROM dentries WHERE name = ?2 AND parent =
+                    (SELECT ino FROM dentries WHERE parent = 1 AND name = ?1)",
+                (b"corp".to_vec(), b"huge".to_vec()),
+                |r| r.get(0),
+            )
+            .unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 0..N {
+            tx.execute(
+                "INSERT INTO inodes (kind, perm, uid, gid, size, nlink, atime_s, atime_ns,
+                    mtime_s, mtime_ns, ctime_s, ctime_ns, crtime_s, crtime_ns)
+                 VALUES (1, 420, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+            let ino = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)",
+                (dir, format!("f{i:07}").into_bytes(), ino),
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    a.m.start(&[]);
+    let log = a.m.log.clone();
+    common::wait_port(a.addr, a.m.child.as_mut().unwrap(), &log);
+    let corp = a.m.mnt.join("corp");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (listing, worst) = std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let mut worst = Duration::ZERO;
+            let mut i = 0u64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // A new name each time: the kernel asks the daemon.
+                let t0 = Instant::now();
+                let _ = std::fs::symlink_metadata(corp.join(format!("absent-{i}")));
+                worst = worst.max(t0.elapsed());
+                i += 1;
+            }
+            worst
+        });
+        let r = a.get("corp/huge");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (r, prober.join().unwrap())
+    });
+    assert_eq!(listing.status, 200);
+    let l = json(&listing.body);
+    let entries = l["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), N);
+    assert_eq!(entries[0]["name"], "f0000000");
+    assert_eq!(entries[N - 1]["name"], format!("f{:07}", N - 1));
+    assert!(
+        worst < Duration::from_millis(50),
+        "a lookup in the mount waited {worst:?} behind the listing"
+    );
+}

@@ -294,6 +294,76 @@ fn the_cache_stays_within_its_bound_and_evicted_data_comes_back() {
 }
 
 #[test]
+fn slow_downloads_of_an_evicted_file_do_not_starve_writers() {
+    // Ten clients download an evicted file through a signed URL at a
+    // limited rate while a program writes into the mount: the download's
+    // blocks may be evicted again (and fetched again), so the writer gets
+    // room and the cache stays within its bound.
+    let a = common::ApiMount::start("[cache]\nsize_mb = 16\nwrite_timeout_s = 5\n");
+    let limit = 16u64 << 20;
+    let bound = limit + limit / 8 + (16 << 20);
+    let corp = a.m.mnt.join("corp");
+    let big = pattern(24 << 20, 61);
+    std::fs::write(corp.join("big.bin"), &big).unwrap();
+    std::fs::write(corp.join("filler.bin"), pattern(24 << 20, 62)).unwrap();
+    a.m.wait_drained(DRAIN);
+    wait_for("big.bin to be evicted", DRAIN, || {
+        blocks_bytes(&a.m.data) <= limit
+    });
+    let r = a.call(
+        "POST",
+        "/api/signed-url",
+        &[("Content-Type", "application/json")],
+        br#"{"path": "corp/big.bin", "expires_in": 600}"#,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let url = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["signed_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak, data) = (stop.clone(), peak.clone(), a.m.data.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(blocks_bytes(&data), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let out = tempfile::tempdir().unwrap();
+    let readers: Vec<_> = (0..10)
+        .map(|i| {
+            Command::new("curl")
+                .args(["--silent", "--fail", "--limit-rate", "4M", "-o"])
+                .arg(out.path().join(format!("r{i}")))
+                .arg(&url)
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let w = pattern(16 << 20, 63);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(corp.join("w.bin")).unwrap();
+        f.write_all(&w).expect("the writer got no room");
+        f.sync_all().unwrap();
+    }
+    for (i, mut r) in readers.into_iter().enumerate() {
+        assert!(r.wait().unwrap().success(), "download {i} failed");
+        let got = std::fs::read(out.path().join(format!("r{i}"))).unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(&big), "download {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak <= bound, "cache peaked at {peak} bytes, bound {bound}");
+    assert_eq!(std::fs::read(corp.join("w.bin")).unwrap(), w);
+}
+
+#[test]
 fn a_corrupt_object_gives_eio_never_wrong_bytes() {
     let server = S3Server::start();
     server.mb("corp");
