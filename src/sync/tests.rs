@@ -845,3 +845,79 @@ fn slow_readers_of_an_evicted_file_keep_the_cache_within_its_bound() {
         "the cache reached {peak} bytes, bound {bound}"
     );
 }
+
+// ---- the queue: coalescing, ordering, chains ----
+
+#[test]
+fn many_changes_to_one_file_while_the_store_is_away_go_up_once() {
+    let rig = Rig::new("");
+    let mem = rig.stores.corp();
+    rig.fault["corp"].freeze();
+    for i in 0..50u32 {
+        rig.write("corp/busy", format!("version {i}").as_bytes());
+    }
+    let puts = mem.calls("put");
+    rig.fault["corp"].thaw();
+    rig.drained();
+    assert_eq!(object(mem, "busy").unwrap(), b"version 49");
+    assert!(
+        mem.calls("put") - puts <= 2,
+        "{} uploads for one file",
+        mem.calls("put") - puts
+    );
+}
+
+#[test]
+fn a_renamed_directory_is_copied_before_its_old_paths_are_deleted() {
+    let rig = Rig::new("");
+    for i in 0..5 {
+        rig.write(&format!("corp/old/f{i}"), format!("{i}").as_bytes());
+    }
+    rig.drained();
+    let f = rig.fault["corp"].clone();
+    let puts = rig.stores.corp().calls("put");
+    let start = f.calls().len();
+    rig.rename("corp/old", "corp/new");
+    rig.drained();
+    let calls = &f.calls()[start..];
+    for i in 0..5 {
+        let copied = calls
+            .iter()
+            .position(|(op, k)| *op == "copy" && k == &format!("new/f{i}"))
+            .unwrap_or_else(|| panic!("new/f{i} was not copied: {calls:?}"));
+        let deleted = calls
+            .iter()
+            .position(|(op, k)| *op == "delete" && k == &format!("old/f{i}"))
+            .unwrap_or_else(|| panic!("old/f{i} was not deleted: {calls:?}"));
+        assert!(copied < deleted, "old/f{i} went before its copy: {calls:?}");
+    }
+    assert_eq!(rig.stores.corp().calls("put"), puts, "a rename re-uploaded");
+    let keys = rig.stores.corp().keys();
+    assert!(keys.iter().all(|k| k.starts_with("new")), "{keys:?}");
+}
+
+#[test]
+fn a_chain_of_renames_ending_in_a_delete_leaves_nothing_and_uploads_nothing() {
+    let rig = Rig::new("");
+    rig.write("corp/a", b"short-lived");
+    rig.drained();
+    let mem = rig.stores.corp();
+    let puts = mem.calls("put");
+    rig.fault["corp"].freeze();
+    rig.rename("corp/a", "corp/b");
+    rig.rename("corp/b", "corp/c");
+    rig.unlink("corp/c");
+    rig.fault["corp"].thaw();
+    rig.drained();
+    assert_eq!(mem.keys(), Vec::<String>::new());
+    assert_eq!(mem.calls("put"), puts);
+    // And the other way: made, renamed twice, kept.
+    rig.fault["corp"].freeze();
+    rig.write("corp/x", b"kept");
+    rig.rename("corp/x", "corp/y");
+    rig.rename("corp/y", "corp/z");
+    rig.fault["corp"].thaw();
+    rig.drained();
+    assert_eq!(mem.keys(), ["z"]);
+    assert_eq!(object(mem, "z").unwrap(), b"kept");
+}
