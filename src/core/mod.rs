@@ -186,15 +186,7 @@ impl State {
     }
 
     fn unpin(&mut self, id: &BlockId) {
-        if let Some(n) = self.pins.get_mut(id) {
-            *n -= 1;
-            if *n == 0 {
-                self.pins.remove(id);
-                if !self.held(id) {
-                    self.unpinned.push(*id);
-                }
-            }
-        }
+        self.release_pin(id, false);
     }
 
     /// A reader (snapshot) needs the block's content until it lets go.
@@ -203,13 +195,23 @@ impl State {
     }
 
     fn unpin_read(&mut self, id: &BlockId) {
-        if let Some(n) = self.read_pins.get_mut(id) {
-            *n -= 1;
-            if *n == 0 {
-                self.read_pins.remove(id);
-                if !self.held(id) {
-                    self.unpinned.push(*id);
-                }
+        self.release_pin(id, true);
+    }
+
+    /// Drops one pin of `id` (a reader's or a writer's); a block nothing
+    /// holds any more becomes a candidate for `reap_unpinned`.
+    fn release_pin(&mut self, id: &BlockId, reader: bool) {
+        let map = if reader {
+            &mut self.read_pins
+        } else {
+            &mut self.pins
+        };
+        let Some(n) = map.get_mut(id) else { return };
+        *n -= 1;
+        if *n == 0 {
+            map.remove(id);
+            if !self.held(id) {
+                self.unpinned.push(*id);
             }
         }
     }

@@ -813,34 +813,40 @@ fn listing_a_huge_directory_never_holds_up_other_requests() {
         .unwrap();
     }
     let probe = t.put(ns, b"probe", b"x");
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let worst = std::thread::scope(|s| {
-        let lister = s.spawn(|| {
-            let mut n = 0;
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let page =
-                    t.l.list_page(dir, after.as_deref(), objects::LIST_PAGE)
-                        .unwrap();
-                n += page.len();
-                if page.len() < objects::LIST_PAGE {
-                    break;
+    // The worst wait of one listing; the best of three is kept, so that a
+    // thread descheduled by other tests running beside this one does not
+    // count, while a lock held across the listing shows in every run.
+    let once = || {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let lister = s.spawn(|| {
+                let mut n = 0;
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let page =
+                        t.l.list_page(dir, after.as_deref(), objects::LIST_PAGE)
+                            .unwrap();
+                    n += page.len();
+                    if page.len() < objects::LIST_PAGE {
+                        break;
+                    }
+                    after = page.last().map(|e| e.name.clone());
                 }
-                after = page.last().map(|e| e.name.clone());
+                done.store(true, Ordering::SeqCst);
+                n
+            });
+            let mut worst = std::time::Duration::ZERO;
+            while !done.load(Ordering::SeqCst) {
+                let t0 = std::time::Instant::now();
+                t.l.getattr(probe).unwrap();
+                t.l.lookup(ns, b"probe").unwrap();
+                worst = worst.max(t0.elapsed());
             }
-            done.store(true, Ordering::SeqCst);
-            n
-        });
-        let mut worst = std::time::Duration::ZERO;
-        while !done.load(Ordering::SeqCst) {
-            let t0 = std::time::Instant::now();
-            t.l.getattr(probe).unwrap();
-            t.l.lookup(ns, b"probe").unwrap();
-            worst = worst.max(t0.elapsed());
-        }
-        assert_eq!(lister.join().unwrap(), N);
-        worst
-    });
+            assert_eq!(lister.join().unwrap(), N);
+            worst
+        })
+    };
+    let worst = (0..3).map(|_| once()).min().unwrap();
     assert!(
         worst < std::time::Duration::from_millis(50),
         "a stat waited {worst:?} behind the listing"
