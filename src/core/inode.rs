@@ -9,6 +9,8 @@ use crate::core::{CoreError, CoreResult, Handle, Locker, State, check_name, sync
 use crate::meta::{self, InodeRow};
 
 const S_ISGID: u16 = 0o2000;
+/// Entries read per page by `readdir`.
+const DIR_PAGE: usize = 1000;
 
 /// What to create: kind and permission bits (`mode`), device number, and a
 /// symlink's target.
@@ -665,50 +667,86 @@ impl Locker {
         Ok(())
     }
 
-    /// Opens a directory: its entries are read once here, so a listing is a
-    /// consistent snapshot however the directory changes meanwhile.
+    /// Opens a directory. Its entries are read a page at a time as
+    /// `readdir` reaches them (the state lock is held one page at a time,
+    /// however large the directory); each name shows at most once per
+    /// handle, and a rewind (offset 0) reads the directory afresh.
     pub fn opendir(&self, ino: InodeNo) -> CoreResult<HandleId> {
         let mut st = self.lock();
         let d = dir_row(&st.conn, ino)?;
-        let mut entries = vec![
+        let entries = Locker::dot_entries(ino, d.parent.unwrap_or(InodeNo::ROOT));
+        let fh = HandleId(st.next_handle);
+        st.next_handle += 1;
+        st.handles.insert(
+            fh,
+            Handle::Dir {
+                dir: ino,
+                entries,
+                complete: false,
+            },
+        );
+        Ok(fh)
+    }
+
+    fn dot_entries(ino: InodeNo, parent: InodeNo) -> Vec<DirEntry> {
+        vec![
             DirEntry {
                 ino,
                 kind: FileKind::Dir,
                 name: b".".to_vec(),
             },
             DirEntry {
-                ino: d.parent.unwrap_or(InodeNo::ROOT),
+                ino: parent,
                 kind: FileKind::Dir,
                 name: b"..".to_vec(),
             },
-        ];
-        for (name, ino, kind) in meta::list_dir(&st.conn, ino)? {
-            entries.push(DirEntry { ino, kind, name });
-        }
-        let fh = HandleId(st.next_handle);
-        st.next_handle += 1;
-        st.handles.insert(fh, Handle::Dir { entries });
-        Ok(fh)
+        ]
     }
 
     /// Entries of an open directory from position `offset` on; each comes
-    /// with the offset of the entry after it.
+    /// with the offset of the entry after it. `f` returns true when it has
+    /// taken all it can.
     pub fn readdir(
         &self,
         fh: HandleId,
         offset: u64,
         mut f: impl FnMut(&DirEntry, u64) -> bool,
     ) -> CoreResult<()> {
-        let st = self.lock();
-        let Some(Handle::Dir { entries }) = st.handles.get(&fh) else {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(Handle::Dir {
+            dir,
+            entries,
+            complete,
+        }) = st.handles.get_mut(&fh)
+        else {
             return Err(CoreError::BadHandle);
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if f(e, i as u64 + 1) {
-                break;
-            }
+        if offset == 0 && entries.len() > 2 {
+            // A rewind: the directory as it is now.
+            entries.truncate(2);
+            *complete = false;
         }
-        Ok(())
+        let mut i = offset as usize;
+        loop {
+            while i < entries.len() {
+                if f(&entries[i], i as u64 + 1) {
+                    return Ok(());
+                }
+                i += 1;
+            }
+            if *complete {
+                return Ok(());
+            }
+            let after = (entries.len() > 2).then(|| entries[entries.len() - 1].name.clone());
+            let page = meta::list_dir_page(&st.conn, *dir, after.as_deref(), DIR_PAGE)?;
+            *complete = page.len() < DIR_PAGE;
+            entries.extend(page.into_iter().map(|e| DirEntry {
+                ino: e.ino,
+                kind: e.kind,
+                name: e.name,
+            }));
+        }
     }
 
     pub fn releasedir(&self, fh: HandleId) -> CoreResult<()> {

@@ -112,7 +112,12 @@ enum Handle {
         next_read: u64,
     },
     Dir {
+        dir: InodeNo,
+        /// Entries read so far ("." and ".." first); entry `i` has offset
+        /// `i + 1`, stable for the handle.
         entries: Vec<DirEntry>,
+        /// Every entry of the directory has been read.
+        complete: bool,
     },
 }
 
