@@ -777,8 +777,9 @@ impl Backend for S3Backend {
             return self.copy_parts(&from, src_etag, &to, size, map, cond).await;
         }
         // The destination's condition goes with the request, and is checked
-        // just before too, for stores that take it and ignore it on a copy.
-        if from != to {
+        // just before too, for stores that take it and ignore it on a copy
+        // (a HEAD only when there is a condition).
+        if from != to && *cond != Cond::Any {
             let now = self.head_full(&to).await?;
             if !cond_holds(
                 cond,
@@ -841,17 +842,20 @@ impl Backend for S3Backend {
     }
 
     async fn put_dir(&self, key: &str, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
-        // The marker is its own key: a file at `key` does not stop it, so
-        // the condition applies to the file alone.
-        if !cond_holds(
-            cond,
-            self.head_full(&self.full(key)?)
-                .await?
-                .as_ref()
-                .and_then(|h| h.e_tag())
-                .map(unquote)
-                .as_deref(),
-        ) {
+        // The marker is its own key (`key/`): it never replaces a file at
+        // `key`, so only an explicit version condition needs a look there;
+        // "if absent" holds for what the marker could overwrite.
+        if let Cond::IfMatch(_) = cond
+            && !cond_holds(
+                cond,
+                self.head_full(&self.full(key)?)
+                    .await?
+                    .as_ref()
+                    .and_then(|h| h.e_tag())
+                    .map(unquote)
+                    .as_deref(),
+            )
+        {
             return Err(cond_refused(key));
         }
         let full = format!("{}/", self.full(key)?);
