@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjInfo, ObjMeta};
+use super::{
+    BResult, Backend, BackendError, Capabilities, Cond, ErrorKind, Multipart, ObjInfo, ObjMeta,
+    PartInfo,
+};
 
 /// What a matching rule does to the call.
 #[derive(Clone)]
@@ -153,6 +156,10 @@ impl Backend for FaultBackend {
         self.inner.describe()
     }
 
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
     async fn check(&self) -> BResult<()> {
         self.enter("check", "").await?;
         self.inner.check().await
@@ -187,6 +194,16 @@ impl Backend for FaultBackend {
     async fn multipart_abort(&self, mp: &Multipart) {
         let _ = self.enter("multipart_abort", &mp.key).await;
         self.inner.multipart_abort(mp).await
+    }
+
+    async fn multipart_resume(&self, mp: &Multipart) -> BResult<Option<Vec<PartInfo>>> {
+        self.enter("multipart_resume", &mp.key).await?;
+        self.inner.multipart_resume(mp).await
+    }
+
+    async fn rename(&self, src: &str, src_etag: Option<&str>, dst: &str) -> BResult<String> {
+        self.enter("rename", dst).await?;
+        self.inner.rename(src, src_etag, dst).await
     }
 
     async fn get_range(

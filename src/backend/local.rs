@@ -279,6 +279,7 @@ fn info_of(key: String, dir: &DirAt, name: &str, m: &fs::Metadata, with_meta: bo
             etag_of(m)
         },
         meta,
+        file_id: None,
     }
 }
 

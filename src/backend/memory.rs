@@ -135,6 +135,7 @@ impl MemoryBackend {
                 o.etag.clone()
             },
             meta: with_meta.then(|| o.meta.clone()),
+            file_id: None,
         }
     }
 }

@@ -107,8 +107,76 @@ pub struct ObjInfo {
     /// Changes whenever the content (or, for a local directory, the file)
     /// changes.
     pub etag: String,
-    /// Filled by `head` (a listing does not carry metadata).
+    /// Filled by `head`; a listing fills it only where the store hands it
+    /// over at no cost (WebDAV).
     pub meta: Option<ObjMeta>,
+    /// An identity of the entry that survives renames, where the store has
+    /// one (Nextcloud's `oc:fileid`): the same id at a new path after a
+    /// refresh is a rename made elsewhere, not a delete and a new file.
+    pub file_id: Option<String>,
+}
+
+/// What a backend can keep and do; the sidecar and the contract tests ask
+/// rather than assume. `Capabilities::DEFAULT` for object stores and local
+/// directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Symlinks are stored; otherwise `put_symlink` fails for the path
+    /// (permanent, of that path only) and symlinks stay local.
+    pub symlinks: bool,
+    /// `ObjMeta::mode` travels with a file.
+    pub mode: bool,
+    /// `ObjMeta::base` travels with a file.
+    pub base: bool,
+    /// mtime is kept to the nanosecond; otherwise whole seconds.
+    pub mtime_ns: bool,
+    /// Multipart parts are assembled by the store; otherwise the backend
+    /// spools them on local disk and sends one PUT at `multipart_finish`
+    /// (a caller may then prefer one `put`).
+    pub server_side_parts: bool,
+    /// An unfinished multipart upload outlives this process, and
+    /// `multipart_resume` lists the parts it holds.
+    pub resumable_uploads: bool,
+}
+
+impl Capabilities {
+    /// Everything kept, parts assembled by the store, no resumption.
+    pub const DEFAULT: Capabilities = Capabilities {
+        symlinks: true,
+        mode: true,
+        base: true,
+        mtime_ns: true,
+        server_side_parts: true,
+        resumable_uploads: false,
+    };
+
+    /// What of `meta` a file written with it keeps here.
+    pub fn kept(&self, meta: &ObjMeta) -> ObjMeta {
+        ObjMeta {
+            sha256: meta.sha256,
+            mtime: meta.mtime.map(|t| {
+                if self.mtime_ns {
+                    t
+                } else {
+                    Timestamp {
+                        sec: t.sec,
+                        nsec: 0,
+                    }
+                }
+            }),
+            mode: meta.mode.filter(|_| self.mode),
+            base: meta.base.filter(|_| self.base),
+        }
+    }
+}
+
+/// One part an unfinished multipart upload holds (`multipart_resume`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub number: u32,
+    pub size: u64,
+    /// What `multipart_finish` takes for the part.
+    pub etag: String,
 }
 
 /// A condition on what the backend holds at a key when a write lands, so
@@ -145,6 +213,12 @@ pub trait Backend: Send + Sync {
     /// A human description, without secrets: `s3 bucket corp at https://…`.
     fn describe(&self) -> String;
 
+    /// What this backend keeps and does (known for sure once `check` has
+    /// run: a WebDAV server's flavor is asked of it).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::DEFAULT
+    }
+
     /// Checks that the backend is reachable and usable (bucket exists,
     /// credentials accepted).
     async fn check(&self) -> BResult<()>;
@@ -170,6 +244,16 @@ pub trait Backend: Send + Sync {
     async fn multipart_finish(&self, mp: &Multipart, parts: Vec<(u32, String)>) -> BResult<String>;
 
     async fn multipart_abort(&self, mp: &Multipart);
+
+    /// The parts an unfinished upload begun earlier (perhaps by a process
+    /// that was killed) already holds, so that a caller that kept `mp`
+    /// (its key, id, size and metadata) sends only the missing ones and
+    /// then finishes it. `None`: nothing to resume (the upload is gone, or
+    /// this backend cannot resume): begin again. The default: `None`.
+    async fn multipart_resume(&self, mp: &Multipart) -> BResult<Option<Vec<PartInfo>>> {
+        let _ = mp;
+        Ok(None)
+    }
 
     /// `len` bytes from `offset` (fewer only at the end of the object); with
     /// `if_match`, only while the object has that ETag (else an error: never
@@ -205,6 +289,47 @@ pub trait Backend: Send + Sync {
         meta: &ObjMeta,
         cond: &Cond,
     ) -> BResult<String>;
+
+    /// Renames the file `src` to `dst` inside the backend, only if `src`
+    /// still has ETag `src_etag` (when given) and nothing is at `dst`;
+    /// returns the ETag at `dst`. Errors as `copy`'s: a changed source is
+    /// permanent for the path (the caller uploads instead), something at
+    /// `dst` a transient refusal (look again).
+    ///
+    /// The default copies (with the source's metadata, "if absent") then
+    /// deletes the source by its ETag: not atomic. A source changed between
+    /// the two is someone else's newer write and stays; a failed delete
+    /// leaves both (the caller looks again). Stores with a rename of their
+    /// own (WebDAV `MOVE`) override it, and may rename directories too.
+    async fn rename(&self, src: &str, src_etag: Option<&str>, dst: &str) -> BResult<String> {
+        let Some(h) = self.head(src).await? else {
+            return Err(BackendError::not_found(format!("{src} does not exist")).for_path());
+        };
+        if h.kind == ObjKind::Dir {
+            return Err(BackendError::permanent(format!(
+                "{src} is a directory; this backend renames files only"
+            ))
+            .for_path());
+        }
+        if src_etag.is_some_and(|e| e != h.etag) {
+            return Err(BackendError::permanent(format!(
+                "{src} changed since it was recorded; not renamed"
+            ))
+            .for_path());
+        }
+        let meta = h.meta.clone().unwrap_or_default();
+        let etag = self
+            .copy(src, Some(&h.etag), dst, &meta, &Cond::IfAbsent)
+            .await?;
+        match self.delete(src, &Cond::IfMatch(h.etag.clone())).await {
+            Ok(()) => Ok(etag),
+            Err(e) if e.path_only && e.kind == ErrorKind::Transient => {
+                tracing::warn!(from = %src, to = %dst, "renamed by copy; the source changed meanwhile and stays");
+                Ok(etag)
+            }
+            Err(e) => Err(e),
+        }
+    }
 
     /// Makes the directory (marker) `key`, only if `cond` holds there (a
     /// directory already there satisfies `IfAbsent`).

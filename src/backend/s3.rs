@@ -679,6 +679,7 @@ impl Backend for S3Backend {
                 size: h.content_length().unwrap_or(0).max(0) as u64,
                 etag: unquote(h.e_tag().unwrap_or("")),
                 meta: Some(meta_from(h.metadata())),
+                file_id: None,
             }));
         }
         let marker = format!("{full}/");
@@ -689,6 +690,7 @@ impl Backend for S3Backend {
                 size: 0,
                 etag: unquote(h.e_tag().unwrap_or("")),
                 meta: Some(meta_from(h.metadata())),
+                file_id: None,
             }));
         }
         Ok(None)
@@ -735,6 +737,7 @@ impl Backend for S3Backend {
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: unquote(o.e_tag().unwrap_or("")),
                     meta: None,
+                    file_id: None,
                 });
             }
             match page.next_continuation_token() {
