@@ -74,6 +74,19 @@ write_timeout_s = 60
 #   prefix = ""
 #   path_style = false
 #   credentials_file = "/etc/locker/r2.credentials"
+#
+# Backend "webdav": a folder on Nextcloud (or any WebDAV server: flavor
+# "plain"). The password (a Nextcloud app password) comes from a 0600 file or
+# an environment variable, never from this file. http:// is refused unless
+# the host is this machine (allow_insecure_http = true overrides it).
+#   [namespaces.deck]
+#   backend = "webdav"
+#   url = "https://cloud.example.com/remote.php/dav/files/alice/"
+#   prefix = "LOCKER/deck/"
+#   user = "alice"
+#   password_file = "/etc/locker/nextcloud.password"   # or password_env = "NAME"
+#   # flavor = "nextcloud"        # or "plain"; asked of the server when absent
+#   # chunk_size_mb = 10          # larger files go up in chunks of this size
 
 # The HTTP API (PUT/GET/DELETE /api/files/..., signed URLs, references) is
 # served when an [api] section is present; `locker serve` serves it without
@@ -337,6 +350,25 @@ pub struct NamespaceConfig {
     pub credentials_file: Option<PathBuf>,
     /// `s3`: a profile of the AWS shared credentials file.
     pub profile: Option<String>,
+    /// `webdav`: the user's files root, e.g.
+    /// `https://cloud.example.com/remote.php/dav/files/alice/`.
+    pub url: Option<String>,
+    /// `webdav`: the user name.
+    pub user: Option<String>,
+    /// `webdav`: a file (mode 0600, owned by the daemon's user) holding the
+    /// password (a Nextcloud app password).
+    pub password_file: Option<PathBuf>,
+    /// `webdav`: the environment variable holding the password.
+    pub password_env: Option<String>,
+    /// `webdav`: `nextcloud` or `plain`; asked of the server when absent.
+    pub flavor: Option<String>,
+    /// `webdav`: allow `http://` to a host other than this machine (the
+    /// password and files then cross the network unencrypted).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// `webdav` (Nextcloud): files larger than this many MiB go up in
+    /// chunks of this size. Default: 10.
+    pub chunk_size_mb: Option<u64>,
 }
 
 /// The kinds of backend a namespace can use.
@@ -344,12 +376,14 @@ pub struct NamespaceConfig {
 pub enum BackendKind {
     Local,
     S3,
+    WebDav,
 }
 
 impl NamespaceConfig {
     pub fn kind(&self) -> BackendKind {
         match self.backend.as_deref() {
             Some("s3") => BackendKind::S3,
+            Some("webdav") => BackendKind::WebDav,
             _ => BackendKind::Local,
         }
     }
@@ -375,6 +409,22 @@ impl NamespaceConfig {
             ("credentials_file", self.credentials_file.is_some()),
             ("profile", self.profile.is_some()),
         ];
+        let webdav_only = [
+            ("url", self.url.is_some()),
+            ("user", self.user.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("password_env", self.password_env.is_some()),
+            ("flavor", self.flavor.is_some()),
+            ("allow_insecure_http", self.allow_insecure_http),
+            ("chunk_size_mb", self.chunk_size_mb.is_some()),
+        ];
+        if kind != "webdav"
+            && let Some((key, _)) = webdav_only.iter().find(|(_, set)| *set)
+        {
+            return Err(format!(
+                "namespace {name}: `{key}` applies to backend \"webdav\", not {kind:?}"
+            ));
+        }
         match kind {
             "local" => {
                 if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
@@ -416,9 +466,10 @@ impl NamespaceConfig {
                     ));
                 }
             }
+            "webdav" => self.check_webdav(name, &s3_only)?,
             other => {
                 return Err(format!(
-                    "namespace {name}: unknown backend {other:?} (known: \"local\", \"s3\")"
+                    "namespace {name}: unknown backend {other:?} (known: \"local\", \"s3\", \"webdav\")"
                 ));
             }
         }
@@ -427,6 +478,83 @@ impl NamespaceConfig {
         {
             return Err(format!(
                 "namespace {name}: prefix {p:?} may not contain . or .. or NUL"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl NamespaceConfig {
+    fn check_webdav(&self, name: &str, s3_only: &[(&str, bool)]) -> Result<(), String> {
+        if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "namespace {name}: `{key}` applies to backend \"s3\", not \"webdav\""
+            ));
+        }
+        if self.path.is_some() {
+            return Err(format!(
+                "namespace {name}: `path` applies to backend \"local\"; use url and prefix"
+            ));
+        }
+        let url = match self.url.as_deref() {
+            None | Some("") => {
+                return Err(format!("namespace {name}: backend \"webdav\" needs `url`"));
+            }
+            Some(u) => u,
+        };
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !url.contains(['?', '#']) => {
+                let authority = r.split('/').next().unwrap_or(r);
+                if authority.contains('@') {
+                    return Err(format!(
+                        "namespace {name}: url must not hold a user or password; use `user` and `password_file`"
+                    ));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "namespace {name}: url {url:?}: expected http(s)://host[:port]/path/"
+                ));
+            }
+        }
+        if self.user.as_deref().is_none_or(str::is_empty) {
+            return Err(format!("namespace {name}: backend \"webdav\" needs `user`"));
+        }
+        match (&self.password_file, &self.password_env) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "namespace {name}: give `password_file` or `password_env`, not both"
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "namespace {name}: backend \"webdav\" needs `password_file` (mode 0600) or `password_env`"
+                ));
+            }
+            (Some(p), None) if !p.is_absolute() => {
+                return Err(format!(
+                    "namespace {name}: password_file {} must be absolute",
+                    p.display()
+                ));
+            }
+            _ => {}
+        }
+        if let Some(f) = &self.flavor
+            && f != "nextcloud"
+            && f != "plain"
+        {
+            return Err(format!(
+                "namespace {name}: flavor {f:?}: expected \"nextcloud\" or \"plain\""
+            ));
+        }
+        if let Some(c) = self.chunk_size_mb
+            && !(5..=5120).contains(&c)
+        {
+            return Err(format!(
+                "namespace {name}: chunk_size_mb = {c}: Nextcloud takes chunks of 5 to 5120 MiB"
             ));
         }
         Ok(())
@@ -715,6 +843,40 @@ mod tests {
     fn bad_namespace_name_is_refused() {
         let e = Config::parse("[namespaces.\"a b\"]\n", "z.toml").unwrap_err();
         assert!(e.to_string().contains("namespace"), "{e}");
+    }
+
+    #[test]
+    fn webdav_settings_are_checked() {
+        let base = "[namespaces.deck]\nbackend = \"webdav\"\nurl = \"https://cloud.example.com/remote.php/dav/files/alice/\"\nuser = \"alice\"\n";
+        let ok =
+            format!("{base}password_env = \"NC_PW\"\nflavor = \"nextcloud\"\nchunk_size_mb = 10\n");
+        let c = Config::parse(&ok, "w.toml").unwrap();
+        assert_eq!(c.namespaces["deck"].kind(), BackendKind::WebDav);
+        for (extra, want) in [
+            ("", "password_file"),
+            ("password_env = \"A\"\npassword_file = \"/x\"\n", "not both"),
+            ("password_file = \"rel\"\n", "absolute"),
+            ("password_env = \"A\"\nflavor = \"owncloud\"\n", "flavor"),
+            ("password_env = \"A\"\nchunk_size_mb = 1\n", "chunk_size_mb"),
+            ("password_env = \"A\"\nbucket = \"b\"\n", "bucket"),
+            ("password_env = \"A\"\npassword = \"x\"\n", "unknown field"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), "w.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+        let e = Config::parse(
+            "[namespaces.x]\nbackend = \"webdav\"\nurl = \"https://a:b@h/\"\nuser = \"u\"\npassword_env = \"P\"\n",
+            "w.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("must not hold") && !e.contains("a:b"), "{e}");
+        let e = Config::parse("[namespaces.x]\nurl = \"https://h/\"\n", "w.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("applies to backend \"webdav\""), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod local;
 pub mod memory;
 pub mod retry;
 pub mod s3;
+pub mod webdav;
 
 use std::fmt;
 

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, BackendError, ObjKind, local::LocalBackend, s3::S3Backend};
+use crate::backend::{
+    Backend, BackendError, ObjKind, local::LocalBackend, s3::S3Backend, webdav::WebDavBackend,
+};
 use crate::config::{BackendKind, Config, NamespaceConfig, SyncConfig};
 use crate::core::Locker;
 use crate::core::sync::RemoteSource;
@@ -189,6 +191,8 @@ pub fn open_backend(
                 .map_err(|e| e.message)
         }
         BackendKind::S3 => S3Backend::new(ns).map(|b| Arc::new(b) as Arc<dyn Backend>),
+        BackendKind::WebDav => WebDavBackend::new(ns, &data_dir.join("spool").join(name))
+            .map(|b| Arc::new(b) as Arc<dyn Backend>),
     }
 }
 

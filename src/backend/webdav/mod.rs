@@ -1,0 +1,942 @@
+//! The `webdav` backend: a folder on a WebDAV server, in one of two
+//! flavors.
+//!
+//! - **nextcloud** (also ownCloud): files carry their SHA-256 in
+//!   `OC-Checksum` (read back from `oc:checksums`) and their mtime in
+//!   `X-OC-Mtime` (whole seconds); `oc:fileid` names a file across renames;
+//!   large files go up with chunked upload v2 (`uploads/<user>/<transfer>`),
+//!   which survives a restart and resumes; folder ETags change when
+//!   anything below changes, so a listing descends only into changed
+//!   folders.
+//! - **plain** (Apache mod_dav and other RFC 4918 servers): the whole
+//!   `ObjMeta` travels as dead properties in [`xml::LOCKER_NS`]. A write
+//!   goes to a temporary name beside its target (`.locker-tmp-…`), gets its
+//!   properties, is read back (size, ETag), and is moved over the target
+//!   under the write's condition: the target changes at once, with its
+//!   properties, and the ETag recorded is the one of this write, never of
+//!   someone else's landing in between. Multipart parts are spooled to a
+//!   local file and sent as one streaming PUT (the server assembles
+//!   nothing).
+//!
+//! Conditions: `If-Match` / `If-None-Match` on Nextcloud; on plain servers
+//! tagged `If:` lists (`If: </path> (["etag"])`), because Apache answers a
+//! file changed within the last second with a weak ETag, which `If-Match`
+//! never matches and `If:` does. The ETags this backend hands out are
+//! opaque: without `W/` and quotes.
+//!
+//! Symlinks are not representable: `put_symlink` fails for the path (they
+//! stay local). Directory metadata (mode, mtime) is not kept. Every request
+//! has a deadline (see `client`), the password is only in a sensitive
+//! header, and paths never leave the configured folder.
+
+mod client;
+mod list;
+mod upload;
+mod write;
+pub mod xml;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use hyper::StatusCode;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use self::client::{Http, Resp, status_error};
+use self::xml::{DavEntry, Props};
+use super::{
+    BResult, Backend, BackendError, Capabilities, Cond, Multipart, ObjInfo, ObjKind, ObjMeta,
+    PartInfo, check_key,
+};
+use crate::config::NamespaceConfig;
+use crate::types::Timestamp;
+
+/// What the server is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Nextcloud,
+    Plain,
+}
+
+impl Flavor {
+    pub fn parse(s: &str) -> Option<Flavor> {
+        match s {
+            "nextcloud" => Some(Flavor::Nextcloud),
+            "plain" => Some(Flavor::Plain),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::Nextcloud => "nextcloud",
+            Flavor::Plain => "plain",
+        }
+    }
+}
+
+/// Files larger than this go up in chunks (Nextcloud), unless configured.
+pub const DEFAULT_CHUNK: u64 = 10 << 20;
+
+/// Names of the temporaries of plain-flavor writes; listings skip them.
+const TMP_PREFIX: &str = ".locker-tmp-";
+
+/// Bytes kept as they are in a path segment; everything else is
+/// percent-encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn encode_segments(key: &str) -> String {
+    key.split('/')
+        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The listing state of one folder (Nextcloud flavor): its ETag when its
+/// members were read, and those members.
+#[derive(Clone)]
+struct CachedDir {
+    etag: String,
+    members: Vec<ObjInfo>,
+}
+
+pub struct WebDavBackend {
+    http: Http,
+    /// Percent-encoded path of the folder (URL path plus prefix), with a
+    /// trailing '/'.
+    root: String,
+    /// `root` decoded, to read hrefs.
+    root_decoded: String,
+    /// Percent-encoded path of the user's chunked-upload folder
+    /// (`…/remote.php/dav/uploads/<user>/`), when the URL shows it.
+    uploads: Option<String>,
+    /// The URL and folder, for messages.
+    shown: String,
+    user: String,
+    configured: Option<Flavor>,
+    flavor: tokio::sync::OnceCell<Flavor>,
+    chunk_size: AtomicU64,
+    /// Nextcloud's chunked upload is there (checked by `check`).
+    chunking: AtomicBool,
+    /// The server keeps LOCKER's dead properties (plain flavor); cleared
+    /// the first time it refuses them.
+    dead_props: AtomicBool,
+    /// Where plain-flavor multipart uploads are spooled.
+    spool: PathBuf,
+    /// Folder listings by folder key (Nextcloud flavor). Lock held for
+    /// map operations only, never across a request.
+    listing: Mutex<HashMap<String, CachedDir>>,
+}
+
+/// Whether `host` (of a URL's authority) is this machine.
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of an authority (`user@host:port`, `[::1]:80`).
+fn host_of(authority: &str) -> &str {
+    let a = authority.rsplit('@').next().unwrap_or(authority);
+    if a.starts_with('[') {
+        return a.split(']').next().map(|h| &h[1..]).unwrap_or(a);
+    }
+    a.split(':').next().unwrap_or(a)
+}
+
+/// The password of a namespace: from `password_env` or `password_file`
+/// (mode 0600, owned by the daemon's user), without a trailing newline.
+fn read_password(cfg: &NamespaceConfig) -> Result<String, String> {
+    let pw = if let Some(var) = &cfg.password_env {
+        std::env::var(var)
+            .map_err(|_| format!("the environment variable {var} (password_env) is not set"))?
+    } else if let Some(path) = &cfg.password_file {
+        crate::config::read_private_file(path, "password")?
+    } else {
+        return Err("backend \"webdav\" needs `password_file` or `password_env`".into());
+    };
+    let pw = pw.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        return Err("the WebDAV password is empty".into());
+    }
+    Ok(pw)
+}
+
+impl WebDavBackend {
+    /// Opens the backend a namespace's settings describe; plain-flavor
+    /// multipart uploads are spooled under `spool` (left-overs of an
+    /// earlier run there are removed).
+    pub fn new(cfg: &NamespaceConfig, spool: &Path) -> Result<WebDavBackend, String> {
+        let url = cfg.url.as_deref().ok_or("backend \"webdav\" needs `url`")?;
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|_| format!("url {url:?} is not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("url {url:?} must start with http:// or https://")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("url {url:?} has no host"))?
+            .as_str();
+        if authority.contains('@') {
+            return Err(
+                "url must not hold a user or password; use `user` and `password_file`".into(),
+            );
+        }
+        let host = host_of(authority);
+        if !https && !is_loopback(host) {
+            if !cfg.allow_insecure_http {
+                return Err(format!(
+                    "url {url:?} is plain http to another machine: the password and files would cross the network unencrypted; use https:// (or allow_insecure_http = true)"
+                ));
+            }
+            tracing::warn!(url = %url, "plain http to another machine, as allow_insecure_http permits: the password and files cross the network unencrypted");
+        }
+        let user = cfg
+            .user
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or("backend \"webdav\" needs `user`")?;
+        let password = read_password(cfg)?;
+        let origin = format!("{}://{authority}", if https { "https" } else { "http" });
+        let http = Http::new(&origin, https, &user, &password)?;
+        let mut base = uri.path().to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let prefix = cfg.key_prefix();
+        let root = if prefix.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}{}/", encode_segments(prefix.trim_end_matches('/')))
+        };
+        let root_decoded = percent_decode_str(&root)
+            .decode_utf8()
+            .map_err(|_| format!("url {url:?}: the path is not UTF-8"))?
+            .into_owned();
+        let uploads = base.find("/remote.php/dav/files/").and_then(|i| {
+            let rest = &base[i + "/remote.php/dav/files/".len()..];
+            let owner = rest.split('/').next().filter(|s| !s.is_empty())?;
+            Some(format!("{}/remote.php/dav/uploads/{owner}/", &base[..i]))
+        });
+        let configured = match cfg.flavor.as_deref() {
+            None => None,
+            Some(f) => Some(
+                Flavor::parse(f)
+                    .ok_or_else(|| format!("flavor {f:?}: expected \"nextcloud\" or \"plain\""))?,
+            ),
+        };
+        let chunk_size = cfg.chunk_size_mb.map(|m| m << 20).unwrap_or(DEFAULT_CHUNK);
+        // Spooled parts of a run that stopped are of no use now.
+        upload::clear_spool(spool);
+        let flavor = tokio::sync::OnceCell::new();
+        if let Some(f) = configured {
+            let _ = flavor.set(f);
+        }
+        Ok(WebDavBackend {
+            http,
+            root,
+            root_decoded,
+            uploads,
+            shown: format!("{origin}{}", percent_decode_str(&base).decode_utf8_lossy())
+                + prefix.as_str(),
+            user,
+            configured,
+            flavor,
+            chunk_size: AtomicU64::new(chunk_size),
+            chunking: AtomicBool::new(true),
+            dead_props: AtomicBool::new(true),
+            spool: spool.to_path_buf(),
+            listing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Files larger than `bytes` go up in chunks of that size (Nextcloud
+    /// flavor). For tests with servers that take small chunks.
+    pub fn set_chunk_size(&self, bytes: u64) {
+        self.chunk_size.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// The flavor: as configured, else asked of the server once.
+    pub async fn flavor(&self) -> BResult<Flavor> {
+        self.flavor
+            .get_or_try_init(|| async {
+                let entries = self
+                    .propfind(&self.root, 0, Props::Both)
+                    .await?
+                    .ok_or_else(|| self.missing_root())?;
+                Ok(if entries.iter().any(|e| e.fileid.is_some()) {
+                    Flavor::Nextcloud
+                } else {
+                    Flavor::Plain
+                })
+            })
+            .await
+            .copied()
+    }
+
+    fn missing_root(&self) -> BackendError {
+        BackendError::permanent(format!(
+            "the folder {} does not exist (make it, or fix url and prefix)",
+            self.shown
+        ))
+    }
+
+    /// The percent-encoded path of the file `key`.
+    fn path(&self, key: &str) -> String {
+        format!("{}{}", self.root, encode_segments(key))
+    }
+
+    /// The percent-encoded path of the folder `key` ("" for the root),
+    /// with a trailing '/'.
+    fn dir_path(&self, key: &str) -> String {
+        if key.is_empty() {
+            self.root.clone()
+        } else {
+            format!("{}/", self.path(key))
+        }
+    }
+
+    /// The absolute URL of a path, for `Destination`.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http.origin)
+    }
+
+    /// The key an href names ("" for the folder itself), if it is inside
+    /// the folder.
+    fn key_of_href(&self, href: &str) -> Option<String> {
+        let path = match href.find("://") {
+            Some(i) => {
+                let rest = &href[i + 3..];
+                &rest[rest.find('/').unwrap_or(rest.len())..]
+            }
+            None => href,
+        };
+        let decoded = percent_decode_str(path).decode_utf8().ok()?;
+        let inside = decoded
+            .strip_prefix(self.root_decoded.as_str())
+            .or_else(|| {
+                // The folder itself, named without its trailing slash.
+                (decoded == self.root_decoded.trim_end_matches('/')).then_some("")
+            })?;
+        Some(inside.trim_end_matches('/').to_string())
+    }
+
+    /// Checks a key, and on Nextcloud the names it refuses, before any
+    /// request.
+    fn check_key(&self, key: &str, flavor: Flavor) -> BResult<()> {
+        check_key(key)?;
+        if flavor == Flavor::Nextcloud
+            && let Some(why) = key.split('/').find_map(nextcloud_refuses)
+        {
+            return Err(BackendError::permanent(format!(
+                "{key}: Nextcloud refuses this name ({why}); kept local only"
+            ))
+            .for_path());
+        }
+        Ok(())
+    }
+
+    /// PROPFIND of `path` with `depth` 0 or 1; `None` if nothing is there.
+    async fn propfind(
+        &self,
+        path: &str,
+        depth: u8,
+        props: Props,
+    ) -> BResult<Option<Vec<DavEntry>>> {
+        let req = self
+            .http
+            .request(&client::method("PROPFIND"), path)
+            .header("depth", depth.to_string())
+            .header("content-type", "application/xml; charset=utf-8")
+            .body(client::full(xml::propfind_body(props)))
+            .map_err(|e| BackendError::permanent(format!("PROPFIND {path}: {e}")))?;
+        let timeout = if depth == 0 {
+            client::META_TIMEOUT
+        } else {
+            client::LONG_TIMEOUT
+        };
+        let resp = self.http.send(req, client::MAX_ANSWER, timeout).await?;
+        match resp.status.as_u16() {
+            207 => xml::parse_multistatus(&resp.body).map(Some).map_err(|e| {
+                BackendError::transient(format!(
+                    "PROPFIND {}: {e}",
+                    percent_decode_str(path).decode_utf8_lossy()
+                ))
+            }),
+            404 | 410 => Ok(None),
+            _ => Err(status_error("list", &self.shown_path(path), &resp)),
+        }
+    }
+
+    /// A path as shown in messages: decoded, inside the folder if it is.
+    fn shown_path(&self, path: &str) -> String {
+        match self.key_of_href(path) {
+            Some(k) if !k.is_empty() => k,
+            _ => percent_decode_str(path).decode_utf8_lossy().into_owned(),
+        }
+    }
+
+    /// The props a PROPFIND asks for in this flavor.
+    fn props(flavor: Flavor) -> Props {
+        match flavor {
+            Flavor::Nextcloud => Props::Nextcloud,
+            Flavor::Plain => Props::Plain,
+        }
+    }
+
+    /// An entry as `ObjInfo`.
+    fn info(&self, flavor: Flavor, key: String, e: &DavEntry) -> ObjInfo {
+        let kind = if e.collection {
+            ObjKind::Dir
+        } else {
+            ObjKind::File
+        };
+        ObjInfo {
+            key,
+            kind,
+            size: if e.collection {
+                0
+            } else {
+                e.length.unwrap_or(0)
+            },
+            etag: e.etag.clone().unwrap_or_default(),
+            meta: Some(meta_of(flavor, e)),
+            file_id: e.fileid.clone(),
+        }
+    }
+
+    /// The entry at `key` as `ObjInfo`, with its flavor known.
+    async fn head_in(&self, flavor: Flavor, key: &str) -> BResult<Option<ObjInfo>> {
+        let Some(entries) = self
+            .propfind(&self.path(key), 0, Self::props(flavor))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(e) = entries.iter().find(|e| e.status.is_none_or(|s| s == 200)) else {
+            return Ok(None);
+        };
+        Ok(Some(self.info(flavor, key.to_string(), e)))
+    }
+
+    /// `If-Match` (Nextcloud) or a tagged `If:` list (plain) making a
+    /// request on `path` conditional on its ETag.
+    fn if_match(
+        &self,
+        flavor: Flavor,
+        b: hyper::http::request::Builder,
+        path: &str,
+        etag: &str,
+    ) -> hyper::http::request::Builder {
+        match flavor {
+            Flavor::Nextcloud => b.header("if-match", format!("\"{etag}\"")),
+            Flavor::Plain => b.header("if", if_list(&[(path, etag)])),
+        }
+    }
+
+    /// Sends a request without a body to speak of.
+    async fn send(
+        &self,
+        req: hyper::http::request::Builder,
+        timeout: std::time::Duration,
+    ) -> BResult<Resp> {
+        let req = req
+            .body(client::empty())
+            .map_err(|e| BackendError::permanent(format!("bad request: {e}")))?;
+        self.http.send(req, 1 << 20, timeout).await
+    }
+
+    /// DELETE, ignoring the answer: a clean-up that may fail.
+    async fn delete_quietly(&self, path: &str) {
+        let req = self.http.request(&hyper::Method::DELETE, path);
+        if let Err(e) = self.send(req, client::META_TIMEOUT).await {
+            tracing::debug!(path = %self.shown_path(path), error = %e, "clean-up failed");
+        }
+    }
+}
+
+/// A tagged `If:` header: each (path, etag) must hold.
+fn if_list(lists: &[(&str, &str)]) -> String {
+    lists
+        .iter()
+        .map(|(p, e)| format!("<{p}> ([\"{e}\"])"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Why Nextcloud refuses to create a name (one path segment), if it does
+/// with its default settings (`FilenameValidator`): the reserved name, the
+/// forbidden extensions and characters, blank names and lengths. An admin
+/// can refuse more (trailing spaces, say): the server's 400 then says so.
+pub fn nextcloud_refuses(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if lower == ".htaccess" {
+        Some(".htaccess is reserved")
+    } else if lower.ends_with(".part") || lower.ends_with(".filepart") {
+        Some(".part and .filepart are forbidden file types")
+    } else if name.contains('\\') {
+        Some("a backslash")
+    } else if name.chars().any(|c| (c as u32) < 32) {
+        Some("a control character")
+    } else if name.trim().is_empty() {
+        Some("a blank name")
+    } else if name.len() > 250 {
+        Some("longer than 250 bytes")
+    } else {
+        None
+    }
+}
+
+/// The metadata of an entry: on Nextcloud its checksum and mtime (whole
+/// seconds); on plain servers LOCKER's dead properties, else the server's
+/// mtime.
+fn meta_of(flavor: Flavor, e: &DavEntry) -> ObjMeta {
+    let modified = e
+        .modified
+        .as_deref()
+        .and_then(|m| httpdate::parse_http_date(m).ok())
+        .map(Timestamp::from_system);
+    match flavor {
+        Flavor::Nextcloud => ObjMeta {
+            sha256: e.checksums.as_deref().and_then(xml::sha256_of_checksums),
+            mtime: modified,
+            mode: None,
+            base: None,
+        },
+        Flavor::Plain => {
+            let get = |k: &str| e.locker.get(k).map(String::as_str);
+            ObjMeta {
+                sha256: get("sha256").and_then(super::unhex32),
+                mtime: get("mtime").and_then(super::parse_mtime).or(modified),
+                mode: get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()),
+                base: get("base").and_then(super::unhex32),
+            }
+        }
+    }
+}
+
+/// The key of the folder holding `key` ("" at the top).
+fn parent_of(key: &str) -> &str {
+    key.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+#[async_trait::async_trait]
+impl Backend for WebDavBackend {
+    fn describe(&self) -> String {
+        let flavor = self
+            .flavor
+            .get()
+            .map(|f| f.name())
+            .unwrap_or("flavor not yet known");
+        format!("webdav ({flavor}) {} as {}", self.shown, self.user)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let flavor = self.flavor.get().copied().unwrap_or(Flavor::Plain);
+        let props = flavor == Flavor::Plain && self.dead_props.load(Ordering::Relaxed);
+        let chunked = self.chunked_uploads(flavor);
+        Capabilities {
+            symlinks: false,
+            mode: props,
+            base: props,
+            mtime_ns: props,
+            server_side_parts: chunked,
+            resumable_uploads: chunked,
+        }
+    }
+
+    async fn check(&self) -> BResult<()> {
+        let entries = match self.propfind(&self.root, 0, Props::Both).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err(self.missing_root()),
+            Err(e) => return Err(self.check_error(e)),
+        };
+        let Some(me) = entries
+            .iter()
+            .find(|e| self.key_of_href(&e.href).is_some_and(|k| k.is_empty()))
+        else {
+            return Err(BackendError::permanent(format!(
+                "{} answered PROPFIND without the folder itself; is url the WebDAV folder?",
+                self.shown
+            )));
+        };
+        if !me.collection {
+            return Err(BackendError::permanent(format!(
+                "{} is a file, not a folder",
+                self.shown
+            )));
+        }
+        let detected = if me.fileid.is_some() {
+            Flavor::Nextcloud
+        } else {
+            Flavor::Plain
+        };
+        let flavor = match self.configured {
+            Some(f) => {
+                if f != detected {
+                    tracing::info!(url = %self.shown, configured = f.name(), detected = detected.name(), "the server looks like another flavor than configured; using the configured one");
+                }
+                f
+            }
+            None => {
+                let _ = self.flavor.set(detected);
+                detected
+            }
+        };
+        if flavor == Flavor::Nextcloud {
+            let usable = match &self.uploads {
+                Some(up) => matches!(self.propfind(up, 0, Props::Nextcloud).await, Ok(Some(_))),
+                None => false,
+            };
+            if !usable {
+                tracing::warn!(url = %self.shown, "no chunked-upload folder (remote.php/dav/uploads/<user>/) found: large files go up in one PUT each");
+            }
+            self.chunking.store(usable, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
+        let flavor = self.flavor().await?;
+        self.check_key(key, flavor)?;
+        self.put_in(flavor, key, data.into(), meta, cond).await
+    }
+
+    async fn multipart_begin(&self, key: &str, size: u64, meta: &ObjMeta) -> BResult<Multipart> {
+        let flavor = self.flavor().await?;
+        self.check_key(key, flavor)?;
+        self.begin_upload(flavor, key, size, meta).await
+    }
+
+    async fn multipart_part(
+        &self,
+        mp: &Multipart,
+        number: u32,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> BResult<String> {
+        self.send_part(mp, number, offset, data).await
+    }
+
+    async fn multipart_finish(&self, mp: &Multipart, parts: Vec<(u32, String)>) -> BResult<String> {
+        let flavor = self.flavor().await?;
+        self.finish_upload(flavor, mp, parts).await
+    }
+
+    async fn multipart_abort(&self, mp: &Multipart) {
+        self.abort_upload(mp).await
+    }
+
+    async fn multipart_resume(&self, mp: &Multipart) -> BResult<Option<Vec<PartInfo>>> {
+        self.resume_upload(mp).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> BResult<Vec<u8>> {
+        let flavor = self.flavor().await?;
+        check_key(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let path = self.path(key);
+        let mut b = self
+            .http
+            .request(&hyper::Method::GET, &path)
+            .header("range", format!("bytes={}-{}", offset, offset + len - 1));
+        // Apache answers If-Match on a file changed within the last second
+        // with 412 (its ETag is weak then); there the version is checked
+        // on the answer's ETag instead.
+        if let (Some(e), Flavor::Nextcloud) = (if_match, flavor) {
+            b = b.header("if-match", format!("\"{e}\""));
+        }
+        let req = b
+            .body(client::empty())
+            .map_err(|e| BackendError::permanent(format!("GET {key}: {e}")))?;
+        let (status, headers, body) = self
+            .http
+            .get(req, true, offset, len, client::transfer_timeout(len))
+            .await?;
+        match status.as_u16() {
+            200 | 206 => {
+                if let Some(want) = if_match {
+                    let got = headers
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .map(xml::normalize_etag);
+                    let same = match (flavor, got) {
+                        (_, Some(g)) => g == want,
+                        // Nextcloud checked If-Match itself.
+                        (Flavor::Nextcloud, None) => true,
+                        (Flavor::Plain, None) => false,
+                    };
+                    if !same {
+                        return Err(BackendError::transient(format!(
+                            "{key} changed since it was listed; not read"
+                        ))
+                        .for_path());
+                    }
+                }
+                Ok(body)
+            }
+            416 => Ok(Vec::new()),
+            _ => Err(status_error(
+                "get",
+                key,
+                &Resp {
+                    status: StatusCode::from_u16(status.as_u16()).unwrap_or(status),
+                    headers,
+                    body: body.into(),
+                },
+            )),
+        }
+    }
+
+    async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
+        let flavor = self.flavor().await?;
+        check_key(key)?;
+        self.head_in(flavor, key).await
+    }
+
+    async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
+        let flavor = self.flavor().await?;
+        let p = prefix.trim_matches('/');
+        if !p.is_empty() {
+            check_key(p)?;
+        }
+        self.list_in(flavor, p).await
+    }
+
+    async fn delete(&self, key: &str, cond: &Cond) -> BResult<()> {
+        let flavor = self.flavor().await?;
+        check_key(key)?;
+        self.delete_in(flavor, key, cond).await
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        src_etag: Option<&str>,
+        dst: &str,
+        meta: &ObjMeta,
+        cond: &Cond,
+    ) -> BResult<String> {
+        let flavor = self.flavor().await?;
+        check_key(src)?;
+        self.check_key(dst, flavor)?;
+        self.copy_in(flavor, src, src_etag, dst, meta, cond).await
+    }
+
+    async fn rename(&self, src: &str, src_etag: Option<&str>, dst: &str) -> BResult<String> {
+        let flavor = self.flavor().await?;
+        check_key(src)?;
+        self.check_key(dst, flavor)?;
+        self.rename_in(flavor, src, src_etag, dst).await
+    }
+
+    async fn put_dir(&self, key: &str, _meta: &ObjMeta, cond: &Cond) -> BResult<String> {
+        let flavor = self.flavor().await?;
+        self.check_key(key, flavor)?;
+        self.put_dir_in(flavor, key, cond).await
+    }
+
+    async fn delete_dir(&self, key: &str) -> BResult<()> {
+        let flavor = self.flavor().await?;
+        check_key(key)?;
+        self.delete_dir_in(flavor, key).await
+    }
+
+    async fn put_symlink(
+        &self,
+        key: &str,
+        _target: &[u8],
+        _meta: &ObjMeta,
+        _cond: &Cond,
+    ) -> BResult<String> {
+        Err(BackendError::permanent(format!(
+            "{key}: WebDAV cannot hold a symlink; it stays local only"
+        ))
+        .for_path())
+    }
+
+    async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
+        Err(BackendError::not_found(format!("{key}: WebDAV holds no symlinks")).for_path())
+    }
+}
+
+impl WebDavBackend {
+    /// A failed first look at the folder, as one line for the admin.
+    fn check_error(&self, e: BackendError) -> BackendError {
+        if e.kind == super::ErrorKind::Transient {
+            return e;
+        }
+        if e.message.contains("HTTP 401") {
+            return BackendError::permanent(format!(
+                "{} refused user {}'s password (HTTP 401)",
+                self.shown, self.user
+            ));
+        }
+        if e.message.contains("HTTP 403") {
+            return BackendError::permanent(format!(
+                "{} denies user {} access (HTTP 403)",
+                self.shown, self.user
+            ));
+        }
+        if e.message.contains("redirected") {
+            return BackendError::permanent(e.message);
+        }
+        BackendError::permanent(format!(
+            "{} is not a WebDAV folder ({})",
+            self.shown,
+            e.message
+                .rsplit_once(": ")
+                .map(|(_, d)| d)
+                .unwrap_or(&e.message)
+        ))
+    }
+
+    /// Whether large files go up in Nextcloud chunks.
+    fn chunked_uploads(&self, flavor: Flavor) -> bool {
+        flavor == Flavor::Nextcloud
+            && self.uploads.is_some()
+            && self.chunking.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str) -> NamespaceConfig {
+        NamespaceConfig {
+            backend: Some("webdav".into()),
+            url: Some(url.into()),
+            user: Some("alice".into()),
+            password_env: Some("LOCKER_TEST_WEBDAV_PW_UNIT".into()),
+            prefix: Some("LOCKER/deck x".into()),
+            ..Default::default()
+        }
+    }
+
+    fn open(url: &str) -> Result<WebDavBackend, String> {
+        // SAFETY: tests of this module set this variable only, always to
+        // the same value.
+        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_UNIT", "pw\n") };
+        let d = std::env::temp_dir().join("locker-webdav-unit-spool");
+        WebDavBackend::new(&cfg(url), &d)
+    }
+
+    #[test]
+    fn paths_are_encoded_under_the_folder_and_hrefs_read_back() {
+        let b = open("https://cloud.example.com/remote.php/dav/files/alice").unwrap();
+        assert_eq!(b.root, "/remote.php/dav/files/alice/LOCKER/deck%20x/");
+        assert_eq!(
+            b.path("a b/ü+%.txt"),
+            "/remote.php/dav/files/alice/LOCKER/deck%20x/a%20b/%C3%BC%2B%25.txt"
+        );
+        assert_eq!(b.uploads.as_deref(), Some("/remote.php/dav/uploads/alice/"));
+        assert_eq!(
+            b.key_of_href("/remote.php/dav/files/alice/LOCKER/deck%20x/a%20b/%c3%bc+%25.txt")
+                .as_deref(),
+            Some("a b/ü+%.txt")
+        );
+        assert_eq!(
+            b.key_of_href(
+                "https://cloud.example.com/remote.php/dav/files/alice/LOCKER/deck%20x/d/"
+            )
+            .as_deref(),
+            Some("d")
+        );
+        assert_eq!(
+            b.key_of_href("/remote.php/dav/files/alice/LOCKER/deck%20x/")
+                .as_deref(),
+            Some("")
+        );
+        assert_eq!(b.key_of_href("/remote.php/dav/files/alice/other"), None);
+        assert!(!b.describe().contains("pw"));
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_loopback_or_allowed() {
+        assert!(open("http://127.0.0.1:8080/dav/").is_ok());
+        assert!(open("http://localhost/dav/").is_ok());
+        assert!(open("http://[::1]:80/dav/").is_ok());
+        let e = open("http://cloud.example.com/dav/").err().unwrap();
+        assert!(e.contains("allow_insecure_http"), "{e}");
+        let mut c = cfg("http://cloud.example.com/dav/");
+        c.allow_insecure_http = true;
+        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_UNIT", "pw\n") };
+        assert!(
+            WebDavBackend::new(&c, &std::env::temp_dir().join("locker-webdav-unit-spool")).is_ok()
+        );
+        let e = open("https://alice:pw@cloud.example.com/dav/")
+            .err()
+            .unwrap();
+        assert!(!e.contains("pw@") && e.contains("password_file"), "{e}");
+        assert!(open("ftp://x/").is_err());
+    }
+
+    #[test]
+    fn nextcloud_refused_names() {
+        for n in [
+            ".htaccess",
+            ".HTACCESS",
+            "a\\b",
+            "x.part",
+            "y.FILEPART",
+            "a\nb",
+            "  ",
+        ] {
+            assert!(nextcloud_refuses(n).is_some(), "{n:?}");
+        }
+        for n in ["a.txt", "ü", ".hidden", "a b", "trailing ", "partial"] {
+            assert!(nextcloud_refuses(n).is_none(), "{n:?}");
+        }
+        assert!(nextcloud_refuses(&"x".repeat(251)).is_some());
+    }
+
+    #[test]
+    fn if_lists_are_tagged() {
+        assert_eq!(
+            if_list(&[("/d/a%20b", "1-2"), ("/d/c", "3")]),
+            "</d/a%20b> ([\"1-2\"]) </d/c> ([\"3\"])"
+        );
+    }
+
+    #[test]
+    fn metadata_per_flavor() {
+        let mut e = DavEntry {
+            modified: Some("Tue, 14 Nov 2023 22:13:20 GMT".into()),
+            checksums: Some(format!("SHA1:00 SHA256:{}", "ab".repeat(32))),
+            ..Default::default()
+        };
+        let m = meta_of(Flavor::Nextcloud, &e);
+        assert_eq!(m.sha256, Some([0xab; 32]));
+        assert_eq!(
+            m.mtime,
+            Some(Timestamp {
+                sec: 1_700_000_000,
+                nsec: 0
+            })
+        );
+        e.locker.insert("mtime".into(), "5.000000007".into());
+        e.locker.insert("mode".into(), "640".into());
+        let m = meta_of(Flavor::Plain, &e);
+        assert_eq!(m.mtime, Some(Timestamp { sec: 5, nsec: 7 }));
+        assert_eq!(m.mode, Some(0o640));
+        assert_eq!(m.sha256, None, "Nextcloud's checksum is not a plain label");
+    }
+}
