@@ -112,21 +112,23 @@ class BodyReader:
             parts.append(data)
 
     def settle(self) -> bool:
-        """Before answering: read what is left of a small body so that the
-        connection can be kept; True if it must be closed instead."""
+        """Before answering: read and drop what is left of the body, as the
+        nginx or Apache in front of a real Nextcloud has done before PHP
+        answers, so that a client still sending gets the answer and the
+        connection stays usable. True if the connection must be closed
+        instead: the client is waiting for "100 Continue" (it will not send
+        the body now), or the body could not be read."""
         if self.done:
             return False
         if self.expect and not self.continued:
             return True
-        if not self.chunked and self.remaining <= 64 * 1024:
-            try:
-                while not self.done:
-                    if not self.read():
-                        break
-                return False
-            except (ClientGone, OSError, DavError):
-                return True
-        return True
+        try:
+            while not self.done:
+                if not self.read():
+                    break
+            return False
+        except (ClientGone, OSError, DavError):
+            return True
 
 
 @dataclass

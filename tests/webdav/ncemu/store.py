@@ -29,11 +29,13 @@ Invariants (the same ones Nextcloud's cache keeps):
     with what is on disk (a file changed behind our back gets a new etag, a
     missing one loses its row), as Nextcloud's scanner does
 
-Every public method must be called with `lock` held: one lock for the whole
-store keeps the metadata operations atomic; request bodies are received
-outside it into DIR/tmp and only renamed in under it.
+Every public method takes `lock` (one RLock for the whole store, so the
+single SQLite connection is used by one thread at a time); a caller holds
+it across several calls to make them one atomic step. Request bodies are
+received outside it into DIR/tmp and only renamed in under it.
 """
 
+import functools
 import os
 import random
 import shutil
@@ -98,6 +100,18 @@ def ancestors(path: str):
         yield path
 
 
+def locked(method):
+    """Run a public Store method under the store lock (an RLock, so callers
+    may hold it around several calls to make them one atomic step)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _subtree_clause(path: str):
     if path == "":
         return "1=1", ()
@@ -154,6 +168,7 @@ class Store:
         self._set_state("next_fileid", value + 1)
         return value
 
+    @locked
     def new_etag(self) -> str:
         """Like PHP's uniqid(): 8 hex digits of seconds, 5 of microseconds;
         strictly increasing so that no two changes share an etag."""
@@ -183,6 +198,7 @@ class Store:
             return None
         return Entry(*row[:7], bool(row[7]), row[8], row[9])
 
+    @locked
     def get(self, tree: str, path: str):
         """The entry at path, reconciled with the disk, or None."""
         try:
@@ -190,9 +206,13 @@ class Store:
         except (FileNotFoundError, NotADirectoryError, ValueError):
             st = None
         row = self._row(tree, path)
+        # Changes made directly on disk (a test playing "someone else") are
+        # picked up here, the way `occ files:scan` would: new etag, and the
+        # folders above hear of it.
         if st is None:
             if row is not None:
                 self._delete_rows(tree, path)
+                self.propagate(tree, path)
             return None
         is_dir = os.path.isdir(self.disk_path(tree, path))
         if row is not None and row.is_dir != is_dir:
@@ -201,19 +221,22 @@ class Store:
         if row is None:
             if path:
                 self.get(tree, parent_of(path))
-            return self._insert(
+            entry = self._insert(
                 tree, path, is_dir, int(st.st_mtime), 0 if is_dir else st.st_size
             )
-        if not is_dir and row.size != st.st_size:
-            # Changed behind our back: Nextcloud's File::get() fixes the
-            # cached size, and its scanner gives the file a new etag.
-            row.size, row.etag = st.st_size, self.new_etag()
+            self.propagate(tree, path)
+            return entry
+        if not is_dir and (row.size != st.st_size or row.mtime != int(st.st_mtime)):
+            row.size, row.mtime, row.etag, row.checksum = (
+                st.st_size, int(st.st_mtime), self.new_etag(), "")
             self.db.execute(
-                "UPDATE nodes SET size=?, etag=? WHERE tree=? AND path=?",
-                (row.size, row.etag, tree, path),
+                "UPDATE nodes SET size=?, mtime=?, etag=?, checksum='' WHERE tree=? AND path=?",
+                (row.size, row.mtime, row.etag, tree, path),
             )
+            self.propagate(tree, path)
         return row
 
+    @locked
     def children(self, tree: str, path: str):
         """The entries in folder path, by name, reconciled with the disk."""
         try:
@@ -233,6 +256,7 @@ class Store:
                 self._delete_rows(tree, child)
         return result
 
+    @locked
     def folder_size(self, tree: str, path: str) -> int:
         clause, args = _subtree_clause(path)
         row = self.db.execute(
@@ -241,9 +265,11 @@ class Store:
         ).fetchone()
         return row[0]
 
+    @locked
     def used(self) -> int:
         return self.folder_size(self.files_tree, "")
 
+    @locked
     def subtree(self, tree: str, path: str):
         """Every row at or below path (as stored, not reconciled)."""
         clause, args = _subtree_clause(path)
@@ -275,6 +301,7 @@ class Store:
         )
         self.db.execute(f"DELETE FROM nodes WHERE tree=? AND {clause}", (tree, *args))
 
+    @locked
     def propagate(self, tree: str, path: str) -> None:
         """New etags and mtime = max(mtime, now) for every folder above path."""
         now = int(time.time())
@@ -284,6 +311,7 @@ class Store:
                 (self.new_etag(), now, tree, folder),
             )
 
+    @locked
     def put_file(self, tree, path, body_path, *, mtime=None, checksum="", ctime=None) -> tuple:
         """Install a received body at path (File::put): an existing file keeps
         its fileid and dead properties. Returns (entry, created)."""
@@ -305,6 +333,7 @@ class Store:
         self.propagate(tree, path)
         return entry, existing is None
 
+    @locked
     def mkdir(self, tree, path) -> Entry:
         disk = self.disk_path(tree, path)
         os.mkdir(disk)
@@ -312,6 +341,7 @@ class Store:
         self.propagate(tree, path)
         return entry
 
+    @locked
     def delete(self, tree, path) -> None:
         disk = self.disk_path(tree, path)
         if os.path.isdir(disk) and not os.path.islink(disk):
@@ -321,6 +351,7 @@ class Store:
         self._delete_rows(tree, path)
         self.propagate(tree, path)
 
+    @locked
     def move(self, tree, src, dst) -> Entry:
         """Rename src to dst (which must not exist): fileids, etags, mtimes,
         checksums and dead properties all travel with the nodes."""
@@ -336,6 +367,7 @@ class Store:
         self.propagate(tree, dst)
         return self._row(tree, dst)
 
+    @locked
     def copy(self, tree, src, dst, depth_infinity=True) -> Entry:
         """Copy src to dst (which must not exist), as Nextcloud's
         Cache::copyFromCache does: new fileids, but etag, mtime and size
@@ -358,6 +390,7 @@ class Store:
             for child in self.children(tree, source.path):
                 self._copy_node(tree, child, join(dst, child.name), True)
 
+    @locked
     def touch(self, entry: Entry, mtime: int) -> Entry:
         os.utime(self.disk_path(entry.tree, entry.path), (mtime, mtime))
         entry.mtime, entry.etag = mtime, self.new_etag()
@@ -368,6 +401,7 @@ class Store:
         self.propagate(entry.tree, entry.path)
         return entry
 
+    @locked
     def update(self, entry: Entry, **fields) -> None:
         for key, value in fields.items():
             setattr(entry, key, value)
@@ -377,27 +411,32 @@ class Store:
 
     # ---- dead properties -------------------------------------------------
 
+    @locked
     def props(self, fileid: int) -> dict:
         rows = self.db.execute("SELECT name, value, is_xml FROM props WHERE fileid=?", (fileid,))
         return {name: (value, bool(is_xml)) for name, value, is_xml in rows}
 
+    @locked
     def set_prop(self, fileid: int, name: str, value: str, is_xml: bool) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO props(fileid, name, value, is_xml) VALUES(?,?,?,?)",
             (fileid, name, value, int(is_xml)),
         )
 
+    @locked
     def remove_prop(self, fileid: int, name: str) -> None:
         self.db.execute("DELETE FROM props WHERE fileid=? AND name=?", (fileid, name))
 
     # ---- chunked uploads -------------------------------------------------
 
+    @locked
     def upload_destination(self, name: str):
         row = self.db.execute(
             "SELECT destination FROM uploads WHERE tree=? AND name=?", (self.uploads_tree, name)
         ).fetchone()
         return row[0] if row else None
 
+    @locked
     def start_upload(self, name: str, destination) -> Entry:
         entry = self.mkdir(self.uploads_tree, name)
         self.db.execute(
@@ -406,6 +445,7 @@ class Store:
         )
         return entry
 
+    @locked
     def end_upload(self, name: str) -> None:
         if self.get(self.uploads_tree, name) is not None:
             self.delete(self.uploads_tree, name)
