@@ -282,7 +282,7 @@ def write_file(ctx, path: str, quota_after: bool, body_path=None):
         try:
             mtime_error = None
             mtime = None
-            if ctx.header("X-OC-Mtime") is not None:
+            if ctx.header("X-OC-Mtime"):
                 try:
                     mtime = sanitize_mtime(ctx.header("X-OC-Mtime"))
                 except PhpError as e:
