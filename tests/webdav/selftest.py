@@ -586,6 +586,13 @@ def t_control(srv, c):
     srv.control("fail", status=500, count=1, method="PUT")
     codes = [c.req("GET", F + "hello.txt").status, c.req("PUT", F + "f.txt", b"x").status]
     check("fail injection by method", codes == [200, 500], codes)
+    srv.control("fail", status=0, count=1)
+    try:
+        dropped = c.req("GET", F + "hello.txt").status
+    except (http.client.HTTPException, ConnectionError) as e:
+        dropped = type(e).__name__
+    check("fail status=0 drops the connection", dropped in ("RemoteDisconnected", "ConnectionResetError")
+          and c.req("GET", F + "hello.txt").status == 200, dropped)
     srv.control("freeze")
     done = []
     t = threading.Thread(target=lambda: done.append(c.req("GET", F + "hello.txt").status))

@@ -10,7 +10,8 @@
   POST /__test/thaw
   POST /__test/fail?status=S&count=N[&method=M]
                                       the next N DAV requests (of method M
-                                      only, if given) answer status S
+                                      only, if given) answer status S;
+                                      S = 0 closes the connection unanswered
 
 P is a path under the user's files root ("a/b.txt", leading slash optional).
 """

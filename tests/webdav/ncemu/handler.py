@@ -99,6 +99,9 @@ class Handler(BaseHTTPRequestHandler):
         ctx = Ctx(self, app, method, "")
         try:
             status = app.control.take_failure(method)
+            if status == 0:  # drop the connection without an answer
+                self.close_connection = True
+                return
             if status:
                 raise errors.injected(status)
             if url_path == "/status.php":

@@ -17,8 +17,8 @@ import zlib
 from email.utils import formatdate, parsedate_to_datetime
 
 from . import names, uploads
-from .ctx import INFINITY, ClientGone
-from .errors import (BadRequest, Conflict, FileLocked, Forbidden, MethodNotAllowed,
+from .ctx import INFINITY
+from .errors import (BadRequest, Conflict, FileLocked, Forbidden, InvalidPath, MethodNotAllowed,
                      NotImplementedDav, PhpError, PreconditionFailed, RangeNotSatisfiable,
                      UnsupportedMediaType)
 from .store import join, parent_of
@@ -237,7 +237,6 @@ def put(ctx):
         return
     if ctx.header("Content-Range"):
         raise BadRequest("Content-Range on PUT requests are forbidden.")
-    store = ctx.store
     if existing is not None:
         if existing.is_collection:
             raise Conflict("PUT is not allowed on non-files.")
@@ -432,8 +431,7 @@ def _check_copy(ctx, dest: str) -> None:
     for seg in segs[2:-1]:
         try:
             names.check_create(seg)
-        except Exception:
-            from .errors import InvalidPath
+        except InvalidPath:
             raise InvalidPath("Invalid target path")
 
 
@@ -552,5 +550,3 @@ def patch(ctx):
     raise NotImplementedDav(
         "There was no plugin in the system that was willing to handle this PATCH method.")
 
-
-__all__ = ["get", "put", "delete", "mkcol", "move", "copy", "options", "patch", "ClientGone"]

@@ -20,7 +20,6 @@ from xml.sax.saxutils import escape
 
 from .ctx import INFINITY, Target
 from .davxml import NC, OC, MultiStatus, Raw, parse_propfind, parse_proppatch
-from .errors import BadRequest
 from .methods import mime_of, oc_id
 
 D = "{DAV:}"
@@ -121,7 +120,6 @@ def _getters(ctx, t: Target) -> dict:
     collection = {D + "resourcetype": lambda: Raw("<d:collection/>")}
     if t.kind == "virtual":
         return collection
-    store = ctx.store
     if t.kind in ("upload-home", "upload-folder"):
         collection[D + "getlastmodified"] = lambda: http_date(t.entry.mtime)
         return collection
@@ -292,5 +290,3 @@ def proppatch(ctx):
     ms.response(ctx.href(ctx.dav_path, False), list(grouped.items()))
     ctx.reply(207, ms.body(), "application/xml; charset=utf-8", headers=[("Vary", "Brief,Prefer")])
 
-
-__all__ = ["propfind", "proppatch", "BadRequest"]
