@@ -17,7 +17,6 @@ import zlib
 from email.utils import formatdate, parsedate_to_datetime
 
 from . import names, uploads
-from .ctx import INFINITY
 from .errors import (BadRequest, Conflict, FileLocked, Forbidden, InvalidPath, MethodNotAllowed,
                      NotImplementedDav, PhpError, PreconditionFailed, RangeNotSatisfiable,
                      UnsupportedMediaType)
@@ -390,21 +389,13 @@ def mkcol(ctx):
 
 
 def _copy_move_info(ctx):
-    """Server::getCopyAndMoveInfo."""
+    """Server::getCopyAndMoveInfo (sabre/dav 4.6, which Nextcloud 30 ships:
+    no Depth header handling, a COPY is always recursive)."""
     header = ctx.header("Destination")
     if not header:
         raise BadRequest("The destination header was not supplied")
     dest = ctx.calculate_uri(header)
-    depth_header = ctx.header("Depth")
-    depth_header = "infinity" if depth_header is None else depth_header
-    if depth_header.lower() == "infinity":
-        depth = INFINITY
-    elif depth_header.isdigit():
-        depth = int(depth_header)
-    else:
-        raise BadRequest('The HTTP Depth header may only be "infinity", 0 or a positive integer')
-    overwrite = ctx.header("Overwrite")
-    overwrite = "T" if overwrite is None else overwrite.upper()
+    overwrite = (ctx.header("Overwrite") or "T").upper()
     if overwrite not in ("T", "F"):
         raise BadRequest("The HTTP Overwrite header should be either T or F")
     parent = ctx.try_lookup(parent_of(dest))
@@ -421,7 +412,7 @@ def _copy_move_info(ctx):
         raise Forbidden("Source and destination uri are identical.")
     if dest.startswith(ctx.dav_path + "/"):
         raise Conflict("The destination may not be part of the same subtree as the source path.")
-    return dest, depth, parent, existing
+    return dest, parent, existing
 
 
 def _check_copy(ctx, dest: str) -> None:
@@ -438,9 +429,7 @@ def _check_copy(ctx, dest: str) -> None:
 def move(ctx):
     if not ctx.check_preconditions():
         return
-    dest, depth, parent, existing = _copy_move_info(ctx)
-    if depth != INFINITY:
-        raise BadRequest('The HTTP Depth header must only contain "infinity" for MOVE')
+    dest, parent, existing = _copy_move_info(ctx)
     source = ctx.lookup(ctx.dav_path)
     if source.kind == "future":
         return uploads.assemble(ctx, source, dest, parent, existing)
@@ -470,7 +459,7 @@ def move(ctx):
 def copy(ctx):
     if not ctx.check_preconditions():
         return
-    dest, depth, parent, existing = _copy_move_info(ctx)
+    dest, parent, existing = _copy_move_info(ctx)
     source = ctx.lookup(ctx.dav_path)
     if source.kind != "files" or parent.kind != "files":
         raise Forbidden("Permission denied to copy this node")
@@ -487,7 +476,7 @@ def copy(ctx):
             store.delete(store.files_tree, dest_path)
         if store.get(store.files_tree, source.path) is None:
             raise Conflict("The source disappeared during the copy")
-        entry = store.copy(store.files_tree, source.path, dest_path, depth != 0)
+        entry = store.copy(store.files_tree, source.path, dest_path)
     ctx.out.append(("OC-FileId", oc_id(ctx, entry)))
     ctx.reply(204 if existing is not None else 201)
 

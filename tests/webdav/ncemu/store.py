@@ -303,12 +303,15 @@ class Store:
 
     @locked
     def propagate(self, tree: str, path: str) -> None:
-        """New etags and mtime = max(mtime, now) for every folder above path."""
+        """A new etag and mtime = max(mtime, now) for every folder above path.
+        Like Propagator::propagateChange, one change gives all of them the
+        same new etag."""
         now = int(time.time())
+        etag = self.new_etag()
         for folder in ancestors(path):
             self.db.execute(
                 "UPDATE nodes SET etag=?, mtime=MAX(mtime, ?) WHERE tree=? AND path=?",
-                (self.new_etag(), now, tree, folder),
+                (etag, now, tree, folder),
             )
 
     @locked
@@ -368,16 +371,16 @@ class Store:
         return self._row(tree, dst)
 
     @locked
-    def copy(self, tree, src, dst, depth_infinity=True) -> Entry:
+    def copy(self, tree, src, dst) -> Entry:
         """Copy src to dst (which must not exist), as Nextcloud's
         Cache::copyFromCache does: new fileids, but etag, mtime and size
         copied; checksums and dead properties are not."""
         source = self.get(tree, src)
-        self._copy_node(tree, source, dst, depth_infinity)
+        self._copy_node(tree, source, dst)
         self.propagate(tree, dst)
         return self._row(tree, dst)
 
-    def _copy_node(self, tree, source, dst, recurse):
+    def _copy_node(self, tree, source, dst):
         disk = self.disk_path(tree, dst)
         if source.is_dir:
             os.mkdir(disk)
@@ -386,9 +389,9 @@ class Store:
         os.utime(disk, (source.mtime, source.mtime))
         self._insert(tree, dst, source.is_dir, source.mtime, source.size, etag=source.etag,
                      ctime=source.ctime, upload_time=source.upload_time)
-        if source.is_dir and recurse:
+        if source.is_dir:
             for child in self.children(tree, source.path):
-                self._copy_node(tree, child, join(dst, child.name), True)
+                self._copy_node(tree, child, join(dst, child.name))
 
     @locked
     def touch(self, entry: Entry, mtime: int) -> Entry:
