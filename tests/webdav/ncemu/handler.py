@@ -132,6 +132,12 @@ class Handler(BaseHTTPRequestHandler):
             if not ctx.replied:
                 ctx.fail(errors.PhpError(type(exc).__name__, str(exc)))
 
+    def __getattr__(self, name):
+        # Any other method reaches _dispatch too, to get Sabre's 501 body.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
+
     do_GET = do_HEAD = do_PUT = do_DELETE = do_MKCOL = do_MOVE = do_COPY = _dispatch
     do_OPTIONS = do_PATCH = do_PROPFIND = do_PROPPATCH = do_POST = do_REPORT = _dispatch
     do_LOCK = do_UNLOCK = _dispatch

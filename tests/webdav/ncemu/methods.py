@@ -327,13 +327,13 @@ def delete(ctx):
         return
     if ctx.segs[:1] == ["uploads"]:
         return uploads.delete(ctx)
-    target = ctx.lookup(ctx.dav_path)
-    if target.kind != "files":
-        raise Forbidden("Permission denied to delete node")
-    if target.path == "":
-        raise Forbidden("")
-    ctx.check_lock(target.path)
-    with ctx.store.lock:
+    with ctx.store.lock:  # a concurrent DELETE of the same path gets 404
+        target = ctx.lookup(ctx.dav_path)
+        if target.kind != "files":
+            raise Forbidden("Permission denied to delete node")
+        if target.path == "":
+            raise Forbidden("")
+        ctx.check_lock(target.path)
         ctx.store.delete(ctx.store.files_tree, target.path)
     ctx.reply(204)
 
@@ -445,10 +445,9 @@ def move(ctx):
     ctx.check_lock(dest_path)
     store = ctx.store
     with store.lock:
-        if existing is not None and store.get(store.files_tree, dest_path) is not None:
+        ctx.lookup(ctx.dav_path)  # still there? (a concurrent request may have moved it)
+        if store.get(store.files_tree, dest_path) is not None:
             store.delete(store.files_tree, dest_path)
-        if store.get(store.files_tree, source.path) is None:
-            raise Conflict("The source disappeared during the move")
         entry = store.move(store.files_tree, source.path, dest_path)
     ctx.out.append(("OC-FileId", oc_id(ctx, entry)))
     if not entry.is_dir:
@@ -472,10 +471,9 @@ def copy(ctx):
     dest_path = ctx.files_path(dest)
     ctx.check_lock(dest_path)
     with store.lock:
-        if existing is not None and store.get(store.files_tree, dest_path) is not None:
+        ctx.lookup(ctx.dav_path)
+        if store.get(store.files_tree, dest_path) is not None:
             store.delete(store.files_tree, dest_path)
-        if store.get(store.files_tree, source.path) is None:
-            raise Conflict("The source disappeared during the copy")
         entry = store.copy(store.files_tree, source.path, dest_path)
     ctx.out.append(("OC-FileId", oc_id(ctx, entry)))
     ctx.reply(204 if existing is not None else 201)

@@ -203,7 +203,7 @@ class Store:
         """The entry at path, reconciled with the disk, or None."""
         try:
             st = os.lstat(self.disk_path(tree, path))
-        except (FileNotFoundError, NotADirectoryError, ValueError):
+        except (OSError, ValueError):  # missing, a file on the way, too long, NUL
             st = None
         row = self._row(tree, path)
         # Changes made directly on disk (a test playing "someone else") are
@@ -241,7 +241,7 @@ class Store:
         """The entries in folder path, by name, reconciled with the disk."""
         try:
             names = sorted(os.listdir(self.disk_path(tree, path)))
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:
             return []
         result = []
         for name in names:

@@ -123,9 +123,9 @@ def _quota_node(ctx, dest: str):
 
 
 def delete(ctx) -> None:
-    target = ctx.lookup(ctx.dav_path)
     store = ctx.store
     with store.lock:
+        target = ctx.lookup(ctx.dav_path)
         if target.kind in ("upload-folder", "future"):
             # FutureFile::delete() removes the whole upload folder.
             store.end_upload(target.upload)
