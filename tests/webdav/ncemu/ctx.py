@@ -356,7 +356,7 @@ class Ctx:
                     if etag:
                         self.out.append(("ETag", etag))
                     if self.method == "GET":
-                        self.reply(304)
+                        self.reply(304, copy_etag=False)
                         return False
                     raise PreconditionFailed(
                         "An If-None-Match header was specified, but the ETag matched (or * was specified).",
@@ -368,7 +368,7 @@ class Ctx:
                 mtime = _mtime(current(), self)
                 if mtime and mtime <= date:
                     self.out.append(("Last-Modified", formatdate(mtime, usegmt=True)))
-                    self.reply(304)
+                    self.reply(304, copy_etag=False)
                     return False
         unmodified = self.header("If-Unmodified-Since")
         if unmodified:
@@ -418,13 +418,16 @@ class Ctx:
 
     # ---- answering -------------------------------------------------------
 
-    def start_reply(self, status: int, length: int, content_type=None, headers=()) -> None:
+    def start_reply(self, status: int, length: int, content_type=None, headers=(),
+                    copy_etag=True) -> None:
         """Status line and headers; the caller writes exactly `length` bytes
-        of body after this (none for HEAD)."""
+        of body after this (none for HEAD). copy_etag: add OC-ETag next to
+        ETag, as CopyEtagHeaderPlugin does after a method that completed
+        (not on errors, nor on a 304 from the precondition check)."""
         h = self.h
         for name, value in list(self.out):
-            if name == "ETag":
-                self.out.append(("OC-ETag", value))  # CopyEtagHeaderPlugin
+            if name == "ETag" and copy_etag:
+                self.out.append(("OC-ETag", value))
         close = self.body.settle()
         h.send_response(status)
         sent = set()
@@ -443,14 +446,16 @@ class Ctx:
         h.end_headers()
         self.replied = True
 
-    def reply(self, status: int, body: bytes = b"", content_type=None, headers=()) -> None:
-        self.start_reply(status, len(body), content_type, headers)
+    def reply(self, status: int, body: bytes = b"", content_type=None, headers=(),
+              copy_etag=True) -> None:
+        self.start_reply(status, len(body), content_type, headers, copy_etag)
         if body and self.method != "HEAD":
             self.h.wfile.write(body)
 
     def fail(self, err: DavError) -> None:
         self.out = [(n, v) for n, v in self.out if n == "ETag"]
-        self.reply(err.status, err.body(), "application/xml; charset=utf-8", err.headers)
+        self.reply(err.status, err.body(), "application/xml; charset=utf-8", err.headers,
+                   copy_etag=False)
 
 
 def _parse_date(value: str):
