@@ -22,6 +22,17 @@ BASE = "/remote.php/dav/"
 INFINITY = -1
 
 
+def decode_path(text: str) -> str:
+    """Sabre's decodePath on a request target or header as http.server hands
+    it over (bytes read as Latin-1): percent-decode, then UTF-8, or Latin-1
+    when the bytes are not UTF-8."""
+    raw = urllib.parse.unquote_to_bytes(text.encode("latin-1", "replace"))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 class ClientGone(Exception):
     """The client closed the connection in the middle of its request."""
 
@@ -196,7 +207,7 @@ class Ctx:
             uri = urllib.parse.urlsplit(uri).path
         uri = re.sub("/+", "/", uri)
         if uri.startswith(BASE):
-            return urllib.parse.unquote(uri[len(BASE):]).strip("/")
+            return decode_path(uri[len(BASE):]).strip("/")
         if uri + "/" == BASE:
             return ""
         raise errors.Forbidden(f"Requested uri ({uri}) is out of base uri ({BASE})")
