@@ -1,9 +1,12 @@
 //! One contract, run against every backend: the in-memory backend (bare and
 //! behind the fault decorator), the local directory backend, the S3
-//! backend against a real S3 server (moto's, on loopback). Put, ranged get,
-//! head, list with prefixes, delete, copy (conditional on the source's
-//! ETag), rename, metadata round trip (what each store keeps), directories,
-//! symlinks (or their refusal), multipart.
+//! backend against a real S3 server (moto's, on loopback), and the WebDAV
+//! backend against Apache mod_dav (plain) and the Nextcloud test server.
+//! Put, ranged get, head, list with prefixes, delete, copy (conditional on
+//! the source's ETag), rename, metadata round trip (what each store keeps),
+//! directories, symlinks (or their refusal), multipart. Then what is
+//! WebDAV's own: errors by status, chunked uploads that resume, listings
+//! that read only changed folders.
 
 mod common;
 
@@ -11,9 +14,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::dav::DavServer;
 use common::{S3Server, pattern, sha256_hex};
 use locker::backend::fault::{Fault, FaultBackend};
 use locker::backend::memory::MemoryBackend;
+use locker::backend::webdav::{Flavor, WebDavBackend};
 use locker::backend::{
     Backend, Cond, ErrorKind, ObjKind, ObjMeta, local::LocalBackend, s3::S3Backend,
 };
@@ -597,4 +602,433 @@ fn s3_backend_errors_are_clear_and_quick() {
     assert!(!e.contains(&server.secret));
     cfg.credentials_file = Some(dir.path().join("absent"));
     assert!(S3Backend::new(&cfg).is_err());
+}
+
+fn dav_config(server: &DavServer, prefix: &str) -> NamespaceConfig {
+    NamespaceConfig {
+        backend: Some("webdav".into()),
+        url: Some(server.url.clone()),
+        prefix: Some(prefix.into()),
+        user: Some(server.user.clone()),
+        password_file: Some(server.password_file.clone()),
+        ..Default::default()
+    }
+}
+
+/// A WebDAV backend on `server`'s folder `prefix` (made first), checked.
+fn dav_backend(
+    rt: &tokio::runtime::Runtime,
+    server: &DavServer,
+    prefix: &str,
+    spool: &std::path::Path,
+) -> WebDavBackend {
+    server.mkdirs(prefix);
+    let be = WebDavBackend::new(&dav_config(server, prefix), &spool.join("spool")).unwrap();
+    rt.block_on(be.check()).unwrap();
+    be
+}
+
+/// Every file under `dir` on disk, as paths relative to it.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push(
+                    e.path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn webdav_plain_backend_keeps_the_contract_on_apache() {
+    let server = DavServer::apache();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let be = dav_backend(&rt, &server, "pre/fix", dir.path());
+    assert_eq!(rt.block_on(be.flavor()).unwrap(), Flavor::Plain);
+    let caps = be.capabilities();
+    assert!(caps.mode && caps.mtime_ns && !caps.symlinks, "{caps:?}");
+    rt.block_on(contract(&be));
+    // Plain files on the server's disk, and no temporaries left behind.
+    let root = server.files.join("pre/fix");
+    assert_eq!(
+        std::fs::read(root.join("docs/report.txt")).unwrap(),
+        pattern(3000, 2)
+    );
+    let files = files_under(&root);
+    assert!(
+        files.contains(&"odd dir/ünï+code %41.txt".to_string()),
+        "{files:?}"
+    );
+    assert!(
+        !files.iter().any(|f| f.contains(".locker-tmp-")),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn webdav_nextcloud_backend_keeps_the_contract() {
+    let server = DavServer::nextcloud(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let be = dav_backend(&rt, &server, "pre/fix", dir.path());
+    assert_eq!(rt.block_on(be.flavor()).unwrap(), Flavor::Nextcloud);
+    let caps = be.capabilities();
+    assert!(
+        caps.server_side_parts && caps.resumable_uploads && !caps.mode && !caps.mtime_ns,
+        "{caps:?}"
+    );
+    rt.block_on(contract(&be));
+    let root = server.files.join("pre/fix");
+    assert_eq!(
+        std::fs::read(root.join("docs/report.txt")).unwrap(),
+        pattern(3000, 2)
+    );
+    // The checksum and the file id come back from the server.
+    let h = rt.block_on(be.head("docs/report.txt")).unwrap().unwrap();
+    assert_eq!(
+        locker::backend::hex(&h.meta.unwrap().sha256.unwrap()),
+        sha256_hex(&pattern(3000, 2))
+    );
+    let id = h.file_id.expect("oc:fileid");
+    // A rename keeps the file's identity.
+    rt.block_on(be.rename("docs/report.txt", Some(&h.etag), "docs/moved.txt"))
+        .unwrap();
+    let m = rt.block_on(be.head("docs/moved.txt")).unwrap().unwrap();
+    assert_eq!(m.file_id.as_deref(), Some(id.as_str()));
+}
+
+#[test]
+fn webdav_errors_at_check_are_one_line_and_quick() {
+    let server = DavServer::apache();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    server.mkdirs("ok");
+
+    // A wrong password: refused, and the password shown nowhere.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "not-the-password\n").unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = dav_config(&server, "ok");
+    cfg.password_file = Some(bad);
+    let be = WebDavBackend::new(&cfg, &dir.path().join("spool")).unwrap();
+    let e = rt.block_on(be.check()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
+    assert!(
+        e.message.contains("401") && !e.message.contains("not-the-password"),
+        "{e}"
+    );
+    assert!(!e.message.contains('\n'), "{e}");
+
+    // A missing folder.
+    let be = WebDavBackend::new(
+        &dav_config(&server, "nosuch/folder"),
+        &dir.path().join("spool"),
+    )
+    .unwrap();
+    let e = rt.block_on(be.check()).unwrap_err();
+    assert!(e.message.contains("does not exist"), "{e}");
+
+    // A server that is not WebDAV there.
+    let mut cfg = dav_config(&server, "");
+    cfg.url = Some(server.url.replace("/dav/", "/plain/"));
+    let be = WebDavBackend::new(&cfg, &dir.path().join("spool")).unwrap();
+    let e = rt.block_on(be.check()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
+
+    // A port nobody listens on: refused at once, never a hang.
+    let mut cfg = dav_config(&server, "ok");
+    cfg.url = Some(format!("http://127.0.0.1:{}/dav/", common::free_port()));
+    let be = WebDavBackend::new(&cfg, &dir.path().join("spool")).unwrap();
+    let t0 = Instant::now();
+    let e = rt.block_on(be.check()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    // A password file others can read is refused; so is a missing one.
+    let mut cfg = dav_config(&server, "ok");
+    let loose = dir.path().join("loose");
+    std::fs::write(&loose, "x\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    cfg.password_file = Some(loose);
+    let e = WebDavBackend::new(&cfg, &dir.path().join("spool"))
+        .err()
+        .unwrap();
+    assert!(e.contains("chmod 600"), "{e}");
+    cfg.password_file = Some(dir.path().join("absent"));
+    assert!(WebDavBackend::new(&cfg, &dir.path().join("spool")).is_err());
+
+    // A frozen server: requests end with a transient error, not a hang.
+    let be = dav_backend(&rt, &server, "ok", dir.path());
+    server.freeze(true);
+    let t0 = Instant::now();
+    let r =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(90), be.head("x")).await });
+    server.freeze(false);
+    let e = r
+        .expect("bounded by the backend's own deadline")
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(45), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn webdav_nextcloud_statuses_map_to_kinds() {
+    let server = DavServer::nextcloud(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let be = dav_backend(&rt, &server, "st", dir.path());
+    let m = ObjMeta::default();
+    let put = |k: &str| rt.block_on(be.put(k, b"data".to_vec(), &m, &Cond::Any));
+
+    // 423: a file open in a client: transient, of the path only.
+    put("locked.txt").unwrap();
+    server.control("POST", "/__test/lock?path=st/locked.txt");
+    let e = put("locked.txt").unwrap_err();
+    assert!(e.kind == ErrorKind::Transient && e.path_only, "{e}");
+    server.control("POST", "/__test/unlock?path=st/locked.txt");
+    put("locked.txt").unwrap();
+
+    // 507: over quota: permanent, of the path, said so.
+    server.control("POST", "/__test/quota?bytes=10");
+    let e = rt
+        .block_on(be.put("big.txt", vec![7; 1000], &m, &Cond::Any))
+        .unwrap_err();
+    assert!(e.kind == ErrorKind::Permanent && e.path_only, "{e}");
+    assert!(e.message.contains("quota"), "{e}");
+    server.control("POST", "/__test/quota?bytes=-1");
+
+    // 5xx and 429: the server is in trouble: transient, not of the path.
+    for status in [503, 500, 429] {
+        server.control("POST", &format!("/__test/fail?status={status}&count=1"));
+        let e = put("x.txt").unwrap_err();
+        assert!(
+            e.kind == ErrorKind::Transient && !e.path_only,
+            "{status}: {e}"
+        );
+    }
+    put("x.txt").unwrap();
+
+    // 412 on a stale version, mapped as every backend's refusal.
+    let h = rt.block_on(be.head("x.txt")).unwrap().unwrap();
+    put("x.txt").unwrap();
+    let e = rt
+        .block_on(be.delete("x.txt", &Cond::IfMatch(h.etag)))
+        .unwrap_err();
+    assert!(e.kind == ErrorKind::Transient && e.path_only, "{e}");
+
+    // Names Nextcloud refuses: permanent, of the path, before any request.
+    server.reset();
+    for name in [".htaccess", "a\\b.txt", "f.part", "dir/.htaccess"] {
+        let e = put(name).unwrap_err();
+        assert!(e.kind == ErrorKind::Permanent && e.path_only, "{name}: {e}");
+    }
+    assert_eq!(server.requests(), 0);
+    // And what the server refuses on its own (its own rules, a denied
+    // folder): the same, and never the whole backend.
+    for status in [400, 403] {
+        server.control("POST", &format!("/__test/fail?status={status}&count=1"));
+        let e = put("ok.txt").unwrap_err();
+        assert!(
+            e.kind == ErrorKind::Permanent && e.path_only,
+            "{status}: {e}"
+        );
+    }
+    put("ok.txt").unwrap();
+
+    // Symlinks stay local.
+    let e = rt
+        .block_on(be.put_symlink("ln", b"x", &m, &Cond::Any))
+        .unwrap_err();
+    assert!(e.kind == ErrorKind::Permanent && e.path_only, "{e}");
+}
+
+#[test]
+fn webdav_nextcloud_chunked_upload_resumes_without_resending() {
+    let server = DavServer::nextcloud(&["--min-chunk", "1024"]);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let be = dav_backend(&rt, &server, "up", dir.path());
+    let data = pattern(10_000, 9);
+    let m = meta(9, &data);
+
+    // An upload in three parts, of which two went up before a restart.
+    let mp = rt
+        .block_on(be.multipart_begin("deep/er/file.bin", data.len() as u64, &m))
+        .unwrap();
+    for (n, range) in [(1u32, 0..4096), (2, 4096..8192)] {
+        rt.block_on(be.multipart_part(&mp, n, range.start as u64, data[range].to_vec()))
+            .unwrap();
+    }
+    drop(be);
+    let be = dav_backend(&rt, &server, "up", dir.path());
+    server.reset();
+    let held = rt
+        .block_on(be.multipart_resume(&mp))
+        .unwrap()
+        .expect("the transfer is still there");
+    assert_eq!(
+        held.iter().map(|p| (p.number, p.size)).collect::<Vec<_>>(),
+        [(1, 4096), (2, 4096)]
+    );
+    let mut parts: Vec<(u32, String)> = held.into_iter().map(|p| (p.number, p.etag)).collect();
+    let e3 = rt
+        .block_on(be.multipart_part(&mp, 3, 8192, data[8192..].to_vec()))
+        .unwrap();
+    parts.push((3, e3));
+    let mut mp2 = mp.clone();
+    mp2.cond = Cond::IfAbsent;
+    let etag = rt.block_on(be.multipart_finish(&mp2, parts)).unwrap();
+    let stats = server.control("GET", "/__test/stats").json();
+    assert_eq!(
+        stats["by_method"]["PUT"], 1,
+        "only the missing part: {stats}"
+    );
+    let h = rt.block_on(be.head("deep/er/file.bin")).unwrap().unwrap();
+    assert_eq!((h.etag.as_str(), h.size), (etag.as_str(), 10_000));
+    assert_eq!(h.meta.unwrap(), be.capabilities().kept(&m));
+    assert_eq!(
+        rt.block_on(be.get_range("deep/er/file.bin", Some(&etag), 0, 20_000))
+            .unwrap(),
+        data
+    );
+    // Finished: nothing to resume; the condition held against a later
+    // finish of another transfer.
+    assert!(rt.block_on(be.multipart_resume(&mp)).unwrap().is_none());
+    let mp3 = rt
+        .block_on(be.multipart_begin("deep/er/file.bin", 5, &m))
+        .unwrap();
+    rt.block_on(be.multipart_part(&mp3, 1, 0, b"other".to_vec()))
+        .unwrap();
+    let mut mp3c = mp3.clone();
+    mp3c.cond = Cond::IfAbsent;
+    let e = rt.block_on(be.multipart_finish(&mp3c, vec![])).unwrap_err();
+    assert!(e.kind == ErrorKind::Transient && e.path_only, "{e}");
+    rt.block_on(be.multipart_abort(&mp3));
+    assert!(rt.block_on(be.multipart_resume(&mp3)).unwrap().is_none());
+
+    // A put over the chunk size goes up in chunks, by itself.
+    be.set_chunk_size(4096);
+    server.reset();
+    let etag = rt
+        .block_on(be.put("whole.bin", data.clone(), &m, &Cond::IfAbsent))
+        .unwrap();
+    let stats = server.control("GET", "/__test/stats").json();
+    assert_eq!(stats["by_method"]["PUT"], 3, "{stats}");
+    assert_eq!(stats["by_method"]["MOVE"], 1, "{stats}");
+    assert_eq!(
+        rt.block_on(be.get_range("whole.bin", Some(&etag), 0, 20_000))
+            .unwrap(),
+        data
+    );
+}
+
+#[test]
+fn webdav_plain_multipart_is_spooled_and_sent_in_one_put() {
+    let server = DavServer::apache();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let be = dav_backend(&rt, &server, "sp", dir.path());
+    assert!(!be.capabilities().server_side_parts);
+    let data = pattern(3 << 20, 4);
+    let m = meta(4, &data);
+    let mp = rt
+        .block_on(be.multipart_begin("a/b.bin", data.len() as u64, &m))
+        .unwrap();
+    let mut parts = Vec::new();
+    for i in [2usize, 0, 1] {
+        let r = i << 20..(i + 1) << 20;
+        let e = rt
+            .block_on(be.multipart_part(&mp, i as u32 + 1, r.start as u64, data[r].to_vec()))
+            .unwrap();
+        parts.push((i as u32 + 1, e));
+    }
+    parts.sort();
+    assert!(rt.block_on(be.multipart_resume(&mp)).unwrap().is_none());
+    let etag = rt.block_on(be.multipart_finish(&mp, parts)).unwrap();
+    assert_eq!(
+        std::fs::read(server.files.join("sp/a/b.bin")).unwrap(),
+        data
+    );
+    let h = rt.block_on(be.head("a/b.bin")).unwrap().unwrap();
+    assert_eq!(h.etag, etag);
+    assert_eq!(h.meta.unwrap(), m);
+    // The spool is emptied.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn webdav_nextcloud_listing_reads_only_changed_folders() {
+    let server = DavServer::nextcloud(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let be = Arc::new(dav_backend(&rt, &server, "tree", dir.path()));
+    // 2,000 files in 20 folders (two levels).
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for f in 0..20 {
+            let be = be.clone();
+            set.spawn(async move {
+                for i in 0..100 {
+                    let k = format!("d{:02}/s{}/f{i:03}.txt", f, i % 2);
+                    be.put(
+                        &k,
+                        k.clone().into_bytes(),
+                        &ObjMeta::default(),
+                        &Cond::IfAbsent,
+                    )
+                    .await
+                    .unwrap();
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+    });
+    let first = rt.block_on(be.list("")).unwrap();
+    assert_eq!(files_of(&first).len(), 2000);
+    // Unchanged: one request.
+    server.reset();
+    let again = rt.block_on(be.list("")).unwrap();
+    assert_eq!(server.requests(), 1);
+    assert_eq!(files_of(&again), files_of(&first));
+    // One file changed three levels down: the top, then each folder on
+    // its way.
+    rt.block_on(be.put(
+        "d07/s1/f001.txt",
+        b"new".to_vec(),
+        &ObjMeta::default(),
+        &Cond::Any,
+    ))
+    .unwrap();
+    rt.block_on(be.delete("d03/s0/f000.txt", &Cond::Any))
+        .unwrap();
+    server.reset();
+    let after = rt.block_on(be.list("")).unwrap();
+    let n = server.requests();
+    assert!(n <= 6, "{n} requests");
+    assert_eq!(files_of(&after).len(), 1999);
+    let changed = after.iter().find(|o| o.key == "d07/s1/f001.txt").unwrap();
+    assert_eq!(changed.size, 3);
+    // A listing of a folder below the top works alike.
+    server.reset();
+    assert_eq!(files_of(&rt.block_on(be.list("d07")).unwrap()).len(), 100);
+    assert_eq!(server.requests(), 1);
 }

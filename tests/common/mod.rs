@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod dav;
 pub mod http;
 
 use std::os::unix::ffi::OsStrExt;
