@@ -748,6 +748,47 @@ fn unusable_backends_are_refused_at_mount_with_a_clear_error() {
 }
 
 #[test]
+fn webdav_folders_that_cannot_be_used_are_refused_at_mount_in_one_line() {
+    let server = common::dav::DavServer::nextcloud(&[]);
+    server.mkdirs("LOCKER");
+    let d = tempfile::tempdir().unwrap();
+    // A wrong password: the server's refusal, and neither password shown.
+    let wrong = common::token(20);
+    let bad = d.path().join("bad");
+    std::fs::write(&bad, format!("{wrong}\n")).unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = server.config("LOCKER", "").replace(
+        &server.password_file.display().to_string(),
+        &bad.display().to_string(),
+    );
+    let (e, took) = mount_error(&cfg, &[]);
+    let line = e
+        .lines()
+        .rfind(|l| l.contains("namespace corp"))
+        .unwrap_or("");
+    assert!(line.contains("refused") && line.contains("401"), "{e}");
+    assert!(!e.contains(&wrong) && !e.contains(&server.password), "{e}");
+    assert!(took < Duration::from_secs(30));
+    // A folder that does not exist.
+    let (e, _) = mount_error(&server.config("NOPE", ""), &[]);
+    assert!(e.contains("NOPE") && e.contains("does not exist"), "{e}");
+    // Plain http to another machine, unless allowed.
+    let cfg = server
+        .config("LOCKER", "")
+        .replace("http://127.0.0.1", "http://192.0.2.1");
+    let (e, _) = mount_error(&cfg, &[]);
+    assert!(e.contains("allow_insecure_http"), "{e}");
+    // A password file others can read.
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = server.config("LOCKER", "").replace(
+        &server.password_file.display().to_string(),
+        &bad.display().to_string(),
+    );
+    let (e, _) = mount_error(&cfg, &[]);
+    assert!(e.contains("chmod 600") && !e.contains(&wrong), "{e}");
+}
+
+#[test]
 fn bad_credentials_are_refused_at_mount_and_the_secret_stays_hidden() {
     let server = S3Server::start_with_auth(1);
     server.mb("corp");
