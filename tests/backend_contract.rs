@@ -978,39 +978,32 @@ fn webdav_nextcloud_listing_reads_only_changed_folders() {
     let server = DavServer::nextcloud(&[]);
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
-    let be = Arc::new(dav_backend(&rt, &server, "tree", dir.path()));
-    // 2,000 files in 20 folders (two levels).
-    rt.block_on(async {
-        let mut set = tokio::task::JoinSet::new();
-        for f in 0..20 {
-            let be = be.clone();
-            set.spawn(async move {
-                for i in 0..100 {
-                    let k = format!("d{:02}/s{}/f{i:03}.txt", f, i % 2);
-                    be.put(
-                        &k,
-                        k.clone().into_bytes(),
-                        &ObjMeta::default(),
-                        &Cond::IfAbsent,
-                    )
-                    .await
-                    .unwrap();
-                }
-            });
+    let be = dav_backend(&rt, &server, "tree", dir.path());
+    // 4,000 files in 40 folders (two levels), put there as someone else
+    // would (the server takes in what appears on its disk).
+    let top = server.files.join("tree");
+    for f in 0..20 {
+        for sub in 0..2 {
+            let d = top.join(format!("d{f:02}/s{sub}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..100 {
+                std::fs::write(d.join(format!("f{i:03}.txt")), format!("{f}/{sub}/{i}")).unwrap();
+            }
         }
-        while let Some(r) = set.join_next().await {
-            r.unwrap();
-        }
-    });
+    }
     let first = rt.block_on(be.list("")).unwrap();
-    assert_eq!(files_of(&first).len(), 2000);
-    // Unchanged: one request.
+    assert_eq!(files_of(&first).len(), 4_000);
+    // The server indexes new files as they are first listed (as
+    // Nextcloud's scanner does), which changes the folders' ETags once
+    // more: the next listing reads them again, and then they stay.
+    rt.block_on(be.list("")).unwrap();
+    // Unchanged: one request, whatever the size of the tree.
     server.reset();
     let again = rt.block_on(be.list("")).unwrap();
     assert_eq!(server.requests(), 1);
     assert_eq!(files_of(&again), files_of(&first));
-    // One file changed three levels down: the top, then each folder on
-    // its way.
+    // Two files changed two levels down: the top, then each folder on
+    // their way.
     rt.block_on(be.put(
         "d07/s1/f001.txt",
         b"new".to_vec(),
@@ -1024,11 +1017,11 @@ fn webdav_nextcloud_listing_reads_only_changed_folders() {
     let after = rt.block_on(be.list("")).unwrap();
     let n = server.requests();
     assert!(n <= 6, "{n} requests");
-    assert_eq!(files_of(&after).len(), 1999);
+    assert_eq!(files_of(&after).len(), 3_999);
     let changed = after.iter().find(|o| o.key == "d07/s1/f001.txt").unwrap();
     assert_eq!(changed.size, 3);
     // A listing of a folder below the top works alike.
     server.reset();
-    assert_eq!(files_of(&rt.block_on(be.list("d07")).unwrap()).len(), 100);
+    assert_eq!(files_of(&rt.block_on(be.list("d07")).unwrap()).len(), 200);
     assert_eq!(server.requests(), 1);
 }
