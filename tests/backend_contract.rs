@@ -742,12 +742,38 @@ fn webdav_errors_at_check_are_one_line_and_quick() {
     let e = rt.block_on(be.check()).unwrap_err();
     assert!(e.message.contains("does not exist"), "{e}");
 
-    // A server that is not WebDAV there.
+    // A web server that is not WebDAV (Python's, which knows GET only).
+    let port = common::free_port();
+    let mut web = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "http.server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut cfg = dav_config(&server, "");
-    cfg.url = Some(server.url.replace("/dav/", "/plain/"));
+    cfg.url = Some(format!("http://127.0.0.1:{port}/"));
     let be = WebDavBackend::new(&cfg, &dir.path().join("spool")).unwrap();
-    let e = rt.block_on(be.check()).unwrap_err();
+    let e = rt.block_on(be.check());
+    let _ = web.kill();
+    let _ = web.wait();
+    let e = e.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
+    assert!(e.message.contains("not a WebDAV folder"), "{e}");
 
     // A port nobody listens on: refused at once, never a hang.
     let mut cfg = dav_config(&server, "ok");

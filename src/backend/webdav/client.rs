@@ -288,7 +288,8 @@ pub fn method(name: &'static str) -> Method {
 /// | 404, 410          | NotFound  | yes              |
 /// | 412               | Transient | yes (changed meanwhile: look again) |
 /// | 423 Locked        | Transient | yes (open in a client)              |
-/// | 408, 429, 5xx     | Transient | no (the server is in trouble)       |
+/// | 408, 429, 5xx but 501, 507 | Transient | no (the server is in trouble) |
+/// | 501               | Permanent | no (a method the server lacks: not WebDAV) |
 /// | 507 quota         | Permanent | yes              |
 /// | 401               | Permanent | no (credentials) |
 /// | 400, 403, 409, 413, 414, 415 and other 4xx | Permanent | yes (a name the server refuses, a denied folder) |
@@ -308,6 +309,8 @@ pub fn status_error(op: &str, shown: &str, resp: &Resp) -> BackendError {
             .for_path(),
         408 | 429 => BackendError::transient(msg),
         507 => BackendError::permanent(format!("{msg} (the account's quota is full)")).for_path(),
+        // A method the server does not have: not a passing trouble.
+        501 => BackendError::permanent(msg),
         500..=599 => BackendError::transient(msg),
         401 => BackendError::permanent(format!(
             "{op} {shown}: the server refused the user name or password (HTTP 401)"
@@ -349,6 +352,8 @@ mod tests {
         assert!(e.message.contains("quota"), "{e}");
         let e = status_error("put", "a.txt", &resp(403, ""));
         assert!(e.kind == ErrorKind::Permanent && e.path_only, "{e}");
+        let e = status_error("list", "/", &resp(501, ""));
+        assert!(e.kind == ErrorKind::Permanent && !e.path_only, "{e}");
         let e = status_error("put", "a.txt", &resp(401, ""));
         assert!(e.kind == ErrorKind::Permanent && !e.path_only, "{e}");
         let e = status_error("get", "a.txt", &resp(404, ""));

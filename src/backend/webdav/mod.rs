@@ -406,12 +406,10 @@ fn parent_of(key: &str) -> &str {
 #[async_trait::async_trait]
 impl Backend for WebDavBackend {
     fn describe(&self) -> String {
-        let flavor = self
-            .flavor
-            .get()
-            .map(|f| f.name())
-            .unwrap_or("flavor not yet known");
-        format!("webdav ({flavor}) {} as {}", self.shown, self.user)
+        match self.flavor.get() {
+            Some(f) => format!("webdav ({}) {} as {}", f.name(), self.shown, self.user),
+            None => format!("webdav {} as {}", self.shown, self.user),
+        }
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -202,14 +202,14 @@ impl WebDavBackend {
         }
         if e.message.contains("HTTP 401") {
             return BackendError::permanent(format!(
-                "{} refused user {}'s password (HTTP 401)",
-                self.shown, self.user
+                "the server refused user {}'s password (HTTP 401)",
+                self.user
             ));
         }
         if e.message.contains("HTTP 403") {
             return BackendError::permanent(format!(
-                "{} denies user {} access (HTTP 403)",
-                self.shown, self.user
+                "the server denies user {} this folder (HTTP 403)",
+                self.user
             ));
         }
         if e.message.contains("redirected") {
