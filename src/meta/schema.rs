@@ -15,7 +15,9 @@
 //! `inodes.synced_version` is the content version a backend confirmed at the
 //! file's own path (a file's blocks may be evicted only while it equals
 //! `version` and a `remote` row holds its SHA-256); `inodes.remote_src` is
-//! `namespace/path` of the object a file listed only in a backend comes from.
+//! `namespace/path` of the object a file listed only in a backend comes from,
+//! and `inodes.remote_etag` its version when the `remote` row does not say it
+//! (a file that followed an object someone else replaced).
 //!
 //! `PRAGMA user_version` holds the number of migrations applied.
 
@@ -120,6 +122,10 @@ const MIGRATIONS: &[&str] = &[
     UPDATE remote SET verified = 1 WHERE kind = 1 AND sha256 IS NOT NULL AND EXISTS
         (SELECT 1 FROM inodes i WHERE i.sha256 = remote.sha256
             AND i.synced_version = i.version AND i.remote_only = 0);",
+    // 6: the version of the object `remote_src` names, for a file that
+    // follows an object another writer replaced (its `remote` row keeps the
+    // version LOCKER last knew there, which a queued change is subject to).
+    "ALTER TABLE inodes ADD COLUMN remote_etag TEXT;",
 ];
 
 /// Number of migrations this build knows.

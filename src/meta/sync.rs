@@ -351,6 +351,32 @@ pub fn remote_with_sha(
         .optional()
 }
 
+/// Every path in the backends holding a file with this content (as LOCKER
+/// knows it, or as its label says): known ones first, then the newest.
+pub fn remotes_with_sha(
+    conn: &Connection,
+    sha: &[u8],
+) -> MetaResult<Vec<(String, Vec<u8>, RemoteRow)>> {
+    let sql = format!(
+        "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
+            ORDER BY verified DESC, at_ns DESC LIMIT 16"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map([sha], |r| Ok((r.get(0)?, r.get(1)?, remote_at(r, 2)?)))?;
+    rows.collect()
+}
+
+/// The version `etag` of `ns/path` is no longer there (someone replaced or
+/// removed it): it is no copy source and keeps no block evictable. The row
+/// itself stays, as what a queued change there is conditional on.
+pub fn unverify_remote(conn: &Connection, ns: &str, path: &[u8], etag: &str) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE remote SET verified = 0 WHERE ns = ?1 AND path = ?2 AND etag = ?3",
+    )?
+    .execute(params![ns, path, etag])?;
+    Ok(())
+}
+
 /// The version of the file at `ns/path` fetched by its ETag (any, without
 /// one) hashes to `sha`: the row takes that checksum as checked by LOCKER,
 /// unless it names another.
