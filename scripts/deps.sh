@@ -32,6 +32,8 @@ fi
 # The test and benchmark tools' Python: moto's S3 server (moto_server) and
 # boto3 for scripts/lib/s3tool.py, in a venv of Debian's python3 so that no
 # system package is touched. Skipped when the venv already has both.
+# (The WebDAV test servers need nothing from PyPI: tests/webdav/ncserver.py
+# is standard-library Python 3.11, and apache2 and rclone come from apt.)
 VENV=${LOCKER_TEST_VENV:-/opt/locker-test/venv}
 MOTO_REQ='moto[server]>=5.1,<6'
 venv_ok() {

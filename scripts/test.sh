@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (as root, on a fresh Debian machine):
 # installs what it needs, builds one profile (release), then runs the unit
-# and mount tests, the POSIX conformance comparison (pjdfstest against ext4)
-# and fsx. Every mount is torn down by the test that made it.
+# and mount tests, the POSIX conformance comparison (pjdfstest against ext4),
+# fsx, and the self-test of the WebDAV test servers. Every mount is torn
+# down by the test that made it.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-scripts/deps.sh rsync e2fsprogs libacl1-dev util-linux
+# apache2 and rclone: the WebDAV backend's test servers (tests/webdav/).
+scripts/deps.sh rsync e2fsprogs libacl1-dev util-linux apache2 rclone
 export PATH="$HOME/.cargo/bin:$PATH"
 
 start=$(date +%s)
@@ -23,6 +25,7 @@ step() {
 cargo build --release --all-targets
 step "cargo test" cargo test --release --no-fail-fast
 step "systemd unit" scripts/check-unit.sh
+step "webdav test servers" python3 tests/webdav/selftest.py
 step "pjdfstest" scripts/pjdfstest.sh
 step "fsx" scripts/fsx.sh
 
