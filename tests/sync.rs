@@ -567,6 +567,82 @@ fn the_local_backend_mirrors_the_namespace_as_plain_files() {
     );
 }
 
+#[test]
+fn moved_evicted_files_reach_their_new_paths_even_when_the_old_object_was_replaced() {
+    // Local backends, a 16 MiB cache: four 4 MiB files are pushed, then
+    // evicted by 64 MiB written after them, then moved.
+    let m = Mount::with_config(
+        "[sync]\nupload_delay_ms = 1500\nrefresh_interval_s = 0\n\
+         [cache]\nsize_mb = 16\nwrite_timeout_s = 120\n\
+         [namespaces.corp]\n[namespaces.deck]\n",
+        &[],
+    );
+    let (corp, deck) = (m.corp(), m.mnt.join("deck"));
+    let backend = |ns: &str| m.data.join("backend").join(ns);
+    let ours: Vec<Vec<u8>> = (0..4).map(|i| pattern(4 << 20, 410 + i)).collect();
+    for (i, d) in ours.iter().enumerate() {
+        std::fs::write(corp.join(format!("f{i}")), d).unwrap();
+    }
+    m.wait_drained(DRAIN);
+    for i in 0..4 {
+        std::fs::write(corp.join(format!("fill{i}")), pattern(16 << 20, 420 + i)).unwrap();
+        m.wait_drained(DRAIN);
+    }
+    assert!(
+        blocks_bytes(&m.data) < 40 << 20,
+        "the cache holds {} bytes: nothing was evicted",
+        blocks_bytes(&m.data)
+    );
+    drop_caches();
+    // To another namespace and within one; the queue drains within a
+    // minute and the objects are right.
+    std::fs::rename(corp.join("f0"), deck.join("f0")).unwrap();
+    std::fs::rename(corp.join("f1"), corp.join("g1")).unwrap();
+    m.wait_drained(Duration::from_secs(60));
+    assert_eq!(std::fs::read(backend("deck").join("f0")).unwrap(), ours[0]);
+    assert_eq!(std::fs::read(backend("corp").join("g1")).unwrap(), ours[1]);
+    assert!(!backend("corp").join("f0").exists());
+    assert!(!backend("corp").join("f1").exists());
+    // Again, but another writer replaces the old objects before the moves
+    // are pushed: the moved files take their versions (the only content
+    // left), which also stay where they were written. No read fails.
+    std::fs::rename(corp.join("f2"), deck.join("f2")).unwrap();
+    std::fs::rename(corp.join("f3"), corp.join("g3")).unwrap();
+    let theirs: Vec<Vec<u8>> = (0..2).map(|i| pattern((3 << 20) + 5, 430 + i)).collect();
+    for (name, d) in ["f2", "f3"].iter().zip(&theirs) {
+        let tmp = backend("corp").join(format!(".{name}.new"));
+        std::fs::write(&tmp, d).unwrap();
+        std::fs::rename(&tmp, backend("corp").join(name)).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(deck.join("f2")).unwrap(),
+        theirs[0],
+        "read while queued"
+    );
+    m.wait_drained(Duration::from_secs(60));
+    assert_eq!(std::fs::read(corp.join("g3")).unwrap(), theirs[1]);
+    assert_eq!(
+        std::fs::read(backend("deck").join("f2")).unwrap(),
+        theirs[0]
+    );
+    assert_eq!(
+        std::fs::read(backend("corp").join("g3")).unwrap(),
+        theirs[1]
+    );
+    assert_eq!(
+        std::fs::read(backend("corp").join("f2")).unwrap(),
+        theirs[0]
+    );
+    assert_eq!(
+        std::fs::read(backend("corp").join("f3")).unwrap(),
+        theirs[1]
+    );
+    m.status(true);
+    assert_eq!(std::fs::read(corp.join("f2")).unwrap(), theirs[0]);
+    assert_eq!(std::fs::read(corp.join("f3")).unwrap(), theirs[1]);
+    assert_eq!(std::fs::read(deck.join("f2")).unwrap(), theirs[0]);
+}
+
 /// `renameat2(RENAME_EXCHANGE)` of two names in one directory.
 fn exchange(a: &Path, b: &Path) {
     use std::os::unix::ffi::OsStrExt;

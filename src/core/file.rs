@@ -86,6 +86,14 @@ impl FileState {
         self.is_clean()
     }
 
+    /// The committed content was replaced by `size` bytes only in a
+    /// backend (the file holds no uncommitted change).
+    pub(crate) fn now_remote(&mut self, size: u64) {
+        self.size = size;
+        self.committed_size = size;
+        self.remote_only = true;
+    }
+
     /// Indices of the blocks held in memory.
     fn mem_indices(&self) -> Vec<u64> {
         self.dirty

@@ -30,7 +30,9 @@ mod xattr;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub(crate) type StateGuard<'a> = parking_lot::MutexGuard<'a, State>;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -82,7 +84,7 @@ impl Default for LockerOptions {
 }
 
 pub struct Locker {
-    state: Mutex<State>,
+    state: parking_lot::Mutex<State>,
     blocks: Arc<BlockStore>,
     opts: LockerOptions,
     /// Reads objects of the backends (set by the sidecar).
@@ -245,7 +247,7 @@ impl Locker {
         let blocks = Arc::new(blocks);
         let hasher = hasher::Hasher::start(blocks.clone())?;
         let locker = Locker {
-            state: Mutex::new(State {
+            state: parking_lot::Mutex::new(State {
                 conn,
                 files: HashMap::new(),
                 handles: HashMap::new(),
@@ -286,11 +288,14 @@ impl Locker {
         Ok(locker)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves state that may be half
-        // updated in memory, but every durable change is a transaction, so
-        // continuing is safe.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The state lock. parking_lot's is eventually fair: a thread that
+    /// releases and takes it again in a loop (a listing read page by page,
+    /// a stream of writes) hands it over to one that has waited 0.5 ms,
+    /// where std's can keep a `stat` waiting for the whole loop. A panic
+    /// while holding it leaves state that may be half updated in memory,
+    /// but every durable change is a transaction, so continuing is safe.
+    fn lock(&self) -> StateGuard<'_> {
+        self.state.lock()
     }
 
     /// Runs `f`, whose every `tx` becomes part of one transaction: all of it

@@ -343,8 +343,9 @@ pub fn content_version(conn: &Connection, ino: InodeNo) -> MetaResult<i64> {
 }
 
 /// Gives file `ino` content that is only in a backend: its size, checksum,
-/// times, permission bits (if given) and source path, as a new version the
-/// backend is known to hold.
+/// times, permission bits (if given) and source path, as a new version
+/// (which the backend holds at the file's own path if `here`).
+#[allow(clippy::too_many_arguments)]
 pub fn set_remote_only(
     conn: &Connection,
     ino: InodeNo,
@@ -352,12 +353,15 @@ pub fn set_remote_only(
     sha256: Option<&[u8]>,
     mtime: Timestamp,
     perm: Option<u32>,
-    src: Option<&[u8]>,
+    src: Option<(&[u8], Option<&str>)>,
+    here: bool,
 ) -> MetaResult<()> {
     conn.prepare_cached(
         "UPDATE inodes SET remote_only = 1, size = ?2, sha256 = ?3, mtime_s = ?4,
             mtime_ns = ?5, ctime_s = ?4, ctime_ns = ?5, perm = coalesce(?6, perm),
-            version = version + 1, synced_version = version + 1, remote_src = ?7
+            version = version + 1,
+            synced_version = CASE WHEN ?9 THEN version + 1 ELSE -1 END,
+            remote_src = ?7, remote_etag = ?8
          WHERE ino = ?1",
     )?
     .execute(params![
@@ -367,15 +371,24 @@ pub fn set_remote_only(
         mtime.sec,
         mtime.nsec as i64,
         perm.map(|m| m as i64),
-        src,
+        src.map(|s| s.0),
+        src.and_then(|s| s.1),
+        here,
     ])?;
     Ok(())
 }
 
-/// The backend object (`ns/path`) a backend-only file was listed as.
-pub fn remote_src(conn: &Connection, ino: InodeNo) -> MetaResult<Option<Vec<u8>>> {
-    conn.prepare_cached("SELECT remote_src FROM inodes WHERE ino = ?1")?
-        .query_row([ino.0 as i64], |r| r.get(0))
+/// The backend object (`ns/path`) a backend-only file was listed as, and
+/// its version when the `remote` row does not hold it.
+pub fn remote_src(
+    conn: &Connection,
+    ino: InodeNo,
+) -> MetaResult<Option<(Vec<u8>, Option<String>)>> {
+    conn.prepare_cached("SELECT remote_src, remote_etag FROM inodes WHERE ino = ?1")?
+        .query_row([ino.0 as i64], |r| {
+            Ok(r.get::<_, Option<Vec<u8>>>(0)?
+                .map(|s| (s, r.get(1).ok().flatten())))
+        })
 }
 
 /// File `ino`'s content is here now (no longer only in a backend) and

@@ -10,12 +10,15 @@
 //! | `orphans`    | unlinked inode still open        | purged on last close, or at the next mount after a crash |
 //! | `block_data` | small block's bytes              | blocks shorter than `blocks::INLINE_MAX`; deleted with their `blocks` row |
 //! | `sync_queue` | path changed since the backend last had it | keyed by (namespace, path); `seq` grows with every change, so a finished upload only removes the entry if nothing changed meanwhile; `after_*` names an entry that must finish first (the new name of a rename before the old one is deleted) |
+//! | `uploads`    | unfinished multipart upload of a queued path | the backend's upload id, the content (SHA-256, size) and part size it is for: resumed when the same content is pushed again, aborted otherwise |
 //! | `remote`     | entry the backend is known to hold | what LOCKER last confirmed or listed: kind, size, ETag, SHA-256, mtime, mode; `verified` 1 when LOCKER hashed that content itself, 2 when this host uploaded it (a listed object's SHA-256 is only its label until then) |
 //!
 //! `inodes.synced_version` is the content version a backend confirmed at the
 //! file's own path (a file's blocks may be evicted only while it equals
 //! `version` and a `remote` row holds its SHA-256); `inodes.remote_src` is
-//! `namespace/path` of the object a file listed only in a backend comes from.
+//! `namespace/path` of the object a file listed only in a backend comes from,
+//! and `inodes.remote_etag` its version when the `remote` row does not say it
+//! (a file that followed an object someone else replaced).
 //!
 //! `PRAGMA user_version` holds the number of migrations applied.
 
@@ -120,6 +123,23 @@ const MIGRATIONS: &[&str] = &[
     UPDATE remote SET verified = 1 WHERE kind = 1 AND sha256 IS NOT NULL AND EXISTS
         (SELECT 1 FROM inodes i WHERE i.sha256 = remote.sha256
             AND i.synced_version = i.version AND i.remote_only = 0);",
+    // 6: the version of the object `remote_src` names, for a file that
+    // follows an object another writer replaced (its `remote` row keeps the
+    // version LOCKER last knew there, which a queued change is subject to).
+    "ALTER TABLE inodes ADD COLUMN remote_etag TEXT;",
+    // 7: unfinished multipart uploads of queued paths, so that one cut off
+    // by a crash or an outage resumes instead of starting over (and one
+    // no longer wanted is aborted in the backend).
+    "CREATE TABLE uploads (
+        ns        TEXT NOT NULL,
+        path      BLOB NOT NULL,
+        key       TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        sha256    BLOB NOT NULL,
+        size      INTEGER NOT NULL,
+        part_size INTEGER NOT NULL,
+        PRIMARY KEY (ns, path)
+    ) WITHOUT ROWID;",
 ];
 
 /// Number of migrations this build knows.

@@ -162,6 +162,71 @@ pub fn finish(conn: &Connection, ns: &str, path: &[u8], seq: i64) -> MetaResult<
         > 0)
 }
 
+/// An unfinished multipart upload of the file at a queued path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRec {
+    /// The key it was begun for, and the backend's id of it.
+    pub key: String,
+    pub id: String,
+    /// The content it uploads, and the size of every part but the last.
+    pub sha256: [u8; 32],
+    pub size: u64,
+    pub part_size: u64,
+}
+
+fn upload_from(r: &rusqlite::Row, at: usize) -> rusqlite::Result<UploadRec> {
+    let sha: Vec<u8> = r.get(at + 2)?;
+    Ok(UploadRec {
+        key: r.get(at)?,
+        id: r.get(at + 1)?,
+        sha256: sha.try_into().unwrap_or([0; 32]),
+        size: r.get::<_, i64>(at + 3)? as u64,
+        part_size: r.get::<_, i64>(at + 4)? as u64,
+    })
+}
+
+pub fn get_upload(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<UploadRec>> {
+    conn.prepare_cached(
+        "SELECT key, id, sha256, size, part_size FROM uploads WHERE ns = ?1 AND path = ?2",
+    )?
+    .query_row(params![ns, path], |r| upload_from(r, 0))
+    .optional()
+}
+
+pub fn put_upload(conn: &Connection, ns: &str, path: &[u8], u: &UploadRec) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO uploads (ns, path, key, id, sha256, size, part_size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        ns,
+        path,
+        u.key,
+        u.id,
+        &u.sha256[..],
+        u.size as i64,
+        u.part_size as i64
+    ])?;
+    Ok(())
+}
+
+pub fn delete_upload(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("DELETE FROM uploads WHERE ns = ?1 AND path = ?2")?
+        .execute(params![ns, path])?;
+    Ok(())
+}
+
+/// Uploads whose path has no queue entry any more (pushed another way,
+/// or removed): nothing will finish them.
+pub fn orphan_uploads(conn: &Connection) -> MetaResult<Vec<(String, Vec<u8>, UploadRec)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT u.ns, u.path, u.key, u.id, u.sha256, u.size, u.part_size FROM uploads u
+         WHERE NOT EXISTS (SELECT 1 FROM sync_queue q WHERE q.ns = u.ns AND q.path = u.path)",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, upload_from(r, 2)?)))?;
+    rows.collect()
+}
+
 /// Removes the entry of `ns/path`, whatever its sequence number.
 pub fn remove_entry(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
     conn.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
@@ -349,6 +414,32 @@ pub fn remote_with_sha(
             Ok((r.get(0)?, r.get(1)?, remote_at(r, 2)?))
         })
         .optional()
+}
+
+/// Every path in the backends holding a file with this content (as LOCKER
+/// knows it, or as its label says): known ones first, then the newest.
+pub fn remotes_with_sha(
+    conn: &Connection,
+    sha: &[u8],
+) -> MetaResult<Vec<(String, Vec<u8>, RemoteRow)>> {
+    let sql = format!(
+        "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
+            ORDER BY verified DESC, at_ns DESC LIMIT 16"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map([sha], |r| Ok((r.get(0)?, r.get(1)?, remote_at(r, 2)?)))?;
+    rows.collect()
+}
+
+/// The version `etag` of `ns/path` is no longer there (someone replaced or
+/// removed it): it is no copy source and keeps no block evictable. The row
+/// itself stays, as what a queued change there is conditional on.
+pub fn unverify_remote(conn: &Connection, ns: &str, path: &[u8], etag: &str) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE remote SET verified = 0 WHERE ns = ?1 AND path = ?2 AND etag = ?3",
+    )?
+    .execute(params![ns, path, etag])?;
+    Ok(())
 }
 
 /// The version of the file at `ns/path` fetched by its ETag (any, without

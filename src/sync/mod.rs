@@ -22,7 +22,7 @@ use crate::backend::{
 };
 use crate::config::{BackendKind, Config, NamespaceConfig, SyncConfig};
 use crate::core::Locker;
-use crate::core::sync::RemoteSource;
+use crate::core::sync::{RemoteSource, RemoteVersion};
 use crate::meta::sync::{QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, now_ns};
 
 pub use status::{Status, query as query_status, socket_path};
@@ -249,6 +249,29 @@ impl RemoteSource for Fetcher {
             }
             inner.note_ok(&ns);
             Ok(out)
+        })
+    }
+    fn current(&self, ns: &str, path: &[u8]) -> Result<Option<RemoteVersion>, String> {
+        let key = std::str::from_utf8(path)
+            .map_err(|_| "the path is not UTF-8".to_string())?
+            .to_string();
+        let inner = self
+            .inner
+            .upgrade()
+            .ok_or_else(|| "the sync sidecar has stopped".to_string())?;
+        let be = inner.backend_for(ns).map_err(|e| e.message)?;
+        self.handle.block_on(async move {
+            let head = tokio::time::timeout(Duration::from_secs(30), be.head(&key))
+                .await
+                .unwrap_or_else(|_| Err(BackendError::transient("no answer within 30 s")))
+                .map_err(|e| e.message)?;
+            Ok(head
+                .filter(|h| h.kind == ObjKind::File)
+                .map(|h| RemoteVersion {
+                    etag: h.etag,
+                    size: h.size,
+                    mtime: h.meta.and_then(|m| m.mtime),
+                }))
         })
     }
 }

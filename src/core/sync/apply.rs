@@ -123,18 +123,50 @@ impl Locker {
     /// Makes file `ino` hold the backend's content described by `row`
     /// (fetched when first read).
     fn set_remote_content(&self, st: &mut State, ino: InodeNo, row: &RemoteRow) -> CoreResult<()> {
-        self.forget_file(st, ino);
         // Where it comes from, for content listed without a checksum.
-        let src: Option<Vec<u8>> = match meta::any_name(&st.conn, ino)? {
-            Some((parent, name)) => ns_path(&st.conn, parent, &name)?.map(|(ns, p)| {
+        let src = Locker::own_src(&st.conn, ino)?;
+        let mtime = row.mtime.unwrap_or_else(Timestamp::now);
+        self.give_remote_content(
+            st,
+            ino,
+            row.size,
+            row.sha256.as_ref().map(|s| &s[..]),
+            mtime,
+            row.mode.map(|m| m & 0o7777),
+            src.as_deref().map(|s| (s, None)),
+            true,
+        )
+    }
+
+    /// `namespace/path` of one of the names of `ino`.
+    pub(super) fn own_src(conn: &Connection, ino: InodeNo) -> CoreResult<Option<Vec<u8>>> {
+        Ok(match meta::any_name(conn, ino)? {
+            Some((parent, name)) => ns_path(conn, parent, &name)?.map(|(ns, p)| {
                 let mut v = ns.into_bytes();
                 v.push(b'/');
                 v.extend_from_slice(&p);
                 v
             }),
             None => None,
-        };
-        let mtime = row.mtime.unwrap_or_else(Timestamp::now);
+        })
+    }
+
+    /// Makes file `ino` hold `size` bytes that are only in a backend, at
+    /// `src` (`ns/path`, and its version when the `remote` row does not
+    /// record it); `here`: that is the file's own path.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn give_remote_content(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        size: u64,
+        sha: Option<&[u8]>,
+        mtime: Timestamp,
+        perm: Option<u32>,
+        src: Option<(&[u8], Option<&str>)>,
+        here: bool,
+    ) -> CoreResult<()> {
+        self.forget_file(st, ino);
         let freed = st.tx(|tx| {
             let mut freed = Vec::new();
             for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
@@ -143,15 +175,7 @@ impl Locker {
                 }
                 meta::delete_file_block(tx, ino, idx)?;
             }
-            meta::set_remote_only(
-                tx,
-                ino,
-                row.size,
-                row.sha256.as_ref().map(|s| &s[..]),
-                mtime,
-                row.mode.map(|m| m & 0o7777),
-                src.as_deref(),
-            )?;
+            meta::set_remote_only(tx, ino, size, sha, mtime, perm, src, here)?;
             Ok(freed)
         })?;
         self.free_blocks(st, &freed);

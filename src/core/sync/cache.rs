@@ -3,7 +3,7 @@
 
 use crate::blocks::{BlockId, INLINE_MAX};
 use crate::core::types::*;
-use crate::core::{CoreError, CoreResult, Locker, State};
+use crate::core::{CoreError, CoreResult, Locker, StateGuard};
 #[cfg(test)]
 use crate::meta;
 use crate::meta::sync as msync;
@@ -99,7 +99,7 @@ impl Locker {
     /// checked under the lock the write then holds, so concurrent writers
     /// cannot overshoot together). Meanwhile uploads and eviction make room;
     /// ENOSPC after the configured timeout.
-    pub(crate) fn lock_for_write(&self, len: u64) -> CoreResult<std::sync::MutexGuard<'_, State>> {
+    pub(crate) fn lock_for_write(&self, len: u64) -> CoreResult<StateGuard<'_>> {
         use std::sync::atomic::Ordering;
         let bound = self.opts.cache_limit + self.opts.cache_margin;
         let mut start: Option<std::time::Instant> = None;

@@ -25,6 +25,21 @@ pub trait RemoteSource: Send + Sync {
         etag: Option<&str>,
         ranges: &[(u64, u64)],
     ) -> Result<Vec<Vec<u8>>, String>;
+
+    /// The file at `path` in namespace `ns` now: its ETag, size and mtime,
+    /// or `None` when there is none. An error when the backend cannot say.
+    fn current(&self, ns: &str, path: &[u8]) -> Result<Option<RemoteVersion>, String> {
+        let _ = (ns, path);
+        Err("this source cannot look objects up".into())
+    }
+}
+
+/// A version of an object, as a backend shows it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteVersion {
+    pub etag: String,
+    pub size: u64,
+    pub mtime: Option<Timestamp>,
 }
 
 impl Locker {
@@ -170,14 +185,16 @@ impl Locker {
         let source = self.remote.get().ok_or_else(|| {
             CoreError::Corrupt("a block is missing and no backend is attached".into())
         })?;
-        let (ns, path, etag) = {
+        let holders = {
             let st = self.lock();
-            let (ns, path, row) =
-                msync::remote_with_sha(&st.conn, sha, false)?.ok_or_else(|| {
-                    CoreError::Corrupt(format!("no backend holds the content of inode {}", ino.0))
-                })?;
-            (ns, path, row.etag)
+            msync::remotes_with_sha(&st.conn, sha)?
         };
+        if holders.is_empty() {
+            return Err(CoreError::Corrupt(format!(
+                "no backend holds the content of inode {}",
+                ino.0
+            )));
+        }
         // Neighbouring blocks go in one ranged GET (up to 8 MiB): fewer
         // requests for a sequential reader's block and its readahead.
         order.sort_by_key(|(i, _)| *i);
@@ -205,10 +222,33 @@ impl Locker {
             })
             .collect();
         self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
-        let got = source.fetch(&ns, &path, Some(&etag), &ranges).map_err(|e| {
-            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching blocks from the backend failed");
-            CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO))
-        })?;
+        // From the first object that still holds the content. One that
+        // another writer replaced or removed holds it no more.
+        let mut gone: Vec<(String, Vec<u8>, String, Option<RemoteVersion>)> = Vec::new();
+        let mut fetched = None;
+        for (ns, path, row) in &holders {
+            match source.fetch(ns, path, Some(&row.etag), &ranges) {
+                Ok(got) => {
+                    fetched = Some((ns, path, got));
+                    break;
+                }
+                Err(e) => match source.current(ns, path) {
+                    Ok(now) if now.as_ref().is_none_or(|v| v.etag != row.etag) => {
+                        gone.push((ns.clone(), path.clone(), row.etag.clone(), now));
+                    }
+                    _ => {
+                        tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), error = %e, "fetching blocks from the backend failed");
+                        return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+                    }
+                },
+            }
+        }
+        let Some((ns, path, got)) = fetched else {
+            // Every object that held it was replaced or removed: the file
+            // follows what replaced the one it came from (the caller looks
+            // again and finds it only in the backend).
+            return self.follow_replaced(ino, sha, &gone);
+        };
         let mut pieces: Vec<(BlockRef, Vec<u8>)> = Vec::new();
         for (g, chunk) in groups.iter().zip(got) {
             let mut at = 0usize;
@@ -220,13 +260,82 @@ impl Locker {
         }
         for (b, data) in pieces {
             if data.len() != b.len as usize || BlockId::of(&data) != b.id {
-                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
                 return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
             }
             self.blocks.put_with_id(&b.id, &data)?;
             let mut st = self.lock();
             msync::set_block_present(&st.conn, &b.id.0, true)?;
             st.lru.put(b.id, ());
+        }
+        Ok(())
+    }
+
+    /// The content `sha` of file `ino` is in none of the objects that held
+    /// it (`gone`: namespace, path, the version that held it, what is there
+    /// now), each replaced or removed by another writer. If the file still
+    /// has that content, unchanged here, it takes the version that replaced
+    /// the first of them, as if that write had come before the change here
+    /// not yet pushed (a move, say), rather than failing every read and
+    /// push for good. What replaced it stays where its writer put it.
+    fn follow_replaced(
+        &self,
+        ino: InodeNo,
+        sha: &[u8],
+        gone: &[(String, Vec<u8>, String, Option<RemoteVersion>)],
+    ) -> CoreResult<()> {
+        let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));
+        let mut st = self.lock();
+        let st = &mut *st;
+        for (ns, path, etag, _) in gone {
+            msync::unverify_remote(&st.conn, ns, path, etag)?;
+        }
+        let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+        if row.remote_only || row.sha256.as_deref() != Some(sha) {
+            // Changed meanwhile: the caller looks again.
+            return Ok(());
+        }
+        if st.files.get(&ino).is_some_and(|fs| !fs.is_clean_pub()) {
+            tracing::error!(
+                inode = ino.0,
+                "a file being changed here lost the rest of its content: another writer replaced the only object holding it"
+            );
+            return Err(eio());
+        }
+        let Some((ns, path, _, Some(now))) = gone.iter().find(|g| g.3.is_some()) else {
+            tracing::error!(
+                inode = ino.0,
+                "the content of a file is gone: another writer removed every object holding it before the change here reached the backend"
+            );
+            return Err(eio());
+        };
+        tracing::warn!(
+            namespace = %ns,
+            path = %String::from_utf8_lossy(path),
+            inode = ino.0,
+            "a file's content was only at this path, which another writer replaced before the change here reached the backend: the file now holds that version"
+        );
+        let mut src = ns.as_bytes().to_vec();
+        src.push(b'/');
+        src.extend_from_slice(path);
+        let here = Locker::own_src(&st.conn, ino)?.as_deref() == Some(&src[..]);
+        self.give_remote_content(
+            st,
+            ino,
+            now.size,
+            None,
+            now.mtime.unwrap_or_else(Timestamp::now),
+            None,
+            Some((&src, Some(&now.etag))),
+            here,
+        )?;
+        if let Some(fs) = st.files.get_mut(&ino) {
+            fs.now_remote(now.size);
+        }
+        // The kernel may cache the old size and pages. Told from another
+        // thread: a read of this file may be what runs this.
+        if let Some(inval) = self.invalidator.get().cloned() {
+            std::thread::spawn(move || inval(&[super::Invalidate::Inode(ino)]));
         }
         Ok(())
     }
@@ -279,26 +388,34 @@ impl Locker {
             }
             let sha: Option<[u8; 32]> = row.sha256.as_deref().and_then(|s| s.try_into().ok());
             let src = match &sha {
-                Some(s) => msync::remote_with_sha(&st.conn, s, false)?.map(|(n, p, _)| (n, p)),
+                Some(s) => {
+                    msync::remote_with_sha(&st.conn, s, false)?.map(|(n, p, _)| (n, p, None))
+                }
                 None => None,
             };
             let src = match src {
                 Some(s) => Some(s),
                 None => {
-                    // Listed without a checksum: the object it was listed as.
+                    // Listed without a checksum: the object it was listed as
+                    // (at the version it was seen at, if the `remote` row
+                    // does not say).
                     let r = meta::remote_src(&st.conn, ino)?;
-                    r.and_then(|b| {
+                    r.and_then(|(b, etag)| {
                         let i = b.iter().position(|&c| c == b'/')?;
                         Some((
                             String::from_utf8_lossy(&b[..i]).into_owned(),
                             b[i + 1..].to_vec(),
+                            etag,
                         ))
                     })
                 }
             };
-            let (ns, path) = src.ok_or(CoreError::NotFound)?;
+            let (ns, path, seen) = src.ok_or(CoreError::NotFound)?;
             // Only from the version of the object that was listed.
-            let etag = msync::get_remote(&st.conn, &ns, &path)?.map(|r| r.etag);
+            let etag = match seen {
+                Some(e) => Some(e),
+                None => msync::get_remote(&st.conn, &ns, &path)?.map(|r| r.etag),
+            };
             (ns, path, row.attr.size, sha, row.version, etag)
         };
         let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));

@@ -58,6 +58,36 @@ impl Locker {
         Ok(msync::remote_with_sha(&self.lock().conn, sha, true)?)
     }
 
+    /// The unfinished multipart upload of `ns/path`, if one was begun.
+    pub fn sync_upload(&self, ns: &str, path: &[u8]) -> CoreResult<Option<msync::UploadRec>> {
+        Ok(msync::get_upload(&self.lock().conn, ns, path)?)
+    }
+
+    /// A multipart upload of `ns/path` was begun (`Some`), or finished or
+    /// aborted (`None`).
+    pub fn sync_set_upload(
+        &self,
+        ns: &str,
+        path: &[u8],
+        rec: Option<&msync::UploadRec>,
+    ) -> CoreResult<()> {
+        let mut st = self.lock();
+        st.tx(|tx| {
+            match rec {
+                Some(r) => msync::put_upload(tx, ns, path, r)?,
+                None => msync::delete_upload(tx, ns, path)?,
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Unfinished uploads that nothing will finish: their paths are no
+    /// longer queued.
+    pub fn sync_orphan_uploads(&self) -> CoreResult<Vec<(String, Vec<u8>, msync::UploadRec)>> {
+        Ok(msync::orphan_uploads(&self.lock().conn)?)
+    }
+
     /// The backend confirmed `ns/path` as `remote` (or its absence): records
     /// it, and removes the queue entry unless the path changed meanwhile.
     pub fn sync_done(
