@@ -211,7 +211,7 @@ impl WebDavBackend {
                     return Ok(etag);
                 }
                 409 if !made_parents => {
-                    self.make_parents(flavor, &mp.key).await?;
+                    self.make_parents(&mp.key).await?;
                     made_parents = true;
                 }
                 412 => return Err(cond_refused(&mp.key)),
@@ -235,7 +235,7 @@ impl WebDavBackend {
     /// PUT with its checksum).
     async fn finish_spooled(&self, flavor: Flavor, mp: &Multipart) -> BResult<String> {
         let file = self.spool_file(&mp.id)?;
-        self.make_parents(flavor, &mp.key).await?;
+        self.make_parents(&mp.key).await?;
         let (target, headers) = match flavor {
             Flavor::Plain => (self.tmp_key(&mp.key), Vec::new()),
             Flavor::Nextcloud => {

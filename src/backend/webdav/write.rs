@@ -46,7 +46,7 @@ impl WebDavBackend {
                     match resp.status.as_u16() {
                         200 | 201 | 204 => break,
                         409 if !made_parents => {
-                            self.make_parents(flavor, key).await?;
+                            self.make_parents(key).await?;
                             made_parents = true;
                         }
                         _ => return Err(status_error("put", key, &resp)),
@@ -113,7 +113,7 @@ impl WebDavBackend {
                 200 | 201 | 204 => return self.confirm_nc(key, &resp, len, meta).await,
                 // Sabre says 409 when the folder is missing; some versions 404.
                 404 | 409 if !made_parents => {
-                    self.make_parents(Flavor::Nextcloud, key).await?;
+                    self.make_parents(key).await?;
                     made_parents = true;
                 }
                 _ => return Err(status_error("put", key, &resp)),
@@ -256,7 +256,7 @@ impl WebDavBackend {
     }
 
     /// Makes the folders above `key`, the top one first.
-    pub(super) async fn make_parents(&self, flavor: Flavor, key: &str) -> BResult<()> {
+    pub(super) async fn make_parents(&self, key: &str) -> BResult<()> {
         let parent = parent_of(key);
         if parent.is_empty() {
             return Ok(());
@@ -267,13 +267,14 @@ impl WebDavBackend {
                 at.push('/');
             }
             at.push_str(seg);
-            self.mkcol(flavor, &at).await?;
+            self.mkcol(&at).await?;
         }
         Ok(())
     }
 
-    /// MKCOL of `key`; true if made, false if something was there.
-    async fn mkcol(&self, _flavor: Flavor, key: &str) -> BResult<bool> {
+    /// MKCOL of `key`; something already there is fine (a folder; or a
+    /// file, which the write below it then runs into).
+    async fn mkcol(&self, key: &str) -> BResult<()> {
         let resp = self
             .send(
                 self.http
@@ -282,10 +283,7 @@ impl WebDavBackend {
             )
             .await?;
         match resp.status.as_u16() {
-            201 => Ok(true),
-            // Something is there already (a folder, or a file, which the
-            // write below it then runs into).
-            405 => Ok(false),
+            201 | 405 => Ok(()),
             _ => Err(status_error("make folder", key, &resp)),
         }
     }
@@ -329,7 +327,7 @@ impl WebDavBackend {
                     };
                 }
                 409 if !made_parents => {
-                    self.make_parents(flavor, key).await?;
+                    self.make_parents(key).await?;
                     made_parents = true;
                 }
                 _ => return Err(status_error("make folder", key, &resp)),
@@ -482,7 +480,7 @@ impl WebDavBackend {
             match resp.status.as_u16() {
                 201 | 204 => break,
                 409 if !made_parents => {
-                    self.make_parents(flavor, dst).await?;
+                    self.make_parents(dst).await?;
                     made_parents = true;
                 }
                 412 => {
@@ -674,7 +672,7 @@ impl WebDavBackend {
             match status {
                 201 | 204 => break,
                 _ if no_parent => {
-                    self.make_parents(flavor, dst).await?;
+                    self.make_parents(dst).await?;
                     made_parents = true;
                 }
                 412 => {
