@@ -614,6 +614,13 @@ impl WebDavBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A password made up for the run, the same within it.
+    fn test_password() -> String {
+        static PW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PW.get_or_init(|| format!("{:016x}\n", fastrand::u64(..)))
+            .clone()
+    }
     use crate::config::NamespaceConfig;
 
     fn cfg(url: &str) -> NamespaceConfig {
@@ -630,7 +637,7 @@ mod tests {
     fn open(url: &str) -> Result<WebDavBackend, String> {
         // SAFETY: tests of this module set this variable only, always to
         // the same value.
-        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_UNIT", "pw\n") };
+        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_UNIT", test_password()) };
         let d = std::env::temp_dir().join("locker-webdav-unit-spool");
         WebDavBackend::new(&cfg(url), &d)
     }
@@ -662,7 +669,7 @@ mod tests {
             Some("")
         );
         assert_eq!(b.key_of_href("/remote.php/dav/files/alice/other"), None);
-        assert!(!b.describe().contains("pw"));
+        assert!(!b.describe().contains(test_password().trim()));
     }
 
     #[test]

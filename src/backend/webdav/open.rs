@@ -230,6 +230,13 @@ impl WebDavBackend {
 mod tests {
     use super::*;
 
+    /// A password made up for the run, the same within it.
+    fn test_password() -> String {
+        static PW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PW.get_or_init(|| format!("{:016x}\n", fastrand::u64(..)))
+            .clone()
+    }
+
     fn cfg(url: &str) -> NamespaceConfig {
         NamespaceConfig {
             backend: Some("webdav".into()),
@@ -243,7 +250,7 @@ mod tests {
     fn open(url: &str) -> Result<WebDavBackend, String> {
         // SAFETY: tests of this module set this variable only, always to
         // the same value.
-        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_OPEN", "pw\n") };
+        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_OPEN", test_password()) };
         let d = std::env::temp_dir().join("locker-webdav-unit-spool");
         WebDavBackend::new(&cfg(url), &d)
     }
@@ -257,14 +264,18 @@ mod tests {
         assert!(e.contains("allow_insecure_http"), "{e}");
         let mut c = cfg("http://cloud.example.com/dav/");
         c.allow_insecure_http = true;
-        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_OPEN", "pw\n") };
+        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_OPEN", test_password()) };
         assert!(
             WebDavBackend::new(&c, &std::env::temp_dir().join("locker-webdav-unit-spool")).is_ok()
         );
-        let e = open("https://alice:pw@cloud.example.com/dav/")
-            .err()
-            .unwrap();
-        assert!(!e.contains("pw@") && e.contains("password_file"), "{e}");
+        let pw = test_password();
+        let e = open(&format!(
+            "https://alice:{}@cloud.example.com/dav/",
+            pw.trim()
+        ))
+        .err()
+        .unwrap();
+        assert!(!e.contains(pw.trim()) && e.contains("password_file"), "{e}");
         assert!(open("ftp://x/").is_err());
     }
 }
