@@ -720,7 +720,8 @@ fn webdav_errors_at_check_are_one_line_and_quick() {
 
     // A wrong password: refused, and the password shown nowhere.
     let bad = dir.path().join("bad");
-    std::fs::write(&bad, "not-the-password\n").unwrap();
+    let wrong = common::token(20);
+    std::fs::write(&bad, format!("{wrong}\n")).unwrap();
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut cfg = dav_config(&server, "ok");
     cfg.password_file = Some(bad);
@@ -728,7 +729,7 @@ fn webdav_errors_at_check_are_one_line_and_quick() {
     let e = rt.block_on(be.check()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
     assert!(
-        e.message.contains("401") && !e.message.contains("not-the-password"),
+        e.message.contains("401") && !e.message.contains(&wrong),
         "{e}"
     );
     assert!(!e.message.contains('\n'), "{e}");
@@ -787,7 +788,7 @@ fn webdav_errors_at_check_are_one_line_and_quick() {
     // A password file others can read is refused; so is a missing one.
     let mut cfg = dav_config(&server, "ok");
     let loose = dir.path().join("loose");
-    std::fs::write(&loose, "x\n").unwrap();
+    std::fs::write(&loose, format!("{}\n", common::token(20))).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
     cfg.password_file = Some(loose);
     let e = WebDavBackend::new(&cfg, &dir.path().join("spool"))
