@@ -6,15 +6,16 @@
 //! (`object`, `keys`) without going through the trait.
 //!
 //! `ignore_conditions` makes it behave like the stores that accept
-//! `If-Match`/`If-None-Match` and ignore them (Garage, some gateways).
+//! `If-Match`/`If-None-Match` and ignore them (Garage, some gateways);
+//! `native_rename` like those with a move of their own (WebDAV `MOVE`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::{
-    BResult, Backend, BackendError, Cond, Multipart, ObjInfo, ObjKind, ObjMeta, check_key,
-    cond_holds, cond_refused,
+    BResult, Backend, BackendError, Capabilities, Cond, Multipart, ObjInfo, ObjKind, ObjMeta,
+    check_key, cond_holds, cond_refused,
 };
 
 /// One stored entry.
@@ -39,6 +40,7 @@ pub struct MemoryBackend {
     uploads: Mutex<HashMap<String, Upload>>,
     next: AtomicU64,
     ignore_conditions: AtomicBool,
+    native_rename: AtomicBool,
     /// Requests served, by operation name, for tests that count them.
     calls: Mutex<HashMap<&'static str, u64>>,
 }
@@ -51,6 +53,12 @@ impl MemoryBackend {
     /// Accept conditions and ignore them, as some S3-compatible stores do.
     pub fn set_ignore_conditions(&self, on: bool) {
         self.ignore_conditions.store(on, Ordering::SeqCst);
+    }
+
+    /// Rename files in one step under the lock, and say so in
+    /// `capabilities`, as a store with a move of its own does.
+    pub fn set_native_rename(&self, on: bool) {
+        self.native_rename.store(on, Ordering::SeqCst);
     }
 
     fn etag(&self) -> String {
@@ -144,6 +152,13 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     fn describe(&self) -> String {
         "memory".into()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            renames: self.native_rename.load(Ordering::SeqCst),
+            ..Capabilities::DEFAULT
+        }
     }
 
     async fn check(&self) -> BResult<()> {
@@ -328,6 +343,34 @@ impl Backend for MemoryBackend {
             ..o
         };
         self.store(dst, obj, cond)
+    }
+
+    async fn rename(&self, src: &str, src_etag: Option<&str>, dst: &str) -> BResult<String> {
+        if !self.native_rename.load(Ordering::SeqCst) {
+            return super::rename_by_copy(self, src, src_etag, dst).await;
+        }
+        self.count("rename");
+        check_key(src)?;
+        check_key(dst)?;
+        let mut map = self.objects.lock().unwrap();
+        let o = map
+            .get(src)
+            .filter(|o| o.kind == ObjKind::File)
+            .cloned()
+            .ok_or_else(|| BackendError::not_found(format!("{src} does not exist")).for_path())?;
+        if src_etag.is_some_and(|e| e != o.etag) {
+            return Err(BackendError::permanent(format!(
+                "{src} changed since it was recorded; not renamed"
+            ))
+            .for_path());
+        }
+        if !self.holds(&Cond::IfAbsent, map.get(dst)) {
+            return Err(cond_refused(dst));
+        }
+        map.remove(src);
+        let etag = o.etag.clone();
+        map.insert(dst.to_string(), o);
+        Ok(etag)
     }
 
     async fn put_dir(&self, key: &str, meta: &ObjMeta, cond: &Cond) -> BResult<String> {

@@ -138,6 +138,10 @@ pub struct Capabilities {
     /// An unfinished multipart upload outlives this process, and
     /// `multipart_resume` lists the parts it holds.
     pub resumable_uploads: bool,
+    /// `rename` is one step of the store's own (WebDAV `MOVE`): the sidecar
+    /// moves an object that was renamed here instead of copying it and
+    /// deleting the old one.
+    pub renames: bool,
 }
 
 impl Capabilities {
@@ -149,6 +153,7 @@ impl Capabilities {
         mtime_ns: true,
         server_side_parts: true,
         resumable_uploads: false,
+        renames: false,
     };
 
     /// What of `meta` a file written with it keeps here.
@@ -303,33 +308,7 @@ pub trait Backend: Send + Sync {
     /// leaves both (the caller looks again). Stores with a rename of their
     /// own (WebDAV `MOVE`) override it, and may rename directories too.
     async fn rename(&self, src: &str, src_etag: Option<&str>, dst: &str) -> BResult<String> {
-        let Some(h) = self.head(src).await? else {
-            return Err(BackendError::not_found(format!("{src} does not exist")).for_path());
-        };
-        if h.kind == ObjKind::Dir {
-            return Err(BackendError::permanent(format!(
-                "{src} is a directory; this backend renames files only"
-            ))
-            .for_path());
-        }
-        if src_etag.is_some_and(|e| e != h.etag) {
-            return Err(BackendError::permanent(format!(
-                "{src} changed since it was recorded; not renamed"
-            ))
-            .for_path());
-        }
-        let meta = h.meta.clone().unwrap_or_default();
-        let etag = self
-            .copy(src, Some(&h.etag), dst, &meta, &Cond::IfAbsent)
-            .await?;
-        match self.delete(src, &Cond::IfMatch(h.etag.clone())).await {
-            Ok(()) => Ok(etag),
-            Err(e) if e.path_only && e.kind == ErrorKind::Transient => {
-                tracing::warn!(from = %src, to = %dst, "renamed by copy; the source changed meanwhile and stays");
-                Ok(etag)
-            }
-            Err(e) => Err(e),
-        }
+        rename_by_copy(self, src, src_etag, dst).await
     }
 
     /// Makes the directory (marker) `key`, only if `cond` holds there (a
@@ -350,6 +329,44 @@ pub trait Backend: Send + Sync {
 
     /// The target of the symlink at `key`.
     async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>>;
+}
+
+/// `Backend::rename` by a copy ("if absent", with the source's metadata)
+/// and a delete of the source by its ETag: what stores without a move of
+/// their own do.
+pub async fn rename_by_copy<B: Backend + ?Sized>(
+    be: &B,
+    src: &str,
+    src_etag: Option<&str>,
+    dst: &str,
+) -> BResult<String> {
+    let Some(h) = be.head(src).await? else {
+        return Err(BackendError::not_found(format!("{src} does not exist")).for_path());
+    };
+    if h.kind == ObjKind::Dir {
+        return Err(BackendError::permanent(format!(
+            "{src} is a directory; this backend renames files only"
+        ))
+        .for_path());
+    }
+    if src_etag.is_some_and(|e| e != h.etag) {
+        return Err(BackendError::permanent(format!(
+            "{src} changed since it was recorded; not renamed"
+        ))
+        .for_path());
+    }
+    let meta = h.meta.clone().unwrap_or_default();
+    let etag = be
+        .copy(src, Some(&h.etag), dst, &meta, &Cond::IfAbsent)
+        .await?;
+    match be.delete(src, &Cond::IfMatch(h.etag.clone())).await {
+        Ok(()) => Ok(etag),
+        Err(e) if e.path_only && e.kind == ErrorKind::Transient => {
+            tracing::warn!(from = %src, to = %dst, "renamed by copy; the source changed meanwhile and stays");
+            Ok(etag)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `cond` holds for what is at a key now (`etag` of a file or

@@ -678,6 +678,59 @@ fn a_moved_evicted_file_whose_old_object_was_replaced_loses_nothing() {
     }
 }
 
+// ---- renames on a store with a move of its own (WebDAV) ----
+
+#[test]
+fn a_rename_is_a_move_in_a_store_that_has_one_never_a_new_upload() {
+    let stores = Stores::new();
+    stores.corp().set_native_rename(true);
+    let rig = Rig::on(stores, "");
+    let a = crate::core::tests::pattern(3 << 20, 27);
+    rig.write("corp/d/a", &a);
+    rig.write("corp/d/b", b"small");
+    rig.write("corp/c", b"kept");
+    rig.write("corp/x", b"x's bytes");
+    rig.write("corp/y", b"y's bytes");
+    rig.drained();
+    let (puts, copies) = (
+        rig.stores.corp().calls("put"),
+        rig.stores.corp().calls("copy"),
+    );
+    rig.rename("corp/d/a", "corp/e/a2");
+    rig.rename("corp/d/b", "corp/b");
+    // Renamed, then rewritten before the push: uploaded.
+    rig.rename("corp/c", "corp/b2");
+    rig.write("corp/b2", b"new");
+    // Over an existing file: a move cannot replace it, so the content is
+    // copied over it (conditionally) and the old name deleted.
+    rig.rename("corp/x", "corp/y");
+    rig.drained();
+    let corp = rig.stores.corp();
+    assert_eq!(corp.calls("rename"), 2, "one move per renamed file");
+    assert_eq!(
+        corp.calls("put"),
+        puts + 1,
+        "only the rewritten file is uploaded"
+    );
+    assert_eq!(corp.calls("copy"), copies + 1, "the replacing rename");
+    assert_eq!(object(corp, "y").unwrap(), b"x's bytes");
+    assert_eq!(object(corp, "e/a2").unwrap(), a);
+    assert_eq!(object(corp, "b").unwrap(), b"small");
+    assert_eq!(object(corp, "b2").unwrap(), b"new");
+    for gone in ["d/a", "d/b", "c", "x"] {
+        assert!(corp.object(gone).is_none(), "{gone} left behind");
+    }
+    // What the store holds is what this side recorded: a refresh changes
+    // nothing, and the moved file's blocks are evictable (confirmed at its
+    // new path) and come back.
+    rig.refresh();
+    assert_eq!(rig.read("corp/e/a2").unwrap(), a);
+    rig.core().evict(0).unwrap();
+    assert!(rig.core().evicted_blocks(rig.ino("corp/e/a2").unwrap()) > 0);
+    assert_eq!(rig.read("corp/e/a2").unwrap(), a);
+    assert!(rig.ino("corp/d/a").is_none() && rig.ino("corp/c").is_none());
+}
+
 // ---- removed trees stay removed (issue: a deleted tree came back) ----
 
 #[test]

@@ -116,7 +116,15 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
                 // entries too, rather than send every one to fail.
                 inner.pause(&ns, &err);
             }
-            let wait = crate::backend::retry::backoff(err.kind, e.attempts + 1);
+            let wait = if err.kind == ErrorKind::Permanent && err.path_only {
+                // This store refuses this one entry (a name it cannot
+                // hold, a symlink, a quota): tried again less and less
+                // often, up to every ten minutes, until a change here or an admin
+                // lifts the cause; `locker status` shows it meanwhile.
+                Duration::from_secs(30u64 << e.attempts.min(5)).min(Duration::from_secs(600))
+            } else {
+                crate::backend::retry::backoff(err.kind, e.attempts + 1)
+            };
             tracing::warn!(
                 namespace = %ns,
                 path = %String::from_utf8_lossy(&path),
@@ -440,7 +448,10 @@ async fn push_file(
                 r.verified && r.etag == h.etag && r.sha256 == Some(sha) && r.size == h.size
             }) || holds_content(be.as_ref(), &key, &h.etag, h.size, &sha).await?);
         if same {
-            if hmeta.mode == meta.mode && hmeta.mtime == meta.mtime {
+            // Compared as the store keeps them (some keep no mode, or
+            // whole seconds), or it would be rewritten on every push.
+            let kept = be.capabilities().kept(&meta);
+            if hmeta.mode == kept.mode && hmeta.mtime == kept.mtime {
                 // Whoever wrote it, it was not this push.
                 let mut r = row(h.etag.clone());
                 r.own = rec.as_ref().is_some_and(|r| r.own && r.etag == h.etag);
@@ -474,6 +485,27 @@ async fn push_file(
         && src_row.size == f.size
         && let Ok(src) = String::from_utf8(spath)
     {
+        // Renamed here, the old path queued for its delete: a store with a
+        // move of its own moves the object (never a re-upload).
+        if head.is_none() && be.capabilities().renames {
+            let core = inner.core.clone();
+            let (ns, sp) = (e.ns.clone(), src.clone().into_bytes());
+            if blocking(move || core.sync_moved_away(&ns, &sp)).await? {
+                match be.rename(&src, Some(&src_row.etag), &key).await {
+                    Ok(etag) => {
+                        let core = inner.core.clone();
+                        let (ns, sp, p) = (e.ns.clone(), src.clone().into_bytes(), e.path.clone());
+                        let r = row(etag);
+                        blocking(move || core.sync_renamed(&ns, &sp, &p, seq, r)).await?;
+                        return Ok(Outcome::Done);
+                    }
+                    Err(err) if err.kind == ErrorKind::Transient => return Err(err),
+                    Err(err) => {
+                        tracing::debug!(from = %src, to = %key, error = %err, "move not possible; copying");
+                    }
+                }
+            }
+        }
         // Only if the source still has the ETag it had when its content
         // was confirmed; otherwise upload.
         match be
@@ -666,7 +698,8 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
         if blocking(move || core.sync_queued(&ns2, &p2)).await? {
             continue;
         }
-        let info = if obj.kind == ObjKind::Dir {
+        let info = if obj.kind == ObjKind::Dir || obj.meta.is_some() {
+            // A directory, or a listing that carried the metadata (WebDAV).
             obj.clone()
         } else {
             match be.head(&obj.key).await? {

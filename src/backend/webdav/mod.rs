@@ -423,6 +423,7 @@ impl Backend for WebDavBackend {
             mtime_ns: props,
             server_side_parts: chunked,
             resumable_uploads: chunked,
+            renames: true,
         }
     }
 

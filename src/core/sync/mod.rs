@@ -35,7 +35,7 @@ pub(crate) use marks::{mark_ino, mark_moved, mark_name, ns_path};
 pub use snapshot::{FileSnap, LocalEntry, Snapshot};
 
 /// A path's directory, last name and entry (if there is one).
-type Found = (InodeNo, Vec<u8>, Option<meta::InodeRow>);
+pub(super) type Found = (InodeNo, Vec<u8>, Option<meta::InodeRow>);
 
 impl Locker {
     /// The directory, name and (if any) entry at `ns/path`.

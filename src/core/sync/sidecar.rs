@@ -88,6 +88,35 @@ impl Locker {
         Ok(msync::orphan_uploads(&self.lock().conn)?)
     }
 
+    /// Whether `ns/path` is a name that was removed here (nothing is there)
+    /// with its change still queued: the old name of a rename.
+    pub fn sync_moved_away(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
+        let st = self.lock();
+        Ok(
+            Locker::resolve_in(&st.conn, ns, path)?.is_none_or(|(_, _, node)| node.is_none())
+                && msync::get_entry(&st.conn, ns, path)?.is_some(),
+        )
+    }
+
+    /// The backend moved the object at `ns/from` to `ns/to`, which it now
+    /// holds as `remote`: one transaction records both (the queue entry of
+    /// `from` then finds nothing left to delete).
+    pub fn sync_renamed(
+        &self,
+        ns: &str,
+        from: &[u8],
+        to: &[u8],
+        seq: i64,
+        remote: RemoteRow,
+    ) -> CoreResult<bool> {
+        let mut st = self.lock();
+        let found = Locker::resolve_in(&st.conn, ns, to)?;
+        st.tx(|tx| {
+            msync::delete_remote(tx, ns, from)?;
+            Locker::record_done(tx, &found, ns, to, seq, Some(&remote))
+        })
+    }
+
     /// The backend confirmed `ns/path` as `remote` (or its absence): records
     /// it, and removes the queue entry unless the path changed meanwhile.
     pub fn sync_done(
@@ -99,23 +128,32 @@ impl Locker {
     ) -> CoreResult<bool> {
         let mut st = self.lock();
         let found = Locker::resolve_in(&st.conn, ns, path)?;
-        let done = st.tx(|tx| {
-            match &remote {
-                Some(r) => msync::put_remote(tx, ns, path, r)?,
-                None => msync::delete_remote(tx, ns, path)?,
-            }
-            // The file at the path has exactly this content: its version is
-            // confirmed at its own path (its checksum is only ever set for
-            // the version it was computed from).
-            if let (Some(r), Some((_, _, Some(local)))) = (&remote, &found)
-                && r.kind == REMOTE_FILE
-                && let Some(sha) = &r.sha256
-            {
-                meta::confirm_synced(tx, local.attr.ino, &sha[..])?;
-            }
-            Ok(msync::finish(tx, ns, path, seq)?)
-        })?;
-        Ok(done)
+        st.tx(|tx| Locker::record_done(tx, &found, ns, path, seq, remote.as_ref()))
+    }
+
+    /// `sync_done` inside a transaction; `found` is what is at the path here.
+    fn record_done(
+        tx: &rusqlite::Connection,
+        found: &Option<super::Found>,
+        ns: &str,
+        path: &[u8],
+        seq: i64,
+        remote: Option<&RemoteRow>,
+    ) -> CoreResult<bool> {
+        match remote {
+            Some(r) => msync::put_remote(tx, ns, path, r)?,
+            None => msync::delete_remote(tx, ns, path)?,
+        }
+        // The file at the path has exactly this content: its version is
+        // confirmed at its own path (its checksum is only ever set for the
+        // version it was computed from).
+        if let (Some(r), Some((_, _, Some(local)))) = (remote, found)
+            && r.kind == REMOTE_FILE
+            && let Some(sha) = &r.sha256
+        {
+            meta::confirm_synced(tx, local.attr.ino, &sha[..])?;
+        }
+        Ok(msync::finish(tx, ns, path, seq)?)
     }
 
     /// Before the object at `ns/path` is replaced or deleted: if it is the
