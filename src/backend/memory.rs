@@ -7,7 +7,9 @@
 //!
 //! `ignore_conditions` makes it behave like the stores that accept
 //! `If-Match`/`If-None-Match` and ignore them (Garage, some gateways);
-//! `native_rename` like those with a move of their own (WebDAV `MOVE`).
+//! `native_rename` like those with a move of their own (WebDAV `MOVE`);
+//! `resumable` like those whose unfinished uploads can be listed and
+//! continued (Nextcloud's chunked uploads).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -41,6 +43,7 @@ pub struct MemoryBackend {
     next: AtomicU64,
     ignore_conditions: AtomicBool,
     native_rename: AtomicBool,
+    resumable: AtomicBool,
     /// Requests served, by operation name, for tests that count them.
     calls: Mutex<HashMap<&'static str, u64>>,
 }
@@ -59,6 +62,16 @@ impl MemoryBackend {
     /// `capabilities`, as a store with a move of its own does.
     pub fn set_native_rename(&self, on: bool) {
         self.native_rename.store(on, Ordering::SeqCst);
+    }
+
+    /// Let unfinished uploads be listed and continued (`multipart_resume`).
+    pub fn set_resumable(&self, on: bool) {
+        self.resumable.store(on, Ordering::SeqCst);
+    }
+
+    /// Uploads begun and neither finished nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.lock().unwrap().len()
     }
 
     fn etag(&self) -> String {
@@ -157,6 +170,7 @@ impl Backend for MemoryBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             renames: self.native_rename.load(Ordering::SeqCst),
+            resumable_uploads: self.resumable.load(Ordering::SeqCst),
             ..Capabilities::DEFAULT
         }
     }
@@ -243,6 +257,24 @@ impl Backend for MemoryBackend {
             etag: String::new(),
         };
         self.store(&up.key, obj, &mp.cond)
+    }
+
+    async fn multipart_resume(&self, mp: &Multipart) -> BResult<Option<Vec<super::PartInfo>>> {
+        if !self.resumable.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.count("multipart_resume");
+        let ups = self.uploads.lock().unwrap();
+        Ok(ups.get(&mp.id).filter(|u| u.key == mp.key).map(|u| {
+            u.parts
+                .iter()
+                .map(|(n, (_, d))| super::PartInfo {
+                    number: *n,
+                    size: d.len() as u64,
+                    etag: format!("part-{n}"),
+                })
+                .collect()
+        }))
     }
 
     async fn multipart_abort(&self, mp: &Multipart) {

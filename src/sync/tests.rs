@@ -731,6 +731,96 @@ fn a_rename_is_a_move_in_a_store_that_has_one_never_a_new_upload() {
     assert!(rig.ino("corp/d/a").is_none() && rig.ino("corp/c").is_none());
 }
 
+// ---- resumable uploads (Nextcloud's chunked uploads) ----
+
+#[test]
+fn a_crash_in_the_middle_of_a_resumable_upload_sends_only_the_missing_parts() {
+    let stores = Stores::new();
+    stores.corp().set_resumable(true);
+    let mut rig = Rig::on(stores, "parallel_parts = 1");
+    // 40 MiB: five 8 MiB parts, sent one at a time, slowly.
+    let a = crate::core::tests::pattern(40 << 20, 28);
+    let corp_fault = rig.fault["corp"].clone();
+    corp_fault.inject(
+        Some("multipart_part"),
+        None,
+        Fault::Delay(Duration::from_millis(150)),
+        None,
+    );
+    rig.write("corp/big", &a);
+    let corp = rig.stores.mem["corp"].clone();
+    let t0 = std::time::Instant::now();
+    while corp.calls("multipart_part") < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no part was sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rig.crash_and_restart();
+    let before = corp.calls("multipart_part");
+    assert!(before < 5, "the upload finished before the crash");
+    rig.fault["corp"].clear();
+    rig.drained();
+    assert_eq!(object(&corp, "big").unwrap(), a);
+    assert_eq!(
+        corp.calls("multipart_part") - before,
+        5 - before,
+        "only the parts the store did not hold were sent again"
+    );
+    assert_eq!(corp.calls("multipart_begin"), 1);
+    assert_eq!(corp.open_uploads(), 0);
+    // An upload cut off whose file then changed is abandoned (aborted in
+    // the store), not finished with old parts.
+    rig.fault["corp"].inject(
+        Some("multipart_part"),
+        None,
+        Fault::Delay(Duration::from_millis(150)),
+        None,
+    );
+    rig.write("corp/big", &crate::core::tests::pattern(40 << 20, 29));
+    let t0 = std::time::Instant::now();
+    while corp.calls("multipart_part") < 5 + 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no part was sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rig.crash_and_restart();
+    rig.fault["corp"].clear();
+    let b = crate::core::tests::pattern(40 << 20, 30);
+    rig.write("corp/big", &b);
+    rig.drained();
+    assert_eq!(object(&corp, "big").unwrap(), b);
+    assert_eq!(corp.open_uploads(), 0, "the abandoned upload was aborted");
+    // And one whose path went away is aborted at the next start.
+    rig.fault["corp"].inject(
+        Some("multipart_part"),
+        None,
+        Fault::Delay(Duration::from_millis(150)),
+        None,
+    );
+    rig.write("corp/other", &crate::core::tests::pattern(40 << 20, 31));
+    let n = corp.calls("multipart_part");
+    let t0 = std::time::Instant::now();
+    while corp.calls("multipart_part") < n + 1 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no part was sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rig.crash_and_restart();
+    rig.fault["corp"].clear();
+    rig.unlink("corp/other");
+    rig.drained();
+    assert_eq!(corp.open_uploads(), 1, "kept for a resumption");
+    rig.crash_and_restart();
+    rig.drained();
+    // The sweep runs as the sidecar starts, beside the queue.
+    let t0 = std::time::Instant::now();
+    while corp.open_uploads() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the orphaned upload was never aborted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(corp.keys(), ["big"]);
+}
+
 // ---- removed trees stay removed (issue: a deleted tree came back) ----
 
 #[test]

@@ -4,9 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{BResult, Backend, BackendError, Cond, ErrorKind, ObjKind, ObjMeta};
+use crate::backend::{
+    BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjKind, ObjMeta,
+};
 use crate::core::sync::{Applied, FileSnap, LocalEntry};
-use crate::meta::sync::{QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, now_ns};
+use crate::meta::sync::{
+    QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, UploadRec, now_ns,
+};
 
 use super::{Inner, row_of};
 
@@ -29,6 +33,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 pub(crate) async fn run_queue(inner: Arc<Inner>) {
+    abort_orphan_uploads(&inner).await;
     loop {
         let hurry = inner.hurry();
         let free = inner
@@ -534,7 +539,7 @@ async fn push_file(
     // Land only over what was just seen, so a concurrent writer elsewhere
     // is never silently overwritten (the next attempt sees its change).
     let cond = dest_cond(head.as_ref());
-    let etag = upload(inner, &be, &key, f.clone(), &meta, cond).await?;
+    let etag = upload(inner, &be, e, &key, f.clone(), &meta, cond).await?;
     inner.core.crash.hit("upload-sent");
     done(inner, e, seq, Some(row(etag))).await
 }
@@ -572,6 +577,7 @@ async fn read_part(inner: &Arc<Inner>, f: &Arc<FileSnap>, off: u64, len: u64) ->
 async fn upload(
     inner: &Arc<Inner>,
     be: &Arc<dyn Backend>,
+    e: &QueueEntry,
     key: &str,
     f: Arc<FileSnap>,
     meta: &ObjMeta,
@@ -583,17 +589,84 @@ async fn upload(
     }
     let part = PART_SIZE.max(f.size.div_ceil(9_000).next_multiple_of(1 << 20));
     let nparts = f.size.div_ceil(part);
-    let mut mp = be.multipart_begin(key, f.size, meta).await?;
+    let size_of = |n: u64| part.min(f.size - (n - 1) * part);
+    let resumable = be.capabilities().resumable_uploads;
+    let sha = meta.sha256.unwrap_or_default();
+    // An upload of this very content begun earlier (by a run that was
+    // killed, or before an outage) goes on where it stopped: only the parts
+    // the store does not hold are sent. One of other content is abandoned.
+    let mut have: HashMap<u32, String> = HashMap::new();
+    let mut resumed = None;
+    if let Some(rec) = upload_rec(inner, e).await? {
+        let old = Multipart {
+            key: rec.key.clone(),
+            id: rec.id.clone(),
+            size: rec.size,
+            meta: meta.clone(),
+            cond: cond.clone(),
+        };
+        if resumable
+            && rec.key == key
+            && rec.sha256 == sha
+            && rec.size == f.size
+            && rec.part_size == part
+        {
+            match be.multipart_resume(&old).await {
+                Ok(Some(held)) => {
+                    for p in held {
+                        if (1..=nparts).contains(&(p.number as u64))
+                            && p.size == size_of(p.number as u64)
+                        {
+                            have.insert(p.number, p.etag);
+                        }
+                    }
+                    resumed = Some(old);
+                }
+                Ok(None) => {}
+                Err(err) if err.kind == ErrorKind::Transient => return Err(err),
+                Err(_) => {}
+            }
+        } else {
+            be.multipart_abort(&old).await;
+        }
+        if resumed.is_none() {
+            set_upload_rec(inner, e, None).await?;
+        }
+    }
+    let mut mp = match resumed {
+        Some(mp) => {
+            tracing::info!(path = %key, parts_held = have.len(), parts = nparts, "resuming an unfinished upload");
+            mp
+        }
+        None => {
+            let mp = be.multipart_begin(key, f.size, meta).await?;
+            if resumable {
+                let rec = UploadRec {
+                    key: key.to_string(),
+                    id: mp.id.clone(),
+                    sha256: sha,
+                    size: f.size,
+                    part_size: part,
+                };
+                set_upload_rec(inner, e, Some(rec)).await?;
+            }
+            mp
+        }
+    };
     mp.cond = cond;
     let mp = Arc::new(mp);
     let mut set = tokio::task::JoinSet::new();
-    let mut parts: Vec<(u32, String)> = Vec::with_capacity(nparts as usize);
+    let mut parts: Vec<(u32, String)> = have.iter().map(|(n, t)| (*n, t.clone())).collect();
     let mut next = 0u64;
     let mut failed: Option<BackendError> = None;
     loop {
         while failed.is_none() && next < nparts && set.len() < inner.cfg.parallel_parts {
-            let (inner, be, mp, f) = (inner.clone(), be.clone(), mp.clone(), f.clone());
             let i = next;
+            next += 1;
+            if have.contains_key(&((i + 1) as u32)) {
+                continue;
+            }
+            let (inner, be, mp, f) = (inner.clone(), be.clone(), mp.clone(), f.clone());
             set.spawn(async move {
                 let off = i * part;
                 let len = part.min(f.size - off);
@@ -601,7 +674,6 @@ async fn upload(
                 let etag = be.multipart_part(&mp, (i + 1) as u32, off, data).await?;
                 Ok::<_, BackendError>(((i + 1) as u32, etag))
             });
-            next += 1;
         }
         match set.join_next().await {
             None => break,
@@ -610,17 +682,68 @@ async fn upload(
             Some(Err(err)) => failed = failed.or(Some(BackendError::transient(err.to_string()))),
         }
     }
+    // A store that keeps unfinished uploads keeps this one for the next
+    // attempt when the trouble may pass; otherwise it is aborted.
+    let keep = |err: &BackendError| resumable && err.kind == ErrorKind::Transient;
     if let Some(err) = failed {
-        be.multipart_abort(&mp).await;
+        if !keep(&err) {
+            be.multipart_abort(&mp).await;
+            set_upload_rec(inner, e, None).await?;
+        }
         return Err(err);
     }
     parts.sort_by_key(|p| p.0);
     match be.multipart_finish(&mp, parts).await {
-        Ok(etag) => Ok(etag),
+        Ok(etag) => {
+            if resumable {
+                set_upload_rec(inner, e, None).await?;
+            }
+            Ok(etag)
+        }
         Err(err) => {
-            be.multipart_abort(&mp).await;
+            if !keep(&err) {
+                be.multipart_abort(&mp).await;
+                set_upload_rec(inner, e, None).await?;
+            }
             Err(err)
         }
+    }
+}
+
+async fn upload_rec(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Option<UploadRec>> {
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    blocking(move || core.sync_upload(&ns, &path)).await
+}
+
+async fn set_upload_rec(inner: &Arc<Inner>, e: &QueueEntry, rec: Option<UploadRec>) -> BResult<()> {
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    blocking(move || core.sync_set_upload(&ns, &path, rec.as_ref())).await
+}
+
+/// Aborts the unfinished uploads whose paths are no longer queued (pushed
+/// another way, or removed here): nothing would finish them, and the store
+/// keeps their parts until it expires them.
+pub(crate) async fn abort_orphan_uploads(inner: &Arc<Inner>) {
+    let core = inner.core.clone();
+    let Ok(orphans) = blocking(move || core.sync_orphan_uploads()).await else {
+        return;
+    };
+    for (ns, path, rec) in orphans {
+        let Ok(be) = inner.backend_for(&ns) else {
+            continue;
+        };
+        let mp = Multipart {
+            key: rec.key.clone(),
+            id: rec.id.clone(),
+            size: rec.size,
+            meta: ObjMeta::default(),
+            cond: Cond::Any,
+        };
+        be.multipart_abort(&mp).await;
+        let core = inner.core.clone();
+        let _ = blocking(move || core.sync_set_upload(&ns, &path, None)).await;
     }
 }
 
