@@ -916,3 +916,116 @@ fn unmount_waits_for_the_queue_then_reports_what_is_pending() {
         b"while the store is stopped"
     );
 }
+
+/// DAV requests of `method` the Nextcloud test server served since its
+/// last reset.
+fn dav_calls(server: &common::dav::DavServer, method: &str) -> u64 {
+    server.control("GET", "/__test/stats").json()["by_method"][method]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The bytes of `rel` (under the files root) on a WebDAV server.
+fn dav_get(server: &common::dav::DavServer, rel: &str) -> Option<Vec<u8>> {
+    let r = server.call("GET", &server.path_of(rel), &[], b"");
+    match r.status {
+        200 => Some(r.body),
+        404 => None,
+        s => panic!("GET {rel}: {s}"),
+    }
+}
+
+#[test]
+fn webdav_renames_are_moves_on_both_flavors() {
+    use common::dav::{DavKind, DavServer};
+    for server in [DavServer::nextcloud(&[]), DavServer::apache()] {
+        server.mkdirs("LOCKER");
+        let m = Mount::with_config(
+            &server.config(
+                "LOCKER",
+                "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n",
+            ),
+            &[],
+        );
+        let corp = m.corp();
+        let a = pattern(3 << 20, 51);
+        std::fs::create_dir(corp.join("d")).unwrap();
+        std::fs::write(corp.join("d/a.bin"), &a).unwrap();
+        std::fs::write(corp.join("small.txt"), b"small").unwrap();
+        m.wait_drained(DRAIN);
+        if server.kind == DavKind::Nextcloud {
+            server.reset();
+        }
+        std::fs::create_dir(corp.join("e")).unwrap();
+        std::fs::rename(corp.join("d/a.bin"), corp.join("e/a2.bin")).unwrap();
+        std::fs::rename(corp.join("small.txt"), corp.join("e/small.txt")).unwrap();
+        m.wait_drained(DRAIN);
+        let kind = server.kind;
+        assert_eq!(dav_get(&server, "LOCKER/e/a2.bin").unwrap(), a, "{kind:?}");
+        assert_eq!(dav_get(&server, "LOCKER/e/small.txt").unwrap(), b"small");
+        assert_eq!(dav_get(&server, "LOCKER/d/a.bin"), None, "{kind:?}");
+        assert_eq!(dav_get(&server, "LOCKER/small.txt"), None, "{kind:?}");
+        if kind == DavKind::Nextcloud {
+            assert_eq!(dav_calls(&server, "PUT"), 0, "nothing uploaded again");
+            assert_eq!(dav_calls(&server, "COPY"), 0, "nothing copied");
+            assert_eq!(dav_calls(&server, "MOVE"), 2, "one MOVE per file");
+        }
+        // What the server holds is what this side recorded: a refresh
+        // changes nothing here.
+        m.status(true);
+        assert_eq!(std::fs::read(corp.join("e/a2.bin")).unwrap(), a);
+        assert!(!corp.join("d/a.bin").exists());
+        assert_eq!(m.queue_len(), 0);
+    }
+}
+
+#[test]
+fn webdav_chunked_upload_killed_mid_way_resumes_without_resending_chunks() {
+    let server = common::dav::DavServer::nextcloud(&[]);
+    server.mkdirs("LOCKER");
+    let mut m = Mount::with_config(
+        &server.config(
+            "LOCKER",
+            "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\nparallel_parts = 1\n",
+        ),
+        &[],
+    );
+    // What a start costs on its own (the check of the folder, the probe of
+    // conditional writes), to tell those requests from the upload's.
+    server.reset();
+    m.remount();
+    let (start_puts, start_mkcols) = (dav_calls(&server, "PUT"), dav_calls(&server, "MKCOL"));
+    // 25 chunks of 8 MiB, one at a time: the daemon is killed after the
+    // third has started.
+    let big = pattern(200 << 20, 52);
+    server.reset();
+    std::fs::write(m.corp().join("big.bin"), &big).unwrap();
+    let t0 = Instant::now();
+    while dav_calls(&server, "PUT") < 3 {
+        assert!(t0.elapsed() < DRAIN, "no chunk was sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    m.kill9();
+    let before = dav_calls(&server, "PUT");
+    assert!(before < 25, "the upload finished before the kill");
+    m.start(&[]);
+    m.wait_drained(DRAIN);
+    let after = dav_calls(&server, "PUT") - before - start_puts;
+    eprintln!("chunk PUTs: {before} before the kill, {after} after");
+    // Every chunk the server confirmed is kept; at most the one in flight
+    // at the kill is sent again.
+    assert!(
+        after <= 25 - before + 1 && after < 25,
+        "{after} chunks sent after the restart, {before} before"
+    );
+    assert_eq!(
+        sha256_hex(&dav_get(&server, "LOCKER/big.bin").unwrap()),
+        sha256_hex(&big)
+    );
+    // One transfer, begun once.
+    assert_eq!(
+        dav_calls(&server, "MKCOL") - start_mkcols,
+        1,
+        "the upload was begun again"
+    );
+}
