@@ -44,6 +44,9 @@ pub struct MemoryBackend {
     ignore_conditions: AtomicBool,
     native_rename: AtomicBool,
     resumable: AtomicBool,
+    /// Identities that survive renames (given out, with `native_rename`, as
+    /// Nextcloud's `oc:fileid`), by key.
+    ids: Mutex<HashMap<String, String>>,
     /// Requests served, by operation name, for tests that count them.
     calls: Mutex<HashMap<&'static str, u64>>,
 }
@@ -115,6 +118,33 @@ impl MemoryBackend {
     /// Another writer removes `key`.
     pub fn remove_foreign(&self, key: &str) {
         self.objects.lock().unwrap().remove(key);
+        self.ids.lock().unwrap().remove(key);
+    }
+
+    /// Another client renames `from` to `to` (the entry keeps its identity).
+    pub fn rename_foreign(&self, from: &str, to: &str) {
+        let mut map = self.objects.lock().unwrap();
+        if let Some(o) = map.remove(from) {
+            map.insert(to.to_string(), o);
+        }
+        let mut ids = self.ids.lock().unwrap();
+        if let Some(id) = ids.remove(from) {
+            ids.insert(to.to_string(), id);
+        }
+    }
+
+    /// The identity of the entry at `key`, given out when first asked for.
+    fn id_of(&self, key: &str) -> Option<String> {
+        if !self.native_rename.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut ids = self.ids.lock().unwrap();
+        if let Some(id) = ids.get(key) {
+            return Some(id.clone());
+        }
+        let id = format!("id{}", self.next.fetch_add(1, Ordering::SeqCst) + 1);
+        ids.insert(key.to_string(), id.clone());
+        Some(id)
     }
 
     /// Stores `obj` at `key` if `cond` holds (or conditions are ignored).
@@ -309,25 +339,27 @@ impl Backend for MemoryBackend {
     async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
         self.count("head");
         check_key(key)?;
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|o| MemoryBackend::info(key, o, true)))
+        let map = self.objects.lock().unwrap();
+        Ok(map.get(key).map(|o| ObjInfo {
+            file_id: self.id_of(key),
+            ..MemoryBackend::info(key, o, true)
+        }))
     }
 
     async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
         self.count("list");
         let prefix = prefix.trim_matches('/');
         let under = format!("{prefix}/");
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
+        // A store with a move of its own (WebDAV) lists metadata and ids.
+        let webdav_like = self.native_rename.load(Ordering::SeqCst);
+        let map = self.objects.lock().unwrap();
+        Ok(map
             .iter()
             .filter(|(k, _)| prefix.is_empty() || k.starts_with(&under))
-            .map(|(k, o)| MemoryBackend::info(k, o, false))
+            .map(|(k, o)| ObjInfo {
+                file_id: self.id_of(k),
+                ..MemoryBackend::info(k, o, webdav_like)
+            })
             .collect())
     }
 
@@ -343,6 +375,7 @@ impl Backend for MemoryBackend {
             return Err(cond_refused(key));
         }
         map.remove(key);
+        self.ids.lock().unwrap().remove(key);
         Ok(())
     }
 
@@ -402,6 +435,10 @@ impl Backend for MemoryBackend {
         map.remove(src);
         let etag = o.etag.clone();
         map.insert(dst.to_string(), o);
+        let mut ids = self.ids.lock().unwrap();
+        if let Some(id) = ids.remove(src) {
+            ids.insert(dst.to_string(), id);
+        }
         Ok(etag)
     }
 

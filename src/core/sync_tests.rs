@@ -169,6 +169,7 @@ impl T {
                     verified: true,
                     own: true,
                     base: None,
+                    file_id: None,
                 })
             }
             LocalEntry::Absent => None,
@@ -184,6 +185,7 @@ impl T {
                 verified: false,
                 own: false,
                 base: None,
+                file_id: None,
             }),
         };
         assert!(
@@ -363,6 +365,7 @@ fn a_file_only_in_the_backend_is_fetched_whole_and_checked() {
         verified: false,
         own: false,
         base: None,
+        file_id: None,
     };
     t.remote
         .objects
@@ -441,6 +444,7 @@ fn a_remote_file_larger_than_the_cache_is_read_within_the_bound() {
         verified: false,
         own: false,
         base: None,
+        file_id: None,
     };
     t.l.apply_remote("corp", b"huge.bin", row, now_ns())
         .unwrap();

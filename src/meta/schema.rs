@@ -140,6 +140,9 @@ const MIGRATIONS: &[&str] = &[
         part_size INTEGER NOT NULL,
         PRIMARY KEY (ns, path)
     ) WITHOUT ROWID;",
+    // 8: the store's identity of an entry that survives renames (Nextcloud's
+    // `oc:fileid`), so that a rename made there is a rename here.
+    "ALTER TABLE remote ADD COLUMN file_id TEXT;",
 ];
 
 /// Number of migrations this build knows.

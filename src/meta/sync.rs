@@ -43,6 +43,8 @@ pub struct RemoteRow {
     /// The version the object replaced, as its writer said (`ObjMeta::base`);
     /// read from a listing, not stored.
     pub base: Option<[u8; 32]>,
+    /// The store's identity of the entry, which a rename there keeps.
+    pub file_id: Option<String>,
 }
 
 pub fn now_ns() -> i64 {
@@ -335,11 +337,12 @@ fn remote_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RemoteRow> {
         verified: r.get::<_, i64>(at + 9)? >= 1,
         own: r.get::<_, i64>(at + 9)? == 2,
         base: None,
+        file_id: r.get(at + 10)?,
     })
 }
 
 const REMOTE_COLS: &str =
-    "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified";
+    "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified, file_id";
 
 pub fn get_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<RemoteRow>> {
     let sql = format!("SELECT {REMOTE_COLS} FROM remote WHERE ns = ?1 AND path = ?2");
@@ -359,8 +362,9 @@ pub fn remote_rows(conn: &Connection, ns: &str) -> MetaResult<Vec<(Vec<u8>, Remo
 pub fn put_remote(conn: &Connection, ns: &str, path: &[u8], row: &RemoteRow) -> MetaResult<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO remote
-            (ns, path, kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            (ns, path, kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified,
+             file_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         ns,
@@ -375,7 +379,16 @@ pub fn put_remote(conn: &Connection, ns: &str, path: &[u8], row: &RemoteRow) -> 
         row.target,
         row.at_ns,
         if row.own { 2 } else { row.verified as i64 },
+        row.file_id,
     ])?;
+    Ok(())
+}
+
+/// Records the store's identity of the entry at `ns/path` (learnt from a
+/// listing after LOCKER wrote it).
+pub fn set_remote_file_id(conn: &Connection, ns: &str, path: &[u8], id: &str) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE remote SET file_id = ?3 WHERE ns = ?1 AND path = ?2")?
+        .execute(params![ns, path, id])?;
     Ok(())
 }
 

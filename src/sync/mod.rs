@@ -433,5 +433,6 @@ pub(crate) fn row_of(info: &crate::backend::ObjInfo, target: Option<Vec<u8>>) ->
         verified: false,
         own: false,
         base: meta.base,
+        file_id: info.file_id.clone(),
     }
 }

@@ -731,6 +731,49 @@ fn a_rename_is_a_move_in_a_store_that_has_one_never_a_new_upload() {
     assert!(rig.ino("corp/d/a").is_none() && rig.ino("corp/c").is_none());
 }
 
+#[test]
+fn a_rename_made_in_the_store_is_a_rename_here_never_a_download() {
+    let stores = Stores::new();
+    stores.corp().set_native_rename(true);
+    let rig = Rig::on(stores, "");
+    let a = crate::core::tests::pattern(3 << 20, 32);
+    let ino = rig.write("corp/d/a", &a);
+    rig.write("corp/changed", b"old");
+    rig.drained();
+    // The listing after the push tells the store's identities.
+    rig.refresh();
+    rig.core().evict(0).unwrap();
+    assert!(rig.core().evicted_blocks(ino) > 0);
+    let corp = rig.stores.mem["corp"].clone();
+    corp.rename_foreign("d/a", "e/a2");
+    // Renamed and rewritten there: taken as the new file it now is.
+    corp.rename_foreign("changed", "moved");
+    corp.put_foreign("moved", b"new content", ObjMeta::default());
+    let gets = corp.calls("get_range");
+    rig.refresh();
+    assert_eq!(rig.ino("corp/e/a2"), Some(ino), "renamed, not made anew");
+    assert!(rig.ino("corp/d/a").is_none());
+    assert!(rig.ino("corp/changed").is_none());
+    assert_eq!(corp.calls("get_range"), gets, "nothing was downloaded");
+    assert_eq!(rig.read("corp/e/a2").unwrap(), a);
+    assert_eq!(rig.read("corp/moved").unwrap(), b"new content");
+    rig.drained();
+    assert_eq!(object(&corp, "e/a2").unwrap(), a);
+    assert!(corp.object("d/a").is_none());
+    assert_eq!(object(&corp, "moved").unwrap(), b"new content");
+    // A file changed here is not renamed under its writer: the store's
+    // rename shows as a new file, and the local change goes up at its own
+    // name.
+    rig.refresh();
+    rig.write("corp/e/a2", b"edited here");
+    corp.rename_foreign("e/a2", "f/a3");
+    rig.refresh();
+    rig.drained();
+    assert_eq!(rig.read("corp/f/a3").unwrap(), a);
+    assert_eq!(object(&corp, "e/a2").unwrap(), b"edited here");
+    assert_eq!(object(&corp, "f/a3").unwrap(), a);
+}
+
 // ---- resumable uploads (Nextcloud's chunked uploads) ----
 
 #[test]

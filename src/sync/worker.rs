@@ -333,6 +333,7 @@ async fn push_other(
                 verified: false,
                 own: false,
                 base: None,
+                file_id: None,
             };
             done(inner, e, seq, Some(row)).await
         }
@@ -383,6 +384,7 @@ async fn push_other(
                 verified: false,
                 own: false,
                 base: None,
+                file_id: None,
             };
             done(inner, e, seq, Some(row)).await
         }
@@ -440,6 +442,7 @@ async fn push_file(
         verified: true,
         own: true,
         base: None,
+        file_id: None,
     };
     if let Some(h) = &head {
         let hmeta = h.meta.clone().unwrap_or_default();
@@ -806,14 +809,27 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
         .await?
         .into_iter()
         .collect();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<Vec<u8>> =
+        listed.iter().map(|o| o.key.clone().into_bytes()).collect();
+    // Files that left their path, by the identity a rename in the store
+    // keeps (Nextcloud's `oc:fileid`).
+    let left: HashMap<String, Vec<u8>> = rows
+        .iter()
+        .filter(|(p, r)| r.kind == REMOTE_FILE && !seen.contains(*p))
+        .filter_map(|(p, r)| Some((r.file_id.clone()?, p.clone())))
+        .collect();
+    let mut ids_learnt: Vec<(Vec<u8>, String)> = Vec::new();
     let mut changes = 0;
     for obj in listed {
         let path = obj.key.clone().into_bytes();
-        seen.insert(path.clone());
         if let Some(r) = rows.get(&path)
             && (r.etag == obj.etag || (r.kind == REMOTE_DIR && obj.kind == ObjKind::Dir))
         {
+            if r.file_id.is_none()
+                && let Some(id) = &obj.file_id
+            {
+                ids_learnt.push((path, id.clone()));
+            }
             continue;
         }
         let core = inner.core.clone();
@@ -831,6 +847,31 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
             }
         };
         let row = head_row(be.as_ref(), &obj.key, &info).await?;
+        // Renamed in the store: renamed here (no download), when the file
+        // is unchanged here.
+        if !rows.contains_key(&path)
+            && obj.kind == ObjKind::File
+            && let Some(from) = obj.file_id.as_ref().and_then(|id| left.get(id).cloned())
+        {
+            let core = inner.core.clone();
+            let (ns2, f2, p2, r2) = (ns.to_string(), from.clone(), path.clone(), row.clone());
+            match blocking(move || core.apply_remote_rename(&ns2, &f2, &p2, r2, started)).await {
+                Ok(Applied::Updated) => {
+                    changes += 1;
+                    // Its old path is no removal to take; a version changed
+                    // as well is taken now, as any change.
+                    let same = rows.get(&from).is_some_and(|r| r.etag == obj.etag);
+                    seen.insert(from);
+                    if same {
+                        continue;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(namespace = %ns, path = %obj.key, error = %err, "a rename in the backend could not be taken here as one; taking it as a new file")
+                }
+            }
+        }
         let core = inner.core.clone();
         let (ns2, p2) = (ns.to_string(), path.clone());
         match blocking(move || core.apply_remote(&ns2, &p2, row, started)).await {
@@ -842,6 +883,11 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
                 tracing::warn!(namespace = %ns, path = %obj.key, error = %err, "an entry of the backend could not be taken here; skipped")
             }
         }
+    }
+    if !ids_learnt.is_empty() {
+        let core = inner.core.clone();
+        let ns2 = ns.to_string();
+        blocking(move || core.sync_note_file_ids(&ns2, &ids_learnt)).await?;
     }
     let mut gone: Vec<Vec<u8>> = rows
         .keys()

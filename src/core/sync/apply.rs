@@ -198,6 +198,92 @@ impl Locker {
         Ok(r)
     }
 
+    /// A file the backend now holds at `to` that it held at `from` before
+    /// (the same identity, such as Nextcloud's `oc:fileid`): someone renamed
+    /// it there. It is renamed here too, unmarked, instead of being removed
+    /// and downloaded again: only when the file at `from` is here, unchanged
+    /// here and not open, and nothing is at `to`. Otherwise `Skipped`, and
+    /// the caller takes the two paths as a new entry and a removal.
+    pub fn apply_remote_rename(
+        &self,
+        ns: &str,
+        from: &[u8],
+        to: &[u8],
+        row: RemoteRow,
+        started: i64,
+    ) -> CoreResult<Applied> {
+        let mut before = self.kernel_view(ns, from)?;
+        before.extend(self.kernel_view(ns, to)?);
+        let r = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            if msync::get_entry(&st.conn, ns, from)?.is_some()
+                || msync::get_entry(&st.conn, ns, to)?.is_some()
+            {
+                return Ok(Applied::Skipped);
+            }
+            let Some(old) = msync::get_remote(&st.conn, ns, from)? else {
+                return Ok(Applied::Skipped);
+            };
+            if old.at_ns > started || old.kind != REMOTE_FILE || row.kind != REMOTE_FILE {
+                return Ok(Applied::Skipped);
+            }
+            let Some((dir, name, Some(local))) = Locker::resolve_in(&st.conn, ns, from)? else {
+                return Ok(Applied::Skipped);
+            };
+            let lsha: Option<[u8; 32]> = local.sha256.as_deref().and_then(|s| s.try_into().ok());
+            let clean = local.attr.kind == FileKind::File
+                && (local.remote_only || (lsha.is_some() && lsha == old.sha256))
+                && !st
+                    .files
+                    .get(&local.attr.ino)
+                    .is_some_and(|f| f.open > 0 || !f.is_clean_pub());
+            if !clean || Locker::resolve_in(&st.conn, ns, to)?.is_some_and(|f| f.2.is_some()) {
+                return Ok(Applied::Skipped);
+            }
+            st.suppress_marks = true;
+            let r = self.batch(st, |st| {
+                let Some((newdir, newname)) = self.ensure_parent(st, ns, to)? else {
+                    return Ok(Applied::Skipped);
+                };
+                self.rename_locked(st, dir, &name, newdir, &newname, RenameMode::NoReplace)?;
+                // What was known of the version at `from` holds at `to` (a
+                // move keeps the version); one changed as well shows a new
+                // ETag at the next look and is taken then.
+                let at_to = RemoteRow {
+                    file_id: row.file_id.clone(),
+                    ..old.clone()
+                };
+                st.tx(|tx| {
+                    msync::delete_remote(tx, ns, from)?;
+                    msync::put_remote(tx, ns, to, &at_to)?;
+                    Ok(())
+                })?;
+                Ok(Applied::Updated)
+            });
+            st.suppress_marks = false;
+            let r = r?;
+            st.durable()?;
+            r
+        };
+        if let Some(inval) = self.invalidator.get()
+            && r == Applied::Updated
+        {
+            let mut all = before;
+            for i in self
+                .kernel_view(ns, from)?
+                .into_iter()
+                .chain(self.kernel_view(ns, to)?)
+            {
+                if !all.contains(&i) {
+                    all.push(i);
+                }
+            }
+            inval(&all);
+        }
+        Ok(r)
+    }
+
     fn apply_remote_inner(
         &self,
         ns: &str,
@@ -296,7 +382,12 @@ impl Locker {
                 record(st, &row)?;
                 Ok(Applied::Unchanged)
             }
-            (FileKind::File, REMOTE_FILE) if row.sha256.is_some() && lsha == row.sha256 => {
+            // The same content (a label that says so, of the same size: a
+            // label another client left behind when it rewrote the file
+            // says nothing).
+            (FileKind::File, REMOTE_FILE)
+                if row.sha256.is_some() && lsha == row.sha256 && row.size == local.attr.size =>
+            {
                 record(st, &row)?;
                 Ok(Applied::Unchanged)
             }

@@ -366,58 +366,23 @@ impl Locker {
         r
     }
 
-    fn materialize_inner(
+    /// Downloads the whole object `ns/path` (version `etag`) of `size` bytes
+    /// and checks it against `sha` (when known): its block list (index,
+    /// block, inline bytes, stored in the cache) and its SHA-256. Blocks it
+    /// stored are added to `stored`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn download_whole(
         &self,
-        ino: InodeNo,
+        source: &dyn RemoteSource,
+        ns: &str,
+        path: &[u8],
+        etag: Option<&str>,
+        size: u64,
+        sha: Option<[u8; 32]>,
         keep_all: bool,
         stored: &mut Vec<BlockId>,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<(Vec<(u64, BlockRef, Option<Vec<u8>>, bool)>, [u8; 32])> {
         use sha2::{Digest, Sha256};
-        let source = self
-            .remote
-            .get()
-            .ok_or_else(|| {
-                CoreError::Corrupt("file content is in a backend but none is attached".into())
-            })?
-            .clone();
-        let (ns, path, size, sha, version, etag) = {
-            let st = self.lock();
-            let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
-            if !row.remote_only {
-                return Ok(());
-            }
-            let sha: Option<[u8; 32]> = row.sha256.as_deref().and_then(|s| s.try_into().ok());
-            let src = match &sha {
-                Some(s) => {
-                    msync::remote_with_sha(&st.conn, s, false)?.map(|(n, p, _)| (n, p, None))
-                }
-                None => None,
-            };
-            let src = match src {
-                Some(s) => Some(s),
-                None => {
-                    // Listed without a checksum: the object it was listed as
-                    // (at the version it was seen at, if the `remote` row
-                    // does not say).
-                    let r = meta::remote_src(&st.conn, ino)?;
-                    r.and_then(|(b, etag)| {
-                        let i = b.iter().position(|&c| c == b'/')?;
-                        Some((
-                            String::from_utf8_lossy(&b[..i]).into_owned(),
-                            b[i + 1..].to_vec(),
-                            etag,
-                        ))
-                    })
-                }
-            };
-            let (ns, path, seen) = src.ok_or(CoreError::NotFound)?;
-            // Only from the version of the object that was listed.
-            let etag = match seen {
-                Some(e) => Some(e),
-                None => msync::get_remote(&st.conn, &ns, &path)?.map(|r| r.etag),
-            };
-            (ns, path, row.attr.size, sha, row.version, etag)
-        };
         let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));
         let mut h = Sha256::new();
         // (index, block, inline bytes, stored in the cache)
@@ -432,13 +397,13 @@ impl Locker {
                 .filter(|o| *o < size)
                 .map(|o| (o, (size - o).min(RANGE)))
                 .collect();
-            let got = source.fetch(&ns, &path, etag.as_deref(), &ranges).map_err(|e| {
-                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching a file from the backend failed");
+            let got = source.fetch(ns, path, etag, &ranges).map_err(|e| {
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), error = %e, "fetching a file from the backend failed");
                 eio()
             })?;
             for (chunk, (roff, rlen)) in got.into_iter().zip(&ranges) {
                 if chunk.len() as u64 != *rlen {
-                    tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "the backend's object is shorter than listed; refusing it");
+                    tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), "the backend's object is shorter than listed; refusing it");
                     return Err(eio());
                 }
                 for (k, data) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
@@ -472,7 +437,7 @@ impl Locker {
         }
         let got: [u8; 32] = h.finalize().into();
         if sha.is_some_and(|s| s != got) {
-            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "a file fetched from the backend does not match its SHA-256; refusing it");
+            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), "a file fetched from the backend does not match its SHA-256; refusing it");
             let mut st = self.lock();
             let gone: Vec<BlockId> = list
                 .iter()
@@ -484,6 +449,82 @@ impl Locker {
             self.free_blocks(&mut st, &gone);
             return Err(eio());
         }
+        Ok((list, got))
+    }
+
+    fn materialize_inner(
+        &self,
+        ino: InodeNo,
+        keep_all: bool,
+        stored: &mut Vec<BlockId>,
+    ) -> CoreResult<()> {
+        let source = self
+            .remote
+            .get()
+            .ok_or_else(|| {
+                CoreError::Corrupt("file content is in a backend but none is attached".into())
+            })?
+            .clone();
+        let (cands, size, sha, version) = {
+            let st = self.lock();
+            let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+            if !row.remote_only {
+                return Ok(());
+            }
+            let sha: Option<[u8; 32]> = row.sha256.as_deref().and_then(|s| s.try_into().ok());
+            // Every object holding the content (by its checksum), then the
+            // object it was listed as (at the version it was seen at, if
+            // the `remote` row does not say): one another writer replaced
+            // or moved away leaves the others.
+            let mut cands: Vec<(String, Vec<u8>, Option<String>)> = match &sha {
+                Some(s) => msync::remotes_with_sha(&st.conn, s)?
+                    .into_iter()
+                    .map(|(n, p, r)| (n, p, Some(r.etag)))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if let Some((b, seen)) = meta::remote_src(&st.conn, ino)?
+                && let Some(i) = b.iter().position(|&c| c == b'/')
+            {
+                let (ns, path) = (
+                    String::from_utf8_lossy(&b[..i]).into_owned(),
+                    b[i + 1..].to_vec(),
+                );
+                let etag = match seen {
+                    Some(e) => Some(e),
+                    None => msync::get_remote(&st.conn, &ns, &path)?.map(|r| r.etag),
+                };
+                if !cands.iter().any(|c| c.0 == ns && c.1 == path) {
+                    cands.push((ns, path, etag));
+                }
+            }
+            if cands.is_empty() {
+                return Err(CoreError::NotFound);
+            }
+            (cands, row.attr.size, sha, row.version)
+        };
+        let mut fetched = None;
+        for (ns, path, etag) in cands {
+            match self.download_whole(
+                &*source,
+                &ns,
+                &path,
+                etag.as_deref(),
+                size,
+                sha,
+                keep_all,
+                stored,
+            ) {
+                Ok(d) => {
+                    fetched = Some((ns, path, etag, d));
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        let Some((ns, path, etag, (list, got))) = fetched else {
+            return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        };
         let mut st = self.lock();
         let st = &mut *st;
         let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;

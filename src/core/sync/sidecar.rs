@@ -58,6 +58,18 @@ impl Locker {
         Ok(msync::remote_with_sha(&self.lock().conn, sha, true)?)
     }
 
+    /// The store's identities of entries LOCKER wrote, learnt from a listing
+    /// (path, id).
+    pub fn sync_note_file_ids(&self, ns: &str, ids: &[(Vec<u8>, String)]) -> CoreResult<()> {
+        let mut st = self.lock();
+        st.tx(|tx| {
+            for (path, id) in ids {
+                msync::set_remote_file_id(tx, ns, path, id)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The unfinished multipart upload of `ns/path`, if one was begun.
     pub fn sync_upload(&self, ns: &str, path: &[u8]) -> CoreResult<Option<msync::UploadRec>> {
         Ok(msync::get_upload(&self.lock().conn, ns, path)?)
