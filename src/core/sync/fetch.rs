@@ -505,7 +505,8 @@ impl Locker {
         };
         let mut fetched = None;
         for (ns, path, etag) in cands {
-            match self.download_whole(
+            // A failure is logged where it happened; the next holder is tried.
+            if let Ok(d) = self.download_whole(
                 &*source,
                 &ns,
                 &path,
@@ -515,11 +516,8 @@ impl Locker {
                 keep_all,
                 stored,
             ) {
-                Ok(d) => {
-                    fetched = Some((ns, path, etag, d));
-                    break;
-                }
-                Err(_) => {}
+                fetched = Some((ns, path, etag, d));
+                break;
             }
         }
         let Some((ns, path, etag, (list, got))) = fetched else {
