@@ -512,3 +512,220 @@ fn nextcloud_conflicts_keep_both_versions() {
 fn apache_conflicts_keep_both_versions() {
     conflicts_keep_both(DavServer::apache());
 }
+
+// ---- 5. two daemons on one folder ------------------------------------------
+
+#[test]
+fn nextcloud_two_daemons_on_one_folder_see_each_other() {
+    let server = DavServer::nextcloud(&[]);
+    let a = dav_mount(&server, SYNC);
+    let b = dav_mount(&server, SYNC);
+    let big = pattern(3 << 20, 21);
+    std::fs::write(a.corp().join("from-a.txt"), b"written on A").unwrap();
+    std::fs::create_dir(a.corp().join("dir")).unwrap();
+    std::fs::write(a.corp().join("dir/big.bin"), &big).unwrap();
+    std::fs::create_dir(a.corp().join("empty")).unwrap();
+    touch(&a.corp().join("from-a.txt"), "2024-02-29 12:00:00 UTC");
+    a.wait_drained(DRAIN);
+    b.status(true);
+    assert_eq!(read(&b, "from-a.txt"), b"written on A");
+    assert_eq!(
+        std::fs::metadata(b.corp().join("from-a.txt"))
+            .unwrap()
+            .mtime(),
+        std::fs::metadata(a.corp().join("from-a.txt"))
+            .unwrap()
+            .mtime()
+    );
+    assert_eq!(read(&b, "dir/big.bin"), big);
+    assert!(b.corp().join("empty").is_dir());
+
+    std::fs::write(b.corp().join("from-b.txt"), b"written on B").unwrap();
+    std::fs::write(b.corp().join("dir/big.bin"), b"B changed it").unwrap();
+    std::fs::remove_file(b.corp().join("from-a.txt")).unwrap();
+    b.wait_drained(DRAIN);
+    a.status(true);
+    assert_eq!(read(&a, "from-b.txt"), b"written on B");
+    assert_eq!(read(&a, "dir/big.bin"), b"B changed it");
+    assert!(
+        !a.corp().join("from-a.txt").exists(),
+        "a delete on B reaches A"
+    );
+    // Nothing goes back and forth for ever, and no conflict copies.
+    a.wait_drained(DRAIN);
+    b.wait_drained(DRAIN);
+    b.status(true);
+    a.wait_drained(DRAIN);
+    b.wait_drained(DRAIN);
+    let mut names = files_under(&server.files.join(PREFIX));
+    names.sort();
+    assert_eq!(names, ["dir/big.bin", "from-b.txt"]);
+}
+
+// ---- 6. a third-party client reads what LOCKER wrote ---------------------
+
+/// "YYYY-MM-DD HH:MM:SS" (UTC) of seconds since the epoch.
+fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let s = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// rclone with a `webdav` remote `nc:` (vendor nextcloud) on the
+/// namespace's folder, configured by environment variables only.
+fn rclone(server: &DavServer, args: &[&str]) -> String {
+    let mut ob = Command::new("rclone")
+        .args(["obscure", "-"])
+        .stdin(std::fs::File::open(&server.password_file).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("rclone is installed (scripts/deps.sh)");
+    assert!(ob.status.success(), "rclone obscure failed");
+    let obscured = String::from_utf8(std::mem::take(&mut ob.stdout)).unwrap();
+    let out = Command::new("rclone")
+        .args(args)
+        .env("TZ", "UTC")
+        .env("RCLONE_CONFIG", "/dev/null")
+        .env("RCLONE_CONFIG_NC_TYPE", "webdav")
+        .env("RCLONE_CONFIG_NC_URL", format!("{}{PREFIX}", server.url))
+        .env("RCLONE_CONFIG_NC_VENDOR", "nextcloud")
+        .env("RCLONE_CONFIG_NC_USER", &server.user)
+        .env("RCLONE_CONFIG_NC_PASS", obscured.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rclone {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn nextcloud_rclone_reads_what_locker_wrote() {
+    let server = DavServer::nextcloud(&[]);
+    let m = dav_mount(&server, SYNC);
+    let corp = m.corp();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.txt", b"first file\n".to_vec()),
+        ("sub/b.bin", pattern(1_200_000, 31)),
+        ("sub/deeper/c d ü.txt", pattern(70_000, 32)),
+        // Over the chunk size: a chunked upload.
+        ("large.bin", pattern(12 << 20, 33)),
+    ];
+    std::fs::create_dir_all(corp.join("sub/deeper")).unwrap();
+    for (rel, data) in &files {
+        std::fs::write(corp.join(rel), data).unwrap();
+    }
+    touch(&corp.join("a.txt"), "2009-02-13 23:31:30 UTC");
+    touch(&corp.join("sub/b.bin"), "2001-09-09 01:46:40 UTC");
+    m.wait_drained(DRAIN);
+
+    let mut listed = std::collections::BTreeMap::new();
+    for line in rclone(&server, &["lsl", "nc:"]).lines() {
+        let mut f = line.trim_start().splitn(4, ' ');
+        let (size, day, clock, name) = (
+            f.next().unwrap(),
+            f.next().unwrap(),
+            f.next().unwrap(),
+            f.next().unwrap(),
+        );
+        listed.insert(
+            name.to_string(),
+            (
+                size.parse::<u64>().unwrap(),
+                format!("{day} {}", &clock[..8]),
+            ),
+        );
+    }
+    let want: std::collections::BTreeMap<String, (u64, String)> = files
+        .iter()
+        .map(|(rel, _)| {
+            let st = std::fs::metadata(corp.join(rel)).unwrap();
+            (rel.to_string(), (st.len(), utc(st.mtime())))
+        })
+        .collect();
+    assert_eq!(
+        listed, want,
+        "rclone lsl against the mount's sizes and mtimes"
+    );
+    assert_eq!(want["a.txt"].1, "2009-02-13 23:31:30");
+
+    let out = tempfile::tempdir().unwrap();
+    rclone(&server, &["copy", "nc:", out.path().to_str().unwrap()]);
+    for (rel, data) in &files {
+        assert!(
+            std::fs::read(out.path().join(rel)).unwrap() == *data,
+            "{rel}: rclone copied other bytes"
+        );
+    }
+    assert_eq!(files_under(out.path()).len(), files.len());
+}
+
+// ---- 7. refresh cost --------------------------------------------------------
+
+#[test]
+fn nextcloud_refresh_of_an_unchanged_tree_of_20000_files_is_a_few_requests() {
+    let server = DavServer::nextcloud(&[]);
+    server.mkdirs(PREFIX);
+    // 20,000 files in 20 folders, put on the server's disk as someone else
+    // would (the server takes in what appears there).
+    let top = server.files.join(PREFIX);
+    for d in 0..20 {
+        let dir = top.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..1000 {
+            std::fs::write(dir.join(format!("f{i:04}.txt")), format!("{d}/{i}")).unwrap();
+        }
+    }
+    let t0 = Instant::now();
+    let m = dav_mount(&server, SYNC);
+    // The server indexes new files when first listed (as Nextcloud's
+    // scanner does), which changes the folders' ETags once more: the
+    // refresh after the mount's reads them again, and then they stay.
+    m.status(true);
+    let listed = Instant::now();
+    let n: usize = (0..20)
+        .map(|d| {
+            std::fs::read_dir(m.corp().join(format!("d{d:02}")))
+                .unwrap()
+                .count()
+        })
+        .sum();
+    assert_eq!(n, 20_000);
+    assert_eq!(read(&m, "d07/f0123.txt"), b"7/123");
+    server.reset();
+    let t1 = Instant::now();
+    m.status(true);
+    let took = t1.elapsed();
+    let stats = server.control("GET", "/__test/stats").json();
+    let requests = stats["requests"].as_u64().unwrap();
+    eprintln!(
+        "20,000 files: mount and two listings {:?}, an unchanged refresh {took:?} with {requests} requests",
+        listed - t0
+    );
+    assert!(
+        requests <= 3,
+        "an unchanged refresh made {requests} requests: {stats}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "an unchanged refresh took {took:?}"
+    );
+    assert_eq!(m.queue_len(), 0);
+}
