@@ -729,3 +729,149 @@ fn nextcloud_refresh_of_an_unchanged_tree_of_20000_files_is_a_few_requests() {
     );
     assert_eq!(m.queue_len(), 0);
 }
+
+// ---- 8. names Nextcloud refuses ---------------------------------------------
+
+/// Lines of the daemon's log saying a push of `path` failed.
+fn failed_pushes(m: &Mount, path: &str) -> usize {
+    let field = format!("path={path} ");
+    m.log_text()
+        .lines()
+        .filter(|l| l.contains("pushing a change failed") && l.contains(&field))
+        .count()
+}
+
+#[test]
+fn nextcloud_refused_names_stay_local_and_are_not_retried_in_a_loop() {
+    let server = DavServer::nextcloud(&[]);
+    let m = dav_mount(&server, SYNC);
+    let corp = m.corp();
+    std::fs::write(corp.join("ok.txt"), b"fine").unwrap();
+    wait_for("ok.txt on the server", DRAIN, || {
+        on_disk(&server, "ok.txt").exists()
+    });
+    m.wait_drained(DRAIN);
+    let refused = [".htaccess", "x.part", "back\\slash.txt"];
+    for name in refused {
+        std::fs::write(corp.join(name), format!("local {name}")).unwrap();
+    }
+    // Each is tried, refused, and stays queued with the reason.
+    wait_for("a first refusal of each", Duration::from_secs(30), || {
+        refused.iter().all(|n| failed_pushes(&m, n) >= 1)
+    });
+    let st = m.status(false);
+    let ns = &st["namespaces"][0];
+    assert_eq!(ns["queue"], 3, "{st}");
+    let why = ns["last_error"].as_str().unwrap_or("");
+    assert!(
+        refused.iter().any(|n| why.contains(n)),
+        "status does not say which name was refused: {st}"
+    );
+    // Not in a loop: no retries for a while, nothing sent to the server,
+    // the count stays.
+    server.reset();
+    std::thread::sleep(Duration::from_secs(8));
+    for name in refused {
+        assert_eq!(
+            failed_pushes(&m, name),
+            1,
+            "{name} was retried within 8 s:\n{}",
+            m.log_text()
+        );
+    }
+    assert_eq!(server.requests(), 0, "requests while nothing changed");
+    assert_eq!(m.queue_len(), 3);
+    // Readable here, never there.
+    for name in refused {
+        assert_eq!(
+            std::fs::read_to_string(corp.join(name)).unwrap(),
+            format!("local {name}")
+        );
+    }
+    assert_eq!(files_under(&server.files.join(PREFIX)), ["ok.txt"]);
+    // Other changes still go through.
+    std::fs::write(corp.join("after.txt"), b"still syncing").unwrap();
+    wait_for("after.txt on the server", DRAIN, || {
+        std::fs::read(on_disk(&server, "after.txt")).is_ok_and(|d| d == b"still syncing")
+    });
+}
+
+// ---- 9. 423 Locked and 507 quota -------------------------------------------
+
+#[test]
+fn nextcloud_locked_file_waits_and_drains_after_unlock() {
+    let server = DavServer::nextcloud(&[]);
+    let m = dav_mount(&server, SYNC);
+    let corp = m.corp();
+    std::fs::write(corp.join("locked.txt"), b"version one").unwrap();
+    m.wait_drained(DRAIN);
+    // Open in a Nextcloud client: writes to it answer 423.
+    server.control("POST", &format!("/__test/lock?path={PREFIX}/locked.txt"));
+    std::fs::write(corp.join("locked.txt"), b"version two, held back").unwrap();
+    std::fs::write(corp.join("free.txt"), b"not locked").unwrap();
+    wait_for("a 423 in the log", Duration::from_secs(30), || {
+        m.log_text()
+            .lines()
+            .any(|l| l.contains("path=locked.txt ") && l.contains("423"))
+    });
+    // The other file is not held up by it.
+    wait_for("free.txt on the server", DRAIN, || {
+        on_disk(&server, "free.txt").exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(m.queue_len(), 1, "{}", m.status(false));
+    assert_eq!(
+        std::fs::read(on_disk(&server, "locked.txt")).unwrap(),
+        b"version one"
+    );
+    assert_eq!(read(&m, "locked.txt"), b"version two, held back");
+    server.control("POST", &format!("/__test/unlock?path={PREFIX}/locked.txt"));
+    m.wait_drained(DRAIN);
+    assert_eq!(
+        std::fs::read(on_disk(&server, "locked.txt")).unwrap(),
+        b"version two, held back"
+    );
+    assert!(
+        conflict_copies(&corp, "locked").is_empty(),
+        "a lock is not a conflict"
+    );
+}
+
+#[test]
+fn nextcloud_quota_full_is_shown_in_status_and_the_upload_lands_when_lifted() {
+    let server = DavServer::nextcloud(&[]);
+    let m = dav_mount(&server, SYNC);
+    let corp = m.corp();
+    server.control("POST", "/__test/quota?bytes=50000");
+    let big = pattern(200_000, 41);
+    std::fs::create_dir(corp.join("reports")).unwrap();
+    std::fs::write(corp.join("reports/big.bin"), &big).unwrap();
+    wait_for("the quota error in status", Duration::from_secs(30), || {
+        let st = m.status(false);
+        let ns = &st["namespaces"][0];
+        ns["queue"].as_u64() >= Some(1)
+            && ns["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("507") && e.contains("reports/big.bin"))
+    });
+    let st = m.status(false);
+    assert!(
+        st["namespaces"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("quota"),
+        "{st}"
+    );
+    assert!(!on_disk(&server, "reports/big.bin").exists());
+    // Small files still fit and go up meanwhile.
+    std::fs::write(corp.join("small.txt"), b"fits").unwrap();
+    wait_for("small.txt on the server", DRAIN, || {
+        on_disk(&server, "small.txt").exists()
+    });
+    server.control("POST", "/__test/quota?bytes=-1");
+    m.wait_drained(DRAIN);
+    assert_eq!(
+        std::fs::read(on_disk(&server, "reports/big.bin")).unwrap(),
+        big
+    );
+}
