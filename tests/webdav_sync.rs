@@ -461,7 +461,6 @@ fn nextcloud_a_file_locker_wrote_and_another_client_replaced_is_read_back() {
 }
 
 #[test]
-#[ignore = "product defect: Apache keeps LOCKER's dead properties over another client's PUT; the stale locker:sha256 makes the refresh keep the old bytes, and the next local edit overwrites the other version"]
 fn apache_a_file_locker_wrote_and_another_client_replaced_is_read_back() {
     a_file_changed_elsewhere_is_read_back(DavServer::apache());
 }
@@ -511,7 +510,6 @@ fn nextcloud_conflicts_keep_both_versions() {
 }
 
 #[test]
-#[ignore = "product defect: Apache keeps LOCKER's dead properties over another client's PUT; the server's version is fetched against the stale locker:sha256 and every read of it fails with EIO"]
 fn apache_conflicts_keep_both_versions() {
     conflicts_keep_both(DavServer::apache());
 }

@@ -388,6 +388,14 @@ fn meta_of(flavor: Flavor, e: &DavEntry) -> ObjMeta {
         },
         Flavor::Plain => {
             let get = |k: &str| e.locker.get(k).map(String::as_str);
+            // Properties written for another version (another client
+            // rewrote the file and the server kept them) describe nothing.
+            if get("version").is_some_and(|v| Some(v) != e.etag.as_deref()) {
+                return ObjMeta {
+                    mtime: modified,
+                    ..ObjMeta::default()
+                };
+            }
             ObjMeta {
                 sha256: get("sha256").and_then(super::unhex32),
                 mtime: get("mtime").and_then(super::parse_mtime).or(modified),

@@ -178,7 +178,6 @@ impl WebDavBackend {
     ) -> BResult<String> {
         let tmp_path = self.path(tmp);
         let r = async {
-            self.proppatch_meta(&tmp_path, meta, None).await?;
             let h = self.head_in(Flavor::Plain, tmp).await?.ok_or_else(|| {
                 BackendError::transient(format!("write of {key}: the upload vanished"))
             })?;
@@ -189,6 +188,11 @@ impl WebDavBackend {
                     len.unwrap_or(0)
                 )));
             }
+            // The properties name the version they describe: another
+            // client's PUT over the file keeps them (mod_dav does) but
+            // changes the ETag, and then they describe nothing.
+            self.proppatch_meta(&tmp_path, meta, None, Some(&h.etag))
+                .await?;
             let dst = self.path(key);
             let mut b = self
                 .http
@@ -218,7 +222,13 @@ impl WebDavBackend {
     /// Sets LOCKER's dead properties on `path` (plain flavor), with `etag`
     /// as the condition. A server that does not keep them is noted once;
     /// the write goes on without them.
-    async fn proppatch_meta(&self, path: &str, meta: &ObjMeta, etag: Option<&str>) -> BResult<()> {
+    async fn proppatch_meta(
+        &self,
+        path: &str,
+        meta: &ObjMeta,
+        etag: Option<&str>,
+        version: Option<&str>,
+    ) -> BResult<()> {
         if !self.dead_props.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -230,7 +240,7 @@ impl WebDavBackend {
             b = b.header("if", if_list(&[(path, e)]));
         }
         let req = b
-            .body(client::full(xml::proppatch_meta_body(meta)))
+            .body(client::full(xml::proppatch_meta_body(meta, version)))
             .map_err(|e| BackendError::permanent(format!("PROPPATCH: {e}")))?;
         let resp = self.http.send(req, 1 << 20, client::META_TIMEOUT).await?;
         let refused = match resp.status.as_u16() {
@@ -629,7 +639,7 @@ impl WebDavBackend {
         }
         match flavor {
             Flavor::Plain => {
-                self.proppatch_meta(&self.path(key), meta, Some(&h.etag))
+                self.proppatch_meta(&self.path(key), meta, Some(&h.etag), Some(&h.etag))
                     .await?;
                 // The version after the change (the same, where properties
                 // are not part of it).

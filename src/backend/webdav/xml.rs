@@ -46,15 +46,17 @@ pub fn propfind_body(props: Props) -> String {
         s.push_str("<oc:fileid/><oc:checksums/>");
     }
     if props != Props::Nextcloud {
-        s.push_str("<l:sha256/><l:mtime/><l:mode/><l:base/>");
+        s.push_str("<l:sha256/><l:mtime/><l:mode/><l:base/><l:version/>");
     }
     s.push_str("</d:prop></d:propfind>\n");
     s
 }
 
 /// A PROPPATCH that sets the fields of `meta` as LOCKER's dead properties
-/// and removes those it does not have (a copy brings its source's along).
-pub fn proppatch_meta_body(meta: &ObjMeta) -> String {
+/// and removes those it does not have (a copy brings its source's along);
+/// `version` is the ETag (without `W/` and quotes) of the content they
+/// describe.
+pub fn proppatch_meta_body(meta: &ObjMeta, version: Option<&str>) -> String {
     let mut set = String::new();
     let mut remove = String::new();
     let mut field = |name: &str, value: Option<String>| match value {
@@ -68,6 +70,7 @@ pub fn proppatch_meta_body(meta: &ObjMeta) -> String {
     field("mtime", meta.mtime.map(format_mtime));
     field("mode", meta.mode.map(|m| format!("{:o}", m & 0o7777)));
     field("base", meta.base.map(|b| hex(&b)));
+    field("version", version.map(str::to_string));
     let mut s = String::from(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:propertyupdate xmlns:d=\"DAV:\" xmlns:l=\"https://locker.dev/ns\">",
     );
@@ -538,7 +541,7 @@ mod tests {
             mode: Some(0o100640),
             base: None,
         };
-        let p = proppatch_meta_body(&m);
+        let p = proppatch_meta_body(&m, Some("e1"));
         assert!(p.contains(&format!("<l:sha256>{}</l:sha256>", "ab".repeat(32))));
         assert!(p.contains("<l:mtime>5.000000007</l:mtime>"));
         assert!(p.contains("<l:mode>640</l:mode>"));
