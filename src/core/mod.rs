@@ -162,6 +162,10 @@ pub(crate) struct State {
     free_after_batch: Vec<BlockId>,
     /// Blocks held as files in the cache, least recently used last.
     lru: lru::LruCache<BlockId, ()>,
+    /// Paths whose removal (or move away) a backend confirmed lately, with
+    /// when: a listing that began before that may still show them, and
+    /// must not bring them back.
+    gone_remote: std::collections::HashMap<(String, Vec<u8>), i64>,
 }
 
 impl State {
@@ -265,6 +269,7 @@ impl Locker {
                 in_batch: false,
                 free_after_batch: Vec::new(),
                 lru: lru::LruCache::unbounded(),
+                gone_remote: std::collections::HashMap::new(),
             }),
             blocks,
             opts,

@@ -892,6 +892,33 @@ fn a_removed_tree_stays_removed_though_a_stop_left_temporaries_in_it() {
 }
 
 #[test]
+fn a_listing_older_than_a_confirmed_removal_never_brings_it_back() {
+    // A refresh lists the store, then the removals of a tree are confirmed
+    // (their rows and queue entries gone), then the refresh reaches those
+    // entries in its now stale listing.
+    let rig = Rig::new("");
+    rig.write("corp/t/d/f", b"x");
+    rig.drained();
+    let row = rig
+        .core()
+        .remote_rows("corp")
+        .unwrap()
+        .into_iter()
+        .find(|(p, _)| p == b"t/d/f")
+        .unwrap()
+        .1;
+    let started = crate::meta::sync::now_ns();
+    rig.remove_tree("corp/t");
+    rig.drained();
+    let r = rig
+        .core()
+        .apply_remote("corp", b"t/d/f", row, started)
+        .unwrap();
+    assert_eq!(r, crate::core::sync::Applied::Skipped);
+    assert!(rig.ino("corp/t").is_none(), "the removed tree came back");
+}
+
+#[test]
 fn a_listing_never_brings_back_what_a_queued_removal_is_about_to_delete() {
     let rig = Rig::new("");
     for i in 0..3 {

@@ -300,6 +300,11 @@ impl Locker {
         if old.as_ref().is_some_and(|o| o.at_ns > started) {
             return Ok(Applied::Skipped);
         }
+        // Removed from the backend (with what was above it) after the
+        // listing began: the listing is stale there.
+        if st.gone_remote_since(ns, path, started) {
+            return Ok(Applied::Skipped);
+        }
         let Some(ns_ino) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
             return Ok(Applied::Skipped);
         };

@@ -19,6 +19,39 @@ pub(crate) struct Mark {
 
 impl State {
     /// A new mark, or none while changes from the backend are applied.
+    /// A backend confirmed that `ns/path` is gone from it.
+    pub(crate) fn note_gone_remote(&mut self, ns: &str, path: &[u8]) {
+        let now = msync::now_ns();
+        if self.gone_remote.len() >= 4096 {
+            // Listings last seconds; ten minutes is plenty.
+            self.gone_remote.retain(|_, t| *t > now - 600_000_000_000);
+        }
+        self.gone_remote
+            .insert((ns.to_string(), path.to_vec()), now);
+    }
+
+    /// Whether `ns/path`, or a directory above it, left the backend after
+    /// `since` (a listing begun then may still show it).
+    pub(crate) fn gone_remote_since(&self, ns: &str, path: &[u8], since: i64) -> bool {
+        if self.gone_remote.is_empty() {
+            return false;
+        }
+        let mut end = path.len();
+        loop {
+            if self
+                .gone_remote
+                .get(&(ns.to_string(), path[..end].to_vec()))
+                .is_some_and(|t| *t > since)
+            {
+                return true;
+            }
+            match path[..end].iter().rposition(|&b| b == b'/') {
+                Some(i) => end = i,
+                None => return false,
+            }
+        }
+    }
+
     pub(crate) fn mark(&mut self) -> Option<Mark> {
         if self.suppress_marks {
             return None;

@@ -123,10 +123,12 @@ impl Locker {
     ) -> CoreResult<bool> {
         let mut st = self.lock();
         let found = Locker::resolve_in(&st.conn, ns, to)?;
-        st.tx(|tx| {
+        let done = st.tx(|tx| {
             msync::delete_remote(tx, ns, from)?;
             Locker::record_done(tx, &found, ns, to, seq, Some(&remote))
-        })
+        })?;
+        st.note_gone_remote(ns, from);
+        Ok(done)
     }
 
     /// The backend confirmed `ns/path` as `remote` (or its absence): records
@@ -140,7 +142,11 @@ impl Locker {
     ) -> CoreResult<bool> {
         let mut st = self.lock();
         let found = Locker::resolve_in(&st.conn, ns, path)?;
-        st.tx(|tx| Locker::record_done(tx, &found, ns, path, seq, remote.as_ref()))
+        let done = st.tx(|tx| Locker::record_done(tx, &found, ns, path, seq, remote.as_ref()))?;
+        if remote.is_none() {
+            st.note_gone_remote(ns, path);
+        }
+        Ok(done)
     }
 
     /// `sync_done` inside a transaction; `found` is what is at the path here.
