@@ -139,34 +139,6 @@ fn touch(path: &Path, when: &str) {
     assert!(st.success(), "touch -d {when} {}", path.display());
 }
 
-/// Every file under `dir`, as paths relative to it; mod_dav_fs's property
-/// databases (`.DAV/` folders) left out.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_name() == ".DAV" {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                todo.push(e.path());
-            } else {
-                out.push(
-                    e.path()
-                        .strip_prefix(dir)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The bytes of `rel` in the mount; a failed read shows the daemon's log.
 fn read(m: &Mount, rel: &str) -> Vec<u8> {
     std::fs::read(m.corp().join(rel))
@@ -268,7 +240,7 @@ fn files_arrive_as_plain_files(server: DavServer) {
     // Plain files and nothing else: no temporaries, probes or parts left.
     let mut want: Vec<String> = files.iter().map(|(r, _)| r.to_string()).collect();
     want.sort();
-    assert_eq!(files_under(&server.files.join(PREFIX)), want);
+    assert_eq!(common::files_under(&server.files.join(PREFIX)), want);
 }
 
 #[test]
@@ -352,7 +324,7 @@ fn outages_lose_nothing(mut server: DavServer) {
         b"in a new folder"
     );
     // Nothing lost of what went up before the outage either.
-    assert_eq!(files_under(&server.files.join(PREFIX)).len(), 31);
+    assert_eq!(common::files_under(&server.files.join(PREFIX)).len(), 31);
 }
 
 #[test]
@@ -419,7 +391,7 @@ fn remote_changes_are_seen(server: DavServer) {
     // Nothing went back: no queue, and the server holds just that file.
     m.wait_drained(DRAIN);
     assert_eq!(
-        files_under(&server.files.join(PREFIX)),
+        common::files_under(&server.files.join(PREFIX)),
         ["later/deeper/x.txt"]
     );
 }
@@ -558,7 +530,7 @@ fn nextcloud_two_daemons_on_one_folder_see_each_other() {
     b.status(true);
     a.wait_drained(DRAIN);
     b.wait_drained(DRAIN);
-    let mut names = files_under(&server.files.join(PREFIX));
+    let mut names = common::files_under(&server.files.join(PREFIX));
     names.sort();
     assert_eq!(names, ["dir/big.bin", "from-b.txt"]);
 }
@@ -675,7 +647,7 @@ fn nextcloud_rclone_reads_what_locker_wrote() {
             "{rel}: rclone copied other bytes"
         );
     }
-    assert_eq!(files_under(out.path()).len(), files.len());
+    assert_eq!(common::files_under(out.path()).len(), files.len());
 }
 
 // ---- 7. refresh cost --------------------------------------------------------
@@ -768,6 +740,24 @@ fn nextcloud_refused_names_stay_local_and_are_not_retried_in_a_loop() {
         refused.iter().any(|n| why.contains(n)),
         "status does not say which name was refused: {st}"
     );
+    // Each is listed, with the reason.
+    let listed: Vec<&str> = ns["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    let mut want = refused.to_vec();
+    want.sort();
+    assert_eq!(listed, want, "{st}");
+    assert!(
+        ns["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !r["error"].as_str().unwrap().is_empty()),
+        "{st}"
+    );
     // Not in a loop: no retries for a while, nothing sent to the server,
     // the count stays.
     server.reset();
@@ -789,7 +779,7 @@ fn nextcloud_refused_names_stay_local_and_are_not_retried_in_a_loop() {
             format!("local {name}")
         );
     }
-    assert_eq!(files_under(&server.files.join(PREFIX)), ["ok.txt"]);
+    assert_eq!(common::files_under(&server.files.join(PREFIX)), ["ok.txt"]);
     // Other changes still go through.
     std::fs::write(corp.join("after.txt"), b"still syncing").unwrap();
     wait_for("after.txt on the server", DRAIN, || {

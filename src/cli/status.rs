@@ -66,6 +66,20 @@ pub fn run(
             ),
             None => {}
         }
+        if !n.refused.is_empty() {
+            println!(
+                "  refused by the store, kept here ({}{}):",
+                n.refused.len(),
+                if n.refused.len() >= 100 {
+                    " or more"
+                } else {
+                    ""
+                }
+            );
+            for r in n.refused.iter().take(10) {
+                println!("    {}: {}", r.path, r.error);
+            }
+        }
         if let Some(e) = &n.last_error {
             println!("  last error: {e}");
         }

@@ -143,6 +143,9 @@ const MIGRATIONS: &[&str] = &[
     // 8: the store's identity of an entry that survives renames (Nextcloud's
     // `oc:fileid`), so that a rename made there is a rename here.
     "ALTER TABLE remote ADD COLUMN file_id TEXT;",
+    // 9: queue entries the store refuses for their path alone (a name it
+    // cannot hold, a symlink, a quota): listed in `locker status`.
+    "ALTER TABLE sync_queue ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Number of migrations this build knows.

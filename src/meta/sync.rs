@@ -70,7 +70,7 @@ pub fn mark(
         "INSERT INTO sync_queue (ns, path, seq, since_ns, ready_ns, bytes, after_ns, after_path)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(ns, path) DO UPDATE SET seq = excluded.seq,
-            ready_ns = excluded.ready_ns, bytes = excluded.bytes, attempts = 0,
+            ready_ns = excluded.ready_ns, bytes = excluded.bytes, attempts = 0, refused = 0,
             after_ns = excluded.after_ns, after_path = excluded.after_path",
     )?
     .execute(params![
@@ -276,14 +276,30 @@ pub fn retry(
     path: &[u8],
     ready: i64,
     error: Option<&str>,
+    refused: bool,
 ) -> MetaResult<()> {
     conn.prepare_cached(
         "UPDATE sync_queue SET ready_ns = max(ready_ns, ?3),
-            attempts = attempts + (?4 IS NOT NULL), last_error = ?4
+            attempts = attempts + (?4 IS NOT NULL), last_error = ?4, refused = ?5
          WHERE ns = ?1 AND path = ?2",
     )?
-    .execute(params![ns, path, ready, error])?;
+    .execute(params![ns, path, ready, error, refused])?;
     Ok(())
+}
+
+/// Up to `limit` entries of `ns` the store refused for their path alone,
+/// with the store's reason.
+pub fn refused_entries(
+    conn: &Connection,
+    ns: &str,
+    limit: usize,
+) -> MetaResult<Vec<(Vec<u8>, Option<String>)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT path, last_error FROM sync_queue WHERE ns = ?1 AND refused = 1
+         ORDER BY path LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![ns, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 /// The queue of one namespace, summed up.

@@ -29,6 +29,17 @@ pub struct NsStatus {
     /// once at start); `None` if not known.
     #[serde(default)]
     pub conditional_writes: Option<bool>,
+    /// Queued paths the store refuses for the path alone (a name it cannot
+    /// hold, a symlink, a quota): kept here, tried again now and then (the
+    /// first 100).
+    #[serde(default)]
+    pub refused: Vec<RefusedPath>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefusedPath {
+    pub path: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +91,15 @@ fn collect(inner: &Inner) -> Status {
                 last_error: st.and_then(|s| s.last_error.clone()).or(h.last_error),
                 last_refresh_age_s: h.last_refresh.map(|t| t.elapsed().as_secs_f64()),
                 conditional_writes: h.conditional_writes,
+                refused: core
+                    .sync_refused(&name, 100)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(p, e)| RefusedPath {
+                        path: String::from_utf8_lossy(&p).into_owned(),
+                        error: e.unwrap_or_default(),
+                    })
+                    .collect(),
                 name,
             }
         })

@@ -111,8 +111,10 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
         }
         Ok(Outcome::Later) => {
             let ready = now_ns() + inner.cfg.upload_delay_ms as i64 * 1_000_000;
-            let _ =
-                tokio::task::spawn_blocking(move || core.sync_retry(&ns, &path, ready, None)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                core.sync_retry(&ns, &path, ready, None, false)
+            })
+            .await;
         }
         Err(err) => {
             inner.note_error(&ns, &err);
@@ -121,11 +123,12 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
                 // entries too, rather than send every one to fail.
                 inner.pause(&ns, &err);
             }
-            let wait = if err.kind == ErrorKind::Permanent && err.path_only {
+            let refused = err.kind == ErrorKind::Permanent && err.path_only;
+            let wait = if refused {
                 // This store refuses this one entry (a name it cannot
                 // hold, a symlink, a quota): tried again less and less
-                // often, up to every ten minutes, until a change here or an admin
-                // lifts the cause; `locker status` shows it meanwhile.
+                // often, up to every ten minutes, until a change here or
+                // an admin lifts the cause; `locker status` lists it.
                 Duration::from_secs(30u64 << e.attempts.min(5)).min(Duration::from_secs(600))
             } else {
                 crate::backend::retry::backoff(err.kind, e.attempts + 1)
@@ -140,9 +143,10 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
             );
             let ready = now_ns() + wait.as_nanos() as i64;
             let msg = err.message.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || core.sync_retry(&ns, &path, ready, Some(&msg)))
-                    .await;
+            let _ = tokio::task::spawn_blocking(move || {
+                core.sync_retry(&ns, &path, ready, Some(&msg), refused)
+            })
+            .await;
         }
     }
     inner

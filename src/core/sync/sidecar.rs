@@ -224,9 +224,20 @@ impl Locker {
         path: &[u8],
         ready: i64,
         error: Option<&str>,
+        refused: bool,
     ) -> CoreResult<()> {
         let mut st = self.lock();
-        st.tx(|tx| Ok(msync::retry(tx, ns, path, ready, error)?))
+        st.tx(|tx| Ok(msync::retry(tx, ns, path, ready, error, refused)?))
+    }
+
+    /// Up to `limit` queued paths of `ns` its store refuses for the path
+    /// alone (kept here), with the reason.
+    pub fn sync_refused(
+        &self,
+        ns: &str,
+        limit: usize,
+    ) -> CoreResult<Vec<(Vec<u8>, Option<String>)>> {
+        Ok(msync::refused_entries(&self.lock().conn, ns, limit)?)
     }
 
     pub fn remote_rows(&self, ns: &str) -> CoreResult<Vec<(Vec<u8>, RemoteRow)>> {
