@@ -628,30 +628,6 @@ fn dav_backend(
     be
 }
 
-/// Every file under `dir` on disk, as paths relative to it.
-fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                todo.push(e.path());
-            } else {
-                out.push(
-                    e.path()
-                        .strip_prefix(dir)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn webdav_plain_backend_keeps_the_contract_on_apache() {
     let server = DavServer::apache();
@@ -668,7 +644,7 @@ fn webdav_plain_backend_keeps_the_contract_on_apache() {
         std::fs::read(root.join("docs/report.txt")).unwrap(),
         pattern(3000, 2)
     );
-    let files = files_under(&root);
+    let files = common::files_under(&root);
     assert!(
         files.contains(&"odd dir/ünï+code %41.txt".to_string()),
         "{files:?}"

@@ -204,14 +204,12 @@ struct Fetcher {
     handle: tokio::runtime::Handle,
 }
 
-impl RemoteSource for Fetcher {
-    fn fetch(
-        &self,
-        ns: &str,
-        path: &[u8],
-        etag: Option<&str>,
-        ranges: &[(u64, u64)],
-    ) -> Result<Vec<Vec<u8>>, String> {
+/// A path's key, the sidecar, and the backend the path is in.
+type Target = (String, Arc<Inner>, Arc<dyn Backend>);
+
+impl Fetcher {
+    /// The key of `path`, the sidecar, and the backend of `ns`.
+    fn target(&self, ns: &str, path: &[u8]) -> Result<Target, String> {
         let key = std::str::from_utf8(path)
             .map_err(|_| "the path is not UTF-8".to_string())?
             .to_string();
@@ -220,6 +218,19 @@ impl RemoteSource for Fetcher {
             .upgrade()
             .ok_or_else(|| "the sync sidecar has stopped".to_string())?;
         let be = inner.backend_for(ns).map_err(|e| e.message)?;
+        Ok((key, inner, be))
+    }
+}
+
+impl RemoteSource for Fetcher {
+    fn fetch(
+        &self,
+        ns: &str,
+        path: &[u8],
+        etag: Option<&str>,
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let (key, inner, be) = self.target(ns, path)?;
         let ranges = ranges.to_vec();
         let etag = etag.map(str::to_string);
         let ns = ns.to_string();
@@ -252,14 +263,7 @@ impl RemoteSource for Fetcher {
         })
     }
     fn current(&self, ns: &str, path: &[u8]) -> Result<Option<RemoteVersion>, String> {
-        let key = std::str::from_utf8(path)
-            .map_err(|_| "the path is not UTF-8".to_string())?
-            .to_string();
-        let inner = self
-            .inner
-            .upgrade()
-            .ok_or_else(|| "the sync sidecar has stopped".to_string())?;
-        let be = inner.backend_for(ns).map_err(|e| e.message)?;
+        let (key, _, be) = self.target(ns, path)?;
         self.handle.block_on(async move {
             let head = tokio::time::timeout(Duration::from_secs(30), be.head(&key))
                 .await

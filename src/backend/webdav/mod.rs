@@ -624,31 +624,47 @@ impl WebDavBackend {
 mod tests {
     use super::*;
 
+    use crate::config::NamespaceConfig;
+
     /// A password made up for the run, the same within it.
-    fn test_password() -> String {
+    pub(super) fn test_password() -> String {
         static PW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         PW.get_or_init(|| format!("{:016x}\n", fastrand::u64(..)))
             .clone()
     }
-    use crate::config::NamespaceConfig;
 
-    fn cfg(url: &str) -> NamespaceConfig {
+    /// Settings of a namespace on `url`, its password in the environment
+    /// variable `env`.
+    pub(super) fn test_cfg(url: &str, env: &str) -> NamespaceConfig {
         NamespaceConfig {
             backend: Some("webdav".into()),
             url: Some(url.into()),
             user: Some("alice".into()),
-            password_env: Some("LOCKER_TEST_WEBDAV_PW_UNIT".into()),
-            prefix: Some("LOCKER/deck x".into()),
+            password_env: Some(env.into()),
             ..Default::default()
         }
     }
 
-    fn open(url: &str) -> Result<WebDavBackend, String> {
-        // SAFETY: tests of this module set this variable only, always to
-        // the same value.
-        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_UNIT", test_password()) };
+    /// Opens `cfg`, whose password variable is set first (tests of each
+    /// module use a variable of their own, always set to the same value).
+    pub(super) fn test_open(cfg: &NamespaceConfig) -> Result<WebDavBackend, String> {
+        let env = cfg.password_env.as_deref().unwrap_or_default();
+        // SAFETY: each variable is set by one module's tests only, always
+        // to the same value.
+        unsafe { std::env::set_var(env, test_password()) };
         let d = std::env::temp_dir().join("locker-webdav-unit-spool");
-        WebDavBackend::new(&cfg(url), &d)
+        WebDavBackend::new(cfg, &d)
+    }
+
+    fn cfg(url: &str) -> NamespaceConfig {
+        NamespaceConfig {
+            prefix: Some("LOCKER/deck x".into()),
+            ..test_cfg(url, "LOCKER_TEST_WEBDAV_PW_UNIT")
+        }
+    }
+
+    fn open(url: &str) -> Result<WebDavBackend, String> {
+        test_open(&cfg(url))
     }
 
     #[test]

@@ -230,29 +230,14 @@ impl WebDavBackend {
 mod tests {
     use super::*;
 
-    /// A password made up for the run, the same within it.
-    fn test_password() -> String {
-        static PW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        PW.get_or_init(|| format!("{:016x}\n", fastrand::u64(..)))
-            .clone()
-    }
+    use super::super::tests::{test_cfg, test_open, test_password};
 
     fn cfg(url: &str) -> NamespaceConfig {
-        NamespaceConfig {
-            backend: Some("webdav".into()),
-            url: Some(url.into()),
-            user: Some("alice".into()),
-            password_env: Some("LOCKER_TEST_WEBDAV_PW_OPEN".into()),
-            ..Default::default()
-        }
+        test_cfg(url, "LOCKER_TEST_WEBDAV_PW_OPEN")
     }
 
     fn open(url: &str) -> Result<WebDavBackend, String> {
-        // SAFETY: tests of this module set this variable only, always to
-        // the same value.
-        unsafe { std::env::set_var("LOCKER_TEST_WEBDAV_PW_OPEN", test_password()) };
-        let d = std::env::temp_dir().join("locker-webdav-unit-spool");
-        WebDavBackend::new(&cfg(url), &d)
+        test_open(&cfg(url))
     }
 
     #[test]
