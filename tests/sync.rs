@@ -968,7 +968,10 @@ fn webdav_renames_are_moves_on_both_flavors() {
         if kind == DavKind::Nextcloud {
             assert_eq!(dav_calls(&server, "PUT"), 0, "nothing uploaded again");
             assert_eq!(dav_calls(&server, "COPY"), 0, "nothing copied");
-            assert_eq!(dav_calls(&server, "MOVE"), 2, "one MOVE per file");
+            // One MOVE per file; one into a folder whose MKCOL had not
+            // reached the server yet is sent again once it has.
+            let moves = dav_calls(&server, "MOVE");
+            assert!((2..=4).contains(&moves), "{moves} MOVEs for two files");
         }
         // What the server holds is what this side recorded: a refresh
         // changes nothing here.
