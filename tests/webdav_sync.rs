@@ -866,3 +866,44 @@ fn nextcloud_quota_full_is_shown_in_status_and_the_upload_lands_when_lifted() {
         big
     );
 }
+
+// ---- renames made in Nextcloud ---------------------------------------------
+
+#[test]
+fn nextcloud_a_rename_made_there_is_a_rename_here_without_a_download() {
+    let server = DavServer::nextcloud(&[]);
+    let m = dav_mount(&server, SYNC);
+    let corp = m.corp();
+    let data = pattern(3 << 20, 61);
+    std::fs::create_dir(corp.join("d")).unwrap();
+    std::fs::write(corp.join("d/a.bin"), &data).unwrap();
+    m.wait_drained(DRAIN);
+    // The refresh after the upload learns the file's oc:fileid.
+    m.status(true);
+    let ino = std::fs::metadata(corp.join("d/a.bin")).unwrap().ino();
+    // Another client moves it (a Nextcloud client's rename is a MOVE).
+    let dst = format!("http://{}{}", server.addr, target(&server, "e/a2.bin"));
+    let r = server.call("MKCOL", &target(&server, "e"), &[], b"");
+    assert_eq!(r.status, 201);
+    let r = server.call(
+        "MOVE",
+        &target(&server, "d/a.bin"),
+        &[("Destination", dst.as_str()), ("Overwrite", "F")],
+        b"",
+    );
+    assert_eq!(r.status, 201, "MOVE by the other client");
+    server.reset();
+    m.status(true);
+    let stats = server.control("GET", "/__test/stats").json();
+    assert!(
+        stats["by_method"]["GET"].is_null(),
+        "the renamed file was downloaded: {stats}"
+    );
+    assert!(!corp.join("d/a.bin").exists());
+    let meta = std::fs::metadata(corp.join("e/a2.bin")).unwrap();
+    assert_eq!(meta.ino(), ino, "renamed here, not made anew");
+    assert_eq!(std::fs::read(corp.join("e/a2.bin")).unwrap(), data);
+    m.wait_drained(DRAIN);
+    assert_eq!(std::fs::read(on_disk(&server, "e/a2.bin")).unwrap(), data);
+    assert!(!on_disk(&server, "d/a.bin").exists());
+}
