@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Benchmark of LOCKER's sync sidecar against rclone, both pushing to one local
-# moto S3 server (moto_server on 127.0.0.1, a free port, random credentials
-# made for the run). Informational only: it never gates CI. Prints a markdown
-# table and writes/replaces its own section of BENCHMARKS.md.
+# Benchmark of LOCKER's sync sidecar against rclone, both pushing to the same
+# local server in the same run, started and stopped here on 127.0.0.1 (a free
+# port, random credentials made for the run):
+#   --backend s3 (default)  moto_server
+#   --backend nextcloud     the Nextcloud emulator, tests/webdav/ncserver.py
+#   --backend apache        Apache httpd with mod_dav, tests/webdav/apache.sh
+# Informational only: it never gates CI. Prints a markdown table and
+# writes/replaces its own section of BENCHMARKS.md (one per backend).
 #
 # Workloads (sizes for a full run; --quick shrinks them):
 #   a. upload of one 1 GiB random file: LOCKER = from the start of `cp` into
@@ -22,7 +26,16 @@
 #      time of `rclone copyto` of the same file.
 # An object's key is the file's path below the namespace (no prefix set).
 #
-# Usage: scripts/bench-sync.sh [--quick] [--only locker,rclone] [--repeat N]
+# On WebDAV the "buckets" are folders below the user's files root (made with
+# MKCOL; LOCKER's namespace has the prefix corp-rN/), the checks are WebDAV
+# requests (scripts/lib/davtool.py: HEAD, PROPFIND Depth 1 walks, GET), d
+# polls HEAD on the file every 10 ms, and rclone uses a webdav remote
+# (vendor nextcloud or other) configured by environment variables. LOCKER's
+# flavor is set (nextcloud / plain) and chunk_size_mb = 10: on Nextcloud the
+# big file goes up as chunked upload v2.
+#
+# Usage: scripts/bench-sync.sh [--backend s3|nextcloud|apache] [--quick]
+#                              [--only locker,rclone] [--repeat N]
 #                              [--build] [--no-md] [--keep-logs]
 # Needs root (FUSE mount with allow_other, drop_caches). See --help.
 set -uo pipefail
@@ -33,6 +46,9 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 . "$REPO/scripts/lib/bench-common.sh"
 HELPERS=$SCRIPT_DIR/bench
 S3TOOL=$SCRIPT_DIR/lib/s3tool.py
+DAVTOOL=$SCRIPT_DIR/lib/davtool.py
+NCSERVER=$REPO/tests/webdav/ncserver.py
+APACHE_SH=$REPO/tests/webdav/apache.sh
 DEFAULT_LOCKER_BIN=$REPO/target/release/locker
 LOCKER_BIN=${LOCKER_BIN:-$DEFAULT_LOCKER_BIN}
 VENV=${LOCKER_TEST_VENV:-/opt/locker-test/venv}
@@ -46,6 +62,11 @@ usage() {
   cat <<'EOF'
 Usage: scripts/bench-sync.sh [options]
 
+  --backend NAME     the server both contenders push to, started here on
+                     127.0.0.1: s3 (moto_server; the default), nextcloud
+                     (tests/webdav/ncserver.py, the Nextcloud emulator) or
+                     apache (tests/webdav/apache.sh, mod_dav); each writes
+                     its own section of BENCHMARKS.md
   --quick            smoke-test sizes (64 MiB file, 300 small files)
   --only LIST        comma-separated contenders from locker,rclone
                      (default: both)
@@ -59,8 +80,9 @@ Usage: scripts/bench-sync.sh [options]
 Environment:
   LOCKER_BIN           LOCKER binary (default: REPO/target/release/locker)
   LOCKER_TEST_VENV     venv with moto[server] and boto3 (default
-                       /opt/locker-test/venv; scripts/deps.sh makes it)
-  BENCH_TMP            where data dirs and moto's spill files go (default /var/tmp)
+                       /opt/locker-test/venv; scripts/deps.sh makes it); its
+                       python also runs the Nextcloud emulator when present
+  BENCH_TMP            where data dirs and the server's files go (default /var/tmp)
   BENCH_MD             the markdown file to update (default REPO/BENCHMARKS.md)
   BENCH_STEP_TIMEOUT   seconds allowed to any single timed command (default 900)
   BENCH_DRAIN_TIMEOUT  seconds allowed for LOCKER's queue to drain (default 900)
@@ -69,6 +91,7 @@ EOF
 
 # ---------------------------------------------------------------- options
 QUICK=0
+BACKEND=s3
 ONLY=locker,rclone
 REPEAT=1
 BUILD=0
@@ -77,6 +100,8 @@ KEEP_LOGS=0
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
+    --backend) [ $# -ge 2 ] || { echo "bench-sync: --backend needs a name" >&2; exit 2; }; BACKEND=$2; shift ;;
+    --backend=*) BACKEND=${1#--backend=} ;;
     --only) [ $# -ge 2 ] || { echo "bench-sync: --only needs a list" >&2; exit 2; }; ONLY=$2; shift ;;
     --only=*) ONLY=${1#--only=} ;;
     --repeat) [ $# -ge 2 ] || { echo "bench-sync: --repeat needs a number" >&2; exit 2; }; REPEAT=$2; shift ;;
@@ -91,6 +116,12 @@ while [ $# -gt 0 ]; do
 done
 
 select_contenders bench-sync
+case $BACKEND in
+  s3) MD_NAME=bench-sync ;;
+  nextcloud|apache) MD_NAME=bench-sync-$BACKEND ;;
+  *) echo "bench-sync: --backend must be s3, nextcloud or apache" >&2; exit 2 ;;
+esac
+is_dav() { [ "$BACKEND" != s3 ]; }
 case $REPEAT in ''|*[!0-9]*|0) echo "bench-sync: --repeat needs a positive number" >&2; exit 2 ;; esac
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -117,7 +148,7 @@ STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-900}    # any single command run through step
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-900}  # LOCKER's queue to drain after a copy
 MOUNT_TIMEOUT=30                           # seconds to wait for a mount
 STOP_TIMEOUT=60                            # after SIGTERM (LOCKER drains up to 30 s)
-MOTO_TIMEOUT=30                            # moto_server to answer
+MOTO_TIMEOUT=30                            # moto_server (or a WebDAV server) to answer
 APPEAR_TIMEOUT=120                         # remote files to show in a new mount
 LAT_TIMEOUT=60                             # one small file to reach the bucket
 
@@ -128,8 +159,15 @@ LOGDIR=${TMPDIR:-/tmp}/locker-bench-sync-$RUN_ID
 MNT=$BASE/mnt
 RCLONE_REMOTE=bench
 export RCLONE_CONFIG=$BASE/rclone.conf
-RCLONE_FLAGS=(--transfers 8 --s3-upload-concurrency 4)  # LOCKER: uploads = 8, parallel_parts = 4
+if is_dav; then
+  RCLONE_FLAGS=(--transfers 8)                          # LOCKER: uploads = 8
+else
+  RCLONE_FLAGS=(--transfers 8 --s3-upload-concurrency 4)  # LOCKER: uploads = 8, parallel_parts = 4
+fi
+DAV_CHUNK_MB=10                             # LOCKER's chunk_size_mb (Nextcloud)
 MOTO_PID=
+NC_PID=
+APACHE_DIR=
 LOCKER_PID=
 LOCKER_DATA=
 WAITER_PID=
@@ -179,6 +217,15 @@ cleanup() {
     stop_pid "$MOTO_PID" 10 || log "moto_server: killed with SIGKILL"
     MOTO_PID=
   fi
+  if [ -n "$NC_PID" ]; then
+    stop_pid "$NC_PID" 10 || log "ncserver.py: killed with SIGKILL"
+    NC_PID=
+  fi
+  if [ -n "$APACHE_DIR" ]; then
+    cp "$APACHE_DIR/access.log" "$APACHE_DIR/error.log" "$LOGDIR/" 2>/dev/null
+    "$APACHE_SH" stop "$APACHE_DIR" >>"$LOGDIR/apache.log" 2>&1 3>&- 4>&- || log "apache.sh stop failed"
+    APACHE_DIR=
+  fi
   if mountpoint -q "$MNT" 2>/dev/null; then
     log "WARNING: $MNT is still mounted; not removing $BASE"
   else
@@ -192,7 +239,23 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- helpers
-s3() { "$VPY" "$S3TOOL" --endpoint "$ENDPOINT" "$@"; }
+# STORE: the client that checks what the server holds, independent of LOCKER
+# and rclone (s3tool.py or davtool.py, the same commands); set once the
+# server runs.
+STORE=()
+store() { "${STORE[@]}" "$@"; }
+case $BACKEND in
+  s3) SERVER_LOG=$LOGDIR/moto.log OBJ_HOME=bucket ;;
+  nextcloud) SERVER_LOG=$LOGDIR/ncserver.log OBJ_HOME=folder ;;
+  apache) SERVER_LOG=$LOGDIR/apache.log OBJ_HOME=folder ;;
+esac
+server_alive() {
+  case $BACKEND in
+    s3) alive "$MOTO_PID" ;;
+    nextcloud) alive "$NC_PID" ;;
+    apache) [ -n "$APACHE_DIR" ] && alive "$(cat "$APACHE_DIR/httpd.pid" 2>/dev/null)" ;;
+  esac
+}
 
 # ---------------------------------------------------------------- dependencies
 need=()
@@ -200,8 +263,19 @@ command -v python3 >/dev/null || need+=(python3)
 command -v mountpoint >/dev/null || need+=(util-linux)
 has rclone && { command -v rclone >/dev/null || need+=(rclone); }
 has locker && { command -v fusermount3 >/dev/null || need+=(fuse3); }
+if [ "$BACKEND" = apache ]; then
+  [ -x /usr/sbin/apache2 ] || need+=(apache2)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
+  command -v curl >/dev/null || need+=(curl)
+fi
 apt_install "${need[@]}"
-if [ ! -x "$MOTO_BIN" ] || ! "$VPY" -c 'import boto3' 2>/dev/null; then
+# Python for the Nextcloud emulator and davtool.py (standard library only):
+# the test venv's, as the tests use, else python3.
+DPY=python3
+[ -x "$VPY" ] && DPY=$VPY
+if is_dav; then
+  :
+elif [ ! -x "$MOTO_BIN" ] || ! "$VPY" -c 'import boto3' 2>/dev/null; then
   log "no moto_server/boto3 in $VENV: running scripts/deps.sh"
   bash "$SCRIPT_DIR/deps.sh" >&2 || die "scripts/deps.sh failed"
   [ -x "$MOTO_BIN" ] || die "scripts/deps.sh did not install $MOTO_BIN"
@@ -222,9 +296,11 @@ fi
 
 # ---------------------------------------------------------------- work dirs, data
 mkdir -p "$BASE/moto-tmp" "$SHM" "$LOGDIR" "$MNT" || die "cannot create work directories"
-log "mode $MODE; contenders: ${CONTENDERS[*]}; logs in $LOGDIR"
+log "backend $BACKEND; mode $MODE; contenders: ${CONTENDERS[*]}; logs in $LOGDIR"
 need_space /dev/shm $(((SEQ_MB + SMALL_FILES * 17 / 1024 + 16) * 1024))
-# moto spills large objects to files; every repeat keeps two copies of each.
+# moto spills large objects to files, a WebDAV server keeps files (and, on
+# Nextcloud, a chunked upload's parts until it is assembled); every repeat
+# keeps two copies of each.
 need_space "$BASE" $(((SEQ_MB * 4 * REPEAT + SEQ_MB * 2 + 1024) * 1024))
 
 log "generating test data in $SHM (${SEQ_MB} MiB random file, ${SMALL_FILES} small files, ${LAT_FILES} x ${LAT_SIZE} B)"
@@ -237,6 +313,76 @@ for ((i = 1; i <= LAT_FILES; i++)); do
   head -c "$LAT_SIZE" /dev/urandom >"$SHM/lat/f$i.bin" || die "cannot write $SHM/lat/f$i.bin"
 done
 
+# ---------------------------------------------------------------- WebDAV servers
+start_nextcloud() {  # sets NC_PID, DAV_URL
+  local deadline line
+  : >"$BASE/nc.out"
+  setsid "$DPY" "$NCSERVER" --root "$BASE/nc" --port 0 --user "$DAV_USER" \
+    --password-file "$DAV_PWFILE" </dev/null >"$BASE/nc.out" 2>>"$LOGDIR/ncserver.log" 3>&- 4>&- &
+  NC_PID=$!
+  deadline=$((SECONDS + MOTO_TIMEOUT))
+  while alive "$NC_PID" && [ $SECONDS -lt $deadline ]; do
+    line=$(head -n1 "$BASE/nc.out")
+    case $line in
+      "ready http://"*)
+        DAV_URL=${line#ready }
+        DAV_URL=${DAV_URL%/}/remote.php/dav/files/$DAV_USER/
+        log "ncserver.py on $DAV_URL (pid $NC_PID)"
+        return 0 ;;
+    esac
+    sleep 0.1
+  done
+  log "ncserver.py did not say ready within ${MOTO_TIMEOUT}s; last log lines:"
+  tail -n 5 "$LOGDIR/ncserver.log" >&2
+  return 1
+}
+
+start_apache() {  # sets APACHE_DIR, DAV_URL; a few ports are tried
+  local try port out
+  for try in 1 2 3; do
+    port=$(free_port) || return 1
+    APACHE_DIR=$BASE/apache
+    if out=$("$APACHE_SH" start "$APACHE_DIR" "$port" "$DAV_USER" "$DAV_PWFILE" 2>>"$LOGDIR/apache.log" 3>&- 4>&-) &&
+       [ "${out#ready http://}" != "$out" ]; then
+      DAV_URL=${out#ready }
+      log "apache httpd on $DAV_URL (pid $(cat "$APACHE_DIR/httpd.pid" 2>/dev/null))"
+      return 0
+    fi
+    log "apache.sh did not start httpd on port $port (try $try); last log lines:"
+    tail -n 5 "$LOGDIR/apache.log" >&2
+    "$APACHE_SH" stop "$APACHE_DIR" >>"$LOGDIR/apache.log" 2>&1 3>&- 4>&-
+    APACHE_DIR=
+  done
+  return 1
+}
+
+if is_dav; then
+  # A user and password made for this run only; the password is in a 0600
+  # file (LOCKER, the servers, davtool.py) and, obscured, in rclone's
+  # environment.
+  DAV_USER=bench$(python3 -c 'import secrets; print(secrets.token_hex(4))')
+  DAV_PWFILE=$BASE/dav.password
+  (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' >"$DAV_PWFILE") ||
+    die "cannot write $DAV_PWFILE"
+  case $BACKEND in
+    nextcloud)
+      start_nextcloud || die "ncserver.py did not start (log: $LOGDIR/ncserver.log)"
+      SERVER_VERSION="tests/webdav/ncserver.py (a Nextcloud 30 emulator in Python $("$DPY" -c 'import platform; print(platform.python_version())'), one thread per connection)"
+      RCLONE_VENDOR=nextcloud LOCKER_FLAVOR=nextcloud ;;
+    apache)
+      start_apache || die "apache httpd did not start (log: $LOGDIR/apache.log)"
+      SERVER_VERSION="Apache httpd $(dpkg-query -W -f '${Version}' apache2 2>/dev/null) with mod_dav_fs (tests/webdav/apache.sh: event MPM, up to 32 workers, basic auth)"
+      RCLONE_VENDOR=other LOCKER_FLAVOR=plain ;;
+  esac
+  STORE=("$DPY" "$DAVTOOL" --url "$DAV_URL" --user "$DAV_USER" --password-file "$DAV_PWFILE")
+  if has rclone; then
+    : >"$RCLONE_CONFIG"
+    RCLONE_PASS=$(rclone obscure - <"$DAV_PWFILE") || die "rclone obscure failed"
+    export RCLONE_CONFIG_BENCH_TYPE=webdav RCLONE_CONFIG_BENCH_URL=$DAV_URL
+    export RCLONE_CONFIG_BENCH_VENDOR=$RCLONE_VENDOR RCLONE_CONFIG_BENCH_USER=$DAV_USER
+    export RCLONE_CONFIG_BENCH_PASS=$RCLONE_PASS
+  fi
+else
 # ---------------------------------------------------------------- moto
 # Random credentials for this run only; moto accepts any, LOCKER and rclone
 # read them from the environment.
@@ -277,6 +423,7 @@ start_moto() {  # sets MOTO_PID, ENDPOINT; a few ports are tried (the free one m
 }
 MOTO_VERSION=$("$VPY" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)
 start_moto || die "moto_server did not start (log: $LOGDIR/moto.log)"
+STORE=("$VPY" "$S3TOOL" --endpoint "$ENDPOINT")
 
 cat >"$RCLONE_CONFIG" <<EOF
 [$RCLONE_REMOTE]
@@ -287,6 +434,7 @@ endpoint = $ENDPOINT
 region = us-east-1
 force_path_style = true
 EOF
+fi
 
 # ---------------------------------------------------------------- LOCKER
 write_config() {  # file bucket cache_mb
@@ -298,6 +446,20 @@ refresh_interval_s = 0
 [cache]
 size_mb = $3
 
+EOF
+  if is_dav; then
+    cat >>"$1" <<EOF
+[namespaces.corp]
+backend = "webdav"
+url = "$DAV_URL"
+prefix = "$2/"
+user = "$DAV_USER"
+password_file = "$DAV_PWFILE"
+flavor = "$LOCKER_FLAVOR"
+EOF
+    if [ "$LOCKER_FLAVOR" = nextcloud ]; then echo "chunk_size_mb = $DAV_CHUNK_MB" >>"$1"; fi
+  else
+    cat >>"$1" <<EOF
 [namespaces.corp]
 backend = "s3"
 endpoint = "$ENDPOINT"
@@ -305,6 +467,7 @@ region = "us-east-1"
 bucket = "$2"
 path_style = true
 EOF
+  fi
 }
 
 locker_mount() {  # config data-dir logfile: mounts at MNT, waits for the FUSE fs and MNT/corp
@@ -415,15 +578,34 @@ wait_drained() {
   done
 }
 
+# wait_listed LABEL: until every namespace's first listing of the backend
+# (the refresh a mount starts with) is done, so that it does not run beside a
+# timed workload. Untimed; a note if it does not end in APPEAR_TIMEOUT.
+wait_listed() {
+  local deadline=$((SECONDS + APPEAR_TIMEOUT))
+  while alive "$LOCKER_PID"; do
+    "$LOCKER_BIN" status --data-dir "$LOCKER_DATA" --json 2>/dev/null | python3 -c '
+import json, sys
+ns = json.load(sys.stdin)["namespaces"]
+sys.exit(0 if ns and all(n.get("last_refresh_age_s") is not None for n in ns) else 1)' 2>/dev/null && return 0
+    if [ $SECONDS -ge $deadline ]; then
+      NOTES+=("$1: the mount's first listing of the backend had not finished after ${APPEAR_TIMEOUT}s; the workload started anyway")
+      return 1
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
 check_big() {  # bucket key: object there with the big file's size
   local out size
-  out=$(s3 head "$1" "$2" 2>&1) || { echo "$out"; return 1; }
+  out=$(store head "$1" "$2" 2>&1) || { echo "$out"; return 1; }
   size=$(printf '%s' "$out" | python3 -c 'import json, sys; print(json.load(sys.stdin)["size"])')
   [ "$size" = "$SEQ_BYTES" ] || { echo "$1/$2 has $size bytes, want $SEQ_BYTES"; return 1; }
 }
 check_small() {  # bucket prefix: all small files there with the right total size
   local out
-  out=$(s3 ls "$1" "$2" 2>&1) || { echo "$out"; return 1; }
+  out=$(store ls "$1" "$2" 2>&1) || { echo "$out"; return 1; }
   printf '%s\n' "$out" | python3 -c '
 import json, sys
 n = int(sys.argv[1]); b = int(sys.argv[2])
@@ -437,7 +619,7 @@ if len(objs) != n or tot != b:
 }
 check_sha() {  # bucket key: the object's bytes are the big file's
   local got
-  got=$(s3 sha256 "$1" "$2" 2>&1) || { echo "$got"; return 1; }
+  got=$(store sha256 "$1" "$2" 2>&1) || { echo "$got"; return 1; }
   [ "$got" = "$SEQ_SHA" ] || { echo "$1/$2: SHA-256 differs from the source file"; return 1; }
 }
 
@@ -452,6 +634,7 @@ locker_upload() {
     locker_stop
     return 1
   fi
+  wait_listed "upload mount"
 
   log "locker: a. upload of a ${SEQ_MB} MiB file (cp, then until the queue is empty)"
   sync
@@ -484,6 +667,9 @@ locker_upload() {
 
   log "locker: d. close-to-confirmed latency, $LAT_FILES files of $LAT_SIZE B"
   locker_latency "$b" "$logf"
+  # Settled before the next phase: nothing of d (the lat/ folder, say) may
+  # still be going up while rclone runs. Untimed.
+  wait_drained "after d" true || NOTES+=("after d, LOCKER's queue did not empty: $DRAIN_WHY")
 
   locker_stop
   # The data dir stays for the cold read (c), which remounts it with a
@@ -501,7 +687,7 @@ locker_latency() {  # bucket logfile
     rm -f "$rf"
     # The waiter starts polling before the file is written: its own start-up
     # (Python, boto3) must not delay the first poll after the close.
-    "$VPY" "$S3TOOL" --endpoint "$ENDPOINT" wait "$b" "lat/f$i.bin" --size "$LAT_SIZE" \
+    "${STORE[@]}" wait "$b" "lat/f$i.bin" --size "$LAT_SIZE" \
       --timeout "$LAT_TIMEOUT" --interval 0.01 --ready-file "$rf" >"$BASE/wait.$i" 2>>"$logf" &
     WAITER_PID=$!
     deadline=$((SECONDS + 30))
@@ -564,6 +750,10 @@ locker_cold() {
     fi
     sleep 0.2
   done
+  # Nothing else in flight when the clock starts: the mount's first listing
+  # done, the queue empty. Untimed.
+  wait_listed "cold-read mount"
+  wait_drained "before c" true || NOTES+=("before c, LOCKER's queue did not empty: $DRAIN_WHY")
 
   log "locker: c. cold read of ${SEQ_MB} MiB (evicted: ${COLD_CACHE_MB} MiB cache)"
   drop_caches
@@ -642,26 +832,31 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((REP = 1; REP <= REPEAT; REP++)); do
   log "=== run $REP of $REPEAT"
   for b in corp-r$REP rclone-r$REP; do
-    s3 mb "$b" 2>>"$LOGDIR/moto.log" || die "cannot create bucket $b on $ENDPOINT"
+    store mb "$b" 2>>"$SERVER_LOG" || die "cannot create $OBJ_HOME $b on the $BACKEND server"
   done
   has locker && locker_upload
   has rclone && rclone_upload
   has locker && locker_cold
   has rclone && rclone_cold
-  alive "$MOTO_PID" || die "moto_server died (log: $LOGDIR/moto.log)"
+  server_alive || die "the $BACKEND server died (log: $SERVER_LOG)"
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 TOTAL_SECS=$((SECONDS - T_START))
 
 # ---------------------------------------------------------------- report
 # metric | label | unit | decimals | kind (rate: higher is better; time: lower is)
+case $BACKEND in
+  nextcloud) HOW_BIG=" (LOCKER: chunked upload, ${DAV_CHUNK_MB} MiB chunks; rclone: one PUT)" ;;
+  apache) HOW_BIG=" (both: one PUT)" ;;
+  *) HOW_BIG= ;;
+esac
 METRICS=(
-  "up_big|a. upload of one ${SEQ_MB} MiB file: LOCKER cp → queue empty; rclone copy|MiB/s|1|rate"
+  "up_big|a. upload of one ${SEQ_MB} MiB file$HOW_BIG: LOCKER cp → queue empty; rclone copy|MiB/s|1|rate"
   "cp_big|a. (LOCKER: the cp into the mount alone)|MiB/s|1|info"
   "up_small|b. upload of $SMALL_FILES small files ($((SMALL_BYTES / 1024)) KiB): LOCKER cp -r → queue empty; rclone copy|files/s|0|rate"
   "cp_small|b. (LOCKER: the cp -r into the mount alone)|files/s|0|info"
   "cold_big|c. cold read of the ${SEQ_MB} MiB file, evicted (the upload's data dir remounted with a ${COLD_CACHE_MB} MiB cache, page cache dropped): cat; rclone cat|MiB/s|1|rate"
-  "latency|d. ${LAT_SIZE} B file, close → object visible (HEAD), median of $LAT_FILES; rclone: copyto run time|ms|0|time"
+  "latency|d. ${LAT_SIZE} B file, close → $( is_dav && echo file || echo object) visible (HEAD), median of $LAT_FILES; rclone: copyto run time|ms|0|time"
 )
 speed_ratio() {  # locker other kind: LOCKER's speed ÷ the other's
   case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
@@ -701,8 +896,34 @@ table() {
   done
 }
 
+dav_facts() {
+  local where
+  where=$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')
+  echo "- Storage: $(has locker && echo "LOCKER's data dirs and ")the server's files on \`$where\`; test data prepared in /dev/shm"
+  case $BACKEND in
+    nextcloud)
+      echo "- Server: $SERVER_VERSION, started by the script on loopback (\`ncserver.py --root DIR --port 0 --user USER --password-file FILE\`), user and password made for the run; files under \`/remote.php/dav/files/USER/\`, kept as plain files on the disk above. It is a local test server and an emulator: no PHP, no database, no file locking, so absolute speeds say little about a real Nextcloud (where every request costs PHP and database time); the ratios compare LOCKER and rclone against the same server in the same run" ;;
+    apache)
+      echo "- Server: $SERVER_VERSION, started by the script on loopback (\`tests/webdav/apache.sh start DIR PORT USER PASSWORD_FILE\`), user and password made for the run; files under \`/dav/\`, kept as plain files on the disk above. A local test server: absolute speeds are those of loopback and this disk; the ratios compare LOCKER and rclone against the same server in the same run" ;;
+  esac
+  echo "- One server for both contenders, separate folders below the user's root (corp-rN/ for LOCKER, rclone-rN/ for rclone, a fresh pair per run, made with MKCOL); checks (untimed) with scripts/lib/davtool.py: HEAD, PROPFIND Depth 1 walks, GET for the SHA-256"
+  if has locker; then
+    if [ "$LOCKER_FLAVOR" = nextcloud ]; then
+      echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) and \`$COLD_CACHE_MB\` for the cold read, one \`[namespaces.corp]\` with \`backend = \"webdav\", flavor = \"nextcloud\", chunk_size_mb = $DAV_CHUNK_MB, prefix = \"corp-rN/\"\`, url the user's root (loopback http); other settings default. So the big file goes up as Nextcloud chunked upload v2 ($DAV_CHUNK_MB MiB chunks, then the MOVE that assembles them), a small file as one conditional PUT. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by HEAD/PROPFIND on the server"
+    else
+      echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) and \`$COLD_CACHE_MB\` for the cold read, one \`[namespaces.corp]\` with \`backend = \"webdav\", flavor = \"plain\", prefix = \"corp-rN/\"\`, url \`/dav/\` (loopback http); other settings default. The plain flavor writes each file to a temporary name beside the target, sets its SHA-256, mtime and mode as dead properties, reads them back and moves it over the target. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by HEAD/PROPFIND on the server"
+    fi
+    echo "- LOCKER binary: \`$LOCKER_BIN\` ($(bin_facts))"
+  fi
+  if has rclone; then
+    echo "- rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}'): webdav remote from the environment (\`RCLONE_CONFIG_BENCH_TYPE=webdav\`, \`_URL\` = the user's root, \`_VENDOR=$RCLONE_VENDOR\`, \`_USER\`, \`_PASS\` from \`rclone obscure\`), flags \`${RCLONE_FLAGS[*]}\` (as many uploads at once as LOCKER's \`uploads\` default), otherwise default$( [ "$BACKEND" = nextcloud ] && echo ". This rclone has no Nextcloud chunked upload (later versions have it): the big file is one PUT")"
+  fi
+  echo "- Tools: $(cp --version | head -1), Python $("$DPY" -c 'import platform; print(platform.python_version())') (scripts/lib/davtool.py)"
+}
+
 machine_facts() {
   machine_line " (no busy loop runs here; a load well above 2 means other work shared the machine)"
+  if is_dav; then dav_facts; return; fi
   echo "- Storage: $(has locker && echo "LOCKER's data dirs and ")moto's spill files on \`$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')\`; test data prepared in /dev/shm"
   echo "- Backend: moto_server $MOTO_VERSION (\`$MOTO_BIN -H 127.0.0.1 -p PORT\`), one server for both contenders, separate buckets (corp-rN for LOCKER, rclone-rN for rclone, a fresh pair per run); it keeps objects in memory and spill files, so the absolute figures are bound by moto and the ratios are the point"
   if has locker; then
@@ -717,14 +938,19 @@ machine_facts() {
 
 section() {
   local n
-  section_head "Sync sidecar benchmark" scripts/bench-sync.sh
+  case $BACKEND in
+    s3) section_head "Sync sidecar benchmark" scripts/bench-sync.sh ;;
+    nextcloud) section_head "Sync sidecar benchmark, WebDAV: the Nextcloud test server" scripts/bench-sync.sh ;;
+    apache) section_head "Sync sidecar benchmark, WebDAV: Apache mod_dav" scripts/bench-sync.sh ;;
+  esac
   if [ "$REPEAT" -gt 1 ]; then
     echo "- Repeats: every workload ran $REPEAT times; each figure is the median"
   else
     echo "- Repeats: one run (use \`--repeat 3\` for medians)"
   fi
   machine_facts
-  echo "- Figures: throughputs (MiB/s or files/s = amount ÷ elapsed wall time, the elapsed time in brackets) and, for d, the latency in ms (range over all files in brackets). The LOCKER upload times include the configured upload_delay_ms = $UPLOAD_DELAY_MS (a file is sent once closed and quiet that long); d's LOCKER latency is from the return of the \`cp\` that closed the file to the first HEAD (10 ms polls) showing the object with its size, and rclone's is the whole run time of \`rclone copyto\`, process start-up included. LOCKER/rclone is a speed ratio (the inverse of the time ratio): above 1× LOCKER is faster."
+  echo "- Figures: throughputs (MiB/s or files/s = amount ÷ elapsed wall time, the elapsed time in brackets) and, for d, the latency in ms (range over all files in brackets). The LOCKER upload times include the configured upload_delay_ms = $UPLOAD_DELAY_MS (a file is sent once closed and quiet that long); d's LOCKER latency is from the return of the \`cp\` that closed the file to the first HEAD (10 ms polls) showing the $(is_dav && echo file || echo object) with its size, and rclone's is the whole run time of \`rclone copyto\`, process start-up included. LOCKER/rclone is a speed ratio (the inverse of the time ratio): above 1× LOCKER is faster."
+  is_dav && echo "- Phases: each starts once the previous one has settled: LOCKER's queue empty and the server checked before its next workload, LOCKER unmounted (SIGTERM, which drains) before rclone's, page cache dropped before each cold read; nothing else runs against the server meanwhile"
   for n in "${NOTES[@]}"; do echo "- Note: $n"; done
   if [ $FAILURES -gt 0 ]; then
     echo "- $FAILURES step(s) failed (FAIL in the table):"
@@ -735,6 +961,6 @@ section() {
 }
 
 SECTION=$(section)
-report_section "$MD_FILE" bench-sync "sync $MODE"
+report_section "$MD_FILE" "$MD_NAME" "sync $BACKEND $MODE"
 log "done in ${TOTAL_SECS}s; $FAILURES failed step(s)"
 [ $FAILURES -eq 0 ]
