@@ -653,6 +653,35 @@ fn webdav_plain_backend_keeps_the_contract_on_apache() {
         !files.iter().any(|f| f.contains(".locker-tmp-")),
         "{files:?}"
     );
+    // Many uploads into one new folder at once: each makes the folders
+    // above it, and those that lose the race (Apache refuses them with
+    // 403) still land. Apache may also close a kept-alive connection under
+    // such a burst: a transient error, which the sidecar retries as here;
+    // a permanent one would hold the file back for good.
+    let be = std::sync::Arc::new(be);
+    for round in 0..4 {
+        let puts: Vec<_> = (0..16)
+            .map(|i| {
+                let be = be.clone();
+                rt.spawn(async move {
+                    let key = format!("race{round}/a/b/f{i}");
+                    let mut tries = 0;
+                    loop {
+                        let r = be
+                            .put(&key, vec![i as u8; 100], &ObjMeta::default(), &Cond::Any)
+                            .await;
+                        match r {
+                            Err(e) if e.kind == ErrorKind::Transient && tries < 5 => tries += 1,
+                            r => return r,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in puts {
+            rt.block_on(p).unwrap().unwrap();
+        }
+    }
 }
 
 #[test]
