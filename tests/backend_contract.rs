@@ -655,9 +655,9 @@ fn webdav_plain_backend_keeps_the_contract_on_apache() {
     );
     // Many uploads into one new folder at once: each makes the folders
     // above it, and those that lose the race (Apache refuses them with
-    // 403) still land. Apache may also close a kept-alive connection under
-    // such a burst: a transient error, which the sidecar retries as here;
-    // a permanent one would hold the file back for good.
+    // 403) still land. A busy Apache may also close kept-alive connections
+    // under such a burst: transient errors, which the sidecar retries as
+    // here; a permanent one would hold the file back.
     let be = std::sync::Arc::new(be);
     for round in 0..4 {
         let puts: Vec<_> = (0..16)
@@ -671,7 +671,10 @@ fn webdav_plain_backend_keeps_the_contract_on_apache() {
                             .put(&key, vec![i as u8; 100], &ObjMeta::default(), &Cond::Any)
                             .await;
                         match r {
-                            Err(e) if e.kind == ErrorKind::Transient && tries < 5 => tries += 1,
+                            Err(e) if e.kind == ErrorKind::Transient && tries < 50 => {
+                                tries += 1;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
                             r => return r,
                         }
                     }

@@ -111,8 +111,10 @@ impl Http {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // Idle connections are dropped before Apache's default keep-alive
+        // timeout (5 s) closes them under a request about to be sent.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(4))
             .pool_max_idle_per_host(16)
             .build(connector);
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));

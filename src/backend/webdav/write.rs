@@ -297,8 +297,10 @@ impl WebDavBackend {
             // Several uploads into one new folder make it at once, and a
             // server may refuse the ones that lose (Apache answers 403):
             // a folder that is there now is what was asked for.
-            _ => match self.head_in(Flavor::Plain, key).await {
-                Ok(Some(h)) if h.kind == ObjKind::Dir => Ok(()),
+            // (A failure to look is that failure: a transient one is
+            // retried.)
+            _ => match self.head_in(Flavor::Plain, key).await? {
+                Some(h) if h.kind == ObjKind::Dir => Ok(()),
                 _ => Err(status_error("make folder", key, &resp)),
             },
         }
