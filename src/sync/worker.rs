@@ -912,6 +912,13 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
             }
         }
     }
+    let core = inner.core.clone();
+    let ns2 = ns.to_string();
+    blocking(move || {
+        core.sync_listed(&ns2, started);
+        Ok(())
+    })
+    .await?;
     Ok(changes)
 }
 

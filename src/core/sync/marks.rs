@@ -30,6 +30,13 @@ impl State {
             .insert((ns.to_string(), path.to_vec()), now);
     }
 
+    /// A listing of `ns` that began at `started` is done: removals
+    /// confirmed before it began matter to no listing any more.
+    pub(crate) fn listed_since(&mut self, ns: &str, started: i64) {
+        self.gone_remote
+            .retain(|(n, _), t| n != ns || *t >= started);
+    }
+
     /// Whether `ns/path`, or a directory above it, left the backend after
     /// `since` (a listing begun then may still show it).
     pub(crate) fn gone_remote_since(&self, ns: &str, path: &[u8], since: i64) -> bool {

@@ -70,6 +70,12 @@ impl Locker {
         })
     }
 
+    /// A refresh of `ns` whose listing began at `started` is done: what it
+    /// had to be kept from bringing back no later listing can show.
+    pub fn sync_listed(&self, ns: &str, started: i64) {
+        self.lock().listed_since(ns, started);
+    }
+
     /// The unfinished multipart upload of `ns/path`, if one was begun.
     pub fn sync_upload(&self, ns: &str, path: &[u8]) -> CoreResult<Option<msync::UploadRec>> {
         Ok(msync::get_upload(&self.lock().conn, ns, path)?)
