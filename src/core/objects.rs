@@ -88,6 +88,23 @@ impl Locker {
         Ok(InodeRow { attr: a, ..cur })
     }
 
+    /// The attributes the kernel may cache of every directory along
+    /// `names` (which a change below them can alter: mtime, links).
+    fn dirs_view(st: &State, names: &[&[u8]]) -> CoreResult<Vec<Invalidate>> {
+        let mut out = Vec::new();
+        let mut cur = InodeNo::ROOT;
+        for n in names {
+            match meta::lookup(&st.conn, cur, n)? {
+                Some(next) => {
+                    out.push(Invalidate::Inode(next));
+                    cur = next;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// The entry at `names` (committed metadata, uncommitted size overlaid).
     pub fn stat_names(&self, names: &[&[u8]]) -> CoreResult<InodeRow> {
         Locker::walk_locked(&self.lock(), names)
@@ -262,6 +279,9 @@ impl Locker {
         let mut st_guard = self.lock();
         let st = &mut *st_guard;
         let dir = self.make_dirs_locked(st, dirs)?;
+        // Directories along the path may gain entries (and links): the
+        // kernel must not keep their old attributes.
+        let dir_attrs = Locker::dirs_view(st, dirs)?;
         let old = meta::lookup_row(&st.conn, dir, name)?;
         if let Some(o) = &old
             && o.attr.kind == FileKind::Dir
@@ -320,6 +340,7 @@ impl Locker {
         drop(st_guard);
         self.durable_upto(commit)?;
         let mut inval = vec![Invalidate::Entry(dir, name.to_vec())];
+        inval.extend(dir_attrs);
         if let Some(o) = &old {
             inval.push(Invalidate::Inode(o.attr.ino));
         }
@@ -435,7 +456,7 @@ impl Locker {
         if dirs.is_empty() {
             return Err(CoreError::IsDir);
         }
-        let (dir, commit) = {
+        let (dir, gone, commit) = {
             let mut st = self.lock();
             let st = &mut *st;
             let d = Locker::walk_locked(st, dirs)?;
@@ -448,11 +469,17 @@ impl Locker {
                 return Err(CoreError::IsDir);
             }
             self.unlink_locked(st, d.attr.ino, name)?;
-            (d.attr.ino, st.commits)
+            (d.attr.ino, target.attr.ino, st.commits)
         };
         self.durable_upto(commit)?;
         if let Some(inval) = self.invalidator.get() {
-            inval(&[Invalidate::Entry(dir, name.to_vec())]);
+            // The name, the directory's times, and the file's links (it
+            // may have other names).
+            inval(&[
+                Invalidate::Entry(dir, name.to_vec()),
+                Invalidate::Inode(dir),
+                Invalidate::Inode(gone),
+            ]);
         }
         Ok(())
     }

@@ -21,9 +21,12 @@ use crate::core::{
     TimeSet, Timestamp, XattrMode,
 };
 
-/// How long the kernel may cache attributes and names. Every change goes
-/// through this mount, and the kernel invalidates what its own calls change.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and names. The kernel updates
+/// or drops what its own calls change, and every change made behind its
+/// back (by the HTTP API, or from a backend) tells it what went stale
+/// (`Locker::set_invalidator`), so a long time is safe; it saves a
+/// LOOKUP or GETATTR round trip for each name a program touches again.
+const TTL: Duration = Duration::from_secs(60);
 
 pub struct LockerFs {
     core: Arc<Locker>,

@@ -518,14 +518,17 @@ impl Locker {
         let Some(mut cur) = meta::lookup(&st.conn, InodeNo::ROOT, ns.as_bytes())? else {
             return Ok(out);
         };
+        // Each directory's attributes too: a change below it alters its
+        // times and links.
+        out.push(Invalidate::Inode(cur));
         for comp in path.split(|&b| b == b'/') {
             out.push(Invalidate::Entry(cur, comp.to_vec()));
             match meta::lookup(&st.conn, cur, comp)? {
                 Some(next) => cur = next,
                 None => return Ok(out),
             }
+            out.push(Invalidate::Inode(cur));
         }
-        out.push(Invalidate::Inode(cur));
         Ok(out)
     }
 
