@@ -685,3 +685,203 @@ fn the_daemon_killed_at_each_crash_point_loses_nothing_and_duplicates_nothing() 
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// (f) kill -9 under a small-file load: a writer creating and closing small
+// files, renaming and unlinking others, killed at random moments. Every
+// operation that returned is there after the restart (and nothing else);
+// the one in flight at the kill happened entirely or not at all.
+
+/// A writer's operation, recorded once it returned.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Created, written with `pattern(len, seed)`, closed.
+    Create(String, usize, u64),
+    Rename(String, String),
+    Unlink(String),
+}
+
+/// Content of the names of one directory: (len, seed).
+type Files = BTreeMap<String, (usize, u64)>;
+
+fn apply(files: &mut Files, op: &Op) {
+    match op {
+        Op::Create(n, len, seed) => {
+            files.insert(n.clone(), (*len, *seed));
+        }
+        Op::Rename(a, b) => {
+            let v = files.remove(a).expect("renamed a live name");
+            files.insert(b.clone(), v);
+        }
+        Op::Unlink(a) => {
+            files.remove(a);
+        }
+    }
+}
+
+/// Runs operations in `dir` until one fails (the daemon is gone): returns
+/// those that returned, and the one that was in flight.
+fn small_file_writer(dir: &Path, progress: &AtomicU64, seed: u64) -> (Vec<Op>, Option<Op>) {
+    let mut done = Vec::new();
+    let mut live: Vec<String> = Vec::new();
+    let mut x = seed | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0u64.. {
+        let r = rnd();
+        let op = if r % 10 < 6 || live.len() < 4 {
+            // Mostly a few KiB, sometimes empty, sometimes past a block.
+            let len = match r % 16 {
+                0 => 0,
+                1 => 1_100_000 + (r % 5000) as usize,
+                2..=4 => 70_000 + (r % 9000) as usize,
+                _ => (r % 9000) as usize,
+            };
+            Op::Create(format!("f{i}"), len, seed * 1_000_000 + i)
+        } else if r % 10 < 8 {
+            let a = live.swap_remove((r / 16) as usize % live.len());
+            Op::Rename(a, format!("r{i}"))
+        } else {
+            let a = live.swap_remove((r / 16) as usize % live.len());
+            Op::Unlink(a)
+        };
+        let ok = match &op {
+            Op::Create(n, len, s) => File::create(dir.join(n))
+                .and_then(|mut f| f.write_all(&pattern(*len, *s)).map(|_| f))
+                .is_ok_and(|f| {
+                    // close(2) itself must succeed: it is what commits.
+                    use std::os::fd::IntoRawFd;
+                    unsafe { libc::close(f.into_raw_fd()) == 0 }
+                }),
+            Op::Rename(a, b) => fs::rename(dir.join(a), dir.join(b)).is_ok(),
+            Op::Unlink(a) => fs::remove_file(dir.join(a)).is_ok(),
+        };
+        if !ok {
+            return (done, Some(op));
+        }
+        match &op {
+            Op::Create(n, ..) => live.push(n.clone()),
+            Op::Rename(_, b) => live.push(b.clone()),
+            Op::Unlink(_) => {}
+        }
+        done.push(op);
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+    unreachable!()
+}
+
+/// The files of `dir`, each with its content's hash.
+fn listing(dir: &Path) -> BTreeMap<String, (usize, String)> {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let data = fs::read(e.path()).unwrap_or_else(|err| panic!("read {name}: {err}"));
+            (name, (data.len(), sha(&data)))
+        })
+        .collect()
+}
+
+/// Checks `dir` against `files` after a crash, allowing the operation in
+/// flight to have happened or not (a create: also as an empty file), and
+/// returns the state found.
+fn check_after_crash(dir: &Path, files: Files, inflight: Option<Op>, cycle: u32) -> Files {
+    let got = listing(dir);
+    let want = |f: &Files| -> BTreeMap<String, (usize, String)> {
+        f.iter()
+            .map(|(n, (len, s))| (n.clone(), (*len, sha(&pattern(*len, *s)))))
+            .collect()
+    };
+    let mut options = vec![files.clone()];
+    if let Some(op) = &inflight {
+        let mut after = files.clone();
+        apply(&mut after, op);
+        options.push(after);
+        if let Op::Create(n, _, s) = op {
+            let mut empty = files.clone();
+            empty.insert(n.clone(), (0, *s));
+            options.push(empty);
+        }
+    }
+    for o in options {
+        if want(&o) == got {
+            return o;
+        }
+    }
+    // Say what differs from the state without the operation in flight.
+    let w = want(&files);
+    let missing: Vec<_> = w.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !w.contains_key(*k)).collect();
+    let changed: Vec<_> = w
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .map(|(k, v)| format!("{k} ({} bytes, want {})", got[k].0, v.0))
+        .collect();
+    panic!(
+        "cycle {cycle}: after the crash (in flight: {inflight:?}) missing {missing:?}, \
+         unexpected {extra:?}, changed {changed:?}"
+    );
+}
+
+#[test]
+fn kill9_under_a_small_file_load_loses_nothing_that_returned() {
+    let cycles: u32 = std::env::var("LOCKER_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let mut m = Mount::new();
+    let mut dirs: Vec<(String, Files)> = Vec::new();
+    let mut x: u64 = 0x5eed_1234;
+    for cycle in 0..cycles {
+        let name = format!("load{cycle}");
+        let dir = m.corp().join(&name);
+        fs::create_dir(&dir).unwrap();
+        let progress = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (dir, progress) = (dir.clone(), progress.clone());
+            std::thread::spawn(move || small_file_writer(&dir, &progress, cycle as u64 + 1))
+        };
+        // Kill after a random number of operations (10 to 600).
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let after = 10 + x % 590;
+        let t0 = Instant::now();
+        while progress.load(Ordering::Relaxed) < after && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        m.kill9();
+        let (done, inflight) = writer.join().unwrap();
+        let mut files = Files::new();
+        for op in &done {
+            apply(&mut files, op);
+        }
+        m.start(&[]);
+        wait_serving(&mut m);
+        let found = check_after_crash(&m.corp().join(&name), files, inflight, cycle);
+        dirs.push((name, found));
+    }
+    // Every cycle's files, after all the crashes and a clean stop.
+    m.remount();
+    for (name, files) in &dirs {
+        check_after_crash(&m.corp().join(name), files.clone(), None, cycles);
+    }
+    m.stop();
+    let out = Command::new(BIN)
+        .args(["fsck", "--data-dir", m.data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0 damaged"),
+        "fsck: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = m.log_text();
+    assert!(error_lines(&log).is_empty(), "errors in the log:\n{log}");
+}

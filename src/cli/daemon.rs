@@ -42,6 +42,7 @@ impl Store {
             Locker::open_dir(dir.path(), opts)
                 .with_context(|| format!("cannot open the store in {}", dir.path().display()))?,
         );
+        core.start_committer();
         let sidecar = Sidecar::start(core.clone(), cfg, dir.path())?;
         let api = match &cfg.api {
             Some(a) => Some(ApiServer::start(core.clone(), a, dir.path())?),

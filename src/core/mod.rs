@@ -24,6 +24,7 @@ mod inode;
 pub mod namespace;
 pub mod objects;
 mod recover;
+mod redo;
 pub mod sync;
 mod xattr;
 
@@ -42,6 +43,7 @@ use crate::meta;
 pub use crate::types;
 pub use error::{CoreError, CoreResult};
 use file::FileState;
+pub(crate) use redo::note_inline_block;
 pub use types::*;
 
 /// Settings of the core that come from the configuration.
@@ -104,6 +106,9 @@ pub struct Locker {
     synced_cv: std::sync::Condvar,
     /// Where a crash test stops this core (see `crash.rs`).
     pub crash: crash::CrashPoints,
+    /// Some inode may have a `security.*` extended attribute (false only
+    /// while none was ever found or set: see `getxattr`).
+    security_xattrs: std::sync::atomic::AtomicBool,
 }
 
 enum Handle {
@@ -125,6 +130,10 @@ enum Handle {
 
 pub(crate) struct State {
     conn: Connection,
+    /// The redo log of the open transaction (none for a database without a
+    /// directory: then every change commits at once). Declared after the
+    /// connection, which must go first (see `redo::Redo::capture`).
+    redo: Option<redo::Redo>,
     /// Per-inode state of regular files that are open or have uncommitted
     /// changes.
     files: HashMap<InodeNo, FileState>,
@@ -166,25 +175,180 @@ pub(crate) struct State {
     /// when: a listing that began before that may still show them, and
     /// must not bring them back.
     gone_remote: std::collections::HashMap<(String, Vec<u8>), i64>,
+    /// When the open write transaction began: the changes of mount
+    /// operations made since wait in it for the next commit (see `tx`).
+    open_tx: Option<std::time::Instant>,
+    /// The holder of the lock is a mount operation: its changes may wait in
+    /// the open transaction instead of committing at once.
+    defer: bool,
+    /// Block files freed by changes not yet committed: removed once they are
+    /// (a crash before brings back rows that name them).
+    free_after_commit: Vec<BlockId>,
+    /// Wakes the committer when a transaction is left open.
+    committer: Arc<Committer>,
+    /// The block store (to remove blocks freed by a commit).
+    block_store: Arc<BlockStore>,
+}
+
+/// Removes a block file no row names any more. A failure only leaves
+/// garbage that the next mount collects.
+pub(crate) fn remove_block(blocks: &BlockStore, id: &BlockId) {
+    if let Err(e) = blocks.remove(id) {
+        tracing::warn!(block = %id.hex(), error = %e, "could not remove an unused block; the next mount collects it");
+    }
+}
+
+/// How long the changes of mount operations may wait in the open
+/// transaction (each is in the redo log meanwhile). An fsync, or any other
+/// user of the store, commits them sooner.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The committer's wake-up: set when a transaction is left open.
+#[derive(Default)]
+pub(crate) struct Committer {
+    open: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Committer {
+    fn opened(&self) {
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if !*g {
+            *g = true;
+            self.cv.notify_one();
+        }
+    }
 }
 
 impl State {
-    /// Runs `f` in one metadata transaction; nothing of it persists on error.
-    /// Inside `batch`, it is part of the batch's transaction.
+    /// Runs `f` as one metadata change; nothing of it persists on error.
+    /// Inside `batch`, it is part of the batch's transaction. For a mount
+    /// operation (`Locker::lock_op`) it joins the open write transaction as
+    /// a savepoint, and its statements go to the redo log before it returns
+    /// (so a `kill -9` loses nothing of it); the transaction commits every
+    /// `COMMIT_INTERVAL`, or sooner when anything else takes the lock, and
+    /// one commit carries many operations. Otherwise it commits now (with
+    /// whatever waited in the open transaction).
     fn tx<T>(&mut self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
         if self.in_batch {
             return f(&self.conn);
         }
-        let tx = self.conn.transaction()?;
-        let v = f(&tx)?;
-        tx.commit()?;
-        self.meta_unsynced = true;
-        self.commits += 1;
-        Ok(v)
+        let defer = self.defer && self.redo.is_some();
+        if !defer && self.open_tx.is_none() {
+            let tx = self.conn.transaction()?;
+            let v = f(&tx)?;
+            tx.commit()?;
+            self.meta_unsynced = true;
+            self.commits += 1;
+            return Ok(v);
+        }
+        if self.open_tx.is_none() {
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            self.open_tx = Some(std::time::Instant::now());
+            if let Some(r) = &mut self.redo {
+                r.begin();
+            }
+            self.committer.opened();
+        }
+        let mark = self.redo.as_ref().map(|r| r.mark());
+        self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+        let active = self.redo.as_ref().map(|r| r.active());
+        let r = f(&self.conn);
+        drop(active);
+        match &r {
+            Ok(_) => {
+                self.conn.prepare_cached("RELEASE op")?.execute([])?;
+            }
+            Err(_) => {
+                self.conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
+                self.conn.prepare_cached("RELEASE op")?.execute([])?;
+                if let (Some(redo), Some(m)) = (&mut self.redo, mark) {
+                    redo.rollback_to(m);
+                }
+            }
+        }
+        let logged = defer
+            && self
+                .redo
+                .as_mut()
+                .is_some_and(|redo| redo.append() && redo.len() < redo::MAX_LOG);
+        if !logged {
+            self.commit_open()?;
+        }
+        r
+    }
+
+    /// Commits the open write transaction, if any, and removes the block
+    /// files its changes freed. If SQLite undoes a commit that fails, the
+    /// statements are applied again from the redo log in a new
+    /// transaction; only if that fails too are the changes lost (as they
+    /// would have been in a crash before their log record was written).
+    fn commit_open(&mut self) -> CoreResult<()> {
+        if self.open_tx.take().is_none() {
+            return Ok(());
+        }
+        let sealed = match &mut self.redo {
+            Some(redo) => redo.seal(&self.conn),
+            None => Ok(()),
+        };
+        let r = sealed.and_then(|_| self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()));
+        let r = match r {
+            Ok(()) => Ok(()),
+            Err(e) if !self.conn.is_autocommit() => {
+                // Still open: roll it back and apply it again from the log.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.commit_again(e)
+            }
+            Err(e) => self.commit_again(e),
+        };
+        match r {
+            Ok(()) => {
+                if let Some(redo) = &mut self.redo {
+                    redo.committed();
+                }
+                self.meta_unsynced = true;
+                self.commits += 1;
+                for id in std::mem::take(&mut self.free_after_commit) {
+                    if !self.held(&id) {
+                        remove_block(&self.block_store, &id);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(redo) = &mut self.redo {
+                    redo.abandoned();
+                }
+                // Their rows are back: the blocks they freed are not.
+                self.free_after_commit.clear();
+                tracing::error!(error = %e, "committing the last operations failed; they are undone");
+                Err(e)
+            }
+        }
+    }
+
+    /// A commit failed (`first`) and its transaction is undone: applies the
+    /// logged statements again in a new one and commits that.
+    fn commit_again(&mut self, first: rusqlite::Error) -> CoreResult<()> {
+        let Some(redo) = &mut self.redo else {
+            return Err(first.into());
+        };
+        tracing::warn!(error = %first, "a commit failed; applying its operations again from the redo log");
+        let data = redo.pending()?;
+        let entries = redo::records_of(&data, redo.generation());
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let r = redo::run_all(&self.conn, &entries)
+            .and_then(|_| Ok(redo.seal(&self.conn)?))
+            .and_then(|_| Ok(self.conn.execute_batch("COMMIT")?));
+        if r.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        r
     }
 
     /// Makes every committed transaction durable on disk, if any is not yet.
     fn durable(&mut self) -> CoreResult<()> {
+        self.commit_open()?;
         if self.meta_unsynced {
             meta::durable_barrier(&self.conn)?;
             self.meta_unsynced = false;
@@ -239,12 +403,29 @@ impl Locker {
     pub fn open_dir(data_dir: &Path, opts: LockerOptions) -> CoreResult<Locker> {
         let conn = meta::open(&data_dir.join("meta.db"))?;
         let blocks = BlockStore::open(&data_dir.join("blocks"))?;
-        Locker::with_parts(conn, blocks, opts)
+        // What mount operations did after the last commit, before a crash.
+        let log = data_dir.join("redo.log");
+        let n = redo::replay(&conn, &log)?;
+        if n > 0 {
+            tracing::info!(statements = n, "applied the redo log of the last run");
+        }
+        let redo = redo::Redo::open(&conn, &log)?;
+        Locker::build(conn, Some(redo), blocks, opts)
     }
 
-    /// Builds a core from an already opened database and block store.
+    /// Builds a core from an already opened database and block store (with
+    /// no redo log: every change commits at once).
     pub fn with_parts(
         conn: Connection,
+        blocks: BlockStore,
+        opts: LockerOptions,
+    ) -> CoreResult<Locker> {
+        Locker::build(conn, None, blocks, opts)
+    }
+
+    fn build(
+        conn: Connection,
+        redo: Option<redo::Redo>,
         blocks: BlockStore,
         opts: LockerOptions,
     ) -> CoreResult<Locker> {
@@ -253,6 +434,7 @@ impl Locker {
         let locker = Locker {
             state: parking_lot::Mutex::new(State {
                 conn,
+                redo,
                 files: HashMap::new(),
                 handles: HashMap::new(),
                 next_handle: 1,
@@ -270,6 +452,11 @@ impl Locker {
                 free_after_batch: Vec::new(),
                 lru: lru::LruCache::unbounded(),
                 gone_remote: std::collections::HashMap::new(),
+                open_tx: None,
+                defer: false,
+                free_after_commit: Vec::new(),
+                committer: Arc::new(Committer::default()),
+                block_store: blocks.clone(),
             }),
             blocks,
             opts,
@@ -282,7 +469,12 @@ impl Locker {
             synced: Mutex::new((0, false)),
             synced_cv: std::sync::Condvar::new(),
             crash: crash::CrashPoints::from_env(),
+            security_xattrs: std::sync::atomic::AtomicBool::new(true),
         };
+        let any = meta::any_xattr_with_prefix(&locker.lock().conn, b"security.")?;
+        locker
+            .security_xattrs
+            .store(any, std::sync::atomic::Ordering::Release);
         locker.ensure_root()?;
         locker.recover()?;
         locker.load_lru()?;
@@ -299,8 +491,80 @@ impl Locker {
     /// where std's can keep a `stat` waiting for the whole loop. A panic
     /// while holding it leaves state that may be half updated in memory,
     /// but every durable change is a transaction, so continuing is safe.
+    ///
+    /// Whoever takes it this way sees only committed changes: what mount
+    /// operations left in the open transaction is committed first (so the
+    /// sidecar never pushes a change a crash could still undo).
     fn lock(&self) -> StateGuard<'_> {
-        self.state.lock()
+        let mut st = self.state.lock();
+        st.defer = false;
+        if st.open_tx.is_some() {
+            // A failure is logged and leaves the changes undone; the
+            // caller's own work goes on.
+            let _ = self.commit_pending(&mut st);
+        }
+        st
+    }
+
+    /// The state lock for a mount operation: its metadata changes may wait
+    /// in the open transaction (see `State::tx`), unless that has waited
+    /// `COMMIT_INTERVAL` already.
+    pub(crate) fn lock_op(&self) -> StateGuard<'_> {
+        let mut st = self.state.lock();
+        st.defer = true;
+        if st.open_tx.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL) {
+            let _ = self.commit_pending(&mut st);
+        }
+        st
+    }
+
+    /// Commits what waits in the open transaction (see `State::commit_open`).
+    pub(crate) fn commit_pending(&self, st: &mut State) -> CoreResult<()> {
+        st.commit_open()
+    }
+
+    /// Starts the thread that commits what mount operations left in the
+    /// open transaction once it has waited `COMMIT_INTERVAL`. It ends with
+    /// the core.
+    pub fn start_committer(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let signal = self.state.lock().committer.clone();
+        let spawned = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                loop {
+                    {
+                        let mut g = signal.open.lock().unwrap_or_else(|p| p.into_inner());
+                        while !*g {
+                            let (ng, _) = signal
+                                .cv
+                                .wait_timeout(g, Duration::from_secs(1))
+                                .unwrap_or_else(|p| p.into_inner());
+                            g = ng;
+                            if weak.strong_count() == 0 {
+                                return;
+                            }
+                        }
+                        *g = false;
+                    }
+                    std::thread::sleep(COMMIT_INTERVAL);
+                    let Some(core) = weak.upgrade() else { return };
+                    let mut st = core.state.lock();
+                    match st.open_tx {
+                        Some(t) if t.elapsed() < COMMIT_INTERVAL => {
+                            // Committed and reopened meanwhile: look again.
+                            st.committer.opened();
+                        }
+                        Some(_) => {
+                            let _ = core.commit_pending(&mut st);
+                        }
+                        None => {}
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the committer; every operation commits at once");
+        }
     }
 
     /// Runs `f`, whose every `tx` becomes part of one transaction: all of it
@@ -312,6 +576,7 @@ impl Locker {
         f: impl FnOnce(&mut State) -> CoreResult<T>,
     ) -> CoreResult<T> {
         assert!(!st.in_batch, "batches do not nest");
+        self.commit_pending(st)?;
         st.conn.execute_batch("BEGIN IMMEDIATE")?;
         st.in_batch = true;
         let r = f(st);

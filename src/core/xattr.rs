@@ -6,12 +6,15 @@
 //! listed, so `cp -a`, `rsync -X` and `tar --xattrs` do not try to copy them
 //! onto other files.
 
+use std::sync::atomic::Ordering;
+
 use crate::blocks::hex;
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Locker};
 use crate::meta;
 
 pub const XATTR_REF: &[u8] = b"user.locker.ref";
+const SECURITY: &[u8] = b"security.";
 pub const XATTR_SHA256: &[u8] = b"user.locker.sha256";
 const XATTR_SIZE_MAX: usize = 65536;
 
@@ -47,7 +50,13 @@ impl Locker {
                 };
             }
         }
-        let st = self.lock();
+        if name.starts_with(SECURITY) && !self.security_xattrs.load(Ordering::Acquire) {
+            // The kernel asks for security.capability before every write:
+            // with no security.* attribute anywhere, the answer needs
+            // neither the lock nor the database.
+            return Err(CoreError::NoAttr);
+        }
+        let st = self.lock_op();
         meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         meta::get_xattr(&st.conn, ino, name)?.ok_or(CoreError::NoAttr)
     }
@@ -63,13 +72,18 @@ impl Locker {
         if value.len() > XATTR_SIZE_MAX {
             return Err(CoreError::TooBig);
         }
-        let mut st = self.lock();
+        let mut st = self.lock_op();
         let kind = meta::get_inode(&st.conn, ino)?
             .ok_or(CoreError::NotFound)?
             .attr
             .kind;
         if is_virtual(name) && kind == FileKind::File {
             return Err(CoreError::NotPermitted("read-only attribute"));
+        }
+        if name.starts_with(SECURITY) {
+            // Set before the attribute exists, under the lock that any
+            // reader of it takes after.
+            self.security_xattrs.store(true, Ordering::Release);
         }
         st.tx(|tx| {
             let exists = meta::get_xattr(tx, ino, name)?.is_some();
@@ -87,14 +101,14 @@ impl Locker {
     }
 
     pub fn listxattr(&self, ino: InodeNo) -> CoreResult<Vec<Vec<u8>>> {
-        let st = self.lock();
+        let st = self.lock_op();
         meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         Ok(meta::list_xattrs(&st.conn, ino)?)
     }
 
     pub fn removexattr(&self, ino: InodeNo, name: &[u8]) -> CoreResult<()> {
         check_xattr_name(name)?;
-        let mut st = self.lock();
+        let mut st = self.lock_op();
         let kind = meta::get_inode(&st.conn, ino)?
             .ok_or(CoreError::NotFound)?
             .attr

@@ -258,12 +258,17 @@ pub fn update_content(
     mtime: Option<Timestamp>,
     ctime: Option<Timestamp>,
 ) -> MetaResult<bool> {
+    // The hash is cleared by its own statement, which writes nothing when
+    // there is none: naming the column in an UPDATE rewrites its index
+    // entry even when the value stays NULL.
+    conn.prepare_cached("UPDATE inodes SET sha256 = NULL WHERE ino = ?1 AND sha256 IS NOT NULL")?
+        .execute([ino.0 as i64])?;
     let n = conn
         .prepare_cached(
             "UPDATE inodes SET size = ?2,
                 mtime_s = coalesce(?3, mtime_s), mtime_ns = coalesce(?4, mtime_ns),
                 ctime_s = coalesce(?5, ctime_s), ctime_ns = coalesce(?6, ctime_ns),
-                sha256 = NULL, version = version + 1, remote_only = 0
+                version = version + 1, remote_only = 0
              WHERE ino = ?1",
         )?
         .execute(params![
@@ -612,6 +617,19 @@ pub fn remove_xattr(conn: &Connection, ino: InodeNo, name: &[u8]) -> MetaResult<
         > 0)
 }
 
+/// Whether any inode has an extended attribute whose name starts with
+/// `prefix` (a scan of the table: for the open).
+pub fn any_xattr_with_prefix(conn: &Connection, prefix: &[u8]) -> MetaResult<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM xattrs WHERE substr(name, 1, ?2) = ?1 LIMIT 1",
+            params![prefix, prefix.len() as i64],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 pub fn list_xattrs(conn: &Connection, ino: InodeNo) -> MetaResult<Vec<Vec<u8>>> {
     let mut st = conn.prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?;
     let rows = st.query_map([ino.0 as i64], |r| r.get(0))?;
@@ -738,6 +756,7 @@ pub fn decref_block(conn: &Connection, id: &BlockId) -> MetaResult<bool> {
 
 /// Stores the bytes of a small block unless present; true if inserted.
 pub fn put_inline_block(conn: &Connection, id: &BlockId, data: &[u8]) -> MetaResult<bool> {
+    crate::core::note_inline_block(&id.0, data);
     Ok(conn
         .prepare_cached("INSERT OR IGNORE INTO block_data (id, data) VALUES (?1, ?2)")?
         .execute(params![&id.0[..], data])?

@@ -1,0 +1,437 @@
+//! The redo log: what mount operations changed since the last commit of the
+//! metadata, as the SQL statements they ran (parameters written in),
+//! appended to `redo.log` as each operation finishes.
+//!
+//! Why: a SQLite commit writes every page a change touched to the WAL (a
+//! dozen 4 KiB pages or more for one small file: the inode, its name, the
+//! directory, the queue mark, the block list, the block and their indexes),
+//! while a record here is one `pwrite` of a few statements. Mount
+//! operations leave their changes in one open transaction (`State::tx`),
+//! committed every `COMMIT_INTERVAL` (pages shared by many operations are
+//! written once), or sooner when anything other than a mount operation takes
+//! the state lock. Each operation's record is in the log before it returns,
+//! so a `kill -9` in between loses nothing: the next open replays the log.
+//!
+//! File format: records, each a header (generation u64, length u32, CRC-32
+//! u32 of the generation, length and bytes; little-endian) and the bytes:
+//! statements, each a length (u32) and its SQL text. The database keeps
+//! (`settings.redo_gen`) the generation of the last log it committed; only
+//! records of the next generation are replayed, from the start of the file
+//! up to the first record that is not one (a record of an older generation,
+//! whose commit landed, or a torn one). Each generation is written from the
+//! start of the file again.
+//!
+//! Statements are captured with SQLite's trace hook (`SQLITE_TRACE_STMT`,
+//! `sqlite3_expanded_sql`): every statement that may write, from the start
+//! of the open transaction. Replayed in order on the state the last commit
+//! left, they do the same again: a statement that failed when it first ran
+//! (with no effect) fails again and is skipped; an operation undone by its
+//! savepoint takes its statements out of the log (`rollback_to`).
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{CStr, c_int, c_uint, c_void};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, ffi};
+
+use crate::core::CoreResult;
+
+const HEADER: usize = 16;
+/// A log past this size is committed at the end of the operation that grew
+/// it (replay time and memory stay bounded).
+pub(crate) const MAX_LOG: u64 = 16 << 20;
+
+/// A record of the buffer with this bit set in its length is a small
+/// block's bytes (id, then data) for `block_data`, kept binary: written as
+/// SQL text, 4 KiB of data would cost 8,192 formatted hex digits.
+const BLOB: u32 = 1 << 31;
+const BLOCK_INSERT: &[u8] = b"INSERT OR IGNORE INTO block_data";
+
+thread_local! {
+    /// The capture of the transaction the thread is running an operation
+    /// in (set by `Redo::active` around it), for `note_inline_block`.
+    static ACTIVE: Cell<*const Capture> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Called by the statement that stores a small block, just before it runs:
+/// records its bytes binary in the log, and tells the trace hook to skip
+/// the statement itself.
+pub(crate) fn note_inline_block(id: &[u8], data: &[u8]) {
+    ACTIVE.with(|a| {
+        let p = a.get();
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: set by `Redo::active` from a live `Capture` for the span
+        // of one operation on this thread, under the state lock.
+        let cap = unsafe { &*p };
+        if !cap.on.get() {
+            return;
+        }
+        let mut b = cap.buf.borrow_mut();
+        b.extend_from_slice(&((id.len() + data.len()) as u32 | BLOB).to_le_bytes());
+        b.extend_from_slice(id);
+        b.extend_from_slice(data);
+        cap.noted.set(true);
+    });
+}
+
+/// Restores the thread's active capture when an operation ends.
+pub(crate) struct Active(*const Capture);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(self.0));
+    }
+}
+
+/// What the trace hook fills (owned by `Redo`, handed to SQLite by address).
+#[derive(Default)]
+struct Capture {
+    on: Cell<bool>,
+    /// `note_inline_block` logged the statement about to run.
+    noted: Cell<bool>,
+    /// A statement could not be written out (out of memory): the open
+    /// transaction must commit instead of relying on the log.
+    failed: Cell<bool>,
+    buf: RefCell<Vec<u8>>,
+}
+
+unsafe extern "C" fn trace(
+    mask: c_uint,
+    ctx: *mut c_void,
+    p: *mut c_void,
+    _x: *mut c_void,
+) -> c_int {
+    if mask != ffi::SQLITE_TRACE_STMT {
+        return 0;
+    }
+    // SAFETY: `ctx` is the `Capture` a live `Redo` owns (it unregisters the
+    // hook before it goes), used only by the thread running the statement,
+    // which holds the state lock; `p` is the statement being run.
+    unsafe {
+        let cap = &*(ctx as *const Capture);
+        if !cap.on.get() {
+            return 0;
+        }
+        let stmt = p as *mut ffi::sqlite3_stmt;
+        if ffi::sqlite3_stmt_readonly(stmt) != 0 {
+            return 0;
+        }
+        if cap.noted.get() {
+            cap.noted.set(false);
+            let raw = ffi::sqlite3_sql(stmt);
+            if !raw.is_null() && CStr::from_ptr(raw).to_bytes().starts_with(BLOCK_INSERT) {
+                return 0;
+            }
+            // Not the statement that was noted: its record stands for
+            // nothing that ran. Give up on the log for this transaction.
+            cap.failed.set(true);
+        }
+        let sql = ffi::sqlite3_expanded_sql(stmt);
+        if sql.is_null() {
+            cap.failed.set(true);
+            return 0;
+        }
+        let text = CStr::from_ptr(sql).to_bytes();
+        let mut b = cap.buf.borrow_mut();
+        b.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        b.extend_from_slice(text);
+        ffi::sqlite3_free(sql as *mut c_void);
+    }
+    0
+}
+
+pub(crate) struct Redo {
+    file: File,
+    /// Generation the database last committed.
+    committed: u64,
+    /// Bytes of the current generation in the file.
+    len: u64,
+    /// Handed to SQLite by address: `State` declares the connection before
+    /// its `Redo`, so the connection (and the hook with it) goes first.
+    capture: Box<Capture>,
+}
+
+fn committed_gen(conn: &Connection) -> rusqlite::Result<u64> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'redo_gen'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+fn set_committed_gen(conn: &Connection, generation: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES ('redo_gen', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([generation as i64])?;
+    Ok(())
+}
+
+/// One logged change: a statement, or a small block's bytes.
+pub(crate) enum Entry<'a> {
+    Sql(&'a [u8]),
+    Block { id: &'a [u8], data: &'a [u8] },
+}
+
+/// The changes of the records of generation `want` at the start of
+/// `data`, in order.
+pub(crate) fn records_of(data: &[u8], want: u64) -> Vec<Entry<'_>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while data.len() >= off + HEADER {
+        let h = &data[off..off + HEADER];
+        let generation = u64::from_le_bytes(h[0..8].try_into().unwrap());
+        let len = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(h[12..16].try_into().unwrap());
+        if generation != want || data.len() < off + HEADER + len {
+            break;
+        }
+        let body = &data[off + HEADER..off + HEADER + len];
+        let mut c = crc32fast::Hasher::new();
+        c.update(&h[0..12]);
+        c.update(body);
+        if c.finalize() != crc {
+            break;
+        }
+        let mut p = 0;
+        while p + 4 <= body.len() {
+            let word = u32::from_le_bytes(body[p..p + 4].try_into().unwrap());
+            let n = (word & !BLOB) as usize;
+            if p + 4 + n > body.len() {
+                break;
+            }
+            let bytes = &body[p + 4..p + 4 + n];
+            if word & BLOB != 0 {
+                if n < 32 {
+                    break;
+                }
+                out.push(Entry::Block {
+                    id: &bytes[..32],
+                    data: &bytes[32..],
+                });
+            } else {
+                out.push(Entry::Sql(bytes));
+            }
+            p += 4 + n;
+        }
+        off += HEADER + len;
+    }
+    out
+}
+
+/// Runs logged changes in order, inside the caller's transaction.
+pub(crate) fn run_all(conn: &Connection, entries: &[Entry<'_>]) -> CoreResult<()> {
+    let mut failed = 0;
+    for e in entries {
+        let run = || -> CoreResult<()> {
+            match e {
+                Entry::Sql(sql) => {
+                    let sql = std::str::from_utf8(sql).map_err(|_| {
+                        crate::core::CoreError::Corrupt("redo log: SQL is not UTF-8".into())
+                    })?;
+                    let mut st = conn.prepare(sql)?;
+                    let mut rows = st.raw_query();
+                    while rows.next()?.is_some() {}
+                }
+                Entry::Block { id, data } => {
+                    conn.prepare_cached(
+                        "INSERT OR IGNORE INTO block_data (id, data) VALUES (?1, ?2)",
+                    )?
+                    .execute(rusqlite::params![id, data])?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            // It failed the same way when it first ran.
+            tracing::debug!(error = %e, "redo log: a statement failed again");
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        tracing::debug!(failed, "redo log: statements that failed as they did first");
+    }
+    Ok(())
+}
+
+/// Applies what the log at `path` holds beyond the last commit, in one
+/// transaction; returns the number of statements run.
+pub(crate) fn replay(conn: &Connection, path: &Path) -> CoreResult<usize> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let generation = committed_gen(conn)? + 1;
+    let stmts = records_of(&data, generation);
+    if stmts.is_empty() {
+        return Ok(0);
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| -> CoreResult<usize> {
+        run_all(conn, &stmts)?;
+        set_committed_gen(conn, generation)?;
+        Ok(stmts.len())
+    })();
+    match r {
+        Ok(n) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+impl Redo {
+    /// Opens (creating) the log at `path` for a database whose pending log,
+    /// if any, was replayed, and installs the trace hook on `conn`.
+    pub(crate) fn open(conn: &Connection, path: &Path) -> CoreResult<Redo> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        file.set_len(0)?;
+        let committed = committed_gen(conn)?;
+        let capture = Box::<Capture>::default();
+        // SAFETY: the connection is open; the context outlives the hook
+        // (`Drop` unregisters it).
+        let handle = unsafe { conn.handle() };
+        let rc = unsafe {
+            ffi::sqlite3_trace_v2(
+                handle,
+                ffi::SQLITE_TRACE_STMT,
+                Some(trace),
+                &*capture as *const Capture as *mut c_void,
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None).into());
+        }
+        Ok(Redo {
+            file,
+            committed,
+            len: 0,
+            capture,
+        })
+    }
+
+    /// A transaction begins: capture its statements from now on.
+    pub(crate) fn begin(&mut self) {
+        self.capture.buf.borrow_mut().clear();
+        self.capture.failed.set(false);
+        self.capture.noted.set(false);
+        self.capture.on.set(true);
+        self.len = 0;
+    }
+
+    /// Where an operation begins (for `rollback_to`).
+    pub(crate) fn mark(&self) -> usize {
+        self.capture.buf.borrow().len()
+    }
+
+    /// The operation that began at `mark` was undone.
+    pub(crate) fn rollback_to(&mut self, mark: usize) {
+        self.capture.buf.borrow_mut().truncate(mark);
+    }
+
+    /// Writes what the finished operations ran since the last call as one
+    /// record. False if the log cannot stand for them (a statement could
+    /// not be captured, or the write failed): the caller commits instead.
+    pub(crate) fn append(&mut self) -> bool {
+        if self.capture.failed.get() {
+            return false;
+        }
+        let mut buf = self.capture.buf.borrow_mut();
+        if buf.is_empty() {
+            return true;
+        }
+        let generation = self.committed + 1;
+        let mut rec = Vec::with_capacity(HEADER + buf.len());
+        rec.extend_from_slice(&generation.to_le_bytes());
+        rec.extend_from_slice(&(buf.len() as u32).to_le_bytes());
+        let mut c = crc32fast::Hasher::new();
+        c.update(&rec);
+        c.update(&buf);
+        rec.extend_from_slice(&c.finalize().to_le_bytes());
+        rec.extend_from_slice(&buf);
+        match self.file.write_all_at(&rec, self.len) {
+            Ok(()) => {
+                self.len += rec.len() as u64;
+                buf.clear();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the redo log; committing instead");
+                false
+            }
+        }
+    }
+
+    /// Bytes of the log so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Records in the open transaction that this generation is committed
+    /// (its last statement, not captured).
+    pub(crate) fn seal(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.capture.on.set(false);
+        set_committed_gen(conn, self.committed + 1)
+    }
+
+    /// The transaction committed: the log is spent.
+    pub(crate) fn committed(&mut self) {
+        self.committed += 1;
+        self.reset();
+    }
+
+    /// The transaction's records, as the log holds them (to apply them
+    /// again after SQLite rolled back a commit that failed).
+    pub(crate) fn pending(&self) -> std::io::Result<Vec<u8>> {
+        let mut data = vec![0u8; self.len as usize];
+        self.file.read_exact_at(&mut data, 0)?;
+        Ok(data)
+    }
+
+    /// Generation of the open transaction's records.
+    pub(crate) fn generation(&self) -> u64 {
+        self.committed + 1
+    }
+
+    /// Makes this thread's next small-block statements log themselves
+    /// binary (see `note_inline_block`) until the guard goes.
+    pub(crate) fn active(&self) -> Active {
+        let p = &*self.capture as *const Capture;
+        Active(ACTIVE.with(|a| a.replace(p)))
+    }
+
+    /// The transaction was rolled back: its records must never be
+    /// replayed.
+    pub(crate) fn abandoned(&mut self) {
+        if let Err(e) = self.file.set_len(0) {
+            tracing::error!(error = %e, "cannot empty the redo log after a failed commit");
+        }
+        self.reset();
+    }
+
+    fn reset(&mut self) {
+        self.capture.on.set(false);
+        self.capture.failed.set(false);
+        self.capture.noted.set(false);
+        self.capture.buf.borrow_mut().clear();
+        self.len = 0;
+    }
+}
