@@ -264,6 +264,19 @@ impl DavServer {
                 unsafe {
                     libc::kill(-pid, if on { libc::SIGSTOP } else { libc::SIGCONT });
                 }
+                if on {
+                    // kill(2) returns before every thread has stopped: one
+                    // already woken for a request could still answer it.
+                    // Wait until each thread of the group shows state T.
+                    let t0 = std::time::Instant::now();
+                    while !group_stopped(pid) {
+                        assert!(
+                            t0.elapsed() < std::time::Duration::from_secs(5),
+                            "apache did not stop"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
             }
         }
     }
@@ -330,4 +343,45 @@ impl Drop for DavServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether every thread of every process in process group `pgid` is
+/// stopped (state `T` in /proc).
+fn group_stopped(pgid: i32) -> bool {
+    // The fields after the command name, which is in parentheses.
+    fn fields(stat: &str) -> Vec<&str> {
+        stat.rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect())
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // fields: state, ppid, pgrp, ...
+        if fields(&stat).get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("stat");
+            if let Ok(ts) = std::fs::read_to_string(&path)
+                && fields(&ts).first().is_some_and(|s| *s != "T")
+            {
+                return false;
+            }
+        }
+    }
+    true
 }
