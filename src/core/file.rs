@@ -428,7 +428,7 @@ impl Locker {
     }
 
     fn open_handle(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let st = &mut *st;
         self.with_file(st, ino, |_, fs| {
             fs.open += 1;
@@ -463,7 +463,7 @@ impl Locker {
     /// Fetches the content of `ino` from its backend if it is not local.
     pub(crate) fn ensure_local(&self, ino: InodeNo) -> CoreResult<()> {
         let remote_only = {
-            let st = self.lock_op();
+            let st = self.lock();
             meta::get_inode(&st.conn, ino)?.is_some_and(|r| r.remote_only)
         };
         if remote_only {
@@ -478,7 +478,7 @@ impl Locker {
     pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> CoreResult<Vec<u8>> {
         for _ in 0..8 {
             let miss = {
-                let mut st = self.lock_op();
+                let mut st = self.lock();
                 match self.read_locked(&mut st, fh, offset, size)? {
                     Ok(v) => return Ok(v),
                     Err(m) => m,
@@ -868,7 +868,7 @@ impl Locker {
 
     /// Commits the changes made through this handle's file (close(2)).
     pub fn flush(&self, fh: HandleId) -> CoreResult<()> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let (ino, _) = Locker::file_handle(&st, fh)?;
         self.commit_locked(&mut st, ino)
     }
@@ -876,7 +876,7 @@ impl Locker {
     /// Commits and makes the file durable on disk: its blocks, then its
     /// metadata.
     pub fn fsync(&self, fh: HandleId) -> CoreResult<()> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let (ino, _) = Locker::file_handle(&st, fh)?;
         self.commit_locked(&mut st, ino)?;
         let ids: Vec<BlockId> = meta::file_blocks_from(&st.conn, ino, 0)?
@@ -891,7 +891,7 @@ impl Locker {
     /// Closes a handle: commits, and removes the file for good if it was
     /// unlinked and this was its last handle.
     pub fn release(&self, fh: HandleId) -> CoreResult<()> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let st = &mut *st;
         let (ino, mode) = Locker::file_handle(st, fh)?;
         st.handles.remove(&fh);
@@ -936,7 +936,7 @@ impl Locker {
         len: u64,
         keep_size: bool,
     ) -> CoreResult<()> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let st = &mut *st;
         let (ino, _) = Locker::file_handle(st, fh)?;
         let end = offset.checked_add(len).ok_or(CoreError::FileTooLarge)?;

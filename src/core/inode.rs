@@ -63,7 +63,7 @@ impl Locker {
         if name.len() > 255 {
             return Err(CoreError::NameTooLong);
         }
-        let st = self.lock_op();
+        let st = self.lock();
         match meta::lookup_row(&st.conn, parent, name)? {
             Some(r) => {
                 let mut a = r.attr;
@@ -84,7 +84,7 @@ impl Locker {
     }
 
     pub fn getattr(&self, ino: InodeNo) -> CoreResult<Attr> {
-        Locker::attr_locked(&self.lock_op(), ino)
+        Locker::attr_locked(&self.lock(), ino)
     }
 
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> CoreResult<Attr> {
@@ -95,7 +95,7 @@ impl Locker {
                 // The new version keeps blocks of this one: they must be here.
                 self.fetch_missing(ino)?;
             }
-            let mut st = self.lock_op();
+            let mut st = self.lock();
             let now = Timestamp::now();
             let kind = row(&st.conn, ino)?.attr.kind;
             let Some(size) = set.size else { break st };
@@ -260,7 +260,7 @@ impl Locker {
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(CoreError::Invalid("mknod of a directory or symlink"));
         }
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         self.make_node(
             &mut st,
             caller,
@@ -281,7 +281,7 @@ impl Locker {
         name: &[u8],
         perm: u32,
     ) -> CoreResult<Attr> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         self.make_node(
             &mut st,
             caller,
@@ -308,7 +308,7 @@ impl Locker {
         if target.len() > 4095 {
             return Err(CoreError::NameTooLong);
         }
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         self.make_node(
             &mut st,
             caller,
@@ -333,7 +333,7 @@ impl Locker {
         mode: OpenMode,
     ) -> CoreResult<(Attr, HandleId)> {
         let attr = {
-            let mut st = self.lock_op();
+            let mut st = self.lock();
             self.make_node(
                 &mut st,
                 caller,
@@ -357,7 +357,7 @@ impl Locker {
     }
 
     pub fn readlink(&self, ino: InodeNo) -> CoreResult<Vec<u8>> {
-        let st = self.lock_op();
+        let st = self.lock();
         let r = row(&st.conn, ino)?;
         if r.attr.kind != FileKind::Symlink {
             return Err(CoreError::Invalid("not a symlink"));
@@ -367,7 +367,7 @@ impl Locker {
 
     pub fn link(&self, ino: InodeNo, newparent: InodeNo, newname: &[u8]) -> CoreResult<Attr> {
         check_name(newname)?;
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let st = &mut *st;
         let kind = row(&st.conn, ino)?.attr.kind;
         namespace::check_create_at(newparent, kind, newname)?;
@@ -431,7 +431,7 @@ impl Locker {
         if name.len() > 255 {
             return Err(CoreError::NameTooLong);
         }
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         self.unlink_locked(&mut st, parent, name)
     }
 
@@ -482,7 +482,7 @@ impl Locker {
         if name == b".." {
             return Err(CoreError::NotEmpty);
         }
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         self.rmdir_locked(&mut st, parent, name)
     }
 
@@ -531,7 +531,7 @@ impl Locker {
             return Err(CoreError::NameTooLong);
         }
         check_name(newname)?;
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         self.rename_locked(&mut st, parent, name, newparent, newname, mode)
     }
 
@@ -672,7 +672,7 @@ impl Locker {
     /// however large the directory); each name shows at most once per
     /// handle, and a rewind (offset 0) reads the directory afresh.
     pub fn opendir(&self, ino: InodeNo) -> CoreResult<HandleId> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let d = dir_row(&st.conn, ino)?;
         let entries = Locker::dot_entries(ino, d.parent.unwrap_or(InodeNo::ROOT));
         let fh = HandleId(st.next_handle);
@@ -712,7 +712,7 @@ impl Locker {
         offset: u64,
         mut f: impl FnMut(&DirEntry, u64) -> bool,
     ) -> CoreResult<()> {
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let st = &mut *st;
         let Some(Handle::Dir {
             dir,
@@ -750,7 +750,7 @@ impl Locker {
     }
 
     pub fn releasedir(&self, fh: HandleId) -> CoreResult<()> {
-        self.lock_op().handles.remove(&fh);
+        self.lock().handles.remove(&fh);
         Ok(())
     }
 

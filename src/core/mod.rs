@@ -178,9 +178,6 @@ pub(crate) struct State {
     /// When the open write transaction began: the changes of mount
     /// operations made since wait in it for the next commit (see `tx`).
     open_tx: Option<std::time::Instant>,
-    /// The holder of the lock is a mount operation: its changes may wait in
-    /// the open transaction instead of committing at once.
-    defer: bool,
     /// Block files freed by changes not yet committed: removed once they are
     /// (a crash before brings back rows that name them).
     free_after_commit: Vec<BlockId>,
@@ -198,9 +195,8 @@ pub(crate) fn remove_block(blocks: &BlockStore, id: &BlockId) {
     }
 }
 
-/// How long the changes of mount operations may wait in the open
-/// transaction (each is in the redo log meanwhile). An fsync, or any other
-/// user of the store, commits them sooner.
+/// How long changes may wait in the open transaction (each is in the redo
+/// log meanwhile). An fsync or a durable barrier commits them sooner.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The committer's wake-up: set when a transaction is left open.
@@ -222,18 +218,18 @@ impl Committer {
 
 impl State {
     /// Runs `f` as one metadata change; nothing of it persists on error.
-    /// Inside `batch`, it is part of the batch's transaction. For a mount
-    /// operation (`Locker::lock_op`) it joins the open write transaction as
-    /// a savepoint, and its statements go to the redo log before it returns
-    /// (so a `kill -9` loses nothing of it); the transaction commits every
-    /// `COMMIT_INTERVAL`, or sooner when anything else takes the lock, and
-    /// one commit carries many operations. Otherwise it commits now (with
-    /// whatever waited in the open transaction).
+    /// Inside `batch`, it is part of the batch's transaction. Otherwise it
+    /// joins the open write transaction as a savepoint, and its statements
+    /// go to the redo log before it returns (so a `kill -9` loses nothing
+    /// of it, as a commit would); the transaction commits every
+    /// `COMMIT_INTERVAL`, at an fsync or a durable barrier, and one commit
+    /// carries many changes. Without a redo log (or if writing it fails)
+    /// it commits now.
     fn tx<T>(&mut self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
         if self.in_batch {
             return f(&self.conn);
         }
-        let defer = self.defer && self.redo.is_some();
+        let defer = self.redo.is_some();
         if !defer && self.open_tx.is_none() {
             let tx = self.conn.transaction()?;
             let v = f(&tx)?;
@@ -272,7 +268,12 @@ impl State {
                 .redo
                 .as_mut()
                 .is_some_and(|redo| redo.append() && redo.len() < redo::MAX_LOG);
-        if !logged {
+        if logged {
+            // Counted as a commit: a durable barrier asked for it
+            // (`durable_upto`) commits the transaction, then syncs.
+            self.meta_unsynced = true;
+            self.commits += 1;
+        } else {
             self.commit_open()?;
         }
         r
@@ -453,7 +454,6 @@ impl Locker {
                 lru: lru::LruCache::unbounded(),
                 gone_remote: std::collections::HashMap::new(),
                 open_tx: None,
-                defer: false,
                 free_after_commit: Vec::new(),
                 committer: Arc::new(Committer::default()),
                 block_store: blocks.clone(),
@@ -482,6 +482,12 @@ impl Locker {
         for ns in locker.opts.namespaces.clone() {
             locker.ensure_namespace(&ns)?;
         }
+        // What the recovery did, committed (and the blocks it freed gone)
+        // before anything is served.
+        {
+            let mut st = locker.state.lock();
+            locker.commit_pending(&mut st)?;
+        }
         Ok(locker)
     }
 
@@ -492,30 +498,29 @@ impl Locker {
     /// while holding it leaves state that may be half updated in memory,
     /// but every durable change is a transaction, so continuing is safe.
     ///
-    /// Whoever takes it this way sees only committed changes: what mount
-    /// operations left in the open transaction is committed first (so the
-    /// sidecar never pushes a change a crash could still undo).
+    /// Whoever takes it sees every change whose operation returned, each
+    /// already in the redo log or committed (so the sidecar never pushes a
+    /// change a crash could undo); a transaction open for `COMMIT_INTERVAL`
+    /// is committed first.
     fn lock(&self) -> StateGuard<'_> {
         let mut st = self.state.lock();
-        st.defer = false;
         if st.open_tx.is_some() {
-            // A failure is logged and leaves the changes undone; the
-            // caller's own work goes on.
-            let _ = self.commit_pending(&mut st);
+            let logged = st.redo.as_mut().is_some_and(|r| r.append());
+            if !logged || st.open_tx.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL) {
+                // A failure is logged and leaves the changes undone; the
+                // caller's own work goes on.
+                let _ = self.commit_pending(&mut st);
+            }
         }
         st
     }
 
-    /// The state lock for a mount operation: its metadata changes may wait
-    /// in the open transaction (see `State::tx`), unless that has waited
-    /// `COMMIT_INTERVAL` already.
-    pub(crate) fn lock_op(&self) -> StateGuard<'_> {
+    /// Commits what waits in the open transaction now (tests, and callers
+    /// that measure what a commit frees).
+    #[cfg(test)]
+    pub(crate) fn commit_now(&self) {
         let mut st = self.state.lock();
-        st.defer = true;
-        if st.open_tx.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL) {
-            let _ = self.commit_pending(&mut st);
-        }
-        st
+        self.commit_pending(&mut st).unwrap();
     }
 
     /// Commits what waits in the open transaction (see `State::commit_open`).

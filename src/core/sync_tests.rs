@@ -300,7 +300,7 @@ fn only_blocks_a_backend_holds_are_evicted_and_they_come_back_checked() {
     t.l.write(fh, 0, b"changed").unwrap();
     t.l.release(fh).unwrap();
     // Committed (which frees the block the write replaced) before measuring.
-    drop(t.l.lock());
+    t.l.commit_now();
     let before = t.l.block_store().bytes();
     t.l.evict(0).unwrap();
     assert_eq!(t.l.block_store().bytes(), before);

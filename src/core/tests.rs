@@ -500,8 +500,8 @@ fn random_writes_past_the_dirty_memory_limit_stay_bounded_and_correct() {
 /// Block files in the store, and the distinct large blocks the metadata
 /// names.
 fn stored_and_referenced(l: &Locker) -> (Vec<crate::blocks::BlockId>, usize) {
-    // The lock commits what waits in the open transaction, and removes the
-    // blocks it freed, first.
+    // Committed first: that removes the blocks the changes freed.
+    l.commit_now();
     let st = l.lock();
     let mut stored = l.blocks.list().unwrap();
     stored.sort_by_key(|b| b.0);
@@ -633,6 +633,8 @@ fn abandoned_or_crashed_uploads_leave_nothing() {
     let mut up = t.l.upload_begin().unwrap();
     t.l.upload_write(&mut up, &pattern(2 << 20, 71)).unwrap();
     t.l.upload_abort(up);
+    // Its blocks go with the commit of its removal.
+    t.l.commit_now();
     assert_eq!(t.inodes(), inodes);
     assert_eq!(t.l.block_store().list().unwrap().len(), blocks);
 
@@ -983,7 +985,7 @@ fn operations_that_returned_survive_a_crash_before_their_commit() {
     let ns = t.ns();
     // Committed first, so the crash leaves a database with history.
     let keep = t.put(ns, b"keep", &pattern(70_000, 1));
-    drop(t.l.lock());
+    t.l.commit_now();
     let mut want: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
     for i in 0..40u64 {
@@ -1027,7 +1029,7 @@ fn operations_that_returned_survive_a_crash_before_their_commit() {
     let i7 = want.iter().position(|(n, _)| n == b"f7").unwrap();
     want[i7].1[3..10].copy_from_slice(b"patched");
     assert!(
-        t.l.lock_op().open_tx.is_some(),
+        t.l.lock().open_tx.is_some(),
         "the operations wait in the open transaction"
     );
 

@@ -56,7 +56,7 @@ impl Locker {
             // neither the lock nor the database.
             return Err(CoreError::NoAttr);
         }
-        let st = self.lock_op();
+        let st = self.lock();
         meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         meta::get_xattr(&st.conn, ino, name)?.ok_or(CoreError::NoAttr)
     }
@@ -72,7 +72,7 @@ impl Locker {
         if value.len() > XATTR_SIZE_MAX {
             return Err(CoreError::TooBig);
         }
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let kind = meta::get_inode(&st.conn, ino)?
             .ok_or(CoreError::NotFound)?
             .attr
@@ -101,14 +101,14 @@ impl Locker {
     }
 
     pub fn listxattr(&self, ino: InodeNo) -> CoreResult<Vec<Vec<u8>>> {
-        let st = self.lock_op();
+        let st = self.lock();
         meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         Ok(meta::list_xattrs(&st.conn, ino)?)
     }
 
     pub fn removexattr(&self, ino: InodeNo, name: &[u8]) -> CoreResult<()> {
         check_xattr_name(name)?;
-        let mut st = self.lock_op();
+        let mut st = self.lock();
         let kind = meta::get_inode(&st.conn, ino)?
             .ok_or(CoreError::NotFound)?
             .attr

@@ -104,7 +104,7 @@ impl Locker {
         let bound = self.opts.cache_limit + self.opts.cache_margin;
         let mut start: Option<std::time::Instant> = None;
         loop {
-            let st = self.lock_op();
+            let st = self.lock();
             if self.blocks.bytes() + st.mem_dirty + len <= bound {
                 if start.is_some() {
                     self.pressure.fetch_sub(1, Ordering::Relaxed);

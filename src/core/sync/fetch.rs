@@ -53,7 +53,7 @@ impl Locker {
     pub(crate) fn fetch_missing(&self, ino: InodeNo) -> CoreResult<()> {
         for _ in 0..4 {
             let need: Vec<BlockRef> = {
-                let st = self.lock_op();
+                let st = self.lock();
                 meta::file_blocks_from(&st.conn, ino, 0)?
                     .into_iter()
                     .map(|(_, r)| r)

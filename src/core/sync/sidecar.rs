@@ -25,10 +25,7 @@ impl Locker {
     }
 
     /// Queue entries ready at `now` (with `hurry`, also those not yet
-    /// quiet). This and the other peeks at the queue below only read, so
-    /// they leave mount operations' changes waiting (a wake-up after each
-    /// would otherwise commit each alone); whatever then acts on an entry
-    /// takes the lock again and sees only committed changes.
+    /// quiet).
     pub fn sync_due(
         &self,
         now: i64,
@@ -36,22 +33,22 @@ impl Locker {
         skip: &[String],
         limit: usize,
     ) -> CoreResult<Vec<QueueEntry>> {
-        Ok(msync::due(&self.lock_op().conn, now, hurry, skip, limit)?)
+        Ok(msync::due(&self.lock().conn, now, hurry, skip, limit)?)
     }
 
     /// When the next queue entry becomes ready, if any waits.
     pub fn sync_next_ready(&self) -> CoreResult<Option<i64>> {
-        Ok(msync::next_ready(&self.lock_op().conn, msync::now_ns())?)
+        Ok(msync::next_ready(&self.lock().conn, msync::now_ns())?)
     }
 
     /// Every queue entry, oldest change first.
     pub fn sync_pending(&self) -> CoreResult<Vec<QueueEntry>> {
-        Ok(msync::all_entries(&self.lock_op().conn)?)
+        Ok(msync::all_entries(&self.lock().conn)?)
     }
 
     /// Per namespace: (name, entries, bytes, oldest change ns, last error).
     pub fn sync_stats(&self) -> CoreResult<Vec<msync::QueueStats>> {
-        Ok(msync::stats(&self.lock_op().conn)?)
+        Ok(msync::stats(&self.lock().conn)?)
     }
 
     /// A path where a backend holds this content, as LOCKER uploaded or
