@@ -23,8 +23,10 @@ pub const DEFAULT_CONFIG: &str = r#"# LOCKER configuration.
 # user_allow_other in /etc/fuse.conf).
 # allow_other = true
 
-# Threads serving filesystem requests.
-threads = 2
+# Threads for filesystem requests that may wait on a backend or the disk
+# (a read or open that fetches, fsync, a truncate, a write waiting for cache
+# space); one more thread serves every other request.
+threads = 4
 
 # Uncommitted file data kept in memory before it is written to the block
 # store, in MiB, across all open files. Default: an eighth of the machine's
@@ -303,7 +305,7 @@ impl Default for MountConfig {
 }
 
 fn default_threads() -> usize {
-    2
+    4
 }
 
 impl MountConfig {

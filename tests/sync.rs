@@ -1032,3 +1032,71 @@ fn webdav_chunked_upload_killed_mid_way_resumes_without_resending_chunks() {
         "the upload was begun again"
     );
 }
+
+#[test]
+fn a_read_waiting_on_a_stopped_backend_holds_up_no_other_request() {
+    // An evicted file is read while the store does not answer: the reader
+    // waits, and everything else on the mount (names, attributes, small
+    // files) goes on at local speed meanwhile. (With the read served on
+    // the thread that reads the FUSE device, the first write here waited
+    // for the store's 120 s deadline.)
+    let server = Arc::new(S3Server::start());
+    server.mb("corp");
+    let cfg = "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n[cache]\nsize_mb = 16\n";
+    let m = s3_mount(&server, "corp", cfg);
+    let corp = m.corp();
+    let big = pattern(24 << 20, 71);
+    std::fs::write(corp.join("big.bin"), &big).unwrap();
+    std::fs::write(corp.join("filler.bin"), pattern(24 << 20, 72)).unwrap();
+    std::fs::write(corp.join("small.txt"), b"local").unwrap();
+    m.wait_drained(DRAIN);
+    wait_for("big.bin to be evicted", DRAIN, || {
+        blocks_bytes(&m.data) <= 16 << 20
+    });
+    // Not from the kernel's page cache either.
+    std::fs::write("/proc/sys/vm/drop_caches", b"3").unwrap();
+    server.freeze(true);
+    let reader = {
+        let path = corp.join("big.bin");
+        std::thread::spawn(move || std::fs::read(path))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    if reader.is_finished() {
+        let r = reader.join().unwrap().map(|d| d.len());
+        server.freeze(false);
+        panic!("the read did not wait on the store: {r:?}");
+    }
+    let t0 = Instant::now();
+    let took = std::thread::scope(|s| {
+        // Should this hang, the store answers again after 20 s, so the
+        // test fails on the time rather than hanging.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let srv = &server;
+        s.spawn(move || {
+            let _ = done_rx.recv_timeout(Duration::from_secs(20));
+            srv.freeze(false);
+        });
+        for i in 0..50 {
+            let p = corp.join(format!("new{i}.txt"));
+            std::fs::write(&p, format!("{i}")).unwrap();
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().len(),
+                format!("{i}").len() as u64
+            );
+        }
+        assert_eq!(std::fs::read(corp.join("small.txt")).unwrap(), b"local");
+        assert!(std::fs::read_dir(&corp).unwrap().count() >= 53);
+        let took = t0.elapsed();
+        drop(done_tx);
+        took
+    });
+    assert!(
+        took < Duration::from_secs(3),
+        "other requests waited behind the read: {took:?}"
+    );
+    let got = reader
+        .join()
+        .unwrap()
+        .expect("the read completes once the store answers");
+    assert!(got == big, "the file read back differs");
+}

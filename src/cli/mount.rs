@@ -46,8 +46,11 @@ pub fn run(
     } else {
         fuser::SessionACL::Owner
     };
-    fuse_cfg.n_threads = Some(cfg.mount.threads);
-    let mut session = fuser::Session::new(LockerFs::new(core.clone()), mountpoint, &fuse_cfg)
+    // One thread reads the device; requests that may wait go to
+    // `mount.threads` others (see `fuse::Waiters`).
+    fuse_cfg.n_threads = Some(1);
+    let fs = LockerFs::new(core.clone(), cfg.mount.threads);
+    let mut session = fuser::Session::new(fs, mountpoint, &fuse_cfg)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let notifier = session.notifier();

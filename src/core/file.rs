@@ -497,6 +497,13 @@ impl Locker {
         Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
     }
 
+    /// `read`, if it needs nothing from a backend: `None` when it would
+    /// have to fetch (the caller then calls `read` where waiting is fine).
+    pub fn read_cached(&self, fh: HandleId, offset: u64, size: u32) -> CoreResult<Option<Vec<u8>>> {
+        let mut st = self.lock();
+        Ok(self.read_locked(&mut st, fh, offset, size)?.ok())
+    }
+
     fn read_locked(
         &self,
         st: &mut State,

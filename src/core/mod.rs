@@ -45,6 +45,7 @@ pub use error::{CoreError, CoreResult};
 use file::FileState;
 pub(crate) use redo::note_inline_block;
 pub use types::*;
+pub use xattr::XATTR_SHA256;
 
 /// Settings of the core that come from the configuration.
 #[derive(Debug, Clone)]

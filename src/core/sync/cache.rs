@@ -15,6 +15,14 @@ impl Locker {
         self.pressure.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
+    /// Whether a write of `len` bytes may have to wait for cache space
+    /// (`lock_for_write`): the cache is within the most uncommitted data
+    /// can add of its bound. Read without the state lock, so only a hint.
+    pub fn write_may_wait(&self, len: u64) -> bool {
+        self.blocks.bytes() + self.opts.dirty_memory_limit + len
+            > self.opts.cache_limit + self.opts.cache_margin
+    }
+
     /// Bytes of blocks in the cache, its bound, and the bytes not yet in a
     /// backend.
     pub fn cache_info(&self) -> CoreResult<(u64, u64, u64)> {
