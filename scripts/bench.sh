@@ -362,6 +362,18 @@ run_fio() {  # contender name extra-args...
     --output-format=json --output="$LOGDIR/fio-$c-$name.json" "$@" >>"$LOGDIR/steps-$c.log" 2>&1
 }
 
+cold_timed() {  # contender metric count command dir: `command dir`, output
+               # discarded, timed after drop_caches
+  local c=$1 m=$2 n=$3 cmd=$4 dir=$5
+  drop_caches
+  # shellcheck disable=SC2016  # $1 is the inner shell's
+  if timeit bash -c "$cmd"' "$1" >/dev/null' "$m" "$dir" 2>>"$LOGDIR/steps-$c.log"; then
+    put_timed "$m" "$c" "$n" "$ELAPSED"
+  else
+    fail "$m" "$c" "$cmd exit status $?"
+  fi
+}
+
 bench_contender() {  # contender (mounted; WORK set)
   local c=$1 v out
   local steps=$LOGDIR/steps-$c.log
@@ -504,24 +516,9 @@ bench_contender() {  # contender (mounted; WORK set)
   if step python3 "$HELPERS/ops.py" tree "$WORK/big" "$LS_FILES" 1 2>>"$steps" &&
     step python3 "$HELPERS/ops.py" tree "$WORK/many" "$MANY_FILES" 100 2>>"$steps"; then
     settle "$c"
-    drop_caches
-    if timeit bash -c 'ls -l "$1" >/dev/null' ls "$WORK/big/d000" 2>>"$steps"; then
-      put_timed ls_l "$c" "$LS_FILES" "$ELAPSED"
-    else
-      fail ls_l "$c" "ls exit status $?"
-    fi
-    drop_caches
-    if timeit bash -c 'find "$1" >/dev/null' find "$WORK/many" 2>>"$steps"; then
-      put_timed find "$c" "$MANY_FILES" "$ELAPSED"
-    else
-      fail find "$c" "find exit status $?"
-    fi
-    drop_caches
-    if timeit bash -c 'du -s "$1" >/dev/null' du "$WORK/many" 2>>"$steps"; then
-      put_timed du "$c" "$MANY_FILES" "$ELAPSED"
-    else
-      fail du "$c" "du exit status $?"
-    fi
+    cold_timed "$c" ls_l "$LS_FILES" "ls -l" "$WORK/big/d000"
+    cold_timed "$c" find "$MANY_FILES" find "$WORK/many"
+    cold_timed "$c" du "$MANY_FILES" "du -s" "$WORK/many"
   else
     for v in ls_l find du; do fail "$v" "$c" "ops.py tree failed (see $steps)"; done
   fi
