@@ -205,31 +205,37 @@ print("%.1f" % job[sys.argv[2]]["iops"])
 EOF
 }
 
+wait_zero() {  # what deadline command...: polls the command until it prints 0
+  local what=$1 deadline=$2 out
+  shift 2
+  while :; do
+    out=$("$@" 2>/dev/null)
+    [ "$out" = 0 ] && return 0
+    [ $SECONDS -ge "$deadline" ] && { log "$what still pending ($out) after ${SETTLE_TIMEOUT}s"; return 1; }
+    sleep 0.5
+  done
+}
+
+locker_queued() {  # entries in every namespace's upload queue
+  "$LOCKER_BIN" status --json --data-dir "$SCRATCH/locker-data" |
+    python3 -c 'import json,sys; print(sum(n["queue"] for n in json.load(sys.stdin)["namespaces"]))'
+}
+
+rclone_pending() {  # uploads rclone has in flight or queued
+  rclone rc --url "http://127.0.0.1:$RC_PORT/" vfs/stats |
+    python3 -c 'import json,sys; d=json.load(sys.stdin)["diskCache"]; print(d["uploadsInProgress"] + d["uploadsQueued"])'
+}
+
 settle() {  # contender: flush and let background uploads finish (untimed)
-  local c=$1 deadline=$((SECONDS + SETTLE_TIMEOUT)) out
+  local c=$1 deadline=$((SECONDS + SETTLE_TIMEOUT))
   sync
-  if [ "$c" = locker ]; then
-    # The upload queue of every namespace empty (what was just written is
-    # queued at once, so an empty queue means pushed).
-    while :; do
-      out=$("$LOCKER_BIN" status --json --data-dir "$SCRATCH/locker-data" 2>/dev/null |
-        python3 -c 'import json,sys; print(sum(n["queue"] for n in json.load(sys.stdin)["namespaces"]))' 2>/dev/null)
-      [ "$out" = 0 ] && break
-      [ $SECONDS -ge $deadline ] && { log "locker: upload queue still holds $out entries after ${SETTLE_TIMEOUT}s"; break; }
-      sleep 0.5
-    done
-    sync
-  fi
-  if [ "$c" = rclone ]; then
-    while :; do
-      out=$(rclone rc --url "http://127.0.0.1:$RC_PORT/" vfs/stats 2>/dev/null |
-        python3 -c 'import json,sys; d=json.load(sys.stdin)["diskCache"]; print(d["uploadsInProgress"] + d["uploadsQueued"])' 2>/dev/null)
-      [ "$out" = 0 ] && break
-      [ $SECONDS -ge $deadline ] && { log "rclone: uploads still pending after ${SETTLE_TIMEOUT}s"; break; }
-      sleep 0.5
-    done
-    sync
-  fi
+  # LOCKER queues what was just written at once, so an empty queue means
+  # everything pushed.
+  case $c in
+    locker) wait_zero "locker: upload queue" "$deadline" locker_queued; sync ;;
+    rclone) wait_zero "rclone: uploads" "$deadline" rclone_pending; sync ;;
+  esac
+  return 0
 }
 
 # ---------------------------------------------------------------- dependencies

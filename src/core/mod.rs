@@ -487,7 +487,7 @@ impl Locker {
         // before anything is served.
         {
             let mut st = locker.state.lock();
-            locker.commit_pending(&mut st)?;
+            st.commit_open()?;
         }
         Ok(locker)
     }
@@ -510,7 +510,7 @@ impl Locker {
             if !logged || st.open_tx.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL) {
                 // A failure is logged and leaves the changes undone; the
                 // caller's own work goes on.
-                let _ = self.commit_pending(&mut st);
+                let _ = st.commit_open();
             }
         }
         st
@@ -521,12 +521,7 @@ impl Locker {
     #[cfg(test)]
     pub(crate) fn commit_now(&self) {
         let mut st = self.state.lock();
-        self.commit_pending(&mut st).unwrap();
-    }
-
-    /// Commits what waits in the open transaction (see `State::commit_open`).
-    pub(crate) fn commit_pending(&self, st: &mut State) -> CoreResult<()> {
-        st.commit_open()
+        st.commit_open().unwrap();
     }
 
     /// Starts the thread that commits what mount operations left in the
@@ -562,7 +557,7 @@ impl Locker {
                             st.committer.opened();
                         }
                         Some(_) => {
-                            let _ = core.commit_pending(&mut st);
+                            let _ = st.commit_open();
                         }
                         None => {}
                     }
@@ -582,7 +577,7 @@ impl Locker {
         f: impl FnOnce(&mut State) -> CoreResult<T>,
     ) -> CoreResult<T> {
         assert!(!st.in_batch, "batches do not nest");
-        self.commit_pending(st)?;
+        st.commit_open()?;
         st.conn.execute_batch("BEGIN IMMEDIATE")?;
         st.in_batch = true;
         let r = f(st);

@@ -1028,8 +1028,9 @@ fn operations_that_returned_survive_a_crash_before_their_commit() {
     t.l.release(fh).unwrap();
     let i7 = want.iter().position(|(n, _)| n == b"f7").unwrap();
     want[i7].1[3..10].copy_from_slice(b"patched");
+    // (Not through `lock`, which commits a transaction open for long.)
     assert!(
-        t.l.lock().open_tx.is_some(),
+        t.l.state.lock().open_tx.is_some(),
         "the operations wait in the open transaction"
     );
 
