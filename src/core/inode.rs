@@ -223,7 +223,7 @@ impl Locker {
             };
             let dir_parent = (kind == FileKind::Dir).then_some(parent);
             let ino = meta::insert_inode(tx, &attr, dir_parent, target)?;
-            meta::insert_dentry(tx, parent, name, ino)?;
+            meta::insert_dentry(tx, parent, name, ino, kind)?;
             touch_dir(tx, parent, now, if kind == FileKind::Dir { 1 } else { 0 })?;
             sync::mark_name(tx, m, parent, name, 0)?;
             Ok(Attr { ino, ..attr })
@@ -391,7 +391,7 @@ impl Locker {
             a.nlink += 1;
             a.ctime = now;
             meta::update_attr(tx, &a)?;
-            meta::insert_dentry(tx, newparent, newname, ino)?;
+            meta::insert_dentry(tx, newparent, newname, ino, a.kind)?;
             touch_dir(tx, newparent, now, 0)?;
             sync::mark_name(tx, m, newparent, newname, a.size)?;
             Ok(())
@@ -592,8 +592,8 @@ impl Locker {
                             cur = row(tx, cur)?.parent.unwrap_or(InodeNo::ROOT);
                         }
                     }
-                    meta::set_dentry(tx, parent, name, d.attr.ino)?;
-                    meta::set_dentry(tx, newparent, newname, src)?;
+                    meta::set_dentry(tx, parent, name, d.attr.ino, d.attr.kind)?;
+                    meta::set_dentry(tx, newparent, newname, src, src_row.attr.kind)?;
                     if src_is_dir {
                         meta::set_parent(tx, src, newparent)?;
                     }
@@ -643,7 +643,7 @@ impl Locker {
                 }
             }
             meta::delete_dentry(tx, parent, name)?;
-            meta::insert_dentry(tx, newparent, newname, src)?;
+            meta::insert_dentry(tx, newparent, newname, src, src_row.attr.kind)?;
             let mut a = src_row.attr.clone();
             a.ctime = now;
             meta::update_attr(tx, &a)?;
@@ -739,13 +739,12 @@ impl Locker {
                 return Ok(());
             }
             let after = (entries.len() > 2).then(|| entries[entries.len() - 1].name.clone());
-            let page = meta::list_dir_page(&st.conn, *dir, after.as_deref(), DIR_PAGE)?;
+            let page = meta::list_names_page(&st.conn, *dir, after.as_deref(), DIR_PAGE)?;
             *complete = page.len() < DIR_PAGE;
-            entries.extend(page.into_iter().map(|e| DirEntry {
-                ino: e.ino,
-                kind: e.kind,
-                name: e.name,
-            }));
+            entries.extend(
+                page.into_iter()
+                    .map(|(name, ino, kind)| DirEntry { ino, kind, name }),
+            );
         }
     }
 

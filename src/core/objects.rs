@@ -315,7 +315,7 @@ impl Locker {
             a.nlink = 1;
             a.ctime = now;
             meta::update_attr(tx, &a)?;
-            meta::insert_dentry(tx, dir, name, ino)?;
+            meta::insert_dentry(tx, dir, name, ino, a.kind)?;
             touch_dir(tx, dir, now, 0)?;
             meta::set_sha256(tx, ino, version, &sha256)?;
             if let Some(t) = mime {

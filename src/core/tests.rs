@@ -810,7 +810,7 @@ fn listing_a_huge_directory_never_holds_up_other_requests() {
                 let a =
                     Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 0, Timestamp::now());
                 let ino = meta::insert_inode(tx, &a, None, None)?;
-                meta::insert_dentry(tx, dir, format!("f{i:07}").as_bytes(), ino)?;
+                meta::insert_dentry(tx, dir, format!("f{i:07}").as_bytes(), ino, FileKind::File)?;
             }
             Ok(())
         })
@@ -1060,4 +1060,53 @@ fn operations_that_returned_survive_a_crash_before_their_commit() {
     let t = t.crash_and_reopen();
     let d = t.l.lookup(t.ns(), b"d").unwrap().ino;
     assert_eq!(t.l.list(d).unwrap().len(), want.len());
+}
+
+#[test]
+fn readdir_gives_each_entry_its_kind_through_every_kind_of_change() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
+    let f = t.put(ns, b"f", b"x");
+    t.l.symlink(&ME, ns, b"s", b"f").unwrap();
+    t.l.mknod(&ME, ns, b"p", libc::S_IFIFO | 0o644, 0).unwrap();
+    t.l.link(f, d, b"hard").unwrap();
+    t.l.mkdir(&ME, ns, b"e", 0o755).unwrap();
+    // A file and a directory swap names, a directory replaces an empty
+    // one, a file replaces a symlink, and an upload replaces a directory's
+    // file.
+    t.l.rename(ns, b"f", ns, b"d", RenameMode::Exchange)
+        .unwrap();
+    t.l.rename(ns, b"f", ns, b"e", RenameMode::Replace).unwrap();
+    t.put(ns, b"g", b"y");
+    t.l.rename(ns, b"g", ns, b"s", RenameMode::Replace).unwrap();
+    t.upload(&[b"corp", b"e", b"hard"], b"new").unwrap();
+    let mut seen = 0;
+    for dir in [ns, t.l.lookup(ns, b"e").unwrap().ino] {
+        let fh = t.l.opendir(dir).unwrap();
+        let mut entries = Vec::new();
+        t.l.readdir(fh, 0, |e, _| {
+            entries.push(e.clone());
+            false
+        })
+        .unwrap();
+        t.l.releasedir(fh).unwrap();
+        for e in entries.iter().filter(|e| e.name != b"." && e.name != b"..") {
+            let a = t.l.getattr(e.ino).unwrap();
+            assert_eq!(e.kind, a.kind, "{}", String::from_utf8_lossy(&e.name));
+            seen += 1;
+        }
+    }
+    // ns: d (the file), e (the directory), p, s (the file); e: hard.
+    assert_eq!(seen, 5);
+    let st = t.l.lock();
+    let wrong: i64 = st
+        .conn
+        .query_row(
+            "SELECT count(*) FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.kind != i.kind",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(wrong, 0);
 }

@@ -483,20 +483,29 @@ pub fn lookup_row(conn: &Connection, parent: InodeNo, name: &[u8]) -> MetaResult
         .optional()
 }
 
+/// Names `ino` (of kind `kind`: kept beside the name so that listing a
+/// directory reads its names alone, not each entry's inode).
 pub fn insert_dentry(
     conn: &Connection,
     parent: InodeNo,
     name: &[u8],
     ino: InodeNo,
+    kind: FileKind,
 ) -> MetaResult<()> {
-    conn.prepare_cached("INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")?
-        .execute(params![parent.0 as i64, name, ino.0 as i64])?;
+    conn.prepare_cached("INSERT INTO dentries (parent, name, ino, kind) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![parent.0 as i64, name, ino.0 as i64, kind.code()])?;
     Ok(())
 }
 
-pub fn set_dentry(conn: &Connection, parent: InodeNo, name: &[u8], ino: InodeNo) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE dentries SET ino = ?3 WHERE parent = ?1 AND name = ?2")?
-        .execute(params![parent.0 as i64, name, ino.0 as i64])?;
+pub fn set_dentry(
+    conn: &Connection,
+    parent: InodeNo,
+    name: &[u8],
+    ino: InodeNo,
+    kind: FileKind,
+) -> MetaResult<()> {
+    conn.prepare_cached("UPDATE dentries SET ino = ?3, kind = ?4 WHERE parent = ?1 AND name = ?2")?
+        .execute(params![parent.0 as i64, name, ino.0 as i64, kind.code()])?;
     Ok(())
 }
 
@@ -516,10 +525,8 @@ pub fn dir_is_empty(conn: &Connection, dir: InodeNo) -> MetaResult<bool> {
 
 /// The entries of a directory, sorted by name: (name, inode, kind).
 pub fn list_dir(conn: &Connection, dir: InodeNo) -> MetaResult<Vec<(Vec<u8>, InodeNo, FileKind)>> {
-    let mut st = conn.prepare_cached(
-        "SELECT d.name, d.ino, i.kind FROM dentries d JOIN inodes i ON i.ino = d.ino
-         WHERE d.parent = ?1 ORDER BY d.name",
-    )?;
+    let mut st = conn
+        .prepare_cached("SELECT name, ino, kind FROM dentries WHERE parent = ?1 ORDER BY name")?;
     let rows = st.query_map([dir.0 as i64], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
@@ -527,6 +534,31 @@ pub fn list_dir(conn: &Connection, dir: InodeNo) -> MetaResult<Vec<(Vec<u8>, Ino
             FileKind::from_code(r.get(2)?).unwrap_or(FileKind::File),
         ))
     })?;
+    rows.collect()
+}
+
+/// Up to `limit` names of directory `dir` that sort after `after`, in name
+/// order, with their inode and kind: the directory's own entries only,
+/// no inode read (what `readdir` needs).
+pub fn list_names_page(
+    conn: &Connection,
+    dir: InodeNo,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> MetaResult<Vec<(Vec<u8>, InodeNo, FileKind)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT name, ino, kind FROM dentries WHERE parent = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+    )?;
+    let rows = st.query_map(
+        params![dir.0 as i64, after.unwrap_or(b""), limit as i64],
+        |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                InodeNo(r.get::<_, i64>(1)? as u64),
+                FileKind::from_code(r.get(2)?).unwrap_or(FileKind::File),
+            ))
+        },
+    )?;
     rows.collect()
 }
 

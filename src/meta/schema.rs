@@ -3,7 +3,7 @@
 //! | table        | one row per                      | notes                                   |
 //! |--------------|----------------------------------|-----------------------------------------|
 //! | `inodes`     | file, directory, symlink, node   | times as (seconds, nanoseconds); `parent` is set for directories; `sha256` caches the whole-content hash until the content changes; `version` counts content commits |
-//! | `dentries`   | name in a directory              | names are raw bytes (≤ 255); the root's entries are the namespaces |
+//! | `dentries`   | name in a directory              | names are raw bytes (≤ 255); the root's entries are the namespaces; `kind` repeats the inode's kind (listings read names alone) |
 //! | `xattrs`     | extended attribute               | names and values as bytes               |
 //! | `file_blocks`| block of a regular file          | `idx` = offset / BLOCK_SIZE; a missing row is a hole; `len` ≤ BLOCK_SIZE |
 //! | `blocks`     | distinct block content           | `refs` = number of `file_blocks` rows naming it; `state` 0 = dirty (only local), 1 = clean (also in a backend); `present` 1 when the bytes are on local disk |
@@ -151,6 +151,12 @@ const MIGRATIONS: &[&str] = &[
     // less to write for each file created or changed.
     "DROP INDEX inodes_by_sha;
     CREATE INDEX inodes_by_sha ON inodes (sha256) WHERE sha256 IS NOT NULL;",
+    // 11: each name carries its inode's kind (which never changes), so a
+    // directory listing reads the directory's names alone: a cold `find`
+    // or `ls` of a big tree reads a few pages per directory instead of
+    // one inode page per entry.
+    "ALTER TABLE dentries ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    UPDATE dentries SET kind = (SELECT i.kind FROM inodes i WHERE i.ino = dentries.ino);",
 ];
 
 /// Number of migrations this build knows.
@@ -175,4 +181,48 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta;
+    use crate::types::{Attr, FileKind, InodeNo, Timestamp};
+
+    /// A database written before names carried their kind gets each one's
+    /// kind from its inode.
+    #[test]
+    fn names_written_before_migration_11_get_their_inodes_kind() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (i, ddl) in MIGRATIONS.iter().enumerate().take(10) {
+            conn.execute_batch(ddl).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        let now = Timestamp::now();
+        let mut names = Vec::new();
+        for (n, kind) in [
+            (&b"dir"[..], FileKind::Dir),
+            (b"file", FileKind::File),
+            (b"link", FileKind::Symlink),
+            (b"fifo", FileKind::Fifo),
+        ] {
+            let a = Attr::new_root_owned(InodeNo(0), kind, 0o644, 0, now);
+            let target = (kind == FileKind::Symlink).then_some(&b"file"[..]);
+            let ino = meta::insert_inode(&conn, &a, None, target).unwrap();
+            conn.execute(
+                "INSERT INTO dentries (parent, name, ino) VALUES (1, ?1, ?2)",
+                rusqlite::params![n, ino.0 as i64],
+            )
+            .unwrap();
+            names.push((n.to_vec(), ino, kind));
+        }
+        migrate(&mut conn).unwrap();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(meta::list_dir(&conn, InodeNo::ROOT).unwrap(), names);
+        assert_eq!(
+            meta::list_names_page(&conn, InodeNo::ROOT, Some(b"fifo"), 10).unwrap(),
+            names[2..].to_vec()
+        );
+    }
 }
