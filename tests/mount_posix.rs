@@ -573,3 +573,35 @@ fn sigterm_commits_unmounts_and_exits_cleanly() {
     m.start(&[]);
     assert_eq!(fs::read(&p).unwrap(), b"before the stop");
 }
+
+/// The kernel reads ahead one whole block (1 MiB) for a sequential reader,
+/// not its 128 KiB default: set through the mount's device in sysfs.
+#[test]
+fn readahead_is_one_block() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to set the readahead");
+        return;
+    }
+    let m = Mount::new();
+    let dev = fs::metadata(&m.mnt).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    // Set by the daemon once the kernel's handshake is done: soon after
+    // the mount appears.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let kb = fs::read_to_string(&knob).unwrap();
+        if kb.trim() == "1024" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{knob} is {}",
+            kb.trim()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -80,6 +80,10 @@ pub fn run(
             let r = session.run();
             let _ = tx2.send(Event::SessionEnded(r));
         })?;
+    let ra_point = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("readahead".into())
+        .spawn(move || raise_readahead(&ra_point))?;
     daemon::forward_signals(sigs, move |sig| tx.send(Event::Signal(sig)).is_ok())?;
 
     let mut unmount_asked = false;
@@ -168,6 +172,8 @@ fn mount_type(path: &Path) -> Option<String> {
 
 /// One line of /proc/self/mountinfo.
 pub(super) struct MountEntry {
+    /// The device number, "major:minor".
+    pub dev: String,
     pub point: std::path::PathBuf,
     pub fstype: String,
     pub source: String,
@@ -181,9 +187,12 @@ pub(super) fn mounts() -> Vec<MountEntry> {
     info.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
+            let mut l = left.split(' ');
+            let dev = l.nth(2)?.to_string();
+            let point = l.nth(1)?;
             let mut r = right.split(' ');
             Some(MountEntry {
+                dev,
                 point: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(
                     point,
                 ))),
@@ -223,6 +232,40 @@ fn statfs_errno(path: &Path) -> Option<i32> {
         None
     } else {
         std::io::Error::last_os_error().raw_os_error()
+    }
+}
+
+/// Kernel readahead for the mount, in KiB: one block, so that a sequential
+/// reader's READ requests are whole blocks (the kernel's default is 128).
+const READAHEAD_KB: u32 = (crate::blocks::BLOCK_SIZE / 1024) as u32;
+
+/// Raises the mount's readahead to `READAHEAD_KB`. The kernel caps what
+/// the FUSE handshake may ask for at its default, so it is set through the
+/// mount's backing device in sysfs (root only), once the kernel has
+/// finished the handshake (a `statfs` is answered only after it): files
+/// opened from then on read ahead that far.
+fn raise_readahead(mountpoint: &Path) {
+    if statfs_errno(mountpoint).is_some() {
+        return;
+    }
+    let abs = match std::fs::canonicalize(mountpoint) {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let want = abs.as_os_str().as_bytes();
+    let Some(dev) = mounts()
+        .into_iter()
+        .rfind(|m| m.point.as_os_str().as_bytes() == want && m.fstype.starts_with("fuse"))
+        .map(|m| m.dev)
+    else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&knob, READAHEAD_KB.to_string()) {
+        Ok(()) => tracing::debug!(kib = READAHEAD_KB, "readahead raised"),
+        Err(e) => {
+            tracing::info!(error = %e, "cannot raise the kernel's readahead for the mount (needs root); it stays at 128 KiB")
+        }
     }
 }
 
