@@ -605,3 +605,40 @@ fn readahead_is_one_block() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Once the metadata has been left alone for a moment, its write-ahead log
+/// is moved into the database file (not at the log's size cap, inside a
+/// commit that holds every request), and changes go on working after.
+#[test]
+fn an_idle_mount_checkpoints_its_metadata_log() {
+    let mut m = Mount::new();
+    let wal = m.data.join("meta.db-wal");
+    let wal_len = || fs::metadata(&wal).map(|md| md.len()).unwrap_or(0);
+    for round in 0..2 {
+        for i in 0..200 {
+            fs::write(m.mnt.join(format!("corp/r{round}-{i}")), b"small").unwrap();
+        }
+        fs::rename(
+            m.mnt.join(format!("corp/r{round}-0")),
+            m.mnt.join(format!("corp/moved{round}")),
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        while wal_len() > 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "round {round}: the WAL still holds {} bytes",
+                wal_len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    m.remount();
+    for round in 0..2 {
+        assert!(m.mnt.join(format!("corp/moved{round}")).exists());
+        assert_eq!(
+            fs::read(m.mnt.join(format!("corp/r{round}-199"))).unwrap(),
+            b"small"
+        );
+    }
+}

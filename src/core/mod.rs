@@ -156,6 +156,8 @@ pub(crate) struct State {
     mem_dirty: u64,
     /// A transaction committed since the last durable barrier.
     meta_unsynced: bool,
+    /// `commits` when the WAL was last moved into the database file.
+    checkpointed_at: u64,
     /// Transactions committed so far (for group commit: a barrier makes
     /// every one up to its count durable).
     commits: u64,
@@ -199,6 +201,10 @@ pub(crate) fn remove_block(blocks: &BlockStore, id: &BlockId) {
 /// How long changes may wait in the open transaction (each is in the redo
 /// log meanwhile). An fsync or a durable barrier commits them sooner.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the metadata must go unchanged before the committer moves the
+/// WAL into the database file.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// The committer's wake-up: set when a transaction is left open.
 #[derive(Default)]
@@ -445,6 +451,7 @@ impl Locker {
                 unpinned: Vec::new(),
                 mem_dirty: 0,
                 meta_unsynced: true,
+                checkpointed_at: 0,
                 commits: 0,
                 hasher,
                 next_seq: 0,
@@ -537,13 +544,16 @@ impl Locker {
                     {
                         let mut g = signal.open.lock().unwrap_or_else(|p| p.into_inner());
                         while !*g {
-                            let (ng, _) = signal
+                            let (ng, timeout) = signal
                                 .cv
-                                .wait_timeout(g, Duration::from_secs(1))
+                                .wait_timeout(g, IDLE_CHECKPOINT)
                                 .unwrap_or_else(|p| p.into_inner());
                             g = ng;
-                            if weak.strong_count() == 0 {
-                                return;
+                            let Some(core) = weak.upgrade() else { return };
+                            if timeout.timed_out() && !*g {
+                                drop(g);
+                                core.checkpoint_idle();
+                                g = signal.open.lock().unwrap_or_else(|p| p.into_inner());
                             }
                         }
                         *g = false;
@@ -632,6 +642,24 @@ impl Locker {
         }
         self.synced_cv.notify_all();
         r.map(|_| ())
+    }
+
+    /// Moves the WAL into the database file once the metadata has been
+    /// left alone for `IDLE_CHECKPOINT` (the committer calls it). Readers
+    /// then find each page in one place, and SQLite's own checkpoint at
+    /// the WAL's size cap, which runs inside a commit and holds every
+    /// request meanwhile, is reached only under sustained writing.
+    pub(crate) fn checkpoint_idle(&self) {
+        let mut st = self.state.lock();
+        if st.open_tx.is_some() || st.in_batch || st.checkpointed_at == st.commits {
+            return;
+        }
+        match st.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            Ok(()) => st.checkpointed_at = st.commits,
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpointing the metadata WAL failed; SQLite checkpoints it later")
+            }
+        }
     }
 
     /// The block store (for tests, fsck and status).
