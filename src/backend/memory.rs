@@ -90,6 +90,11 @@ impl MemoryBackend {
         self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
     }
 
+    /// How many requests of any kind were served.
+    pub fn total_calls(&self) -> u64 {
+        self.calls.lock().unwrap().values().sum()
+    }
+
     /// The entry at `key`, as stored.
     pub fn object(&self, key: &str) -> Option<Object> {
         self.objects.lock().unwrap().get(key).cloned()

@@ -458,7 +458,7 @@ impl Locker {
             let now = Timestamp::now();
             meta::delete_dentry(tx, parent, name)?;
             touch_dir(tx, parent, now, 0)?;
-            sync::mark_name(tx, m, parent, name, 0)?;
+            sync::mark_removed(tx, m, parent, name)?;
             if Locker::drop_link(open, tx, ino, now)? && !open {
                 return Locker::purge_rows(tx, ino);
             }
@@ -507,7 +507,7 @@ impl Locker {
             meta::delete_dentry(tx, parent, name)?;
             touch_dir(tx, parent, now, -1)?;
             meta::delete_inode(tx, ino)?;
-            sync::mark_name(tx, m, parent, name, 0)?;
+            sync::mark_removed(tx, m, parent, name)?;
             if parent == InodeNo::ROOT {
                 tracing::info!(namespace = %String::from_utf8_lossy(name), "namespace removed");
             }

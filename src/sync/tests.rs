@@ -92,10 +92,18 @@ impl Rig {
         mut opts: LockerOptions,
         corp: Option<Arc<dyn Backend>>,
     ) -> Rig {
-        let text = format!(
-            "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\ndrain_timeout_s = 10\n{sync}\n\
-             [namespaces.corp]\n[namespaces.deck]\n"
-        );
+        // `sync` may set any of these defaults again.
+        let mut defaults = String::from("[sync]\n");
+        for (k, v) in [
+            ("upload_delay_ms", "0"),
+            ("refresh_interval_s", "0"),
+            ("drain_timeout_s", "10"),
+        ] {
+            if !sync.lines().any(|l| l.trim_start().starts_with(k)) {
+                defaults.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        let text = format!("{defaults}{sync}\n[namespaces.corp]\n[namespaces.deck]\n");
         let cfg = Config::parse(&text, "test").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().to_path_buf();
@@ -1193,4 +1201,72 @@ fn a_chain_of_renames_ending_in_a_delete_leaves_nothing_and_uploads_nothing() {
     rig.drained();
     assert_eq!(mem.keys(), ["z"]);
     assert_eq!(object(mem, "z").unwrap(), b"kept");
+}
+
+/// A file made and removed before its upload costs no backend request, and
+/// leaves the queue as soon as it is removed, not after the quiet delay: a
+/// test suite that makes and removes 40,000 files leaves an empty queue
+/// (and an unmount with nothing to wait for) within 2 s of its last
+/// removal.
+#[test]
+fn files_made_and_removed_before_their_upload_leave_the_queue_at_once_without_a_request() {
+    // A quiet delay longer than the test: nothing is ready to upload.
+    let rig = Rig::new("upload_delay_ms = 60000");
+    let corp = rig.stores.corp();
+    // The listing at start is not the queue's doing.
+    let t0 = Instant::now();
+    while corp.calls("list") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no listing at start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = corp.total_calls();
+    rig.mkdir("corp/tree");
+    for d in 0..100 {
+        rig.mkdir(&format!("corp/tree/d{d:02}"));
+        for f in 0..400 {
+            rig.write(&format!("corp/tree/d{d:02}/f{f:03}"), b"short-lived");
+        }
+    }
+    // Some made and removed one by one too, as a test suite does.
+    for f in 0..1000 {
+        rig.write(&format!("corp/one{f}"), b"short-lived");
+        rig.unlink(&format!("corp/one{f}"));
+    }
+    rig.remove_tree("corp/tree");
+    let t0 = Instant::now();
+    loop {
+        let left = rig.core().sync_pending().unwrap().len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{left} entries still queued {:?} after the last removal",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(corp.total_calls(), before, "no backend request");
+    assert_eq!(corp.keys(), Vec::<String>::new());
+}
+
+/// What the backend holds is still removed there after the quiet delay, and
+/// a file made again at a removed path is uploaded.
+#[test]
+fn removing_what_the_backend_holds_still_reaches_it() {
+    let rig = Rig::new("");
+    rig.write("corp/kept", b"one");
+    rig.write("corp/gone", b"two");
+    rig.drained();
+    assert_eq!(rig.stores.corp().keys(), ["gone", "kept"]);
+    rig.unlink("corp/gone");
+    rig.write("corp/new", b"three");
+    rig.unlink("corp/new");
+    rig.write("corp/new", b"four");
+    rig.drained();
+    assert_eq!(rig.stores.corp().keys(), ["kept", "new"]);
+    assert_eq!(object(rig.stores.corp(), "new").unwrap(), b"four");
 }

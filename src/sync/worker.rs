@@ -36,6 +36,8 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
     abort_orphan_uploads(&inner).await;
     loop {
         let hurry = inner.hurry();
+        // Entries were finished without a request: look again at once.
+        let mut more = false;
         let free = inner
             .cfg
             .uploads
@@ -50,12 +52,16 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     .await;
             match due {
                 Ok(Ok(entries)) => {
+                    let forgotten = forget_unheld(&inner, &entries).await;
+                    more = !forgotten.is_empty();
                     let mut started = 0;
                     for e in entries {
                         if started >= free {
                             break;
                         }
-                        if inner.paused(&e.ns) {
+                        if inner.paused(&e.ns)
+                            || forgotten.contains(&(e.ns.clone(), e.path.clone()))
+                        {
                             continue;
                         }
                         let k = (e.ns.clone(), e.path.clone());
@@ -69,6 +75,9 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                 Ok(Err(e)) => tracing::error!(error = %e, "reading the upload queue failed"),
                 Err(e) => tracing::error!(error = %e, "reading the upload queue failed"),
             }
+        }
+        if more {
+            continue;
         }
         // Sleep until a change comes in or the next entry becomes quiet
         // enough (at most half a second, for retries and pauses).
@@ -88,6 +97,39 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Finishes the entries of `entries` (not in flight) whose push would
+/// need no request, in one look at the store (`Locker::sync_forget_unheld`);
+/// returns them.
+async fn forget_unheld(
+    inner: &Arc<Inner>,
+    entries: &[QueueEntry],
+) -> std::collections::HashSet<(String, Vec<u8>)> {
+    let idle: Vec<(String, Vec<u8>, i64)> = {
+        let inflight = inner.inflight.lock().unwrap();
+        entries
+            .iter()
+            // A removal is marked with no bytes; an upload has its size.
+            .filter(|e| e.bytes == 0 && !inflight.contains(&(e.ns.clone(), e.path.clone())))
+            .map(|e| (e.ns.clone(), e.path.clone(), e.seq))
+            .collect()
+    };
+    if idle.is_empty() {
+        return Default::default();
+    }
+    let core = inner.core.clone();
+    match tokio::task::spawn_blocking(move || core.sync_forget_unheld(&idle)).await {
+        Ok(Ok(v)) => v.into_iter().collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "finishing queue entries that need no request failed; they are pushed");
+            Default::default()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "finishing queue entries that need no request failed; they are pushed");
+            Default::default()
         }
     }
 }

@@ -134,6 +134,29 @@ pub(crate) fn mark_name(
     Ok(())
 }
 
+/// Marks entry `name` of `dir`, just removed. If the backend never held
+/// anything at its path (no `remote` row), the entry is ready at once
+/// rather than after the quiet delay: its push needs no request
+/// (`Locker::sync_forget_unheld`), so a removed tree's entries leave the
+/// queue as soon as the sidecar looks.
+pub(crate) fn mark_removed(
+    conn: &Connection,
+    m: Option<Mark>,
+    dir: InodeNo,
+    name: &[u8],
+) -> CoreResult<()> {
+    let Some(m) = m else { return Ok(()) };
+    if let Some((ns, path)) = ns_path(conn, dir, name)? {
+        let ready = if msync::get_remote(conn, &ns, &path)?.is_some() {
+            m.ready
+        } else {
+            m.now
+        };
+        msync::mark(conn, &ns, &path, m.seq, m.now, ready, 0, None)?;
+    }
+    Ok(())
+}
+
 /// Marks every name of inode `ino` (a file's hard links).
 pub(crate) fn mark_ino(
     conn: &Connection,

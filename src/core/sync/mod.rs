@@ -31,7 +31,7 @@ use crate::meta;
 
 pub use apply::{Applied, Invalidate, Invalidator};
 pub use fetch::{RemoteSource, RemoteVersion};
-pub(crate) use marks::{mark_ino, mark_moved, mark_name, ns_path};
+pub(crate) use marks::{mark_ino, mark_moved, mark_name, mark_removed, ns_path};
 pub use snapshot::{FileSnap, LocalEntry, Snapshot};
 
 /// A path's directory, last name and entry (if there is one).

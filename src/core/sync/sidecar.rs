@@ -180,6 +180,52 @@ impl Locker {
         Ok(msync::finish(tx, ns, path, seq)?)
     }
 
+    /// Finishes, without a request, the queue entries of `entries` whose
+    /// push could not change the backend: nothing a backend holds is at the
+    /// path here (no entry, or a fifo, socket or device) and LOCKER never
+    /// saw anything at the path in the backend (no `remote` row, no
+    /// unfinished multipart upload). Pushing one would only look, and
+    /// whatever it found would stay: someone else's object is theirs. So a
+    /// file made and removed before its upload costs no request, and a
+    /// removed tree's never-uploaded entries go in one transaction. The
+    /// caller (the queue's only runner) passes entries not in flight.
+    /// Returns those finished.
+    pub fn sync_forget_unheld(
+        &self,
+        entries: &[(String, Vec<u8>, i64)],
+    ) -> CoreResult<Vec<(String, Vec<u8>)>> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let forgotten = st.tx(|tx| {
+            let mut out = Vec::new();
+            for (ns, path, seq) in entries {
+                let found = Locker::resolve_in(tx, ns, path)?;
+                let held_here = found.as_ref().is_some_and(|(_, _, r)| {
+                    r.as_ref().is_some_and(|r| {
+                        matches!(
+                            r.attr.kind,
+                            FileKind::File | FileKind::Dir | FileKind::Symlink
+                        )
+                    })
+                });
+                if held_here
+                    || msync::get_remote(tx, ns, path)?.is_some()
+                    || msync::get_upload(tx, ns, path)?.is_some()
+                {
+                    continue;
+                }
+                if Locker::record_done(tx, &found, ns, path, *seq, None)? {
+                    out.push((ns.clone(), path.clone()));
+                }
+            }
+            Ok(out)
+        })?;
+        for (ns, path) in &forgotten {
+            st.note_gone_remote(ns, path);
+        }
+        Ok(forgotten)
+    }
+
     /// Before the object at `ns/path` is replaced or deleted: if it is the
     /// only copy in any backend of content that other files here still hold
     /// (a copy, the other side of an exchange), those files' evicted blocks
