@@ -176,3 +176,34 @@ fn fsck_checks_a_stopped_store_and_refuses_a_running_one() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("3 blocks checked, 0 damaged"), "{text}");
 }
+
+/// A command whose reader goes away (`locker status | head -1`) ends
+/// quietly, as other Unix tools do: no panic, no error message.
+#[test]
+fn commands_end_quietly_when_their_output_is_closed() {
+    use std::os::unix::process::ExitStatusExt;
+    let m = common::Mount::new();
+    let data = m.data.to_str().unwrap().to_string();
+    for args in [
+        vec!["status", "--data-dir", data.as_str()],
+        vec!["status", "--json", "--data-dir", data.as_str()],
+        vec!["init", "--output", "-"],
+    ] {
+        // The reading end is closed before the command writes.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}

@@ -134,6 +134,16 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Mount { .. } | Command::Serve { .. }) {
+        // A reader that goes away (`locker status | head -1`) ends the
+        // command quietly, as it does other Unix tools. (Rust ignores
+        // SIGPIPE, so a write would fail and printing would panic.) The
+        // daemons keep ignoring it: a client closing its connection must
+        // not kill them.
+        // SAFETY: setting a signal's disposition to its default is
+        // async-signal-safe and affects only this process.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Mount {
             mountpoint,
