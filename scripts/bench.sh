@@ -573,7 +573,7 @@ METRICS=(
   "seqread_warm|2|sequential read, warm cache|MiB/s|1|bindfs:1.0"
   "randread_cold|3|random 4 KiB read, cold cache ($COLD_IOS reads)|IOPS|0|bindfs:1.0"
   "randread_warm|3|random 4 KiB read, warm cache (${RUNTIME} s)|IOPS|0|bindfs:1.0"
-  "randwrite|3|random 4 KiB write + final fsync (${RUNTIME} s)|IOPS|0|bindfs:1.0"
+  "randwrite|3|random 4 KiB write + final fsync (${RUNTIME} s)|IOPS|0|bindfs:1.5"
   "meta_create|4|create (mkdir + write 4 KiB + close)|files/s|0|bindfs:1.0"
   "meta_stat|4|stat|files/s|0|bindfs:1.2"
   "meta_rename|4|rename (same directory)|files/s|0|bindfs:1.5"
