@@ -34,6 +34,9 @@ async fn blocking<T: Send + 'static>(
 
 pub(crate) async fn run_queue(inner: Arc<Inner>) {
     abort_orphan_uploads(&inner).await;
+    // Removals looked at and kept (something is at the path again, or the
+    // backend holds it), by change: not looked at again until it changes.
+    let mut kept = std::collections::HashSet::new();
     loop {
         let hurry = inner.hurry();
         // Entries were finished without a request: look again at once.
@@ -52,7 +55,7 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     .await;
             match due {
                 Ok(Ok(entries)) => {
-                    let forgotten = forget_unheld(&inner, &entries).await;
+                    let forgotten = forget_unheld(&inner, &entries, &mut kept).await;
                     more = !forgotten.is_empty();
                     let mut started = 0;
                     for e in entries {
@@ -107,6 +110,7 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
 async fn forget_unheld(
     inner: &Arc<Inner>,
     entries: &[QueueEntry],
+    kept: &mut std::collections::HashSet<(String, Vec<u8>, i64)>,
 ) -> std::collections::HashSet<(String, Vec<u8>)> {
     let idle: Vec<(String, Vec<u8>, i64)> = {
         let inflight = inner.inflight.lock().unwrap();
@@ -115,23 +119,38 @@ async fn forget_unheld(
             // A removal is marked with no bytes; an upload has its size.
             .filter(|e| e.bytes == 0 && !inflight.contains(&(e.ns.clone(), e.path.clone())))
             .map(|e| (e.ns.clone(), e.path.clone(), e.seq))
+            .filter(|k| !kept.contains(k))
             .collect()
     };
     if idle.is_empty() {
         return Default::default();
     }
     let core = inner.core.clone();
-    match tokio::task::spawn_blocking(move || core.sync_forget_unheld(&idle)).await {
+    let asked = idle.clone();
+    let forgotten: std::collections::HashSet<(String, Vec<u8>)> = match tokio::task::spawn_blocking(
+        move || core.sync_forget_unheld(&idle),
+    )
+    .await
+    {
         Ok(Ok(v)) => v.into_iter().collect(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "finishing queue entries that need no request failed; they are pushed");
-            Default::default()
+            return Default::default();
         }
         Err(e) => {
             tracing::warn!(error = %e, "finishing queue entries that need no request failed; they are pushed");
-            Default::default()
+            return Default::default();
         }
+    };
+    if kept.len() > 100_000 {
+        kept.clear();
     }
+    kept.extend(
+        asked
+            .into_iter()
+            .filter(|(ns, path, _)| !forgotten.contains(&(ns.clone(), path.clone()))),
+    );
+    forgotten
 }
 
 enum Outcome {
