@@ -9,6 +9,8 @@ cd "$REPO"
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release
+# mount(8)'s helper for type fuse.locker (fstab lines, mount -t fuse.locker).
+if [ "$(id -u)" = 0 ]; then ln -sf "$REPO/target/release/locker" /sbin/mount.fuse.locker; fi
 MNT=${1:-/data/locker}
 [ $# -gt 0 ] && shift
 mkdir -p "$MNT"

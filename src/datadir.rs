@@ -1,6 +1,9 @@
 //! The data directory: checked writable, and locked so that only one daemon
 //! uses it. The lock is an `flock` on `locker.lock`, released by the kernel
-//! when the process dies, so a kill -9 never leaves a stale lock.
+//! when the process dies, so a kill -9 never leaves a stale lock. The file
+//! says who holds it: a first line `PID STATE` (`serving`, or `draining`
+//! once its mount or API has stopped and it pushes what is queued before
+//! exiting) and, for a mount, a second line with its mountpoint.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -21,19 +24,66 @@ pub enum DataDirError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("data directory {path} is in use by another locker daemon{pid}; stop it first")]
-    Locked { path: PathBuf, pid: String },
+    #[error("data directory {path} is in use by another locker daemon{}; stop it first", holder.describe())]
+    Locked { path: PathBuf, holder: Holder },
+}
+
+/// What the lock file says about the daemon holding it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holder {
+    pub pid: Option<u32>,
+    pub draining: bool,
+    pub mountpoint: Option<PathBuf>,
+}
+
+impl Holder {
+    fn parse(text: &str) -> Holder {
+        let mut lines = text.lines();
+        let mut first = lines.next().unwrap_or("").split_whitespace();
+        Holder {
+            pid: first.next().and_then(|p| p.parse().ok()),
+            draining: first.next() == Some("draining"),
+            mountpoint: lines.next().filter(|l| !l.is_empty()).map(PathBuf::from),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = self.pid {
+            parts.push(format!("pid {p}"));
+        }
+        if let Some(m) = &self.mountpoint {
+            parts.push(format!("mounted at {}", m.display()));
+        }
+        if self.draining {
+            parts.push("pushing its queue before it exits".into());
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
 }
 
 /// An open, locked data directory. The lock is held while this lives.
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
-    _lock: File,
+    lock: File,
+    mountpoint: Option<PathBuf>,
 }
 
 impl DataDir {
+    /// Opens and locks the data directory of a daemon that is not a mount
+    /// (or of a command that needs the store to itself).
     pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
+        DataDir::open_for(path, None)
+    }
+
+    /// Opens and locks the data directory for a daemon serving
+    /// `mountpoint` (recorded in the lock file).
+    pub fn open_for(path: &Path, mountpoint: Option<&Path>) -> Result<DataDir, DataDirError> {
         let io = |source| DataDirError::Io {
             path: path.to_path_buf(),
             source,
@@ -67,22 +117,34 @@ impl DataDir {
             .map_err(io)?;
         // SAFETY: flock on an open descriptor we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut pid = String::new();
-            let _ = lock.read_to_string(&mut pid);
-            let pid = pid.trim();
+            let mut text = String::new();
+            let _ = lock.read_to_string(&mut text);
             return Err(DataDirError::Locked {
                 path: path.clone(),
-                pid: if pid.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (pid {pid})")
-                },
+                holder: Holder::parse(&text),
             });
         }
-        lock.set_len(0).map_err(io)?;
-        lock.rewind().map_err(io)?;
-        write!(lock, "{}", std::process::id()).map_err(io)?;
-        Ok(DataDir { path, _lock: lock })
+        let mut d = DataDir {
+            path,
+            lock,
+            mountpoint: mountpoint.map(Path::to_path_buf),
+        };
+        d.set_state("serving").map_err(io)?;
+        Ok(d)
+    }
+
+    /// Records this daemon's state in the lock file: `serving`, or
+    /// `draining` (it will exit once its queue is pushed; a new daemon for
+    /// the same data directory may wait for that).
+    pub fn set_state(&mut self, state: &str) -> std::io::Result<()> {
+        let mut text = format!("{} {state}\n", std::process::id());
+        if let Some(m) = &self.mountpoint {
+            text.push_str(&m.to_string_lossy());
+            text.push('\n');
+        }
+        self.lock.set_len(0)?;
+        self.lock.rewind()?;
+        self.lock.write_all(text.as_bytes())
     }
 
     pub fn path(&self) -> &Path {
@@ -103,6 +165,33 @@ mod tests {
         assert!(e.to_string().contains(&std::process::id().to_string()));
         drop(first);
         DataDir::open(d.path()).unwrap();
+    }
+
+    #[test]
+    fn the_lock_file_says_who_holds_it_and_whether_it_is_draining() {
+        let d = tempfile::tempdir().unwrap();
+        let mut first = DataDir::open_for(d.path(), Some(Path::new("/mnt/a b"))).unwrap();
+        let holder = |e: DataDirError| match e {
+            DataDirError::Locked { holder, .. } => holder,
+            e => panic!("{e}"),
+        };
+        let h = holder(DataDir::open(d.path()).unwrap_err());
+        assert_eq!(
+            h,
+            Holder {
+                pid: Some(std::process::id()),
+                draining: false,
+                mountpoint: Some(PathBuf::from("/mnt/a b")),
+            }
+        );
+        first.set_state("draining").unwrap();
+        let e = DataDir::open(d.path()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("mounted at /mnt/a b, pushing its queue"),
+            "{e}"
+        );
+        assert!(holder(e).draining);
     }
 
     #[test]

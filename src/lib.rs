@@ -19,5 +19,6 @@ pub mod core;
 pub mod datadir;
 pub mod fuse;
 pub mod meta;
+pub mod notify;
 pub mod sync;
 pub mod types;

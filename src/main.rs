@@ -12,7 +12,22 @@ fn main() -> std::process::ExitCode {
         // Colours only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = locker::cli::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .is_some_and(|a| locker::cli::helper::invoked_as_helper(a))
+    {
+        // mount(8) runs /sbin/mount.fuse.locker (a link to this binary).
+        return match locker::cli::helper::run(&args[1..]) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mount.fuse.locker: {e:#}");
+                // mount(8)'s "mount failure".
+                std::process::ExitCode::from(32)
+            }
+        };
+    }
+    let cli = locker::cli::Cli::parse_from(args);
     match locker::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

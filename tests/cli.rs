@@ -175,6 +175,57 @@ fn fsck_checks_a_stopped_store_and_refuses_a_running_one() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("3 blocks checked, 0 damaged"), "{text}");
+    // In a pipe (a log), no progress line.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("checked 3/3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // On a terminal, a progress line: blocks, bytes, rate.
+    let text = on_a_terminal(&format!("{BIN} fsck --data-dir {data}"));
+    assert!(
+        text.contains("checked 3/3 blocks, 3.0 MiB of 3.0 MiB") && text.contains("/s"),
+        "{text}"
+    );
+    assert!(text.contains("3 blocks checked, 0 damaged"), "{text}");
+}
+
+/// What `cmd` writes when its output is a terminal (util-linux's script
+/// gives it a pseudo-terminal).
+fn on_a_terminal(cmd: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn status_watch_redraws_on_a_terminal_and_appends_in_a_pipe() {
+    let m = common::Mount::new();
+    let data = m.data.to_str().unwrap().to_string();
+    let text = on_a_terminal(&format!(
+        "timeout 2.5 {BIN} status --watch 1 --data-dir {data}"
+    ));
+    assert!(text.matches("daemon pid").count() >= 2, "{text}");
+    assert!(text.contains("\x1b[H"), "redrawn in place: {text:?}");
+
+    let mut child = Command::new(BIN)
+        .args(["status", "--watch", "1", "--json", "--data-dir", &data])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert!(lines.len() >= 2, "{lines:?}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["pid"].as_u64().is_some(), "{l}");
+        assert!(!l.contains("\x1b"), "{l:?}");
+    }
 }
 
 /// A command whose reader goes away (`locker status | head -1`) ends

@@ -4,14 +4,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::api::ApiServer;
 use crate::config::Config;
 use crate::core::{Locker, LockerOptions};
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, DataDirError, Holder};
 use crate::sync::Sidecar;
 
 /// A store being served.
@@ -26,8 +26,17 @@ impl Store {
     /// Locks the data directory, opens the core (recovering if needed),
     /// checks the backends and starts the sidecar, then the API if the
     /// config has an `[api]` section.
-    pub fn open(cfg: &Config, data_dir: Option<&Path>) -> anyhow::Result<Store> {
-        let dir = DataDir::open(&super::data_path(cfg, data_dir))?;
+    /// `mountpoint`: the mount it serves, if it is one.
+    pub fn open(
+        cfg: &Config,
+        data_dir: Option<&Path>,
+        mountpoint: Option<&Path>,
+    ) -> anyhow::Result<Store> {
+        // A daemon that is leaving (its mount is gone, it pushes its queue
+        // before it exits) is waited for, as long as its drain may take:
+        // `umount` and a new mount right after work as one expects.
+        let wait = Duration::from_secs(cfg.sync.drain_timeout_s + 30);
+        let dir = lock_dir(&super::data_path(cfg, data_dir), mountpoint, wait)?;
         let cache_limit = cfg.cache.size_mb << 20;
         let opts = LockerOptions {
             namespaces: cfg.namespaces.keys().cloned().collect(),
@@ -60,6 +69,9 @@ impl Store {
     /// file, pushes what is queued for up to the drain timeout, and makes
     /// the store durable.
     pub fn close(mut self, cfg: &Config) -> anyhow::Result<()> {
+        if let Err(e) = self.dir.set_state("draining") {
+            tracing::warn!(error = %e, "cannot note the drain in the lock file");
+        }
         if let Some(api) = self.api.take() {
             api.shutdown();
         }
@@ -94,6 +106,42 @@ impl Store {
         drop(self.dir);
         Ok(())
     }
+}
+
+/// Locks the data directory at `path`, waiting up to `wait` while the
+/// daemon that holds it is leaving.
+fn lock_dir(path: &Path, mountpoint: Option<&Path>, wait: Duration) -> anyhow::Result<DataDir> {
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match DataDir::open_for(path, mountpoint) {
+            Ok(d) => return Ok(d),
+            Err(DataDirError::Locked { holder, .. })
+                if leaving(&holder) && Instant::now() < deadline =>
+            {
+                if !told {
+                    tracing::info!(
+                        pid = holder.pid.unwrap_or(0),
+                        "the previous daemon on this data directory is pushing its queue before it exits; waiting for it"
+                    );
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether the daemon holding a data directory is on its way out: it says
+/// it is draining, or the mount it served is gone (it will say so soon).
+fn leaving(h: &Holder) -> bool {
+    h.draining
+        || h.mountpoint.as_ref().is_some_and(|m| {
+            !super::mount::mounts()
+                .iter()
+                .any(|e| &e.point == m && e.fstype.starts_with("fuse"))
+        })
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and the threads it

@@ -2,6 +2,7 @@
 
 mod daemon;
 mod fsck;
+pub mod helper;
 mod init;
 mod mount;
 mod refs;
@@ -44,7 +45,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount LOCKER at MOUNTPOINT and serve it in the foreground until
-    /// SIGINT or SIGTERM, then flush and unmount.
+    /// SIGINT, SIGTERM or an unmount, then flush, push and exit.
     Mount {
         /// Directory to mount on (must exist).
         mountpoint: PathBuf,
@@ -54,6 +55,21 @@ pub enum Command {
         /// Data directory (overrides the configuration).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Show only this namespace, or a folder in it (NS or NS/DIR/...),
+        /// at the mountpoint. A missing folder is created.
+        #[arg(long, value_name = "NS[/DIR]")]
+        namespace: Option<String>,
+        /// The mount's source, as findmnt and umount show it (default:
+        /// locker, or locker:NS/DIR with --namespace).
+        #[arg(long)]
+        source: Option<String>,
+        /// Mount options, comma-separated, as in fstab: config=FILE,
+        /// data_dir=DIR, namespace=NS[/DIR], source=NAME, log=FILE,
+        /// allow_other, ro, rw, nosuid, nodev, noexec, suid, dev, exec.
+        /// Options for mount(8) and systemd (_netdev, nofail, x-*, ...)
+        /// are ignored.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
     },
     /// Serve the HTTP API (config section [api]) and push changes to the
     /// backends, without mounting, until SIGINT or SIGTERM.
@@ -102,6 +118,11 @@ pub enum Command {
         /// List every backend now (a refresh) before answering.
         #[arg(long)]
         refresh: bool,
+        /// Keep showing it, every SECONDS (default 2), until interrupted:
+        /// redrawn in place on a terminal, one reading after another in a
+        /// pipe (JSON one per line).
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
         /// Configuration file (to find the data directory).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -149,7 +170,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             mountpoint,
             config,
             data_dir,
-        } => mount::run(&mountpoint, config.as_deref(), data_dir.as_deref()),
+            namespace,
+            source,
+            options,
+        } => {
+            let mut opts = mount::Options::parse(&options.join(","))?;
+            opts.config = config.or(opts.config);
+            opts.data_dir = data_dir.or(opts.data_dir);
+            opts.namespace = namespace.or(opts.namespace);
+            opts.source = source.or(opts.source);
+            mount::run(&mountpoint, opts)
+        }
         Command::Serve { config, data_dir } => serve::run(config.as_deref(), data_dir.as_deref()),
         Command::Ref { path } => refs::reference(&path),
         Command::Resolve {
@@ -167,8 +198,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status {
             json,
             refresh,
+            watch,
             config,
             data_dir,
-        } => status::run(json, refresh, config.as_deref(), data_dir.as_deref()),
+        } => status::run(json, refresh, watch, config.as_deref(), data_dir.as_deref()),
     }
 }

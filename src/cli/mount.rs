@@ -5,8 +5,9 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use anyhow::{Context, bail};
@@ -14,33 +15,237 @@ use anyhow::{Context, bail};
 use super::daemon;
 use crate::config::is_root;
 use crate::core::sync::Invalidate;
-use crate::fuse::LockerFs;
+use crate::core::{Caller, CoreError, FileKind, InodeNo, Locker};
+use crate::fuse::{InoMap, LockerFs};
+use crate::notify;
 
 enum Event {
     Signal(i32),
     SessionEnded(std::io::Result<()>),
 }
 
-pub fn run(
-    mountpoint: &Path,
-    config: Option<&Path>,
-    data_dir: Option<&Path>,
-) -> anyhow::Result<()> {
-    let cfg = super::load_config(config)?;
+/// What `locker mount` is told on its command line and in `-o`.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    /// `NS` or `NS/DIR/...`: the folder shown at the mountpoint.
+    pub namespace: Option<String>,
+    /// The mount's source (`findmnt`'s SOURCE).
+    pub source: Option<String>,
+    /// Append the log here rather than to standard error.
+    pub log: Option<PathBuf>,
+    pub allow_other: Option<bool>,
+    pub read_only: bool,
+    /// nosuid/suid, nodev/dev, noexec/exec: the last of each pair wins.
+    pub suid: Option<bool>,
+    pub dev: Option<bool>,
+    pub exec: Option<bool>,
+}
+
+/// Options mount(8) and systemd use themselves; a helper is handed them
+/// too, and ignores them.
+const IGNORED: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "noatime",
+    "atime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "lazytime",
+];
+
+impl Options {
+    /// Parses fstab-style options: `key=value` or flags, comma-separated.
+    pub fn parse(list: &str) -> anyhow::Result<Options> {
+        let mut o = Options::default();
+        for opt in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let path = |v: Option<&str>| -> anyhow::Result<PathBuf> {
+                match v {
+                    Some(v) if !v.is_empty() => Ok(PathBuf::from(v)),
+                    _ => bail!("mount option {key} needs a value ({key}=...)"),
+                }
+            };
+            match (key, value) {
+                ("config", v) => o.config = Some(path(v)?),
+                ("data_dir" | "data-dir", v) => o.data_dir = Some(path(v)?),
+                ("log", v) => o.log = Some(path(v)?),
+                ("namespace", v) => o.namespace = Some(path(v)?.to_string_lossy().into_owned()),
+                ("source" | "fsname", v) => {
+                    o.source = Some(path(v)?.to_string_lossy().into_owned())
+                }
+                ("allow_other", None) => o.allow_other = Some(true),
+                ("ro", None) => o.read_only = true,
+                ("rw", None) => o.read_only = false,
+                ("suid", None) => o.suid = Some(true),
+                ("nosuid", None) => o.suid = Some(false),
+                ("dev", None) => o.dev = Some(true),
+                ("nodev", None) => o.dev = Some(false),
+                ("exec", None) => o.exec = Some(true),
+                ("noexec", None) => o.exec = Some(false),
+                (k, _) if k.starts_with("x-") || k == "comment" || k == "user" => {}
+                (k, None) if IGNORED.contains(&k) => {}
+                _ => bail!(
+                    "unknown mount option {opt:?} (LOCKER's are config=, data_dir=, namespace=, \
+                     source=, log=, allow_other, ro, rw, [no]suid, [no]dev, [no]exec)"
+                ),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// `NS` or `NS/DIR/...` split into names, each checked.
+fn folder_names(spec: &str) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = spec
+        .split('/')
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        bail!("--namespace {spec:?}: name a namespace, or a folder in one (NS/DIR)");
+    }
+    if let Some(bad) = names.iter().find(|n| *n == "." || *n == "..") {
+        bail!("--namespace {spec:?}: {bad:?} is not allowed in it");
+    }
+    Ok(names)
+}
+
+/// The inode of the folder a `--namespace` mount shows, created (as the
+/// daemon's user, mode 0755) where missing below the namespace.
+fn mount_root(core: &Locker, spec: &str) -> anyhow::Result<InodeNo> {
+    let names = folder_names(spec)?;
+    let served = core.namespaces()?;
+    if !served.contains(&names[0]) {
+        bail!(
+            "--namespace {spec}: namespace {:?} is not configured (the config has {})",
+            names[0],
+            if served.is_empty() {
+                "none".to_string()
+            } else {
+                served.join(", ")
+            }
+        );
+    }
+    let me = Caller {
+        // SAFETY: geteuid/getegid have no preconditions.
+        uid: unsafe { libc::geteuid() },
+        gid: unsafe { libc::getegid() },
+        pid: std::process::id(),
+    };
+    let mut cur = InodeNo::ROOT;
+    for n in &names {
+        cur = match core.lookup(cur, n.as_bytes()) {
+            Ok(a) if a.kind == FileKind::Dir => a.ino,
+            Ok(_) => bail!("--namespace {spec}: {n:?} is not a directory"),
+            Err(CoreError::NotFound) => {
+                tracing::info!(folder = %spec, name = %n, "creating the folder to mount");
+                core.mkdir(&me, cur, n.as_bytes(), 0o755)
+                    .with_context(|| format!("--namespace {spec}: cannot create {n:?}"))?
+                    .ino
+            }
+            Err(e) => return Err(e).with_context(|| format!("--namespace {spec}")),
+        };
+    }
+    Ok(cur)
+}
+
+/// Sends standard error (the log) to `path`, appended.
+fn log_to(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("log directory {}", dir.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .with_context(|| format!("log file {}", path.display()))?;
+    // SAFETY: both descriptors are open; dup2 replaces fd 2 atomically.
+    if unsafe { libc::dup2(f.as_raw_fd(), 2) } < 0 {
+        bail!(
+            "log file {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(mountpoint: &Path, opts: Options) -> anyhow::Result<()> {
+    if let Some(log) = &opts.log {
+        log_to(log)?;
+    }
+    let r = serve(mountpoint, &opts);
+    if let Err(e) = &r {
+        // Whoever waits for readiness (the mount helper) learns why not.
+        notify::send(&format!("STATUS=failed: {e:#}"));
+    }
+    r
+}
+
+fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
+    let cfg = super::load_config(opts.config.as_deref())?;
+    let source = match (&opts.source, &opts.namespace) {
+        (Some(s), _) => s.clone(),
+        (None, Some(ns)) => format!("locker:{}", folder_names(ns)?.join("/")),
+        (None, None) => "locker".to_string(),
+    };
+    if source.is_empty() || source.contains([',', ' ', '\t', '\n', '\\']) {
+        bail!("mount source {source:?}: use letters, digits and : / . _ - only");
+    }
     check_mountpoint(mountpoint)?;
+    // As /proc/self/mountinfo will name it.
+    let abs = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     // Signals are taken by one thread with sigwait; block them before any
     // other thread exists so none of those receives them.
     let sigs = daemon::block_signals();
-    let store = daemon::Store::open(&cfg, data_dir)?;
+    let store = daemon::Store::open(&cfg, opts.data_dir.as_deref(), Some(&abs))?;
     let core = store.core.clone();
-    let allow_other = cfg.mount.allow_other.unwrap_or_else(is_root);
+    let root = match &opts.namespace {
+        Some(spec) => mount_root(&core, spec)?,
+        None => InodeNo::ROOT,
+    };
+    let map = InoMap::new(root);
+    let allow_other = opts
+        .allow_other
+        .or(cfg.mount.allow_other)
+        .unwrap_or_else(is_root);
     let mut fuse_cfg = fuser::Config::default();
+    use fuser::MountOption as M;
     fuse_cfg.mount_options = vec![
-        fuser::MountOption::FSName("locker".into()),
-        fuser::MountOption::Subtype("locker".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::RW,
+        M::FSName(source.clone()),
+        // As a kernel option: fuser passes `Subtype` only to fusermount, so
+        // a mount made as root would be of type "fuse" rather than
+        // "fuse.locker" (what `mount -t`, `findmnt -t` and fstab name).
+        M::CUSTOM("subtype=locker".into()),
+        M::DefaultPermissions,
+        if opts.read_only { M::RO } else { M::RW },
     ];
+    for (set, yes, no) in [
+        (opts.suid, M::Suid, M::NoSuid),
+        (opts.dev, M::Dev, M::NoDev),
+        (opts.exec, M::Exec, M::NoExec),
+    ] {
+        if let Some(on) = set {
+            fuse_cfg.mount_options.push(if on { yes } else { no });
+        }
+    }
     fuse_cfg.acl = if allow_other {
         fuser::SessionACL::All
     } else {
@@ -49,7 +254,7 @@ pub fn run(
     // One thread reads the device; requests that may wait go to
     // `mount.threads` others (see `fuse::Waiters`).
     fuse_cfg.n_threads = Some(1);
-    let fs = LockerFs::new(core.clone(), cfg.mount.threads);
+    let fs = LockerFs::new(core.clone(), map, cfg.mount.threads);
     let mut session = fuser::Session::new(fs, mountpoint, &fuse_cfg)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
@@ -59,16 +264,26 @@ pub fn run(
             // ENOENT: the kernel did not cache it; nothing to drop.
             let _ = match i {
                 Invalidate::Entry(dir, name) => {
-                    notifier.inval_entry(fuser::INodeNo(dir.0), std::ffi::OsStr::from_bytes(name))
+                    notifier.inval_entry(map.to_kernel(*dir), std::ffi::OsStr::from_bytes(name))
                 }
-                Invalidate::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
+                Invalidate::Inode(ino) => notifier.inval_inode(map.to_kernel(*ino), 0, 0),
             };
         }
     }));
+    let served = core.namespaces()?;
+    if served.is_empty() {
+        tracing::warn!(
+            "the configuration has no [namespaces]: the mount is empty (the embedded default has five; see `locker init -o -`)"
+        );
+    }
     tracing::info!(
         mountpoint = %mountpoint.display(),
+        source = %source,
         data_dir = %store.dir.path().display(),
+        namespaces = %served.join(","),
+        folder = opts.namespace.as_deref().unwrap_or("/"),
         allow_other,
+        read_only = opts.read_only,
         "serving"
     );
 
@@ -80,10 +295,13 @@ pub fn run(
             let r = session.run();
             let _ = tx2.send(Event::SessionEnded(r));
         })?;
-    let ra_point = mountpoint.to_path_buf();
+    let ready_point = mountpoint.to_path_buf();
+    let ready_core = core.clone();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let ready_stopping = stopping.clone();
     std::thread::Builder::new()
-        .name("readahead".into())
-        .spawn(move || raise_readahead(&ra_point))?;
+        .name("ready".into())
+        .spawn(move || when_answering(&ready_point, &ready_core, &ready_stopping))?;
     daemon::forward_signals(sigs, move |sig| tx.send(Event::Signal(sig)).is_ok())?;
 
     let mut unmount_asked = false;
@@ -98,7 +316,9 @@ pub fn run(
                     continue;
                 }
                 unmount_asked = true;
+                stopping.store(true, Ordering::Relaxed);
                 tracing::info!(signal = sig, "unmounting");
+                notify::send("STOPPING=1");
                 if let Err(e) = unmounter.unmount() {
                     tracing::warn!(error = %e, "the mount is busy; detaching it now, open files keep working until closed");
                     lazy_unmount(mountpoint);
@@ -111,6 +331,11 @@ pub fn run(
     if let Err(e) = &result {
         tracing::error!(error = %e, "the FUSE session ended with an error");
     }
+    stopping.store(true, Ordering::Relaxed);
+    notify::send(&format!(
+        "STOPPING=1\nSTATUS=unmounted; pushing {} queued changes",
+        queued(&core)
+    ));
     store.close(&cfg)?;
     tracing::info!("unmounted cleanly");
     result.context("FUSE session")?;
@@ -235,6 +460,42 @@ fn statfs_errno(path: &Path) -> Option<i32> {
     }
 }
 
+/// Changes not yet pushed, over every namespace.
+fn queued(core: &Locker) -> u64 {
+    core.sync_stats()
+        .map(|v| v.iter().map(|s| s.entries).sum())
+        .unwrap_or(0)
+}
+
+/// Once the mount answers (a `statfs` is answered only after the kernel's
+/// handshake): tells systemd (or the mount helper) it is ready, raises the
+/// readahead, then keeps systemd's status line current.
+fn when_answering(mountpoint: &Path, core: &Locker, stopping: &AtomicBool) {
+    if statfs_errno(mountpoint).is_some() {
+        return;
+    }
+    notify::send(&format!(
+        "READY=1\nSTATUS=serving {}; {} changes queued",
+        mountpoint.display(),
+        queued(core)
+    ));
+    raise_readahead(mountpoint);
+    if !notify::enabled() {
+        return;
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        notify::send(&format!(
+            "STATUS=serving {}; {} changes queued",
+            mountpoint.display(),
+            queued(core)
+        ));
+    }
+}
+
 /// Kernel readahead for the mount, in KiB: one block, so that a sequential
 /// reader's READ requests are whole blocks (the kernel's default is 128).
 const READAHEAD_KB: u32 = (crate::blocks::BLOCK_SIZE / 1024) as u32;
@@ -245,9 +506,6 @@ const READAHEAD_KB: u32 = (crate::blocks::BLOCK_SIZE / 1024) as u32;
 /// finished the handshake (a `statfs` is answered only after it): files
 /// opened from then on read ahead that far.
 fn raise_readahead(mountpoint: &Path) {
-    if statfs_errno(mountpoint).is_some() {
-        return;
-    }
     let abs = match std::fs::canonicalize(mountpoint) {
         Ok(p) => p,
         Err(_) => return,

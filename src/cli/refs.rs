@@ -1,6 +1,7 @@
 //! `locker ref`, `locker resolve` and `locker sign`: between paths in the
 //! mount, `locker://` references and signed URLs.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -13,13 +14,37 @@ use crate::core::namespace::{REF_SCHEME, encode_ref_path};
 fn locker_mounts() -> Vec<PathBuf> {
     super::mount::mounts()
         .into_iter()
-        // "fuse.locker", or "fuse" with source "locker" (as mounted without
-        // the subtype).
+        // "fuse.locker", or "fuse" with a source "locker..." (as mounted
+        // without the subtype).
         .filter(|m| {
-            m.fstype == "fuse.locker" || (m.fstype.starts_with("fuse") && m.source == "locker")
+            m.fstype == "fuse.locker"
+                || (m.fstype.starts_with("fuse") && m.source.starts_with("locker"))
         })
         .map(|m| m.point)
         .collect()
+}
+
+/// The folder a LOCKER mount shows (`--namespace`), as its namespace path;
+/// `None` for a mount of every namespace. Its root's `user.locker.ref`
+/// says (the store's root has none).
+fn mount_folder(mp: &Path) -> Option<ApiPath> {
+    let c = std::ffi::CString::new(mp.as_os_str().as_bytes()).ok()?;
+    let name = c"user.locker.ref";
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: both strings are NUL-terminated; buf is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    path::parse_ref(std::str::from_utf8(&buf).ok()?).ok()
 }
 
 /// The namespace path of a file in a LOCKER mount.
@@ -34,9 +59,15 @@ fn path_in_mount(p: &Path) -> anyhow::Result<ApiPath> {
         bail!("{} is not inside a LOCKER mount", abs.display());
     };
     let rel = abs.strip_prefix(mp).expect("checked prefix");
-    let text = rel
+    let rel = rel
         .to_str()
         .with_context(|| format!("{}: the path is not UTF-8", abs.display()))?;
+    let text = match mount_folder(mp) {
+        Some(f) if rel.is_empty() => f.joined(),
+        Some(f) => format!("{}/{rel}", f.joined()),
+        None => rel.to_string(),
+    };
+    let text = text.as_str();
     path::parse_plain(text).map_err(|e| {
         if text.is_empty() {
             anyhow::anyhow!("{} is the root of the mount, not a file", abs.display())
@@ -57,15 +88,37 @@ pub fn reference(p: &Path) -> anyhow::Result<()> {
 pub fn resolve(r: &str, mountpoint: Option<&Path>) -> anyhow::Result<()> {
     let ap = path::parse_ref(r)
         .map_err(|e| anyhow::anyhow!("{r:?} is not a locker://namespace/path reference: {e}"))?;
-    let mp = match mountpoint {
-        Some(m) => m.to_path_buf(),
+    // Each mount with the names the reference has below its folder.
+    let below = |mp: &Path| -> Option<PathBuf> {
+        let all: Vec<&str> = std::iter::once(ap.ns.as_str())
+            .chain(ap.names.iter().map(String::as_str))
+            .collect();
+        let skip = match mount_folder(mp) {
+            None => 0,
+            Some(f) => {
+                let folder: Vec<&str> = std::iter::once(f.ns.as_str())
+                    .chain(f.names.iter().map(String::as_str))
+                    .collect();
+                if !all.starts_with(&folder) {
+                    return None;
+                }
+                folder.len()
+            }
+        };
+        let mut local = mp.to_path_buf();
+        local.extend(&all[skip..]);
+        Some(local)
+    };
+    let local = match mountpoint {
+        Some(m) => below(m)
+            .with_context(|| format!("{r} is not below the folder mounted at {}", m.display()))?,
         None => {
-            let mounts = locker_mounts();
-            match mounts.as_slice() {
+            let found: Vec<PathBuf> = locker_mounts().iter().filter_map(|m| below(m)).collect();
+            match found.as_slice() {
                 [one] => one.clone(),
-                [] => bail!("no LOCKER mount is active; pass --mountpoint"),
+                [] => bail!("no active LOCKER mount shows {r}; pass --mountpoint"),
                 many => bail!(
-                    "several LOCKER mounts are active ({}); pass --mountpoint",
+                    "several LOCKER mounts show {r} ({}); pass --mountpoint",
                     many.iter()
                         .map(|m| m.display().to_string())
                         .collect::<Vec<_>>()
@@ -74,10 +127,6 @@ pub fn resolve(r: &str, mountpoint: Option<&Path>) -> anyhow::Result<()> {
             }
         }
     };
-    let mut local = mp.join(&ap.ns);
-    for n in &ap.names {
-        local.push(n);
-    }
     match std::fs::symlink_metadata(&local) {
         Ok(_) => {
             println!("{}", local.display());

@@ -1,11 +1,13 @@
 //! `locker status`: asks the running daemon (through its socket in the data
 //! directory) and prints its answer.
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::time::Duration;
 
-use crate::sync::query_status;
+use crate::sync::{Status, query_status};
 
-fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -23,51 +25,97 @@ fn bytes(n: u64) -> String {
 pub fn run(
     json: bool,
     refresh: bool,
+    watch: Option<u64>,
     config: Option<&Path>,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
     let cfg = super::load_config(config)?;
     let dir = super::data_path(&cfg, data_dir);
-    let st = query_status(&dir, if refresh { "refresh" } else { "status" })?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+    let ask = |refresh: bool| query_status(&dir, if refresh { "refresh" } else { "status" });
+    let Some(every) = watch else {
+        let st = ask(refresh)?;
+        print!("{}", render(&st, json)?);
         return Ok(());
+    };
+    // --watch: on a terminal the screen is redrawn in place; in a pipe or a
+    // log each reading follows the last, JSON one per line.
+    let tty = std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        let st = ask(refresh && first)?;
+        let text = if json {
+            format!("{}\n", serde_json::to_string(&st)?)
+        } else {
+            render(&st, false)?
+        };
+        let mut out = std::io::stdout().lock();
+        if tty && !json {
+            // Clear the screen once; then home, the reading with each line's
+            // end cleared, and clear whatever the last one left below.
+            if first {
+                write!(out, "\x1b[2J")?;
+            }
+            write!(out, "\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"))?;
+        } else {
+            if !first && !json {
+                writeln!(out)?;
+            }
+            write!(out, "{text}")?;
+        }
+        out.flush()?;
+        drop(out);
+        first = false;
+        std::thread::sleep(Duration::from_secs(every.max(1)));
     }
-    println!("daemon pid {}", st.pid);
-    println!(
+}
+
+/// The daemon's answer as text (or pretty JSON).
+fn render(st: &Status, json: bool) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(st)?)?;
+        return Ok(out);
+    }
+    writeln!(out, "daemon pid {}", st.pid)?;
+    writeln!(
+        out,
         "cache: {} used of {}, {} not yet in a backend",
         bytes(st.cache.used_bytes),
         bytes(st.cache.limit_bytes),
         bytes(st.cache.dirty_bytes)
-    );
+    )?;
     for n in &st.namespaces {
         let reach = match n.reachable {
             Some(true) => "reachable",
             Some(false) => "UNREACHABLE",
             None => "not contacted yet",
         };
-        println!("{}: {} ({reach})", n.name, n.backend);
+        writeln!(out, "{}: {} ({reach})", n.name, n.backend)?;
         let age = n
             .oldest_age_s
             .map(|a| format!(", oldest {a:.0} s"))
             .unwrap_or_default();
-        println!(
+        writeln!(
+            out,
             "  queue: {} entries, {}{age}",
             n.queue,
             bytes(n.pending_bytes)
-        );
+        )?;
         if let Some(r) = n.last_refresh_age_s {
-            println!("  last listed {r:.0} s ago");
+            writeln!(out, "  last listed {r:.0} s ago")?;
         }
         match n.conditional_writes {
-            Some(true) => println!("  conditional writes: honoured"),
-            Some(false) => println!(
+            Some(true) => writeln!(out, "  conditional writes: honoured")?,
+            Some(false) => writeln!(
+                out,
                 "  conditional writes: IGNORED by this store (concurrent changes are found from each object's base instead)"
-            ),
+            )?,
             None => {}
         }
         if !n.refused.is_empty() {
-            println!(
+            writeln!(
+                out,
                 "  refused by the store, kept here ({}{}):",
                 n.refused.len(),
                 if n.refused.len() >= 100 {
@@ -75,14 +123,14 @@ pub fn run(
                 } else {
                     ""
                 }
-            );
+            )?;
             for r in n.refused.iter().take(10) {
-                println!("    {}: {}", r.path, r.error);
+                writeln!(out, "    {}: {}", r.path, r.error)?;
             }
         }
         if let Some(e) = &n.last_error {
-            println!("  last error: {e}");
+            writeln!(out, "  last error: {e}")?;
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -25,10 +25,25 @@ pub struct FsckReport {
     pub lost: Vec<String>,
 }
 
+/// How far `fsck` has got.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FsckProgress {
+    pub blocks_done: u64,
+    pub blocks_total: u64,
+    /// Bytes of the blocks held here (evicted ones are not read).
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
 impl Locker {
     /// Checks every block of the store. Needs the store to itself (the
     /// daemon stopped).
     pub fn fsck(&self) -> CoreResult<FsckReport> {
+        self.fsck_with(|_| {})
+    }
+
+    /// `fsck`, telling `progress` after each block.
+    pub fn fsck_with(&self, mut progress: impl FnMut(FsckProgress)) -> CoreResult<FsckReport> {
         let mut report = FsckReport::default();
         let rows: Vec<(Vec<u8>, i64, bool)> = {
             let st = self.lock();
@@ -36,7 +51,17 @@ impl Locker {
             let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))?;
             rows.collect::<Result<_, _>>()?
         };
+        let mut done = FsckProgress {
+            blocks_total: rows.len() as u64,
+            bytes_total: rows.iter().filter(|r| r.2).map(|r| r.1.max(0) as u64).sum(),
+            ..FsckProgress::default()
+        };
         for (raw, size, present) in rows {
+            done.blocks_done += 1;
+            if present {
+                done.bytes_done += size.max(0) as u64;
+            }
+            progress(done);
             let Some(id) = BlockId::from_slice(&raw) else {
                 continue;
             };

@@ -343,6 +343,34 @@ fn hard_links_share_content() {
 }
 
 #[test]
+fn directories_below_the_root_have_a_reference() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"a b", 0o755).unwrap().ino;
+    assert_eq!(
+        t.l.getxattr(ns, b"user.locker.ref").unwrap(),
+        b"locker://corp"
+    );
+    assert_eq!(
+        t.l.getxattr(d, b"user.locker.ref").unwrap(),
+        b"locker://corp/a%20b"
+    );
+    assert!(matches!(
+        t.l.getxattr(InodeNo::ROOT, b"user.locker.ref"),
+        Err(CoreError::NoAttr)
+    ));
+    assert!(matches!(
+        t.l.setxattr(d, b"user.locker.ref", b"x", XattrMode::Any),
+        Err(CoreError::NotPermitted(_))
+    ));
+    assert!(matches!(
+        t.l.getxattr(d, b"user.locker.sha256"),
+        Err(CoreError::NoAttr)
+    ));
+    assert!(t.l.listxattr(d).unwrap().is_empty());
+}
+
+#[test]
 fn xattr_create_replace_and_virtual_attributes() {
     let t = new();
     let ns = t.ns();

@@ -1,7 +1,8 @@
 //! Extended attributes: `user.*`, `trusted.*` and `security.*` are stored;
 //! `system.*` (POSIX ACLs) is not supported. Two virtual, read-only
 //! attributes exist on every regular file: `user.locker.ref` (its locker://
-//! reference) and `user.locker.sha256` (hex SHA-256 of its content, computed
+//! reference; directories below the root have one too) and
+//! `user.locker.sha256` (hex SHA-256 of its content, computed
 //! when first asked and remembered until the content changes). They are not
 //! listed, so `cp -a`, `rsync -X` and `tar --xattrs` do not try to copy them
 //! onto other files.
@@ -33,16 +34,21 @@ fn check_xattr_name(name: &[u8]) -> CoreResult<()> {
     }
 }
 
-fn is_virtual(name: &[u8]) -> bool {
-    name == XATTR_REF || name == XATTR_SHA256
+/// Whether `name` is a virtual attribute of an inode of `kind` (`ino`).
+fn is_virtual_of(name: &[u8], kind: FileKind, ino: InodeNo) -> bool {
+    match kind {
+        FileKind::File => name == XATTR_REF || name == XATTR_SHA256,
+        FileKind::Dir => name == XATTR_REF && ino != InodeNo::ROOT,
+        _ => false,
+    }
 }
 
 impl Locker {
     pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> CoreResult<Vec<u8>> {
         check_xattr_name(name)?;
-        if is_virtual(name) {
+        if name == XATTR_REF || name == XATTR_SHA256 {
             let kind = self.getattr(ino)?.kind;
-            if kind == FileKind::File {
+            if is_virtual_of(name, kind, ino) {
                 return if name == XATTR_REF {
                     Ok(self.reference(ino)?.into_bytes())
                 } else {
@@ -77,7 +83,7 @@ impl Locker {
             .ok_or(CoreError::NotFound)?
             .attr
             .kind;
-        if is_virtual(name) && kind == FileKind::File {
+        if is_virtual_of(name, kind, ino) {
             return Err(CoreError::NotPermitted("read-only attribute"));
         }
         if name.starts_with(SECURITY) {
@@ -113,7 +119,7 @@ impl Locker {
             .ok_or(CoreError::NotFound)?
             .attr
             .kind;
-        if is_virtual(name) && kind == FileKind::File {
+        if is_virtual_of(name, kind, ino) {
             return Err(CoreError::NotPermitted("read-only attribute"));
         }
         st.tx(|tx| {

@@ -30,16 +30,64 @@ const TTL: Duration = Duration::from_secs(60);
 
 pub struct LockerFs {
     core: Arc<Locker>,
+    map: InoMap,
     waiters: Waiters,
 }
 
 impl LockerFs {
-    /// `wait_threads` serve the requests that may wait (see `Waiters`).
-    pub fn new(core: Arc<Locker>, wait_threads: usize) -> LockerFs {
+    /// `wait_threads` serve the requests that may wait (see `Waiters`);
+    /// `map` says which directory is the mount's root.
+    pub fn new(core: Arc<Locker>, map: InoMap, wait_threads: usize) -> LockerFs {
         LockerFs {
             core,
+            map,
             waiters: Waiters::start(wait_threads.max(1)),
         }
+    }
+
+    fn ino(&self, i: INodeNo) -> InodeNo {
+        self.map.to_core(i.0)
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        file_attr(a, self.map.to_kernel(a.ino))
+    }
+}
+
+/// Between the kernel's inode numbers and the core's. The kernel calls the
+/// mount's root inode 1; a mount of one folder (`--namespace ns/dir`) has
+/// that folder at its root, so the folder's inode and the store's root
+/// swap numbers. The store's root is above the folder, so it never shows
+/// through such a mount; every other inode keeps its number.
+#[derive(Debug, Clone, Copy)]
+pub struct InoMap {
+    root: InodeNo,
+}
+
+impl InoMap {
+    /// The mount shows the tree below `root` (`InodeNo::ROOT`: all of it).
+    pub fn new(root: InodeNo) -> InoMap {
+        InoMap { root }
+    }
+
+    pub fn to_core(&self, k: u64) -> InodeNo {
+        if k == InodeNo::ROOT.0 {
+            self.root
+        } else if k == self.root.0 {
+            InodeNo::ROOT
+        } else {
+            InodeNo(k)
+        }
+    }
+
+    pub fn to_kernel(&self, c: InodeNo) -> INodeNo {
+        INodeNo(if c == self.root {
+            InodeNo::ROOT.0
+        } else if c == InodeNo::ROOT {
+            self.root.0
+        } else {
+            c.0
+        })
     }
 }
 
@@ -145,9 +193,9 @@ fn file_type(k: FileKind) -> FileType {
     }
 }
 
-fn file_attr(a: &Attr) -> FileAttr {
+fn file_attr(a: &Attr, ino: INodeNo) -> FileAttr {
     FileAttr {
-        ino: INodeNo(a.ino.0),
+        ino,
         size: a.size,
         blocks: a.size.div_ceil(512),
         atime: a.atime.to_system(),
@@ -173,10 +221,6 @@ fn caller(req: &Request) -> Caller {
         gid: req.gid(),
         pid: req.pid(),
     }
-}
-
-fn ino(i: INodeNo) -> InodeNo {
-    InodeNo(i.0)
 }
 
 fn fh(h: FileHandle) -> HandleId {
@@ -223,15 +267,21 @@ impl Filesystem for LockerFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.core.lookup(ino(parent), name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        // Nothing above the mount's root shows through it.
+        let r = if parent == INodeNo::ROOT && name.as_bytes() == b".." {
+            self.core.getattr(self.ino(parent))
+        } else {
+            self.core.lookup(self.ino(parent), name.as_bytes())
+        };
+        match r {
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("lookup", e)),
         }
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(ino(i)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        match self.core.getattr(self.ino(i)) {
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(fail("getattr", e)),
         }
     }
@@ -264,8 +314,9 @@ impl Filesystem for LockerFs {
             ctime: ctime.map(Timestamp::from_system),
         };
         let core = self.core.clone();
-        let run = move || match core.setattr(ino(i), &set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        let (i, map) = (self.ino(i), self.map);
+        let run = move || match core.setattr(i, &set) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a, map.to_kernel(a.ino))),
             Err(e) => reply.error(fail("setattr", e)),
         };
         if size.is_some() {
@@ -277,7 +328,7 @@ impl Filesystem for LockerFs {
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        match self.core.readlink(ino(i)) {
+        match self.core.readlink(self.ino(i)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fail("readlink", e)),
         }
@@ -295,9 +346,9 @@ impl Filesystem for LockerFs {
     ) {
         match self
             .core
-            .mknod(&caller(req), ino(parent), name.as_bytes(), mode, rdev)
+            .mknod(&caller(req), self.ino(parent), name.as_bytes(), mode, rdev)
         {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("mknod", e)),
         }
     }
@@ -313,22 +364,22 @@ impl Filesystem for LockerFs {
     ) {
         match self
             .core
-            .mkdir(&caller(req), ino(parent), name.as_bytes(), mode)
+            .mkdir(&caller(req), self.ino(parent), name.as_bytes(), mode)
         {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("mkdir", e)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.core.unlink(ino(parent), name.as_bytes()) {
+        match self.core.unlink(self.ino(parent), name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("unlink", e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.core.rmdir(ino(parent), name.as_bytes()) {
+        match self.core.rmdir(self.ino(parent), name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rmdir", e)),
         }
@@ -344,11 +395,11 @@ impl Filesystem for LockerFs {
     ) {
         match self.core.symlink(
             &caller(req),
-            ino(parent),
+            self.ino(parent),
             link_name.as_bytes(),
             target.as_os_str().as_bytes(),
         ) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("symlink", e)),
         }
     }
@@ -376,9 +427,9 @@ impl Filesystem for LockerFs {
             RenameMode::Replace
         };
         match self.core.rename(
-            ino(parent),
+            self.ino(parent),
             name.as_bytes(),
-            ino(newparent),
+            self.ino(newparent),
             newname.as_bytes(),
             mode,
         ) {
@@ -395,8 +446,11 @@ impl Filesystem for LockerFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.core.link(ino(i), ino(newparent), newname.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        match self
+            .core
+            .link(self.ino(i), self.ino(newparent), newname.as_bytes())
+        {
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("link", e)),
         }
     }
@@ -404,7 +458,8 @@ impl Filesystem for LockerFs {
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags.0);
         let core = self.core.clone();
-        let run = move || match core.open(ino(i), mode) {
+        let i = self.ino(i);
+        let run = move || match core.open(i, mode) {
             // Every change reaches the file through this mount, so the
             // kernel's page cache stays valid across opens.
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -517,7 +572,7 @@ impl Filesystem for LockerFs {
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(ino(i)) {
+        match self.core.opendir(self.ino(i)) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(fail("opendir", e)),
         }
@@ -526,18 +581,19 @@ impl Filesystem for LockerFs {
     fn readdir(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let r = self.core.readdir(fh(h), offset, |e, next| {
-            reply.add(
-                INodeNo(e.ino.0),
-                next,
-                file_type(e.kind),
-                OsStr::from_bytes(&e.name),
-            )
+            // The mount's root is its own parent, whatever is above it.
+            let ino = if i == INodeNo::ROOT && e.name == b".." {
+                INodeNo::ROOT
+            } else {
+                self.map.to_kernel(e.ino)
+            };
+            reply.add(ino, next, file_type(e.kind), OsStr::from_bytes(&e.name))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -606,7 +662,10 @@ impl Filesystem for LockerFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        match self.core.setxattr(ino(i), name.as_bytes(), value, mode) {
+        match self
+            .core
+            .setxattr(self.ino(i), name.as_bytes(), value, mode)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("setxattr", e)),
         }
@@ -617,7 +676,8 @@ impl Filesystem for LockerFs {
         let name = name.as_bytes().to_vec();
         // The content hash may read (and fetch) the whole file.
         let slow = name == crate::core::XATTR_SHA256;
-        let run = move || match core.getxattr(ino(i), &name) {
+        let i = self.ino(i);
+        let run = move || match core.getxattr(i, &name) {
             Ok(v) => reply_xattr_bytes(reply, size, &v),
             Err(e) => reply.error(fail("getxattr", e)),
         };
@@ -629,7 +689,7 @@ impl Filesystem for LockerFs {
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.core.listxattr(ino(i)) {
+        match self.core.listxattr(self.ino(i)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -643,7 +703,7 @@ impl Filesystem for LockerFs {
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.core.removexattr(ino(i), name.as_bytes()) {
+        match self.core.removexattr(self.ino(i), name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("removexattr", e)),
         }
@@ -652,7 +712,7 @@ impl Filesystem for LockerFs {
     fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // Permission checks are the kernel's (default_permissions); this
         // only confirms the inode exists.
-        match self.core.getattr(ino(i)) {
+        match self.core.getattr(self.ino(i)) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(fail("access", e)),
         }
@@ -670,14 +730,14 @@ impl Filesystem for LockerFs {
     ) {
         match self.core.create(
             &caller(req),
-            ino(parent),
+            self.ino(parent),
             name.as_bytes(),
             mode,
             open_mode(flags),
         ) {
             Ok((a, h)) => reply.created(
                 &TTL,
-                &file_attr(&a),
+                &self.attr(&a),
                 Generation(0),
                 FileHandle(h.0),
                 FopenFlags::FOPEN_KEEP_CACHE,

@@ -37,6 +37,20 @@ pub fn is_mounted(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The type and source /proc/self/mountinfo gives the mount at `p`.
+pub fn mount_source(p: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = p.to_str()?;
+    info.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if left.split(' ').nth(4)? != want {
+            return None;
+        }
+        let mut r = right.split(' ');
+        Some((r.next()?.to_string(), r.next()?.to_string()))
+    })
+}
+
 /// statfs of a FUSE mount reaches the daemon; true if it answers and the
 /// file system there is FUSE.
 pub fn is_fuse_live(p: &Path) -> bool {
@@ -72,7 +86,16 @@ impl Mount {
         Mount::fresh(Some(config), env)
     }
 
+    /// Mounts a fresh store with these arguments on every start.
+    pub fn with_args(args: &[&str]) -> Mount {
+        Mount::fresh_with(None, &[], args)
+    }
+
     fn fresh(config: Option<&str>, env: &[(String, String)]) -> Mount {
+        Mount::fresh_with(config, env, &[])
+    }
+
+    fn fresh_with(config: Option<&str>, env: &[(String, String)], extra: &[&str]) -> Mount {
         let dir = tempfile::tempdir().expect("tempdir");
         let mnt = dir.path().join("mnt");
         let data = dir.path().join("data");
@@ -83,6 +106,7 @@ impl Mount {
             std::fs::write(&cfg, config).unwrap();
             args = vec!["--config".into(), cfg.display().to_string()];
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let log = dir.path().join("locker.log");
         let mut m = Mount {
             dir,

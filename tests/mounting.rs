@@ -1,0 +1,525 @@
+//! Ways to mount: one namespace or one folder of it (`--namespace`), the
+//! mount's source name, systemd's readiness protocol (`$NOTIFY_SOCKET`),
+//! and the fstab helper `mount.fuse.locker` driven by mount(8) and
+//! umount(8). Each on a real mount, torn down even when a test fails.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{ApiMount, BIN, Mount, is_fuse_live, is_mounted, mount_source};
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| {
+        buf.truncate(r as usize);
+        buf
+    })
+}
+
+fn locker(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_folder_mount_shows_that_folder_and_nothing_else() {
+    let mut m = Mount::with_args(&["--namespace", "emails/adjuntos"]);
+    assert_eq!(
+        mount_source(&m.mnt),
+        Some((
+            "fuse.locker".to_string(),
+            "locker:emails/adjuntos".to_string()
+        ))
+    );
+    // The folder did not exist: it was made, empty.
+    assert!(names(&m.mnt).is_empty(), "{:?}", names(&m.mnt));
+    assert!(m.log_text().contains("creating the folder to mount"));
+
+    // Files and folders are made at its root, renamed, linked, removed.
+    std::fs::write(m.mnt.join("a.txt"), b"attachment").unwrap();
+    std::fs::create_dir(m.mnt.join("sub")).unwrap();
+    std::fs::write(m.mnt.join("sub/b.pdf"), b"pdf").unwrap();
+    std::fs::write(m.mnt.join("gone"), b"x").unwrap();
+    std::fs::rename(m.mnt.join("gone"), m.mnt.join("sub/gone")).unwrap();
+    std::fs::remove_file(m.mnt.join("sub/gone")).unwrap();
+    std::fs::hard_link(m.mnt.join("a.txt"), m.mnt.join("sub/a-link")).unwrap();
+    assert_eq!(names(&m.mnt), ["a.txt", "sub"]);
+    assert_eq!(names(&m.mnt.join("sub")), ["a-link", "b.pdf"]);
+    assert_eq!(
+        std::fs::read(m.mnt.join("sub/a-link")).unwrap(),
+        b"attachment"
+    );
+
+    // The root is inode 1 and a directory; `..` in a listing of it is itself.
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata(&m.mnt).unwrap();
+    assert!(root.is_dir());
+    assert_eq!(root.ino(), 1);
+    assert_ne!(
+        std::fs::metadata(m.mnt.join("sub")).unwrap().ino(),
+        1,
+        "a folder below the root has its own number"
+    );
+
+    // References name the whole path; the commands map both ways.
+    assert_eq!(
+        getxattr(&m.mnt.join("sub/b.pdf"), "user.locker.ref").unwrap(),
+        b"locker://emails/adjuntos/sub/b.pdf"
+    );
+    assert_eq!(
+        getxattr(&m.mnt, "user.locker.ref").unwrap(),
+        b"locker://emails/adjuntos"
+    );
+    let (ok, out, err) = locker(&["ref", m.mnt.join("sub/b.pdf").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "locker://emails/adjuntos/sub/b.pdf");
+    let (ok, out, err) = locker(&[
+        "resolve",
+        "locker://emails/adjuntos/sub/b.pdf",
+        "--mountpoint",
+        m.mnt.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(PathBuf::from(out), m.mnt.join("sub/b.pdf"));
+    let (ok, _, err) = locker(&[
+        "resolve",
+        "locker://corp/x",
+        "--mountpoint",
+        m.mnt.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("not below the folder"), "{err}");
+
+    // The backend holds them at their full paths.
+    m.wait_drained(Duration::from_secs(30));
+    let backend = m.data.join("backend/emails/adjuntos");
+    assert_eq!(std::fs::read(backend.join("sub/b.pdf")).unwrap(), b"pdf");
+
+    // Mounted whole again, the folder is where it was.
+    m.stop();
+    m.args.clear();
+    m.start(&[]);
+    assert_eq!(
+        std::fs::read(m.mnt.join("emails/adjuntos/a.txt")).unwrap(),
+        b"attachment"
+    );
+    assert_eq!(
+        mount_source(&m.mnt),
+        Some(("fuse.locker".to_string(), "locker".to_string()))
+    );
+
+    // A namespace mount, with its source named by the admin.
+    m.stop();
+    m.args = ["--namespace", "emails", "--source", "locker:mail-node1"]
+        .map(String::from)
+        .to_vec();
+    m.start(&[]);
+    assert_eq!(names(&m.mnt), ["adjuntos"]);
+    assert_eq!(mount_source(&m.mnt).unwrap().1, "locker:mail-node1");
+    assert!(
+        m.log_text()
+            .contains("namespaces=corp,deck,emails,factory,hst")
+    );
+}
+
+#[test]
+fn changes_made_over_http_show_in_a_folder_mount() {
+    let mut a = ApiMount::start("");
+    assert_eq!(a.put("corp/in/old.txt", b"one").status, 201);
+    a.m.args
+        .extend(["--namespace".to_string(), "corp/in".to_string()]);
+    a.restart();
+    let f = a.m.mnt.join("old.txt");
+    assert_eq!(std::fs::read(&f).unwrap(), b"one");
+    // Cached by the kernel now; a replacing PUT must show at once.
+    assert_eq!(a.put("corp/in/old.txt", b"two, longer").status, 200);
+    assert_eq!(std::fs::read(&f).unwrap(), b"two, longer");
+    assert_eq!(a.put("corp/in/new.txt", b"new").status, 201);
+    assert_eq!(names(&a.m.mnt), ["new.txt", "old.txt"]);
+    assert_eq!(a.delete("corp/in/old.txt").status, 204);
+    assert!(!f.exists());
+    assert_eq!(names(&a.m.mnt), ["new.txt"]);
+    // Written in the mount, served over HTTP at its full path.
+    std::fs::write(a.m.mnt.join("w.txt"), b"from the mount").unwrap();
+    assert_eq!(a.get("corp/in/w.txt").body, b"from the mount");
+}
+
+#[test]
+fn a_bad_folder_is_refused_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let data = d.path().join("data");
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "mount",
+            mnt.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        locker(&all)
+    };
+    let (ok, _, err) = run(&["--namespace", "nope/x"]);
+    assert!(!ok);
+    assert!(
+        err.contains("namespace \"nope\" is not configured") && err.contains("corp, deck"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--namespace", "corp/../hst"]);
+    assert!(!ok && err.contains("not allowed"), "{err}");
+    let (ok, _, err) = run(&["-o", "config=/nonexistent.toml,bogus"]);
+    assert!(
+        !ok && err.contains("unknown mount option \"bogus\""),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--source", "locker corp"]);
+    assert!(!ok && err.contains("mount source"), "{err}");
+    assert!(!is_mounted(&mnt));
+}
+
+/// A listener on a notification socket, as systemd has.
+struct Listener {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    sock: UnixDatagram,
+}
+
+impl Listener {
+    fn new() -> Listener {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Listener {
+            _dir: dir,
+            path,
+            sock,
+        }
+    }
+
+    /// Every message that arrives within `timeout`.
+    fn collect(&self, timeout: Duration) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < timeout {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    }
+
+    /// Messages until one has a line `want` (or the time is up).
+    fn until(&self, want: &str, timeout: Duration) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < timeout {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = m.lines().any(|l| l == want);
+                got.push(m);
+                if done {
+                    return got;
+                }
+            }
+        }
+        panic!("no {want} within {timeout:?}; got {got:?}");
+    }
+}
+
+#[test]
+fn systemd_hears_ready_once_the_mount_answers_and_stopping_at_the_end() {
+    let l = Listener::new();
+    let mut m = Mount::with_config(
+        "[namespaces.corp]\n",
+        &[("NOTIFY_SOCKET".to_string(), l.path.display().to_string())],
+    );
+    let got = l.until("READY=1", Duration::from_secs(20));
+    // Ready means answering: the mount is live when READY=1 arrives (the
+    // test's own start waits for that too, so check the order through the
+    // message: it carries the status line).
+    assert!(got.last().unwrap().contains("STATUS=serving"), "{got:?}");
+    assert!(is_fuse_live(&m.mnt));
+    std::fs::write(m.corp().join("f"), b"x").unwrap();
+    m.stop();
+    let got = l.until("STOPPING=1", Duration::from_secs(20));
+    assert!(!got.iter().any(|g| g.contains("READY=1")), "{got:?}");
+}
+
+#[test]
+fn a_failed_start_tells_the_listener_why() {
+    let l = Listener::new();
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", mnt.to_str().unwrap(), "--namespace", "nope"])
+        .arg("--data-dir")
+        .arg(d.path().join("data"))
+        .env("NOTIFY_SOCKET", &l.path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let got = l.collect(Duration::from_millis(500)).join("");
+    assert!(
+        got.contains("STATUS=failed:") && got.contains("nope"),
+        "{got}"
+    );
+}
+
+/// `/sbin/mount.fuse.locker` linked to the binary under test while a test
+/// runs (mount(8) looks for helpers only in /sbin); put back as it was.
+struct Helper {
+    path: PathBuf,
+    before: Option<PathBuf>,
+}
+
+impl Helper {
+    fn install() -> Option<Helper> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mount(8) with a helper needs root");
+            return None;
+        }
+        let path = PathBuf::from("/sbin/mount.fuse.locker");
+        let before = std::fs::read_link(&path).ok();
+        if path.exists() && before.is_none() {
+            panic!(
+                "{} exists and is not a link; not touching it",
+                path.display()
+            );
+        }
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(BIN, &path).unwrap();
+        Some(Helper { path, before })
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(b) = &self.before {
+            let _ = std::os::unix::fs::symlink(b, &self.path);
+        }
+    }
+}
+
+/// Unmounts what a test mounted through mount(8), and waits for each
+/// daemon to finish, even when the test fails.
+struct Mounted(Vec<(PathBuf, PathBuf)>);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for (mnt, data) in &self.0 {
+            if is_mounted(mnt) {
+                let _ = Command::new("umount").arg("-l").arg(mnt).status();
+            }
+            wait_unlocked(data, Duration::from_secs(30));
+        }
+    }
+}
+
+/// Whether process `pid` runs (a zombie, exited but not yet reaped by
+/// whoever inherited it, does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with(|c| c != 'Z')))
+        .unwrap_or(false)
+}
+
+/// The pid in a data directory's lock file while a daemon holds it.
+fn holder(data: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data.join("locker.lock")).ok()?;
+    let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+fn wait_unlocked(data: &Path, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while holder(data).is_some() {
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed: {text}");
+    text
+}
+
+#[test]
+fn fstab_lines_mount_with_mount_a_and_umount_stops_the_daemon() {
+    let Some(_helper) = Helper::install() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let (corp, mail) = (d.path().join("corp"), d.path().join("attachments"));
+    let other = d.path().join("other");
+    for m in [&corp, &mail, &other] {
+        std::fs::create_dir(m).unwrap();
+    }
+    let (data1, data2) = (d.path().join("data1"), d.path().join("data2"));
+    let (cfg1, cfg2) = (d.path().join("one.toml"), d.path().join("two.toml"));
+    for (cfg, data) in [(&cfg1, &data1), (&cfg2, &data2)] {
+        std::fs::write(
+            cfg,
+            format!(
+                "data_dir = \"{}\"\n[namespaces.corp]\n[namespaces.emails]\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+    }
+    let (log1, log2) = (d.path().join("one.log"), d.path().join("two.log"));
+    let fstab = d.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# test fstab\n\
+             locker:corp {} fuse.locker config={},log={},_netdev,nofail,x-systemd.automount 0 0\n\
+             locker:emails/adjuntos {} fuse.locker config={},log={},noexec,nosuid 0 0\n",
+            corp.display(),
+            cfg1.display(),
+            log1.display(),
+            mail.display(),
+            cfg2.display(),
+            log2.display()
+        ),
+    )
+    .unwrap();
+    let _mounted = Mounted(vec![
+        (corp.clone(), data1.clone()),
+        (mail.clone(), data2.clone()),
+    ]);
+    let logs = || {
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&log1).unwrap_or_default(),
+            std::fs::read_to_string(&log2).unwrap_or_default()
+        )
+    };
+
+    // mount -a: both are up when it returns, told apart by their sources.
+    sh(Command::new("mount").arg("--fstab").arg(&fstab).arg("-a"));
+    assert!(is_fuse_live(&corp) && is_fuse_live(&mail), "{}", logs());
+    assert_eq!(
+        mount_source(&corp),
+        Some(("fuse.locker".into(), "locker:corp".into()))
+    );
+    assert_eq!(
+        mount_source(&mail),
+        Some(("fuse.locker".into(), "locker:emails/adjuntos".into()))
+    );
+    let opts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = opts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mail.to_str().unwrap()))
+        .unwrap();
+    assert!(line.contains("nosuid") && line.contains("noexec"), "{line}");
+    std::fs::write(corp.join("report.txt"), b"quarterly").unwrap();
+    std::fs::write(mail.join("scan.pdf"), b"%PDF").unwrap();
+    let pid = holder(&data1).expect("a daemon holds data1");
+
+    // umount, then mount again at once: the new daemon waits for the old
+    // one to push its queue and exit, and sees what it wrote.
+    sh(Command::new("umount").arg(&corp));
+    assert!(!is_mounted(&corp));
+    sh(Command::new("mount").arg("--fstab").arg(&fstab).arg(&corp));
+    assert!(is_fuse_live(&corp), "{}", logs());
+    assert_eq!(
+        std::fs::read(corp.join("report.txt")).unwrap(),
+        b"quarterly"
+    );
+    assert_ne!(holder(&data1), Some(pid), "a new daemon serves it");
+    assert!(!alive(pid), "the old daemon exited");
+    assert!(
+        logs().contains("every change is in its backend"),
+        "{}",
+        logs()
+    );
+
+    // A second daemon on a data directory in use is refused, by name.
+    let out = Command::new("mount")
+        .args(["-t", "fuse.locker", "locker:emails"])
+        .arg(&other)
+        .arg("-o")
+        .arg(format!("config={}", cfg1.display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("in use by another locker daemon"), "{err}");
+    assert!(
+        err.contains(&format!("mounted at {}", corp.display())),
+        "{err}"
+    );
+    assert!(!is_mounted(&other));
+
+    // umount stops each daemon after its drain; its data is in its backend.
+    sh(Command::new("umount").arg(&corp).arg(&mail));
+    assert!(wait_unlocked(&data1, Duration::from_secs(30)), "{}", logs());
+    assert!(wait_unlocked(&data2, Duration::from_secs(30)), "{}", logs());
+    assert_eq!(
+        std::fs::read(data2.join("backend/emails/adjuntos/scan.pdf")).unwrap(),
+        b"%PDF"
+    );
+    assert_eq!(
+        std::fs::read(data1.join("backend/corp/report.txt")).unwrap(),
+        b"quarterly"
+    );
+
+    // mount -t with a source, as typed at a shell; errors reach the caller.
+    sh(Command::new("mount")
+        .args(["-t", "fuse.locker", "locker:corp"])
+        .arg(&corp)
+        .arg("-o")
+        .arg(format!("config={},log={}", cfg1.display(), log1.display())));
+    assert!(corp.join("report.txt").exists());
+    sh(Command::new("umount").arg(&corp));
+    let out = Command::new("mount")
+        .args(["-t", "fuse.locker", "corp"])
+        .arg(&corp)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected locker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
