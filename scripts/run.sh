@@ -8,7 +8,11 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release
+# The same build as scripts/test.sh's: the test targets' dev-dependencies
+# (proptest, tempfile) turn on features of shared crates (regex-syntax,
+# num-traits, getrandom), so a build without them would recompile most
+# dependencies after a test run, and the reverse.
+cargo build --release --all-targets
 # mount(8)'s helper for type fuse.locker (fstab lines, mount -t fuse.locker).
 if [ "$(id -u)" = 0 ]; then ln -sf "$REPO/target/release/locker" /sbin/mount.fuse.locker; fi
 MNT=${1:-/data/locker}

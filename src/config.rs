@@ -90,6 +90,11 @@ write_timeout_s = 60
 #   # flavor = "nextcloud"        # or "plain"; asked of the server when absent
 #   # chunk_size_mb = 10          # larger files go up in chunks of this size
 
+# Prometheus metrics (GET /metrics, no key needed) on a listener of their
+# own; the API listener, when there is one, serves /metrics too.
+#   [metrics]
+#   listen = "127.0.0.1:9464"
+
 # The HTTP API (PUT/GET/DELETE /api/files/..., signed URLs, references) is
 # served when an [api] section is present; `locker serve` serves it without
 # a mount. Keys and the signing secret come from the environment or 0600
@@ -128,6 +133,22 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// The HTTP API; served only when the section is present.
     pub api: Option<ApiConfig>,
+    /// A listener of its own for `GET /metrics`; only when present. (The
+    /// API listener serves `/metrics` too.)
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Prometheus metrics on a listener of their own, without a key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port to listen on.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
 }
 
 /// The HTTP API. Key material and the URL-signing secret never live here:

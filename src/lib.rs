@@ -19,6 +19,7 @@ pub mod core;
 pub mod datadir;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod notify;
 pub mod sync;
 pub mod types;

@@ -198,6 +198,20 @@ pub struct DirEntry {
     pub name: Vec<u8>,
 }
 
+/// When reading a file moves its access time (the mount's `relatime`,
+/// `noatime` and `strictatime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtimePolicy {
+    /// Never.
+    Never,
+    /// When the access time is not after the last change of content or
+    /// attributes, or is a day old: Linux's default.
+    #[default]
+    Relative,
+    /// At every read.
+    Always,
+}
+
 /// How `setxattr` treats an existing attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XattrMode {

@@ -523,3 +523,89 @@ fn fstab_lines_mount_with_mount_a_and_umount_stops_the_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// atime, mtime and ctime of `p`, to the nanosecond.
+fn times(p: &Path) -> [(i64, i64); 3] {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    [
+        (m.atime(), m.atime_nsec()),
+        (m.mtime(), m.mtime_nsec()),
+        (m.ctime(), m.ctime_nsec()),
+    ]
+}
+
+fn cat(p: &Path) {
+    std::fs::read(p).unwrap();
+}
+
+/// Which of atime, mtime, ctime moved, as "YNN".
+fn moved(a: [(i64, i64); 3], b: [(i64, i64); 3]) -> String {
+    (0..3)
+        .map(|i| if a[i] == b[i] { 'N' } else { 'Y' })
+        .collect()
+}
+
+#[test]
+fn reads_move_the_access_time_as_the_atime_option_says() {
+    // As xfstests' generic/003 checks it.
+    let step = Duration::from_millis(1100);
+    let mut m = Mount::new();
+    let f1 = m.corp().join("file1");
+    std::fs::write(&f1, b"aaa").unwrap();
+    // relatime (the default): the first read after a change moves it,
+    // the next does not.
+    let t0 = times(&f1);
+    std::thread::sleep(step);
+    cat(&f1);
+    let t1 = times(&f1);
+    assert_eq!(moved(t0, t1), "YNN", "first read under relatime");
+    std::thread::sleep(step);
+    cat(&f1);
+    let t2 = times(&f1);
+    assert_eq!(moved(t1, t2), "NNN", "second read under relatime");
+    // Kept across a remount (it is stored).
+    m.remount();
+    assert_eq!(times(&f1), t2);
+
+    // noatime: never.
+    m.stop();
+    m.args = vec!["-o".into(), "noatime".into()];
+    m.start(&[]);
+    let f3 = m.corp().join("file3");
+    std::fs::write(&f3, b"ccc").unwrap();
+    let t3 = times(&f3);
+    std::thread::sleep(step);
+    cat(&f3);
+    assert_eq!(moved(t3, times(&f3)), "NNN", "read under noatime");
+    // Changes still move mtime and ctime.
+    std::thread::sleep(step);
+    std::fs::write(&f1, b"xyz").unwrap();
+    assert_eq!(moved(t2, times(&f1)), "NYY", "write under noatime");
+
+    // strictatime: every read.
+    m.stop();
+    m.args = vec!["-o".into(), "strictatime".into()];
+    m.start(&[]);
+    let t4 = times(&f3);
+    cat(&f3);
+    let t5 = times(&f3);
+    assert_eq!(moved(t4, t5), "YNN", "first read under strictatime");
+    std::thread::sleep(step);
+    cat(&f3);
+    let t6 = times(&f3);
+    assert_eq!(moved(t5, t6), "YNN", "second read under strictatime");
+    // Opening to write is not a read.
+    std::thread::sleep(step);
+    drop(std::fs::OpenOptions::new().write(true).open(&f3).unwrap());
+    assert_eq!(moved(t6, times(&f3)), "NNN", "open for writing");
+
+    // Read-only: nothing changes, whatever the atime option.
+    m.stop();
+    m.args = vec!["-o".into(), "ro,strictatime".into()];
+    m.start(&[]);
+    std::thread::sleep(step);
+    cat(&f3);
+    assert_eq!(moved(t6, times(&f3)), "NNN", "read on a read-only mount");
+    assert!(std::fs::write(m.corp().join("new"), b"x").is_err());
+}

@@ -12,6 +12,7 @@
 //! - `POST /api/signed-url`, `GET /api/refs/resolve?ref=locker://…`
 //! - `GET|HEAD {public path prefix}/{path}?token=…&expires=…`: a signed URL
 //!   (or, without a token, the same with an API key)
+//! - `GET /metrics`: Prometheus metrics (`crate::metrics`), without a key
 //!
 //! Every `/api` call needs `Authorization: Bearer <key>`; errors are JSON
 //! `{"error": code, "message": text}`.
@@ -20,6 +21,7 @@ pub mod auth;
 mod files;
 pub mod headers;
 pub mod path;
+pub mod scrape;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -213,10 +215,25 @@ impl Drop for Active {
     }
 }
 
+/// The route a request path takes, as the metrics name it.
+fn route_label(raw: &str) -> &'static str {
+    match raw {
+        "/api/files" | "/api/files/" => "namespaces",
+        "/api/signed-url" => "signed_url",
+        "/api/refs/resolve" => "refs_resolve",
+        "/metrics" => "metrics",
+        _ if raw.starts_with("/api/files/") => "files",
+        _ if raw == "/api" || raw.starts_with("/api/") => "unknown",
+        _ => "public",
+    }
+}
+
 async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let _active = Active::new(&sh);
+    let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let route_name = route_label(sh.strip_base(&path));
     let resp = if sh.closing.load(Ordering::SeqCst) {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -232,20 +249,47 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     tracing::debug!(%method, path = %path, status = resp.status().as_u16(), "api");
+    let m = crate::metrics::metrics();
+    m.api_requests
+        .get_or_create(&crate::metrics::ApiLabels {
+            route: route_name,
+            method: method.as_str().to_string(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    m.api_seconds
+        .get_or_create(&crate::metrics::RouteLabels { route: route_name })
+        .observe(start.elapsed().as_secs_f64());
     resp
 }
 
-async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let mut raw = req.uri().path().to_string();
-    // Behind a proxy that keeps the public URL's path prefix, every route
-    // arrives under it.
-    if !sh.base_path.is_empty()
-        && let Some(r) = raw.strip_prefix(sh.base_path.as_str())
-        && r.starts_with('/')
-    {
-        raw = r.to_string();
+impl Shared {
+    /// A request path without the public URL's path prefix (behind a proxy
+    /// that keeps it, every route arrives under it).
+    fn strip_base<'a>(&self, raw: &'a str) -> &'a str {
+        if !self.base_path.is_empty()
+            && let Some(r) = raw.strip_prefix(self.base_path.as_str())
+            && r.starts_with('/')
+        {
+            return r;
+        }
+        raw
     }
+}
+
+async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let raw = sh.strip_base(req.uri().path()).to_string();
     let method = req.method().clone();
+    if raw == "/metrics" {
+        return match method {
+            hyper::Method::GET | hyper::Method::HEAD => {
+                // Reading the queue takes the core's lock.
+                let core = sh.core.clone();
+                blocking(move || Ok(scrape::response(Some(&core)))).await
+            }
+            _ => Err(ApiError::method("GET, HEAD")),
+        };
+    }
     if raw == "/api/files" || raw == "/api/files/" {
         return match method {
             hyper::Method::GET | hyper::Method::HEAD => {

@@ -10,6 +10,7 @@
 pub mod fault;
 pub mod local;
 pub mod memory;
+pub mod metered;
 pub mod retry;
 pub mod s3;
 pub mod webdav;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::api::ApiServer;
+use crate::api::scrape::MetricsServer;
 use crate::config::Config;
 use crate::core::{Locker, LockerOptions};
 use crate::datadir::{DataDir, DataDirError, Holder};
@@ -20,6 +21,7 @@ pub struct Store {
     pub core: Arc<Locker>,
     sidecar: Sidecar,
     api: Option<ApiServer>,
+    metrics: Option<MetricsServer>,
 }
 
 impl Store {
@@ -57,11 +59,16 @@ impl Store {
             Some(a) => Some(ApiServer::start(core.clone(), a, dir.path())?),
             None => None,
         };
+        let metrics = match &cfg.metrics {
+            Some(m) => Some(MetricsServer::start(core.clone(), m)?),
+            None => None,
+        };
         Ok(Store {
             dir,
             core,
             sidecar,
             api,
+            metrics,
         })
     }
 
@@ -102,6 +109,10 @@ impl Store {
             }
         }
         self.sidecar.shutdown();
+        // Scrapes could follow the drain until here.
+        if let Some(m) = self.metrics.take() {
+            m.shutdown();
+        }
         core.shutdown().context("flushing the store")?;
         drop(self.dir);
         Ok(())

@@ -65,7 +65,8 @@ pub enum Command {
         source: Option<String>,
         /// Mount options, comma-separated, as in fstab: config=FILE,
         /// data_dir=DIR, namespace=NS[/DIR], source=NAME, log=FILE,
-        /// allow_other, ro, rw, nosuid, nodev, noexec, suid, dev, exec.
+        /// allow_other, ro, rw, nosuid, nodev, noexec, suid, dev, exec,
+        /// noatime, relatime (the default), strictatime.
         /// Options for mount(8) and systemd (_netdev, nofail, x-*, ...)
         /// are ignored.
         #[arg(short = 'o', value_name = "OPTIONS")]

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use super::daemon;
 use crate::config::is_root;
 use crate::core::sync::Invalidate;
-use crate::core::{Caller, CoreError, FileKind, InodeNo, Locker};
+use crate::core::{AtimePolicy, Caller, CoreError, FileKind, InodeNo, Locker};
 use crate::fuse::{InoMap, LockerFs};
 use crate::notify;
 
@@ -37,6 +37,8 @@ pub struct Options {
     pub log: Option<PathBuf>,
     pub allow_other: Option<bool>,
     pub read_only: bool,
+    /// noatime, relatime (the default), strictatime.
+    pub atime: AtimePolicy,
     /// nosuid/suid, nodev/dev, noexec/exec: the last of each pair wins.
     pub suid: Option<bool>,
     pub dev: Option<bool>,
@@ -56,11 +58,9 @@ const IGNORED: &[&str] = &[
     "group",
     "nofail",
     "_netdev",
-    "noatime",
-    "atime",
-    "relatime",
-    "strictatime",
     "nodiratime",
+    "diratime",
+    "nolazytime",
     "lazytime",
 ];
 
@@ -88,6 +88,9 @@ impl Options {
                     o.source = Some(path(v)?.to_string_lossy().into_owned())
                 }
                 ("allow_other", None) => o.allow_other = Some(true),
+                ("noatime", None) => o.atime = AtimePolicy::Never,
+                ("relatime" | "atime", None) => o.atime = AtimePolicy::Relative,
+                ("strictatime", None) => o.atime = AtimePolicy::Always,
                 ("ro", None) => o.read_only = true,
                 ("rw", None) => o.read_only = false,
                 ("suid", None) => o.suid = Some(true),
@@ -100,7 +103,8 @@ impl Options {
                 (k, None) if IGNORED.contains(&k) => {}
                 _ => bail!(
                     "unknown mount option {opt:?} (LOCKER's are config=, data_dir=, namespace=, \
-                     source=, log=, allow_other, ro, rw, [no]suid, [no]dev, [no]exec)"
+                     source=, log=, allow_other, ro, rw, [no]suid, [no]dev, [no]exec, noatime, \
+                     relatime, strictatime)"
                 ),
             }
         }
@@ -254,7 +258,13 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
     // One thread reads the device; requests that may wait go to
     // `mount.threads` others (see `fuse::Waiters`).
     fuse_cfg.n_threads = Some(1);
-    let fs = LockerFs::new(core.clone(), map, cfg.mount.threads);
+    // A read-only mount changes nothing, access times included.
+    let atime = if opts.read_only {
+        AtimePolicy::Never
+    } else {
+        opts.atime
+    };
+    let fs = LockerFs::new(core.clone(), map, atime, cfg.mount.threads);
     let mut session = fuser::Session::new(fs, mountpoint, &fuse_cfg)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
@@ -267,6 +277,8 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
                     notifier.inval_entry(map.to_kernel(*dir), std::ffi::OsStr::from_bytes(name))
                 }
                 Invalidate::Inode(ino) => notifier.inval_inode(map.to_kernel(*ino), 0, 0),
+                // A negative offset: attributes only, no page is touched.
+                Invalidate::Attr(ino) => notifier.inval_inode(map.to_kernel(*ino), -1, 0),
             };
         }
     }));
@@ -284,6 +296,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         folder = opts.namespace.as_deref().unwrap_or("/"),
         allow_other,
         read_only = opts.read_only,
+        atime = ?atime,
         "serving"
     );
 

@@ -427,6 +427,42 @@ impl Locker {
         Ok(fh)
     }
 
+    /// A file was opened for reading: its access time becomes now if
+    /// `policy` says so, and the kernel is told its cached attributes are
+    /// stale (attributes only: no page is touched, so this is safe from a
+    /// request thread). Returns whether it changed. Access times are
+    /// local: no backend is told.
+    pub fn touch_atime(&self, ino: InodeNo, policy: AtimePolicy) -> CoreResult<bool> {
+        const DAY: i64 = 24 * 3600;
+        if policy == AtimePolicy::Never {
+            return Ok(false);
+        }
+        let now = Timestamp::now();
+        let mut st = self.lock();
+        let a = Locker::attr_locked(&st, ino)?;
+        let due = match policy {
+            AtimePolicy::Never => false,
+            AtimePolicy::Always => a.atime != now,
+            AtimePolicy::Relative => {
+                a.atime <= a.mtime || a.atime <= a.ctime || now.sec - a.atime.sec >= DAY
+            }
+        };
+        if !due {
+            return Ok(false);
+        }
+        st.tx(|tx| {
+            let mut r = meta::get_inode(tx, ino)?.ok_or(CoreError::NotFound)?.attr;
+            r.atime = now;
+            meta::update_attr(tx, &r)?;
+            Ok(())
+        })?;
+        drop(st);
+        if let Some(inval) = self.invalidator.get() {
+            inval(&[crate::core::sync::Invalidate::Attr(ino)]);
+        }
+        Ok(true)
+    }
+
     fn open_handle(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
         let mut st = self.lock();
         let st = &mut *st;

@@ -343,6 +343,29 @@ fn hard_links_share_content() {
 }
 
 #[test]
+fn access_times_follow_the_policy_and_stay_local() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"f", b"abc");
+    let at = |t: &T| t.l.getattr(ino).unwrap().atime;
+    assert!(!t.l.touch_atime(ino, AtimePolicy::Never).unwrap());
+    // Relative: once after a change, then not again for a day.
+    assert!(t.l.touch_atime(ino, AtimePolicy::Relative).unwrap());
+    let first = at(&t);
+    assert!(first > t.l.getattr(ino).unwrap().mtime);
+    assert!(!t.l.touch_atime(ino, AtimePolicy::Relative).unwrap());
+    assert_eq!(at(&t), first);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(t.l.touch_atime(ino, AtimePolicy::Always).unwrap());
+    assert!(at(&t) > first);
+    // Nothing of it is queued for a backend.
+    let queued = format!("{:?}", t.l.sync_pending().unwrap());
+    assert!(queued.contains("attempts"), "{queued}");
+    assert!(t.l.touch_atime(ino, AtimePolicy::Always).unwrap());
+    assert_eq!(format!("{:?}", t.l.sync_pending().unwrap()), queued);
+}
+
+#[test]
 fn directories_below_the_root_have_a_reference() {
     let t = new();
     let ns = t.ns();

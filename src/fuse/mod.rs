@@ -17,9 +17,10 @@ use fuser::{
 
 use crate::blocks::BLOCK_SIZE;
 use crate::core::{
-    Attr, Caller, CoreError, FileKind, HandleId, InodeNo, Locker, OpenMode, RenameMode, SetAttr,
-    TimeSet, Timestamp, XattrMode,
+    AtimePolicy, Attr, Caller, CoreError, FileKind, HandleId, InodeNo, Locker, OpenMode,
+    RenameMode, SetAttr, TimeSet, Timestamp, XattrMode,
 };
+use crate::metrics::FuseTimer;
 
 /// How long the kernel may cache attributes and names. The kernel updates
 /// or drops what its own calls change, and every change made behind its
@@ -31,16 +32,24 @@ const TTL: Duration = Duration::from_secs(60);
 pub struct LockerFs {
     core: Arc<Locker>,
     map: InoMap,
+    atime: AtimePolicy,
     waiters: Waiters,
 }
 
 impl LockerFs {
     /// `wait_threads` serve the requests that may wait (see `Waiters`);
-    /// `map` says which directory is the mount's root.
-    pub fn new(core: Arc<Locker>, map: InoMap, wait_threads: usize) -> LockerFs {
+    /// `map` says which directory is the mount's root; `atime` when
+    /// reading moves a file's access time.
+    pub fn new(
+        core: Arc<Locker>,
+        map: InoMap,
+        atime: AtimePolicy,
+        wait_threads: usize,
+    ) -> LockerFs {
         LockerFs {
             core,
             map,
+            atime,
             waiters: Waiters::start(wait_threads.max(1)),
         }
     }
@@ -173,6 +182,7 @@ pub fn errno_of(e: &CoreError) -> Errno {
 }
 
 fn fail(op: &'static str, e: CoreError) -> Errno {
+    crate::metrics::fuse_error(op);
     if e.is_expected() {
         tracing::debug!(op, error = %e);
     } else {
@@ -267,6 +277,7 @@ impl Filesystem for LockerFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = FuseTimer::start("lookup");
         // Nothing above the mount's root shows through it.
         let r = if parent == INodeNo::ROOT && name.as_bytes() == b".." {
             self.core.getattr(self.ino(parent))
@@ -280,6 +291,7 @@ impl Filesystem for LockerFs {
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = FuseTimer::start("getattr");
         match self.core.getattr(self.ino(i)) {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(fail("getattr", e)),
@@ -304,6 +316,7 @@ impl Filesystem for LockerFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let t = FuseTimer::start("setattr");
         let set = SetAttr {
             mode,
             uid,
@@ -315,9 +328,12 @@ impl Filesystem for LockerFs {
         };
         let core = self.core.clone();
         let (i, map) = (self.ino(i), self.map);
-        let run = move || match core.setattr(i, &set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a, map.to_kernel(a.ino))),
-            Err(e) => reply.error(fail("setattr", e)),
+        let run = move || {
+            let _t = t;
+            match core.setattr(i, &set) {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a, map.to_kernel(a.ino))),
+                Err(e) => reply.error(fail("setattr", e)),
+            }
         };
         if size.is_some() {
             // A truncate keeps blocks of the file, fetched if evicted.
@@ -328,6 +344,7 @@ impl Filesystem for LockerFs {
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        let _t = FuseTimer::start("readlink");
         match self.core.readlink(self.ino(i)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fail("readlink", e)),
@@ -344,6 +361,7 @@ impl Filesystem for LockerFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = FuseTimer::start("mknod");
         match self
             .core
             .mknod(&caller(req), self.ino(parent), name.as_bytes(), mode, rdev)
@@ -362,6 +380,7 @@ impl Filesystem for LockerFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = FuseTimer::start("mkdir");
         match self
             .core
             .mkdir(&caller(req), self.ino(parent), name.as_bytes(), mode)
@@ -372,6 +391,7 @@ impl Filesystem for LockerFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = FuseTimer::start("unlink");
         match self.core.unlink(self.ino(parent), name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("unlink", e)),
@@ -379,6 +399,7 @@ impl Filesystem for LockerFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = FuseTimer::start("rmdir");
         match self.core.rmdir(self.ino(parent), name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rmdir", e)),
@@ -393,6 +414,7 @@ impl Filesystem for LockerFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _t = FuseTimer::start("symlink");
         match self.core.symlink(
             &caller(req),
             self.ino(parent),
@@ -414,6 +436,7 @@ impl Filesystem for LockerFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = FuseTimer::start("rename");
         let mode = if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         } else if flags.contains(RenameFlags::RENAME_EXCHANGE) {
@@ -446,6 +469,7 @@ impl Filesystem for LockerFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = FuseTimer::start("link");
         match self
             .core
             .link(self.ino(i), self.ino(newparent), newname.as_bytes())
@@ -456,14 +480,31 @@ impl Filesystem for LockerFs {
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let t = FuseTimer::start("open");
         let mode = open_mode(flags.0);
+        // Reads are served from the kernel's page cache without reaching
+        // here, so the access time moves when a file is opened for reading
+        // (what the mount's atime option says).
+        let atime = if flags.0 & libc::O_ACCMODE == libc::O_WRONLY {
+            AtimePolicy::Never
+        } else {
+            self.atime
+        };
         let core = self.core.clone();
         let i = self.ino(i);
-        let run = move || match core.open(i, mode) {
-            // Every change reaches the file through this mount, so the
-            // kernel's page cache stays valid across opens.
-            Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(fail("open", e)),
+        let run = move || {
+            let _t = t;
+            match core.open(i, mode) {
+                // Every change reaches the file through this mount, so the
+                // kernel's page cache stays valid across opens.
+                Ok(h) => {
+                    if let Err(e) = core.touch_atime(i, atime) {
+                        tracing::debug!(error = %e, "access time not updated");
+                    }
+                    reply.opened(FileHandle(h.0), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Err(e) => reply.error(fail("open", e)),
+            }
         };
         if mode.write && !mode.truncate {
             // The file's evicted blocks (or its whole content) are fetched.
@@ -484,15 +525,18 @@ impl Filesystem for LockerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let t = FuseTimer::start("read");
         match self.core.read_cached(fh(h), offset, size) {
             Ok(Some(d)) => reply.data(&d),
             Ok(None) => {
                 let core = self.core.clone();
-                self.waiters
-                    .run(move || match core.read(fh(h), offset, size) {
+                self.waiters.run(move || {
+                    let _t = t;
+                    match core.read(fh(h), offset, size) {
                         Ok(d) => reply.data(&d),
                         Err(e) => reply.error(fail("read", e)),
-                    });
+                    }
+                });
             }
             Err(e) => reply.error(fail("read", e)),
         }
@@ -510,14 +554,17 @@ impl Filesystem for LockerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let t = FuseTimer::start("write");
         if self.core.write_may_wait(data.len() as u64) {
             let core = self.core.clone();
             let data = data.to_vec();
-            self.waiters
-                .run(move || match core.write(fh(h), offset, &data) {
+            self.waiters.run(move || {
+                let _t = t;
+                match core.write(fh(h), offset, &data) {
                     Ok(n) => reply.written(n),
                     Err(e) => reply.error(fail("write", e)),
-                });
+                }
+            });
             return;
         }
         match self.core.write(fh(h), offset, data) {
@@ -534,6 +581,7 @@ impl Filesystem for LockerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = FuseTimer::start("flush");
         match self.core.flush(fh(h)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", e)),
@@ -550,6 +598,7 @@ impl Filesystem for LockerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = FuseTimer::start("release");
         match self.core.release(fh(h)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("release", e)),
@@ -564,14 +613,19 @@ impl Filesystem for LockerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let t = FuseTimer::start("fsync");
         let core = self.core.clone();
-        self.waiters.run(move || match core.fsync(fh(h)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("fsync", e)),
+        self.waiters.run(move || {
+            let _t = t;
+            match core.fsync(fh(h)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("fsync", e)),
+            }
         });
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = FuseTimer::start("opendir");
         match self.core.opendir(self.ino(i)) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(fail("opendir", e)),
@@ -586,6 +640,7 @@ impl Filesystem for LockerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = FuseTimer::start("readdir");
         let r = self.core.readdir(fh(h), offset, |e, next| {
             // The mount's root is its own parent, whatever is above it.
             let ino = if i == INodeNo::ROOT && e.name == b".." {
@@ -609,6 +664,7 @@ impl Filesystem for LockerFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = FuseTimer::start("releasedir");
         match self.core.releasedir(fh(h)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("releasedir", e)),
@@ -623,14 +679,19 @@ impl Filesystem for LockerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let t = FuseTimer::start("fsyncdir");
         let core = self.core.clone();
-        self.waiters.run(move || match core.fsyncdir() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("fsyncdir", e)),
+        self.waiters.run(move || {
+            let _t = t;
+            match core.fsyncdir() {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("fsyncdir", e)),
+            }
         });
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+        let _t = FuseTimer::start("statfs");
         match self.core.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -656,6 +717,7 @@ impl Filesystem for LockerFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = FuseTimer::start("setxattr");
         let mode = match flags {
             0 => XattrMode::Any,
             libc::XATTR_CREATE => XattrMode::Create,
@@ -672,14 +734,18 @@ impl Filesystem for LockerFs {
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let t = FuseTimer::start("getxattr");
         let core = self.core.clone();
         let name = name.as_bytes().to_vec();
         // The content hash may read (and fetch) the whole file.
         let slow = name == crate::core::XATTR_SHA256;
         let i = self.ino(i);
-        let run = move || match core.getxattr(i, &name) {
-            Ok(v) => reply_xattr_bytes(reply, size, &v),
-            Err(e) => reply.error(fail("getxattr", e)),
+        let run = move || {
+            let _t = t;
+            match core.getxattr(i, &name) {
+                Ok(v) => reply_xattr_bytes(reply, size, &v),
+                Err(e) => reply.error(fail("getxattr", e)),
+            }
         };
         if slow {
             self.waiters.run(run);
@@ -689,6 +755,7 @@ impl Filesystem for LockerFs {
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = FuseTimer::start("listxattr");
         match self.core.listxattr(self.ino(i)) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -703,6 +770,7 @@ impl Filesystem for LockerFs {
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = FuseTimer::start("removexattr");
         match self.core.removexattr(self.ino(i), name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("removexattr", e)),
@@ -710,6 +778,7 @@ impl Filesystem for LockerFs {
     }
 
     fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = FuseTimer::start("access");
         // Permission checks are the kernel's (default_permissions); this
         // only confirms the inode exists.
         match self.core.getattr(self.ino(i)) {
@@ -728,6 +797,7 @@ impl Filesystem for LockerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = FuseTimer::start("create");
         match self.core.create(
             &caller(req),
             self.ino(parent),
@@ -756,6 +826,7 @@ impl Filesystem for LockerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = FuseTimer::start("fallocate");
         let keep_size = match mode {
             0 => false,
             libc::FALLOC_FL_KEEP_SIZE => true,

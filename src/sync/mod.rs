@@ -180,6 +180,18 @@ pub fn open_backend(
     ns: &NamespaceConfig,
     data_dir: &Path,
 ) -> Result<Arc<dyn Backend>, String> {
+    // Every request that reaches the store is counted for the metrics.
+    let store = open_store(name, ns, data_dir)?;
+    Ok(Arc::new(crate::backend::metered::MeteredBackend::new(
+        store, name,
+    )))
+}
+
+fn open_store(
+    name: &str,
+    ns: &NamespaceConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn Backend>, String> {
     match ns.kind() {
         BackendKind::Local => {
             let (dir, create) = match &ns.path {
@@ -259,6 +271,12 @@ impl RemoteSource for Fetcher {
                 }
             }
             inner.note_ok(&ns);
+            let m = crate::metrics::metrics();
+            let l = crate::metrics::NsLabels { namespace: ns };
+            m.fetches.get_or_create(&l).inc();
+            m.fetch_bytes
+                .get_or_create(&l)
+                .inc_by(out.iter().map(|v| v.len() as u64).sum());
             Ok(out)
         })
     }

@@ -164,6 +164,18 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
     let r = reconcile(&inner, &e).await;
     let core = inner.core.clone();
     let (ns, path) = (e.ns.clone(), e.path.clone());
+    let result = match &r {
+        Ok(Outcome::Done) => "done",
+        Ok(Outcome::Later) => "later",
+        Err(_) => "failed",
+    };
+    crate::metrics::metrics()
+        .pushes
+        .get_or_create(&crate::metrics::NsResultLabels {
+            namespace: ns.clone(),
+            result,
+        })
+        .inc();
     match r {
         Ok(Outcome::Done) => {
             inner.note_ok(&ns);
@@ -308,6 +320,12 @@ async fn head_row(
 }
 
 async fn conflict(inner: &Arc<Inner>, e: &QueueEntry, row: RemoteRow) -> BResult<Outcome> {
+    crate::metrics::metrics()
+        .conflicts
+        .get_or_create(&crate::metrics::NsLabels {
+            namespace: e.ns.clone(),
+        })
+        .inc();
     let core = inner.core.clone();
     let (ns, path) = (e.ns.clone(), e.path.clone());
     blocking(move || core.sync_conflict(&ns, &path, row)).await?;

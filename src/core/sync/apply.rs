@@ -20,6 +20,8 @@ pub enum Invalidate {
     Entry(InodeNo, Vec<u8>),
     /// The inode's attributes and data.
     Inode(InodeNo),
+    /// The inode's attributes only (its cached pages stay).
+    Attr(InodeNo),
 }
 
 /// What tells the kernel to drop what it caches (the mount installs it).

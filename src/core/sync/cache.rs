@@ -39,6 +39,7 @@ impl Locker {
         // A bounded pass: the state lock is held throughout.
         let mut left = st.lru.len().min(512);
         let mut dropped = 0;
+        let before = self.blocks.bytes();
         while self.blocks.bytes() > target && left > 0 {
             left -= 1;
             let Some((id, ())) = st.lru.pop_lru() else {
@@ -75,6 +76,10 @@ impl Locker {
             msync::set_block_present(&st.conn, &id.0, false)?;
             dropped += 1;
         }
+        let m = crate::metrics::metrics();
+        m.evictions.inc_by(dropped);
+        m.evicted_bytes
+            .inc_by(before.saturating_sub(self.blocks.bytes()));
         Ok(dropped)
     }
 
