@@ -127,6 +127,9 @@ pub struct Attr {
     pub mtime: Timestamp,
     pub ctime: Timestamp,
     pub crtime: Timestamp,
+    /// A regular file's bytes held in blocks: its holes (never written, or
+    /// written as zeros) hold none. What `st_blocks` counts.
+    pub alloc: u64,
 }
 
 impl Attr {
@@ -151,6 +154,7 @@ impl Attr {
             mtime: now,
             ctime: now,
             crtime: now,
+            alloc: 0,
         }
     }
 }

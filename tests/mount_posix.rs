@@ -332,6 +332,59 @@ fn permissions_are_checked_for_other_users() {
     assert!(!out.status.success(), "namespace is 0755 root");
 }
 
+/// As xfstests' generic/683 checks it: a fallocate by a user other than
+/// root drops set-user-ID, and set-group-ID where the file is
+/// group-executable (or, when set-user-ID went, where that user is outside
+/// the file's group); root keeps both.
+#[test]
+fn fallocate_drops_setuid_and_setgid_as_a_write_does() {
+    let m = Mount::new();
+    let p = m.corp().join("a");
+    for (before, user, after) in [
+        (0o6666, "nobody", 0o666),
+        (0o6676, "nobody", 0o676),
+        (0o6766, "nobody", 0o766),
+        (0o6777, "nobody", 0o777),
+        (0o6666, "root", 0o6666),
+        (0o6777, "root", 0o6777),
+        (0o2666, "nobody", 0o2666),
+        (0o2676, "nobody", 0o676),
+        (0o2766, "nobody", 0o2766),
+        (0o2777, "nobody", 0o777),
+    ] {
+        let _ = fs::remove_file(&p);
+        fs::write(&p, vec![b'X'; 192 << 10]).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(before)).unwrap();
+        let mut cmd = if user == "root" {
+            Command::new("fallocate")
+        } else {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "fallocate",
+            ]);
+            c
+        };
+        let out = cmd
+            .args(["-o", "65536", "-l", "65536"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{before:o} {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode, after,
+            "{before:o} after fallocate by {user}: {mode:o}"
+        );
+    }
+}
+
 #[test]
 fn statfs_reports_the_data_disk() {
     let m = Mount::new();
@@ -414,6 +467,55 @@ fn fsync_fdatasync_and_fallocate() {
         )
     };
     assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP));
+}
+
+#[test]
+fn sparse_files_and_zeros_take_no_space() {
+    use std::os::unix::fs::FileExt;
+    let m = Mount::new();
+    // As xfstests' _require_sparse_files checks: 4 KiB at 0 and at 16 MiB.
+    let p = m.corp().join("sparse");
+    let f = File::create(&p).unwrap();
+    f.write_all_at(&[1u8; 4096], 0).unwrap();
+    f.write_all_at(&[2u8; 4096], 16 << 20).unwrap();
+    drop(f);
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!(md.len(), (16 << 20) + 4096);
+    assert!(
+        md.blocks() * 512 <= (1 << 20) + 4096,
+        "st_blocks {} for two 4 KiB writes",
+        md.blocks()
+    );
+    assert!(md.blocks() >= 16, "st_blocks {}", md.blocks());
+    let mut mid = vec![9u8; 4096];
+    File::open(&p)
+        .unwrap()
+        .read_exact_at(&mut mid, 8 << 20)
+        .unwrap();
+    assert!(mid.iter().all(|&b| b == 0));
+    // Grown by truncate: all hole. Written as zeros: holes too.
+    let g = m.corp().join("grown");
+    File::create(&g).unwrap().set_len(1 << 30).unwrap();
+    assert_eq!(fs::metadata(&g).unwrap().blocks(), 0);
+    let z = m.corp().join("zeros");
+    fs::write(&z, vec![0u8; 4 << 20]).unwrap();
+    assert_eq!(fs::metadata(&z).unwrap().blocks(), 0);
+    // Data takes its size, also after a remount; du agrees.
+    let d = m.corp().join("data");
+    fs::write(&d, pattern(3 << 20, 5)).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().blocks() * 512, 3 << 20);
+    let out = Command::new("du")
+        .args(["-k", "--apparent-size"])
+        .arg(&g)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("1048576"));
+    let out = Command::new("du").arg("-k").arg(&g).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("0\t"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

@@ -489,6 +489,13 @@ fn fstab_lines_mount_with_mount_a_and_umount_stops_the_daemon() {
     );
     assert!(!is_mounted(&other));
 
+    // A remount changes the mount's flags in place; the daemon serves on.
+    sh(Command::new("mount").args(["-o", "remount,ro"]).arg(&mail));
+    assert!(std::fs::write(mail.join("x"), b"x").is_err());
+    assert_eq!(std::fs::read(mail.join("scan.pdf")).unwrap(), b"%PDF");
+    sh(Command::new("mount").args(["-o", "remount,rw"]).arg(&mail));
+    std::fs::write(mail.join("x"), b"x").unwrap();
+
     // umount stops each daemon after its drain; its data is in its backend.
     sh(Command::new("umount").arg(&corp).arg(&mail));
     assert!(wait_unlocked(&data1, Duration::from_secs(30)), "{}", logs());

@@ -130,6 +130,50 @@ fn default_log(dir: &Path) -> PathBuf {
     base.join(format!("{name}.log"))
 }
 
+/// `mount -o remount,...`: changes the flags of the mount at `call.dir`
+/// (ro/rw, nosuid, nodev, noexec) in place; the daemon keeps serving. Other
+/// options cannot change on a live mount and are ignored, as the kernel
+/// does.
+fn remount(call: &Call) -> anyhow::Result<()> {
+    let mut flags = libc::MS_REMOUNT;
+    for o in call.options.split(',') {
+        match o {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => flags &= !libc::MS_RDONLY,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "suid" => flags &= !libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "dev" => flags &= !libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "exec" => flags &= !libc::MS_NOEXEC,
+            _ => {}
+        }
+    }
+    if call.fake {
+        return Ok(());
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(call.dir.as_os_str().as_bytes())?;
+    // SAFETY: dir is NUL-terminated; a remount needs no source, type or data.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        bail!(
+            "remount of {}: {}",
+            call.dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// A private directory for the notification socket.
 fn socket_dir() -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
@@ -153,6 +197,9 @@ fn socket_dir() -> anyhow::Result<PathBuf> {
 
 pub fn run(args: &[OsString]) -> anyhow::Result<()> {
     let call = parse_call(args)?;
+    if call.options.split(',').any(|o| o == "remount") {
+        return remount(&call);
+    }
     let folder = source_folder(&call.source)?;
     let mut opts = Options::parse(&call.options)?;
     match (&folder, &opts.namespace) {

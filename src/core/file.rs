@@ -1009,6 +1009,20 @@ impl Locker {
     /// metadata.
     pub(crate) fn overlay(st: &State, attr: &mut Attr) {
         if let Some(fs) = st.files.get(&attr.ino) {
+            if !fs.is_clean() {
+                // Uncommitted blocks may replace committed ones: count both,
+                // within the size (exact again once committed).
+                let pending: u64 = fs
+                    .dirty
+                    .values()
+                    .map(|d| match d {
+                        Dirty::Mem(b) => b.len() as u64,
+                        Dirty::Stored(r) => r.len as u64,
+                        Dirty::Hole => 0,
+                    })
+                    .sum();
+                attr.alloc = (attr.alloc + pending).min(fs.size);
+            }
             attr.size = fs.size;
             if let Some(m) = fs.mtime {
                 attr.mtime = m;

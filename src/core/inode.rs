@@ -45,7 +45,7 @@ pub(crate) fn touch_dir(
 }
 
 /// Is the calling process a member of group `gid` (primary or supplementary)?
-fn caller_in_group(caller: &Caller, gid: u32) -> bool {
+pub(crate) fn caller_in_group(caller: &Caller, gid: u32) -> bool {
     if caller.gid == gid {
         return true;
     }
@@ -88,6 +88,21 @@ impl Locker {
     }
 
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> CoreResult<Attr> {
+        self.setattr_as(ino, set, None)
+    }
+
+    /// `setattr` asked by `caller` (a mount's request). A new mode keeps
+    /// set-group-ID only if the caller is root or in the file's group, as
+    /// Linux's `setattr_copy` has it. The kernel checks this itself for a
+    /// chmod; not for the mode it sends when a write or fallocate by
+    /// someone else drops set-user-ID (which must then lose set-group-ID
+    /// too when that someone is outside the group).
+    pub fn setattr_as(
+        &self,
+        ino: InodeNo,
+        set: &SetAttr,
+        caller: Option<&Caller>,
+    ) -> CoreResult<Attr> {
         let mut tries = 0;
         let mut st = loop {
             if set.size.is_some_and(|s| s > 0) {
@@ -140,6 +155,14 @@ impl Locker {
                 }
                 if let Some(g) = set.gid {
                     a.gid = g;
+                }
+                if set.mode.is_some()
+                    && a.perm & S_ISGID != 0
+                    && let Some(c) = caller
+                    && c.uid != 0
+                    && !caller_in_group(c, a.gid)
+                {
+                    a.perm &= !S_ISGID;
                 }
                 let pick = |t: TimeSet| match t {
                     TimeSet::Now => now,
@@ -220,6 +243,7 @@ impl Locker {
                 mtime: now,
                 ctime: now,
                 crtime: now,
+                alloc: 0,
             };
             let dir_parent = (kind == FileKind::Dir).then_some(parent);
             let ino = meta::insert_inode(tx, &attr, dir_parent, target)?;

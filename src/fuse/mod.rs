@@ -207,7 +207,12 @@ fn file_attr(a: &Attr, ino: INodeNo) -> FileAttr {
     FileAttr {
         ino,
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        // A file's holes take no space; other kinds count their size.
+        blocks: if a.kind == FileKind::File {
+            a.alloc.div_ceil(512)
+        } else {
+            a.size.div_ceil(512)
+        },
         atime: a.atime.to_system(),
         mtime: a.mtime.to_system(),
         ctime: a.ctime.to_system(),
@@ -300,7 +305,7 @@ impl Filesystem for LockerFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -327,10 +332,10 @@ impl Filesystem for LockerFs {
             ctime: ctime.map(Timestamp::from_system),
         };
         let core = self.core.clone();
-        let (i, map) = (self.ino(i), self.map);
+        let (i, map, who) = (self.ino(i), self.map, caller(req));
         let run = move || {
             let _t = t;
-            match core.setattr(i, &set) {
+            match core.setattr_as(i, &set, Some(&who)) {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a, map.to_kernel(a.ino))),
                 Err(e) => reply.error(fail("setattr", e)),
             }

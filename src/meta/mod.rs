@@ -131,7 +131,9 @@ macro_rules! inode_cols {
             $p,
             "remote_only, ",
             $p,
-            "version"
+            "version, ",
+            $p,
+            "alloc"
         )
     };
 }
@@ -166,6 +168,12 @@ fn inode_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InodeRow> {
             mtime: ts(r.get(10)?, r.get(11)?),
             ctime: ts(r.get(12)?, r.get(13)?),
             crtime: ts(r.get(14)?, r.get(15)?),
+            // Content only in a backend: how sparse it is is not known here.
+            alloc: if r.get::<_, i64>(19)? != 0 {
+                r.get::<_, i64>(5)? as u64
+            } else {
+                r.get::<_, i64>(21)?.max(0) as u64
+            },
         },
         parent: r.get::<_, Option<i64>>(16)?.map(|p| InodeNo(p as u64)),
         target: r.get(17)?,

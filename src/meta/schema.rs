@@ -157,6 +157,22 @@ const MIGRATIONS: &[&str] = &[
     // one inode page per entry.
     "ALTER TABLE dentries ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
     UPDATE dentries SET kind = (SELECT i.kind FROM inodes i WHERE i.ino = dentries.ino);",
+    // 12: the bytes each file holds in blocks (its holes hold none), for
+    // `st_blocks`; kept by triggers on the block list, its only writers
+    // being `put_file_block` and `delete_file_block`.
+    "ALTER TABLE inodes ADD COLUMN alloc INTEGER NOT NULL DEFAULT 0;
+    UPDATE inodes SET alloc =
+        (SELECT coalesce(sum(f.len), 0) FROM file_blocks f WHERE f.ino = inodes.ino)
+        WHERE kind = 1;
+    CREATE TRIGGER file_blocks_alloc_ins AFTER INSERT ON file_blocks BEGIN
+        UPDATE inodes SET alloc = alloc + NEW.len WHERE ino = NEW.ino;
+    END;
+    CREATE TRIGGER file_blocks_alloc_del AFTER DELETE ON file_blocks BEGIN
+        UPDATE inodes SET alloc = alloc - OLD.len WHERE ino = OLD.ino;
+    END;
+    CREATE TRIGGER file_blocks_alloc_upd AFTER UPDATE OF len ON file_blocks BEGIN
+        UPDATE inodes SET alloc = alloc + NEW.len - OLD.len WHERE ino = NEW.ino;
+    END;",
 ];
 
 /// Number of migrations this build knows.
@@ -224,5 +240,42 @@ mod tests {
             meta::list_names_page(&conn, InodeNo::ROOT, Some(b"fifo"), 10).unwrap(),
             names[2..].to_vec()
         );
+    }
+
+    /// A database written before files counted their blocks' bytes gets
+    /// each file's count, and the count follows the block list after.
+    #[test]
+    fn files_written_before_migration_12_get_their_allocation() {
+        use crate::blocks::BlockId;
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (i, ddl) in MIGRATIONS.iter().enumerate().take(11) {
+            conn.execute_batch(ddl).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        let now = Timestamp::now();
+        let mut a = Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 1, now);
+        a.size = 16 << 20;
+        let ino = meta::insert_inode(&conn, &a, None, None).unwrap();
+        for (idx, len) in [(0i64, 1i64 << 20), (16, 4096)] {
+            conn.execute(
+                "INSERT INTO file_blocks (ino, idx, block, len) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![ino.0 as i64, idx, &[idx as u8; 32][..], len],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let alloc = |c: &Connection| meta::get_inode(c, ino).unwrap().unwrap().attr.alloc;
+        assert_eq!(alloc(&conn), (1 << 20) + 4096);
+        let r = |len: u32| meta::BlockRef {
+            id: BlockId([7; 32]),
+            len,
+        };
+        meta::put_file_block(&conn, ino, 16, r(8192)).unwrap();
+        assert_eq!(alloc(&conn), (1 << 20) + 8192);
+        meta::put_file_block(&conn, ino, 3, r(100)).unwrap();
+        assert_eq!(alloc(&conn), (1 << 20) + 8292);
+        meta::delete_file_block(&conn, ino, 0).unwrap();
+        assert_eq!(alloc(&conn), 8292);
     }
 }
