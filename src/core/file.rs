@@ -903,7 +903,7 @@ impl Locker {
             return;
         }
         for id in ids {
-            if !st.held(id) {
+            if st.unused(id) {
                 crate::core::remove_block(&self.blocks, id);
             }
         }

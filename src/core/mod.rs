@@ -317,7 +317,7 @@ impl State {
                 self.meta_unsynced = true;
                 self.commits += 1;
                 for id in std::mem::take(&mut self.free_after_commit) {
-                    if !self.held(&id) {
+                    if self.unused(&id) {
                         remove_block(&self.block_store, &id);
                     }
                 }
@@ -402,6 +402,15 @@ impl State {
     /// Whether anything holds the block (its bytes must not be freed).
     fn held(&self, id: &BlockId) -> bool {
         self.pins.contains_key(id) || self.read_pins.contains_key(id)
+    }
+
+    /// Whether the block file of `id` may go: no uncommitted change or
+    /// reader holds it, and no row names it. A removal decided earlier is
+    /// checked again with this when it happens, because the same bytes may
+    /// have been stored again since (a file deleted, then written anew
+    /// with the same content: the store keeps one file for both).
+    pub(crate) fn unused(&self, id: &BlockId) -> bool {
+        !self.held(id) && !meta::block_known(&self.conn, id).unwrap_or(true)
     }
 }
 
