@@ -25,42 +25,50 @@ pub fn send(state: &str) -> bool {
     if GONE.load(Ordering::Relaxed) {
         return false;
     }
-    match std::env::var_os("NOTIFY_SOCKET") {
-        Some(path) => {
-            let sent = send_to(&path, state);
-            if !sent {
-                GONE.store(true, Ordering::Relaxed);
-            }
-            sent
-        }
-        None => false,
-    }
-}
-
-/// Sends `state` to the notification socket `path`.
-pub fn send_to(path: &std::ffi::OsStr, state: &str) -> bool {
-    let Ok(sock) = UnixDatagram::unbound() else {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return false;
     };
-    let bytes = path.as_bytes();
-    let sent = match bytes.strip_prefix(b"@") {
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            match std::os::unix::net::SocketAddr::from_abstract_name(name) {
-                Ok(addr) => sock.send_to_addr(state.as_bytes(), &addr),
-                Err(e) => Err(e),
-            }
-        }
-        None if bytes.starts_with(b"/") => sock.send_to(state.as_bytes(), path),
-        None => return false,
-    };
-    match sent {
-        Ok(_) => true,
+    match deliver(&path, state) {
+        Ok(()) => true,
         Err(e) => {
             tracing::debug!(error = %e, "cannot notify the service manager");
+            // Nobody listens there any more; a full queue is only a miss.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) {
+                GONE.store(true, Ordering::Relaxed);
+            }
             false
         }
     }
+}
+
+/// Sends `state` to the notification socket `path`; whether it arrived.
+pub fn send_to(path: &std::ffi::OsStr, state: &str) -> bool {
+    deliver(path, state).is_ok()
+}
+
+fn deliver(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_bytes();
+    match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        }
+        None if bytes.starts_with(b"/") => {
+            sock.send_to(state.as_bytes(), path)?;
+        }
+        None => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET is neither a path nor @name",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

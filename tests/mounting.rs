@@ -495,6 +495,13 @@ fn fstab_lines_mount_with_mount_a_and_umount_stops_the_daemon() {
     assert_eq!(std::fs::read(mail.join("scan.pdf")).unwrap(), b"%PDF");
     sh(Command::new("mount").args(["-o", "remount,rw"]).arg(&mail));
     std::fs::write(mail.join("x"), b"x").unwrap();
+    // Flags not named keep a mount's safe defaults (no device, no set-ID).
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mail.to_str().unwrap()))
+        .unwrap();
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
 
     // umount stops each daemon after its drain; its data is in its backend.
     sh(Command::new("umount").arg(&corp).arg(&mail));

@@ -131,11 +131,14 @@ fn default_log(dir: &Path) -> PathBuf {
 }
 
 /// `mount -o remount,...`: changes the flags of the mount at `call.dir`
-/// (ro/rw, nosuid, nodev, noexec) in place; the daemon keeps serving. Other
-/// options cannot change on a live mount and are ignored, as the kernel
-/// does.
+/// (ro/rw, [no]suid, [no]dev, [no]exec) in place; the daemon keeps
+/// serving. A remount sets every flag anew, so those not given take the
+/// values a mount starts with (nosuid and nodev, as fuser mounts), never
+/// looser ones. mount(8) also hands over the mount's current kernel
+/// options (user_id=, rootmode=, ...); those, and options that cannot
+/// change on a live mount, are ignored, as the kernel does.
 fn remount(call: &Call) -> anyhow::Result<()> {
-    let mut flags = libc::MS_REMOUNT;
+    let mut flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
     for o in call.options.split(',') {
         match o {
             "ro" => flags |= libc::MS_RDONLY,
