@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in "$@" fuse3 pkg-config attr python3-venv curl; do
+for pkg in "$@" fuse3 pkg-config attr acl python3-venv curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -184,6 +184,10 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// Taken from the mode of what the caller creates, unless the parent
+    /// directory has a default ACL (which masks it instead). 0 for callers
+    /// that pass the mode they want.
+    pub umask: u32,
 }
 
 impl Caller {
@@ -191,6 +195,7 @@ impl Caller {
         uid: 0,
         gid: 0,
         pid: 0,
+        umask: 0,
     };
 }
 

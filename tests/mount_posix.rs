@@ -385,6 +385,126 @@ fn fallocate_drops_setuid_and_setgid_as_a_write_does() {
     }
 }
 
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sh -c SCRIPT` as uid/gid 65534 with no other group; its success.
+fn as_nobody(script: &str) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["sh", "-c", script])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// POSIX ACLs on a real mount, as setfacl/getfacl use them: the kernel
+/// enforces them (including after a chmod narrowed the mask), the mode
+/// follows the ACL, a directory's default ACL replaces the umask for what
+/// is created in it and is inherited by subdirectories, and all of it
+/// survives a remount.
+#[test]
+fn posix_acls_are_enforced_inherited_and_kept() {
+    let mut m = Mount::new();
+    let d = m.corp().join("shared");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    let f = d.join("f");
+    fs::write(&f, b"secret").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    let (fs_, ds) = (f.to_str().unwrap(), d.to_str().unwrap());
+    let cat = format!("cat {fs_}");
+    assert!(!as_nobody(&cat));
+
+    run("setfacl", &["-m", "u:65534:r", fs_]);
+    assert!(as_nobody(&cat), "a named-user entry grants read");
+    assert!(!as_nobody(&format!("echo x >> {fs_}")));
+    assert_eq!(mode_of(&f), 0o640, "the mask shows as the group bits");
+    let acl = run("getfacl", &["-n", "--omit-header", fs_]);
+    assert!(
+        acl.contains("user:65534:r--") && acl.contains("mask::r--"),
+        "{acl}"
+    );
+
+    // chmod narrows the mask; the kernel's cached ACL must not outlive it.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(!as_nobody(&cat), "chmod 600 leaves the named user nothing");
+    let acl = run("getfacl", &["-n", "--omit-header", fs_]);
+    assert!(
+        acl.contains("user:65534:r--") && acl.contains("mask::---"),
+        "{acl}"
+    );
+    run("setfacl", &["-m", "m::r", fs_]);
+    assert!(as_nobody(&cat));
+
+    // The mode alone is no ACL: nothing stored once the extras go.
+    let g = d.join("g");
+    fs::write(&g, b"").unwrap();
+    run("setfacl", &["-m", "u::rwx,g::r,o::-", g.to_str().unwrap()]);
+    assert_eq!(mode_of(&g), 0o740);
+    assert_eq!(getxattr(&g, "system.posix_acl_access"), Err(libc::ENODATA));
+
+    // A default ACL: new files and directories take it, not the umask.
+    run(
+        "setfacl",
+        &["-d", "-m", "u::rwx,u:65534:rwx,g::rx,o::-", ds],
+    );
+    run(
+        "sh",
+        &[
+            "-c",
+            &format!("umask 077 && echo new > {ds}/n && mkdir {ds}/sub"),
+        ],
+    );
+    assert_eq!(
+        mode_of(&d.join("n")),
+        0o660,
+        "0666 masked by the default ACL"
+    );
+    assert_eq!(mode_of(&d.join("sub")), 0o770);
+    assert!(as_nobody(&format!("echo more >> {ds}/n")));
+    let sub_default = run(
+        "getfacl",
+        &["-n", "-d", "--omit-header", &format!("{ds}/sub")],
+    );
+    assert!(sub_default.contains("user:65534:rwx"), "{sub_default}");
+    // Without one, the umask applies as before.
+    let plain = m.corp().join("plain");
+    let ps = plain.to_str().unwrap();
+    run(
+        "sh",
+        &["-c", &format!("umask 027 && mkdir {ps} && touch {ps}/x")],
+    );
+    assert_eq!(mode_of(&plain), 0o750);
+    assert_eq!(mode_of(&plain.join("x")), 0o640);
+
+    m.remount();
+    let acl = run("getfacl", &["-n", "--omit-header", fs_]);
+    assert!(
+        acl.contains("user:65534:r--") && acl.contains("mask::r--"),
+        "{acl}"
+    );
+    assert!(as_nobody(&cat));
+    assert_eq!(fs::read(d.join("n")).unwrap(), b"new\nmore\n");
+    let sub_default = run(
+        "getfacl",
+        &["-n", "-d", "--omit-header", &format!("{ds}/sub")],
+    );
+    assert!(sub_default.contains("user:65534:rwx"), "{sub_default}");
+}
+
 #[test]
 fn statfs_reports_the_data_disk() {
     let m = Mount::new();

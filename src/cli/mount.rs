@@ -149,6 +149,7 @@ fn mount_root(core: &Locker, spec: &str) -> anyhow::Result<InodeNo> {
         uid: unsafe { libc::geteuid() },
         gid: unsafe { libc::getegid() },
         pid: std::process::id(),
+        umask: 0,
     };
     let mut cur = InodeNo::ROOT;
     for n in &names {

@@ -3,6 +3,7 @@
 
 use rusqlite::Connection;
 
+use crate::core::acl::{self, ACL_ACCESS, ACL_DEFAULT};
 use crate::core::namespace;
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Handle, Locker, State, check_name, sync};
@@ -136,6 +137,7 @@ impl Locker {
             || set.mtime.is_some()
             || set.ctime.is_some();
         if changes_times {
+            let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
             // Uncommitted writes carry their own mtime: commit them first so
             // an explicit time set here wins.
             self.commit_locked(st, ino)?;
@@ -155,6 +157,9 @@ impl Locker {
                 }
                 if let Some(g) = set.gid {
                     a.gid = g;
+                }
+                if set.mode.is_some() && acls {
+                    acl::chmod(tx, ino, a.perm)?;
                 }
                 if set.mode.is_some()
                     && a.perm & S_ISGID != 0
@@ -189,7 +194,8 @@ impl Locker {
     }
 
     /// Creates an inode of any kind under `parent`. `mode` carries the kind
-    /// (S_IFMT bits) and the permission bits, already masked by the umask.
+    /// (S_IFMT bits) and the permission bits, which the parent's default
+    /// ACL masks if it has one, and the caller's umask otherwise.
     fn make_node(
         &self,
         st: &mut State,
@@ -202,6 +208,7 @@ impl Locker {
         check_name(name)?;
         let kind = FileKind::from_mode(mode).ok_or(CoreError::Invalid("unknown file type"))?;
         namespace::check_create_at(parent, kind, name)?;
+        let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
         let m = st.mark();
         let r = st.tx(|tx| {
             let p = dir_row(tx, parent)?;
@@ -213,6 +220,18 @@ impl Locker {
             }
             let now = Timestamp::now();
             let mut perm = (mode & 0o7777) as u16;
+            // Linux's posix_acl_create; symlinks take neither.
+            let inherited = match kind {
+                FileKind::Symlink => None,
+                _ if acls => acl::load(tx, parent, ACL_DEFAULT)?
+                    .map(|d| acl::inherit(&d, perm, kind == FileKind::Dir)),
+                _ => None,
+            };
+            match &inherited {
+                Some(i) => perm = i.perm,
+                None if kind != FileKind::Symlink => perm &= !(caller.umask as u16 & 0o777),
+                None => {}
+            }
             let mut gid = caller.gid;
             if p.attr.perm & S_ISGID != 0 {
                 gid = p.attr.gid;
@@ -247,6 +266,14 @@ impl Locker {
             };
             let dir_parent = (kind == FileKind::Dir).then_some(parent);
             let ino = meta::insert_inode(tx, &attr, dir_parent, target)?;
+            if let Some(i) = &inherited {
+                if let Some(v) = &i.access {
+                    meta::set_xattr(tx, ino, ACL_ACCESS, v)?;
+                }
+                if let Some(v) = &i.default {
+                    meta::set_xattr(tx, ino, ACL_DEFAULT, v)?;
+                }
+            }
             meta::insert_dentry(tx, parent, name, ino, kind)?;
             touch_dir(tx, parent, now, if kind == FileKind::Dir { 1 } else { 0 })?;
             sync::mark_name(tx, m, parent, name, 0)?;

@@ -15,6 +15,7 @@
 //!   garbage, collected at the next mount.
 //! - A directory's `nlink` is 2 plus its subdirectories.
 
+mod acl;
 pub mod crash;
 pub mod error;
 mod file;
@@ -41,6 +42,7 @@ use rusqlite::Connection;
 use crate::blocks::{BlockId, BlockStore};
 use crate::meta;
 pub use crate::types;
+pub use acl::{ACL_ACCESS, ACL_DEFAULT, is_acl_name};
 pub use error::{CoreError, CoreResult};
 use file::FileState;
 pub(crate) use redo::note_inline_block;
@@ -110,6 +112,10 @@ pub struct Locker {
     /// Some inode may have a `security.*` extended attribute (false only
     /// while none was ever found or set: see `getxattr`).
     security_xattrs: std::sync::atomic::AtomicBool,
+    /// Some inode may have a POSIX ACL (false only while none was ever
+    /// found or set): otherwise creations, chmods and the kernel's ACL
+    /// lookups need no query for them.
+    acls: std::sync::atomic::AtomicBool,
 }
 
 enum Handle {
@@ -487,11 +493,16 @@ impl Locker {
             synced_cv: std::sync::Condvar::new(),
             crash: crash::CrashPoints::from_env(),
             security_xattrs: std::sync::atomic::AtomicBool::new(true),
+            acls: std::sync::atomic::AtomicBool::new(true),
         };
-        let any = meta::any_xattr_with_prefix(&locker.lock().conn, b"security.")?;
-        locker
-            .security_xattrs
-            .store(any, std::sync::atomic::Ordering::Release);
+        {
+            use std::sync::atomic::Ordering::Release;
+            let st = locker.lock();
+            let any = meta::any_xattr_with_prefix(&st.conn, b"security.")?;
+            locker.security_xattrs.store(any, Release);
+            let any = meta::any_xattr_with_prefix(&st.conn, acl::ACL_PREFIX)?;
+            locker.acls.store(any, Release);
+        }
         locker.ensure_root()?;
         locker.recover()?;
         locker.load_lru()?;

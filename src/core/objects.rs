@@ -14,6 +14,7 @@
 //!   symlinks are never followed.
 
 use crate::blocks::{BLOCK_SIZE, BlockId};
+use crate::core::acl::{self, ACL_ACCESS, ACL_DEFAULT};
 use crate::core::inode::{dir_row, row, touch_dir};
 use crate::core::sync::{FileSnap, Invalidate, mark_name};
 use crate::core::types::*;
@@ -294,6 +295,7 @@ impl Locker {
             .is_some_and(|o| Locker::is_open(st, o.attr.ino));
         let parent = row(&st.conn, dir)?.attr;
         let version = meta::content_version(&st.conn, ino)?;
+        let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
         let m = st.mark();
         let (size, freed) = st.tx(|tx| {
             let now = Timestamp::now();
@@ -301,6 +303,26 @@ impl Locker {
             let mut a = row(tx, ino)?.attr;
             a.uid = parent.uid;
             a.gid = parent.gid;
+            if acls {
+                // The replaced file's ACL stays with its mode; a new file
+                // takes the directory's default ACL.
+                match &old {
+                    Some(o) if o.attr.kind == FileKind::File => {
+                        if let Some(v) = meta::get_xattr(tx, o.attr.ino, ACL_ACCESS)? {
+                            meta::set_xattr(tx, ino, ACL_ACCESS, &v)?;
+                        }
+                    }
+                    _ => {
+                        if let Some(d) = acl::load(tx, dir, ACL_DEFAULT)? {
+                            let i = acl::inherit(&d, a.perm, false);
+                            a.perm = i.perm;
+                            if let Some(v) = &i.access {
+                                meta::set_xattr(tx, ino, ACL_ACCESS, v)?;
+                            }
+                        }
+                    }
+                }
+            }
             if let Some(o) = &old {
                 if o.attr.kind == FileKind::File {
                     a.perm = o.attr.perm;
@@ -373,6 +395,7 @@ impl Locker {
                         uid: cur.attr.uid,
                         gid: cur.attr.gid,
                         pid: 0,
+                        umask: 0,
                     };
                     let a = self.make_node_locked(st, &owner, cur.attr.ino, n, 0o040755, None)?;
                     row(&st.conn, a.ino)?

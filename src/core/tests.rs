@@ -9,6 +9,7 @@ pub(super) const ME: Caller = Caller {
     uid: 1000,
     gid: 1000,
     pid: 0,
+    umask: 0,
 };
 
 pub(super) fn rw() -> OpenMode {
@@ -510,6 +511,142 @@ fn xattr_create_replace_and_virtual_attributes() {
         t.l.getxattr(ino, b"user.locker.sha256").unwrap(),
         b"88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
     );
+}
+
+/// An ACL value as Linux passes it: (tag, perm, id) entries.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+const NOID: u32 = u32::MAX;
+
+#[test]
+fn an_access_acl_sets_the_mode_and_a_chmod_sets_the_acl() {
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"f", b"abc");
+    t.l.setattr(
+        ino,
+        &SetAttr {
+            mode: Some(0o2600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // user::rw- user:2000:r-x group::r-- mask::r-x other::---
+    let acl = acl_value(&[
+        (1, 6, NOID),
+        (2, 5, 2000),
+        (4, 4, NOID),
+        (0x10, 5, NOID),
+        (0x20, 0, NOID),
+    ]);
+    // By a caller outside the file's group (1000): set-group-ID goes.
+    let outsider = Caller {
+        uid: 1000,
+        gid: 3000,
+        pid: 0,
+        umask: 0,
+    };
+    t.l.setxattr_as(ino, ACL_ACCESS, &acl, XattrMode::Any, Some(&outsider))
+        .unwrap();
+    assert_eq!(t.l.getattr(ino).unwrap().perm, 0o650);
+    assert_eq!(t.l.getxattr(ino, ACL_ACCESS).unwrap(), acl);
+    assert!(t.l.listxattr(ino).unwrap().contains(&ACL_ACCESS.to_vec()));
+    // chmod moves the mask, not the owning group's entry.
+    t.l.setattr(
+        ino,
+        &SetAttr {
+            mode: Some(0o604),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let after = acl_value(&[
+        (1, 6, NOID),
+        (2, 5, 2000),
+        (4, 4, NOID),
+        (0x10, 0, NOID),
+        (0x20, 4, NOID),
+    ]);
+    assert_eq!(t.l.getxattr(ino, ACL_ACCESS).unwrap(), after);
+    // Kept across a reopen.
+    let path = t.path.clone();
+    drop(t.l);
+    let l = Locker::open_dir(&path, opts()).unwrap();
+    assert_eq!(l.getxattr(ino, ACL_ACCESS).unwrap(), after);
+    // An ACL the mode can say alone is not stored; the mode takes it.
+    let minimal = acl_value(&[(1, 7, NOID), (4, 5, NOID), (0x20, 1, NOID)]);
+    l.setxattr(ino, ACL_ACCESS, &minimal, XattrMode::Any)
+        .unwrap();
+    assert_eq!(l.getattr(ino).unwrap().perm, 0o751);
+    assert!(matches!(
+        l.getxattr(ino, ACL_ACCESS),
+        Err(CoreError::NoAttr)
+    ));
+    // Malformed: a named user without a mask; a default ACL on a file.
+    let bad = acl_value(&[(1, 7, NOID), (2, 5, 2000), (4, 4, NOID), (0x20, 0, NOID)]);
+    assert!(matches!(
+        l.setxattr(ino, ACL_ACCESS, &bad, XattrMode::Any),
+        Err(CoreError::Invalid(_))
+    ));
+    assert!(l.setxattr(ino, ACL_DEFAULT, &acl, XattrMode::Any).is_err());
+}
+
+#[test]
+fn a_default_acl_replaces_the_umask_and_is_inherited_by_directories() {
+    let t = new();
+    let ns = t.ns();
+    let umask = Caller { umask: 0o077, ..ME };
+    // Without a default ACL, the umask applies.
+    let plain = t.l.mkdir(&umask, ns, b"plain", 0o777).unwrap();
+    assert_eq!(plain.perm, 0o700);
+    let (f, fh) = t.l.create(&umask, plain.ino, b"f", 0o666, rw()).unwrap();
+    t.l.release(fh).unwrap();
+    assert_eq!(f.perm, 0o600);
+    // user::rwx user:2000:rwx group::r-x mask::rwx other::---
+    let default = acl_value(&[
+        (1, 7, NOID),
+        (2, 7, 2000),
+        (4, 5, NOID),
+        (0x10, 7, NOID),
+        (0x20, 0, NOID),
+    ]);
+    let d = t.l.mkdir(&ME, ns, b"shared", 0o755).unwrap().ino;
+    t.l.setxattr(d, ACL_DEFAULT, &default, XattrMode::Any)
+        .unwrap();
+    let (f, fh) = t.l.create(&umask, d, b"f", 0o666, rw()).unwrap();
+    t.l.release(fh).unwrap();
+    assert_eq!(f.perm, 0o660, "the default ACL masks, not the umask");
+    assert_eq!(
+        t.l.getxattr(f.ino, ACL_ACCESS).unwrap(),
+        acl_value(&[
+            (1, 6, NOID),
+            (2, 7, 2000),
+            (4, 5, NOID),
+            (0x10, 6, NOID),
+            (0x20, 0, NOID)
+        ])
+    );
+    assert!(matches!(
+        t.l.getxattr(f.ino, ACL_DEFAULT),
+        Err(CoreError::NoAttr)
+    ));
+    let sub = t.l.mkdir(&umask, d, b"sub", 0o777).unwrap();
+    assert_eq!(sub.perm, 0o770);
+    assert_eq!(t.l.getxattr(sub.ino, ACL_DEFAULT).unwrap(), default);
+    // Symlinks take neither the ACL nor the umask.
+    let l = t.l.symlink(&umask, d, b"l", b"f").unwrap();
+    assert_eq!(l.perm, 0o777);
+    assert!(matches!(
+        t.l.getxattr(l.ino, ACL_ACCESS),
+        Err(CoreError::NoAttr)
+    ));
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Extended attributes: `user.*`, `trusted.*` and `security.*` are stored;
-//! `system.*` (POSIX ACLs) is not supported. Two virtual, read-only
+//! Extended attributes: `user.*`, `trusted.*` and `security.*` are stored,
+//! and of `system.*` the two POSIX ACLs (see `acl.rs`). Two virtual, read-only
 //! attributes exist on every regular file: `user.locker.ref` (its locker://
 //! reference; directories below the root have one too) and
 //! `user.locker.sha256` (hex SHA-256 of its content, computed
@@ -10,8 +10,10 @@
 use std::sync::atomic::Ordering;
 
 use crate::blocks::hex;
+use crate::core::acl::{self, ACL_ACCESS, ACL_DEFAULT, Acl};
+use crate::core::inode::caller_in_group;
 use crate::core::types::*;
-use crate::core::{CoreError, CoreResult, Locker};
+use crate::core::{CoreError, CoreResult, Locker, sync};
 use crate::meta;
 
 pub const XATTR_REF: &[u8] = b"user.locker.ref";
@@ -26,7 +28,10 @@ fn check_xattr_name(name: &[u8]) -> CoreResult<()> {
     if name.len() > 255 {
         return Err(CoreError::Range);
     }
-    if name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security.")
+    if name.starts_with(b"user.")
+        || name.starts_with(b"trusted.")
+        || name.starts_with(b"security.")
+        || acl::is_acl_name(name)
     {
         Ok(())
     } else {
@@ -62,6 +67,10 @@ impl Locker {
             // neither the lock nor the database.
             return Err(CoreError::NoAttr);
         }
+        if acl::is_acl_name(name) && !self.acls.load(Ordering::Acquire) {
+            // Asked by the kernel for permission checks: the same.
+            return Err(CoreError::NoAttr);
+        }
         let st = self.lock();
         meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         meta::get_xattr(&st.conn, ino, name)?.ok_or(CoreError::NoAttr)
@@ -74,9 +83,26 @@ impl Locker {
         value: &[u8],
         mode: XattrMode,
     ) -> CoreResult<()> {
+        self.setxattr_as(ino, name, value, mode, None)
+    }
+
+    /// `setxattr` asked by `caller` (a mount's request): setting an access
+    /// ACL drops set-group-ID unless the caller is root or in the file's
+    /// group, as Linux's `posix_acl_update_mode` does.
+    pub fn setxattr_as(
+        &self,
+        ino: InodeNo,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+        caller: Option<&Caller>,
+    ) -> CoreResult<()> {
         check_xattr_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(CoreError::TooBig);
+        }
+        if acl::is_acl_name(name) {
+            return self.set_acl(ino, name, value, mode, caller);
         }
         let mut st = self.lock();
         let kind = meta::get_inode(&st.conn, ino)?
@@ -104,6 +130,77 @@ impl Locker {
             meta::update_attr(tx, &a)?;
             Ok(())
         })
+    }
+
+    fn set_acl(
+        &self,
+        ino: InodeNo,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+        caller: Option<&Caller>,
+    ) -> CoreResult<()> {
+        let parsed = Acl::parse(value)?;
+        let mut st = self.lock();
+        let kind = meta::get_inode(&st.conn, ino)?
+            .ok_or(CoreError::NotFound)?
+            .attr
+            .kind;
+        if kind == FileKind::Symlink {
+            return Err(CoreError::NotSupported("ACL on a symbolic link"));
+        }
+        if name == ACL_DEFAULT && kind != FileKind::Dir {
+            return Err(CoreError::NotPermitted("default ACL on a non-directory"));
+        }
+        // Set before the attribute exists, under the lock that any reader
+        // of it takes after.
+        self.acls.store(true, Ordering::Release);
+        let m = st.mark();
+        let marked = st.tx(|tx| {
+            let exists = meta::get_xattr(tx, ino, name)?.is_some();
+            match mode {
+                XattrMode::Create if exists => return Err(CoreError::Exists),
+                XattrMode::Replace if !exists => return Err(CoreError::NoAttr),
+                _ => {}
+            }
+            let mut a = meta::get_inode(tx, ino)?.ok_or(CoreError::NotFound)?.attr;
+            let old_perm = a.perm;
+            match &parsed {
+                // No entries: no ACL, as a removal.
+                None => {
+                    meta::remove_xattr(tx, ino, name)?;
+                }
+                Some(acl) if name == ACL_ACCESS => {
+                    a.perm = (a.perm & !0o777) | acl.mode_bits();
+                    if let Some(c) = caller
+                        && c.uid != 0
+                        && !caller_in_group(c, a.gid)
+                    {
+                        a.perm &= !0o2000;
+                    }
+                    // What the mode says alone is not kept twice.
+                    if acl.is_minimal() {
+                        meta::remove_xattr(tx, ino, name)?;
+                    } else {
+                        meta::set_xattr(tx, ino, name, &acl.to_bytes())?;
+                    }
+                }
+                Some(acl) => meta::set_xattr(tx, ino, name, &acl.to_bytes())?,
+            }
+            a.ctime = Timestamp::now();
+            meta::update_attr(tx, &a)?;
+            // The mode travels with the object.
+            let marked = a.perm != old_perm && a.kind != FileKind::Dir;
+            if marked {
+                sync::mark_ino(tx, m, ino, a.size)?;
+            }
+            Ok(marked)
+        })?;
+        drop(st);
+        if marked && m.is_some() {
+            self.wake_sync();
+        }
+        Ok(())
     }
 
     pub fn listxattr(&self, ino: InodeNo) -> CoreResult<Vec<Vec<u8>>> {

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::blocks::BLOCK_SIZE;
@@ -34,6 +34,8 @@ pub struct LockerFs {
     map: InoMap,
     atime: AtimePolicy,
     waiters: Waiters,
+    /// The kernel enforces POSIX ACLs (`FUSE_POSIX_ACL` was granted).
+    acl: bool,
 }
 
 impl LockerFs {
@@ -51,6 +53,7 @@ impl LockerFs {
             map,
             atime,
             waiters: Waiters::start(wait_threads.max(1)),
+            acl: false,
         }
     }
 
@@ -235,6 +238,7 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
     }
 }
 
@@ -273,6 +277,14 @@ impl Filesystem for LockerFs {
         let _ = config.set_max_write(BLOCK_SIZE as u32);
         let _ = config.set_max_readahead(BLOCK_SIZE as u32);
         let _ = config.set_max_background(64);
+        // POSIX ACLs: the kernel checks and caches them; the umask comes
+        // with each creation so a parent's default ACL can replace it.
+        self.acl = config
+            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+            .is_ok();
+        if !self.acl {
+            tracing::warn!("the kernel does not offer POSIX ACLs: system.posix_acl_* is refused");
+        }
         tracing::info!("mounted");
         Ok(())
     }
@@ -362,14 +374,18 @@ impl Filesystem for LockerFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _t = FuseTimer::start("mknod");
+        let who = Caller {
+            umask,
+            ..caller(req)
+        };
         match self
             .core
-            .mknod(&caller(req), self.ino(parent), name.as_bytes(), mode, rdev)
+            .mknod(&who, self.ino(parent), name.as_bytes(), mode, rdev)
         {
             Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("mknod", e)),
@@ -382,13 +398,17 @@ impl Filesystem for LockerFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _t = FuseTimer::start("mkdir");
+        let who = Caller {
+            umask,
+            ..caller(req)
+        };
         match self
             .core
-            .mkdir(&caller(req), self.ino(parent), name.as_bytes(), mode)
+            .mkdir(&who, self.ino(parent), name.as_bytes(), mode)
         {
             Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("mkdir", e)),
@@ -714,7 +734,7 @@ impl Filesystem for LockerFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -729,9 +749,14 @@ impl Filesystem for LockerFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
+        let name = name.as_bytes();
+        if !self.acl && crate::core::is_acl_name(name) {
+            // Stored but not enforced would mislead.
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         match self
             .core
-            .setxattr(self.ino(i), name.as_bytes(), value, mode)
+            .setxattr_as(self.ino(i), name, value, mode, Some(&caller(req)))
         {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("setxattr", e)),
@@ -798,13 +823,17 @@ impl Filesystem for LockerFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _t = FuseTimer::start("create");
+        let who = Caller {
+            umask,
+            ..caller(req)
+        };
         match self.core.create(
-            &caller(req),
+            &who,
             self.ino(parent),
             name.as_bytes(),
             mode,

@@ -54,6 +54,7 @@ impl Locker {
             uid: r.attr.uid,
             gid: r.attr.gid,
             pid: 0,
+            umask: 0,
         })
     }
 
@@ -169,6 +170,7 @@ impl Locker {
         here: bool,
     ) -> CoreResult<()> {
         self.forget_file(st, ino);
+        let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
         let freed = st.tx(|tx| {
             let mut freed = Vec::new();
             for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
@@ -178,6 +180,11 @@ impl Locker {
                 meta::delete_file_block(tx, ino, idx)?;
             }
             meta::set_remote_only(tx, ino, size, sha, mtime, perm, src, here)?;
+            if let Some(p) = perm.filter(|_| acls) {
+                // A mode changed elsewhere: the access ACL follows, as
+                // with a chmod here.
+                crate::core::acl::chmod(tx, ino, p as u16)?;
+            }
             Ok(freed)
         })?;
         self.free_blocks(st, &freed);
