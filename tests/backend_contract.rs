@@ -499,6 +499,55 @@ fn local_backend_keeps_the_contract() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// A sparse file stays sparse in a local backend, whichever way it goes
+/// up: one PUT, a multipart upload, a server-side copy. (A backend on the
+/// data disk must not turn a 1 GiB file of holes into 1 GiB of zeros.)
+#[test]
+fn local_backend_keeps_holes_as_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let be = LocalBackend::open(dir.path(), "", false).unwrap();
+    let rt = rt();
+    rt.block_on(be.check()).unwrap();
+    // 12 MiB: data at the start, at an unaligned spot in the middle, and
+    // in the last, partial block; zeros elsewhere.
+    let mut data = vec![0u8; (12 << 20) + 100];
+    data[..5000].copy_from_slice(&pattern(5000, 3));
+    data[(6 << 20) + 10..(6 << 20) + 20].copy_from_slice(b"0123456789");
+    let n = data.len();
+    data[n - 50..].copy_from_slice(&pattern(50, 4));
+    let on_disk = |key: &str| {
+        let p = dir.path().join(key);
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), data, "{key}");
+        m.blocks() * 512
+    };
+    let m = meta(1, &data);
+    rt.block_on(be.put("one", data.clone(), &m, &Cond::Any))
+        .unwrap();
+    // Data blocks: two at the start, one in the middle, one at the end
+    // (the file system may round up; far below 12 MiB either way).
+    assert!(on_disk("one") <= 256 << 10, "{}", on_disk("one"));
+    let etag = rt
+        .block_on(async {
+            let mp = be.multipart_begin("multi", n as u64, &m).await?;
+            let part = 5 << 20;
+            let mut parts = Vec::new();
+            for (i, off) in (0..n).step_by(part).enumerate() {
+                let chunk = data[off..(off + part).min(n)].to_vec();
+                let num = i as u32 + 1;
+                parts.push((num, be.multipart_part(&mp, num, off as u64, chunk).await?));
+            }
+            be.multipart_finish(&mp, parts).await
+        })
+        .unwrap();
+    assert!(!etag.is_empty());
+    assert!(on_disk("multi") <= 256 << 10, "{}", on_disk("multi"));
+    rt.block_on(be.copy("multi", None, "copied", &m, &Cond::Any))
+        .unwrap();
+    assert!(on_disk("copied") <= 256 << 10, "{}", on_disk("copied"));
+}
+
 fn walk(p: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(p).unwrap() {

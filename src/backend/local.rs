@@ -16,7 +16,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -285,13 +285,84 @@ fn info_of(key: String, dir: &DirAt, name: &str, m: &fs::Metadata, with_meta: bo
 
 /// Writes `data` to a new temporary file in `dir`, syncs it and gives it
 /// `meta`; returns the temporary's name.
+/// The unit of holes: a range of this many zero bytes, at a multiple of it
+/// in the file, is left unwritten.
+const HOLE_UNIT: usize = 4096;
+
+fn all_zero(b: &[u8]) -> bool {
+    // In 64-byte steps the OR vectorises and a non-zero byte ends it early.
+    b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Writes `data` at `off` in `f` (whose unwritten ranges read as zeros),
+/// leaving out its all-zero 4 KiB blocks: a sparse file stays sparse in the
+/// backend, as `cp --sparse=auto` keeps it, instead of taking its apparent
+/// size in disk space.
+fn write_sparse(f: &File, data: &[u8], off: u64) -> io::Result<()> {
+    let unit = HOLE_UNIT as u64;
+    // A run of data blocks not yet written: where it starts in `data`.
+    let mut run: Option<usize> = None;
+    let mut a = 0;
+    while a < data.len() {
+        // Blocks are counted from the file's start, so holes line up with
+        // the file system's.
+        let boundary = ((off + a as u64) / unit + 1) * unit;
+        let b = ((boundary - off) as usize).min(data.len());
+        match (all_zero(&data[a..b]), run) {
+            (false, None) => run = Some(a),
+            (true, Some(s)) => {
+                f.write_all_at(&data[s..a], off + s as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+        a = b;
+    }
+    if let Some(s) = run {
+        f.write_all_at(&data[s..], off + s as u64)?;
+    }
+    Ok(())
+}
+
+/// Copies `from` (of `size` bytes) into the empty `to`: only its data
+/// ranges (`SEEK_DATA`/`SEEK_HOLE`), each with `copy_file_range` (the
+/// kernel copies or reflinks without the bytes passing through here), so
+/// holes stay holes.
+fn copy_sparse(from: &File, to: &File, size: u64) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match rustix::fs::seek(from, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = rustix::fs::seek(from, SeekFrom::Hole(start))?.min(size);
+        let (mut i, mut o) = (start, start);
+        while i < end {
+            let len = (end - i).min(1 << 30) as usize;
+            let n = rustix::fs::copy_file_range(from, Some(&mut i), to, Some(&mut o), len)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the source shrank while it was copied",
+                ));
+            }
+        }
+        pos = end;
+    }
+    to.set_len(size)
+}
+
 fn write_tmp(dir: &DirAt, data: &[u8], meta: &ObjMeta) -> BResult<String> {
     let tmp = tmp_name();
-    let mut f = dir
+    let f = dir
         .open(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)
         .map_err(|e| io_err("create", &dir.show(&tmp), e))?;
     let r = (|| {
-        f.write_all(data)
+        write_sparse(&f, data, 0)
+            .and_then(|()| f.set_len(data.len() as u64))
             .map_err(|e| io_err("write", &dir.show(&tmp), e))?;
         apply_meta(&f, &dir.show(&tmp), meta, data.len() as u64)?;
         f.sync_all()
@@ -475,8 +546,8 @@ impl Backend for LocalBackend {
             let f = dir
                 .open(&mp.id, OFlags::WRONLY, 0)
                 .map_err(|e| io_err("open", &dir.show(&mp.id), e))?;
-            f.write_all_at(&data, offset)
-                .map_err(|e| io_err("write", &dir.show(&mp.id), e))?;
+            // Made at its full size: holes need no write.
+            write_sparse(&f, &data, offset).map_err(|e| io_err("write", &dir.show(&mp.id), e))?;
             Ok(format!("part-{number}"))
         })
         .await
@@ -651,23 +722,21 @@ impl Backend for LocalBackend {
                 let m = f.metadata().map_err(|e| io_err("stat", &shown, e))?;
                 return Ok(etag_of(&m));
             }
-            let mut from = sdir
+            let from = sdir
                 .open(sname, OFlags::RDONLY, 0)
                 .map_err(|e| io_err("open", &shown, e))?;
-            check(&from.metadata().map_err(|e| io_err("stat", &shown, e))?)?;
+            let m = from.metadata().map_err(|e| io_err("stat", &shown, e))?;
+            check(&m)?;
             let (dparent, dname) = split_key(&dst)?;
             let ddir = w.dir(&dparent, true)?;
             let tmp = tmp_name();
             let tshown = ddir.show(&tmp);
-            let mut to = ddir
+            let to = ddir
                 .open(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)
                 .map_err(|e| io_err("create", &tshown, e))?;
             let r = (|| {
-                // io::copy between two files uses copy_file_range: the
-                // kernel copies (or reflinks) without the bytes passing
-                // through here.
-                let size = io::copy(&mut from, &mut to).map_err(|e| io_err("copy", &shown, e))?;
-                apply_meta(&to, &tshown, &meta, size)?;
+                copy_sparse(&from, &to, m.size()).map_err(|e| io_err("copy", &shown, e))?;
+                apply_meta(&to, &tshown, &meta, m.size())?;
                 to.sync_all().map_err(|e| io_err("fsync", &tshown, e))
             })();
             if let Err(e) = r {
