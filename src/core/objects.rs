@@ -540,20 +540,37 @@ impl Locker {
     /// The SHA-256 of a snapshot's content: the known one, or computed (and
     /// remembered for this version).
     pub fn snap_sha256(&self, snap: &FileSnap) -> CoreResult<[u8; 32]> {
+        Ok(self
+            .hash_snap(snap, false)?
+            .expect("hashed to the end when not asked to stop"))
+    }
+
+    /// `snap_sha256` for the sidecar: `None`, without hashing the rest,
+    /// once the file has no name left (deleted meanwhile: its upload would
+    /// be for nothing, and a large one takes long).
+    pub fn snap_sha256_while_linked(&self, snap: &FileSnap) -> CoreResult<Option<[u8; 32]>> {
+        self.hash_snap(snap, true)
+    }
+
+    fn hash_snap(&self, snap: &FileSnap, while_linked: bool) -> CoreResult<Option<[u8; 32]>> {
         if let Some(h) = snap.sha256 {
-            return Ok(h);
+            return Ok(Some(h));
         }
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let mut off = 0;
+        let step = 8 * BLOCK_SIZE;
         while off < snap.size {
-            let n = (snap.size - off).min(8 * BLOCK_SIZE);
+            if while_linked && off % (8 * step) == 0 && self.sync_unlinked(snap.ino)? {
+                return Ok(None);
+            }
+            let n = (snap.size - off).min(step);
             h.update(self.snap_read(snap, off, n)?);
             off += n;
         }
         let sha: [u8; 32] = h.finalize().into();
         let st = self.lock();
         meta::set_sha256(&st.conn, snap.ino, snap.version, &sha)?;
-        Ok(sha)
+        Ok(Some(sha))
     }
 }

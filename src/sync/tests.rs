@@ -1253,6 +1253,51 @@ fn files_made_and_removed_before_their_upload_leave_the_queue_at_once_without_a_
     assert_eq!(corp.keys(), Vec::<String>::new());
 }
 
+/// A large file deleted while it goes up: the upload stops at the next part
+/// and is aborted instead of sending the rest, nothing of it lands, and the
+/// queue empties (fsstress-like tests make and delete files of gigabytes).
+#[test]
+fn a_file_deleted_during_its_upload_stops_it_at_the_next_part() {
+    let rig = Rig::new("parallel_parts = 1");
+    let corp = rig.stores.corp();
+    // Ten parts of 8 MiB, each taking 200 ms to send.
+    rig.fault["corp"].inject(
+        Some("multipart_part"),
+        None,
+        crate::backend::fault::Fault::Delay(Duration::from_millis(200)),
+        None,
+    );
+    let data: Vec<u8> = (0..80u32 << 20).map(|i| (i % 251) as u8).collect();
+    rig.write("corp/big", &data);
+    let t0 = Instant::now();
+    while corp.calls("multipart_part") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the upload never began"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rig.unlink("corp/big");
+    let t0 = Instant::now();
+    while !rig.core().sync_pending().unwrap().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "still queued {:?} after the delete: {:?}",
+            t0.elapsed(),
+            rig.core().sync_pending().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        corp.calls("multipart_part") <= 2,
+        "{} parts sent for a deleted file",
+        corp.calls("multipart_part")
+    );
+    assert_eq!(corp.calls("multipart_finish"), 0);
+    assert_eq!(corp.calls("multipart_abort"), 1);
+    assert_eq!(corp.keys(), Vec::<String>::new());
+}
+
 /// What the backend holds is still removed there after the quiet delay, and
 /// a file made again at a removed path is uploaded.
 #[test]

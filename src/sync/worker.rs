@@ -157,6 +157,9 @@ enum Outcome {
     Done,
     /// Not yet (a file still open for writing): look again after the delay.
     Later,
+    /// The file was deleted while it was being pushed: the push stopped,
+    /// and the entry (queued again by the delete) is taken as it now is.
+    Superseded,
 }
 
 async fn process(inner: Arc<Inner>, e: QueueEntry) {
@@ -167,6 +170,7 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
     let result = match &r {
         Ok(Outcome::Done) => "done",
         Ok(Outcome::Later) => "later",
+        Ok(Outcome::Superseded) => "superseded",
         Err(_) => "failed",
     };
     crate::metrics::metrics()
@@ -181,6 +185,9 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
             inner.note_ok(&ns);
             inner.resume(&ns);
             tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "pushed");
+        }
+        Ok(Outcome::Superseded) => {
+            tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "deleted while pushed; stopped");
         }
         Ok(Outcome::Later) => {
             let ready = now_ns() + inner.cfg.upload_delay_ms as i64 * 1_000_000;
@@ -501,7 +508,10 @@ async fn push_file(
         None => {
             let core = inner.core.clone();
             let f2 = f.clone();
-            blocking(move || core.snap_sha256(&f2)).await?
+            match blocking(move || core.snap_sha256_while_linked(&f2)).await? {
+                Some(sha) => sha,
+                None => return Ok(Outcome::Superseded),
+            }
         }
     };
     let meta = file_meta(&f, sha, rec.as_ref());
@@ -625,7 +635,9 @@ async fn push_file(
     // Land only over what was just seen, so a concurrent writer elsewhere
     // is never silently overwritten (the next attempt sees its change).
     let cond = dest_cond(head.as_ref());
-    let etag = upload(inner, &be, e, &key, f.clone(), &meta, cond).await?;
+    let Some(etag) = upload(inner, &be, e, &key, f.clone(), &meta, cond).await? else {
+        return Ok(Outcome::Superseded);
+    };
     inner.core.crash.hit("upload-sent");
     done(inner, e, seq, Some(row(etag))).await
 }
@@ -660,6 +672,14 @@ async fn read_part(inner: &Arc<Inner>, f: &Arc<FileSnap>, off: u64, len: u64) ->
     blocking(move || core.sync_read(&f, off, len)).await
 }
 
+/// Whether the file of `f` has been deleted since its snapshot.
+async fn unlinked(inner: &Arc<Inner>, f: &FileSnap) -> BResult<bool> {
+    let (core, ino) = (inner.core.clone(), f.ino);
+    blocking(move || core.sync_unlinked(ino)).await
+}
+
+/// Uploads `f` to `key`; its new ETag, or `None` when the file was deleted
+/// during a multipart upload (stopped between parts and aborted).
 async fn upload(
     inner: &Arc<Inner>,
     be: &Arc<dyn Backend>,
@@ -668,10 +688,10 @@ async fn upload(
     f: Arc<FileSnap>,
     meta: &ObjMeta,
     cond: Cond,
-) -> BResult<String> {
+) -> BResult<Option<String>> {
     if f.size <= SINGLE_PUT_MAX {
         let data = read_part(inner, &f, 0, f.size).await?;
-        return be.put(key, data, meta, &cond).await;
+        return be.put(key, data, meta, &cond).await.map(Some);
     }
     let part = PART_SIZE.max(f.size.div_ceil(9_000).next_multiple_of(1 << 20));
     let nparts = f.size.div_ceil(part);
@@ -745,8 +765,13 @@ async fn upload(
     let mut parts: Vec<(u32, String)> = have.iter().map(|(n, t)| (*n, t.clone())).collect();
     let mut next = 0u64;
     let mut failed: Option<BackendError> = None;
+    let mut deleted = false;
     loop {
-        while failed.is_none() && next < nparts && set.len() < inner.cfg.parallel_parts {
+        if failed.is_none() && !deleted && next < nparts && unlinked(inner, &f).await? {
+            deleted = true;
+        }
+        while failed.is_none() && !deleted && next < nparts && set.len() < inner.cfg.parallel_parts
+        {
             let i = next;
             next += 1;
             if have.contains_key(&((i + 1) as u32)) {
@@ -771,6 +796,11 @@ async fn upload(
     // A store that keeps unfinished uploads keeps this one for the next
     // attempt when the trouble may pass; otherwise it is aborted.
     let keep = |err: &BackendError| resumable && err.kind == ErrorKind::Transient;
+    if deleted && failed.is_none() {
+        be.multipart_abort(&mp).await;
+        set_upload_rec(inner, e, None).await?;
+        return Ok(None);
+    }
     if let Some(err) = failed {
         if !keep(&err) {
             be.multipart_abort(&mp).await;
@@ -784,7 +814,7 @@ async fn upload(
             if resumable {
                 set_upload_rec(inner, e, None).await?;
             }
-            Ok(etag)
+            Ok(Some(etag))
         }
         Err(err) => {
             if !keep(&err) {

@@ -36,6 +36,12 @@ impl Locker {
         Ok(msync::due(&self.lock().conn, now, hurry, skip, limit)?)
     }
 
+    /// Whether inode `ino` has no name left (deleted, perhaps still open).
+    pub fn sync_unlinked(&self, ino: InodeNo) -> CoreResult<bool> {
+        let st = self.lock();
+        Ok(meta::get_inode(&st.conn, ino)?.is_none_or(|r| r.attr.nlink == 0))
+    }
+
     /// When the next queue entry becomes ready, if any waits.
     pub fn sync_next_ready(&self) -> CoreResult<Option<i64>> {
         Ok(msync::next_ready(&self.lock().conn, msync::now_ns())?)
