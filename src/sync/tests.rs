@@ -1298,6 +1298,46 @@ fn a_file_deleted_during_its_upload_stops_it_at_the_next_part() {
     assert_eq!(corp.keys(), Vec::<String>::new());
 }
 
+/// As xfstests' generic/028 (t_getcwd) does: a file renamed along a chain
+/// of 20,000 names, then removed. Each old name's removal used to wait for
+/// its new name's push, so the chain left the queue one entry per look
+/// (about 25 a second, every unmount waiting its drain timeout). Names the
+/// backend never held need no order: the queue empties within 2 s of the
+/// last removal, with no request.
+#[test]
+fn a_long_chain_of_renames_of_a_new_file_leaves_the_queue_at_once() {
+    let rig = Rig::new("upload_delay_ms = 60000");
+    let corp = rig.stores.corp();
+    let t0 = Instant::now();
+    while corp.calls("list") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no listing at start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = corp.total_calls();
+    rig.write("corp/t_0", b"renamed on and on");
+    for i in 1..20_000 {
+        rig.rename(&format!("corp/t_{}", i - 1), &format!("corp/t_{i}"));
+    }
+    rig.unlink("corp/t_19999");
+    let t0 = Instant::now();
+    loop {
+        let left = rig.core().sync_pending().unwrap().len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{left} entries still queued {:?} after the last removal",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(corp.total_calls(), before, "no backend request");
+}
+
 /// What the backend holds is still removed there after the quiet delay, and
 /// a file made again at a removed path is uploaded.
 #[test]

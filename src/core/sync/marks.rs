@@ -200,7 +200,10 @@ fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64, Ino
 
 /// Marks the entry now at `new` and everything below it; with `old` (a
 /// rename), also every old path, each after its new path so that the
-/// backend copies before it deletes.
+/// backend copies before it deletes. An old path the backend never held
+/// (no `remote` row) has nothing to copy from or delete: its entry is ready
+/// at once and waits for nothing, as `mark_removed` makes it, so a chain of
+/// renames of a new file does not leave the queue one link at a time.
 pub(crate) fn mark_moved(
     conn: &Connection,
     m: Option<Mark>,
@@ -227,17 +230,14 @@ pub(crate) fn mark_moved(
             msync::mark(conn, ns, p, m.seq, m.now, m.ready, bytes, None)?;
         }
         if let Some((ons, op)) = &oldp {
-            let after = np.as_ref().map(|(ns, p)| (ns.as_str(), p.as_slice()));
-            msync::mark(
-                conn,
-                ons,
-                &join(op, &suffix),
-                m.seq,
-                m.now,
-                m.ready,
-                0,
-                after,
-            )?;
+            let old_path = join(op, &suffix);
+            let (ready, after) = if msync::get_remote(conn, ons, &old_path)?.is_some() {
+                let after = np.as_ref().map(|(ns, p)| (ns.as_str(), p.as_slice()));
+                (m.ready, after)
+            } else {
+                (m.now, None)
+            };
+            msync::mark(conn, ons, &old_path, m.seq, m.now, ready, 0, after)?;
         }
     }
     Ok(())
