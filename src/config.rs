@@ -53,6 +53,12 @@ size_mb = 10240
 # A write that finds the cache full of not-yet-uploaded data waits this long
 # for uploads, then fails with ENOSPC.
 write_timeout_s = 60
+# A sequential reader of data that is only in a backend gets it fetched ahead
+# of it: a window that starts at 2 MiB and doubles up to this many MiB (at
+# most an eighth of size_mb), in ranged GETs of up to 8 MiB, this many at
+# once across all readers.
+readahead_mb = 64
+fetches = 4
 
 # The namespaces: the top-level directories of the mount. Each one is created
 # at mount if missing; `mkdir` at the root of the mount adds more. A namespace
@@ -653,6 +659,13 @@ pub struct CacheConfig {
     /// long for uploads before it fails with ENOSPC.
     #[serde(default = "default_write_timeout_s")]
     pub write_timeout_s: u64,
+    /// How far ahead of a sequential reader evicted or remote data is
+    /// fetched, at most, in MiB (capped at an eighth of `size_mb`).
+    #[serde(default = "default_readahead_mb")]
+    pub readahead_mb: u64,
+    /// Ranged GETs for readers ahead of them, at once, across all files.
+    #[serde(default = "default_fetches")]
+    pub fetches: usize,
 }
 
 impl Default for CacheConfig {
@@ -660,8 +673,17 @@ impl Default for CacheConfig {
         CacheConfig {
             size_mb: default_cache_mb(),
             write_timeout_s: default_write_timeout_s(),
+            readahead_mb: default_readahead_mb(),
+            fetches: default_fetches(),
         }
     }
+}
+
+fn default_readahead_mb() -> u64 {
+    64
+}
+fn default_fetches() -> usize {
+    4
 }
 
 fn default_cache_mb() -> u64 {

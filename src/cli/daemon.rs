@@ -48,6 +48,7 @@ impl Store {
             cache_margin: LockerOptions::margin_for(cache_limit),
             write_timeout: Duration::from_secs(cfg.cache.write_timeout_s),
             sync_delay: Duration::from_millis(cfg.sync.upload_delay_ms),
+            readahead_limit: cfg.cache.readahead_mb << 20,
         };
         let core = Arc::new(
             Locker::open_dir(dir.path(), opts)

@@ -491,6 +491,8 @@ impl Locker {
                 ino,
                 mode,
                 next_read: 0,
+                ahead: 0,
+                window: 0,
             },
         );
         Ok(fh)
@@ -547,13 +549,22 @@ impl Locker {
         offset: u64,
         size: u32,
     ) -> CoreResult<Result<Vec<u8>, Miss>> {
-        let (ino, sequential) = match st.handles.get(&fh) {
+        let (ino, sequential, ahead, window) = match st.handles.get(&fh) {
             // The kernel's readahead, served by several threads, brings a
             // sequential reader's requests slightly out of order: near the
             // last one counts as sequential.
-            Some(Handle::File { ino, next_read, .. }) => {
-                (*ino, offset.abs_diff(*next_read) <= 2 * BLOCK_SIZE)
-            }
+            Some(Handle::File {
+                ino,
+                next_read,
+                ahead,
+                window,
+                ..
+            }) => (
+                *ino,
+                offset.abs_diff(*next_read) <= 2 * BLOCK_SIZE,
+                *ahead,
+                *window,
+            ),
             _ => return Err(CoreError::BadHandle),
         };
         let fs = st.files.get(&ino).ok_or(CoreError::BadHandle)?;
@@ -621,8 +632,50 @@ impl Locker {
             }
             pos += n as u64;
         }
+        // Streaming readahead: evicted blocks ahead of a sequential reader
+        // are fetched in the background, several ranged GETs at once, in a
+        // window that doubles while the reader stays sequential.
+        let prefetcher = self.prefetcher.get();
+        let mut stream = (0, 0);
+        if let Some(p) = prefetcher
+            && (sequential || offset == 0)
+        {
+            let next = (end - 1) / BLOCK_SIZE + 1;
+            let nblocks = file_size.div_ceil(BLOCK_SIZE);
+            let ahead = ahead.max(next);
+            stream = (ahead, window);
+            if ahead < nblocks && (window == 0 || ahead - next < window.div_ceil(2)) {
+                let max =
+                    (self.opts.readahead_limit.min(self.opts.cache_limit / 8) / BLOCK_SIZE).max(1);
+                let window = (window * 2).clamp(2.min(max), max);
+                let upto = nblocks.min(next + window);
+                let mut batch: Vec<BlockRef> = Vec::new();
+                for idx in ahead..upto {
+                    let r = match fs.dirty.get(&idx) {
+                        Some(_) => None,
+                        None => fs.committed(st, ino, idx)?,
+                    };
+                    match r.filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id)) {
+                        Some(r) => batch.push(r),
+                        None if !batch.is_empty() => p(ino, std::mem::take(&mut batch)),
+                        None => {}
+                    }
+                    // One ranged GET per eight blocks (8 MiB).
+                    if batch.len() == 8 {
+                        p(ino, std::mem::take(&mut batch));
+                    }
+                }
+                if !batch.is_empty() {
+                    p(ino, batch);
+                }
+                stream = (upto.max(ahead), window);
+            }
+        }
+        if let Some(Handle::File { ahead, window, .. }) = st.handles.get_mut(&fh) {
+            (*ahead, *window) = stream;
+        }
         if !missing.is_empty() {
-            if sequential || offset == 0 {
+            if prefetcher.is_none() && (sequential || offset == 0) {
                 // Readahead: the next blocks of a sequential reader come in
                 // the same round of ranged GETs.
                 let last = (end - 1) / BLOCK_SIZE;

@@ -65,6 +65,10 @@ pub struct LockerOptions {
     pub write_timeout: Duration,
     /// How long a changed path stays quiet before it is pushed.
     pub sync_delay: Duration,
+    /// How far ahead of a sequential reader evicted blocks are fetched, at
+    /// most (the window starts at two blocks and doubles while the reader
+    /// stays sequential); an eighth of the cache bound caps it.
+    pub readahead_limit: u64,
 }
 
 impl LockerOptions {
@@ -84,6 +88,7 @@ impl Default for LockerOptions {
             cache_margin: LockerOptions::margin_for(1 << 40),
             write_timeout: Duration::from_secs(60),
             sync_delay: Duration::from_secs(3),
+            readahead_limit: 64 << 20,
         }
     }
 }
@@ -94,6 +99,9 @@ pub struct Locker {
     opts: LockerOptions,
     /// Reads objects of the backends (set by the sidecar).
     remote: OnceLock<Arc<dyn sync::RemoteSource>>,
+    /// Fetches blocks ahead of sequential readers in the background (set
+    /// by the sidecar): takes the file and the blocks, never blocks.
+    prefetcher: OnceLock<sync::Prefetcher>,
     /// Wakes the sidecar after a change.
     waker: OnceLock<Arc<dyn Fn() + Send + Sync>>,
     /// Tells the kernel what a change from a backend made stale.
@@ -124,6 +132,10 @@ enum Handle {
         mode: OpenMode,
         /// Where a sequential reader's next read starts (readahead trigger).
         next_read: u64,
+        /// Streaming readahead: the first block not yet asked of the
+        /// prefetcher, and the window (in blocks) it last asked for.
+        ahead: u64,
+        window: u64,
     },
     Dir {
         dir: InodeNo,
@@ -484,6 +496,7 @@ impl Locker {
             blocks,
             opts,
             remote: OnceLock::new(),
+            prefetcher: OnceLock::new(),
             waker: OnceLock::new(),
             invalidator: OnceLock::new(),
             pressure: AtomicUsize::new(0),

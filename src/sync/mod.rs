@@ -382,6 +382,25 @@ impl Sidecar {
             inner: Arc::downgrade(&inner),
             handle: rt.handle().clone(),
         }));
+        // Fetches ahead of readers: on the blocking pool, a few at once
+        // (each a ranged GET of up to 8 MiB). The core is held weakly: a
+        // stopped sidecar leaves nothing holding it.
+        let (weak, handle) = (Arc::downgrade(&core), rt.handle().clone());
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.cache.fetches.max(1)));
+        core.set_prefetcher(Arc::new(move |ino, blocks| {
+            let (weak, slots) = (weak.clone(), slots.clone());
+            handle.spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(core) = weak.upgrade() {
+                        core.fetch_ahead(ino, blocks);
+                    }
+                })
+                .await;
+            });
+        }));
         let w = Arc::downgrade(&inner);
         core.set_waker(Arc::new(move || {
             if let Some(w) = w.upgrade() {

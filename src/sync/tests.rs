@@ -569,6 +569,104 @@ fn a_crash_at_every_point_loses_nothing_acknowledged_and_duplicates_nothing() {
     }
 }
 
+// ---- reading evicted data back ----
+
+/// Starts of `get_range` calls on `corp`, each held `delay` by the store.
+fn timed_gets(rig: &Rig, delay: Duration) -> Arc<std::sync::Mutex<Vec<Instant>>> {
+    use crate::backend::fault::Fault;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = starts.clone();
+    let f = &rig.fault["corp"];
+    f.inject(
+        Some("get_range"),
+        None,
+        Fault::Before(Arc::new(move || s.lock().unwrap().push(Instant::now()))),
+        None,
+    );
+    f.inject(Some("get_range"), None, Fault::Delay(delay), None);
+    starts
+}
+
+/// The most GETs started within `delay` of one another: in flight at once.
+fn most_at_once(starts: &[Instant], delay: Duration) -> usize {
+    starts
+        .iter()
+        .map(|t| {
+            starts
+                .iter()
+                .filter(|u| *u >= t && u.duration_since(*t) < delay)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A sequential reader of an evicted file (128 MiB, a store that takes
+/// 150 ms per GET) has blocks fetched ahead of it in the background,
+/// several ranged GETs at once in a window that grows, instead of one
+/// synchronous 8 MiB round each time it reaches the end of the last: 16
+/// such rounds took at least 2.4 s. Nothing is fetched twice.
+#[test]
+fn a_sequential_reader_of_evicted_data_has_it_fetched_ahead_several_at_once() {
+    let rig = Rig::new("");
+    let data = crate::core::tests::pattern(128 << 20, 31);
+    let ino = rig.write("corp/big", &data);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    assert_eq!(rig.core().evicted_blocks(ino), 128);
+    let delay = Duration::from_millis(150);
+    let starts = timed_gets(&rig, delay);
+    let t0 = Instant::now();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        // As the kernel asks: 128 KiB at a time.
+        let got = rig.core().read(fh, off, 128 << 10).unwrap();
+        assert_eq!(&got[..], &data[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    rig.core().release(fh).unwrap();
+    let took = t0.elapsed();
+    let starts = starts.lock().unwrap().clone();
+    assert!(
+        most_at_once(&starts, delay) >= 3,
+        "at most {} GETs at once",
+        most_at_once(&starts, delay)
+    );
+    eprintln!(
+        "{} GETs, at most {} at once, in {took:?}",
+        starts.len(),
+        most_at_once(&starts, delay)
+    );
+    assert!(
+        starts.len() <= 32,
+        "{} GETs for 16 rounds' worth",
+        starts.len()
+    );
+    assert!(took < Duration::from_millis(1800), "read took {took:?}");
+}
+
+/// A reader that jumps around fetches what it reads, not what follows.
+#[test]
+fn a_random_reader_of_evicted_data_fetches_only_what_it_reads() {
+    let rig = Rig::new("");
+    let data = crate::core::tests::pattern(64 << 20, 32);
+    let ino = rig.write("corp/big", &data);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    let starts = timed_gets(&rig, Duration::from_millis(1));
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    for block in [40u64, 7, 33, 60, 21] {
+        let off = block * (1 << 20) + 4096;
+        let got = rig.core().read(fh, off, 4096).unwrap();
+        assert_eq!(&got[..], &data[off as usize..off as usize + 4096]);
+    }
+    rig.core().release(fh).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(starts.lock().unwrap().len(), 5, "one GET per read");
+    assert_eq!(rig.core().evicted_blocks(ino), 64 - 5);
+}
+
 // ---- moves of evicted files (issue: such a move could never be pushed) ----
 
 #[test]

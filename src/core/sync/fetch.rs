@@ -34,6 +34,11 @@ pub trait RemoteSource: Send + Sync {
     }
 }
 
+/// Fetches blocks of a file (`fetch_ahead`) in the background, ahead of a
+/// sequential reader; called under the state lock, so it only hands the
+/// work over.
+pub type Prefetcher = Arc<dyn Fn(InodeNo, Vec<BlockRef>) + Send + Sync>;
+
 /// A version of an object, as a backend shows it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteVersion {
@@ -46,6 +51,24 @@ impl Locker {
     /// Installs the reader of the backends.
     pub fn set_remote(&self, source: Arc<dyn RemoteSource>) {
         let _ = self.remote.set(source);
+    }
+
+    /// Installs what fetches ahead of sequential readers.
+    pub fn set_prefetcher(&self, p: Prefetcher) {
+        let _ = self.prefetcher.set(p);
+    }
+
+    /// A prefetcher's work: those of `want` (blocks of `ino`) not here yet
+    /// are fetched, unless a reader is fetching them already. A failure is
+    /// only logged: the reader that reaches the block fetches it itself.
+    pub fn fetch_ahead(&self, ino: InodeNo, mut want: Vec<BlockRef>) {
+        want.retain(|b| !self.blocks.contains(&b.id));
+        if want.is_empty() {
+            return;
+        }
+        if let Err(e) = self.fetch_blocks(ino, &want) {
+            tracing::debug!(inode = ino.0, error = %e, "fetching ahead of a reader failed");
+        }
     }
 
     /// Fetches every committed block of `ino` that was evicted: a file

@@ -30,7 +30,7 @@ use crate::core::{CoreResult, Locker};
 use crate::meta;
 
 pub use apply::{Applied, Invalidate, Invalidator};
-pub use fetch::{RemoteSource, RemoteVersion};
+pub use fetch::{Prefetcher, RemoteSource, RemoteVersion};
 pub(crate) use marks::{mark_ino, mark_moved, mark_name, mark_removed, ns_path};
 pub use snapshot::{FileSnap, LocalEntry, Snapshot};
 
