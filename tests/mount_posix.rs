@@ -505,6 +505,48 @@ fn posix_acls_are_enforced_inherited_and_kept() {
     assert!(sub_default.contains("user:65534:rwx"), "{sub_default}");
 }
 
+/// As xfstests' generic/035 checks it: a directory removed (by rmdir, or
+/// replaced by a rename) while a process has it open still answers fstat
+/// on that descriptor, with no link, and takes no new entries; it is gone
+/// once closed.
+#[test]
+fn a_directory_removed_while_open_still_answers_fstat() {
+    let mut m = Mount::new();
+    let (a, b) = (m.corp().join("a"), m.corp().join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let open_b = File::open(&b).unwrap();
+    fs::rename(&a, &b).unwrap();
+    let md = open_b.metadata().expect("fstat of the replaced directory");
+    assert_eq!(md.nlink(), 0);
+    assert!(md.is_dir());
+    drop(open_b);
+    let c = m.corp().join("c");
+    fs::create_dir(&c).unwrap();
+    let open_c = File::open(&c).unwrap();
+    fs::remove_dir(&c).unwrap();
+    assert_eq!(open_c.metadata().expect("fstat after rmdir").nlink(), 0);
+    let r = unsafe {
+        libc::openat(
+            open_c.as_raw_fd(),
+            c"x".as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY,
+            0o644,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(errno(), libc::ENOENT, "no entries in a removed directory");
+    drop(open_c);
+    assert!(!c.exists());
+    m.remount();
+    let mut names: Vec<_> = fs::read_dir(m.corp())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b"]);
+}
+
 #[test]
 fn statfs_reports_the_data_disk() {
     let m = Mount::new();

@@ -537,6 +537,34 @@ impl Locker {
         self.rmdir_locked(&mut st, parent, name)
     }
 
+    /// Directories some handle has open: removed, they stay (with no
+    /// link) until closed, so `fstat` of the handle still answers.
+    fn open_dirs(st: &State) -> std::collections::HashSet<InodeNo> {
+        st.handles
+            .values()
+            .filter_map(|h| match h {
+                Handle::Dir { dir, .. } => Some(*dir),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Removes the inode of empty directory `ino` (its name is gone); one
+    /// still open keeps its row, with no link, until its last `releasedir`
+    /// (or, after a crash, the next start).
+    fn drop_dir_inode(tx: &Connection, ino: InodeNo, open: bool, now: Timestamp) -> CoreResult<()> {
+        if !open {
+            meta::delete_inode(tx, ino)?;
+            return Ok(());
+        }
+        let mut a = row(tx, ino)?.attr;
+        a.nlink = 0;
+        a.ctime = now;
+        meta::update_attr(tx, &a)?;
+        meta::add_orphan(tx, ino)?;
+        Ok(())
+    }
+
     pub(crate) fn rmdir_locked(
         &self,
         st: &mut State,
@@ -544,6 +572,7 @@ impl Locker {
         name: &[u8],
     ) -> CoreResult<()> {
         let m = st.mark();
+        let open = Locker::open_dirs(st);
         st.tx(|tx| {
             dir_row(tx, parent)?;
             let ino = meta::lookup(tx, parent, name)?.ok_or(CoreError::NotFound)?;
@@ -557,7 +586,7 @@ impl Locker {
             let now = Timestamp::now();
             meta::delete_dentry(tx, parent, name)?;
             touch_dir(tx, parent, now, -1)?;
-            meta::delete_inode(tx, ino)?;
+            Locker::drop_dir_inode(tx, ino, open.contains(&ino), now)?;
             sync::mark_removed(tx, m, parent, name)?;
             if parent == InodeNo::ROOT {
                 tracing::info!(namespace = %String::from_utf8_lossy(name), "namespace removed");
@@ -609,6 +638,10 @@ impl Locker {
             return Ok(());
         }
         let dst_open = dst.is_some_and(|d| Locker::is_open(st, d));
+        let open_dirs = match dst {
+            Some(_) => Locker::open_dirs(st),
+            None => Default::default(),
+        };
         let m = st.mark();
         let purge = st.tx(|tx| {
             let now = Timestamp::now();
@@ -682,7 +715,8 @@ impl Locker {
                             return Err(CoreError::NotEmpty);
                         }
                         meta::delete_dentry(tx, newparent, newname)?;
-                        meta::delete_inode(tx, d.attr.ino)?;
+                        let open = open_dirs.contains(&d.attr.ino);
+                        Locker::drop_dir_inode(tx, d.attr.ino, open, now)?;
                         newparent_delta -= 1;
                     }
                     (false, false) => {
@@ -800,7 +834,17 @@ impl Locker {
     }
 
     pub fn releasedir(&self, fh: HandleId) -> CoreResult<()> {
-        self.lock().handles.remove(&fh);
+        let mut st = self.lock();
+        let Some(Handle::Dir { dir, .. }) = st.handles.remove(&fh) else {
+            return Ok(());
+        };
+        // The last handle of a directory removed while open: its row goes.
+        if !Locker::open_dirs(&st).contains(&dir)
+            && meta::get_inode(&st.conn, dir)?
+                .is_some_and(|r| r.attr.kind == FileKind::Dir && r.attr.nlink == 0)
+        {
+            st.tx(|tx| Ok(meta::delete_inode(tx, dir)?))?;
+        }
         Ok(())
     }
 
