@@ -173,27 +173,36 @@ impl Locker {
     }
 
     fn fetch_blocks_now(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
-        let (sha, idxs) = {
+        let (sha, located) = {
             let st = self.lock();
             let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
+            if row.remote_only {
+                // Changed since the blocks were asked for (a concurrent
+                // fetch found the object replaced, and the file took the
+                // new version): nothing of the old content is wanted, and
+                // the caller looks again.
+                return Ok(());
+            }
             let sha = row.sha256.clone().ok_or_else(|| {
                 CoreError::Corrupt(format!(
                     "inode {} lost a block before it reached a backend",
                     ino.0
                 ))
             })?;
-            let mut idxs = Vec::new();
+            let mut located = Vec::new();
             for b in want {
-                let idx = meta::block_index(&st.conn, ino, &b.id)?;
-                idxs.push(idx.ok_or(CoreError::NotFound)? as u64);
+                // A block the file no longer holds is not fetched: the
+                // caller looks again at what the file holds now.
+                if let Some(idx) = meta::block_index(&st.conn, ino, &b.id)? {
+                    located.push((idx as u64, *b));
+                }
             }
-            (sha, idxs)
+            (sha, located)
         };
-        self.fetch_located(
-            ino,
-            &sha,
-            idxs.into_iter().zip(want.iter().copied()).collect(),
-        )
+        if located.is_empty() {
+            return Ok(());
+        }
+        self.fetch_located(ino, &sha, located)
     }
 
     /// Fetches blocks (index in the file, block) of the content that hashes
@@ -213,6 +222,15 @@ impl Locker {
             msync::remotes_with_sha(&st.conn, sha)?
         };
         if holders.is_empty() {
+            // A concurrent fetch (a reader's, or one ahead of it) may have
+            // just found the only object replaced, and the file taken the
+            // new version: then the caller looks again.
+            let st = self.lock();
+            if meta::get_inode(&st.conn, ino)?
+                .is_some_and(|r| r.remote_only || r.sha256.as_deref() != Some(sha))
+            {
+                return Ok(());
+            }
             return Err(CoreError::Corrupt(format!(
                 "no backend holds the content of inode {}",
                 ino.0
@@ -528,6 +546,16 @@ impl Locker {
         };
         let mut fetched = None;
         for (ns, path, etag) in cands {
+            // Blocks past the cache bound are left to be fetched again by
+            // range from the objects recorded as holding the content. An
+            // object at a version LOCKER has not recorded at its path (one
+            // another writer replaced) will not be one: its blocks are all
+            // kept, or they could not be read back.
+            let recorded = {
+                let st = self.lock();
+                msync::get_remote(&st.conn, &ns, &path)?
+                    .is_some_and(|r| etag.as_deref().is_none_or(|e| r.etag == e))
+            };
             // A failure is logged where it happened; the next holder is tried.
             if let Ok(d) = self.download_whole(
                 &*source,
@@ -536,7 +564,7 @@ impl Locker {
                 etag.as_deref(),
                 size,
                 sha,
-                keep_all,
+                keep_all || !recorded,
                 stored,
             ) {
                 fetched = Some((ns, path, etag, d));
