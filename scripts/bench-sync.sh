@@ -3,6 +3,10 @@
 # local server in the same run, started and stopped here on 127.0.0.1 (a free
 # port, random credentials made for the run):
 #   --backend s3 (default)  moto_server
+#   --backend garage        Garage, a real S3 server (built once outside the
+#                           repository; see scripts/lib/garage.sh), reached
+#                           directly or, with --delay-ms N, through a proxy
+#                           that holds every byte N ms each way
 #   --backend nextcloud     the Nextcloud emulator, tests/webdav/ncserver.py
 #   --backend apache        Apache httpd with mod_dav, tests/webdav/apache.sh
 # Informational only: it never gates CI. Prints a markdown table and
@@ -18,7 +22,8 @@
 #   c. cold read of the big file once evicted: LOCKER's upload data dir is
 #      remounted with a 16 MiB cache (the evictor drops the blocks the
 #      backend holds) and the page cache dropped, so every block comes from
-#      the backend by ranged GET: `cat MNT/corp/big` vs `rclone cat`
+#      the backend by ranged GET: `cat MNT/corp/big` vs `rclone cat`, and
+#      (Garage) vs `cat` through `rclone mount --vfs-cache-mode full`
 #   d. close-to-confirmed latency of a 4 KiB file: from the return of the
 #      `cp` that writes (and closes) it until HEAD on the bucket shows the
 #      object with its size (scripts/lib/s3tool.py wait, 10 ms polls), median
@@ -34,7 +39,8 @@
 # flavor is set (nextcloud / plain) and chunk_size_mb = 10: on Nextcloud the
 # big file goes up as chunked upload v2.
 #
-# Usage: scripts/bench-sync.sh [--backend s3|nextcloud|apache] [--quick]
+# Usage: scripts/bench-sync.sh [--backend s3|garage|nextcloud|apache]
+#                              [--delay-ms N] [--quick]
 #                              [--only locker,rclone] [--repeat N]
 #                              [--build] [--no-md] [--keep-logs]
 # Needs root (FUSE mount with allow_other, drop_caches). See --help.
@@ -67,6 +73,10 @@ Usage: scripts/bench-sync.sh [options]
                      (tests/webdav/ncserver.py, the Nextcloud emulator) or
                      apache (tests/webdav/apache.sh, mod_dav); each writes
                      its own section of BENCHMARKS.md
+  --delay-ms N       (garage) reach the server through scripts/bench/
+                     delayproxy.py, which holds every byte N ms each way
+                     (a round trip of 2N ms more), as across a WAN; this
+                     kernel has no tc netem. Each delay has its own section
   --quick            smoke-test sizes (64 MiB file, 300 small files)
   --only LIST        comma-separated contenders from locker,rclone
                      (default: both)
@@ -92,6 +102,7 @@ EOF
 # ---------------------------------------------------------------- options
 QUICK=0
 BACKEND=s3
+DELAY_MS=0
 ONLY=locker,rclone
 REPEAT=1
 BUILD=0
@@ -102,6 +113,8 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --backend) [ $# -ge 2 ] || { echo "bench-sync: --backend needs a name" >&2; exit 2; }; BACKEND=$2; shift ;;
     --backend=*) BACKEND=${1#--backend=} ;;
+    --delay-ms) [ $# -ge 2 ] || { echo "bench-sync: --delay-ms needs a number" >&2; exit 2; }; DELAY_MS=$2; shift ;;
+    --delay-ms=*) DELAY_MS=${1#--delay-ms=} ;;
     --only) [ $# -ge 2 ] || { echo "bench-sync: --only needs a list" >&2; exit 2; }; ONLY=$2; shift ;;
     --only=*) ONLY=${1#--only=} ;;
     --repeat) [ $# -ge 2 ] || { echo "bench-sync: --repeat needs a number" >&2; exit 2; }; REPEAT=$2; shift ;;
@@ -118,10 +131,21 @@ done
 select_contenders bench-sync
 case $BACKEND in
   s3) MD_NAME=bench-sync ;;
+  garage) MD_NAME=bench-sync-garage-${DELAY_MS}ms ;;
   nextcloud|apache) MD_NAME=bench-sync-$BACKEND ;;
-  *) echo "bench-sync: --backend must be s3, nextcloud or apache" >&2; exit 2 ;;
+  *) echo "bench-sync: --backend must be s3, garage, nextcloud or apache" >&2; exit 2 ;;
 esac
-is_dav() { [ "$BACKEND" != s3 ]; }
+case $DELAY_MS in ''|*[!0-9]*) echo "bench-sync: --delay-ms needs a number" >&2; exit 2 ;; esac
+if [ "$DELAY_MS" -gt 0 ] && [ "$BACKEND" != garage ]; then
+  echo "bench-sync: --delay-ms goes with --backend garage" >&2; exit 2
+fi
+is_dav() { [ "$BACKEND" = nextcloud ] || [ "$BACKEND" = apache ]; }
+is_garage() { [ "$BACKEND" = garage ]; }
+. "$REPO/scripts/lib/garage.sh"
+if is_garage && [ ! -x "$GARAGE_BIN" ]; then
+  echo "bench-sync: no Garage at $GARAGE_BIN: skipped (build it once outside the repository, see scripts/lib/garage.sh, or set GARAGE_BIN)" >&2
+  exit 0
+fi
 case $REPEAT in ''|*[!0-9]*|0) echo "bench-sync: --repeat needs a positive number" >&2; exit 2 ;; esac
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -143,7 +167,8 @@ UPLOAD_DELAY_MS=200
 # are never evicted, so a smaller cache would make the writes wait for room
 # (cache.write_timeout_s) and measure that bound instead of the uploads.
 UP_CACHE_MB=$((SEQ_MB * 2 + 256))
-COLD_CACHE_MB=16                           # cold-read mount: far below the file
+COLD_CACHE_MB=16                           # eviction mount: far below the file
+READ_CACHE_MB=1024                         # the cold read's mount: the default's readahead fits
 STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-900}    # any single command run through step()
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-900}  # LOCKER's queue to drain after a copy
 MOUNT_TIMEOUT=30                           # seconds to wait for a mount
@@ -206,6 +231,16 @@ locker_stop() {  # unmount LOCKER: SIGTERM (it drains, then unmounts), else forc
   wait "$pid" 2>/dev/null
 }
 
+RCLONE_MNT=
+RCLONE_MOUNT_PID=
+rclone_unmount() {
+  [ -n "$RCLONE_MNT" ] || return 0
+  fusermount3 -u "$RCLONE_MNT" 2>/dev/null || fusermount3 -uz "$RCLONE_MNT" 2>/dev/null
+  [ -n "$RCLONE_MOUNT_PID" ] && stop_pid "$RCLONE_MOUNT_PID" 10
+  RCLONE_MNT=''
+  RCLONE_MOUNT_PID=''
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
@@ -217,6 +252,9 @@ cleanup() {
     stop_pid "$MOTO_PID" 10 || log "moto_server: killed with SIGKILL"
     MOTO_PID=
   fi
+  rclone_unmount
+  delay_stop
+  garage_stop
   if [ -n "$NC_PID" ]; then
     stop_pid "$NC_PID" 10 || log "ncserver.py: killed with SIGKILL"
     NC_PID=
@@ -246,12 +284,14 @@ STORE=()
 store() { "${STORE[@]}" "$@"; }
 case $BACKEND in
   s3) SERVER_LOG=$LOGDIR/moto.log OBJ_HOME=bucket ;;
+  garage) SERVER_LOG=$LOGDIR/garage.log OBJ_HOME=bucket ;;
   nextcloud) SERVER_LOG=$LOGDIR/ncserver.log OBJ_HOME=folder ;;
   apache) SERVER_LOG=$LOGDIR/apache.log OBJ_HOME=folder ;;
 esac
 server_alive() {
   case $BACKEND in
     s3) alive "$MOTO_PID" ;;
+    garage) alive "$GARAGE_PID" && { [ "$DELAY_MS" -eq 0 ] || alive "$DELAY_PID"; } ;;
     nextcloud) alive "$NC_PID" ;;
     apache) [ -n "$APACHE_DIR" ] && alive "$(cat "$APACHE_DIR/httpd.pid" 2>/dev/null)" ;;
   esac
@@ -263,6 +303,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v mountpoint >/dev/null || need+=(util-linux)
 has rclone && { command -v rclone >/dev/null || need+=(rclone); }
 has locker && { command -v fusermount3 >/dev/null || need+=(fuse3); }
+is_garage && has rclone && { command -v fusermount3 >/dev/null || need+=(fuse3); }
+is_garage && { command -v curl >/dev/null || need+=(curl); }
 if [ "$BACKEND" = apache ]; then
   [ -x /usr/sbin/apache2 ] || need+=(apache2)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
@@ -382,6 +424,21 @@ if is_dav; then
     export RCLONE_CONFIG_BENCH_VENDOR=$RCLONE_VENDOR RCLONE_CONFIG_BENCH_USER=$DAV_USER
     export RCLONE_CONFIG_BENCH_PASS=$RCLONE_PASS
   fi
+elif is_garage; then
+# ---------------------------------------------------------------- Garage
+# Its key for this run (made by garage, written 0600 in its directory);
+# LOCKER and rclone read it from the environment.
+garage_start "$BASE/garage" "$LOGDIR/garage.log" || die "garage did not start (log: $LOGDIR/garage.log)"
+ENDPOINT=$GARAGE_URL
+log "garage $(garage_version) on $GARAGE_URL (pid $GARAGE_PID)"
+if [ "$DELAY_MS" -gt 0 ]; then
+  delay_start "$GARAGE_URL" "$DELAY_MS" "$LOGDIR/delayproxy.log" || die "delayproxy.py did not start"
+  ENDPOINT=$DELAY_URL
+  log "through delayproxy.py on $ENDPOINT: ${DELAY_MS} ms each way"
+fi
+export AWS_ACCESS_KEY_ID=$GARAGE_KEY_ID AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET
+export AWS_DEFAULT_REGION=us-east-1
+unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_CA_BUNDLE
 else
 # ---------------------------------------------------------------- moto
 # Random credentials for this run only; moto accepts any, LOCKER and rclone
@@ -423,9 +480,10 @@ start_moto() {  # sets MOTO_PID, ENDPOINT; a few ports are tried (the free one m
 }
 MOTO_VERSION=$("$VPY" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)
 start_moto || die "moto_server did not start (log: $LOGDIR/moto.log)"
-STORE=("$VPY" "$S3TOOL" --endpoint "$ENDPOINT")
-
-cat >"$RCLONE_CONFIG" <<EOF
+fi
+if ! is_dav; then
+  STORE=("$VPY" "$S3TOOL" --endpoint "$ENDPOINT")
+  cat >"$RCLONE_CONFIG" <<EOF
 [$RCLONE_REMOTE]
 type = s3
 provider = Other
@@ -755,10 +813,22 @@ locker_cold() {
   wait_listed "cold-read mount"
   wait_drained "before c" true || NOTES+=("before c, LOCKER's queue did not empty: $DRAIN_WHY")
 
-  log "locker: c. cold read of ${SEQ_MB} MiB (evicted: ${COLD_CACHE_MB} MiB cache)"
+  # Read by a mount with a cache of a usual size (the evicted blocks stay
+  # evicted: nothing is fetched until read), so that the readahead window
+  # (at most an eighth of the cache) is the default's.
+  locker_stop
+  write_config "$cfg" "$b" "$READ_CACHE_MB"
+  if ! locker_mount "$cfg" "$data" "$logf"; then
+    fail cold_big locker "remount with a ${READ_CACHE_MB} MiB cache failed (see $logf)"
+    locker_stop
+    return 1
+  fi
+  wait_listed "cold-read mount"
+  log "locker: c. cold read of ${SEQ_MB} MiB (evicted by a ${COLD_CACHE_MB} MiB cache, read with ${READ_CACHE_MB} MiB)"
   drop_caches
   if timeit cat "$MNT/corp/big" >/dev/null 2>>"$logf"; then
     put_timed cold_big locker "$SEQ_MB" "$ELAPSED"
+    is_garage && put_timed cold_mount locker "$SEQ_MB" "$ELAPSED"
     step cmp -s "$SHM/big" "$MNT/corp/big" || fail verify_cold locker "the file read back differs from the source"
   else
     fail cold_big locker "cat exit status $?"
@@ -826,6 +896,72 @@ rclone_cold() {
   fi
 }
 
+# rclone mount of rclone's bucket (--vfs-cache-mode full, a fresh cache dir):
+# the mount other programs would read through. Sets RCLONE_MNT.
+rclone_mount() {  # bucket logfile
+  local deadline=$((SECONDS + MOUNT_TIMEOUT))
+  RCLONE_MNT=$BASE/rmnt
+  rm -rf "$BASE/rcache"
+  mkdir -p "$RCLONE_MNT" "$BASE/rcache"
+  setsid rclone mount "$RCLONE_REMOTE:$1" "$RCLONE_MNT" --vfs-cache-mode full \
+    --cache-dir "$BASE/rcache" </dev/null >>"$2" 2>&1 3>&- 4>&- &
+  RCLONE_MOUNT_PID=$!
+  until mountpoint -q "$RCLONE_MNT" && [ -e "$RCLONE_MNT/big" ]; do
+    if ! alive "$RCLONE_MOUNT_PID" || [ $SECONDS -ge $deadline ]; then
+      rclone_unmount
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+first_byte() {  # contender file logfile: times `head -c 1` of the file, caches dropped
+  drop_caches
+  if timeit head -c 1 "$2" >/dev/null 2>>"$3"; then
+    put first_byte "$1" "$(awk -v s="$ELAPSED" 'BEGIN { printf "%.1f", s * 1000 }')"
+  else
+    fail first_byte "$1" "head exit status $?"
+  fi
+}
+
+# e. the first byte of a file that is only in the bucket (never read by the
+# reader before): LOCKER on a fresh data dir over rclone's bucket, rclone
+# through a fresh mount. Then (rclone) c. through that mount, fresh again.
+locker_first_byte() {
+  local b=rclone-r$REP cfg=$BASE/locker-first.toml data=$BASE/locker-data-first
+  local logf=$LOGDIR/locker-$REP.log
+  check_big "$b" big >/dev/null || { fail first_byte locker "nothing in $b to read"; return 1; }
+  write_config "$cfg" "$b" "$UP_CACHE_MB"
+  if ! locker_mount "$cfg" "$data" "$logf"; then
+    fail first_byte locker "mount over $b failed (see $logf)"
+    locker_stop
+    return 1
+  fi
+  wait_listed "first-byte mount"
+  log "locker: e. head -c 1 of the ${SEQ_MB} MiB file, only in the bucket"
+  first_byte locker "$MNT/corp/big" "$logf"
+  locker_stop
+  rm -rf "$data"
+}
+
+rclone_mount_reads() {
+  local b=rclone-r$REP logf=$LOGDIR/rclone-mount-$REP.log
+  log "rclone: e. head -c 1 through a fresh rclone mount"
+  rclone_mount "$b" "$logf" || { fail first_byte rclone "rclone mount failed (see $logf)"; return 1; }
+  first_byte rclone "$RCLONE_MNT/big" "$logf"
+  rclone_unmount
+  log "rclone: c. cat of ${SEQ_MB} MiB through a fresh rclone mount --vfs-cache-mode full"
+  rclone_mount "$b" "$logf" || { fail cold_mount rclone "rclone mount failed (see $logf)"; return 1; }
+  drop_caches
+  if timeit cat "$RCLONE_MNT/big" >/dev/null 2>>"$logf"; then
+    put_timed cold_mount rclone "$SEQ_MB" "$ELAPSED"
+  else
+    fail cold_mount rclone "cat exit status $?"
+  fi
+  rclone_unmount
+  rm -rf "$BASE/rcache"
+}
+
 # ---------------------------------------------------------------- run
 declare -A LAT_SAMPLES=()
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -838,6 +974,10 @@ for ((REP = 1; REP <= REPEAT; REP++)); do
   has rclone && rclone_upload
   has locker && locker_cold
   has rclone && rclone_cold
+  if is_garage && has rclone; then
+    has locker && locker_first_byte
+    rclone_mount_reads
+  fi
   server_alive || die "the $BACKEND server died (log: $SERVER_LOG)"
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -855,9 +995,19 @@ METRICS=(
   "cp_big|a. (LOCKER: the cp into the mount alone)|MiB/s|1|info"
   "up_small|b. upload of $SMALL_FILES small files ($((SMALL_BYTES / 1024)) KiB): LOCKER cp -r → queue empty; rclone copy|files/s|0|rate"
   "cp_small|b. (LOCKER: the cp -r into the mount alone)|files/s|0|info"
-  "cold_big|c. cold read of the ${SEQ_MB} MiB file, evicted (the upload's data dir remounted with a ${COLD_CACHE_MB} MiB cache, page cache dropped): cat; rclone cat|MiB/s|1|rate"
+  "cold_big|c. cold read of the ${SEQ_MB} MiB file, evicted (the upload's data dir remounted with a ${COLD_CACHE_MB} MiB cache until its blocks are evicted, then with ${READ_CACHE_MB} MiB to read; page cache dropped): cat; rclone cat|MiB/s|1|rate"
+)
+is_garage && METRICS+=(
+  "cold_mount|c. the same read, rclone through \`rclone mount --vfs-cache-mode full\` (fresh cache): cat (LOCKER: as above)|MiB/s|1|rate"
+)
+METRICS+=(
   "latency|d. ${LAT_SIZE} B file, close → $( is_dav && echo file || echo object) visible (HEAD), median of $LAT_FILES; rclone: copyto run time|ms|0|time"
 )
+if is_garage; then
+  METRICS+=(
+    "first_byte|e. \`head -c 1\` of the ${SEQ_MB} MiB file only in the bucket (LOCKER: a fresh data dir over rclone's bucket; rclone: a fresh rclone mount)|ms|1|time"
+  )
+fi
 speed_ratio() {  # locker other kind: LOCKER's speed ÷ the other's
   case "$1$2" in *FAIL*) printf -- '–'; return ;; esac
   [ -n "$1" ] && [ -n "$2" ] || { printf -- '–'; return; }
@@ -880,7 +1030,7 @@ table() {
       if [ "$kind" = info ] && [ "$c" != locker ]; then row+=" |"; continue; fi
       v=$(value "$key" "$c")
       s=$(median ${SECS["$key|$c"]:-})
-      if [ "$kind" = time ] && [ -n "${LAT_SAMPLES[$c]:-}" ] && [ "$v" != FAIL ]; then
+      if [ "$key" = latency ] && [ -n "${LAT_SAMPLES[$c]:-}" ] && [ "$v" != FAIL ]; then
         row+=" $(fmt "$v" "$dec") ($(printf '%s\n' ${LAT_SAMPLES[$c]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }')) |"
       elif [ -n "$s" ] && [ "$v" != FAIL ]; then
         row+=" $(fmt "$v" "$dec") ($(printf '%.2f' "$s") s) |"
@@ -909,9 +1059,9 @@ dav_facts() {
   echo "- One server for both contenders, separate folders below the user's root (corp-rN/ for LOCKER, rclone-rN/ for rclone, a fresh pair per run, made with MKCOL); checks (untimed) with scripts/lib/davtool.py: HEAD, PROPFIND Depth 1 walks, GET for the SHA-256"
   if has locker; then
     if [ "$LOCKER_FLAVOR" = nextcloud ]; then
-      echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) and \`$COLD_CACHE_MB\` for the cold read, one \`[namespaces.corp]\` with \`backend = \"webdav\", flavor = \"nextcloud\", chunk_size_mb = $DAV_CHUNK_MB, prefix = \"corp-rN/\"\`, url the user's root (loopback http); other settings default. So the big file goes up as Nextcloud chunked upload v2 ($DAV_CHUNK_MB MiB chunks, then the MOVE that assembles them), a small file as one conditional PUT. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by HEAD/PROPFIND on the server"
+      echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) then \`$COLD_CACHE_MB\` to evict the big file and \`$READ_CACHE_MB\` to read it back cold, one \`[namespaces.corp]\` with \`backend = \"webdav\", flavor = \"nextcloud\", chunk_size_mb = $DAV_CHUNK_MB, prefix = \"corp-rN/\"\`, url the user's root (loopback http); other settings default. So the big file goes up as Nextcloud chunked upload v2 ($DAV_CHUNK_MB MiB chunks, then the MOVE that assembles them), a small file as one conditional PUT. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by HEAD/PROPFIND on the server"
     else
-      echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) and \`$COLD_CACHE_MB\` for the cold read, one \`[namespaces.corp]\` with \`backend = \"webdav\", flavor = \"plain\", prefix = \"corp-rN/\"\`, url \`/dav/\` (loopback http); other settings default. The plain flavor writes each file to a temporary name beside the target, sets its SHA-256, mtime and mode as dead properties, reads them back and moves it over the target. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by HEAD/PROPFIND on the server"
+      echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) then \`$COLD_CACHE_MB\` to evict the big file and \`$READ_CACHE_MB\` to read it back cold, one \`[namespaces.corp]\` with \`backend = \"webdav\", flavor = \"plain\", prefix = \"corp-rN/\"\`, url \`/dav/\` (loopback http); other settings default. The plain flavor writes each file to a temporary name beside the target, sets its SHA-256, mtime and mode as dead properties, reads them back and moves it over the target. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by HEAD/PROPFIND on the server"
     fi
     echo "- LOCKER binary: \`$LOCKER_BIN\` ($(bin_facts))"
   fi
@@ -924,10 +1074,20 @@ dav_facts() {
 machine_facts() {
   machine_line " (no busy loop runs here; a load well above 2 means other work shared the machine)"
   if is_dav; then dav_facts; return; fi
+  if is_garage; then
+    echo "- Storage: $(has locker && echo "LOCKER's data dirs and ")Garage's data on \`$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')\`; test data prepared in /dev/shm"
+    echo "- Backend: Garage $(garage_version) (\`$GARAGE_BIN\`), one node on 127.0.0.1 started by the script (scripts/lib/garage.sh: sqlite metadata, replication 1, a key made for the run), one server for both contenders, separate buckets (corp-rN for LOCKER, rclone-rN for rclone, a fresh pair per run)"
+    if [ "$DELAY_MS" -gt 0 ]; then
+      echo "- Link: both contenders reach Garage through scripts/bench/delayproxy.py, which holds every byte ${DELAY_MS} ms in each direction (every request/answer exchange takes $((2 * DELAY_MS)) ms more, as across a WAN with that round trip). This kernel has no tc netem (CONFIG_NET_SCH_NETEM is not set), so the delay is added by a proxy in Python: it models the latency of each exchange, not TCP's behaviour over a long link (each side's connection ends at the proxy on loopback), and its own throughput is a ceiling shared by both contenders"
+    else
+      echo "- Link: loopback, no added delay"
+    fi
+  else
   echo "- Storage: $(has locker && echo "LOCKER's data dirs and ")moto's spill files on \`$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')\`; test data prepared in /dev/shm"
   echo "- Backend: moto_server $MOTO_VERSION (\`$MOTO_BIN -H 127.0.0.1 -p PORT\`), one server for both contenders, separate buckets (corp-rN for LOCKER, rclone-rN for rclone, a fresh pair per run); it keeps objects in memory and spill files, so the absolute figures are bound by moto and the ratios are the point"
+  fi
   if has locker; then
-    echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) and \`$COLD_CACHE_MB\` for the cold read, one \`[namespaces.corp]\` of backend s3 (path_style); other settings default. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by a HEAD/list of the bucket"
+    echo "- LOCKER: \`locker mount MNT --config CFG --data-dir DATA\`, config \`[sync] upload_delay_ms = $UPLOAD_DELAY_MS, refresh_interval_s = 0\`, \`[cache] size_mb = $UP_CACHE_MB\` for the uploads (above the test data, so no write waits for cache room) then \`$COLD_CACHE_MB\` to evict the big file and \`$READ_CACHE_MB\` to read it back cold, one \`[namespaces.corp]\` of backend s3 (path_style); other settings default. Drained = \`locker status --json\` shows queue 0 and pending_bytes 0 for every namespace, polled every 0.1 s, confirmed by a HEAD/list of the bucket"
     echo "- LOCKER binary: \`$LOCKER_BIN\` ($(bin_facts))"
   fi
   if has rclone; then
@@ -940,6 +1100,7 @@ section() {
   local n
   case $BACKEND in
     s3) section_head "Sync sidecar benchmark" scripts/bench-sync.sh ;;
+    garage) section_head "Sync sidecar benchmark, Garage, $([ "$DELAY_MS" -gt 0 ] && echo "${DELAY_MS} ms each way" || echo "no added delay")" scripts/bench-sync.sh ;;
     nextcloud) section_head "Sync sidecar benchmark, WebDAV: the Nextcloud test server" scripts/bench-sync.sh ;;
     apache) section_head "Sync sidecar benchmark, WebDAV: Apache mod_dav" scripts/bench-sync.sh ;;
   esac
