@@ -173,6 +173,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER file_blocks_alloc_upd AFTER UPDATE OF len ON file_blocks BEGIN
         UPDATE inodes SET alloc = alloc + NEW.len - OLD.len WHERE ino = NEW.ino;
     END;",
+    // 13: the content a push is writing to a path, recorded before the
+    // write is sent: an object that landed there before a crash let the
+    // push be recorded is known as LOCKER's own (not someone else's).
+    "CREATE TABLE sent (
+        ns     TEXT NOT NULL,
+        path   BLOB NOT NULL,
+        sha256 BLOB NOT NULL,
+        PRIMARY KEY (ns, path)
+    ) WITHOUT ROWID;",
 ];
 
 /// Number of migrations this build knows.

@@ -408,6 +408,26 @@ pub fn set_remote_file_id(conn: &Connection, ns: &str, path: &[u8], id: &str) ->
     Ok(())
 }
 
+/// A push is about to write content `sha` to `ns/path`.
+pub fn put_sent(conn: &Connection, ns: &str, path: &[u8], sha: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO sent (ns, path, sha256) VALUES (?1, ?2, ?3)")?
+        .execute(params![ns, path, sha])?;
+    Ok(())
+}
+
+/// The content the last unrecorded push to `ns/path` was writing, if any.
+pub fn get_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT sha256 FROM sent WHERE ns = ?1 AND path = ?2")?
+        .query_row(params![ns, path], |r| r.get(0))
+        .optional()
+}
+
+pub fn delete_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached("DELETE FROM sent WHERE ns = ?1 AND path = ?2")?
+        .execute(params![ns, path])?;
+    Ok(())
+}
+
 pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
     conn.prepare_cached("DELETE FROM remote WHERE ns = ?1 AND path = ?2")?
         .execute(params![ns, path])?;

@@ -1436,6 +1436,33 @@ fn a_long_chain_of_renames_of_a_new_file_leaves_the_queue_at_once() {
     assert_eq!(corp.total_calls(), before, "no backend request");
 }
 
+/// A stop between the object landing and the queue recording it, then the
+/// file removed here before the next start: the object must go too, not
+/// come back on the next listing as if someone else had made it.
+#[test]
+fn a_file_removed_after_a_stop_that_left_its_object_unrecorded_stays_removed() {
+    let data = b"landed but not recorded".to_vec();
+    let mut rig = Rig::new("");
+    rig.core().crash.arm("upload-sent");
+    rig.write("corp/f", &data);
+    let t0 = Instant::now();
+    while object(rig.stores.corp(), "f").is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never uploaded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rig.unlink("corp/f");
+    rig.crash_and_restart();
+    rig.drained();
+    rig.refresh();
+    rig.drained();
+    assert_eq!(names(&rig, "corp"), Vec::<String>::new(), "came back here");
+    assert_eq!(
+        rig.stores.corp().keys(),
+        Vec::<String>::new(),
+        "left in the store"
+    );
+}
+
 /// What the backend holds is still removed there after the quiet delay, and
 /// a file made again at a removed path is uploaded.
 #[test]

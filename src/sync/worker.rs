@@ -312,6 +312,20 @@ async fn done(
     Ok(Outcome::Done)
 }
 
+/// The content a push to the entry's path was writing when it was last
+/// not recorded (a crash or stop in between), if any.
+async fn sent_here(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Option<[u8; 32]>> {
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    blocking(move || core.sync_sent(&ns, &path)).await
+}
+
+/// Whether `h` is the object such a push was writing: a file carrying that
+/// content's checksum, which LOCKER put there itself.
+fn landed(sent: Option<[u8; 32]>, h: &crate::backend::ObjInfo) -> bool {
+    sent.is_some() && h.kind == ObjKind::File && h.meta.as_ref().and_then(|m| m.sha256) == sent
+}
+
 /// The backend's entry as a remote row, with a symlink's target.
 async fn head_row(
     be: &dyn Backend,
@@ -349,10 +363,16 @@ async fn push_other(
     let key = key_of(e)?;
     let be = inner.backend_for(&e.ns)?;
     let head = be.head(&key).await?;
-    // Someone else changed the entry since LOCKER last saw it.
+    let mine = sent_here(inner, e).await?;
+    // Someone else changed the entry since LOCKER last saw it (not an
+    // object of LOCKER's own whose push was never recorded).
     let foreign = match (&rec, &head) {
-        (Some(r), Some(h)) => r.etag != h.etag && !(r.kind == REMOTE_DIR && h.kind == ObjKind::Dir),
-        (None, Some(_)) => true,
+        (Some(r), Some(h)) => {
+            r.etag != h.etag
+                && !(r.kind == REMOTE_DIR && h.kind == ObjKind::Dir)
+                && !landed(mine, h)
+        }
+        (None, Some(h)) => !landed(mine, h),
         _ => false,
     };
     match local {
@@ -515,10 +535,18 @@ async fn push_file(
         }
     };
     let meta = file_meta(&f, sha, rec.as_ref());
+    // An earlier push of other content that was never recorded: an object
+    // of it at the path is ours too.
+    let mine = sent_here(inner, e).await?;
+    // This push may write to the path: recorded first (durably), so that
+    // what lands is known as ours even if the push is never recorded.
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    blocking(move || core.sync_sending(&ns, &path, &sha)).await?;
     let head = be.head(&key).await?;
     let foreign = match (&rec, &head) {
-        (Some(r), Some(h)) => r.etag != h.etag,
-        (None, Some(_)) => true,
+        (Some(r), Some(h)) => r.etag != h.etag && !landed(mine, h),
+        (None, Some(h)) => !landed(mine, h),
         _ => false,
     };
     // What LOCKER uploaded (or copied from content it uploaded or checked):

@@ -36,6 +36,27 @@ impl Locker {
         Ok(msync::due(&self.lock().conn, now, hurry, skip, limit)?)
     }
 
+    /// Records, durably, that a push is about to write content `sha` to
+    /// `ns/path`, so that an object that lands there before the push is
+    /// recorded (a crash, a stop) is still known as LOCKER's own: a later
+    /// removal deletes it rather than keeping it as someone else's, and a
+    /// listing does not bring it back.
+    pub fn sync_sending(&self, ns: &str, path: &[u8], sha: &[u8; 32]) -> CoreResult<()> {
+        let commit = {
+            let mut st = self.lock();
+            st.tx(|tx| Ok(msync::put_sent(tx, ns, path, &sha[..])?))?;
+            st.commit_open()?;
+            st.commits
+        };
+        self.durable_upto(commit)
+    }
+
+    /// The content the last unrecorded push to `ns/path` was writing.
+    pub fn sync_sent(&self, ns: &str, path: &[u8]) -> CoreResult<Option<[u8; 32]>> {
+        let st = self.lock();
+        Ok(msync::get_sent(&st.conn, ns, path)?.and_then(|v| v.try_into().ok()))
+    }
+
     /// Whether inode `ino` has no name left (deleted, perhaps still open).
     pub fn sync_unlinked(&self, ino: InodeNo) -> CoreResult<bool> {
         let st = self.lock();
@@ -174,6 +195,9 @@ impl Locker {
             Some(r) => msync::put_remote(tx, ns, path, r)?,
             None => msync::delete_remote(tx, ns, path)?,
         }
+        // What the backend holds at the path is recorded: nothing is
+        // unrecorded there any more.
+        msync::delete_sent(tx, ns, path)?;
         // The file at the path has exactly this content: its version is
         // confirmed at its own path (its checksum is only ever set for the
         // version it was computed from).
@@ -217,6 +241,7 @@ impl Locker {
                 if held_here
                     || msync::get_remote(tx, ns, path)?.is_some()
                     || msync::get_upload(tx, ns, path)?.is_some()
+                    || msync::get_sent(tx, ns, path)?.is_some()
                 {
                     continue;
                 }
