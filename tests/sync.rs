@@ -33,9 +33,11 @@ fn blocks_bytes(data: &Path) -> u64 {
             return 0;
         };
         rd.flatten()
-            .map(|e| {
-                let m = e.metadata().unwrap();
-                if m.is_dir() { walk(&e.path()) } else { m.len() }
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.len(),
+                // Evicted between the listing and the stat.
+                Err(_) => 0,
             })
             .sum()
     }

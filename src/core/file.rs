@@ -634,11 +634,14 @@ impl Locker {
         }
         // Streaming readahead: evicted blocks ahead of a sequential reader
         // are fetched in the background, several ranged GETs at once, in a
-        // window that doubles while the reader stays sequential.
+        // window that doubles while the reader stays sequential. It starts
+        // at the reader's first miss: a file whose blocks are all here
+        // costs no lookup of the blocks ahead.
         let prefetcher = self.prefetcher.get();
         let mut stream = (0, 0);
         if let Some(p) = prefetcher
             && (sequential || offset == 0)
+            && (window > 0 || !missing.is_empty())
         {
             let next = (end - 1) / BLOCK_SIZE + 1;
             let nblocks = file_size.div_ceil(BLOCK_SIZE);

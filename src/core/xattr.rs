@@ -39,6 +39,21 @@ fn check_xattr_name(name: &[u8]) -> CoreResult<()> {
     }
 }
 
+/// XATTR_CREATE and XATTR_REPLACE: whether `name` may be set on `ino`.
+fn check_mode(
+    tx: &rusqlite::Connection,
+    ino: InodeNo,
+    name: &[u8],
+    mode: XattrMode,
+) -> CoreResult<()> {
+    let exists = meta::get_xattr(tx, ino, name)?.is_some();
+    match mode {
+        XattrMode::Create if exists => Err(CoreError::Exists),
+        XattrMode::Replace if !exists => Err(CoreError::NoAttr),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `name` is a virtual attribute of an inode of `kind` (`ino`).
 fn is_virtual_of(name: &[u8], kind: FileKind, ino: InodeNo) -> bool {
     match kind {
@@ -118,12 +133,7 @@ impl Locker {
             self.security_xattrs.store(true, Ordering::Release);
         }
         st.tx(|tx| {
-            let exists = meta::get_xattr(tx, ino, name)?.is_some();
-            match mode {
-                XattrMode::Create if exists => return Err(CoreError::Exists),
-                XattrMode::Replace if !exists => return Err(CoreError::NoAttr),
-                _ => {}
-            }
+            check_mode(tx, ino, name, mode)?;
             meta::set_xattr(tx, ino, name, value)?;
             let mut a = meta::get_inode(tx, ino)?.ok_or(CoreError::NotFound)?.attr;
             a.ctime = Timestamp::now();
@@ -157,12 +167,7 @@ impl Locker {
         self.acls.store(true, Ordering::Release);
         let m = st.mark();
         let marked = st.tx(|tx| {
-            let exists = meta::get_xattr(tx, ino, name)?.is_some();
-            match mode {
-                XattrMode::Create if exists => return Err(CoreError::Exists),
-                XattrMode::Replace if !exists => return Err(CoreError::NoAttr),
-                _ => {}
-            }
+            check_mode(tx, ino, name, mode)?;
             let mut a = meta::get_inode(tx, ino)?.ok_or(CoreError::NotFound)?.attr;
             let old_perm = a.perm;
             match &parsed {

@@ -196,6 +196,39 @@ impl Rig {
         self.sidecar.as_ref().unwrap().refresh();
     }
 
+    /// Waits for the listing every start makes of `corp` (not the queue's
+    /// doing, so request counts start after it).
+    pub fn listed_at_start(&self) {
+        let t0 = Instant::now();
+        while self.stores.corp().calls("list") == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no listing at start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Insists that the queue is empty within `limit` from now, without a
+    /// drain (no hurry: only what the queue does on its own).
+    pub fn queue_empties_within(&self, limit: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let left = self.core().sync_pending().unwrap();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{} entries still queued {:?} after the last change: {:?}",
+                left.len(),
+                t0.elapsed(),
+                &left[..left.len().min(5)]
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The inode at `path` ("corp/a/b").
     pub fn ino(&self, path: &str) -> Option<InodeNo> {
         let mut cur = InodeNo::ROOT;
@@ -1312,14 +1345,7 @@ fn files_made_and_removed_before_their_upload_leave_the_queue_at_once_without_a_
     let rig = Rig::new("upload_delay_ms = 60000");
     let corp = rig.stores.corp();
     // The listing at start is not the queue's doing.
-    let t0 = Instant::now();
-    while corp.calls("list") == 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no listing at start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    rig.listed_at_start();
     let before = corp.total_calls();
     rig.mkdir("corp/tree");
     for d in 0..100 {
@@ -1334,19 +1360,7 @@ fn files_made_and_removed_before_their_upload_leave_the_queue_at_once_without_a_
         rig.unlink(&format!("corp/one{f}"));
     }
     rig.remove_tree("corp/tree");
-    let t0 = Instant::now();
-    loop {
-        let left = rig.core().sync_pending().unwrap().len();
-        if left == 0 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "{left} entries still queued {:?} after the last removal",
-            t0.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    rig.queue_empties_within(Duration::from_secs(2));
     assert_eq!(corp.total_calls(), before, "no backend request");
     assert_eq!(corp.keys(), Vec::<String>::new());
 }
@@ -1376,16 +1390,7 @@ fn a_file_deleted_during_its_upload_stops_it_at_the_next_part() {
         std::thread::sleep(Duration::from_millis(5));
     }
     rig.unlink("corp/big");
-    let t0 = Instant::now();
-    while !rig.core().sync_pending().unwrap().is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "still queued {:?} after the delete: {:?}",
-            t0.elapsed(),
-            rig.core().sync_pending().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    rig.queue_empties_within(Duration::from_secs(1));
     assert!(
         corp.calls("multipart_part") <= 2,
         "{} parts sent for a deleted file",
@@ -1406,33 +1411,14 @@ fn a_file_deleted_during_its_upload_stops_it_at_the_next_part() {
 fn a_long_chain_of_renames_of_a_new_file_leaves_the_queue_at_once() {
     let rig = Rig::new("upload_delay_ms = 60000");
     let corp = rig.stores.corp();
-    let t0 = Instant::now();
-    while corp.calls("list") == 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no listing at start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    rig.listed_at_start();
     let before = corp.total_calls();
     rig.write("corp/t_0", b"renamed on and on");
     for i in 1..20_000 {
         rig.rename(&format!("corp/t_{}", i - 1), &format!("corp/t_{i}"));
     }
     rig.unlink("corp/t_19999");
-    let t0 = Instant::now();
-    loop {
-        let left = rig.core().sync_pending().unwrap().len();
-        if left == 0 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "{left} entries still queued {:?} after the last removal",
-            t0.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    rig.queue_empties_within(Duration::from_secs(2));
     assert_eq!(corp.total_calls(), before, "no backend request");
 }
 
