@@ -59,6 +59,13 @@ write_timeout_s = 60
 # once across all readers.
 readahead_mb = 64
 fetches = 4
+# A file that exists only in a backend and is at most this many MiB is
+# downloaded and checked against its SHA-256 before its first byte is
+# served. A larger one is read by range as it is asked for (its first byte
+# after one GET), pinned to the version listed, and checked against its
+# SHA-256 once all of it has been read: a mismatch is logged, shown by
+# `locker status`, and fails every later read of that version with EIO.
+verify_whole_mb = 8
 
 # The namespaces: the top-level directories of the mount. Each one is created
 # at mount if missing; `mkdir` at the root of the mount adds more. A namespace
@@ -666,6 +673,12 @@ pub struct CacheConfig {
     /// Ranged GETs for readers ahead of them, at once, across all files.
     #[serde(default = "default_fetches")]
     pub fetches: usize,
+    /// A file that exists only in a backend and is at most this large (in
+    /// MiB) is downloaded and checked against its SHA-256 before its first
+    /// byte is served; a larger one is read by range as it is asked for,
+    /// pinned to the version listed, and checked once it has all been read.
+    #[serde(default = "default_verify_whole_mb")]
+    pub verify_whole_mb: u64,
 }
 
 impl Default for CacheConfig {
@@ -675,6 +688,7 @@ impl Default for CacheConfig {
             write_timeout_s: default_write_timeout_s(),
             readahead_mb: default_readahead_mb(),
             fetches: default_fetches(),
+            verify_whole_mb: default_verify_whole_mb(),
         }
     }
 }
@@ -684,6 +698,9 @@ fn default_readahead_mb() -> u64 {
 }
 fn default_fetches() -> usize {
     4
+}
+fn default_verify_whole_mb() -> u64 {
+    8
 }
 
 fn default_cache_mb() -> u64 {

@@ -397,6 +397,66 @@ fn a_corrupt_object_gives_eio_never_wrong_bytes() {
     );
 }
 
+/// Bytes fetched from backends for reads, as the metrics listener on
+/// `port` counts them.
+fn fetched_bytes(port: u16) -> u64 {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = common::http::request(addr, "GET", b"/metrics", &[], b"");
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"locker_fetched_bytes_total{namespace="corp"} "#))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// A large object another tool left in the bucket, read through the
+/// mount: its first bytes come from a range, not a download of the whole
+/// object; read to the end it gives its bytes (checked against its
+/// SHA-256 as they arrive), and read again after the kernel's cache is
+/// dropped, the same.
+#[test]
+fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
+    use std::io::Read;
+    let server = S3Server::start();
+    server.mb("corp");
+    let port = common::free_port();
+    let m = s3_mount(
+        &server,
+        "corp",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[sync]\nupload_delay_ms = 0\n\
+             refresh_interval_s = 0\n[cache]\nsize_mb = 64\n"
+        ),
+    );
+    let data = pattern(96 << 20, 61);
+    server.put(
+        "corp",
+        "video.bin",
+        &data,
+        &[("sha256", &sha256_hex(&data))],
+    );
+    m.status(true);
+    let p = m.corp().join("video.bin");
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), data.len() as u64);
+    assert_eq!(fetched_bytes(port), 0, "a stat fetched data");
+    let mut f = std::fs::File::open(&p).unwrap();
+    let mut head = vec![0u8; 100];
+    f.read_exact(&mut head).unwrap();
+    assert!(head[..] == data[..100], "wrong first bytes");
+    drop(f);
+    let early = fetched_bytes(port);
+    assert!(
+        early < 24 << 20,
+        "{early} bytes fetched for the first 100 of a 96 MiB file"
+    );
+    let all = std::fs::read(&p).unwrap();
+    assert_eq!(sha256_hex(&all), sha256_hex(&data));
+    drop_caches();
+    let again = std::fs::read(&p).unwrap();
+    assert_eq!(sha256_hex(&again), sha256_hex(&data));
+    assert!(!m.log_text().contains("does not match"));
+}
+
 #[test]
 fn remote_changes_appear_and_conflicts_keep_both_versions() {
     let server = S3Server::start();

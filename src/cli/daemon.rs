@@ -49,6 +49,7 @@ impl Store {
             write_timeout: Duration::from_secs(cfg.cache.write_timeout_s),
             sync_delay: Duration::from_millis(cfg.sync.upload_delay_ms),
             readahead_limit: cfg.cache.readahead_mb << 20,
+            verify_whole: cfg.cache.verify_whole_mb << 20,
         };
         let core = Arc::new(
             Locker::open_dir(dir.path(), opts)

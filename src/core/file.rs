@@ -55,6 +55,9 @@ pub(crate) struct FileState {
 enum Miss {
     /// The whole file (it exists only in the backend).
     File(InodeNo),
+    /// The range read, streamed (the file exists only in the backend and
+    /// is too large to wait for).
+    Stream(InodeNo),
     /// These blocks of the file (evicted from the cache).
     Blocks(InodeNo, Vec<BlockRef>),
 }
@@ -524,6 +527,12 @@ impl Locker {
             };
             match miss {
                 Miss::File(ino) => self.materialize(ino)?,
+                Miss::Stream(ino) => match self.stream_read(ino, None, offset, size as u64)? {
+                    Some(v) => return Ok(v),
+                    // No longer only in the backend, or no version to pin
+                    // ranges to: read as usual.
+                    None => self.materialize(ino)?,
+                },
                 Miss::Blocks(ino, refs) => self.fetch_blocks(ino, &refs)?,
             }
         }
@@ -573,7 +582,11 @@ impl Locker {
             return Ok(Ok(Vec::new()));
         }
         if fs.remote_only && fs.dirty.is_empty() && fs.cut.is_none() {
-            return Ok(Err(Miss::File(ino)));
+            return Ok(Err(if self.streams_reads(file_size) {
+                Miss::Stream(ino)
+            } else {
+                Miss::File(ino)
+            }));
         }
         if sequential && offset.is_multiple_of(BLOCK_SIZE) {
             // A sequential reader entering a block: have the disk read the
@@ -652,6 +665,8 @@ impl Locker {
                     (self.opts.readahead_limit.min(self.opts.cache_limit / 8) / BLOCK_SIZE).max(1);
                 let window = (window * 2).clamp(2.min(max), max);
                 let upto = nblocks.min(next + window);
+                let ahead_job =
+                    |batch: Vec<BlockRef>| p(Box::new(move |c: &Locker| c.fetch_ahead(ino, batch)));
                 let mut batch: Vec<BlockRef> = Vec::new();
                 for idx in ahead..upto {
                     let r = match fs.dirty.get(&idx) {
@@ -660,16 +675,16 @@ impl Locker {
                     };
                     match r.filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id)) {
                         Some(r) => batch.push(r),
-                        None if !batch.is_empty() => p(ino, std::mem::take(&mut batch)),
+                        None if !batch.is_empty() => ahead_job(std::mem::take(&mut batch)),
                         None => {}
                     }
                     // One ranged GET per eight blocks (8 MiB).
                     if batch.len() == 8 {
-                        p(ino, std::mem::take(&mut batch));
+                        ahead_job(std::mem::take(&mut batch));
                     }
                 }
                 if !batch.is_empty() {
-                    p(ino, batch);
+                    ahead_job(batch);
                 }
                 stream = (upto.max(ahead), window);
             }
@@ -1006,6 +1021,7 @@ impl Locker {
             None => true,
         };
         if last {
+            self.forget_stream(st, ino);
             let mut check = true;
             if let Some(fs) = st.files.remove(&ino) {
                 if !fs.is_clean() {

@@ -69,6 +69,10 @@ pub struct LockerOptions {
     /// most (the window starts at two blocks and doubles while the reader
     /// stays sequential); an eighth of the cache bound caps it.
     pub readahead_limit: u64,
+    /// A file that exists only in a backend and is at most this large is
+    /// downloaded and checked whole before its first byte is served; a
+    /// larger one is streamed (see `sync/stream.rs`).
+    pub verify_whole: u64,
 }
 
 impl LockerOptions {
@@ -89,6 +93,7 @@ impl Default for LockerOptions {
             write_timeout: Duration::from_secs(60),
             sync_delay: Duration::from_secs(3),
             readahead_limit: 64 << 20,
+            verify_whole: 8 << 20,
         }
     }
 }
@@ -112,6 +117,12 @@ pub struct Locker {
     /// of one region wait for one fetch instead of each making their own.
     fetching: Mutex<std::collections::HashSet<BlockId>>,
     fetched: std::sync::Condvar,
+    /// Files that exist only in a backend being read without a whole
+    /// download (see `sync/stream.rs`).
+    streams: Mutex<HashMap<InodeNo, Arc<sync::Stream>>>,
+    /// Versions of files (inode, version) whose streamed content did not
+    /// match their SHA-256: reads of them fail.
+    bad_content: Mutex<std::collections::HashSet<(InodeNo, i64)>>,
     /// Group commit: (commits known durable, a barrier is running).
     synced: Mutex<(u64, bool)>,
     synced_cv: std::sync::Condvar,
@@ -502,6 +513,8 @@ impl Locker {
             pressure: AtomicUsize::new(0),
             fetching: Mutex::new(std::collections::HashSet::new()),
             fetched: std::sync::Condvar::new(),
+            streams: Mutex::new(HashMap::new()),
+            bad_content: Mutex::new(std::collections::HashSet::new()),
             synced: Mutex::new((0, false)),
             synced_cv: std::sync::Condvar::new(),
             crash: crash::CrashPoints::from_env(),

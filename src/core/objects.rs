@@ -509,7 +509,9 @@ impl Locker {
 
     /// A consistent view of the committed version of file `ino`, its blocks
     /// pinned until `sync_release`. Content known only to a backend is
-    /// fetched first.
+    /// fetched first, unless it is large enough to be streamed and its
+    /// SHA-256 is known: then the snapshot reads it by range (see
+    /// `sync/stream.rs`), and nothing is fetched for a HEAD.
     pub fn file_snapshot(&self, ino: InodeNo) -> CoreResult<FileSnap> {
         for _ in 0..2 {
             {
@@ -519,7 +521,9 @@ impl Locker {
                 if r.attr.kind != FileKind::File {
                     return Err(CoreError::Invalid("not a regular file"));
                 }
-                if !r.remote_only {
+                // A large file only in a backend whose SHA-256 is known is
+                // read by streaming, not downloaded first.
+                if !r.remote_only || (r.sha256.is_some() && self.streams_reads(r.attr.size)) {
                     return Locker::snap_file_locked(st, &r);
                 }
             }

@@ -296,6 +296,11 @@ impl RemoteSource for Fetcher {
                 }))
         })
     }
+    fn report(&self, ns: &str, message: &str) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.note_error(ns, &BackendError::permanent(message));
+        }
+    }
 }
 
 impl Sidecar {
@@ -387,7 +392,7 @@ impl Sidecar {
         // stopped sidecar leaves nothing holding it.
         let (weak, handle) = (Arc::downgrade(&core), rt.handle().clone());
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.cache.fetches.max(1)));
-        core.set_prefetcher(Arc::new(move |ino, blocks| {
+        core.set_prefetcher(Arc::new(move |job: crate::core::sync::FetchJob| {
             let (weak, slots) = (weak.clone(), slots.clone());
             handle.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else {
@@ -395,7 +400,7 @@ impl Sidecar {
                 };
                 let _ = tokio::task::spawn_blocking(move || {
                     if let Some(core) = weak.upgrade() {
-                        core.fetch_ahead(ino, blocks);
+                        job(&core);
                     }
                 })
                 .await;

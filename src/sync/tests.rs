@@ -700,6 +700,242 @@ fn a_random_reader_of_evicted_data_fetches_only_what_it_reads() {
     assert_eq!(rig.core().evicted_blocks(ino), 64 - 5);
 }
 
+// ---- files only in the store, read without a whole download ----
+
+/// A rig with a cache of `mb` MiB.
+fn small_cache(mb: u64) -> Rig {
+    let limit = mb << 20;
+    let opts = LockerOptions {
+        cache_limit: limit,
+        cache_margin: LockerOptions::margin_for(limit),
+        ..Default::default()
+    };
+    Rig::with(Stores::new(), &format!("[cache]\nsize_mb = {mb}\n"), opts)
+}
+
+impl Rig {
+    /// What `locker status` shows as the last error of namespace `ns`.
+    fn last_error(&self, ns: &str) -> Option<String> {
+        let h = self.sidecar.as_ref().unwrap().inner.health.lock().unwrap();
+        h.get(ns).and_then(|n| n.last_error.clone())
+    }
+}
+
+/// A file another writer left in the store, larger than the cache: its
+/// first bytes arrive after one GET (150 ms here), long before the last
+/// range is asked for; a sequential reader then has the rest fetched ahead
+/// of it, several at once; the cache stays within its bound; and once all
+/// of it has been read and checked against its SHA-256, the file is an
+/// ordinary one whose blocks come back by name. A stat asks for nothing.
+#[test]
+fn a_large_file_only_in_the_store_serves_its_first_byte_before_the_rest_is_asked() {
+    let rig = small_cache(32);
+    let data = crate::core::tests::pattern(96 << 20, 51);
+    rig.stores
+        .corp()
+        .put_foreign("video.mkv", &data, labelled(&data));
+    rig.refresh();
+    let ino = rig.ino("corp/video.mkv").expect("listed");
+    let delay = Duration::from_millis(150);
+    let starts = timed_gets(&rig, delay);
+    assert_eq!(rig.core().getattr(ino).unwrap().size, data.len() as u64);
+    assert!(starts.lock().unwrap().is_empty(), "a stat made a GET");
+    let t0 = Instant::now();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let first = rig.core().read(fh, 0, 4096).unwrap();
+    let first_at = t0.elapsed();
+    assert_eq!(&first[..], &data[..4096]);
+    let asked = starts.lock().unwrap().len();
+    assert!(
+        first_at < 2 * delay,
+        "the first byte took {first_at:?}, with {asked} GETs"
+    );
+    assert!(asked <= 3, "{asked} GETs before the first byte");
+    let mut off = 4096u64;
+    let mut peak = 0;
+    while off < data.len() as u64 {
+        let got = rig.core().read(fh, off, 128 << 10).unwrap();
+        assert!(
+            got[..] == data[off as usize..off as usize + got.len()],
+            "wrong bytes at {off}"
+        );
+        off += got.len() as u64;
+        peak = peak.max(rig.core().block_store().bytes());
+    }
+    let took = t0.elapsed();
+    rig.core().release(fh).unwrap();
+    let starts = starts.lock().unwrap().clone();
+    eprintln!(
+        "first byte after {first_at:?}; {} GETs, at most {} at once, in {took:?}",
+        starts.len(),
+        most_at_once(&starts, delay)
+    );
+    assert!(
+        most_at_once(&starts, delay) >= 3,
+        "fetched one GET at a time"
+    );
+    assert!(
+        starts.len() <= 24,
+        "{} GETs for 12 ranges' worth",
+        starts.len()
+    );
+    assert!(peak <= 32 << 20, "the cache reached {peak} bytes");
+    // Checked whole now: an ordinary file, its blocks fetched back by name.
+    let before = rig.stores.corp().calls("get_range");
+    assert_eq!(rig.read("corp/video.mkv").unwrap(), data);
+    assert!(rig.stores.corp().calls("get_range") > before);
+    assert!(rig.last_error("corp").is_none());
+}
+
+/// A reader that jumps around a large file only in the store fetches what
+/// it reads, not the file, nor what follows.
+#[test]
+fn a_random_reader_of_a_file_only_in_the_store_fetches_only_what_it_reads() {
+    let rig = Rig::new("");
+    let data = crate::core::tests::pattern(64 << 20, 52);
+    rig.stores.corp().put_foreign("big", &data, labelled(&data));
+    rig.refresh();
+    let ino = rig.ino("corp/big").unwrap();
+    let starts = timed_gets(&rig, Duration::from_millis(1));
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    for block in [40u64, 7, 33, 60, 21] {
+        let off = block * (1 << 20) + 4096;
+        let got = rig.core().read(fh, off, 4096).unwrap();
+        assert_eq!(&got[..], &data[off as usize..off as usize + 4096]);
+    }
+    rig.core().release(fh).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(starts.lock().unwrap().len(), 5, "one GET per read");
+    assert_eq!(
+        rig.stores.corp().calls("get_range"),
+        5,
+        "more was fetched than read"
+    );
+}
+
+/// What the HTTP API does for a large file only in the store: its
+/// snapshot and SHA-256 (a HEAD, a stat) ask the store for nothing; a
+/// ranged GET of its first bytes fetches one range, not the file.
+#[test]
+fn the_api_reads_a_large_file_only_in_the_store_by_range() {
+    let rig = Rig::new("");
+    let data = crate::core::tests::pattern(48 << 20, 57);
+    rig.stores.corp().put_foreign("big", &data, labelled(&data));
+    rig.refresh();
+    let ino = rig.ino("corp/big").unwrap();
+    let starts = timed_gets(&rig, Duration::from_millis(1));
+    let snap = rig.core().file_snapshot(ino).unwrap();
+    assert_eq!(rig.core().snap_sha256(&snap).unwrap(), sha(&data));
+    assert!(starts.lock().unwrap().is_empty(), "a HEAD made a GET");
+    let got = rig.core().snap_read(&snap, 1000, 100).unwrap();
+    assert_eq!(&got[..], &data[1000..1100]);
+    let asked = starts.lock().unwrap().len();
+    assert!(asked <= 2, "{asked} GETs for 100 bytes");
+    // Read on to the end, as a download does: the bytes are the file's.
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let d = rig.core().snap_read(&snap, off, 1 << 20).unwrap();
+        assert!(
+            d[..] == data[off as usize..off as usize + d.len()],
+            "at {off}"
+        );
+        off += d.len() as u64;
+    }
+    rig.core().sync_release(&snap);
+}
+
+/// Content that does not match its SHA-256. A file up to `verify_whole_mb`
+/// is checked before its first byte is served: EIO, never its bytes. A
+/// larger one is served from the listed version as it is read, and checked
+/// once all of it has been: then the mismatch is logged, shown in the
+/// status, and every later read fails.
+#[test]
+fn content_that_does_not_match_its_sha256_is_refused() {
+    let rig = Rig::new("");
+    let small = crate::core::tests::pattern(4 << 20, 53);
+    let big = crate::core::tests::pattern(24 << 20, 54);
+    let mem = rig.stores.corp();
+    mem.put_foreign("small.bin", &corrupt(&small), labelled(&small));
+    mem.put_foreign("big.bin", &corrupt(&big), labelled(&big));
+    rig.refresh();
+    let ino = rig.ino("corp/small.bin").unwrap();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let r = rig.core().read(fh, 0, 4096).map(|d| d.len());
+    assert!(
+        matches!(&r, Err(CoreError::Io(e)) if e.raw_os_error() == Some(libc::EIO)),
+        "{r:?}"
+    );
+    rig.core().release(fh).unwrap();
+
+    let ino = rig.ino("corp/big.bin").unwrap();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let mut off = 0u64;
+    let mut failed = None;
+    while off < big.len() as u64 {
+        match rig.core().read(fh, off, 1 << 20) {
+            Ok(d) => off += d.len() as u64,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    // All of it was read (the last read may be the one that failed, if the
+    // check finished first); the check ends as the last block is hashed,
+    // maybe on the thread that fetched it ahead of the reader.
+    let t0 = Instant::now();
+    while rig.last_error("corp").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no error in the status"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let again = rig.core().read(fh, 0, 4096).map(|d| d.len());
+    assert!(
+        matches!(&again, Err(CoreError::Io(e)) if e.raw_os_error() == Some(libc::EIO)),
+        "a read after the mismatch: {again:?} (during: {failed:?})"
+    );
+    rig.core().release(fh).unwrap();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    assert!(rig.core().read(fh, 8 << 20, 4096).is_err(), "served again");
+    rig.core().release(fh).unwrap();
+    let e = rig.last_error("corp").unwrap();
+    assert!(e.contains("big.bin"), "{e}");
+}
+
+/// The object is replaced in the store while a large file that was only
+/// there is being read: the reader never gets bytes of two versions (its
+/// GETs are pinned to the version listed), and after the refresh it reads
+/// the new one.
+#[test]
+fn a_streamed_file_replaced_in_the_store_never_mixes_versions() {
+    let rig = Rig::new("");
+    let old = crate::core::tests::pattern(32 << 20, 55);
+    let new = crate::core::tests::pattern(32 << 20, 56);
+    let mem = rig.stores.corp();
+    mem.put_foreign("f", &old, labelled(&old));
+    rig.refresh();
+    let ino = rig.ino("corp/f").unwrap();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let got = rig.core().read(fh, 0, 4096).unwrap();
+    assert_eq!(&got[..], &old[..4096]);
+    mem.put_foreign("f", &new, labelled(&new));
+    // Far from what was fetched: a new GET, which the old version no
+    // longer answers.
+    let r = rig.core().read(fh, 20 << 20, 4096);
+    if let Ok(d) = &r {
+        assert_eq!(
+            &d[..],
+            &old[20 << 20..(20 << 20) + 4096],
+            "bytes of the new version"
+        );
+    }
+    rig.core().release(fh).unwrap();
+    rig.refresh();
+    assert_eq!(rig.read("corp/f").unwrap(), new);
+}
+
 // ---- moves of evicted files (issue: such a move could never be pushed) ----
 
 #[test]

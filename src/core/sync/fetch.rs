@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::snapshot::FileSnap;
 use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
 use crate::core::types::*;
-use crate::core::{CoreError, CoreResult, Locker};
+use crate::core::{CoreError, CoreResult, Locker, State};
 use crate::meta::sync as msync;
 use crate::meta::{self, BlockRef};
 
@@ -32,12 +32,30 @@ pub trait RemoteSource: Send + Sync {
         let _ = (ns, path);
         Err("this source cannot look objects up".into())
     }
+
+    /// Tells the admin (`locker status`) that content read from `ns` was
+    /// wrong; the core has logged it already.
+    fn report(&self, ns: &str, message: &str) {
+        let _ = (ns, message);
+    }
 }
 
-/// Fetches blocks of a file (`fetch_ahead`) in the background, ahead of a
-/// sequential reader; called under the state lock, so it only hands the
-/// work over.
-pub type Prefetcher = Arc<dyn Fn(InodeNo, Vec<BlockRef>) + Send + Sync>;
+/// Work done in the background for readers (fetches ahead of a sequential
+/// reader): runs the job on the sidecar's blocking pool, a few at once,
+/// with the core if it is still open. Called under the state lock, so it
+/// only hands the job over.
+pub type Prefetcher = Arc<dyn Fn(FetchJob) + Send + Sync>;
+
+/// A background fetch for `Prefetcher`.
+pub type FetchJob = Box<dyn FnOnce(&Locker) + Send>;
+
+/// A block of content fetched from a backend: its index in the file, the
+/// block, its bytes if it is stored inline, whether it was stored in the
+/// cache.
+pub(super) type Fetched = (u64, BlockRef, Option<Vec<u8>>, bool);
+
+/// An object that may hold a file's content: namespace, path, version.
+pub(super) type Candidate = (String, Vec<u8>, Option<String>);
 
 /// A version of an object, as a backend shows it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +71,7 @@ impl Locker {
         let _ = self.remote.set(source);
     }
 
-    /// Installs what fetches ahead of sequential readers.
+    /// Installs what runs fetches ahead of sequential readers.
     pub fn set_prefetcher(&self, p: Prefetcher) {
         let _ = self.prefetcher.set(p);
     }
@@ -422,12 +440,12 @@ impl Locker {
         sha: Option<[u8; 32]>,
         keep_all: bool,
         stored: &mut Vec<BlockId>,
-    ) -> CoreResult<(Vec<(u64, BlockRef, Option<Vec<u8>>, bool)>, [u8; 32])> {
+    ) -> CoreResult<(Vec<Fetched>, [u8; 32])> {
         use sha2::{Digest, Sha256};
         let eio = || CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO));
         let mut h = Sha256::new();
         // (index, block, inline bytes, stored in the cache)
-        let mut list: Vec<(u64, BlockRef, Option<Vec<u8>>, bool)> = Vec::new();
+        let mut list: Vec<Fetched> = Vec::new();
         // Ranges of 8 MiB, four at a time: few requests per file (stores
         // bill them, and some serve each range by reading the object).
         const RANGE: u64 = 8 * BLOCK_SIZE;
@@ -513,32 +531,7 @@ impl Locker {
                 return Ok(());
             }
             let sha: Option<[u8; 32]> = row.sha256.as_deref().and_then(|s| s.try_into().ok());
-            // Every object holding the content (by its checksum), then the
-            // object it was listed as (at the version it was seen at, if
-            // the `remote` row does not say): one another writer replaced
-            // or moved away leaves the others.
-            let mut cands: Vec<(String, Vec<u8>, Option<String>)> = match &sha {
-                Some(s) => msync::remotes_with_sha(&st.conn, s)?
-                    .into_iter()
-                    .map(|(n, p, r)| (n, p, Some(r.etag)))
-                    .collect(),
-                None => Vec::new(),
-            };
-            if let Some((b, seen)) = meta::remote_src(&st.conn, ino)?
-                && let Some(i) = b.iter().position(|&c| c == b'/')
-            {
-                let (ns, path) = (
-                    String::from_utf8_lossy(&b[..i]).into_owned(),
-                    b[i + 1..].to_vec(),
-                );
-                let etag = match seen {
-                    Some(e) => Some(e),
-                    None => msync::get_remote(&st.conn, &ns, &path)?.map(|r| r.etag),
-                };
-                if !cands.iter().any(|c| c.0 == ns && c.1 == path) {
-                    cands.push((ns, path, etag));
-                }
-            }
+            let cands = Locker::remote_candidates(&st.conn, ino, sha.as_ref())?;
             if cands.is_empty() {
                 return Err(CoreError::NotFound);
             }
@@ -575,14 +568,75 @@ impl Locker {
             return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
         };
         let mut st = self.lock();
-        let st = &mut *st;
+        self.install_fetched(
+            &mut st,
+            ino,
+            version,
+            &list,
+            &got,
+            &ns,
+            &path,
+            etag.as_deref(),
+        )?;
+        Ok(())
+    }
+
+    /// The objects that may hold the content of `ino`, a file only in a
+    /// backend (namespace, path, version): every object holding content
+    /// `sha` (by its checksum), then the object the file was listed as (at
+    /// the version it was seen at, if the `remote` row does not say). One
+    /// another writer replaced or moved away leaves the others.
+    pub(super) fn remote_candidates(
+        conn: &rusqlite::Connection,
+        ino: InodeNo,
+        sha: Option<&[u8; 32]>,
+    ) -> CoreResult<Vec<Candidate>> {
+        let mut cands: Vec<Candidate> = match sha {
+            Some(s) => msync::remotes_with_sha(conn, s)?
+                .into_iter()
+                .map(|(n, p, r)| (n, p, Some(r.etag)))
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some((b, seen)) = meta::remote_src(conn, ino)?
+            && let Some(i) = b.iter().position(|&c| c == b'/')
+        {
+            let (ns, path) = (
+                String::from_utf8_lossy(&b[..i]).into_owned(),
+                b[i + 1..].to_vec(),
+            );
+            let etag = match seen {
+                Some(e) => Some(e),
+                None => msync::get_remote(conn, &ns, &path)?.map(|r| r.etag),
+            };
+            if !cands.iter().any(|c| c.0 == ns && c.1 == path) {
+                cands.push((ns, path, etag));
+            }
+        }
+        Ok(cands)
+    }
+
+    /// Gives `ino`, a file only in a backend at `version`, the content
+    /// fetched from `ns/path` (at `etag`): its block list `list`, hashing
+    /// to `got`. False, and nothing done, when the file changed meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn install_fetched(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        version: i64,
+        list: &[Fetched],
+        got: &[u8; 32],
+        ns: &str,
+        path: &[u8],
+        etag: Option<&str>,
+    ) -> CoreResult<bool> {
         let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
         if !row.remote_only || row.version != version {
-            // Changed meanwhile; the caller looks again.
-            return Ok(());
+            return Ok(false);
         }
         st.tx(|tx| {
-            for (i, r, data, stored) in &list {
+            for (i, r, data, stored) in list {
                 if let Some(d) = data {
                     meta::put_inline_block(tx, &r.id, d)?;
                 }
@@ -597,10 +651,10 @@ impl Locker {
             // The version fetched (by its ETag) hashes to `got`: the object
             // now has a checksum LOCKER checked itself, and its blocks can be
             // evicted and fetched back like any other.
-            msync::verify_remote(tx, &ns, &path, &got[..], etag.as_deref())?;
+            msync::verify_remote(tx, ns, path, &got[..], etag)?;
             Ok(())
         })?;
-        for (_, r, _, stored) in &list {
+        for (_, r, _, stored) in list {
             if *stored {
                 st.lru.put(r.id, ());
             }
@@ -608,6 +662,6 @@ impl Locker {
         if let Some(fs) = st.files.get_mut(&ino) {
             fs.remote_only = false;
         }
-        Ok(())
+        Ok(true)
     }
 }

@@ -22,6 +22,7 @@ mod fetch;
 mod marks;
 mod sidecar;
 mod snapshot;
+mod stream;
 
 use rusqlite::Connection;
 
@@ -30,9 +31,10 @@ use crate::core::{CoreResult, Locker};
 use crate::meta;
 
 pub use apply::{Applied, Invalidate, Invalidator};
-pub use fetch::{Prefetcher, RemoteSource, RemoteVersion};
+pub use fetch::{FetchJob, Prefetcher, RemoteSource, RemoteVersion};
 pub(crate) use marks::{mark_ino, mark_moved, mark_name, mark_removed, ns_path};
 pub use snapshot::{FileSnap, LocalEntry, Snapshot};
+pub(crate) use stream::Stream;
 
 /// A path's directory, last name and entry (if there is one).
 pub(super) type Found = (InodeNo, Vec<u8>, Option<meta::InodeRow>);

@@ -150,6 +150,10 @@ impl Locker {
     pub fn sync_release(&self, snap: &FileSnap) {
         let mut st = self.lock();
         let st = &mut *st;
+        if snap.remote_only && !st.files.contains_key(&snap.ino) {
+            // Read by streaming, and open nowhere else.
+            self.forget_stream(st, snap.ino);
+        }
         for (_, b) in &snap.blocks {
             if b.len >= INLINE_MAX {
                 st.unpin_read(&b.id);
@@ -162,6 +166,9 @@ impl Locker {
     /// since (the file was confirmed elsewhere, then moved or copied) are
     /// fetched back through the same checked path as a reader's.
     pub fn sync_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        if snap.remote_only {
+            return self.remote_snap_read(snap, offset, len);
+        }
         // A block fetched for this read may be evicted again before it is
         // read (the cache is small and others read too): then once more.
         let mut tries = 0;
@@ -175,6 +182,41 @@ impl Locker {
                 r => return r,
             }
         }
+    }
+
+    /// `sync_read` of a version only in a backend: streamed, or, once it
+    /// is here (a whole read made it an ordinary file), from its blocks.
+    fn remote_snap_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        if let Some(v) = self.stream_read(snap.ino, Some(snap.version), offset, len)? {
+            return Ok(v);
+        }
+        let mut fetched = false;
+        let fresh = loop {
+            {
+                let mut st = self.lock();
+                let st = &mut *st;
+                let r = meta::get_inode(&st.conn, snap.ino)?.ok_or(CoreError::NotFound)?;
+                if r.version != snap.version {
+                    tracing::info!(
+                        inode = snap.ino.0,
+                        "a file changed while it was read from its backend; the read is cut short"
+                    );
+                    return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+                }
+                if !r.remote_only {
+                    break Locker::snap_file_locked(st, &r)?;
+                }
+            }
+            if fetched {
+                return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+            }
+            // Not streamable (no object version to pin): fetched whole.
+            self.materialize(snap.ino)?;
+            fetched = true;
+        };
+        let out = self.sync_read(&fresh, offset, len);
+        self.sync_release(&fresh);
+        out
     }
 
     /// `sync_read` of blocks that are all in the cache (or inline).
