@@ -503,6 +503,7 @@ refresh_interval_s = 0
 
 [cache]
 size_mb = $3
+${BENCH_CACHE_EXTRA:-}
 
 EOF
   if is_dav; then

@@ -51,6 +51,20 @@ pub(crate) struct FileState {
     pub remote_only: bool,
 }
 
+/// Whether a read at `offset` continues a sequential reader whose last
+/// answered request ended at `next` and whose readahead has asked for the
+/// blocks before `ahead` (a window of `window` blocks). The kernel serves
+/// one reader with several requests at once: those whose blocks are here
+/// are answered while an earlier one waits for its block, so a request may
+/// come well behind the last one answered, or well ahead of it. Anywhere in
+/// the region the readahead covers counts, as does near the last request.
+pub(crate) fn in_sequence(offset: u64, next: u64, ahead: u64, window: u64) -> bool {
+    offset.abs_diff(next) <= 2 * BLOCK_SIZE
+        || (window > 0
+            && offset < ahead.saturating_add(2).saturating_mul(BLOCK_SIZE)
+            && offset.saturating_add((window + 2) * BLOCK_SIZE) >= next)
+}
+
 /// What a read needs from a backend before it can be served.
 enum Miss {
     /// The whole file (it exists only in the backend).
@@ -559,9 +573,6 @@ impl Locker {
         size: u32,
     ) -> CoreResult<Result<Vec<u8>, Miss>> {
         let (ino, sequential, ahead, window) = match st.handles.get(&fh) {
-            // The kernel's readahead, served by several threads, brings a
-            // sequential reader's requests slightly out of order: near the
-            // last one counts as sequential.
             Some(Handle::File {
                 ino,
                 next_read,
@@ -570,7 +581,7 @@ impl Locker {
                 ..
             }) => (
                 *ino,
-                offset.abs_diff(*next_read) <= 2 * BLOCK_SIZE,
+                in_sequence(offset, *next_read, *ahead, *window),
                 *ahead,
                 *window,
             ),
@@ -665,8 +676,11 @@ impl Locker {
                     (self.opts.readahead_limit.min(self.opts.cache_limit / 8) / BLOCK_SIZE).max(1);
                 let window = (window * 2).clamp(2.min(max), max);
                 let upto = nblocks.min(next + window);
-                let ahead_job =
-                    |batch: Vec<BlockRef>| p(Box::new(move |c: &Locker| c.fetch_ahead(ino, batch)));
+                let ahead_job = |batch: Vec<BlockRef>| {
+                    if let Some(job) = self.ahead_job(ino, &batch) {
+                        p(job)
+                    }
+                };
                 let mut batch: Vec<BlockRef> = Vec::new();
                 for idx in ahead..upto {
                     let r = match fs.dirty.get(&idx) {
@@ -716,7 +730,9 @@ impl Locker {
             st.lru.get(&id);
         }
         if let Some(Handle::File { next_read, .. }) = st.handles.get_mut(&fh) {
-            *next_read = offset.saturating_add(size as u64);
+            let end = offset.saturating_add(size as u64);
+            // A late request of a sequential reader does not move it back.
+            *next_read = if sequential { end.max(*next_read) } else { end };
         }
         Ok(Ok(out))
     }

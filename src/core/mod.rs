@@ -115,8 +115,7 @@ pub struct Locker {
     pressure: AtomicUsize,
     /// Blocks being fetched from a backend right now, so concurrent readers
     /// of one region wait for one fetch instead of each making their own.
-    fetching: Mutex<std::collections::HashSet<BlockId>>,
-    fetched: std::sync::Condvar,
+    fetching: Arc<sync::Fetching>,
     /// Files that exist only in a backend being read without a whole
     /// download (see `sync/stream.rs`).
     streams: Mutex<HashMap<InodeNo, Arc<sync::Stream>>>,
@@ -511,8 +510,7 @@ impl Locker {
             waker: OnceLock::new(),
             invalidator: OnceLock::new(),
             pressure: AtomicUsize::new(0),
-            fetching: Mutex::new(std::collections::HashSet::new()),
-            fetched: std::sync::Condvar::new(),
+            fetching: Arc::default(),
             streams: Mutex::new(HashMap::new()),
             bad_content: Mutex::new(std::collections::HashSet::new()),
             synced: Mutex::new((0, false)),

@@ -679,6 +679,70 @@ fn a_sequential_reader_of_evicted_data_has_it_fetched_ahead_several_at_once() {
     assert!(took < Duration::from_millis(1800), "read took {took:?}");
 }
 
+/// The kernel serves one sequential reader with several requests at once,
+/// as the mount does: a request whose blocks are here is answered at once,
+/// one that must wait goes to a few waiting threads. So requests further on
+/// are answered while an earlier one still waits for its block. The reader
+/// still counts as sequential, its window grows, and the file comes in
+/// 8 MiB GETs. (Each late request used to start the window again at
+/// 2 MiB: 1-2 MiB GETs, about 540 for 1 GiB.)
+#[test]
+fn a_sequential_reader_answered_out_of_order_keeps_its_window() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    let rig = Rig::new("");
+    let data = Arc::new(crate::core::tests::pattern(128 << 20, 33));
+    let ino = rig.write("corp/big", &data);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    let starts = timed_gets(&rig, Duration::from_millis(30));
+    let core = rig.core().clone();
+    let fh = core.open(ino, OpenMode::default()).unwrap();
+    // Requests outstanding at once, as the kernel's readahead keeps them.
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel::<u64>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let (rx, core, data, outstanding) =
+                (rx.clone(), core.clone(), data.clone(), outstanding.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let off = match rx.lock().unwrap().recv() {
+                        Ok(o) => o,
+                        Err(_) => return,
+                    };
+                    let got = core.read(fh, off, 128 << 10).unwrap();
+                    assert!(got[..] == data[off as usize..off as usize + got.len()]);
+                    outstanding.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        while outstanding.load(Ordering::SeqCst) >= 32 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        match core.read_cached(fh, off, 128 << 10).unwrap() {
+            Some(got) => assert!(got[..] == data[off as usize..off as usize + got.len()]),
+            None => {
+                outstanding.fetch_add(1, Ordering::SeqCst);
+                tx.send(off).unwrap();
+            }
+        }
+        off += 128 << 10;
+    }
+    drop(tx);
+    for w in waiters {
+        w.join().unwrap();
+    }
+    core.release(fh).unwrap();
+    let n = starts.lock().unwrap().len();
+    eprintln!("{n} GETs");
+    assert!(n <= 32, "{n} GETs for 128 MiB");
+}
+
 /// A reader that jumps around fetches what it reads, not what follows.
 #[test]
 fn a_random_reader_of_evicted_data_fetches_only_what_it_reads() {

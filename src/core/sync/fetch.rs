@@ -49,6 +49,66 @@ pub type Prefetcher = Arc<dyn Fn(FetchJob) + Send + Sync>;
 /// A background fetch for `Prefetcher`.
 pub type FetchJob = Box<dyn FnOnce(&Locker) + Send>;
 
+/// Blocks being fetched from a backend, or queued to be: concurrent readers
+/// of one region wait for that one fetch instead of each making their own.
+#[derive(Default)]
+pub(crate) struct Fetching {
+    ids: std::sync::Mutex<std::collections::HashSet<BlockId>>,
+    done: std::sync::Condvar,
+}
+
+/// Blocks this fetcher took from `Fetching`: given back when dropped,
+/// whether the fetch ran, failed, or never ran (its job was dropped).
+pub(crate) struct Claim {
+    set: Arc<Fetching>,
+    ids: Vec<BlockId>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let mut f = self.set.ids.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &self.ids {
+            f.remove(id);
+        }
+        self.set.done.notify_all();
+    }
+}
+
+impl Fetching {
+    /// Claims the blocks of `want` no one else has: (the claim, those
+    /// blocks, the others).
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        want: &[BlockRef],
+    ) -> (Claim, Vec<BlockRef>, Vec<BlockRef>) {
+        let mut f = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for b in want {
+            if f.insert(b.id) {
+                mine.push(*b);
+            } else if !mine.iter().any(|m: &BlockRef| m.id == b.id) {
+                theirs.push(*b);
+            }
+        }
+        let claim = Claim {
+            set: self.clone(),
+            ids: mine.iter().map(|b| b.id).collect(),
+        };
+        (claim, mine, theirs)
+    }
+
+    /// Waits until none of `blocks` is being fetched.
+    fn wait_for(&self, blocks: &[BlockRef]) {
+        let mut f = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        while blocks.iter().any(|b| f.contains(&b.id)) {
+            f = self.done.wait(f).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// A block of content fetched from a backend: its index in the file, the
 /// block, its bytes if it is stored inline, whether it was stored in the
 /// cache.
@@ -76,17 +136,30 @@ impl Locker {
         let _ = self.prefetcher.set(p);
     }
 
-    /// A prefetcher's work: those of `want` (blocks of `ino`) not here yet
-    /// are fetched, unless a reader is fetching them already. A failure is
-    /// only logged: the reader that reaches the block fetches it itself.
-    pub fn fetch_ahead(&self, ino: InodeNo, mut want: Vec<BlockRef>) {
-        want.retain(|b| !self.blocks.contains(&b.id));
-        if want.is_empty() {
-            return;
+    /// Claims the blocks of `want` (of file `ino`) no one is fetching, for
+    /// a fetch ahead of a reader: the job to hand to the prefetcher, or
+    /// `None` when there is nothing to fetch. A reader that reaches one of
+    /// them waits for this fetch rather than making its own, even while the
+    /// job still waits for its turn.
+    pub(crate) fn ahead_job(&self, ino: InodeNo, want: &[BlockRef]) -> Option<FetchJob> {
+        let (claim, mine, _) = self.fetching.claim(want);
+        if mine.is_empty() {
+            return None;
         }
-        if let Err(e) = self.fetch_blocks(ino, &want) {
+        Some(Box::new(move |c: &Locker| c.fetch_ahead(ino, mine, claim)))
+    }
+
+    /// A prefetcher's work: those of `want` (blocks of `ino`, claimed by
+    /// `claim`) not here yet are fetched. A failure is only logged: the
+    /// reader that reaches the block fetches it itself.
+    fn fetch_ahead(&self, ino: InodeNo, mut want: Vec<BlockRef>, claim: Claim) {
+        want.retain(|b| !self.blocks.contains(&b.id));
+        if !want.is_empty()
+            && let Err(e) = self.fetch_blocks_now(ino, &want)
+        {
             tracing::debug!(inode = ino.0, error = %e, "fetching ahead of a reader failed");
         }
+        drop(claim);
     }
 
     /// Fetches every committed block of `ino` that was evicted: a file
@@ -155,37 +228,16 @@ impl Locker {
         want: &[BlockRef],
         fetch: impl FnOnce(&[BlockRef]) -> CoreResult<()>,
     ) -> CoreResult<()> {
-        // Blocks another reader is fetching already are waited for, not
-        // fetched twice.
-        let (mine, theirs): (Vec<BlockRef>, Vec<BlockRef>) = {
-            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-            let mut mine = Vec::new();
-            let mut theirs = Vec::new();
-            for b in want {
-                if f.contains(&b.id) {
-                    theirs.push(*b);
-                } else {
-                    f.insert(b.id);
-                    mine.push(*b);
-                }
-            }
-            (mine, theirs)
-        };
+        // Blocks another reader (or a fetch ahead of one) is fetching
+        // already are waited for, not fetched twice.
+        let (claim, mine, theirs) = self.fetching.claim(want);
         let r = if mine.is_empty() {
             Ok(())
         } else {
             fetch(&mine)
         };
-        {
-            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-            for b in &mine {
-                f.remove(&b.id);
-            }
-            self.fetched.notify_all();
-            while theirs.iter().any(|b| f.contains(&b.id)) {
-                f = self.fetched.wait(f).unwrap_or_else(|p| p.into_inner());
-            }
-        }
+        drop(claim);
+        self.fetching.wait_for(&theirs);
         // What the others failed to fetch, the caller's retry asks again.
         r
     }

@@ -31,6 +31,7 @@ use crate::core::{CoreResult, Locker};
 use crate::meta;
 
 pub use apply::{Applied, Invalidate, Invalidator};
+pub(crate) use fetch::Fetching;
 pub use fetch::{FetchJob, Prefetcher, RemoteSource, RemoteVersion};
 pub(crate) use marks::{mark_ino, mark_moved, mark_name, mark_removed, ns_path};
 pub use snapshot::{FileSnap, LocalEntry, Snapshot};

@@ -107,6 +107,25 @@ impl Stream {
     }
 }
 
+/// Blocks of a stream marked in flight for a fetch ahead of its reader:
+/// unmarked when dropped, so a job that never runs leaves no reader
+/// waiting for it.
+struct Ahead {
+    s: Arc<Stream>,
+    idxs: Vec<u64>,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        let mut f = self.s.flow();
+        for i in &self.idxs {
+            f.inflight.remove(i);
+        }
+        drop(f);
+        self.s.arrived.notify_all();
+    }
+}
+
 fn eio() -> CoreError {
     CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO))
 }
@@ -139,22 +158,13 @@ impl Locker {
         let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
         for _ in 0..4 {
             let (mine, jobs) = self.plan(&s, offset, end, first, last);
-            if !jobs.is_empty() {
-                match self.prefetcher.get() {
-                    Some(p) => {
-                        for job in jobs {
-                            let s = s.clone();
-                            p(Box::new(move |c: &Locker| {
-                                let _ = c.stream_fetch(&s, &job);
-                            }));
-                        }
-                    }
-                    None => {
-                        let mut f = s.flow();
-                        for i in jobs.iter().flatten() {
-                            f.inflight.remove(i);
-                        }
-                    }
+            for idxs in jobs {
+                // Marked in flight: given back if the job never runs.
+                let job = Ahead { s: s.clone(), idxs };
+                if let Some(p) = self.prefetcher.get() {
+                    p(Box::new(move |c: &Locker| {
+                        let _ = c.stream_fetch(&job.s, &job.idxs);
+                    }));
                 }
             }
             if !mine.is_empty() {
@@ -200,9 +210,8 @@ impl Locker {
         last: u64,
     ) -> (Vec<u64>, Vec<Vec<u64>>) {
         let mut f = s.flow();
-        // The kernel's readahead, served by several threads, brings a
-        // sequential reader's requests slightly out of order.
-        let sequential = offset == 0 || offset.abs_diff(f.next) <= 2 * BLOCK_SIZE;
+        let sequential =
+            offset == 0 || crate::core::file::in_sequence(offset, f.next, f.ahead, f.window);
         let mine: Vec<u64> = (first..=last)
             .filter(|i| !f.chunks.contains_key(i) && !f.inflight.contains(i))
             .collect();
@@ -242,7 +251,7 @@ impl Locker {
             f.ahead = 0;
             f.window = 0;
         }
-        f.next = end;
+        f.next = if sequential { end.max(f.next) } else { end };
         f.used = Instant::now();
         (mine, jobs)
     }
