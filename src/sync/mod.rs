@@ -101,6 +101,13 @@ impl Inner {
             .collect()
     }
 
+    /// Whether the store of `ns` was found to refuse writes whose
+    /// condition fails (probed at start).
+    pub fn honours_conditions(&self, ns: &str) -> bool {
+        let h = self.health.lock().unwrap();
+        h.get(ns).and_then(|n| n.conditional_writes) == Some(true)
+    }
+
     pub fn paused(&self, ns: &str) -> bool {
         let h = self.health.lock().unwrap();
         h.get(ns)

@@ -229,6 +229,14 @@ impl Rig {
         }
     }
 
+    /// As the probe at a real start finds for a store that refuses a
+    /// failed condition (the memory store does).
+    pub fn honours_conditions(&self, ns: &str) {
+        let inner = &self.sidecar.as_ref().unwrap().inner;
+        let mut h = inner.health.lock().unwrap();
+        h.entry(ns.to_string()).or_default().conditional_writes = Some(true);
+    }
+
     /// The inode at `path` ("corp/a/b").
     pub fn ino(&self, path: &str) -> Option<InodeNo> {
         let mut cur = InodeNo::ROOT;
@@ -1746,6 +1754,49 @@ fn a_file_removed_after_a_stop_that_left_its_object_unrecorded_stays_removed() {
         rig.stores.corp().keys(),
         Vec::<String>::new(),
         "left in the store"
+    );
+}
+
+/// On a store that refuses a failed condition, a new small file goes up in
+/// one request: a PUT with If-None-Match, no HEAD first. One that finds an
+/// object another writer put at its path meanwhile is refused by the store,
+/// and the retry keeps both versions, as a push after a HEAD does.
+#[test]
+fn a_new_small_file_goes_up_in_one_request_and_never_over_another_writers_object() {
+    let rig = Rig::new("");
+    rig.honours_conditions("corp");
+    let corp = rig.stores.corp();
+    rig.write("corp/first", b"first");
+    rig.drained();
+    let (heads, puts) = (corp.calls("head"), corp.calls("put"));
+    for i in 0..50 {
+        rig.write(&format!("corp/n{i}"), format!("new {i}").as_bytes());
+    }
+    rig.drained();
+    assert_eq!(corp.calls("head") - heads, 0, "a HEAD before a new file");
+    assert_eq!(corp.calls("put") - puts, 50);
+    assert_eq!(object(corp, "n7").unwrap(), b"new 7");
+    // Someone else's object appears at a path LOCKER never saw, after the
+    // file was made here and before its push.
+    let mem = rig.stores.mem["corp"].clone();
+    rig.fault["corp"].inject(
+        Some("put"),
+        Some("theirs"),
+        crate::backend::fault::Fault::Before(Arc::new(move || {
+            mem.put_foreign("theirs", b"their version", labelled(b"their version"));
+        })),
+        Some(1),
+    );
+    rig.write("corp/theirs", b"mine");
+    rig.drained();
+    rig.refresh();
+    rig.drained();
+    assert_eq!(object(corp, "theirs").unwrap(), b"their version");
+    let keys = corp.keys();
+    assert!(
+        keys.iter()
+            .any(|k| object(corp, k).is_some_and(|d| d == b"mine")),
+        "ours is in no object: {keys:?}"
     );
 }
 

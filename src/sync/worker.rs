@@ -543,7 +543,23 @@ async fn push_file(
     let core = inner.core.clone();
     let (ns, path) = (e.ns.clone(), e.path.clone());
     blocking(move || core.sync_sending(&ns, &path, &sha)).await?;
-    let head = be.head(&key).await?;
+    // Content the backend holds under another name (as LOCKER uploaded or
+    // checked it): copied (or moved) there below, not uploaded.
+    let core = inner.core.clone();
+    let source = blocking(move || core.sync_source(&sha)).await?;
+    // A small new file at a path LOCKER never saw in the backend (nor wrote
+    // to without recording it), on a store that refuses a failed
+    // condition: no HEAD first. The PUT's If-None-Match says what the HEAD
+    // would; if something is there after all, the store refuses it and the
+    // retry looks, as any other push.
+    let blind = rec.is_none()
+        && mine.is_none()
+        && e.attempts == 0
+        && f.size <= SINGLE_PUT_MAX
+        && !f.remote_only
+        && source.is_none()
+        && inner.honours_conditions(&e.ns);
+    let head = if blind { None } else { be.head(&key).await? };
     let foreign = match (&rec, &head) {
         (Some(r), Some(h)) => r.etag != h.etag && !landed(mine, h),
         (None, Some(h)) => !landed(mine, h),
@@ -605,10 +621,7 @@ async fn push_file(
             be.delete_dir(&key).await?;
         }
     }
-    // Content the backend holds under another name (as LOCKER uploaded or
-    // checked it): copy it there.
-    let core = inner.core.clone();
-    if let Some((sns, spath, src_row)) = blocking(move || core.sync_source(&sha)).await?
+    if let Some((sns, spath, src_row)) = source
         && sns == e.ns
         && spath != e.path
         && src_row.size == f.size
