@@ -652,13 +652,18 @@ impl Backend for S3Backend {
             }
             Err(e) => return Err(classify("get", &full, e)),
         };
-        let body = out
-            .body
-            .collect()
+        // Straight into one buffer of the size asked for: collecting the
+        // body and then flattening it copied every byte twice more.
+        let mut body = out.body;
+        let mut v = Vec::with_capacity(len as usize);
+        while let Some(chunk) = body
+            .try_next()
             .await
-            .map_err(|e| BackendError::transient(format!("get {full}: {e}")))?;
-        let mut v = body.into_bytes().to_vec();
-        v.truncate(len as usize);
+            .map_err(|e| BackendError::transient(format!("get {full}: {e}")))?
+        {
+            let room = (len as usize).saturating_sub(v.len());
+            v.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
         Ok(v)
     }
 

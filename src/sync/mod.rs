@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     /// Where namespaces without settings (and those made by mkdir) go.
     pub default_root: PathBuf,
     pub notify: tokio::sync::Notify,
+    /// A push finished: its slot is free for the next entry at once.
+    pub freed: tokio::sync::Notify,
     pub inflight: Mutex<HashSet<(String, Vec<u8>)>>,
     /// Unmounting: push everything now.
     pub draining: AtomicBool,
@@ -381,6 +383,7 @@ impl Sidecar {
             backends: Mutex::new(backends),
             default_root: data_dir.join("backend"),
             notify: tokio::sync::Notify::new(),
+            freed: tokio::sync::Notify::new(),
             inflight: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
             health: Mutex::new(HashMap::new()),

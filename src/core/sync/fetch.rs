@@ -360,12 +360,12 @@ impl Locker {
             // again and finds it only in the backend).
             return self.follow_replaced(ino, sha, &gone);
         };
-        let mut pieces: Vec<(BlockRef, Vec<u8>)> = Vec::new();
-        for (g, chunk) in groups.iter().zip(got) {
+        let mut pieces: Vec<(BlockRef, &[u8])> = Vec::new();
+        for (g, chunk) in groups.iter().zip(&got) {
             let mut at = 0usize;
             for (_, b) in g {
                 let end = (at + b.len as usize).min(chunk.len());
-                pieces.push((*b, chunk[at..end].to_vec()));
+                pieces.push((*b, &chunk[at..end]));
                 at = end;
             }
         }
@@ -374,7 +374,7 @@ impl Locker {
                 tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
                 return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
             }
-            self.blocks.put_with_id(&b.id, &data)?;
+            self.blocks.put_with_id(&b.id, data)?;
             let mut st = self.lock();
             msync::set_block_present(&st.conn, &b.id.0, true)?;
             st.lru.put(b.id, ());
