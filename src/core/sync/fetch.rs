@@ -370,7 +370,7 @@ impl Locker {
             }
         }
         for (b, data) in pieces {
-            if data.len() != b.len as usize || BlockId::of(&data) != b.id {
+            if data.len() != b.len as usize || BlockId::of(data) != b.id {
                 tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
                 return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
             }
