@@ -296,6 +296,94 @@ fn http_and_mount_see_each_others_writes_at_once() {
     assert_eq!(std::fs::read(a.m.corp().join("kept.bin")).unwrap(), v1);
 }
 
+/// Small files are kept in memory for warm GETs (core/hot.rs): every kind
+/// of change, in the mount or over HTTP, is seen by the very next GET.
+#[test]
+fn warm_small_gets_follow_every_change_at_once() {
+    let a = ApiMount::start("");
+    let corp = a.m.corp();
+    let get_ok = |p: &str| {
+        let r = a.get(p);
+        assert_eq!(r.status, 200, "{p}");
+        r
+    };
+    let v1 = pattern(4096, 11);
+    assert_eq!(a.put("corp/hot/f.bin", &v1).status, 201);
+    for _ in 0..3 {
+        assert!(get_ok("corp/hot/f.bin").body == v1, "stale bytes");
+    }
+    // Rewritten in the mount.
+    let v2 = pattern(5000, 12);
+    std::fs::write(corp.join("hot/f.bin"), &v2).unwrap();
+    let r = get_ok("corp/hot/f.bin");
+    assert!(r.body == v2, "stale bytes");
+    assert_eq!(
+        r.header("etag").unwrap(),
+        format!("\"{}\"", sha256_hex(&v2))
+    );
+    // A range of the kept bytes.
+    let r = a.call(
+        "GET",
+        "/api/files/corp/hot/f.bin",
+        &[("Range", "bytes=10-19")],
+        b"",
+    );
+    assert_eq!(r.status, 206);
+    assert!(r.body == v2[10..20], "wrong range");
+    // Its media type set in the mount.
+    let c = std::ffi::CString::new(corp.join("hot/f.bin").as_os_str().as_encoded_bytes()).unwrap();
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.mime_type".as_ptr(),
+            b"text/plain".as_ptr() as *const libc::c_void,
+            10,
+            0,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(
+        get_ok("corp/hot/f.bin").header("content-type"),
+        Some("text/plain")
+    );
+    // Its mtime set in the mount.
+    let before = get_ok("corp/hot/f.bin")
+        .header("last-modified")
+        .unwrap()
+        .to_string();
+    let t = libc::timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 0,
+    };
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) };
+    assert_eq!(rc, 0);
+    let after = get_ok("corp/hot/f.bin")
+        .header("last-modified")
+        .unwrap()
+        .to_string();
+    assert_ne!(before, after);
+    assert!(after.contains("2001"), "{after}");
+    // Another file renamed over it in the mount.
+    let v3 = pattern(300, 13);
+    std::fs::write(corp.join("hot/g.bin"), &v3).unwrap();
+    assert!(get_ok("corp/hot/g.bin").body == v3, "stale bytes");
+    std::fs::rename(corp.join("hot/g.bin"), corp.join("hot/f.bin")).unwrap();
+    assert!(get_ok("corp/hot/f.bin").body == v3, "stale bytes");
+    assert_eq!(a.get("corp/hot/g.bin").status, 404);
+    // Replaced over HTTP, then removed in the mount.
+    let v4 = pattern(7000, 14);
+    assert_eq!(a.put("corp/hot/f.bin", &v4).status, 200);
+    assert!(get_ok("corp/hot/f.bin").body == v4, "stale bytes");
+    std::fs::remove_file(corp.join("hot/f.bin")).unwrap();
+    assert_eq!(a.get("corp/hot/f.bin").status, 404);
+    // Its directory renamed: the old path is gone, the new one serves it.
+    assert_eq!(a.put("corp/hot/d/x.bin", &v1).status, 201);
+    assert!(get_ok("corp/hot/d/x.bin").body == v1, "stale bytes");
+    std::fs::rename(corp.join("hot/d"), corp.join("hot/e")).unwrap();
+    assert_eq!(a.get("corp/hot/d/x.bin").status, 404);
+    assert!(get_ok("corp/hot/e/x.bin").body == v1, "stale bytes");
+}
+
 fn xattr(p: &Path, name: &str) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();

@@ -21,6 +21,7 @@ use super::headers::{self, RangeReq};
 use super::path::{self, ApiPath};
 use super::{ApiError, Body, Shared, blocking, empty, full, json_response};
 use crate::blocks::{BLOCK_SIZE, hex};
+use crate::core::hot::{HotFile, hot_key};
 use crate::core::namespace::{REF_SCHEME, encode_ref_path};
 use crate::core::objects::{ListEntry, Upload};
 use crate::core::sync::FileSnap;
@@ -102,12 +103,20 @@ const SMALL: u64 = 256 << 10;
 /// What a GET found.
 enum Found {
     Dir(crate::meta::InodeRow),
+    /// A small file, read whole (kept for the next GET).
+    Small(Arc<HotFile>),
+    /// A file read from its snapshot as the response goes.
     File {
         guard: SnapGuard,
         sha: [u8; 32],
         mime: Option<Vec<u8>>,
-        small: Option<Vec<u8>>,
     },
+}
+
+/// Where a response's bytes come from.
+enum Source {
+    Mem(Bytes),
+    Snap(SnapGuard),
 }
 
 /// Runs core work a `Drop` needs done on the blocking pool when in the
@@ -142,6 +151,13 @@ impl SnapGuard {
 
     fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, CoreError> {
         self.core.snap_read(self.snap(), offset, len)
+    }
+
+    /// Releases the snapshot here and now (on the blocking pool already).
+    fn release_now(mut self) {
+        if let Some(snap) = self.snap.take() {
+            self.core.sync_release(&snap);
+        }
     }
 }
 
@@ -200,38 +216,55 @@ pub(super) async fn get(
     let core = sh.core.clone();
     let n = names(ap);
     let ns = ap.ns.clone();
-    // One trip to the blocking pool finds the entry, snapshots it (the
-    // committed version, its blocks pinned, read without the state lock),
-    // hashes it if its hash is not known, and reads it if it is small.
-    let found = blocking(move || {
-        let row = core
-            .stat_names(&refs(&n))
-            .map_err(|e| core_err(&core, &ns, e))?;
-        match row.attr.kind {
-            FileKind::Dir if listings => Ok(Found::Dir(row)),
-            FileKind::File => {
-                let mime = core.mime_type(row.attr.ino)?;
-                let snap = core.file_snapshot(row.attr.ino)?;
-                let guard = SnapGuard::new(core, snap);
-                let sha = guard.core.snap_sha256(guard.snap())?;
-                let size = guard.snap().size;
-                let small = if !head && size <= SMALL {
-                    Some(guard.read(0, size)?)
-                } else {
-                    None
-                };
-                Ok(Found::File {
-                    guard,
-                    sha,
-                    mime,
-                    small,
-                })
-            }
-            _ => Err(not_a_file()),
+    let key = hot_key(&refs(&n));
+    // A small file read since the last change anywhere: from memory, on
+    // the event loop (see core/hot.rs).
+    let found = match core.hot_get(&key) {
+        Some(f) => Found::Small(f),
+        // One trip to the blocking pool finds the entry, snapshots it (the
+        // committed version, its blocks pinned, read without the state
+        // lock), hashes it if its hash is not known, and reads it if it is
+        // small.
+        None => {
+            blocking(move || {
+                let read_at = core.generation();
+                let row = core
+                    .stat_names(&refs(&n))
+                    .map_err(|e| core_err(&core, &ns, e))?;
+                match row.attr.kind {
+                    FileKind::Dir if listings => Ok(Found::Dir(row)),
+                    FileKind::File => {
+                        let mime = core.mime_type(row.attr.ino)?;
+                        let snap = if head {
+                            core.file_snapshot_head(row.attr.ino)?
+                        } else {
+                            core.file_snapshot(row.attr.ino)?
+                        };
+                        let guard = SnapGuard::new(core.clone(), snap);
+                        let sha = guard.core.snap_sha256(guard.snap())?;
+                        let size = guard.snap().size;
+                        if head || size > SMALL {
+                            return Ok(Found::File { guard, sha, mime });
+                        }
+                        let data = Bytes::from(guard.read(0, size)?);
+                        let mtime = guard.snap().mtime;
+                        guard.release_now();
+                        let f = Arc::new(HotFile {
+                            sha256: sha,
+                            mtime,
+                            mime,
+                            data,
+                        });
+                        core.hot_put(key, read_at, f.clone());
+                        Ok(Found::Small(f))
+                    }
+                    _ => Err(not_a_file()),
+                }
+            })
+            .await?
         }
-    })
-    .await?;
-    let (guard, sha, mime, small) = match found {
+    };
+    let (sha, size, mtime, mime, source) = match found {
         Found::Dir(row) => {
             let head_json = serde_json::json!({
                 "path": ap.joined(),
@@ -248,16 +281,19 @@ pub(super) async fn get(
             );
             return Ok(r);
         }
-        Found::File {
-            guard,
-            sha,
-            mime,
-            small,
-        } => (guard, sha, mime, small),
+        Found::Small(f) => (
+            f.sha256,
+            f.data.len() as u64,
+            f.mtime,
+            f.mime.clone(),
+            Source::Mem(f.data.clone()),
+        ),
+        Found::File { guard, sha, mime } => {
+            let (size, mtime) = (guard.snap().size, guard.snap().mtime);
+            (sha, size, mtime, mime, Source::Snap(guard))
+        }
     };
-    let size = guard.snap().size;
     let etag = format!("\"{}\"", hex(&sha));
-    let mtime = guard.snap().mtime;
     let mime = match mime {
         Some(m) => String::from_utf8_lossy(&m).into_owned(),
         None => headers::guess_mime(ap.names.last().map_or("", |s| s.as_str())).to_string(),
@@ -310,19 +346,18 @@ pub(super) async fn get(
         },
     };
     h.insert(header::CONTENT_LENGTH, hv(&(end - start).to_string()));
-    let body = if head || start == end {
-        empty()
-    } else if let Some(all) = small {
-        full(Bytes::from(all).slice(start as usize..end as usize))
-    } else if end - start <= CHUNK as u64 {
-        let data = blocking(move || {
-            let d = guard.read(start, end - start)?;
-            Ok(d)
-        })
-        .await?;
-        full(data)
-    } else {
-        stream_body(sh, guard, start, end)
+    let body = match source {
+        _ if head || start == end => empty(),
+        Source::Mem(all) => full(all.slice(start as usize..end as usize)),
+        Source::Snap(guard) if end - start <= CHUNK as u64 => {
+            let data = blocking(move || {
+                let d = guard.read(start, end - start)?;
+                Ok(d)
+            })
+            .await?;
+            full(data)
+        }
+        Source::Snap(guard) => stream_body(sh, guard, start, end),
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -827,7 +862,7 @@ pub(super) async fn resolve(
         if row.attr.kind != FileKind::File {
             return Ok((row, None, None));
         }
-        let snap = core.file_snapshot(row.attr.ino)?;
+        let snap = core.file_snapshot_head(row.attr.ino)?;
         let g = SnapGuard::new(core, snap);
         let sha = g.core.snap_sha256(g.snap())?;
         let mime = g.core.mime_type(row.attr.ino)?;

@@ -21,6 +21,7 @@ pub mod error;
 mod file;
 pub mod fsck;
 mod hasher;
+pub mod hot;
 mod inode;
 pub mod namespace;
 pub mod objects;
@@ -122,6 +123,10 @@ pub struct Locker {
     /// Versions of files (inode, version) whose streamed content did not
     /// match their SHA-256: reads of them fail.
     bad_content: Mutex<std::collections::HashSet<(InodeNo, i64)>>,
+    /// Changes to the metadata so far (see `hot.rs`).
+    generation: hot::Generation,
+    /// Small files for the API's hot path.
+    hot: hot::HotCache,
     /// Group commit: (commits known durable, a barrier is running).
     synced: Mutex<(u64, bool)>,
     synced_cv: std::sync::Condvar,
@@ -216,6 +221,8 @@ pub(crate) struct State {
     committer: Arc<Committer>,
     /// The block store (to remove blocks freed by a commit).
     block_store: Arc<BlockStore>,
+    /// Bumped by every change (see `hot.rs`).
+    generation: hot::Generation,
 }
 
 /// Removes a block file no row names any more. A failure only leaves
@@ -261,6 +268,9 @@ impl State {
     /// carries many changes. Without a redo log (or if writing it fails)
     /// it commits now.
     fn tx<T>(&mut self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+        // Before the change: a reader that sees the new count reads after it.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.in_batch {
             return f(&self.conn);
         }
@@ -476,6 +486,7 @@ impl Locker {
     ) -> CoreResult<Locker> {
         let blocks = Arc::new(blocks);
         let hasher = hasher::Hasher::start(blocks.clone())?;
+        let generation: hot::Generation = Arc::default();
         let locker = Locker {
             state: parking_lot::Mutex::new(State {
                 conn,
@@ -502,6 +513,7 @@ impl Locker {
                 free_after_commit: Vec::new(),
                 committer: Arc::new(Committer::default()),
                 block_store: blocks.clone(),
+                generation: generation.clone(),
             }),
             blocks,
             opts,
@@ -511,6 +523,8 @@ impl Locker {
             invalidator: OnceLock::new(),
             pressure: AtomicUsize::new(0),
             fetching: Arc::default(),
+            generation,
+            hot: hot::HotCache::default(),
             streams: Mutex::new(HashMap::new()),
             bad_content: Mutex::new(std::collections::HashSet::new()),
             synced: Mutex::new((0, false)),
@@ -631,6 +645,8 @@ impl Locker {
         f: impl FnOnce(&mut State) -> CoreResult<T>,
     ) -> CoreResult<T> {
         assert!(!st.in_batch, "batches do not nest");
+        st.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         st.commit_open()?;
         st.conn.execute_batch("BEGIN IMMEDIATE")?;
         st.in_batch = true;

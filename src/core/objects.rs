@@ -513,6 +513,17 @@ impl Locker {
     /// SHA-256 is known: then the snapshot reads it by range (see
     /// `sync/stream.rs`), and nothing is fetched for a HEAD.
     pub fn file_snapshot(&self, ino: InodeNo) -> CoreResult<FileSnap> {
+        self.snapshot_for(ino, true)
+    }
+
+    /// `file_snapshot` for a HEAD or a stat: content only in a backend is
+    /// not fetched when its SHA-256 is known, whatever its size (reading
+    /// the snapshot then streams it).
+    pub fn file_snapshot_head(&self, ino: InodeNo) -> CoreResult<FileSnap> {
+        self.snapshot_for(ino, false)
+    }
+
+    fn snapshot_for(&self, ino: InodeNo, to_read: bool) -> CoreResult<FileSnap> {
         for _ in 0..2 {
             {
                 let mut st = self.lock();
@@ -523,7 +534,9 @@ impl Locker {
                 }
                 // A large file only in a backend whose SHA-256 is known is
                 // read by streaming, not downloaded first.
-                if !r.remote_only || (r.sha256.is_some() && self.streams_reads(r.attr.size)) {
+                if !r.remote_only
+                    || (r.sha256.is_some() && (!to_read || self.streams_reads(r.attr.size)))
+                {
                     return Locker::snap_file_locked(st, &r);
                 }
             }

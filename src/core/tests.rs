@@ -1371,3 +1371,36 @@ fn readdir_gives_each_entry_its_kind_through_every_kind_of_change() {
         .unwrap();
     assert_eq!(wrong, 0);
 }
+
+/// A small file kept for the API's hot path is served only while nothing
+/// changed since it was read: any change, even to another file, drops it.
+#[test]
+fn kept_small_files_are_served_only_until_the_next_change() {
+    use crate::core::hot::{HotFile, hot_key};
+    let t = new();
+    let ns = t.ns();
+    let ino = t.put(ns, b"a", b"one");
+    let key = hot_key(&[b"corp", b"a"]);
+    let read_at = t.l.generation();
+    let kept = |data: &'static [u8]| {
+        Arc::new(HotFile {
+            sha256: [0; 32],
+            mtime: Timestamp::now(),
+            mime: None,
+            data: bytes::Bytes::from_static(data),
+        })
+    };
+    t.l.hot_put(key.clone(), read_at, kept(b"one"));
+    assert_eq!(&t.l.hot_get(&key).unwrap().data[..], b"one");
+    // A change to another file.
+    t.put(ns, b"b", b"other");
+    assert!(t.l.hot_get(&key).is_none(), "served after a change");
+    // Read before a change, kept after it: never served.
+    let read_at = t.l.generation();
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.write(fh, 0, b"two").unwrap();
+    t.l.release(fh).unwrap();
+    t.l.hot_put(key.clone(), read_at, kept(b"one"));
+    assert!(t.l.hot_get(&key).is_none(), "kept across a change");
+    assert_eq!(t.get(ino), b"two");
+}

@@ -916,6 +916,31 @@ fn the_api_reads_a_large_file_only_in_the_store_by_range() {
     rig.core().sync_release(&snap);
 }
 
+/// A HEAD (or a stat through the API) of a file only in the store asks
+/// the store for nothing, however small the file.
+#[test]
+fn a_head_of_a_small_file_only_in_the_store_fetches_nothing() {
+    let rig = Rig::new("");
+    let data = crate::core::tests::pattern(100_000, 58);
+    rig.stores
+        .corp()
+        .put_foreign("small", &data, labelled(&data));
+    rig.refresh();
+    let ino = rig.ino("corp/small").unwrap();
+    let gets = rig.stores.corp().calls("get_range");
+    let snap = rig.core().file_snapshot_head(ino).unwrap();
+    assert_eq!(rig.core().snap_sha256(&snap).unwrap(), sha(&data));
+    assert_eq!(snap.size, data.len() as u64);
+    assert_eq!(
+        rig.stores.corp().calls("get_range"),
+        gets,
+        "a HEAD made a GET"
+    );
+    // Read after all (a GET that began as a HEAD): the right bytes.
+    assert!(rig.core().snap_read(&snap, 0, 1000).unwrap() == data[..1000]);
+    rig.core().sync_release(&snap);
+}
+
 /// Content that does not match its SHA-256. A file up to `verify_whole_mb`
 /// is checked before its first byte is served: EIO, never its bytes. A
 /// larger one is served from the listed version as it is read, and checked
