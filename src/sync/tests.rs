@@ -1825,6 +1825,34 @@ fn a_new_small_file_goes_up_in_one_request_and_never_over_another_writers_object
     );
 }
 
+/// On a store that refuses a failed condition, removing files the backend
+/// holds costs one request each (a DELETE of the version LOCKER saw), no
+/// HEAD first; one another writer replaced meanwhile is refused by the
+/// store and kept.
+#[test]
+fn removals_go_in_one_request_each_and_never_take_another_writers_version() {
+    let rig = Rig::new("");
+    rig.honours_conditions("corp");
+    let corp = rig.stores.corp();
+    for i in 0..40 {
+        rig.write(&format!("corp/t/f{i}"), format!("file {i}").as_bytes());
+    }
+    rig.drained();
+    let (heads, deletes) = (corp.calls("head"), corp.calls("delete"));
+    for i in 0..39 {
+        rig.unlink(&format!("corp/t/f{i}"));
+    }
+    rig.drained();
+    assert_eq!(corp.calls("head") - heads, 0, "a HEAD before a removal");
+    assert_eq!(corp.calls("delete") - deletes, 39);
+    assert!(corp.object("t/f3").is_none());
+    // Replaced by someone else after LOCKER saw it, then removed here.
+    corp.put_foreign("t/f39", b"their version", labelled(b"their version"));
+    rig.unlink("corp/t/f39");
+    rig.drained();
+    assert_eq!(object(corp, "t/f39").unwrap(), b"their version");
+}
+
 /// What the backend holds is still removed there after the quiet delay, and
 /// a file made again at a removed path is uploaded.
 #[test]

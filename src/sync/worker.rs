@@ -365,6 +365,24 @@ async fn push_other(
 ) -> BResult<Outcome> {
     let key = key_of(e)?;
     let be = inner.backend_for(&e.ns)?;
+    // A file removed here that LOCKER last saw in the backend, on a store
+    // that refuses a failed condition: one DELETE, only of the version
+    // LOCKER saw, with no HEAD first. If another writer changed it since,
+    // the store refuses, and the retry looks (below) and keeps theirs.
+    if matches!(local, LocalEntry::Absent | LocalEntry::Other)
+        && e.attempts == 0
+        && let Some(r) = &rec
+        && r.kind != REMOTE_DIR
+        && inner.honours_conditions(&e.ns)
+    {
+        match be.delete(&key, &Cond::IfMatch(r.etag.clone())).await {
+            Ok(()) => return done(inner, e, seq, None).await,
+            Err(err) if err.kind == ErrorKind::NotFound => {
+                return done(inner, e, seq, None).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
     let head = be.head(&key).await?;
     let mine = sent_here(inner, e).await?;
     // Someone else changed the entry since LOCKER last saw it (not an
