@@ -941,6 +941,34 @@ locker_first_byte() {
   wait_listed "first-byte mount"
   log "locker: e. head -c 1 of the ${SEQ_MB} MiB file, only in the bucket"
   first_byte locker "$MNT/corp/big" "$logf"
+  # f. The whole file, streamed (it has not been read here before, and is
+  # larger than a quarter of the cache, so nothing of it is kept), with the
+  # daemon's resident memory sampled every 20 ms.
+  locker_stop
+  rm -rf "$data"
+  if ! locker_mount "$cfg" "$data" "$logf"; then
+    fail stream_read locker "mount over $b failed (see $logf)"
+    locker_stop
+    return 1
+  fi
+  wait_listed "stream mount"
+  log "locker: f. cat of the ${SEQ_MB} MiB file, only in the bucket, RSS sampled"
+  drop_caches
+  local peak=0 rss cpid
+  cat "$MNT/corp/big" >/dev/null 2>>"$logf" &
+  cpid=$!
+  local t0=$EPOCHREALTIME
+  while alive "$cpid"; do
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$LOCKER_PID/status" 2>/dev/null)
+    [ -n "$rss" ] && [ "$rss" -gt "$peak" ] && peak=$rss
+    sleep 0.02
+  done
+  if wait "$cpid"; then
+    put_timed stream_read locker "$SEQ_MB" "$(since "$t0")"
+    put stream_rss locker "$(awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }')"
+  else
+    fail stream_read locker "cat failed"
+  fi
   locker_stop
   rm -rf "$data"
 }
@@ -1007,6 +1035,8 @@ METRICS+=(
 if is_garage; then
   METRICS+=(
     "first_byte|e. \`head -c 1\` of the ${SEQ_MB} MiB file only in the bucket (LOCKER: a fresh data dir over rclone's bucket; rclone: a fresh rclone mount)|ms|1|time"
+    "stream_read|f. LOCKER: cat of the ${SEQ_MB} MiB file only in the bucket (a fresh data dir with a ${UP_CACHE_MB} MiB cache: streamed and checked as it arrives; larger than a quarter of the cache, so nothing of it is kept)|MiB/s|1|info"
+    "stream_rss|f. LOCKER: the daemon's peak VmRSS during that cat (sampled every 20 ms)|MiB|1|info"
   )
 fi
 speed_ratio() {  # locker other kind: LOCKER's speed ÷ the other's

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::fetch::Fetched;
@@ -68,7 +69,8 @@ pub(crate) struct Stream {
 
 /// The blocks in memory and the reader's progress.
 struct Flow {
-    chunks: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// Each a slice of the buffer its GET filled (no copy).
+    chunks: BTreeMap<u64, Bytes>,
     /// Blocks being fetched.
     inflight: HashSet<u64>,
     mem: u64,
@@ -415,7 +417,7 @@ impl Locker {
             Some(source) => source.fetch(&s.ns, &s.path, Some(&s.etag), &ranges),
             None => Err("no backend is attached".into()),
         };
-        let mut pieces: Vec<(u64, Arc<Vec<u8>>)> = Vec::new();
+        let mut pieces: Vec<(u64, Bytes)> = Vec::new();
         let r = match got {
             Ok(chunks) => {
                 let mut short = false;
@@ -424,8 +426,10 @@ impl Locker {
                         short = true;
                         break;
                     }
-                    for (k, data) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
-                        pieces.push((g[k], Arc::new(data.to_vec())));
+                    let chunk = Bytes::from(chunk);
+                    let bs = BLOCK_SIZE as usize;
+                    for (k, at) in (0..chunk.len()).step_by(bs).enumerate() {
+                        pieces.push((g[k], chunk.slice(at..(at + bs).min(chunk.len()))));
                     }
                 }
                 if short {
