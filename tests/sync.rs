@@ -420,14 +420,32 @@ fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
     let server = S3Server::start();
     server.mb("corp");
     let port = common::free_port();
-    let m = s3_mount(
-        &server,
-        "corp",
-        &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[sync]\nupload_delay_ms = 0\n\
-             refresh_interval_s = 0\n[cache]\nsize_mb = 64\n"
+    let api_port = common::free_port();
+    let keys = common::ApiKeys::new();
+    let mut env = server.env();
+    env.extend(keys.env());
+    let m = Mount::with_config(
+        &server.config(
+            "corp",
+            &format!(
+                "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[sync]\nupload_delay_ms = 0\n\
+                 refresh_interval_s = 0\n[cache]\nsize_mb = 64\n[api]\n\
+                 listen = \"127.0.0.1:{api_port}\"\n\
+                 public_url = \"http://127.0.0.1:{api_port}\"\n\
+                 [api.keys.admin]\nnamespaces = [\"*\"]\nwrite = true\n"
+            ),
         ),
+        &env,
     );
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let auth = format!("Bearer {}", keys.admin);
+    let call = |method: &str, range: Option<&str>| {
+        let mut h = vec![("Authorization", auth.as_str())];
+        if let Some(r) = range {
+            h.push(("Range", r));
+        }
+        common::http::request(api, method, b"/api/files/corp/video.bin", &h, b"")
+    };
     let data = pattern(96 << 20, 61);
     server.put(
         "corp",
@@ -439,6 +457,21 @@ fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
     let p = m.corp().join("video.bin");
     assert_eq!(std::fs::metadata(&p).unwrap().len(), data.len() as u64);
     assert_eq!(fetched_bytes(port), 0, "a stat fetched data");
+    // Through the API: a HEAD fetches nothing; a GET of a range fetches
+    // that range (and the window ahead), not the object.
+    let r = call("HEAD", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("etag").unwrap(),
+        format!("\"{}\"", sha256_hex(&data))
+    );
+    assert_eq!(fetched_bytes(port), 0, "a HEAD fetched data");
+    let r = call("GET", Some("bytes=1000-1099"));
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[1000..1100], "wrong range");
+    let early = fetched_bytes(port);
+    assert!(early < 24 << 20, "{early} bytes fetched for 100 of 96 MiB");
+    // Through the mount: the first bytes, then all of it.
     let mut f = std::fs::File::open(&p).unwrap();
     let mut head = vec![0u8; 100];
     f.read_exact(&mut head).unwrap();
@@ -454,6 +487,10 @@ fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
     drop_caches();
     let again = std::fs::read(&p).unwrap();
     assert_eq!(sha256_hex(&again), sha256_hex(&data));
+    // And a whole GET through the API.
+    let r = call("GET", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
     assert!(!m.log_text().contains("does not match"));
 }
 
