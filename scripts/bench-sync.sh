@@ -96,6 +96,9 @@ Environment:
   BENCH_MD             the markdown file to update (default REPO/BENCHMARKS.md)
   BENCH_STEP_TIMEOUT   seconds allowed to any single timed command (default 900)
   BENCH_DRAIN_TIMEOUT  seconds allowed for LOCKER's queue to drain (default 900)
+  BENCH_CACHE_EXTRA    lines added to LOCKER's [cache] section, for experiments
+                       (e.g. "fetches = 8"); only with --no-md, since the
+                       written setup would not show them
 EOF
 }
 
@@ -177,6 +180,10 @@ MOTO_TIMEOUT=30                            # moto_server (or a WebDAV server) to
 APPEAR_TIMEOUT=120                         # remote files to show in a new mount
 LAT_TIMEOUT=60                             # one small file to reach the bucket
 
+if [ -n "${BENCH_CACHE_EXTRA:-}" ] && [ "$WRITE_MD" = 1 ]; then
+  echo "bench-sync: BENCH_CACHE_EXTRA changes LOCKER's settings; use it with --no-md" >&2
+  exit 2
+fi
 RUN_ID=$(date +%Y%m%d-%H%M%S)
 BASE=${BENCH_TMP:-/var/tmp}/locker-bench-sync.$$
 SHM=/dev/shm/locker-bench-sync.$$
