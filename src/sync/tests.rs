@@ -859,6 +859,38 @@ fn a_large_file_only_in_the_store_serves_its_first_byte_before_the_rest_is_asked
     assert!(rig.last_error("corp").is_none());
 }
 
+/// A streamed file no larger than a quarter of the cache keeps its blocks
+/// there as they are hashed: read once, it is read again with no request,
+/// and the cache never passes its bound meanwhile.
+#[test]
+fn a_streamed_file_that_fits_the_cache_is_kept_and_read_again_without_a_request() {
+    let rig = small_cache(64);
+    let data = crate::core::tests::pattern(16 << 20, 59);
+    rig.stores
+        .corp()
+        .put_foreign("doc.pdf", &data, labelled(&data));
+    rig.refresh();
+    let ino = rig.ino("corp/doc.pdf").unwrap();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let mut off = 0u64;
+    let mut peak = 0;
+    while off < data.len() as u64 {
+        let got = rig.core().read(fh, off, 128 << 10).unwrap();
+        assert!(
+            got[..] == data[off as usize..off as usize + got.len()],
+            "at {off}"
+        );
+        off += got.len() as u64;
+        peak = peak.max(rig.core().block_store().bytes());
+    }
+    rig.core().release(fh).unwrap();
+    assert!(peak <= 64 << 20, "the cache reached {peak} bytes");
+    let gets = rig.stores.corp().calls("get_range");
+    assert!(rig.read("corp/doc.pdf").unwrap() == data, "read again");
+    assert_eq!(rig.stores.corp().calls("get_range"), gets, "fetched again");
+    assert_eq!(rig.core().evicted_blocks(ino), 0);
+}
+
 /// A reader that jumps around a large file only in the store fetches what
 /// it reads, not the file, nor what follows.
 #[test]
