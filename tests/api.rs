@@ -1552,3 +1552,97 @@ fn a_huge_listing_over_http_never_holds_up_the_mount() {
         "a lookup in the mount waited {best:?} behind the listing"
     );
 }
+
+/// A body small enough to go into the database whole is read first and
+/// placed in one call; a larger one is refused before its bytes come, or
+/// streamed. Both are stored and answered alike, whether the client says
+/// the length or sends the body chunked.
+#[test]
+fn small_and_large_bodies_are_stored_and_refused_alike() {
+    let a = ApiMount::start("");
+    std::fs::create_dir(a.m.corp().join("adir")).unwrap();
+    assert_eq!(a.put("corp/keep.bin", b"k").status, 201);
+    // 65535 bytes is the largest inline body, 65536 the smallest streamed.
+    for (i, len) in [0usize, 1, 4096, 65535, 65536, 200_000]
+        .into_iter()
+        .enumerate()
+    {
+        let body = pattern(len, 40 + i as u64);
+        let path = format!("corp/s/{len}.bin");
+        let r = a.put(&path, &body);
+        assert_eq!(
+            r.status,
+            201,
+            "{len}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let j = r.json();
+        assert_eq!(j["size_bytes"], len as u64, "{len}");
+        assert_eq!(j["sha256"], sha256_hex(&body), "{len}");
+        assert_eq!(
+            r.header("etag"),
+            Some(format!("\"{}\"", sha256_hex(&body)).as_str())
+        );
+        let got = a.get(&path);
+        assert!(got.status == 200 && got.body == body, "{len}: GET differs");
+        let seen = std::fs::read(a.m.corp().join(format!("s/{len}.bin"))).unwrap();
+        assert!(seen == body, "{len}: the mount reads other bytes");
+        assert_eq!(a.put(&path, &body).status, 200, "{len}: replacing");
+    }
+    // Refusals: a 1-byte and a 65535-byte body take the short path, a
+    // 65536-byte one is refused before it is read; the answers match.
+    let refused = ["corp/adir", "corp/keep.bin/under", "nosuchns/x"];
+    for target in refused {
+        let answer = |len: usize| {
+            let r = a.put(target, &pattern(len, 50));
+            (r.status, r.error())
+        };
+        let large = answer(65536);
+        assert!(large.0 == 404 || large.0 == 409, "{target}: {large:?}");
+        assert_eq!(answer(1), large, "{target}");
+        assert_eq!(answer(65535), large, "{target}");
+    }
+    assert_eq!(a.put("nosuchns/x", b"x").error(), "unknown_namespace");
+    // Chunked (no Content-Length): placed by the short path once whole.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("body");
+    let body = pattern(3000, 60);
+    std::fs::write(&src, &body).unwrap();
+    let auth = format!("Authorization: Bearer {}", a.keys.admin);
+    for (target, want) in [
+        ("corp/chunked.bin", 201),
+        ("corp/adir", 409),
+        ("nosuchns/c", 404),
+    ] {
+        let (code, out) = curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &auth,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &format!("@{}", src.display()),
+            &format!("{}/api/files/{target}", a.base),
+        ]);
+        assert_eq!(code, want, "{target}: {}", String::from_utf8_lossy(&out));
+    }
+    assert!(a.get("corp/chunked.bin").body == body);
+    // Nothing refused left anything behind.
+    let names: BTreeSet<String> = std::fs::read_dir(a.m.corp())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["adir", "chunked.bin", "keep.bin", "s"]
+            .map(String::from)
+            .into()
+    );
+    assert!(
+        std::fs::read_dir(a.m.corp().join("adir"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}

@@ -20,7 +20,7 @@ use super::auth::Grant;
 use super::headers::{self, RangeReq};
 use super::path::{self, ApiPath};
 use super::{ApiError, Body, Shared, blocking, empty, full, json_response};
-use crate::blocks::{BLOCK_SIZE, hex};
+use crate::blocks::{BLOCK_SIZE, INLINE_MAX, hex};
 use crate::core::hot::{HotFile, hot_key};
 use crate::core::namespace::{REF_SCHEME, encode_ref_path};
 use crate::core::objects::{ListEntry, Upload};
@@ -597,12 +597,15 @@ pub(super) async fn put(
             Some(v.as_bytes().to_vec())
         }
     };
-    // Refuse early what the placement would refuse: a directory at the
-    // path, or a file where a directory is needed.
     let mut dir_names = vec![ap.ns.as_bytes().to_vec()];
     dir_names.extend(dirs.iter().map(|d| d.as_bytes().to_vec()));
     let name = name.as_bytes().to_vec();
-    {
+    // A body that goes into the database whole is read first and placed in
+    // one call, which refuses what the look below would. A larger one:
+    // refuse early what the placement would refuse (a directory at the
+    // path, or a file where a directory is needed), before its bytes come.
+    let small = declared.is_some_and(|n| n < INLINE_MAX as u64);
+    if !small {
         let core = sh.core.clone();
         let (d, n) = (dir_names.clone(), name.clone());
         blocking(move || {
@@ -673,8 +676,25 @@ pub(super) async fn put(
     let core = sh.core.clone();
     let up = guard.up.clone();
     let grant = grant.clone();
+    let ns = ap.ns.clone();
     let placed = blocking(move || {
+        // Content found elsewhere is named only where this key may read.
+        let visible = |ns: &[u8]| grant.allows(&String::from_utf8_lossy(ns));
         let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*slot, Slot::Fresh) && buf.len() < INLINE_MAX as usize {
+            *slot = Slot::Closed;
+            return match core.put_small(
+                &buf,
+                &refs(&dir_names),
+                &name,
+                sha,
+                mime.as_deref(),
+                &visible,
+            ) {
+                Err(CoreError::NotFound) if !ns_exists(&core, &ns) => Err(unknown_ns(&ns)),
+                r => Ok(r?),
+            };
+        }
         slot.active(&core)?;
         let Slot::Active(mut u) = std::mem::replace(&mut *slot, Slot::Closed) else {
             unreachable!("made active above")
@@ -683,8 +703,6 @@ pub(super) async fn put(
             core.upload_abort(u);
             return Err(e.into());
         }
-        // Content found elsewhere is named only where this key may read.
-        let visible = |ns: &[u8]| grant.allows(&String::from_utf8_lossy(ns));
         Ok(core.upload_finish(u, &refs(&dir_names), &name, sha, mime.as_deref(), &visible)?)
     })
     .await?;

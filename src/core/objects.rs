@@ -13,13 +13,13 @@
 //! - Paths are name lists from the root (the first name is the namespace);
 //!   symlinks are never followed.
 
-use crate::blocks::{BLOCK_SIZE, BlockId};
+use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
 use crate::core::acl::{self, ACL_ACCESS, ACL_DEFAULT};
 use crate::core::inode::{dir_row, row, touch_dir};
 use crate::core::sync::{FileSnap, Invalidate, mark_name};
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Locker, OpenMode, State, check_name};
-use crate::meta::{self, InodeRow};
+use crate::meta::{self, BlockRef, InodeRow};
 
 /// The extended attribute that holds a file's media type (the name the
 /// freedesktop.org shared MIME database and Apache's mod_mime_xattr use).
@@ -28,6 +28,31 @@ pub const MIME_XATTR: &[u8] = b"user.mime_type";
 /// Committed data of an upload is flushed to the block store this often, so
 /// that an upload holds at most this much in memory whatever its size.
 const UPLOAD_COMMIT_EVERY: u64 = 8 * BLOCK_SIZE;
+
+/// What `place` puts at a path.
+#[derive(Clone, Copy)]
+enum Content<'a> {
+    /// An upload's inode, written and still without a name.
+    Upload(InodeNo),
+    /// Bytes of a file not made yet, shorter than an inline block.
+    Small(&'a [u8]),
+}
+
+/// The block list of a file holding `data` (shorter than an inline block):
+/// one block, or none if it is all zeros (a hole, as a commit of written
+/// bytes makes it).
+fn small_blocks(data: &[u8]) -> Vec<(u64, BlockRef)> {
+    if data.iter().all(|&b| b == 0) {
+        return Vec::new();
+    }
+    vec![(
+        0,
+        BlockRef {
+            id: BlockId::of(data),
+            len: data.len() as u32,
+        },
+    )]
+}
 
 /// An upload in progress: an inode with no name, open for writing.
 #[derive(Debug)]
@@ -244,7 +269,7 @@ impl Locker {
         mime: Option<&[u8]>,
         visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<Placed> {
-        let r = self.place(&up, dirs, name, sha256, mime, visible);
+        let r = self.place(Content::Upload(up.ino), dirs, name, sha256, mime, visible);
         let released = self.release(up.fh);
         let (placed, stale) = r?;
         released?;
@@ -254,9 +279,35 @@ impl Locker {
         Ok(placed)
     }
 
+    /// Stores `data` (shorter than an inline block, so its bytes go into
+    /// the metadata database) at `dirs/name` as `upload_finish` would store
+    /// an upload of it, in one transaction and without an open file: the
+    /// file's inode, content and name appear together or not at all.
+    pub fn put_small(
+        &self,
+        data: &[u8],
+        dirs: &[&[u8]],
+        name: &[u8],
+        sha256: [u8; 32],
+        mime: Option<&[u8]>,
+        visible: &dyn Fn(&[u8]) -> bool,
+    ) -> CoreResult<Placed> {
+        if data.len() as u64 >= INLINE_MAX as u64 {
+            return Err(CoreError::Invalid(
+                "put_small takes less than an inline block",
+            ));
+        }
+        let (placed, stale) =
+            self.place(Content::Small(data), dirs, name, sha256, mime, visible)?;
+        if let Some(inval) = self.invalidator.get() {
+            inval(&stale);
+        }
+        Ok(placed)
+    }
+
     fn place(
         &self,
-        up: &Upload,
+        content: Content<'_>,
         dirs: &[&[u8]],
         name: &[u8],
         sha256: [u8; 32],
@@ -264,19 +315,20 @@ impl Locker {
         visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<(Placed, Vec<Invalidate>)> {
         check_name(name)?;
-        let ino = up.ino;
-        // The data: committed, and its blocks on disk, without holding the
-        // state lock over the block syncs (the inode names them, so they
-        // stay).
-        let ids: Vec<BlockId> = {
-            let mut st = self.lock();
-            self.commit_locked(&mut st, ino)?;
-            meta::file_blocks_from(&st.conn, ino, 0)?
-                .into_iter()
-                .map(|(_, b)| b.id)
-                .collect()
-        };
-        self.blocks.sync_blocks(&ids)?;
+        if let Content::Upload(ino) = content {
+            // The data: committed, and its blocks on disk, without holding
+            // the state lock over the block syncs (the inode names them, so
+            // they stay).
+            let ids: Vec<BlockId> = {
+                let mut st = self.lock();
+                self.commit_locked(&mut st, ino)?;
+                meta::file_blocks_from(&st.conn, ino, 0)?
+                    .into_iter()
+                    .map(|(_, b)| b.id)
+                    .collect()
+            };
+            self.blocks.sync_blocks(&ids)?;
+        }
         let mut st_guard = self.lock();
         let st = &mut *st_guard;
         let dir = self.make_dirs_locked(st, dirs)?;
@@ -289,17 +341,44 @@ impl Locker {
         {
             return Err(CoreError::IsDir);
         }
-        let existing = self.same_content_locked(st, ino, &sha256, visible)?;
+        let (this, size, blocks) = match content {
+            Content::Upload(ino) => (
+                Some(ino),
+                row(&st.conn, ino)?.attr.size,
+                meta::file_blocks_from(&st.conn, ino, 0)?,
+            ),
+            Content::Small(data) => (None, data.len() as u64, small_blocks(data)),
+        };
+        let existing = self.same_content_locked(st, this, size, &blocks, &sha256, visible)?;
         let old_open = old
             .as_ref()
             .is_some_and(|o| Locker::is_open(st, o.attr.ino));
         let parent = row(&st.conn, dir)?.attr;
-        let version = meta::content_version(&st.conn, ino)?;
         let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
+        let stats = &self.blocks.stats;
         let m = st.mark();
-        let (size, freed) = st.tx(|tx| {
+        let (ino, size, freed) = st.tx(|tx| {
             let now = Timestamp::now();
             let mut freed = Vec::new();
+            let ino = match content {
+                Content::Upload(ino) => ino,
+                Content::Small(data) => {
+                    let mut a = Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 0, now);
+                    a.size = data.len() as u64;
+                    let ino = meta::insert_inode(tx, &a, None, None)?;
+                    for (idx, r) in &blocks {
+                        if meta::put_inline_block(tx, &r.id, data)? {
+                            stats
+                                .writes
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        meta::incref_block(tx, &r.id, r.len)?;
+                        meta::put_file_block(tx, ino, *idx, *r)?;
+                    }
+                    ino
+                }
+            };
+            let version = meta::content_version(tx, ino)?;
             let mut a = row(tx, ino)?.attr;
             a.uid = parent.uid;
             a.gid = parent.gid;
@@ -344,7 +423,7 @@ impl Locker {
                 meta::set_xattr(tx, ino, MIME_XATTR, t)?;
             }
             mark_name(tx, m, dir, name, a.size)?;
-            Ok((a.size, freed))
+            Ok((ino, a.size, freed))
         })?;
         if let Some(fs) = st.files.get_mut(&ino) {
             fs.maybe_unlinked = false;
@@ -413,7 +492,9 @@ impl Locker {
     fn same_content_locked(
         &self,
         st: &State,
-        ino: InodeNo,
+        ino: Option<InodeNo>,
+        size: u64,
+        mine: &[(u64, BlockRef)],
         sha256: &[u8; 32],
         visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<Option<Vec<u8>>> {
@@ -421,7 +502,7 @@ impl Locker {
             p.filter(|p| visible(p.split(|&c| c == b'/').next().unwrap_or(b"")))
         };
         for other in meta::inodes_with_sha(&st.conn, sha256)? {
-            if other == ino {
+            if Some(other) == ino {
                 continue;
             }
             if let Some(p) = shown(Locker::path_locked(st, other)?) {
@@ -430,13 +511,11 @@ impl Locker {
         }
         // Files whose hash was never asked for: the same content has the
         // same block list (blocks are named by their SHA-256).
-        let size = row(&st.conn, ino)?.attr.size;
-        let mine = meta::file_blocks_from(&st.conn, ino, 0)?;
         let Some((0, first)) = mine.first() else {
             return Ok(None);
         };
         for other in meta::inodes_with_first_block(&st.conn, &first.id)? {
-            if other == ino {
+            if Some(other) == ino {
                 continue;
             }
             let Some(r) = meta::get_inode(&st.conn, other)? else {

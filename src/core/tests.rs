@@ -1004,6 +1004,129 @@ fn upload_and_remove_refuse_what_is_in_the_way() {
     ));
 }
 
+impl T {
+    fn upload_small(&self, path: &[&[u8]], data: &[u8]) -> CoreResult<objects::Placed> {
+        let (name, dirs) = path.split_last().unwrap();
+        self.l.put_small(
+            data,
+            dirs,
+            name,
+            sha(data),
+            Some(b"application/pdf"),
+            &|_| true,
+        )
+    }
+
+    /// What a reader and the sidecar see of a placed file.
+    fn placed_view(&self, ino: InodeNo) -> (Attr, Vec<(u64, meta::BlockRef)>, String, Vec<u8>) {
+        let mut a = self.l.getattr(ino).unwrap();
+        // Times and numbers differ between any two files.
+        let zero = Timestamp { sec: 0, nsec: 0 };
+        (a.ino, a.atime, a.mtime, a.ctime, a.crtime) = (InodeNo(0), zero, zero, zero, zero);
+        let blocks = meta::file_blocks_from(&self.l.lock().conn, ino, 0).unwrap();
+        let mime = self.l.mime_type(ino).unwrap().unwrap();
+        (a, blocks, self.l.sha256_hex(ino).unwrap(), mime)
+    }
+}
+
+#[test]
+fn a_small_body_is_placed_in_one_step_as_an_upload_would_place_it() {
+    let t = new();
+    let bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0; 5000],
+        b"x".to_vec(),
+        pattern(4096, 90),
+        pattern(crate::blocks::INLINE_MAX as usize - 1, 91),
+    ];
+    let inodes = t.inodes();
+    for (i, data) in bodies.iter().enumerate() {
+        let dir = format!("d{i}");
+        let a = t
+            .upload(&[b"corp", b"up", dir.as_bytes(), b"f"], data)
+            .unwrap();
+        let b = t
+            .upload_small(&[b"corp", b"small", dir.as_bytes(), b"f"], data)
+            .unwrap();
+        assert_eq!((b.size, b.replaced), (data.len() as u64, false));
+        assert_eq!(t.placed_view(a.ino), t.placed_view(b.ino), "body {i}");
+        assert_eq!(t.get(b.ino), *data, "body {i}");
+        let queued = t.l.sync_pending().unwrap();
+        let path = format!("small/d{i}/f").into_bytes();
+        assert!(queued.iter().any(|e| e.path == path), "body {i} not queued");
+    }
+    // "up" and "small", and per body a directory and a file on each side;
+    // nothing else.
+    assert_eq!(t.inodes(), inodes + 2 + 2 * 2 * bodies.len() as u64);
+    // Too large for one step: refused, nothing made.
+    let big = pattern(crate::blocks::INLINE_MAX as usize, 92);
+    assert!(matches!(
+        t.upload_small(&[b"corp", b"big"], &big),
+        Err(CoreError::Invalid(_))
+    ));
+    // Durable when it returns: a crash right after loses none of them.
+    let t = t.crash_and_reopen();
+    for (i, data) in bodies.iter().enumerate() {
+        let dir = format!("d{i}");
+        let r =
+            t.l.stat_names(&[b"corp", b"small", dir.as_bytes(), b"f"])
+                .unwrap();
+        assert_eq!(t.get(r.attr.ino), *data, "body {i} after the crash");
+    }
+    let report = t.l.fsck().unwrap();
+    assert_eq!((report.corrupt, report.lost.len()), (0, 0));
+}
+
+#[test]
+fn a_small_body_replaces_keeps_readers_finds_its_twin_and_refuses_the_way_blocked() {
+    let t = new();
+    let old = pattern(3000, 93);
+    let ino = t.put(t.ns(), b"doc.pdf", &old);
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    t.l.setattr(ino, &set).unwrap();
+    let reader = t.l.open(ino, OpenMode::default()).unwrap();
+    let new_data = pattern(2000, 94);
+    let p = t.upload_small(&[b"corp", b"doc.pdf"], &new_data).unwrap();
+    assert!(p.replaced);
+    assert_ne!(p.ino, ino);
+    assert_eq!(t.l.getattr(p.ino).unwrap().perm, 0o600);
+    assert_eq!(t.get(p.ino), new_data);
+    assert_eq!(t.l.read(reader, 0, 3000).unwrap(), old);
+    t.l.release(reader).unwrap();
+    assert!(matches!(t.l.getattr(ino), Err(CoreError::NotFound)));
+
+    // Content a program wrote (its hash never asked for) is found, and so
+    // is content whose hash is known.
+    let d = t.l.mkdir(&ME, t.ns(), b"in", 0o755).unwrap().ino;
+    let same = pattern(700, 95);
+    t.put(d, b"first.bin", &same);
+    let p = t.upload_small(&[b"deck", b"second.bin"], &same).unwrap();
+    assert_eq!(p.existing.as_deref(), Some(&b"corp/in/first.bin"[..]));
+    let p = t.upload_small(&[b"deck", b"other.bin"], b"other").unwrap();
+    assert_eq!(p.existing, None);
+
+    t.l.mkdir(&ME, t.ns(), b"dir", 0o755).unwrap();
+    t.put(t.ns(), b"file", b"x");
+    let inodes = t.inodes();
+    assert!(matches!(
+        t.upload_small(&[b"corp", b"dir"], b"d"),
+        Err(CoreError::IsDir)
+    ));
+    assert!(matches!(
+        t.upload_small(&[b"corp", b"file", b"x"], b"d"),
+        Err(CoreError::NotDir)
+    ));
+    assert!(matches!(
+        t.upload_small(&[b"nope", b"x"], b"d"),
+        Err(CoreError::NotFound)
+    ));
+    assert!(t.upload_small(&[b"corp", b"bad/name"], b"d").is_err());
+    assert_eq!(t.inodes(), inodes, "a refused body left something");
+}
+
 #[test]
 fn snapshot_reads_stay_consistent_while_the_file_changes() {
     let t = new();
