@@ -413,6 +413,97 @@ async fn contract(be: &dyn Backend) {
     assert!(be.head("big/aborted.bin").await.unwrap().is_none());
     assert!(!files_of(&be.list("big").await.unwrap()).contains(&"big/aborted.bin".to_string()));
 
+    // batches, where the store has them: one level listed; many keys
+    // removed in one request, each answered in order (absent is no error);
+    // a key whose ETag changed stays where the store honours that (the
+    // start-up probe tells).
+    if let Some(listed) = be.list_dir("batch").await.unwrap() {
+        assert!(listed.is_empty(), "{listed:?}");
+        let mut etags = Vec::new();
+        for i in 0..5 {
+            let k = format!("batch/f{i}");
+            etags.push(
+                be.put(&k, vec![i; 10], &ObjMeta::default(), &Cond::Any)
+                    .await
+                    .unwrap(),
+            );
+        }
+        be.put(
+            "batch/sub/deeper",
+            vec![9; 3],
+            &ObjMeta::default(),
+            &Cond::Any,
+        )
+        .await
+        .unwrap();
+        be.put_dir("batch/sub", &ObjMeta::default(), &Cond::Any)
+            .await
+            .unwrap();
+        let listed = be.list_dir("batch").await.unwrap().unwrap();
+        let mut keys: Vec<(String, String)> = listed
+            .iter()
+            .map(|o| (o.key.clone(), o.etag.clone()))
+            .collect();
+        keys.sort();
+        let want: Vec<(String, String)> = (0..5)
+            .map(|i| (format!("batch/f{i}"), etags[i].clone()))
+            .collect();
+        assert_eq!(keys, want, "one level, files only, with their ETags");
+        let honours = locker::sync::batch_honours_etags(be).await.unwrap() == Some(true);
+        let items: Vec<(String, String)> = vec![
+            ("batch/f0".into(), etags[0].clone()),
+            ("batch/never".into(), "x".into()),
+            ("batch/f1".into(), "not-its-etag".into()),
+            ("batch/f2".into(), etags[2].clone()),
+        ];
+        let answers = be.delete_batch(&items).await.unwrap().unwrap();
+        assert_eq!(answers.len(), 4);
+        assert!(
+            answers[0].is_ok() && answers[1].is_ok() && answers[3].is_ok(),
+            "{answers:?}"
+        );
+        assert!(be.head("batch/f0").await.unwrap().is_none());
+        assert!(be.head("batch/f2").await.unwrap().is_none());
+        let f1 = be.head("batch/f1").await.unwrap();
+        if honours {
+            let e = answers[2].as_ref().unwrap_err();
+            assert!(e.path_only && e.kind == ErrorKind::Transient, "{e:?}");
+            assert!(f1.is_some());
+        } else {
+            assert!(answers[2].is_ok() && f1.is_none(), "{answers:?}");
+        }
+        let left: Vec<(String, String)> = ["batch/f1", "batch/f3", "batch/f4", "batch/sub/deeper"]
+            .iter()
+            .map(|k| (k.to_string(), String::new()))
+            .collect();
+        let _ = be.delete_batch(&left).await.unwrap();
+        for k in ["batch/f3", "batch/f4", "batch/sub/deeper"] {
+            if honours {
+                // An ETag that is no ETag: refused, still there.
+                assert!(be.head(k).await.unwrap().is_some(), "{k}");
+                be.delete(k, &Cond::Any).await.unwrap();
+            }
+            assert!(be.head(k).await.unwrap().is_none(), "{k}");
+        }
+        if honours {
+            be.delete("batch/f1", &Cond::Any).await.unwrap();
+        }
+        // A directory's marker, named with a trailing slash, whatever ETag
+        // comes with it.
+        assert_eq!(
+            be.head("batch/sub").await.unwrap().map(|h| h.kind),
+            Some(ObjKind::Dir)
+        );
+        let answers = be
+            .delete_batch(&[("batch/sub/".to_string(), "no-etag".to_string())])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answers[0].is_ok(), "{answers:?}");
+        assert!(be.head("batch/sub").await.unwrap().is_none());
+        assert!(be.list("batch").await.unwrap().is_empty());
+    }
+
     // bad keys are refused before any request.
     for k in ["", "/abs", "a/../b", "a//b"] {
         assert!(
@@ -430,6 +521,13 @@ fn memory_backend_keeps_the_contract() {
     let rt = rt();
     rt.block_on(be.check()).unwrap();
     rt.block_on(contract(&be));
+    // With batches, honoured and ignored.
+    for ignored in [false, true] {
+        let be = MemoryBackend::new();
+        be.set_batches(true);
+        be.set_batch_ignores_etags(ignored);
+        rt.block_on(contract(&be));
+    }
 }
 
 #[test]

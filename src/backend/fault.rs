@@ -233,6 +233,17 @@ impl Backend for FaultBackend {
         self.inner.delete(key, cond).await
     }
 
+    async fn list_dir(&self, prefix: &str) -> BResult<Option<Vec<ObjInfo>>> {
+        self.enter("list_dir", prefix).await?;
+        self.inner.list_dir(prefix).await
+    }
+
+    async fn delete_batch(&self, items: &[(String, String)]) -> BResult<Option<Vec<BResult<()>>>> {
+        let first = items.first().map_or("", |(k, _)| k.as_str());
+        self.enter("delete_batch", first).await?;
+        self.inner.delete_batch(items).await
+    }
+
     async fn copy(
         &self,
         src: &str,

@@ -9,7 +9,8 @@
 //! `If-Match`/`If-None-Match` and ignore them (Garage, some gateways);
 //! `native_rename` like those with a move of their own (WebDAV `MOVE`);
 //! `resumable` like those whose unfinished uploads can be listed and
-//! continued (Nextcloud's chunked uploads).
+//! continued (Nextcloud's chunked uploads); `batches` like S3's, with
+//! batch deletes and one-level listings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -44,6 +45,8 @@ pub struct MemoryBackend {
     ignore_conditions: AtomicBool,
     native_rename: AtomicBool,
     resumable: AtomicBool,
+    batches: AtomicBool,
+    batch_ignores_etags: AtomicBool,
     /// Identities that survive renames (given out, with `native_rename`, as
     /// Nextcloud's `oc:fileid`), by key.
     ids: Mutex<HashMap<String, String>>,
@@ -59,6 +62,18 @@ impl MemoryBackend {
     /// Accept conditions and ignore them, as some S3-compatible stores do.
     pub fn set_ignore_conditions(&self, on: bool) {
         self.ignore_conditions.store(on, Ordering::SeqCst);
+    }
+
+    /// Offer batch deletes and one-level listings (`delete_batch`,
+    /// `list_dir`), as S3 stores do.
+    pub fn set_batches(&self, on: bool) {
+        self.batches.store(on, Ordering::SeqCst);
+    }
+
+    /// Take the ETags of a batch delete and ignore them, as stores do that
+    /// honour a single request's conditions but not a batch's.
+    pub fn set_batch_ignores_etags(&self, on: bool) {
+        self.batch_ignores_etags.store(on, Ordering::SeqCst);
     }
 
     /// Rename files in one step under the lock, and say so in
@@ -382,6 +397,75 @@ impl Backend for MemoryBackend {
         map.remove(key);
         self.ids.lock().unwrap().remove(key);
         Ok(())
+    }
+
+    async fn list_dir(&self, prefix: &str) -> BResult<Option<Vec<ObjInfo>>> {
+        if !self.batches.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.count("list_dir");
+        let prefix = prefix.trim_matches('/');
+        let map = self.objects.lock().unwrap();
+        Ok(Some(
+            map.iter()
+                .filter(|(k, o)| {
+                    o.kind != ObjKind::Dir
+                        && match k.rsplit_once('/') {
+                            Some((dir, _)) => dir == prefix,
+                            None => prefix.is_empty(),
+                        }
+                })
+                .map(|(k, o)| MemoryBackend::info(k, o, false))
+                .collect(),
+        ))
+    }
+
+    async fn delete_batch(&self, items: &[(String, String)]) -> BResult<Option<Vec<BResult<()>>>> {
+        if !self.batches.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.count("delete_batch");
+        if items.len() > super::DELETE_BATCH_MAX {
+            return Err(BackendError::permanent(
+                "too many keys for one batch delete",
+            ));
+        }
+        let ignore = self.ignore_conditions.load(Ordering::SeqCst)
+            || self.batch_ignores_etags.load(Ordering::SeqCst);
+        let mut map = self.objects.lock().unwrap();
+        let mut out = Vec::with_capacity(items.len());
+        for (key, etag) in items {
+            if let Some(dir) = key.strip_suffix('/') {
+                // A directory's marker, as `delete_dir` removes it.
+                if let Err(e) = check_key(dir) {
+                    out.push(Err(e.for_path()));
+                    continue;
+                }
+                if map.get(dir).is_some_and(|o| o.kind == ObjKind::Dir) {
+                    map.remove(dir);
+                }
+                out.push(Ok(()));
+                continue;
+            }
+            if let Err(e) = check_key(key) {
+                out.push(Err(e.for_path()));
+                continue;
+            }
+            let r = match map.get(key) {
+                None => Ok(()),
+                Some(o) if o.kind == ObjKind::Dir => {
+                    Err(BackendError::permanent(format!("{key} is a directory")).for_path())
+                }
+                Some(o) if !ignore && &o.etag != etag => Err(cond_refused(key)),
+                Some(_) => {
+                    map.remove(key);
+                    self.ids.lock().unwrap().remove(key);
+                    Ok(())
+                }
+            };
+            out.push(r);
+        }
+        Ok(Some(out))
     }
 
     async fn copy(

@@ -34,9 +34,29 @@ impl MeteredBackend {
         sent: u64,
         call: impl Future<Output = BResult<T>>,
     ) -> BResult<T> {
-        let m = metrics();
         let start = Instant::now();
         let r = call.await;
+        self.record(op, sent, start, &r);
+        r
+    }
+
+    /// As `count`, for a call that answers `None` without a request where
+    /// the store has no such request: that answer is not counted.
+    async fn count_made<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = BResult<Option<T>>>,
+    ) -> BResult<Option<T>> {
+        let start = Instant::now();
+        let r = call.await;
+        if !matches!(r, Ok(None)) {
+            self.record(op, 0, start, &r);
+        }
+        r
+    }
+
+    fn record<T>(&self, op: &'static str, sent: u64, start: Instant, r: &BResult<T>) {
+        let m = metrics();
         let l = NsOpLabels {
             namespace: self.ns.clone(),
             op,
@@ -45,7 +65,7 @@ impl MeteredBackend {
         m.backend_seconds
             .get_or_create(&l)
             .observe(start.elapsed().as_secs_f64());
-        match &r {
+        match r {
             Ok(_) if sent > 0 => {
                 m.backend_sent
                     .get_or_create(&NsLabels {
@@ -69,7 +89,6 @@ impl MeteredBackend {
                     .inc();
             }
         }
-        r
     }
 }
 
@@ -176,6 +195,15 @@ impl Backend for MeteredBackend {
 
     async fn delete(&self, key: &str, cond: &Cond) -> BResult<()> {
         self.count("delete", 0, self.inner.delete(key, cond)).await
+    }
+
+    async fn list_dir(&self, prefix: &str) -> BResult<Option<Vec<ObjInfo>>> {
+        self.count_made("list", self.inner.list_dir(prefix)).await
+    }
+
+    async fn delete_batch(&self, items: &[(String, String)]) -> BResult<Option<Vec<BResult<()>>>> {
+        self.count_made("delete_batch", self.inner.delete_batch(items))
+            .await
     }
 
     async fn copy(

@@ -284,6 +284,25 @@ pub trait Backend: Send + Sync {
     /// error of this path); absent is not an error.
     async fn delete(&self, key: &str, cond: &Cond) -> BResult<()>;
 
+    /// The files and symlinks directly in `prefix` (one level; directories
+    /// left out), where the store lists one level for less than `list`
+    /// lists the tree; `None` where it cannot (the caller asks otherwise).
+    async fn list_dir(&self, _prefix: &str) -> BResult<Option<Vec<ObjInfo>>> {
+        Ok(None)
+    }
+
+    /// Removes many files or symlinks in one request (at most
+    /// `DELETE_BATCH_MAX`), each only if it still has the ETag given with
+    /// it, on stores that honour that (`batch_honours_etags` finds out);
+    /// a key ending in `/` is a directory's marker (as `delete_dir`; its
+    /// ETag is not looked at). `None` where the store has no such request
+    /// (the caller deletes one by one). Answers each key in order: `Ok` if
+    /// it is gone (absent is not an error), else its error (a failed ETag:
+    /// transient, of that path).
+    async fn delete_batch(&self, _items: &[(String, String)]) -> BResult<Option<Vec<BResult<()>>>> {
+        Ok(None)
+    }
+
     /// Copies `src` to `dst` inside the backend (never through this
     /// machine), giving `dst` the metadata `meta`; with `src_etag`, only if
     /// the source still has that ETag, and only if `cond` holds at `dst`.
@@ -331,6 +350,10 @@ pub trait Backend: Send + Sync {
     /// The target of the symlink at `key`.
     async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>>;
 }
+
+/// The most keys one `Backend::delete_batch` takes (S3's `DeleteObjects`
+/// limit).
+pub const DELETE_BATCH_MAX: usize = 1000;
 
 /// `Backend::rename` by a copy ("if absent", with the source's metadata)
 /// and a delete of the source by its ETag: what stores without a move of

@@ -24,7 +24,9 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
+};
 use base64::Engine;
 use md5::{Digest, Md5};
 
@@ -180,6 +182,21 @@ fn cond_headers(cond: &Cond) -> (Option<String>, Option<String>) {
         Cond::IfMatch(e) => (Some(format!("\"{e}\"")), None),
         Cond::IfAbsent => (None, Some("*".to_string())),
     }
+}
+
+/// What an error `DeleteObjects` reports for one key means, as `classify`
+/// reads a request's.
+fn batch_error(full: &str, code: &str, msg: &str) -> BackendError {
+    let kind = match code {
+        "PreconditionFailed" | "ConditionalRequestConflict" => {
+            return cond_refused(full);
+        }
+        "InternalError" | "SlowDown" | "ServiceUnavailable" | "RequestTimeout" => {
+            ErrorKind::Transient
+        }
+        _ => ErrorKind::Permanent,
+    };
+    BackendError::new(kind, format!("delete {full}: {code}: {msg}")).for_path()
 }
 
 fn unquote(etag: &str) -> String {
@@ -751,6 +768,111 @@ impl Backend for S3Backend {
             }
         }
         Ok(out)
+    }
+
+    async fn list_dir(&self, prefix: &str) -> BResult<Option<Vec<ObjInfo>>> {
+        let p = prefix.trim_matches('/');
+        let full_prefix = if p.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{p}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .delimiter("/")
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| classify("list", &full_prefix, e))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                let Some(rel) = k.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                // The directory's own marker, or a name the namespace
+                // cannot hold.
+                if rel.ends_with('/') || check_key(rel).is_err() {
+                    continue;
+                }
+                out.push(ObjInfo {
+                    key: rel.to_string(),
+                    kind: ObjKind::File,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: unquote(o.e_tag().unwrap_or("")),
+                    meta: None,
+                    file_id: None,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(Some(out))
+    }
+
+    async fn delete_batch(&self, items: &[(String, String)]) -> BResult<Option<Vec<BResult<()>>>> {
+        if items.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        if items.len() > super::DELETE_BATCH_MAX {
+            return Err(BackendError::permanent(format!(
+                "a batch delete takes at most {} keys",
+                super::DELETE_BATCH_MAX
+            )));
+        }
+        let mut objects = Vec::with_capacity(items.len());
+        let mut fulls = Vec::with_capacity(items.len());
+        for (key, etag) in items {
+            let (full, etag) = match key.strip_suffix('/') {
+                // A directory's marker: whatever its ETag.
+                Some(dir) => (format!("{}/", self.full(dir)?), None),
+                None => (self.full(key)?, Some(format!("\"{etag}\""))),
+            };
+            let id = ObjectIdentifier::builder()
+                .key(&full)
+                .set_e_tag(etag)
+                .build()
+                .map_err(|e| BackendError::permanent(format!("batch delete of {full}: {e}")))?;
+            objects.push(id);
+            fulls.push(full);
+        }
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| BackendError::permanent(format!("batch delete: {e}")))?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| classify("delete", &fulls[0], e))?;
+        // Quiet: only the keys that failed are named.
+        let mut failed: HashMap<&str, (&str, &str)> = HashMap::new();
+        for e in out.errors() {
+            if let Some(k) = e.key() {
+                failed.insert(k, (e.code().unwrap_or(""), e.message().unwrap_or("")));
+            }
+        }
+        Ok(Some(
+            fulls
+                .iter()
+                .map(|full| match failed.get(full.as_str()) {
+                    // Absent is not an error.
+                    None | Some(("NoSuchKey" | "NotFound", _)) => Ok(()),
+                    Some((code, msg)) => Err(batch_error(full, code, msg)),
+                })
+                .collect(),
+        ))
     }
 
     async fn delete(&self, key: &str, cond: &Cond) -> BResult<()> {

@@ -113,6 +113,17 @@ fn render(st: &Status, json: bool) -> anyhow::Result<String> {
             )?,
             None => {}
         }
+        match n.batch_removals.as_deref() {
+            Some("exact") => writeln!(
+                out,
+                "  batch deletes: used (the store checks each key's ETag)"
+            )?,
+            Some("listed") => writeln!(
+                out,
+                "  batch deletes: used (ETags checked against a listing first)"
+            )?,
+            _ => {}
+        }
         if !n.refused.is_empty() {
             writeln!(
                 out,

@@ -141,6 +141,21 @@ pub fn due(
     rows.collect()
 }
 
+/// Entries of `ns` with no bytes (removals, and empty files) never tried
+/// yet, whose `after` entry is done, ready or not, oldest change first.
+pub fn removals_queued(conn: &Connection, ns: &str, limit: usize) -> MetaResult<Vec<QueueEntry>> {
+    let sql = format!(
+        "SELECT {ENTRY_COLS} FROM sync_queue q
+         WHERE q.ns = ?1 AND q.bytes = 0 AND q.attempts = 0
+           AND (q.after_ns IS NULL OR NOT EXISTS (
+                SELECT 1 FROM sync_queue a WHERE a.ns = q.after_ns AND a.path = q.after_path))
+         ORDER BY q.seq LIMIT ?2"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map(params![ns, limit as i64], entry_from)?;
+    rows.collect()
+}
+
 pub fn get_entry(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<QueueEntry>> {
     let sql = format!("SELECT {ENTRY_COLS} FROM sync_queue WHERE ns = ?1 AND path = ?2");
     conn.prepare_cached(&sql)?

@@ -6,6 +6,7 @@
 //! except a read for the block it needs (through `RemoteSource`). Core calls
 //! that take the state lock or touch the disk run on the blocking pool.
 
+mod batch;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -39,6 +40,21 @@ pub(crate) struct NsHealth {
     pub paused_until: Option<Instant>,
     /// Whether the store refuses writes whose condition fails.
     pub conditional_writes: Option<bool>,
+    /// Whether the store deletes in batches (`Some`), and whether a batch
+    /// honours each key's ETag (`Some(true)`).
+    pub batch_etags: Option<bool>,
+}
+
+/// How removals of files go to a namespace's store in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchRemoval {
+    /// Each key only if it still has the ETag LOCKER saw, checked by the
+    /// store.
+    Exact,
+    /// The store ignores every condition: the ETags are checked against a
+    /// listing of the directory first (as a HEAD checks them for a single
+    /// removal), then the batch removes those that match.
+    Listed,
 }
 
 pub(crate) struct Inner {
@@ -108,6 +124,19 @@ impl Inner {
     pub fn honours_conditions(&self, ns: &str) -> bool {
         let h = self.health.lock().unwrap();
         h.get(ns).and_then(|n| n.conditional_writes) == Some(true)
+    }
+
+    /// Whether, and how, removals of files in `ns` go in batches: only
+    /// where that is as safe as one removal at a time there (probed at
+    /// start).
+    pub fn batch_removal(&self, ns: &str) -> Option<BatchRemoval> {
+        let h = self.health.lock().unwrap();
+        let n = h.get(ns)?;
+        match (n.batch_etags, n.conditional_writes) {
+            (Some(true), _) => Some(BatchRemoval::Exact),
+            (Some(false), Some(false)) => Some(BatchRemoval::Listed),
+            _ => None,
+        }
     }
 
     pub fn paused(&self, ns: &str) -> bool {
@@ -180,6 +209,36 @@ pub async fn honours_conditions(be: &dyn Backend) -> Result<bool, BackendError> 
         Ok(_) => Ok(false),
         Err(e) if e.path_only && e.kind == crate::backend::ErrorKind::Transient => Ok(true),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether `be` deletes in batches (`None`: it has no such request, or
+/// the probe failed), and whether a batch honours the ETag given for each
+/// key: it writes a hidden object, asks a batch to delete it under an ETag
+/// it does not have, looks whether it is still there, and removes it.
+pub async fn batch_honours_etags(be: &dyn Backend) -> Result<Option<bool>, BackendError> {
+    let key = format!(".locker-probe-{:016x}", fastrand::u64(..));
+    let m = crate::backend::ObjMeta::default();
+    be.put(&key, b"probe".to_vec(), &m, &crate::backend::Cond::Any)
+        .await?;
+    let r = be
+        .delete_batch(&[(key.clone(), "locker-probe-no-such-etag".to_string())])
+        .await;
+    let still = be.head(&key).await;
+    let _ = be.delete(&key, &crate::backend::Cond::Any).await;
+    let Some(answers) = r? else {
+        return Ok(None);
+    };
+    let still = still?.is_some();
+    match answers.first() {
+        Some(Err(e)) if still && e.path_only && e.kind == crate::backend::ErrorKind::Transient => {
+            Ok(Some(true))
+        }
+        Some(Ok(())) if !still => Ok(Some(false)),
+        other => Err(BackendError::permanent(format!(
+            "a batch delete answered {other:?} (the object {})",
+            if still { "stayed" } else { "went" }
+        ))),
     }
 }
 
@@ -323,6 +382,7 @@ impl Sidecar {
             .build()?;
         let mut backends = HashMap::new();
         let mut conditional = HashMap::new();
+        let mut batches = HashMap::new();
         for (name, ns) in &cfg.namespaces {
             let b = open_backend(name, ns, data_dir)
                 .map_err(|e| anyhow::anyhow!("namespace {name}: {e}"))?;
@@ -354,6 +414,21 @@ impl Sidecar {
                     tracing::warn!(namespace = %name, "could not tell whether the store honours conditional writes: no answer within 30 s")
                 }
             }
+            let probe = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), batch_honours_etags(b.as_ref())).await
+            });
+            match probe {
+                Ok(Ok(Some(honoured))) => {
+                    batches.insert(name.clone(), honoured);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(namespace = %name, error = %e, "batch deletes not used: the probe failed")
+                }
+                Err(_) => {
+                    tracing::warn!(namespace = %name, "batch deletes not used: the probe had no answer within 30 s")
+                }
+            }
             backends.insert(name.clone(), b);
         }
         let sidecar = Sidecar::start_with(rt, core, cfg, data_dir, backends)?;
@@ -361,6 +436,9 @@ impl Sidecar {
             let mut h = sidecar.inner.health.lock().unwrap();
             for (name, ok) in conditional {
                 h.entry(name).or_default().conditional_writes = Some(ok);
+            }
+            for (name, honoured) in batches {
+                h.entry(name).or_default().batch_etags = Some(honoured);
             }
         }
         status::serve(sidecar.inner.clone(), data_dir, sidecar.rt.handle().clone())?;

@@ -29,6 +29,11 @@ pub struct NsStatus {
     /// once at start); `None` if not known.
     #[serde(default)]
     pub conditional_writes: Option<bool>,
+    /// How removals go in batches (`exact`: the store checks each key's
+    /// ETag; `listed`: checked against a listing first); `None`: one at a
+    /// time.
+    #[serde(default)]
+    pub batch_removals: Option<String>,
     /// Queued paths the store refuses for the path alone (a name it cannot
     /// hold, a symlink, a quota): kept here, tried again now and then (the
     /// first 100).
@@ -91,6 +96,13 @@ fn collect(inner: &Inner) -> Status {
                 last_error: st.and_then(|s| s.last_error.clone()).or(h.last_error),
                 last_refresh_age_s: h.last_refresh.map(|t| t.elapsed().as_secs_f64()),
                 conditional_writes: h.conditional_writes,
+                batch_removals: inner.batch_removal(&name).map(|m| {
+                    match m {
+                        super::BatchRemoval::Exact => "exact",
+                        super::BatchRemoval::Listed => "listed",
+                    }
+                    .to_string()
+                }),
                 refused: core
                     .sync_refused(&name, 100)
                     .unwrap_or_default()

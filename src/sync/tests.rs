@@ -237,6 +237,39 @@ impl Rig {
         h.entry(ns.to_string()).or_default().conditional_writes = Some(true);
     }
 
+    /// As the probes at a real start find for a store that deletes in
+    /// batches: `etags` whether a batch honours each key's ETag, `single`
+    /// whether a single request honours its condition.
+    pub fn batches(&self, ns: &str, etags: bool, single: bool) {
+        let inner = &self.sidecar.as_ref().unwrap().inner;
+        let mut h = inner.health.lock().unwrap();
+        let n = h.entry(ns.to_string()).or_default();
+        n.batch_etags = Some(etags);
+        n.conditional_writes = Some(single);
+    }
+
+    /// Holds the queue of `ns` (as a pause after failures does) until
+    /// `let_go`: changes made meanwhile are pushed together.
+    pub fn hold(&self, ns: &str) {
+        let inner = &self.sidecar.as_ref().unwrap().inner;
+        let mut h = inner.health.lock().unwrap();
+        h.entry(ns.to_string()).or_default().paused_until =
+            Some(Instant::now() + Duration::from_secs(3600));
+    }
+
+    /// Ends the hurry a drain leaves on, as after a drain that was not an
+    /// unmount: entries wait for their quiet delay again.
+    pub fn calm(&self) {
+        let inner = &self.sidecar.as_ref().unwrap().inner;
+        inner
+            .draining
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn let_go(&self, ns: &str) {
+        self.sidecar.as_ref().unwrap().inner.resume(ns);
+    }
+
     /// The inode at `path` ("corp/a/b").
     pub fn ino(&self, path: &str) -> Option<InodeNo> {
         let mut cur = InodeNo::ROOT;
@@ -1901,4 +1934,225 @@ fn removing_what_the_backend_holds_still_reaches_it() {
     rig.drained();
     assert_eq!(rig.stores.corp().keys(), ["kept", "new"]);
     assert_eq!(object(rig.stores.corp(), "new").unwrap(), b"four");
+}
+
+/// Writes `dirs` directories of `per` files under `corp/tree`, pushed.
+fn pushed_tree(rig: &Rig, dirs: usize, per: usize) {
+    for d in 0..dirs {
+        for f in 0..per {
+            rig.write(
+                &format!("corp/tree/d{d}/f{f}"),
+                format!("{d}/{f}").as_bytes(),
+            );
+        }
+    }
+    rig.drained();
+}
+
+/// The files (not directories) that calls of `op` went to since the fault
+/// log held `from` calls, sorted, each once.
+fn files_sent(rig: &Rig, from: usize, op: &str) -> Vec<String> {
+    let mut v: Vec<String> = rig.fault["corp"].calls()[from..]
+        .iter()
+        .filter(|(o, k)| {
+            *o == op
+                && k.rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with(['f', 'a', 'b']))
+        })
+        .map(|(_, k)| k.clone())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Removes the tree `pushed_tree` made, files first, as `rm -r` does.
+fn remove_tree(rig: &Rig, dirs: usize, per: usize) {
+    for d in 0..dirs {
+        for f in 0..per {
+            rig.unlink(&format!("corp/tree/d{d}/f{f}"));
+        }
+        rig.rmdir(&format!("corp/tree/d{d}"));
+    }
+    rig.rmdir("corp/tree");
+}
+
+/// A tree removed here, on a store whose batch delete honours each key's
+/// ETag: its files and directories go in batches of up to a thousand,
+/// with no HEAD; a file another writer replaced meanwhile is refused by
+/// the store and kept.
+#[test]
+fn a_removed_tree_goes_in_batches_and_keeps_another_writers_version() {
+    let rig = Rig::new("");
+    let corp = rig.stores.corp();
+    corp.set_batches(true);
+    rig.batches("corp", true, true);
+    let (dirs, per) = (12, 50);
+    pushed_tree(&rig, dirs, per);
+    corp.put_foreign("tree/d3/f7", b"their version", labelled(b"their version"));
+    let (deletes, batches) = (corp.calls("delete"), corp.calls("delete_batch"));
+    let logged = rig.fault["corp"].calls().len();
+    // Pushed together once the tree is gone, as after `rm -r` of a tree
+    // removed faster than it is pushed.
+    rig.hold("corp");
+    remove_tree(&rig, dirs, per);
+    rig.let_go("corp");
+    rig.drained();
+    let batched = corp.calls("delete_batch") - batches;
+    assert!(
+        (1..=2).contains(&batched),
+        "{batched} batch deletes for 600 files"
+    );
+    // The refused file goes on its own (its DELETE refused again, then a
+    // HEAD finds it changed); nothing else does.
+    assert!(corp.calls("delete") - deletes <= 1);
+    assert_eq!(files_sent(&rig, logged, "delete"), ["tree/d3/f7"]);
+    // No directory is looked at or removed on its own either.
+    let heads: Vec<String> = rig.fault["corp"].calls()[logged..]
+        .iter()
+        .filter(|(op, _)| *op == "head" || *op == "delete_dir")
+        .map(|(_, k)| k.clone())
+        .collect();
+    assert_eq!(heads, ["tree/d3/f7"]);
+    assert_eq!(corp.keys(), ["tree/d3/f7"]);
+    assert_eq!(object(corp, "tree/d3/f7").unwrap(), b"their version");
+    // The kept file comes back here on the next refresh, as any file
+    // another writer made.
+    rig.refresh();
+    assert_eq!(rig.read("corp/tree/d3/f7").unwrap(), b"their version");
+}
+
+/// On a store that ignores every condition, a batch checks the ETags
+/// against one listing per directory first (as a HEAD checks one file):
+/// a file replaced meanwhile by another writer is seen changed and kept,
+/// one already gone costs nothing, and a directory with too few removals
+/// for a listing goes one at a time.
+#[test]
+fn on_a_store_that_ignores_conditions_a_listing_checks_a_batch_first() {
+    let rig = Rig::new("");
+    let corp = rig.stores.corp();
+    corp.set_batches(true);
+    corp.set_ignore_conditions(true);
+    rig.batches("corp", false, false);
+    let (dirs, per) = (10, 30);
+    pushed_tree(&rig, dirs, per);
+    rig.write("corp/small/a", b"a");
+    rig.write("corp/small/b", b"b");
+    rig.drained();
+    corp.put_foreign("tree/d2/f5", b"their version", labelled(b"their version"));
+    corp.remove_foreign("tree/d4/f9");
+    let (lists, deletes, batches) = (
+        corp.calls("list_dir"),
+        corp.calls("delete"),
+        corp.calls("delete_batch"),
+    );
+    let logged = rig.fault["corp"].calls().len();
+    rig.hold("corp");
+    remove_tree(&rig, dirs, per);
+    rig.unlink("corp/small/a");
+    rig.unlink("corp/small/b");
+    rig.let_go("corp");
+    rig.drained();
+    assert_eq!(
+        corp.calls("list_dir") - lists,
+        dirs as u64,
+        "one listing per directory"
+    );
+    let batched = corp.calls("delete_batch") - batches;
+    assert!(
+        (1..=2).contains(&batched),
+        "{batched} batch deletes for 300 files"
+    );
+    // The two files of `small` (and nothing else) went one at a time.
+    assert_eq!(corp.calls("delete") - deletes, 2);
+    // Files looked at on their own: the changed one and the two small
+    // ones (the one already gone, never).
+    assert_eq!(
+        files_sent(&rig, logged, "head"),
+        ["small/a", "small/b", "tree/d2/f5"]
+    );
+    assert_eq!(corp.keys(), ["small", "tree/d2/f5"]);
+    assert_eq!(object(corp, "tree/d2/f5").unwrap(), b"their version");
+}
+
+/// A store that honours a single request's condition but takes a batch's
+/// ETags and ignores them gets no batches: a removal there stays one
+/// conditional DELETE, which the store checks.
+#[test]
+fn a_store_whose_batches_ignore_etags_gets_no_batches_where_single_requests_are_exact() {
+    let rig = Rig::new("");
+    let corp = rig.stores.corp();
+    corp.set_batches(true);
+    corp.set_batch_ignores_etags(true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probed = rt.block_on(super::batch_honours_etags(corp)).unwrap();
+    assert_eq!(probed, Some(false));
+    rig.batches("corp", false, true);
+    pushed_tree(&rig, 3, 20);
+    corp.put_foreign("tree/d1/f1", b"their version", labelled(b"their version"));
+    remove_tree(&rig, 3, 20);
+    rig.drained();
+    assert_eq!(corp.calls("delete_batch"), 1, "only the probe's");
+    assert_eq!(corp.keys(), ["tree/d1/f1"]);
+}
+
+/// The start-up probe tells the three kinds of store apart and leaves
+/// nothing behind.
+#[test]
+fn whether_a_stores_batch_deletes_honour_etags_is_found_and_leaves_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mem = MemoryBackend::new();
+    assert_eq!(rt.block_on(super::batch_honours_etags(&mem)).unwrap(), None);
+    mem.set_batches(true);
+    assert_eq!(
+        rt.block_on(super::batch_honours_etags(&mem)).unwrap(),
+        Some(true)
+    );
+    mem.set_batch_ignores_etags(true);
+    assert_eq!(
+        rt.block_on(super::batch_honours_etags(&mem)).unwrap(),
+        Some(false)
+    );
+    mem.set_batch_ignores_etags(false);
+    mem.set_ignore_conditions(true);
+    assert_eq!(
+        rt.block_on(super::batch_honours_etags(&mem)).unwrap(),
+        Some(false)
+    );
+    assert!(mem.keys().is_empty(), "{:?}", mem.keys());
+    let dir = tempfile::tempdir().unwrap();
+    let local = crate::backend::local::LocalBackend::open(dir.path(), "", true).unwrap();
+    assert_eq!(
+        rt.block_on(super::batch_honours_etags(&local)).unwrap(),
+        None
+    );
+}
+
+/// A tree removed over a while (longer than the quiet delay, each removal
+/// soon after the last) goes in one batch once the removing stops, not in
+/// a batch per round of the queue as its entries come due.
+#[test]
+fn a_tree_removed_over_a_while_goes_in_one_batch_once_it_stops() {
+    let rig = Rig::new("upload_delay_ms = 300");
+    let corp = rig.stores.corp();
+    corp.set_batches(true);
+    rig.batches("corp", true, true);
+    let (dirs, per) = (12, 20);
+    pushed_tree(&rig, dirs, per);
+    rig.calm();
+    let (deletes, batches) = (corp.calls("delete"), corp.calls("delete_batch"));
+    let t0 = Instant::now();
+    for d in 0..dirs {
+        for f in 0..per {
+            rig.unlink(&format!("corp/tree/d{d}/f{f}"));
+        }
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert!(t0.elapsed() > Duration::from_millis(700));
+    rig.queue_empties_within(Duration::from_secs(10));
+    let batched = corp.calls("delete_batch") - batches;
+    assert!(batched <= 2, "{batched} batch deletes for one tree");
+    assert_eq!(corp.calls("delete") - deletes, 0);
+    assert_eq!(corp.keys().iter().filter(|k| k.contains("/f")).count(), 0);
 }

@@ -20,7 +20,7 @@ const SINGLE_PUT_MAX: u64 = 16 << 20;
 /// files to stay within 10,000 parts.
 const PART_SIZE: u64 = 8 << 20;
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::core::CoreResult<T> + Send + 'static,
 ) -> BResult<T> {
     // Failures here are of this machine's store and this path, not of the
@@ -37,7 +37,14 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
     // Removals looked at and kept (something is at the path again, or the
     // backend holds it), by change: not looked at again until it changes.
     let mut kept = std::collections::HashSet::new();
+    let mut batches = super::batch::Batches::default();
+    // Removals are batched once they stop coming for the quiet delay, and
+    // never held more than a few of those.
+    let quiet = Duration::from_millis(inner.cfg.upload_delay_ms.max(50));
+    let max_hold = (quiet * 4).max(Duration::from_secs(1));
     loop {
+        // Due entries held back for a growing batch this round.
+        let mut held = std::collections::HashSet::new();
         let hurry = inner.hurry();
         // Entries were finished without a request: look again at once.
         let mut more = false;
@@ -55,16 +62,30 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     .await;
             match due {
                 Ok(Ok(entries)) => {
-                    let forgotten = forget_unheld(&inner, &entries, &mut kept).await;
+                    let mut forgotten = forget_unheld(&inner, &entries, &mut kept).await;
+                    let rest: Vec<QueueEntry> = entries
+                        .iter()
+                        .filter(|e| !forgotten.contains(&(e.ns.clone(), e.path.clone())))
+                        .cloned()
+                        .collect();
+                    let round = super::batch::remove_in_batches(
+                        &inner,
+                        &rest,
+                        &mut batches,
+                        quiet,
+                        max_hold,
+                    )
+                    .await;
+                    forgotten.extend(round.finished);
+                    held = round.held;
                     more = !forgotten.is_empty();
                     let mut started = 0;
                     for e in entries {
                         if started >= free {
                             break;
                         }
-                        if inner.paused(&e.ns)
-                            || forgotten.contains(&(e.ns.clone(), e.path.clone()))
-                        {
+                        let k = (e.ns.clone(), e.path.clone());
+                        if inner.paused(&e.ns) || forgotten.contains(&k) || held.contains(&k) {
                             continue;
                         }
                         let k = (e.ns.clone(), e.path.clone());
@@ -90,10 +111,15 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             .ok()
             .and_then(|r| r.ok())
             .flatten();
-        let wait = match next {
+        let mut wait = match next {
             Some(t) => Duration::from_nanos((t - now_ns()).clamp(2_000_000, 500_000_000) as u64),
             None => Duration::from_millis(500),
         };
+        if !held.is_empty() {
+            // Held entries are due: look again when the batch may be
+            // complete, not at once.
+            wait = wait.max(quiet / 4);
+        }
         tokio::select! {
             _ = inner.notify.notified() => {
                 // Let a burst of changes gather before the next look.

@@ -34,6 +34,7 @@ pub use apply::{Applied, Invalidate, Invalidator};
 pub(crate) use fetch::Fetching;
 pub use fetch::{FetchJob, Prefetcher, RemoteSource, RemoteVersion};
 pub(crate) use marks::{mark_ino, mark_moved, mark_name, mark_removed, ns_path};
+pub use sidecar::RemovalCandidate;
 pub use snapshot::{FileSnap, LocalEntry, Snapshot};
 pub(crate) use stream::Stream;
 

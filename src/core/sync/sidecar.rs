@@ -12,6 +12,18 @@ use crate::core::{CoreResult, Locker};
 use crate::meta;
 use crate::meta::sync::{self as msync, QueueEntry, REMOTE_FILE, RemoteRow};
 
+/// A queue entry a batch of removals may take (`sync_batch_candidates`).
+#[derive(Debug, Clone)]
+pub struct RemovalCandidate {
+    pub ns: String,
+    pub path: Vec<u8>,
+    pub seq: i64,
+    /// The ETag LOCKER last saw there.
+    pub etag: String,
+    /// A directory (its marker), not a file or symlink.
+    pub dir: bool,
+}
+
 impl Locker {
     /// Installs what wakes the sidecar after a change.
     pub fn set_waker(&self, waker: Arc<dyn Fn() + Send + Sync>) {
@@ -255,6 +267,77 @@ impl Locker {
             st.note_gone_remote(ns, path);
         }
         Ok(forgotten)
+    }
+
+    /// Queue entries of `ns` that may be removals (no bytes, never tried),
+    /// ready or not: what a batch of removals may take at once.
+    pub fn sync_removals_queued(&self, ns: &str, limit: usize) -> CoreResult<Vec<QueueEntry>> {
+        Ok(msync::removals_queued(&self.lock().conn, ns, limit)?)
+    }
+
+    /// Of `entries` (namespace, path, queue sequence), those whose push is
+    /// the removal of a file, symlink or directory LOCKER last saw in the
+    /// backend, with nothing pushed there since that it did not record:
+    /// nothing of that kind is at the path here, and the remote row names
+    /// the version (its ETag, and whether it is a directory, returned with
+    /// each). A batch removes those.
+    pub fn sync_batch_candidates(
+        &self,
+        entries: &[(String, Vec<u8>, i64)],
+    ) -> CoreResult<Vec<RemovalCandidate>> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for (ns, path, seq) in entries {
+            let found = Locker::resolve_in(&st.conn, ns, path)?;
+            let held_here = found.as_ref().is_some_and(|(_, _, r)| {
+                r.as_ref().is_some_and(|r| {
+                    matches!(
+                        r.attr.kind,
+                        FileKind::File | FileKind::Dir | FileKind::Symlink
+                    )
+                })
+            });
+            if held_here
+                || msync::get_upload(&st.conn, ns, path)?.is_some()
+                || msync::get_sent(&st.conn, ns, path)?.is_some()
+            {
+                continue;
+            }
+            if let Some(r) = msync::get_remote(&st.conn, ns, path)? {
+                let dir = r.kind == msync::REMOTE_DIR;
+                out.push(RemovalCandidate {
+                    ns: ns.clone(),
+                    path: path.clone(),
+                    seq: *seq,
+                    etag: r.etag,
+                    dir,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that the backend of `ns` no longer holds each of `paths`
+    /// (with the queue sequence its removal was pushed at), in one
+    /// transaction: `sync_done` with nothing there, for many. Returns how
+    /// many entries it finished (one changed again meanwhile stays queued).
+    pub fn sync_removed(&self, ns: &str, paths: &[(Vec<u8>, i64)]) -> CoreResult<usize> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let finished = st.tx(|tx| {
+            let mut n = 0;
+            for (path, seq) in paths {
+                let found = Locker::resolve_in(tx, ns, path)?;
+                if Locker::record_done(tx, &found, ns, path, *seq, None)? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
+        for (path, _) in paths {
+            st.note_gone_remote(ns, path);
+        }
+        Ok(finished)
     }
 
     /// Before the object at `ns/path` is replaced or deleted: if it is the
