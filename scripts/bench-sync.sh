@@ -24,6 +24,8 @@
 #      backend holds) and the page cache dropped, so every block comes from
 #      the backend by ranged GET: `cat MNT/corp/big` vs `rclone cat`, and
 #      (Garage) vs `cat` through `rclone mount --vfs-cache-mode full`
+#   g. (after d) removal of b's tree: `rm -rf MNT/corp/small` until the queue
+#      is empty and nothing is left under the prefix, vs `rclone purge`
 #   d. close-to-confirmed latency of a 4 KiB file: from the return of the
 #      `cp` that writes (and closes) it until HEAD on the bucket shows the
 #      object with its size (scripts/lib/s3tool.py wait, 10 ms polls), median
@@ -683,6 +685,16 @@ if len(objs) != n or tot != b:
     print("%d objects of %d bytes under the prefix, want %d of %d" % (len(objs), tot, n, b))
     sys.exit(1)' "$SMALL_FILES" "$SMALL_BYTES"
 }
+check_none() {  # bucket prefix: nothing left under it (files nor folders)
+  local out n rc
+  out=$(store ls "$1" "$2" 2>&1)
+  rc=$?
+  # 3: no such folder (WebDAV), which is what is wanted.
+  [ $rc -eq 3 ] && return 0
+  [ $rc -eq 0 ] || { echo "$out"; return 1; }
+  n=$(printf '%s\n' "$out" | grep -c .)
+  [ "$n" -eq 0 ] || { echo "$n entries still under $1/$2"; return 1; }
+}
 check_sha() {  # bucket key: the object's bytes are the big file's
   local got
   got=$(store sha256 "$1" "$2" 2>&1) || { echo "$got"; return 1; }
@@ -736,6 +748,19 @@ locker_upload() {
   # Settled before the next phase: nothing of d (the lat/ folder, say) may
   # still be going up while rclone runs. Untimed.
   wait_drained "after d" true || NOTES+=("after d, LOCKER's queue did not empty: $DRAIN_WHY")
+
+  log "locker: g. removal of the $SMALL_FILES small files (rm -rf, then until the queue is empty)"
+  t0=$EPOCHREALTIME
+  if ! step rm -rf "$MNT/corp/small" 2>>"$logf"; then
+    fail rm_small locker "rm -rf in the mount failed"
+  else
+    put_timed rmcmd_small locker "$SMALL_FILES" "$(since "$t0")"
+    if wait_drained "g. removal" check_none "$b" small/; then
+      put_timed rm_small locker "$SMALL_FILES" "$(awk -v a="$t0" -v b="$DRAINED_AT" 'BEGIN { printf "%.6f", b - a }')"
+    else
+      fail rm_small locker "$DRAIN_WHY"
+    fi
+  fi
 
   locker_stop
   # The data dir stays for the cold read (c), which remounts it with a
@@ -887,6 +912,14 @@ rclone_upload() {
   done
   LAT_SAMPLES[rclone]+=" ${samples[*]}"
   put latency rclone "$(median "${samples[@]}")"
+
+  log "rclone: g. rclone purge of the $SMALL_FILES small files"
+  if rclone_run "$logf" purge "$RCLONE_REMOTE:$b/small"; then
+    put_timed rm_small rclone "$SMALL_FILES" "$ELAPSED"
+    msg=$(check_none "$b" small/) || fail verify_rm rclone "$msg"
+  else
+    fail rm_small rclone "rclone purge failed (see $logf)"
+  fi
 }
 
 rclone_cold() {
@@ -1035,6 +1068,10 @@ METRICS=(
 )
 is_garage && METRICS+=(
   "cold_mount|c. the same read, rclone through \`rclone mount --vfs-cache-mode full\` (fresh cache): cat (LOCKER: as above)|MiB/s|1|rate"
+)
+METRICS+=(
+  "rm_small|g. removal of the $SMALL_FILES small files of b: LOCKER rm -rf → queue empty (nothing left under the prefix); rclone purge|files/s|0|rate"
+  "rmcmd_small|g. (LOCKER: the rm -rf in the mount alone)|files/s|0|info"
 )
 METRICS+=(
   "latency|d. ${LAT_SIZE} B file, close → $( is_dav && echo file || echo object) visible (HEAD), median of $LAT_FILES; rclone: copyto run time|ms|0|time"
