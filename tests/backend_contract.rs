@@ -442,13 +442,32 @@ async fn contract(be: &dyn Backend) {
         let listed = be.list_dir("batch").await.unwrap().unwrap();
         let mut keys: Vec<(String, String)> = listed
             .iter()
+            .filter(|o| o.kind != ObjKind::Dir)
             .map(|o| (o.key.clone(), o.etag.clone()))
             .collect();
         keys.sort();
         let want: Vec<(String, String)> = (0..5)
             .map(|i| (format!("batch/f{i}"), etags[i].clone()))
             .collect();
-        assert_eq!(keys, want, "one level, files only, with their ETags");
+        assert_eq!(keys, want, "one level, files with their ETags");
+        let dirs: Vec<&str> = listed
+            .iter()
+            .filter(|o| o.kind == ObjKind::Dir)
+            .map(|o| o.key.as_str())
+            .collect();
+        assert_eq!(dirs, ["batch/sub"], "and the folders in it, once");
+        // A folder only implied by a deeper key is listed too.
+        be.put("batch/implied/x", vec![1], &ObjMeta::default(), &Cond::Any)
+            .await
+            .unwrap();
+        let listed = be.list_dir("batch").await.unwrap().unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|o| o.key == "batch/implied" && o.kind == ObjKind::Dir),
+            "{listed:?}"
+        );
+        be.delete("batch/implied/x", &Cond::Any).await.unwrap();
         let honours = locker::sync::batch_honours_etags(be).await.unwrap() == Some(true);
         let items: Vec<(String, String)> = vec![
             ("batch/f0".into(), etags[0].clone()),

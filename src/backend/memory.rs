@@ -406,18 +406,38 @@ impl Backend for MemoryBackend {
         self.count("list_dir");
         let prefix = prefix.trim_matches('/');
         let map = self.objects.lock().unwrap();
-        Ok(Some(
-            map.iter()
-                .filter(|(k, o)| {
-                    o.kind != ObjKind::Dir
-                        && match k.rsplit_once('/') {
-                            Some((dir, _)) => dir == prefix,
-                            None => prefix.is_empty(),
-                        }
-                })
-                .map(|(k, o)| MemoryBackend::info(k, o, false))
-                .collect(),
-        ))
+        let mut out: BTreeMap<String, ObjInfo> = BTreeMap::new();
+        for (k, o) in map.iter() {
+            let rest = if prefix.is_empty() {
+                Some(k.as_str())
+            } else {
+                k.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
+            };
+            let Some(rest) = rest else { continue };
+            let (child, deeper) = match rest.split_once('/') {
+                Some((c, _)) => (c, true),
+                None => (rest, false),
+            };
+            let key = if prefix.is_empty() {
+                child.to_string()
+            } else {
+                format!("{prefix}/{child}")
+            };
+            let info = if deeper || o.kind == ObjKind::Dir {
+                ObjInfo {
+                    key: key.clone(),
+                    kind: ObjKind::Dir,
+                    size: 0,
+                    etag: String::new(),
+                    meta: None,
+                    file_id: None,
+                }
+            } else {
+                MemoryBackend::info(k, o, false)
+            };
+            out.entry(key).or_insert(info);
+        }
+        Ok(Some(out.into_values().collect()))
     }
 
     async fn delete_batch(&self, items: &[(String, String)]) -> BResult<Option<Vec<BResult<()>>>> {

@@ -284,9 +284,11 @@ pub trait Backend: Send + Sync {
     /// error of this path); absent is not an error.
     async fn delete(&self, key: &str, cond: &Cond) -> BResult<()>;
 
-    /// The files and symlinks directly in `prefix` (one level; directories
-    /// left out), where the store lists one level for less than `list`
-    /// lists the tree; `None` where it cannot (the caller asks otherwise).
+    /// The entries directly in `prefix` (one level: files and symlinks
+    /// with their ETags, folders as `ObjKind::Dir`, also those only implied
+    /// by deeper keys), where the store lists one level for less than
+    /// `list` lists the tree; `None` where it cannot (the caller asks
+    /// otherwise).
     async fn list_dir(&self, _prefix: &str) -> BResult<Option<Vec<ObjInfo>>> {
         Ok(None)
     }

@@ -809,6 +809,22 @@ impl Backend for S3Backend {
                     file_id: None,
                 });
             }
+            for cp in page.common_prefixes() {
+                let Some(rel) = cp.prefix().and_then(|p| p.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                let key = rel.trim_end_matches('/');
+                if check_key(key).is_ok() {
+                    out.push(ObjInfo {
+                        key: key.to_string(),
+                        kind: ObjKind::Dir,
+                        size: 0,
+                        etag: String::new(),
+                        meta: None,
+                        file_id: None,
+                    });
+                }
+            }
             match page.next_continuation_token() {
                 Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
                 _ => break,

@@ -375,6 +375,27 @@ fn remote_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RemoteRow> {
 const REMOTE_COLS: &str =
     "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified, file_id";
 
+/// How many remote rows of `ns` are below the folder `dir` ("" for the
+/// whole namespace), counting at most `limit`.
+pub fn remote_under(conn: &Connection, ns: &str, dir: &[u8], limit: usize) -> MetaResult<usize> {
+    let n: i64 = if dir.is_empty() {
+        conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM remote WHERE ns = ?1 LIMIT ?2)")?
+            .query_row(params![ns, limit as i64], |r| r.get(0))?
+    } else {
+        // Keys below `dir/` sort from `dir/` up to `dir0` ('0' follows '/').
+        let mut lo = dir.to_vec();
+        lo.push(b'/');
+        let mut hi = dir.to_vec();
+        hi.push(b'0');
+        conn.prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM remote
+             WHERE ns = ?1 AND path > ?2 AND path < ?3 LIMIT ?4)",
+        )?
+        .query_row(params![ns, lo, hi, limit as i64], |r| r.get(0))?
+    };
+    Ok(n as usize)
+}
+
 pub fn get_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<RemoteRow>> {
     let sql = format!("SELECT {REMOTE_COLS} FROM remote WHERE ns = ?1 AND path = ?2");
     conn.prepare_cached(&sql)?

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::DELETE_BATCH_MAX;
+use crate::core::sync::RemovalCandidate;
 use crate::meta::sync::{QueueEntry, now_ns};
 
 use super::worker::blocking;
@@ -103,59 +104,63 @@ pub(super) async fn remove_in_batches(
         if offered.len() < 2 {
             continue;
         }
-        let newest = queued.iter().map(|e| e.since_ns).max().unwrap_or(0);
+        // Only what a batch can take counts (and is held): a folder made
+        // here has no bytes either.
+        let core = inner.core.clone();
+        let asked = offered.clone();
+        let candidates = match blocking(move || core.sync_batch_candidates(&asked)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading removals for a batch failed; they go one at a time");
+                st.declined.extend(offered);
+                continue;
+            }
+        };
+        let taken: HashSet<Key> = candidates
+            .iter()
+            .map(|c| (c.ns.clone(), c.path.clone(), c.seq))
+            .collect();
+        st.declined
+            .extend(offered.into_iter().filter(|k| !taken.contains(k)));
+        if candidates.len() < 2 {
+            st.declined.extend(taken);
+            continue;
+        }
+        let newest = queued
+            .iter()
+            .filter(|e| taken.contains(&(e.ns.clone(), e.path.clone(), e.seq)))
+            .map(|e| e.since_ns)
+            .max()
+            .unwrap_or(0);
         let since = *st.held_since.entry(ns.clone()).or_insert_with(Instant::now);
         let coming = now_ns() - newest < quiet.as_nanos() as i64;
         // Unmounting (or short of room) pushes at once.
-        let hold = coming && !inner.hurry() && offered.len() < DELETE_BATCH_MAX;
+        let hold = coming && !inner.hurry() && candidates.len() < DELETE_BATCH_MAX;
         if hold && since.elapsed() < max_hold {
-            let due: HashSet<(String, Vec<u8>)> = offered
-                .iter()
-                .map(|(n, p, _)| (n.clone(), p.clone()))
-                .collect();
             round.held.extend(
                 entries
                     .iter()
-                    .map(|e| (e.ns.clone(), e.path.clone()))
-                    .filter(|k| due.contains(k)),
+                    .filter(|e| taken.contains(&(e.ns.clone(), e.path.clone(), e.seq)))
+                    .map(|e| (e.ns.clone(), e.path.clone())),
             );
             continue;
         }
         st.held_since.remove(&ns);
         round
             .finished
-            .extend(batch(inner, &ns, offered, &mut st.declined).await);
+            .extend(batch(inner, &ns, candidates, &mut st.declined).await);
     }
     round
 }
 
-/// Removes, in batches, the removals among `offered` (all of `ns`, none
-/// in flight) that a batch can take; returns those it finished, and adds
-/// the others to `declined`.
+/// Removes `candidates` (all of `ns`, none in flight) in batches; returns
+/// those it finished, and adds the others to `declined`.
 async fn batch(
     inner: &Arc<Inner>,
     ns: &str,
-    offered: Vec<Key>,
+    candidates: Vec<RemovalCandidate>,
     declined: &mut HashSet<Key>,
 ) -> HashSet<(String, Vec<u8>)> {
-    let core = inner.core.clone();
-    let asked = offered.clone();
-    let candidates = match blocking(move || core.sync_batch_candidates(&asked)).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading removals for a batch failed; they go one at a time");
-            declined.extend(offered);
-            return HashSet::new();
-        }
-    };
-    let taken: HashSet<Key> = candidates
-        .iter()
-        .map(|c| (c.ns.clone(), c.path.clone(), c.seq))
-        .collect();
-    declined.extend(offered.into_iter().filter(|k| !taken.contains(k)));
-    if candidates.is_empty() {
-        return HashSet::new();
-    }
     // Held as in flight while the batch runs, as `process` holds its entry.
     {
         let mut inflight = inner.inflight.lock().unwrap();

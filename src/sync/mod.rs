@@ -7,6 +7,7 @@
 //! that take the state lock or touch the disk run on the blocking pool.
 
 mod batch;
+mod listing;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -67,6 +68,9 @@ pub(crate) struct Inner {
     /// A push finished: its slot is free for the next entry at once.
     pub freed: tokio::sync::Notify,
     pub inflight: Mutex<HashSet<(String, Vec<u8>)>>,
+    /// Folder listings that stand in for HEADs of new files on stores
+    /// that ignore conditions.
+    pub listings: listing::Listings,
     /// Unmounting: push everything now.
     pub draining: AtomicBool,
     pub health: Mutex<HashMap<String, NsHealth>>,
@@ -124,6 +128,13 @@ impl Inner {
     pub fn honours_conditions(&self, ns: &str) -> bool {
         let h = self.health.lock().unwrap();
         h.get(ns).and_then(|n| n.conditional_writes) == Some(true)
+    }
+
+    /// Whether the store of `ns` was found to accept conditions and
+    /// ignore them (probed at start).
+    pub fn ignores_conditions(&self, ns: &str) -> bool {
+        let h = self.health.lock().unwrap();
+        h.get(ns).and_then(|n| n.conditional_writes) == Some(false)
     }
 
     /// Whether, and how, removals of files in `ns` go in batches: only
@@ -463,6 +474,7 @@ impl Sidecar {
             notify: tokio::sync::Notify::new(),
             freed: tokio::sync::Notify::new(),
             inflight: Mutex::new(HashSet::new()),
+            listings: Default::default(),
             draining: AtomicBool::new(false),
             health: Mutex::new(HashMap::new()),
             refresh_now: tokio::sync::Notify::new(),

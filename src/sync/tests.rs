@@ -2156,3 +2156,55 @@ fn a_tree_removed_over_a_while_goes_in_one_batch_once_it_stops() {
     assert_eq!(corp.calls("delete") - deletes, 0);
     assert_eq!(corp.keys().iter().filter(|k| k.contains("/f")).count(), 0);
 }
+
+/// On a store that ignores conditions, new files are checked by one
+/// listing of their folder, not a HEAD each; a file another writer put at
+/// one of the paths first is in the listing, gets its HEAD, and both
+/// versions are kept.
+#[test]
+fn new_files_on_a_store_that_ignores_conditions_are_checked_by_a_listing_per_folder() {
+    let rig = Rig::new("");
+    let corp = rig.stores.corp();
+    corp.set_batches(true);
+    corp.set_ignore_conditions(true);
+    rig.batches("corp", false, false);
+    corp.put_foreign("up/d2/f3", b"their version", labelled(b"their version"));
+    let logged = rig.fault["corp"].calls().len();
+    rig.hold("corp");
+    for d in 0..8 {
+        for f in 0..25 {
+            rig.write(&format!("corp/up/d{d}/f{f}"), format!("{d}/{f}").as_bytes());
+        }
+    }
+    rig.let_go("corp");
+    rig.drained();
+    let calls = rig.fault["corp"].calls();
+    let count = |op: &str| calls[logged..].iter().filter(|(o, _)| *o == op).count();
+    assert!(count("list_dir") <= 9, "{} listings", count("list_dir"));
+    assert_eq!(files_sent(&rig, logged, "head"), ["up/d2/f3"]);
+    for d in 0..8 {
+        for f in 0..25 {
+            if (d, f) != (2, 3) {
+                let k = format!("up/d{d}/f{f}");
+                assert_eq!(object(corp, &k).unwrap(), format!("{d}/{f}").as_bytes());
+            }
+        }
+    }
+    let keys = corp.keys();
+    assert!(
+        keys.iter()
+            .any(|k| object(corp, k).is_some_and(|d| d == b"their version")),
+        "theirs is in no object: {keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| object(corp, k).is_some_and(|d| d == b"2/3")),
+        "ours is in no object: {keys:?}"
+    );
+    // What LOCKER knows to be below a folder, counted up to a limit.
+    let core = rig.core();
+    assert_eq!(core.sync_remote_under("corp", b"up/d1", 1000).unwrap(), 25);
+    assert_eq!(core.sync_remote_under("corp", b"up/d1", 10).unwrap(), 10);
+    assert_eq!(core.sync_remote_under("corp", b"up/d", 1000).unwrap(), 0);
+    assert!(core.sync_remote_under("corp", b"up", 1000).unwrap() >= 200);
+}

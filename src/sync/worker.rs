@@ -42,6 +42,10 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
     // never held more than a few of those.
     let quiet = Duration::from_millis(inner.cfg.upload_delay_ms.max(50));
     let max_hold = (quiet * 4).max(Duration::from_secs(1));
+    // Woken only because pushes finished: the next few entries are enough
+    // (reading 512 rows to start one push cost more than the push's own
+    // bookkeeping when thousands of small files go up).
+    let mut slots_only = false;
     loop {
         // Due entries held back for a growing batch this round.
         let mut held = std::collections::HashSet::new();
@@ -57,8 +61,14 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             // Paused namespaces are left out in the query, so a backend
             // that is down cannot crowd out the others.
             let skip = inner.paused_list();
+            let limit = if slots_only {
+                // The entries in flight come first in the queue's order.
+                (inner.cfg.uploads + free * 4).min(512)
+            } else {
+                512
+            };
             let due =
-                tokio::task::spawn_blocking(move || core.sync_due(now_ns(), hurry, &skip, 512))
+                tokio::task::spawn_blocking(move || core.sync_due(now_ns(), hurry, &skip, limit))
                     .await;
             match due {
                 Ok(Ok(entries)) => {
@@ -120,6 +130,7 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             // complete, not at once.
             wait = wait.max(quiet / 4);
         }
+        slots_only = false;
         tokio::select! {
             _ = inner.notify.notified() => {
                 // Let a burst of changes gather before the next look.
@@ -127,7 +138,7 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             }
             // A slot came free: the next entry goes at once (waiting here
             // for a burst left each slot idle up to 20 ms per file).
-            _ = inner.freed.notified() => {}
+            _ = inner.freed.notified() => slots_only = true,
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -606,7 +617,27 @@ async fn push_file(
         && !f.remote_only
         && source.is_none()
         && inner.honours_conditions(&e.ns);
-    let head = if blind { None } else { be.head(&key).await? };
+    // The same on a store that ignores conditions, where a HEAD could only
+    // tell whether something is there yet: a recent listing of the folder
+    // tells it for all its new files at once. What is found there gets its
+    // HEAD as always.
+    let listed_absent = !blind
+        && rec.is_none()
+        && mine.is_none()
+        && e.attempts == 0
+        && f.size <= SINGLE_PUT_MAX
+        && !f.remote_only
+        && source.is_none()
+        && inner.ignores_conditions(&e.ns)
+        && inner
+            .listings
+            .absent(inner, &be, &e.ns, &key, listing_fresh(inner))
+            .await;
+    let head = if blind || listed_absent {
+        None
+    } else {
+        be.head(&key).await?
+    };
     let foreign = match (&rec, &head) {
         (Some(r), Some(h)) => r.etag != h.etag && !landed(mine, h),
         (None, Some(h)) => !landed(mine, h),
@@ -728,6 +759,12 @@ async fn push_file(
     };
     inner.core.crash.hit("upload-sent");
     done(inner, e, seq, Some(row(etag))).await
+}
+
+/// How long a folder's listing stands in for the HEADs of new files in it:
+/// about as long as a burst of new files takes to go up.
+fn listing_fresh(inner: &Inner) -> Duration {
+    Duration::from_millis(inner.cfg.upload_delay_ms.max(2000))
 }
 
 /// Whether the object at `key` (version `etag`, `size` bytes) holds the

@@ -269,6 +269,12 @@ impl Locker {
         Ok(forgotten)
     }
 
+    /// How many entries LOCKER knows the backend of `ns` to hold below the
+    /// folder `dir`, counting at most `limit`.
+    pub fn sync_remote_under(&self, ns: &str, dir: &[u8], limit: usize) -> CoreResult<usize> {
+        Ok(msync::remote_under(&self.lock().conn, ns, dir, limit)?)
+    }
+
     /// Queue entries of `ns` that may be removals (no bytes, never tried),
     /// ready or not: what a batch of removals may take at once.
     pub fn sync_removals_queued(&self, ns: &str, limit: usize) -> CoreResult<Vec<QueueEntry>> {
