@@ -1021,6 +1021,14 @@ impl Locker {
     /// Closes a handle: commits, and removes the file for good if it was
     /// unlinked and this was its last handle.
     pub fn release(&self, fh: HandleId) -> CoreResult<()> {
+        // A file read whole by streaming is kept (where it fits) before its
+        // stream can go with this close.
+        if self.streams_active() {
+            let ino = Locker::file_handle(&self.state.lock(), fh).map(|(i, _)| i);
+            if let Ok(ino) = ino {
+                self.stream_settle(ino);
+            }
+        }
         let mut st = self.lock();
         let st = &mut *st;
         let (ino, mode) = Locker::file_handle(st, fh)?;

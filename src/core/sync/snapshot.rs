@@ -148,6 +148,9 @@ impl Locker {
 
     /// Drops the pins of a snapshot; blocks no file names any more are freed.
     pub fn sync_release(&self, snap: &FileSnap) {
+        if snap.remote_only {
+            self.stream_settle(snap.ino);
+        }
         let mut st = self.lock();
         let st = &mut *st;
         if snap.remote_only && !st.files.contains_key(&snap.ino) {

@@ -65,6 +65,10 @@ pub(crate) struct Stream {
     hashing: Mutex<Hashing>,
     /// Blocks hashed so far (those before it can leave memory).
     hashed: AtomicU64,
+    /// Its end was handled (`stream_done` ran: the file installed, or its
+    /// content found wrong).
+    settled: Mutex<bool>,
+    settled_cv: Condvar,
 }
 
 /// The blocks in memory and the reader's progress.
@@ -328,6 +332,8 @@ impl Locker {
                 over: false,
             }),
             hashed: AtomicU64::new(0),
+            settled: Mutex::new(false),
+            settled_cv: Condvar::new(),
         });
         let (s, evict) = {
             let mut m = self.streams_map();
@@ -369,6 +375,44 @@ impl Locker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&(ino, version))
+    }
+
+    /// Whether any file is being streamed now.
+    pub(crate) fn streams_active(&self) -> bool {
+        !self.streams_map().is_empty()
+    }
+
+    /// Before the last close of `ino` (without the state lock): a stream
+    /// whose blocks have all arrived is hashed to its end here, and its
+    /// end handled, so the file is kept (where it fits) rather than dropped
+    /// with the stream while another thread was still to hash its last
+    /// block. Waits at most a second for a hash another thread is doing.
+    pub(crate) fn stream_settle(&self, ino: InodeNo) {
+        let Some(s) = self.streams_map().get(&ino).cloned() else {
+            return;
+        };
+        let all_here = {
+            let f = s.flow();
+            let from = s.hashed.load(Ordering::Acquire);
+            (from..s.nblocks()).all(|i| f.chunks.contains_key(&i))
+        };
+        if !all_here {
+            return;
+        }
+        self.stream_hash(&s);
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let mut done = s.settled.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            done = s
+                .settled_cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Drops the stream of `ino`, if any: what it stored in the cache for a
@@ -562,6 +606,12 @@ impl Locker {
 
     /// All of a stream's content was read and hashed to `got`.
     fn stream_done(&self, s: &Stream, got: [u8; 32], list: Vec<Fetched>, stored: Vec<BlockId>) {
+        self.stream_end(s, got, list, stored);
+        *s.settled.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        s.settled_cv.notify_all();
+    }
+
+    fn stream_end(&self, s: &Stream, got: [u8; 32], list: Vec<Fetched>, stored: Vec<BlockId>) {
         let mut st = self.lock();
         let st = &mut *st;
         if self
