@@ -1006,16 +1006,21 @@ impl Locker {
     /// Commits and makes the file durable on disk: its blocks, then its
     /// metadata.
     pub fn fsync(&self, fh: HandleId) -> CoreResult<()> {
-        let mut st = self.lock();
-        let (ino, _) = Locker::file_handle(&st, fh)?;
-        self.commit_locked(&mut st, ino)?;
-        let ids: Vec<BlockId> = meta::file_blocks_from(&st.conn, ino, 0)?
-            .into_iter()
-            .map(|(_, b)| b.id)
-            .collect();
+        // The disk's work runs without the state lock: the committed rows
+        // name the blocks, so they stay (a block replaced meanwhile is
+        // gone and needs no sync).
+        let (ids, commit) = {
+            let mut st = self.lock();
+            let (ino, _) = Locker::file_handle(&st, fh)?;
+            self.commit_locked(&mut st, ino)?;
+            let ids: Vec<BlockId> = meta::file_blocks_from(&st.conn, ino, 0)?
+                .into_iter()
+                .map(|(_, b)| b.id)
+                .collect();
+            (ids, st.commits)
+        };
         self.blocks.sync_blocks(&ids)?;
-        st.durable()?;
-        Ok(())
+        self.durable_upto(commit)
     }
 
     /// Closes a handle: commits, and removes the file for good if it was

@@ -850,9 +850,8 @@ impl Locker {
 
     /// Makes all metadata changes so far durable (fsync of a directory).
     pub fn fsyncdir(&self) -> CoreResult<()> {
-        let mut st = self.lock();
-        st.durable()?;
-        Ok(())
+        let commit = self.lock().commits;
+        self.durable_upto(commit)
     }
 
     /// Removes an inode that has no names and no open handles: its block

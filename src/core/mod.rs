@@ -28,6 +28,7 @@ pub mod objects;
 mod recover;
 mod redo;
 pub mod sync;
+mod wal;
 mod xattr;
 
 use std::collections::HashMap;
@@ -187,8 +188,10 @@ pub(crate) struct State {
     unpinned: Vec<BlockId>,
     /// Bytes of uncommitted file data held in memory.
     mem_dirty: u64,
-    /// A transaction committed since the last durable barrier.
-    meta_unsynced: bool,
+    /// `commits` known durable on disk (a barrier made them so).
+    synced_upto: u64,
+    /// The WAL, synced by barriers outside the lock (none in memory).
+    wal: Option<wal::Wal>,
     /// `commits` when the WAL was last moved into the database file.
     checkpointed_at: u64,
     /// Transactions committed so far (for group commit: a barrier makes
@@ -279,7 +282,6 @@ impl State {
             let tx = self.conn.transaction()?;
             let v = f(&tx)?;
             tx.commit()?;
-            self.meta_unsynced = true;
             self.commits += 1;
             return Ok(v);
         }
@@ -316,7 +318,6 @@ impl State {
         if logged {
             // Counted as a commit: a durable barrier asked for it
             // (`durable_upto`) commits the transaction, then syncs.
-            self.meta_unsynced = true;
             self.commits += 1;
         } else {
             self.commit_open()?;
@@ -352,7 +353,6 @@ impl State {
                 if let Some(redo) = &mut self.redo {
                     redo.committed();
                 }
-                self.meta_unsynced = true;
                 self.commits += 1;
                 for id in std::mem::take(&mut self.free_after_commit) {
                     if self.unused(&id) {
@@ -392,12 +392,20 @@ impl State {
         r
     }
 
-    /// Makes every committed transaction durable on disk, if any is not yet.
+    /// Makes every committed transaction durable on disk, if any is not
+    /// yet, holding the lock (`Locker::durable_upto` does not).
     fn durable(&mut self) -> CoreResult<()> {
         self.commit_open()?;
-        if self.meta_unsynced {
-            meta::durable_barrier(&self.conn)?;
-            self.meta_unsynced = false;
+        let target = self.commits;
+        if self.synced_upto < target {
+            let synced = match &self.wal {
+                Some(w) => w.sync()?,
+                None => false,
+            };
+            if !synced {
+                meta::durable_barrier(&self.conn)?;
+            }
+            self.synced_upto = self.synced_upto.max(target);
         }
         Ok(())
     }
@@ -486,6 +494,7 @@ impl Locker {
     ) -> CoreResult<Locker> {
         let blocks = Arc::new(blocks);
         let hasher = hasher::Hasher::start(blocks.clone())?;
+        let wal = wal::Wal::of(conn.path());
         let generation: hot::Generation = Arc::default();
         let locker = Locker {
             state: parking_lot::Mutex::new(State {
@@ -498,9 +507,11 @@ impl Locker {
                 read_pins: HashMap::new(),
                 unpinned: Vec::new(),
                 mem_dirty: 0,
-                meta_unsynced: true,
+                synced_upto: 0,
+                wal,
                 checkpointed_at: 0,
-                commits: 0,
+                // Whatever the last run left unsynced counts as one commit.
+                commits: 1,
                 hasher,
                 next_seq: 0,
                 sync_delay_ns: opts.sync_delay.as_nanos() as i64,
@@ -659,7 +670,6 @@ impl Locker {
         });
         match r {
             Ok(v) => {
-                st.meta_unsynced = true;
                 st.commits += 1;
                 self.free_blocks(st, &freed);
                 Ok(v)
@@ -690,11 +700,7 @@ impl Locker {
         }
         g.1 = true;
         drop(g);
-        let r = {
-            let mut st = self.lock();
-            let target = st.commits;
-            st.durable().map(|_| target)
-        };
+        let r = self.barrier();
         let mut g = self.synced.lock().unwrap_or_else(|p| p.into_inner());
         g.1 = false;
         if let Ok(t) = r {
@@ -702,6 +708,34 @@ impl Locker {
         }
         self.synced_cv.notify_all();
         r.map(|_| ())
+    }
+
+    /// Makes every commit so far durable; returns their count. The WAL's
+    /// sync runs without the state lock (see `wal`).
+    fn barrier(&self) -> CoreResult<u64> {
+        let (target, wal) = {
+            let mut st = self.lock();
+            st.commit_open()?;
+            let target = st.commits;
+            if st.synced_upto >= target {
+                return Ok(target);
+            }
+            match st.wal.clone() {
+                Some(w) => (target, w),
+                None => {
+                    st.durable()?;
+                    return Ok(target);
+                }
+            }
+        };
+        if !wal.sync()? {
+            // No WAL file: through SQLite, under the lock.
+            self.lock().durable()?;
+            return Ok(target);
+        }
+        let mut st = self.state.lock();
+        st.synced_upto = st.synced_upto.max(target);
+        Ok(target)
     }
 
     /// Moves the WAL into the database file once the metadata has been
