@@ -438,6 +438,87 @@ impl S3Backend {
     }
 
     /// Deletes `full`; with `if_match`, only that version.
+    /// Every entry under `prefix` (a path inside the namespace), or with
+    /// `one_level` those directly in it (folders below it as `Dir`, from
+    /// the common prefixes of a listing with a delimiter).
+    async fn list_with(&self, prefix: &str, one_level: bool) -> BResult<Vec<ObjInfo>> {
+        let p = prefix.trim_matches('/');
+        let full_prefix = if p.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{p}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        let usable = |key: &str, raw: &str| {
+            let ok = check_key(key).is_ok();
+            if !ok {
+                tracing::warn!(
+                    key = raw,
+                    "skipping an object whose name is not a usable path"
+                );
+            }
+            ok
+        };
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_delimiter(one_level.then(|| "/".to_string()))
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| classify("list", &full_prefix, e))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                let Some(rel) = k.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                let (key, kind) = match rel.strip_suffix('/') {
+                    // The folder's own marker is no entry in it.
+                    Some(d) if one_level && d == p => continue,
+                    Some(d) => (d, ObjKind::Dir),
+                    None => (rel, ObjKind::File),
+                };
+                if !usable(key, k) {
+                    continue;
+                }
+                out.push(ObjInfo {
+                    key: key.to_string(),
+                    kind,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: unquote(o.e_tag().unwrap_or("")),
+                    meta: None,
+                    file_id: None,
+                });
+            }
+            for cp in page.common_prefixes() {
+                let Some(raw) = cp.prefix() else { continue };
+                let Some(rel) = raw.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                let key = rel.trim_end_matches('/');
+                if usable(key, raw) {
+                    out.push(ObjInfo {
+                        key: key.to_string(),
+                        kind: ObjKind::Dir,
+                        size: 0,
+                        etag: String::new(),
+                        meta: None,
+                        file_id: None,
+                    });
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete_full(&self, full: &str, if_match: Option<&str>) -> BResult<()> {
         match self
             .client
@@ -719,118 +800,11 @@ impl Backend for S3Backend {
     }
 
     async fn list(&self, prefix: &str) -> BResult<Vec<ObjInfo>> {
-        let p = prefix.trim_matches('/');
-        let full_prefix = if p.is_empty() {
-            self.prefix.clone()
-        } else {
-            format!("{}{p}/", self.prefix)
-        };
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| classify("list", &full_prefix, e))?;
-            for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                let Some(rel) = k.strip_prefix(&self.prefix) else {
-                    continue;
-                };
-                let (key, kind) = match rel.strip_suffix('/') {
-                    Some(d) => (d.to_string(), ObjKind::Dir),
-                    None => (rel.to_string(), ObjKind::File),
-                };
-                if check_key(&key).is_err() {
-                    tracing::warn!(
-                        key = k,
-                        "skipping an object whose name is not a usable path"
-                    );
-                    continue;
-                }
-                out.push(ObjInfo {
-                    key,
-                    kind,
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: unquote(o.e_tag().unwrap_or("")),
-                    meta: None,
-                    file_id: None,
-                });
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        Ok(out)
+        self.list_with(prefix, false).await
     }
 
     async fn list_dir(&self, prefix: &str) -> BResult<Option<Vec<ObjInfo>>> {
-        let p = prefix.trim_matches('/');
-        let full_prefix = if p.is_empty() {
-            self.prefix.clone()
-        } else {
-            format!("{}{p}/", self.prefix)
-        };
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .delimiter("/")
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| classify("list", &full_prefix, e))?;
-            for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                let Some(rel) = k.strip_prefix(&self.prefix) else {
-                    continue;
-                };
-                // The directory's own marker, or a name the namespace
-                // cannot hold.
-                if rel.ends_with('/') || check_key(rel).is_err() {
-                    continue;
-                }
-                out.push(ObjInfo {
-                    key: rel.to_string(),
-                    kind: ObjKind::File,
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: unquote(o.e_tag().unwrap_or("")),
-                    meta: None,
-                    file_id: None,
-                });
-            }
-            for cp in page.common_prefixes() {
-                let Some(rel) = cp.prefix().and_then(|p| p.strip_prefix(&self.prefix)) else {
-                    continue;
-                };
-                let key = rel.trim_end_matches('/');
-                if check_key(key).is_ok() {
-                    out.push(ObjInfo {
-                        key: key.to_string(),
-                        kind: ObjKind::Dir,
-                        size: 0,
-                        etag: String::new(),
-                        meta: None,
-                        file_id: None,
-                    });
-                }
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        Ok(Some(out))
+        self.list_with(prefix, true).await.map(Some)
     }
 
     async fn delete_batch(&self, items: &[(String, String)]) -> BResult<Option<Vec<BResult<()>>>> {

@@ -271,12 +271,17 @@ impl Locker {
     ) -> CoreResult<Placed> {
         let r = self.place(Content::Upload(up.ino), dirs, name, sha256, mime, visible);
         let released = self.release(up.fh);
-        let (placed, stale) = r?;
+        let placed = r?;
         released?;
+        Ok(self.invalidate_placed(placed))
+    }
+
+    /// Tells the kernel what a placement made stale; returns the placement.
+    fn invalidate_placed(&self, (placed, stale): (Placed, Vec<Invalidate>)) -> Placed {
         if let Some(inval) = self.invalidator.get() {
             inval(&stale);
         }
-        Ok(placed)
+        placed
     }
 
     /// Stores `data` (shorter than an inline block, so its bytes go into
@@ -297,12 +302,8 @@ impl Locker {
                 "put_small takes less than an inline block",
             ));
         }
-        let (placed, stale) =
-            self.place(Content::Small(data), dirs, name, sha256, mime, visible)?;
-        if let Some(inval) = self.invalidator.get() {
-            inval(&stale);
-        }
-        Ok(placed)
+        let placed = self.place(Content::Small(data), dirs, name, sha256, mime, visible)?;
+        Ok(self.invalidate_placed(placed))
     }
 
     fn place(

@@ -968,19 +968,24 @@ fn upload_and_remove_refuse_what_is_in_the_way() {
     t.l.mkdir(&ME, t.ns(), b"dir", 0o755).unwrap();
     t.put(t.ns(), b"file", b"x");
     let inodes = t.inodes();
-    assert!(matches!(
-        t.upload(&[b"corp", b"dir"], b"d"),
-        Err(CoreError::IsDir)
-    ));
-    assert!(matches!(
-        t.upload(&[b"corp", b"file", b"x"], b"d"),
-        Err(CoreError::NotDir)
-    ));
-    assert!(matches!(
-        t.upload(&[b"nope", b"x"], b"d"),
-        Err(CoreError::NotFound)
-    ));
-    assert_eq!(t.inodes(), inodes, "a refused upload left something");
+    // An upload, and a body placed in one step (`put_small`).
+    type Place = fn(&T, &[&[u8]], &[u8]) -> CoreResult<objects::Placed>;
+    for place in [T::upload as Place, T::upload_small] {
+        assert!(matches!(
+            place(&t, &[b"corp", b"dir"], b"d"),
+            Err(CoreError::IsDir)
+        ));
+        assert!(matches!(
+            place(&t, &[b"corp", b"file", b"x"], b"d"),
+            Err(CoreError::NotDir)
+        ));
+        assert!(matches!(
+            place(&t, &[b"nope", b"x"], b"d"),
+            Err(CoreError::NotFound)
+        ));
+        assert!(place(&t, &[b"corp", b"bad/name"], b"d").is_err());
+        assert_eq!(t.inodes(), inodes, "a refused upload left something");
+    }
     assert!(matches!(
         t.l.remove_names(&[b"corp", b"dir"]),
         Err(CoreError::IsDir)
@@ -1078,7 +1083,7 @@ fn a_small_body_is_placed_in_one_step_as_an_upload_would_place_it() {
 }
 
 #[test]
-fn a_small_body_replaces_keeps_readers_finds_its_twin_and_refuses_the_way_blocked() {
+fn a_small_body_replaces_keeps_readers_and_finds_its_twin() {
     let t = new();
     let old = pattern(3000, 93);
     let ino = t.put(t.ns(), b"doc.pdf", &old);
@@ -1107,24 +1112,7 @@ fn a_small_body_replaces_keeps_readers_finds_its_twin_and_refuses_the_way_blocke
     assert_eq!(p.existing.as_deref(), Some(&b"corp/in/first.bin"[..]));
     let p = t.upload_small(&[b"deck", b"other.bin"], b"other").unwrap();
     assert_eq!(p.existing, None);
-
-    t.l.mkdir(&ME, t.ns(), b"dir", 0o755).unwrap();
-    t.put(t.ns(), b"file", b"x");
-    let inodes = t.inodes();
-    assert!(matches!(
-        t.upload_small(&[b"corp", b"dir"], b"d"),
-        Err(CoreError::IsDir)
-    ));
-    assert!(matches!(
-        t.upload_small(&[b"corp", b"file", b"x"], b"d"),
-        Err(CoreError::NotDir)
-    ));
-    assert!(matches!(
-        t.upload_small(&[b"nope", b"x"], b"d"),
-        Err(CoreError::NotFound)
-    ));
-    assert!(t.upload_small(&[b"corp", b"bad/name"], b"d").is_err());
-    assert_eq!(t.inodes(), inodes, "a refused body left something");
+    // What is in the way: `upload_and_remove_refuse_what_is_in_the_way`.
 }
 
 #[test]

@@ -12,6 +12,19 @@ use crate::core::{CoreResult, Locker};
 use crate::meta;
 use crate::meta::sync::{self as msync, QueueEntry, REMOTE_FILE, RemoteRow};
 
+/// Whether what is at a path here (as `resolve_in` found it) is something
+/// a backend would hold: a file, directory or symlink.
+fn held_here(found: &Option<super::Found>) -> bool {
+    found.as_ref().is_some_and(|(_, _, r)| {
+        r.as_ref().is_some_and(|r| {
+            matches!(
+                r.attr.kind,
+                FileKind::File | FileKind::Dir | FileKind::Symlink
+            )
+        })
+    })
+}
+
 /// A queue entry a batch of removals may take (`sync_batch_candidates`).
 #[derive(Debug, Clone)]
 pub struct RemovalCandidate {
@@ -242,15 +255,7 @@ impl Locker {
             let mut out = Vec::new();
             for (ns, path, seq) in entries {
                 let found = Locker::resolve_in(tx, ns, path)?;
-                let held_here = found.as_ref().is_some_and(|(_, _, r)| {
-                    r.as_ref().is_some_and(|r| {
-                        matches!(
-                            r.attr.kind,
-                            FileKind::File | FileKind::Dir | FileKind::Symlink
-                        )
-                    })
-                });
-                if held_here
+                if held_here(&found)
                     || msync::get_remote(tx, ns, path)?.is_some()
                     || msync::get_upload(tx, ns, path)?.is_some()
                     || msync::get_sent(tx, ns, path)?.is_some()
@@ -295,15 +300,7 @@ impl Locker {
         let mut out = Vec::new();
         for (ns, path, seq) in entries {
             let found = Locker::resolve_in(&st.conn, ns, path)?;
-            let held_here = found.as_ref().is_some_and(|(_, _, r)| {
-                r.as_ref().is_some_and(|r| {
-                    matches!(
-                        r.attr.kind,
-                        FileKind::File | FileKind::Dir | FileKind::Symlink
-                    )
-                })
-            });
-            if held_here
+            if held_here(&found)
                 || msync::get_upload(&st.conn, ns, path)?.is_some()
                 || msync::get_sent(&st.conn, ns, path)?.is_some()
             {
