@@ -7,10 +7,12 @@
 //! honours each key's ETag, the store itself refuses a key changed since
 //! LOCKER saw it; on stores that ignore every condition, a listing of the
 //! directory checks the ETags first, as a HEAD does for a single removal
-//! there. Everything else (directories, files LOCKER never saw there or
-//! pushed without recording, keys a listing or the store found changed,
-//! failed requests) is left to the one-at-a-time path, which looks, keeps
-//! another writer's version, retries and pauses as it always does.
+//! there. Folders' markers go in the same batches (on these flat stores a
+//! marker holds nothing). Everything else (folders made here, files LOCKER
+//! never saw there or pushed without recording, keys a listing or the
+//! store found changed, failed requests) is left to the one-at-a-time
+//! path, which looks, keeps another writer's version, retries and pauses
+//! as it always does.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -79,7 +81,6 @@ pub(super) async fn remove_in_batches(
     if st.declined.len() > 100_000 {
         st.declined.clear();
     }
-    st.held_since.retain(|ns, _| namespaces.contains(ns));
     for ns in namespaces {
         let core = inner.core.clone();
         let ns2 = ns.clone();
@@ -102,6 +103,7 @@ pub(super) async fn remove_in_batches(
                 .collect()
         };
         if offered.len() < 2 {
+            st.held_since.remove(&ns);
             continue;
         }
         // Only what a batch can take counts (and is held): a folder made
@@ -124,6 +126,7 @@ pub(super) async fn remove_in_batches(
             .extend(offered.into_iter().filter(|k| !taken.contains(k)));
         if candidates.len() < 2 {
             st.declined.extend(taken);
+            st.held_since.remove(&ns);
             continue;
         }
         let newest = queued
