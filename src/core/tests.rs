@@ -915,31 +915,38 @@ fn abandoned_or_crashed_uploads_leave_nothing() {
 
 #[test]
 fn upload_replaces_a_file_keeping_its_mode_and_open_readers() {
-    let t = new();
-    let old = pattern(300_000, 72);
-    let ino = t.put(t.ns(), b"doc.pdf", &old);
-    let set = SetAttr {
-        mode: Some(0o600),
-        ..Default::default()
-    };
-    t.l.setattr(ino, &set).unwrap();
-    let reader = t.l.open(ino, OpenMode::default()).unwrap();
-    let inodes = t.inodes();
-    let new_data = pattern(200_000, 73);
-    let p = t.upload(&[b"corp", b"doc.pdf"], &new_data).unwrap();
-    assert!(p.replaced);
-    assert_ne!(p.ino, ino);
-    let a = t.l.getattr(p.ino).unwrap();
-    assert_eq!((a.perm, a.uid), (0o600, ME.uid));
-    assert_eq!(t.get(p.ino), new_data);
-    // The reader that had the old file open still reads it whole.
-    assert_eq!(t.l.read(reader, 0, 300_000).unwrap(), old);
-    t.l.release(reader).unwrap();
-    assert_eq!(
-        t.inodes(),
-        inodes,
-        "the old file is gone after its last close"
-    );
+    // An upload, and a body placed in one step (`put_small`).
+    type Place = fn(&T, &[&[u8]], &[u8]) -> CoreResult<objects::Placed>;
+    for (place, old_len, new_len) in [
+        (T::upload as Place, 300_000, 200_000),
+        (T::upload_small, 3000, 2000),
+    ] {
+        let t = new();
+        let old = pattern(old_len, 72);
+        let ino = t.put(t.ns(), b"doc.pdf", &old);
+        let set = SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        t.l.setattr(ino, &set).unwrap();
+        let reader = t.l.open(ino, OpenMode::default()).unwrap();
+        let inodes = t.inodes();
+        let new_data = pattern(new_len, 73);
+        let p = place(&t, &[b"corp", b"doc.pdf"], &new_data).unwrap();
+        assert!(p.replaced);
+        assert_ne!(p.ino, ino);
+        let a = t.l.getattr(p.ino).unwrap();
+        assert_eq!((a.perm, a.uid), (0o600, ME.uid));
+        assert_eq!(t.get(p.ino), new_data);
+        // The reader that had the old file open still reads it whole.
+        assert_eq!(t.l.read(reader, 0, old_len as u32).unwrap(), old);
+        t.l.release(reader).unwrap();
+        assert_eq!(
+            t.inodes(),
+            inodes,
+            "the old file is gone after its last close"
+        );
+    }
 }
 
 #[test]
@@ -1082,27 +1089,11 @@ fn a_small_body_is_placed_in_one_step_as_an_upload_would_place_it() {
     assert_eq!((report.corrupt, report.lost.len()), (0, 0));
 }
 
+/// Replacing, and what is in the way: the upload tests run both
+/// placements.
 #[test]
-fn a_small_body_replaces_keeps_readers_and_finds_its_twin() {
+fn a_small_body_finds_its_twin() {
     let t = new();
-    let old = pattern(3000, 93);
-    let ino = t.put(t.ns(), b"doc.pdf", &old);
-    let set = SetAttr {
-        mode: Some(0o600),
-        ..Default::default()
-    };
-    t.l.setattr(ino, &set).unwrap();
-    let reader = t.l.open(ino, OpenMode::default()).unwrap();
-    let new_data = pattern(2000, 94);
-    let p = t.upload_small(&[b"corp", b"doc.pdf"], &new_data).unwrap();
-    assert!(p.replaced);
-    assert_ne!(p.ino, ino);
-    assert_eq!(t.l.getattr(p.ino).unwrap().perm, 0o600);
-    assert_eq!(t.get(p.ino), new_data);
-    assert_eq!(t.l.read(reader, 0, 3000).unwrap(), old);
-    t.l.release(reader).unwrap();
-    assert!(matches!(t.l.getattr(ino), Err(CoreError::NotFound)));
-
     // Content a program wrote (its hash never asked for) is found, and so
     // is content whose hash is known.
     let d = t.l.mkdir(&ME, t.ns(), b"in", 0o755).unwrap().ino;
