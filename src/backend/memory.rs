@@ -444,6 +444,10 @@ impl Backend for MemoryBackend {
         if !self.batches.load(Ordering::SeqCst) {
             return Ok(None);
         }
+        // An empty batch is no request (as on S3).
+        if items.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
         self.count("delete_batch");
         if items.len() > super::DELETE_BATCH_MAX {
             return Err(BackendError::permanent(

@@ -7,6 +7,7 @@
 //! | `block-stored`    | a commit's new blocks on disk, and its rows committed     |
 //! | `rows-committed`  | a commit's rows committed, and the answer to the caller   |
 //! | `upload-sent`     | the backend confirming an object, and the queue entry removed |
+//! | `removals-sent`   | a batch of removals confirmed by the backend, and their entries removed |
 //! | `remote-node`     | an entry found in a backend made here, and its content and remote row (one transaction: nothing of it may survive) |
 //! | `remote-applied`  | a change from a backend committed, and the kernel told    |
 //!
@@ -22,6 +23,7 @@ pub const POINTS: &[&str] = &[
     "block-stored",
     "rows-committed",
     "upload-sent",
+    "removals-sent",
     "remote-node",
     "remote-applied",
 ];

@@ -181,6 +181,7 @@ async fn batch(
         declined.insert((ns.to_string(), p, seq));
     }
     if !done.is_empty() {
+        inner.core.crash.hit("removals-sent");
         let n = done.len() as u64;
         let core = inner.core.clone();
         let (ns2, paths) = (ns.to_string(), done.clone());

@@ -613,6 +613,10 @@ fn a_crash_at_every_point_loses_nothing_acknowledged_and_duplicates_nothing() {
     let data = crate::core::tests::pattern(2 << 20, 11);
     let theirs = b"theirs".to_vec();
     for &point in crate::core::crash::POINTS {
+        if point == "removals-sent" {
+            // A batch of removals: its own test below.
+            continue;
+        }
         let mut rig = Rig::new("");
         rig.core().crash.arm(point);
         // Drive the daemon through the point, as a user would.
@@ -2127,6 +2131,49 @@ fn whether_a_stores_batch_deletes_honour_etags_is_found_and_leaves_nothing() {
         rt.block_on(super::batch_honours_etags(&local)).unwrap(),
         None
     );
+    // A store without batches is told apart without a write.
+    let plain = MemoryBackend::new();
+    assert_eq!(
+        rt.block_on(super::batch_honours_etags(&plain)).unwrap(),
+        None
+    );
+    assert_eq!(plain.total_calls(), 0);
+}
+
+/// A crash after the store confirmed a batch of removals, before their
+/// entries are removed: after the restart nothing comes back, here or in
+/// the store, and the queue empties (the entries are finished again,
+/// finding the files gone).
+#[test]
+fn a_crash_between_a_batch_of_removals_and_its_record_brings_nothing_back() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let mut rig = Rig::new("");
+    let stores = rig.stores.clone();
+    let corp = stores.corp();
+    corp.set_batches(true);
+    rig.batches("corp", true, true);
+    pushed_tree(&rig, 4, 10);
+    rig.write("corp/kept", b"stays");
+    rig.drained();
+    rig.core().crash.arm("removals-sent");
+    rig.hold("corp");
+    remove_tree(&rig, 4, 10);
+    rig.let_go("corp");
+    let _ = catch_unwind(AssertUnwindSafe(|| rig.drain(Duration::from_millis(1500))));
+    assert_eq!(corp.keys(), ["kept"], "the batch did not reach the store");
+    assert!(
+        !rig.core().sync_pending().unwrap().is_empty(),
+        "the removals were recorded before the crash point"
+    );
+    rig.crash_and_restart();
+    rig.batches("corp", true, true);
+    rig.drained();
+    rig.refresh();
+    rig.drained();
+    assert!(rig.core().sync_pending().unwrap().is_empty());
+    assert_eq!(corp.keys(), ["kept"]);
+    assert_eq!(names(&rig, "corp"), ["kept"]);
+    assert_eq!(rig.read("corp/kept").unwrap(), b"stays");
 }
 
 /// A tree removed over a while (longer than the quiet delay, each removal

@@ -73,14 +73,11 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             match due {
                 Ok(Ok(entries)) => {
                     let mut forgotten = forget_unheld(&inner, &entries, &mut kept).await;
-                    let rest: Vec<QueueEntry> = entries
-                        .iter()
-                        .filter(|e| !forgotten.contains(&(e.ns.clone(), e.path.clone())))
-                        .cloned()
-                        .collect();
+                    // (What was forgotten has left the queue: a batch does
+                    // not find it there.)
                     let round = super::batch::remove_in_batches(
                         &inner,
-                        &rest,
+                        &entries,
                         &mut batches,
                         quiet,
                         max_hold,
@@ -98,7 +95,6 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                         if inner.paused(&e.ns) || forgotten.contains(&k) || held.contains(&k) {
                             continue;
                         }
-                        let k = (e.ns.clone(), e.path.clone());
                         if !inner.inflight.lock().unwrap().insert(k) {
                             continue;
                         }
@@ -606,28 +602,23 @@ async fn push_file(
     let core = inner.core.clone();
     let source = blocking(move || core.sync_source(&sha)).await?;
     // A small new file at a path LOCKER never saw in the backend (nor wrote
-    // to without recording it), on a store that refuses a failed
-    // condition: no HEAD first. The PUT's If-None-Match says what the HEAD
-    // would; if something is there after all, the store refuses it and the
-    // retry looks, as any other push.
-    let blind = rec.is_none()
+    // to without recording it) needs no HEAD to tell whether something is
+    // there yet:
+    // - on a store that refuses a failed condition, the PUT's If-None-Match
+    //   says it (if something is there after all, the store refuses and the
+    //   retry looks, as any other push);
+    // - on a store that ignores conditions, where a HEAD could only tell
+    //   whether something is there yet, a recent listing of the folder
+    //   tells it for all its new files at once; what is found there gets
+    //   its HEAD as always.
+    let new_here = rec.is_none()
         && mine.is_none()
         && e.attempts == 0
         && f.size <= SINGLE_PUT_MAX
         && !f.remote_only
-        && source.is_none()
-        && inner.honours_conditions(&e.ns);
-    // The same on a store that ignores conditions, where a HEAD could only
-    // tell whether something is there yet: a recent listing of the folder
-    // tells it for all its new files at once. What is found there gets its
-    // HEAD as always.
-    let listed_absent = !blind
-        && rec.is_none()
-        && mine.is_none()
-        && e.attempts == 0
-        && f.size <= SINGLE_PUT_MAX
-        && !f.remote_only
-        && source.is_none()
+        && source.is_none();
+    let blind = new_here && inner.honours_conditions(&e.ns);
+    let listed_absent = new_here
         && inner.ignores_conditions(&e.ns)
         && inner
             .listings
