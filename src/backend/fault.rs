@@ -23,6 +23,9 @@ pub enum Fault {
     /// The call fails with this kind of error (transient errors are those of
     /// an unreachable store).
     Fail(ErrorKind),
+    /// The call fails for its path alone (as a name the store cannot hold),
+    /// not for the store as a whole.
+    Refuse(ErrorKind),
     /// The call waits this long first.
     Delay(Duration),
     /// This runs first (for example a foreign write on the wrapped store);
@@ -133,6 +136,12 @@ impl FaultBackend {
                         kind,
                         format!("injected failure of {op} {key}"),
                     ));
+                }
+                Fault::Refuse(kind) => {
+                    return Err(
+                        BackendError::new(kind, format!("injected refusal of {op} {key}"))
+                            .for_path(),
+                    );
                 }
                 Fault::Delay(d) => tokio::time::sleep(d).await,
                 Fault::Before(action) => action(),

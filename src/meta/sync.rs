@@ -18,6 +18,14 @@ pub struct QueueEntry {
     pub last_error: Option<String>,
 }
 
+impl QueueEntry {
+    /// Whether the entry is due at `now`, as `due` selects it: quiet long
+    /// enough (or its retry time come), or never tried while unmounting.
+    pub fn due(&self, now: i64, hurry: bool) -> bool {
+        self.ready_ns <= now || (hurry && self.attempts == 0)
+    }
+}
+
 /// Kind codes of the remote table (the same as `FileKind` for these).
 pub const REMOTE_FILE: i64 = 1;
 pub const REMOTE_DIR: i64 = 2;

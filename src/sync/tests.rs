@@ -2255,3 +2255,86 @@ fn new_files_on_a_store_that_ignores_conditions_are_checked_by_a_listing_per_fol
     assert_eq!(core.sync_remote_under("corp", b"up/d", 1000).unwrap(), 0);
     assert!(core.sync_remote_under("corp", b"up", 1000).unwrap() >= 200);
 }
+
+/// A push that fails while the queue loop is busy with a slow batch of
+/// removals is not sent again by that round: the loop read the entry
+/// before the failure was recorded, and the entry now waits for its retry.
+#[test]
+fn an_entry_read_before_its_push_failed_is_not_pushed_again_by_that_round() {
+    let rig = Rig::new("");
+    let corp = rig.stores.corp();
+    corp.set_batches(true);
+    rig.batches("corp", true, true);
+    pushed_tree(&rig, 2, 3);
+    rig.write("corp/x", b"first");
+    rig.drained();
+    rig.calm();
+    let f = &rig.fault["corp"];
+    // The next push of x fails for x alone, after a while.
+    f.inject(
+        Some("put"),
+        Some("x"),
+        Fault::Delay(Duration::from_millis(1000)),
+        Some(1),
+    );
+    f.inject(
+        Some("put"),
+        Some("x"),
+        Fault::Refuse(crate::backend::ErrorKind::Permanent),
+        Some(1),
+    );
+    // The batch the loop runs meanwhile outlasts that push.
+    f.inject(
+        Some("delete_batch"),
+        None,
+        Fault::Delay(Duration::from_millis(1500)),
+        None,
+    );
+    let logged = f.calls().len();
+    rig.write("corp/x", b"second");
+    std::thread::sleep(Duration::from_millis(100));
+    remove_tree(&rig, 2, 3);
+    std::thread::sleep(Duration::from_millis(3500));
+    let puts = f.calls()[logged..]
+        .iter()
+        .filter(|(op, k)| *op == "put" && k == "x")
+        .count();
+    assert_eq!(puts, 1, "x was pushed again before its retry was due");
+    assert!(corp.calls("delete_batch") >= 1, "the round never batched");
+}
+
+/// Removals held for a growing batch are looked at again once the quiet
+/// delay has passed, not only when some other entry comes due.
+#[test]
+fn a_held_batch_goes_soon_after_the_removals_stop() {
+    let rig = Rig::new("");
+    let corp = rig.stores.corp();
+    corp.set_batches(true);
+    rig.batches("corp", true, true);
+    pushed_tree(&rig, 4, 25);
+    rig.calm();
+    let sent = Arc::new(std::sync::Mutex::new(None));
+    let s = sent.clone();
+    rig.fault["corp"].inject(
+        Some("delete_batch"),
+        None,
+        Fault::Before(Arc::new(move || {
+            s.lock().unwrap().get_or_insert(Instant::now());
+        })),
+        None,
+    );
+    remove_tree(&rig, 4, 25);
+    let stopped = Instant::now();
+    rig.queue_empties_within(Duration::from_secs(10));
+    let after = sent
+        .lock()
+        .unwrap()
+        .expect("no batch")
+        .duration_since(stopped);
+    // The quiet delay is 50 ms here; the loop's idle wait is 500 ms.
+    assert!(
+        after < Duration::from_millis(350),
+        "batch {after:?} after the last removal"
+    );
+    assert_eq!(corp.keys().iter().filter(|k| k.contains("/f")).count(), 0);
+}

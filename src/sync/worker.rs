@@ -123,8 +123,8 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
         };
         if !held.is_empty() {
             // Held entries are due: look again when the batch may be
-            // complete, not at once.
-            wait = wait.max(quiet / 4);
+            // complete, neither at once nor only at the next other entry.
+            wait = wait.clamp(quiet / 4, quiet);
         }
         slots_only = false;
         tokio::select! {
@@ -196,6 +196,8 @@ enum Outcome {
     /// The file was deleted while it was being pushed: the push stopped,
     /// and the entry (queued again by the delete) is taken as it now is.
     Superseded,
+    /// Read before a change or a failed push moved its time on: not pushed.
+    NotDue,
 }
 
 async fn process(inner: Arc<Inner>, e: QueueEntry) {
@@ -204,23 +206,30 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
     let core = inner.core.clone();
     let (ns, path) = (e.ns.clone(), e.path.clone());
     let result = match &r {
-        Ok(Outcome::Done) => "done",
-        Ok(Outcome::Later) => "later",
-        Ok(Outcome::Superseded) => "superseded",
-        Err(_) => "failed",
+        Ok(Outcome::Done) => Some("done"),
+        Ok(Outcome::Later) => Some("later"),
+        Ok(Outcome::Superseded) => Some("superseded"),
+        // Not handled: nothing to count.
+        Ok(Outcome::NotDue) => None,
+        Err(_) => Some("failed"),
     };
-    crate::metrics::metrics()
-        .pushes
-        .get_or_create(&crate::metrics::NsResultLabels {
-            namespace: ns.clone(),
-            result,
-        })
-        .inc();
+    if let Some(result) = result {
+        crate::metrics::metrics()
+            .pushes
+            .get_or_create(&crate::metrics::NsResultLabels {
+                namespace: ns.clone(),
+                result,
+            })
+            .inc();
+    }
     match r {
         Ok(Outcome::Done) => {
             inner.note_ok(&ns);
             inner.resume(&ns);
             tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "pushed");
+        }
+        Ok(Outcome::NotDue) => {
+            tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), "no longer due; left for later");
         }
         Ok(Outcome::Superseded) => {
             tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "deleted while pushed; stopped");
@@ -294,6 +303,12 @@ async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Outcome> {
     let Some(snap) = blocking(move || core.sync_snapshot(&ns, &path)).await? else {
         return Ok(Outcome::Done);
     };
+    // The loop read `e` a while ago: a push of it may have failed since
+    // (its retry now waits), or a change here restarted its quiet delay.
+    // Only what the queue says is due now goes.
+    if !snap.entry.due(now_ns(), inner.hurry()) {
+        return Ok(Outcome::NotDue);
+    }
     let seq = snap.entry.seq;
     // What the backend holds here may be the only copy of content other
     // files here still need: secure it before it is replaced or deleted.

@@ -286,8 +286,8 @@ impl Locker {
         Ok(msync::removals_queued(&self.lock().conn, ns, limit)?)
     }
 
-    /// Of `entries` (namespace, path, queue sequence), those whose push is
-    /// the removal of a file, symlink or directory LOCKER last saw in the
+    /// Of `entries` (namespace, path, queue sequence), those still queued
+    /// at that sequence and never tried whose push is the removal of a file, symlink or directory LOCKER last saw in the
     /// backend, with nothing pushed there since that it did not record:
     /// nothing of that kind is at the path here, and the remote row names
     /// the version (its ETag, and whether it is a directory, returned with
@@ -299,6 +299,13 @@ impl Locker {
         let st = self.lock();
         let mut out = Vec::new();
         for (ns, path, seq) in entries {
+            // Read a while ago: one pushed on its own since (failed, or
+            // changed here again) is no longer a batch's.
+            if !msync::get_entry(&st.conn, ns, path)?
+                .is_some_and(|e| e.seq == *seq && e.attempts == 0)
+            {
+                continue;
+            }
             let found = Locker::resolve_in(&st.conn, ns, path)?;
             if held_here(&found)
                 || msync::get_upload(&st.conn, ns, path)?.is_some()
