@@ -259,17 +259,19 @@ pub fn remove_entry(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> 
     Ok(())
 }
 
-/// How many entries are below directory `ns/path`.
-pub fn count_below(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<i64> {
+/// Whether anything below directory `ns/path` is queued.
+pub fn any_below(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<bool> {
     let mut lo = path.to_vec();
     lo.push(b'/');
     let mut hi = path.to_vec();
     hi.push(b'/' + 1);
-    conn.query_row(
-        "SELECT count(*) FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3",
-        params![ns, lo, hi],
-        |r| r.get(0),
-    )
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3 LIMIT 1",
+        )?
+        .query_row(params![ns, lo, hi], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// Whether the queue was seeded once with the store's existing entries (a

@@ -2338,3 +2338,52 @@ fn a_held_batch_goes_soon_after_the_removals_stop() {
     );
     assert_eq!(corp.keys().iter().filter(|k| k.contains("/f")).count(), 0);
 }
+
+/// A directory removed here while the upload of a file inside it is still
+/// on its way: a store that makes the folders a file needs (a local
+/// directory, WebDAV) makes it again when that upload lands. Its removal
+/// waits for what is queued inside it, so nothing of it is left there
+/// (and no later listing brings it back).
+#[test]
+fn a_directory_removed_while_a_file_in_it_is_uploaded_is_not_left_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = crate::backend::local::LocalBackend::open(dir.path(), "", false).unwrap();
+    let rig = Rig::with_corp(Arc::new(local), "");
+    let f = &rig.fault["corp"];
+    // The folder's own push fails for it alone (retried much later): the
+    // store never hears of it but through the file.
+    f.inject(
+        Some("put_dir"),
+        Some("d"),
+        Fault::Refuse(crate::backend::ErrorKind::Permanent),
+        Some(1),
+    );
+    // While the file's upload is on its way, the tree is removed here.
+    f.inject(
+        Some("put"),
+        Some("d/f"),
+        Fault::Delay(Duration::from_millis(300)),
+        Some(1),
+    );
+    let core = rig.core().clone();
+    f.inject(
+        Some("put"),
+        Some("d/f"),
+        Fault::Before(Arc::new(move || {
+            let ns = core.lookup(InodeNo::ROOT, b"corp").unwrap().ino;
+            let d = core.lookup(ns, b"d").unwrap().ino;
+            core.unlink(d, b"f").unwrap();
+            core.rmdir(ns, b"d").unwrap();
+        })),
+        Some(1),
+    );
+    rig.write("corp/d/f", b"inside");
+    rig.drained();
+    assert!(rig.ino("corp/d").is_none());
+    assert!(
+        !dir.path().join("d").exists(),
+        "the folder stayed in the store"
+    );
+    rig.refresh();
+    assert!(rig.ino("corp/d").is_none(), "the removed folder came back");
+}

@@ -434,13 +434,17 @@ async fn push_other(
     let head = be.head(&key).await?;
     let mine = sent_here(inner, e).await?;
     // Someone else changed the entry since LOCKER last saw it (not an
-    // object of LOCKER's own whose push was never recorded).
+    // object of LOCKER's own whose push was never recorded). A folder is
+    // nobody's in particular: uploads of files below make it on some
+    // stores, and removing one removes nothing it holds that LOCKER does
+    // not know (`delete_dir` refuses).
     let foreign = match (&rec, &head) {
-        (Some(r), Some(h)) => {
-            r.etag != h.etag
-                && !(r.kind == REMOTE_DIR && h.kind == ObjKind::Dir)
-                && !landed(mine, h)
+        (_, Some(h))
+            if h.kind == ObjKind::Dir && rec.as_ref().is_none_or(|r| r.kind == REMOTE_DIR) =>
+        {
+            false
         }
+        (Some(r), Some(h)) => r.etag != h.etag && !landed(mine, h),
         (None, Some(h)) => !landed(mine, h),
         _ => false,
     };
@@ -477,7 +481,16 @@ async fn push_other(
                 // Only the version LOCKER saw: a write landing meanwhile
                 // survives (the next attempt finds it foreign).
                 Some(h) => be.delete(&key, &Cond::IfMatch(h.etag.clone())).await?,
-                None => {}
+                None => {
+                    // Nothing there yet; but a file below still on its way
+                    // makes the folders it needs on some stores (a local
+                    // directory, WebDAV): looked at again after it.
+                    let core = inner.core.clone();
+                    let (ns, p) = (e.ns.clone(), e.path.clone());
+                    if blocking(move || core.sync_queued_under(&ns, &p)).await? {
+                        return Ok(Outcome::Later);
+                    }
+                }
             }
             done(inner, e, seq, None).await
         }
@@ -1120,7 +1133,10 @@ async fn refresh_ns(inner: &Arc<Inner>, ns: &str) -> BResult<usize> {
         let (ns2, p2) = (ns.to_string(), path.clone());
         match blocking(move || core.apply_remote(&ns2, &p2, row, started)).await {
             Ok(Applied::Skipped | Applied::Unchanged) => {}
-            Ok(_) => changes += 1,
+            Ok(a) => {
+                tracing::debug!(namespace = %ns, path = %obj.key, applied = ?a, "took a change from the backend");
+                changes += 1
+            }
             // One entry this side cannot hold (a name too long) must not
             // stop the rest of the listing.
             Err(err) => {

@@ -191,7 +191,10 @@ impl Mount {
             .args(&self.args)
             .args(extra)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("LOCKER_LOG", "info")
+            .env(
+                "LOCKER_LOG",
+                std::env::var("TEST_LOCKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -261,6 +264,13 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         self.stop();
+        // A failed test leaves the daemon's log where it was asked to.
+        if std::thread::panicking()
+            && let Ok(dir) = std::env::var("TEST_KEEP_LOGS")
+        {
+            let name = format!("{}.log", std::process::id());
+            let _ = std::fs::copy(&self.log, std::path::Path::new(&dir).join(name));
+        }
         if is_mounted(&self.mnt) {
             force_unmount(&self.mnt);
         }

@@ -259,6 +259,9 @@ impl Locker {
                     || msync::get_remote(tx, ns, path)?.is_some()
                     || msync::get_upload(tx, ns, path)?.is_some()
                     || msync::get_sent(tx, ns, path)?.is_some()
+                    // A file below still to push (its upload may be on its
+                    // way, and make this folder again on some stores).
+                    || msync::any_below(tx, ns, path)?
                 {
                     continue;
                 }
@@ -423,7 +426,7 @@ impl Locker {
     /// Whether anything below directory `ns/path` has a pending change.
     pub fn sync_queued_under(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
         let st = self.lock();
-        Ok(msync::count_below(&st.conn, ns, path)? > 0)
+        Ok(msync::any_below(&st.conn, ns, path)?)
     }
 
     /// Whether `ns/path`, or a directory above it, has a pending change: a
