@@ -49,6 +49,11 @@ pub(crate) struct FileState {
     pub maybe_unlinked: bool,
     /// The committed content is only in a backend (see `materialize`).
     pub remote_only: bool,
+    /// Set while the content is exactly what was written from offset 0 in
+    /// order, up to this offset: its whole blocks went to `digests` as they
+    /// were filled, and a commit at this size can have its SHA-256 without
+    /// reading the file again.
+    pub(crate) seq: Option<u64>,
 }
 
 /// Whether a read at `offset` continues a sequential reader whose last
@@ -96,6 +101,7 @@ impl FileState {
             mem: 0,
             maybe_unlinked: false,
             remote_only: row.remote_only,
+            seq: (row.attr.size == 0).then_some(0),
         })
     }
 
@@ -109,6 +115,7 @@ impl FileState {
         self.size = size;
         self.committed_size = size;
         self.remote_only = true;
+        self.seq = None;
     }
 
     /// Indices of the blocks held in memory.
@@ -278,6 +285,29 @@ impl Locker {
         st.mem_dirty = st.mem_dirty + after - before;
         fs.mem = fs.mem + after - before;
         Ok(after as usize)
+    }
+
+    /// Hands the whole in-memory block `idx`, just filled in order from the
+    /// file's start, to the file's running hash (see `digest.rs`).
+    fn digest_block(&self, ino: InodeNo, fs: &mut FileState, idx: u64) {
+        if fs.seq.is_none() {
+            return;
+        }
+        let sent = match fs.dirty.get(&idx) {
+            Some(Dirty::Mem(buf)) => self.digests.block(ino, idx, buf),
+            _ => false,
+        };
+        if !sent {
+            self.stop_digest(ino, fs);
+        }
+    }
+
+    /// The file is no longer written in order from its start (or its
+    /// running hash fell behind): its hash is taken from its blocks.
+    pub(crate) fn stop_digest(&self, ino: InodeNo, fs: &mut FileState) {
+        if fs.seq.take().is_some() {
+            self.digests.forget(ino);
+        }
     }
 
     /// Hands the whole in-memory block `idx` to the hasher, or stores it
@@ -753,6 +783,10 @@ impl Locker {
                 .checked_add(data.len() as u64)
                 .filter(|e| *e <= MAX_FILE_SIZE)
                 .ok_or(CoreError::FileTooLarge)?;
+            // Written in order from the start so far, and still.
+            if fs.seq != Some(offset) {
+                self.stop_digest(ino, fs);
+            }
             let mut pos = 0usize;
             while pos < data.len() {
                 let abs = offset + pos as u64;
@@ -764,6 +798,7 @@ impl Locker {
                     // A whole block: the hasher stores it while the kernel
                     // brings the next write.
                     Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(Arc::new(chunk.to_vec()))));
+                    self.digest_block(ino, fs, idx);
                     self.queue_block(st, ino, fs, idx)?;
                 } else {
                     let len = self.edit_mem(st, ino, fs, idx, |buf| {
@@ -775,10 +810,14 @@ impl Locker {
                     if bo + n == BLOCK_SIZE as usize && len == BLOCK_SIZE as usize {
                         // A sequential writer just filled this block: store
                         // it now rather than keep it in memory.
+                        self.digest_block(ino, fs, idx);
                         self.queue_block(st, ino, fs, idx)?;
                     }
                 }
                 pos += n;
+            }
+            if fs.seq.is_some() {
+                fs.seq = Some(end);
             }
             fs.size = fs.size.max(end);
             let now = Timestamp::now();
@@ -809,6 +848,13 @@ impl Locker {
             return Err(CoreError::FileTooLarge);
         }
         self.with_file(st, ino, |st, fs| {
+            if size == 0 {
+                // Emptied: written in order from here again.
+                self.stop_digest(ino, fs);
+                fs.seq = Some(0);
+            } else if fs.seq.is_some_and(|s| size < s) {
+                self.stop_digest(ino, fs);
+            }
             if size < fs.size {
                 let tail = (size % BLOCK_SIZE) as usize;
                 // All or nothing: the one step that can fail (bringing the
@@ -846,12 +892,15 @@ impl Locker {
     /// transaction. Drops the state if the file is not open.
     pub(crate) fn commit_locked(&self, st: &mut State, ino: InodeNo) -> CoreResult<()> {
         self.drain_hashed(st, true);
+        self.record_digests(st);
         let Some(mut fs) = st.files.remove(&ino) else {
             return Ok(());
         };
         let r = self.commit_file(st, ino, &mut fs);
         if fs.open > 0 || r.is_err() || !fs.is_clean() {
             st.files.insert(ino, fs);
+        } else {
+            self.stop_digest(ino, &mut fs);
         }
         self.reap_unpinned(st);
         r
@@ -861,6 +910,20 @@ impl Locker {
         if fs.is_clean() {
             return Ok(());
         }
+        // Written in order from the start up to its size: the file's hash
+        // is what its running hash has, then the last, partial block.
+        let finish = match fs.seq {
+            Some(end) if end == fs.size => {
+                let (blocks, tail_len) = (end / BLOCK_SIZE, (end % BLOCK_SIZE) as usize);
+                match fs.dirty.get(&blocks) {
+                    _ if tail_len == 0 => Some((blocks, None, 0)),
+                    Some(Dirty::Mem(b)) => Some((blocks, Some(b.clone()), tail_len)),
+                    // (Stored or committed: not kept in memory to finish with.)
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
         self.spill_all(st, fs)?;
         self.crash.hit("block-stored");
         // What is still in memory is small: it goes into the database with
@@ -938,8 +1001,16 @@ impl Locker {
                     really.push(id);
                 }
             }
-            Ok(really)
+            let version = match finish {
+                Some(_) => Some(meta::content_version(tx, ino)?),
+                None => None,
+            };
+            Ok((really, version))
         })?;
+        let (freed, version) = freed;
+        if let (Some((blocks, tail, tail_len)), Some(version)) = (finish, version) {
+            self.digests.finish(ino, version, blocks, tail, tail_len);
+        }
         let idxs: Vec<u64> = fs.dirty.keys().copied().collect();
         for idx in idxs {
             if let Some(Dirty::Stored(r)) = fs.dirty.get(&idx) {
@@ -958,6 +1029,29 @@ impl Locker {
         }
         self.crash.hit("rows-committed");
         Ok(())
+    }
+
+    /// Records the whole-file hashes the digest thread found, each for
+    /// the version it was asked for (a file changed since keeps none).
+    pub(crate) fn record_digests(&self, st: &State) {
+        for (ino, version, sha) in self.digests.take_done() {
+            if let Err(e) = meta::set_sha256(&st.conn, ino, version, &sha) {
+                tracing::warn!(error = %e, "recording a file's hash failed; it is hashed again when needed");
+            }
+        }
+    }
+
+    /// Waits (briefly) for the running hash of `ino` at `version` if one
+    /// is being finished, and records it; true if there was one.
+    pub(crate) fn await_digest(&self, ino: InodeNo, version: i64) -> bool {
+        if !self
+            .digests
+            .wait(ino, version, std::time::Duration::from_secs(10))
+        {
+            return false;
+        }
+        self.record_digests(&self.lock());
+        true
     }
 
     /// Frees the blocks whose last pin went (a rewritten block stored from
@@ -1052,12 +1146,13 @@ impl Locker {
         if last {
             self.forget_stream(st, ino);
             let mut check = true;
-            if let Some(fs) = st.files.remove(&ino) {
+            if let Some(mut fs) = st.files.remove(&ino) {
                 if !fs.is_clean() {
                     // The commit failed: keep the changes for a later try.
                     st.files.insert(ino, fs);
                     return r;
                 }
+                self.stop_digest(ino, &mut fs);
                 check = fs.maybe_unlinked;
             }
             if check

@@ -876,6 +876,7 @@ impl Locker {
             for idx in idxs {
                 Locker::set_dirty(st, &mut fs, idx, None);
             }
+            self.stop_digest(ino, &mut fs);
         }
         self.reap_unpinned(st);
     }

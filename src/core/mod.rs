@@ -17,6 +17,7 @@
 
 mod acl;
 pub mod crash;
+mod digest;
 pub mod error;
 mod file;
 pub mod fsck;
@@ -131,6 +132,8 @@ pub struct Locker {
     /// Group commit: (commits known durable, a barrier is running).
     synced: Mutex<(u64, bool)>,
     synced_cv: std::sync::Condvar,
+    /// Whole-file hashes of sequential writers (see `digest.rs`).
+    digests: digest::Digests,
     /// Where a crash test stops this core (see `crash.rs`).
     pub crash: crash::CrashPoints,
     /// Some inode may have a `security.*` extended attribute (false only
@@ -540,6 +543,7 @@ impl Locker {
             bad_content: Mutex::new(std::collections::HashSet::new()),
             synced: Mutex::new((0, false)),
             synced_cv: std::sync::Condvar::new(),
+            digests: digest::Digests::start()?,
             crash: crash::CrashPoints::from_env(),
             security_xattrs: std::sync::atomic::AtomicBool::new(true),
             acls: std::sync::atomic::AtomicBool::new(true),

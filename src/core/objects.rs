@@ -217,9 +217,11 @@ impl Locker {
                 return Err(e);
             }
         };
-        // The last close removes it unless it got a name by then.
+        // The last close removes it unless it got a name by then. The API
+        // hashes the body as it comes: no running hash here.
         if let Some(fs) = self.lock().files.get_mut(&ino) {
             fs.maybe_unlinked = true;
+            fs.seq = None;
         }
         Ok(Upload {
             ino,
@@ -652,6 +654,19 @@ impl Locker {
     fn hash_snap(&self, snap: &FileSnap, while_linked: bool) -> CoreResult<Option<[u8; 32]>> {
         if let Some(h) = snap.sha256 {
             return Ok(Some(h));
+        }
+        // Written in order from its start: hashed as it was written.
+        if self.await_digest(snap.ino, snap.version) {
+            let st = self.lock();
+            if let Some(row) = meta::get_inode(&st.conn, snap.ino)?
+                && row.version == snap.version
+                && let Some(sha) = row
+                    .sha256
+                    .as_deref()
+                    .and_then(|s| <[u8; 32]>::try_from(s).ok())
+            {
+                return Ok(Some(sha));
+            }
         }
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();

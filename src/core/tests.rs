@@ -1541,3 +1541,201 @@ fn kept_small_files_are_served_only_until_the_next_change() {
     assert!(t.l.hot_get(&key).is_none(), "kept across a change");
     assert_eq!(t.get(ino), b"two");
 }
+
+/// The hash recorded for `ino`'s current version by its running hash (see
+/// `digest.rs`), if one was finished for it.
+fn running_hash(t: &T, ino: InodeNo) -> Option<[u8; 32]> {
+    let version = meta::content_version(&t.l.lock().conn, ino).unwrap();
+    if !t.l.await_digest(ino, version) {
+        return None;
+    }
+    let row = meta::get_inode(&t.l.lock().conn, ino).unwrap().unwrap();
+    assert_eq!(row.version, version);
+    row.sha256.map(|s| s.try_into().unwrap())
+}
+
+/// Writes `data` at `off` in chunks of `chunk` bytes.
+fn write_in(t: &T, fh: HandleId, off: u64, data: &[u8], chunk: usize) {
+    for (i, c) in data.chunks(chunk).enumerate() {
+        t.l.write(fh, off + (i * chunk) as u64, c).unwrap();
+    }
+}
+
+/// A file written from its start in order has its SHA-256 when it is
+/// closed, computed as it was written: whatever the sizes of the writes,
+/// across commits in the middle (fsync), rewritten after O_TRUNC, and
+/// appended.
+#[test]
+fn a_file_written_in_order_has_its_hash_when_closed() {
+    let t = new();
+    let ns = t.ns();
+    let mb = BLOCK_SIZE as usize;
+    let mut n = 0;
+    for size in [1, 4096, 65_535, mb, mb + 1, 3 * mb + 12_345, 8 * mb] {
+        for chunk in [4096, 128 << 10, mb, 3 * mb, 100_000] {
+            n += 1;
+            let data = pattern(size, n);
+            let name = format!("f{n}");
+            let (a, fh) = t.l.create(&ME, ns, name.as_bytes(), 0o644, rw()).unwrap();
+            write_in(&t, fh, 0, &data, chunk);
+            t.l.release(fh).unwrap();
+            assert_eq!(
+                running_hash(&t, a.ino),
+                Some(sha(&data)),
+                "{size} bytes in writes of {chunk}"
+            );
+        }
+    }
+    // Committed in the middle, then written on.
+    let data = pattern(5 * mb + 777, 900);
+    let (a, fh) = t.l.create(&ME, ns, b"synced", 0o644, rw()).unwrap();
+    write_in(&t, fh, 0, &data[..2 * mb + 5], 128 << 10);
+    t.l.fsync(fh).unwrap();
+    assert_eq!(running_hash(&t, a.ino), Some(sha(&data[..2 * mb + 5])));
+    write_in(&t, fh, 2 * mb as u64 + 5, &data[2 * mb + 5..], 128 << 10);
+    t.l.release(fh).unwrap();
+    assert_eq!(running_hash(&t, a.ino), Some(sha(&data)));
+    // Rewritten whole after O_TRUNC.
+    let again = pattern(2 * mb + 3, 901);
+    let fh =
+        t.l.open(
+            a.ino,
+            OpenMode {
+                write: true,
+                truncate: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    write_in(&t, fh, 0, &again, 128 << 10);
+    t.l.release(fh).unwrap();
+    assert_eq!(running_hash(&t, a.ino), Some(sha(&again)));
+    assert_eq!(t.get(a.ino), again);
+    // Appended to from empty (the offset given does not count).
+    let (b, fh) =
+        t.l.create(
+            &ME,
+            ns,
+            b"log",
+            0o644,
+            OpenMode {
+                write: true,
+                append: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let log = pattern(mb + 99, 902);
+    for c in log.chunks(50_000) {
+        t.l.write(fh, 0, c).unwrap();
+    }
+    t.l.release(fh).unwrap();
+    assert_eq!(running_hash(&t, b.ino), Some(sha(&log)));
+}
+
+/// A file whose content is not what was written from its start in order
+/// (an overwrite, a gap, writes backwards, a shrink, a second writer out
+/// of step) never has a running hash recorded: its hash is taken from its
+/// blocks, and is right.
+#[test]
+fn a_file_not_written_in_order_never_gets_a_running_hash() {
+    let t = new();
+    let ns = t.ns();
+    let mb = BLOCK_SIZE as usize;
+    type Case = Box<dyn Fn(&T, HandleId, InodeNo)>;
+    let cases: Vec<(&str, Case)> = vec![
+        (
+            "an overwrite of a whole first block",
+            Box::new(move |t, fh, _| {
+                write_in(t, fh, 0, &pattern(3 * mb, 1), 128 << 10);
+                t.l.write(fh, 0, &pattern(mb, 2)).unwrap();
+            }),
+        ),
+        (
+            "an overwrite in the middle",
+            Box::new(move |t, fh, _| {
+                write_in(t, fh, 0, &pattern(3 * mb, 3), 128 << 10);
+                t.l.write(fh, mb as u64 + 10, b"changed").unwrap();
+            }),
+        ),
+        (
+            "a gap",
+            Box::new(move |t, fh, _| {
+                write_in(t, fh, 0, &pattern(mb, 4), 128 << 10);
+                write_in(t, fh, mb as u64 + 4096, &pattern(mb, 5), 128 << 10);
+            }),
+        ),
+        (
+            "writes backwards",
+            Box::new(move |t, fh, _| {
+                for i in (0..3u64).rev() {
+                    t.l.write(fh, i * BLOCK_SIZE, &pattern(mb, 6 + i)).unwrap();
+                }
+            }),
+        ),
+        (
+            "a shrink, then writes at the new end",
+            Box::new(move |t, fh, ino| {
+                write_in(t, fh, 0, &pattern(2 * mb, 10), 128 << 10);
+                t.l.setattr(
+                    ino,
+                    &SetAttr {
+                        size: Some(mb as u64 / 2),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                write_in(t, fh, mb as u64 / 2, &pattern(2 * mb, 11), 128 << 10);
+            }),
+        ),
+        (
+            "a committed overwrite, then writes in order after it",
+            Box::new(move |t, fh, _| {
+                write_in(t, fh, 0, &pattern(2 * mb, 12), 128 << 10);
+                t.l.write(fh, 100, b"x").unwrap();
+                t.l.fsync(fh).unwrap();
+                write_in(t, fh, 2 * mb as u64, &pattern(mb, 13), 128 << 10);
+            }),
+        ),
+        (
+            "a second writer out of step",
+            Box::new(move |t, fh, ino| {
+                let other = t.l.open(ino, rw()).unwrap();
+                write_in(t, fh, 0, &pattern(mb, 14), 128 << 10);
+                t.l.write(other, 5000, &pattern(mb, 15)).unwrap();
+                write_in(t, fh, mb as u64, &pattern(mb, 16), 128 << 10);
+                t.l.release(other).unwrap();
+            }),
+        ),
+    ];
+    for (i, (what, case)) in cases.iter().enumerate() {
+        let (a, fh) =
+            t.l.create(&ME, ns, format!("c{i}").as_bytes(), 0o644, rw())
+                .unwrap();
+        case(&t, fh, a.ino);
+        t.l.release(fh).unwrap();
+        assert_eq!(running_hash(&t, a.ino), None, "{what}");
+        let snap = t.l.file_snapshot(a.ino).unwrap();
+        assert_eq!(
+            t.l.snap_sha256(&snap).unwrap(),
+            sha(&t.get(a.ino)),
+            "{what}"
+        );
+        t.l.sync_release(&snap);
+    }
+    // Grown by truncate, then filled in order: still in order.
+    let (a, fh) = t.l.create(&ME, ns, b"grown", 0o644, rw()).unwrap();
+    let data = pattern(3 * mb, 20);
+    write_in(&t, fh, 0, &data[..mb], 128 << 10);
+    t.l.setattr(
+        a.ino,
+        &SetAttr {
+            size: Some(3 * mb as u64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    write_in(&t, fh, mb as u64, &data[mb..], 128 << 10);
+    t.l.release(fh).unwrap();
+    assert_eq!(running_hash(&t, a.ino), Some(sha(&data)));
+}

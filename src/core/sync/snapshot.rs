@@ -82,6 +82,7 @@ impl Locker {
     pub fn sync_snapshot(&self, ns: &str, path: &[u8]) -> CoreResult<Option<Snapshot>> {
         let mut st = self.lock();
         let st = &mut *st;
+        self.record_digests(st);
         let Some(entry) = msync::get_entry(&st.conn, ns, path)? else {
             return Ok(None);
         };
