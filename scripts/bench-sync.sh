@@ -720,9 +720,11 @@ locker_upload() {
   if ! step cp "$SHM/big" "$MNT/corp/big" 2>>"$logf"; then
     fail up_big locker "cp into the mount failed"
   else
-    put_timed cp_big locker "$SEQ_MB" "$(since "$t0")"
+    local closed=$EPOCHREALTIME
+    put_timed cp_big locker "$SEQ_MB" "$(awk -v a="$t0" -v b="$closed" 'BEGIN { printf "%.6f", b - a }')"
     if wait_drained "a. big file" check_big "$b" big; then
       put_timed up_big locker "$SEQ_MB" "$(awk -v a="$t0" -v b="$DRAINED_AT" 'BEGIN { printf "%.6f", b - a }')"
+      put_timed close_big locker "$SEQ_MB" "$(awk -v a="$closed" -v b="$DRAINED_AT" 'BEGIN { printf "%.6f", b - a }')"
       msg=$(check_sha "$b" big) || fail verify_big locker "$msg"
     else
       fail up_big locker "$DRAIN_WHY"
@@ -888,6 +890,7 @@ rclone_upload() {
   sync
   if rclone_run "$logf" copy "$SHM/big" "$RCLONE_REMOTE:$b/"; then
     put_timed up_big rclone "$SEQ_MB" "$ELAPSED"
+    put_timed close_big rclone "$SEQ_MB" "$ELAPSED"
     msg=$(check_sha "$b" big) || fail verify_big rclone "$msg"
   else
     fail up_big rclone "rclone copy failed (see $logf)"
@@ -1062,6 +1065,7 @@ esac
 METRICS=(
   "up_big|a. upload of one ${SEQ_MB} MiB file$HOW_BIG: LOCKER cp → queue empty; rclone copy|MiB/s|1|rate"
   "cp_big|a. (LOCKER: the cp into the mount alone)|MiB/s|1|info"
+  "close_big|a. the same upload from the cp's return (the file closed) → queue empty, LOCKER's quiet delay included; rclone copy as above|MiB/s|1|rate"
   "up_small|b. upload of $SMALL_FILES small files ($((SMALL_BYTES / 1024)) KiB): LOCKER cp -r → queue empty; rclone copy|files/s|0|rate"
   "cp_small|b. (LOCKER: the cp -r into the mount alone)|files/s|0|info"
   "cold_big|c. cold read of the ${SEQ_MB} MiB file, evicted (the upload's data dir remounted with a ${COLD_CACHE_MB} MiB cache until its blocks are evicted, then with ${READ_CACHE_MB} MiB to read; page cache dropped): cat; rclone cat|MiB/s|1|rate"
