@@ -733,6 +733,7 @@ locker_upload() {
 
   log "locker: b. upload of $SMALL_FILES small files (cp -r, then until the queue is empty)"
   sync
+  cpu_mark
   t0=$EPOCHREALTIME
   if ! step cp -r "$SHM/small" "$MNT/corp/small" 2>>"$logf"; then
     fail up_small locker "cp -r into the mount failed"
@@ -740,6 +741,7 @@ locker_upload() {
     put_timed cp_small locker "$SMALL_FILES" "$(since "$t0")"
     if wait_drained "b. small files" check_small "$b" small/; then
       put_timed up_small locker "$SMALL_FILES" "$(awk -v a="$t0" -v b="$DRAINED_AT" 'BEGIN { printf "%.6f", b - a }')"
+      cpu_put b locker
     else
       fail up_small locker "$DRAIN_WHY"
     fi
@@ -861,7 +863,9 @@ locker_cold() {
   wait_listed "cold-read mount"
   log "locker: c. cold read of ${SEQ_MB} MiB (evicted by a ${COLD_CACHE_MB} MiB cache, read with ${READ_CACHE_MB} MiB)"
   drop_caches
+  cpu_mark
   if timeit cat "$MNT/corp/big" >/dev/null 2>>"$logf"; then
+    cpu_put c locker
     put_timed cold_big locker "$SEQ_MB" "$ELAPSED"
     is_garage && put_timed cold_mount locker "$SEQ_MB" "$ELAPSED"
     step cmp -s "$SHM/big" "$MNT/corp/big" || fail verify_cold locker "the file read back differs from the source"
@@ -877,6 +881,24 @@ locker_cold() {
   rm -rf "$data"
 }
 has_small_files() { check_small "$1" small/ >/dev/null 2>&1; }
+
+# CPU time (user + system, seconds) of a process, and of the whole machine.
+proc_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+sys_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.3f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat
+}
+cpu_mark() {  # before a phase measured on Garage
+  CPU_G0=$(proc_cpu "${GARAGE_PID:-0}"); CPU_L0=$(proc_cpu "${LOCKER_PID:-0}"); CPU_S0=$(sys_cpu)
+}
+cpu_put() {  # phase contender: the CPU time since cpu_mark
+  is_garage || return 0
+  local d='BEGIN { printf "%.2f", b - a }'
+  put "cpu_$1_garage" "$2" "$(awk -v a="$CPU_G0" -v b="$(proc_cpu "$GARAGE_PID")" "$d")"
+  put "cpu_$1_all" "$2" "$(awk -v a="$CPU_S0" -v b="$(sys_cpu)" "$d")"
+  if [ "$2" = locker ]; then put "cpu_$1_locker" locker "$(awk -v a="$CPU_L0" -v b="$(proc_cpu "$LOCKER_PID")" "$d")"; fi
+}
 
 # ---------------------------------------------------------------- rclone
 rclone_run() {  # logfile args...: a timed rclone command (sets ELAPSED)
@@ -898,7 +920,9 @@ rclone_upload() {
 
   log "rclone: b. rclone copy of $SMALL_FILES small files"
   sync
+  cpu_mark
   if rclone_run "$logf" copy "$SHM/small" "$RCLONE_REMOTE:$b/small"; then
+    cpu_put b rclone
     put_timed up_small rclone "$SMALL_FILES" "$ELAPSED"
     msg=$(check_small "$b" small/) || fail verify_small rclone "$msg"
   else
@@ -933,7 +957,9 @@ rclone_cold() {
   fi
   log "rclone: c. rclone cat of ${SEQ_MB} MiB"
   drop_caches
+  cpu_mark
   if timeit rclone cat "$RCLONE_REMOTE:$b/big" >/dev/null 2>>"$logf"; then
+    cpu_put c rclone
     put_timed cold_big rclone "$SEQ_MB" "$ELAPSED"
   else
     fail cold_big rclone "rclone cat failed (see $logf)"
@@ -1072,6 +1098,12 @@ METRICS=(
 )
 is_garage && METRICS+=(
   "cold_mount|c. the same read, rclone through \`rclone mount --vfs-cache-mode full\` (fresh cache): cat (LOCKER: as above)|MiB/s|1|rate"
+  "cpu_b_all|b. CPU time of the whole machine during that upload (user + system; LOCKER: the cp -r, the daemon and Garage; rclone: rclone and Garage)|CPU s|2|time"
+  "cpu_b_garage|b. Garage's share of it|CPU s|2|time"
+  "cpu_b_locker|b. (LOCKER: the daemon's share of it)|CPU s|2|info"
+  "cpu_c_all|c. CPU time of the whole machine during the cold read with cat; rclone cat (as for b)|CPU s|2|time"
+  "cpu_c_garage|c. Garage's share of it|CPU s|2|time"
+  "cpu_c_locker|c. (LOCKER: the daemon's share of it)|CPU s|2|info"
 )
 METRICS+=(
   "rm_small|g. removal of the $SMALL_FILES small files of b: LOCKER rm -rf → queue empty (nothing left under the prefix); rclone purge|files/s|0|rate"
