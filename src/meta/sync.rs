@@ -261,17 +261,30 @@ pub fn remove_entry(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> 
 
 /// Whether anything below directory `ns/path` is queued.
 pub fn any_below(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<bool> {
+    Ok(first_below(conn, ns, path)?.is_some())
+}
+
+/// The first queued path below directory `ns/path`, if any.
+pub fn first_below(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<Vec<u8>>> {
     let mut lo = path.to_vec();
     lo.push(b'/');
     let mut hi = path.to_vec();
     hi.push(b'/' + 1);
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3 LIMIT 1",
-        )?
-        .query_row(params![ns, lo, hi], |_| Ok(()))
-        .optional()?
-        .is_some())
+    conn.prepare_cached(
+        "SELECT path FROM sync_queue WHERE ns = ?1 AND path > ?2 AND path < ?3
+         ORDER BY path LIMIT 1",
+    )?
+    .query_row(params![ns, lo, hi], |r| r.get(0))
+    .optional()
+}
+
+/// Entry `ns/path` is not due before entry `ns/after` is done.
+pub fn set_after(conn: &Connection, ns: &str, path: &[u8], after: &[u8]) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE sync_queue SET after_ns = ?1, after_path = ?3 WHERE ns = ?1 AND path = ?2",
+    )?
+    .execute(params![ns, path, after])?;
+    Ok(())
 }
 
 /// Whether the queue was seeded once with the store's existing entries (a

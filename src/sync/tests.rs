@@ -2387,3 +2387,43 @@ fn a_directory_removed_while_a_file_in_it_is_uploaded_is_not_left_in_the_store()
     rig.refresh();
     assert!(rig.ino("corp/d").is_none(), "the removed folder came back");
 }
+
+/// A folder's removal waits for the removals below it. While one of those
+/// keeps failing (and waits for its retry), the folder's entry waits for
+/// it quietly: no request for the folder over and over, not even while
+/// unmounting, when entries never tried are pushed without their delay.
+#[test]
+fn a_folder_whose_contents_cannot_go_yet_waits_without_asking_the_store_again() {
+    let rig = Rig::new("");
+    rig.write("corp/d/f", b"x");
+    rig.drained();
+    let f = &rig.fault["corp"];
+    f.inject(
+        Some("delete"),
+        Some("d/f"),
+        Fault::Refuse(crate::backend::ErrorKind::Transient),
+        None,
+    );
+    f.inject(
+        Some("head"),
+        Some("d/f"),
+        Fault::Refuse(crate::backend::ErrorKind::Transient),
+        None,
+    );
+    let logged = f.calls().len();
+    rig.unlink("corp/d/f");
+    rig.rmdir("corp/d");
+    // As an unmount does: everything never tried goes at once.
+    let left = rig.drain(Duration::from_secs(2));
+    assert_eq!(left, 2, "both stay queued");
+    let asked = f.calls()[logged..]
+        .iter()
+        .filter(|(_, k)| k.trim_end_matches('/') == "d")
+        .count();
+    assert!(asked <= 2, "the folder was looked at {asked} times");
+    // Once the file can go, the folder follows.
+    f.clear();
+    rig.calm();
+    rig.drained();
+    assert_eq!(rig.stores.corp().keys(), Vec::<String>::new());
+}

@@ -198,6 +198,8 @@ enum Outcome {
     Superseded,
     /// Read before a change or a failed push moved its time on: not pushed.
     NotDue,
+    /// Waits for the entries below it (see `Locker::sync_wait_below`).
+    Waiting,
 }
 
 async fn process(inner: Arc<Inner>, e: QueueEntry) {
@@ -210,7 +212,7 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
         Ok(Outcome::Later) => Some("later"),
         Ok(Outcome::Superseded) => Some("superseded"),
         // Not handled: nothing to count.
-        Ok(Outcome::NotDue) => None,
+        Ok(Outcome::NotDue | Outcome::Waiting) => None,
         Err(_) => Some("failed"),
     };
     if let Some(result) = result {
@@ -230,6 +232,9 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
         }
         Ok(Outcome::NotDue) => {
             tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), "no longer due; left for later");
+        }
+        Ok(Outcome::Waiting) => {
+            tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), "waits for what is queued below it");
         }
         Ok(Outcome::Superseded) => {
             tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "deleted while pushed; stopped");
@@ -461,16 +466,16 @@ async fn push_other(
                     // leave them behind).
                     let core = inner.core.clone();
                     let (ns, p) = (e.ns.clone(), e.path.clone());
-                    if blocking(move || core.sync_queued_under(&ns, &p)).await? {
-                        return Ok(Outcome::Later);
+                    if blocking(move || core.sync_wait_below(&ns, &p)).await? {
+                        return Ok(Outcome::Waiting);
                     }
                     if let Err(err) = be.delete_dir(&key).await {
                         // A directory of a local backend empties as the
                         // deletes of its files go through.
                         let core = inner.core.clone();
                         let (ns, p) = (e.ns.clone(), e.path.clone());
-                        if blocking(move || core.sync_queued_under(&ns, &p)).await? {
-                            return Ok(Outcome::Later);
+                        if blocking(move || core.sync_wait_below(&ns, &p)).await? {
+                            return Ok(Outcome::Waiting);
                         }
                         if err.kind == ErrorKind::Transient {
                             return Err(err);
@@ -487,8 +492,8 @@ async fn push_other(
                     // directory, WebDAV): looked at again after it.
                     let core = inner.core.clone();
                     let (ns, p) = (e.ns.clone(), e.path.clone());
-                    if blocking(move || core.sync_queued_under(&ns, &p)).await? {
-                        return Ok(Outcome::Later);
+                    if blocking(move || core.sync_wait_below(&ns, &p)).await? {
+                        return Ok(Outcome::Waiting);
                     }
                 }
             }

@@ -423,10 +423,20 @@ impl Locker {
         Ok(msync::remote_rows(&self.lock().conn, ns)?)
     }
 
-    /// Whether anything below directory `ns/path` has a pending change.
-    pub fn sync_queued_under(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
-        let st = self.lock();
-        Ok(msync::any_below(&st.conn, ns, path)?)
+    /// Whether anything below directory `ns/path` has a pending change;
+    /// if so, the entry of `ns/path` waits for (the first of) them: it is
+    /// not due again before that one is done, however its push ends. A
+    /// folder removed here goes after what it held, without being looked
+    /// at over and over while one of those waits for a retry.
+    pub fn sync_wait_below(&self, ns: &str, path: &[u8]) -> CoreResult<bool> {
+        let mut st = self.lock();
+        st.tx(|tx| match msync::first_below(tx, ns, path)? {
+            Some(child) => {
+                msync::set_after(tx, ns, path, &child)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        })
     }
 
     /// Whether `ns/path`, or a directory above it, has a pending change: a
