@@ -1597,16 +1597,11 @@ fn a_file_written_in_order_has_its_hash_when_closed() {
     assert_eq!(running_hash(&t, a.ino), Some(sha(&data)));
     // Rewritten whole after O_TRUNC.
     let again = pattern(2 * mb + 3, 901);
-    let fh =
-        t.l.open(
-            a.ino,
-            OpenMode {
-                write: true,
-                truncate: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let trunc = OpenMode {
+        truncate: true,
+        ..rw()
+    };
+    let fh = t.l.open(a.ino, trunc).unwrap();
     write_in(&t, fh, 0, &again, 128 << 10);
     t.l.release(fh).unwrap();
     assert_eq!(running_hash(&t, a.ino), Some(sha(&again)));

@@ -248,6 +248,13 @@ impl Rig {
         n.conditional_writes = Some(single);
     }
 
+    /// `corp`'s store takes batch deletes and checks each key's ETag in
+    /// them (as AWS does), and the sidecar knows it.
+    pub fn exact_batches(&self) {
+        self.stores.corp().set_batches(true);
+        self.batches("corp", true, true);
+    }
+
     /// Holds the queue of `ns` (as a pause after failures does) until
     /// `let_go`: changes made meanwhile are pushed together.
     pub fn hold(&self, ns: &str) {
@@ -1990,8 +1997,7 @@ fn remove_tree(rig: &Rig, dirs: usize, per: usize) {
 fn a_removed_tree_goes_in_batches_and_keeps_another_writers_version() {
     let rig = Rig::new("");
     let corp = rig.stores.corp();
-    corp.set_batches(true);
-    rig.batches("corp", true, true);
+    rig.exact_batches();
     let (dirs, per) = (12, 50);
     pushed_tree(&rig, dirs, per);
     corp.put_foreign("tree/d3/f7", b"their version", labelled(b"their version"));
@@ -2150,8 +2156,7 @@ fn a_crash_between_a_batch_of_removals_and_its_record_brings_nothing_back() {
     let mut rig = Rig::new("");
     let stores = rig.stores.clone();
     let corp = stores.corp();
-    corp.set_batches(true);
-    rig.batches("corp", true, true);
+    rig.exact_batches();
     pushed_tree(&rig, 4, 10);
     rig.write("corp/kept", b"stays");
     rig.drained();
@@ -2183,8 +2188,7 @@ fn a_crash_between_a_batch_of_removals_and_its_record_brings_nothing_back() {
 fn a_tree_removed_over_a_while_goes_in_one_batch_once_it_stops() {
     let rig = Rig::new("upload_delay_ms = 300");
     let corp = rig.stores.corp();
-    corp.set_batches(true);
-    rig.batches("corp", true, true);
+    rig.exact_batches();
     let (dirs, per) = (12, 20);
     pushed_tree(&rig, dirs, per);
     rig.calm();
@@ -2263,8 +2267,7 @@ fn new_files_on_a_store_that_ignores_conditions_are_checked_by_a_listing_per_fol
 fn an_entry_read_before_its_push_failed_is_not_pushed_again_by_that_round() {
     let rig = Rig::new("");
     let corp = rig.stores.corp();
-    corp.set_batches(true);
-    rig.batches("corp", true, true);
+    rig.exact_batches();
     pushed_tree(&rig, 2, 3);
     rig.write("corp/x", b"first");
     rig.drained();
@@ -2309,8 +2312,7 @@ fn an_entry_read_before_its_push_failed_is_not_pushed_again_by_that_round() {
 fn a_held_batch_goes_soon_after_the_removals_stop() {
     let rig = Rig::new("");
     let corp = rig.stores.corp();
-    corp.set_batches(true);
-    rig.batches("corp", true, true);
+    rig.exact_batches();
     pushed_tree(&rig, 4, 25);
     rig.calm();
     let sent = Arc::new(std::sync::Mutex::new(None));
