@@ -268,7 +268,13 @@ impl Drop for Mount {
         if std::thread::panicking()
             && let Ok(dir) = std::env::var("TEST_KEEP_LOGS")
         {
-            let name = format!("{}.log", std::process::id());
+            // (One file per mount: a test may run several.)
+            let mount = self.mnt.parent().and_then(|p| p.file_name());
+            let name = format!(
+                "{}-{}.log",
+                std::process::id(),
+                mount.map_or("mount".into(), |m| m.to_string_lossy())
+            );
             let _ = std::fs::copy(&self.log, std::path::Path::new(&dir).join(name));
         }
         if is_mounted(&self.mnt) {

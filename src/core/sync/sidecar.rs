@@ -290,8 +290,9 @@ impl Locker {
     }
 
     /// Of `entries` (namespace, path, queue sequence), those still queued
-    /// at that sequence and never tried whose push is the removal of a file, symlink or directory LOCKER last saw in the
-    /// backend, with nothing pushed there since that it did not record:
+    /// at that sequence and never tried whose push is the removal of a
+    /// file, symlink or directory LOCKER last saw in the backend, with
+    /// nothing pushed there since that it did not record:
     /// nothing of that kind is at the path here, and the remote row names
     /// the version (its ETag, and whether it is a directory, returned with
     /// each). A batch removes those.
