@@ -686,8 +686,10 @@ def t_rclone(srv, c, tmp, password):
     if not shutil.which("rclone"):
         check("rclone installed", False, "rclone not found (scripts/deps.sh installs it)")
         return
-    obscured = subprocess.run(["rclone", "obscure", password], capture_output=True, text=True,
-                              check=True).stdout.strip()
+    # The password goes on stdin: on the command line it would be seen by `ps`,
+    # and one that starts with "-" (token_urlsafe makes those) is taken for a flag.
+    obscured = subprocess.run(["rclone", "obscure", "-"], input=password + "\n", capture_output=True,
+                              text=True, check=True).stdout.strip()
     env = dict(os.environ, TZ="UTC", RCLONE_CONFIG="/dev/null",
                RCLONE_CONFIG_NC_TYPE="webdav", RCLONE_CONFIG_NC_URL=srv.url + F.rstrip("/"),
                RCLONE_CONFIG_NC_VENDOR="nextcloud", RCLONE_CONFIG_NC_USER=USER,
