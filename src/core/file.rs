@@ -305,7 +305,8 @@ impl Locker {
     /// The file is no longer written in order from its start (or its
     /// running hash fell behind): its hash is taken from its blocks.
     pub(crate) fn stop_digest(&self, ino: InodeNo, fs: &mut FileState) {
-        if fs.seq.take().is_some() {
+        // The thread hears of a file with its first whole block.
+        if fs.seq.take().is_some_and(|end| end >= BLOCK_SIZE) {
             self.digests.forget(ino);
         }
     }
@@ -912,8 +913,12 @@ impl Locker {
         }
         // Written in order from the start up to its size: the file's hash
         // is what its running hash has, then the last, partial block.
+        // A file smaller than a block is not followed: the thread would
+        // only hash its one block, which a push hashes as cheaply when
+        // (and if) it needs the file's hash, and the round trip to it
+        // cost small-file writers more than the hash itself.
         let finish = match fs.seq {
-            Some(end) if end == fs.size => {
+            Some(end) if end == fs.size && end >= BLOCK_SIZE => {
                 let (blocks, tail_len) = (end / BLOCK_SIZE, (end % BLOCK_SIZE) as usize);
                 match fs.dirty.get(&blocks) {
                     _ if tail_len == 0 => Some((blocks, None, 0)),
