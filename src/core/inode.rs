@@ -624,15 +624,17 @@ impl Locker {
         newname: &[u8],
         mode: RenameMode,
     ) -> CoreResult<()> {
-        let (src, dst) = {
+        let (src_row, dst) = {
             let c = &st.conn;
             dir_row(c, parent)?;
-            dir_row(c, newparent)?;
-            let src = meta::lookup(c, parent, name)?.ok_or(CoreError::NotFound)?;
+            if newparent != parent {
+                dir_row(c, newparent)?;
+            }
+            let src = meta::lookup_row(c, parent, name)?.ok_or(CoreError::NotFound)?;
             (src, meta::lookup(c, newparent, newname)?)
         };
-        let src_kind = row(&st.conn, src)?.attr.kind;
-        namespace::check_rename(parent, newparent, src_kind, mode)?;
+        let src = src_row.attr.ino;
+        namespace::check_rename(parent, newparent, src_row.attr.kind, mode)?;
         if dst == Some(src) {
             // Two names of one inode: POSIX says do nothing.
             return Ok(());
@@ -645,7 +647,7 @@ impl Locker {
         let m = st.mark();
         let purge = st.tx(|tx| {
             let now = Timestamp::now();
-            let src_row = row(tx, src)?;
+            // (`src_row` was read above, under the same lock.)
             let dst_row = match dst {
                 Some(d) => Some(row(tx, d)?),
                 None => None,

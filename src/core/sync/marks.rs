@@ -176,12 +176,14 @@ pub(crate) fn mark_ino(
 /// Paths below `ino` relative to it ("" for itself), with file sizes and
 /// the inode of each.
 fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64, InodeNo)>> {
-    let mut out = vec![(Vec::new(), size_of(conn, ino)?, ino)];
+    let root = meta::get_inode(conn, ino)?;
+    let mut out = vec![(Vec::new(), root.as_ref().map_or(0, |r| r.attr.size), ino)];
+    if root.is_none_or(|r| r.attr.kind != FileKind::Dir) {
+        return Ok(out);
+    }
+    // Below the root, each name carries its inode's kind.
     let mut stack = vec![(ino, Vec::new())];
     while let Some((dir, rel)) = stack.pop() {
-        if meta::get_inode(conn, dir)?.is_none_or(|r| r.attr.kind != FileKind::Dir) {
-            continue;
-        }
         for (name, child, kind) in meta::list_dir(conn, dir)? {
             let p = join(&rel, &name);
             let size = if kind == FileKind::File {
