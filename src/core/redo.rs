@@ -488,5 +488,14 @@ mod tests {
         conn.execute("INSERT INTO t (k, v) VALUES (1, 5)", [])
             .unwrap();
         assert_eq!(statements(&redo), ["INSERT INTO t (k, v) VALUES (1, 5)"]);
+        // Replayed on the state before it, it fires the trigger once more.
+        assert!(redo.append());
+        conn.execute_batch("DELETE FROM t; UPDATE total SET n = 0")
+            .unwrap();
+        assert_eq!(replay(&conn, &dir.path().join("redo.log")).unwrap(), 1);
+        let n: i64 = conn
+            .query_row("SELECT n FROM total", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 5);
     }
 }

@@ -237,16 +237,22 @@ mod tests {
     use crate::meta;
     use crate::types::{Attr, FileKind, InodeNo, Timestamp};
 
-    /// A database written before names carried their kind gets each one's
-    /// kind from its inode.
-    #[test]
-    fn names_written_before_migration_11_get_their_inodes_kind() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        for (i, ddl) in MIGRATIONS.iter().enumerate().take(10) {
+    /// An in-memory database with the first `n` migrations applied.
+    fn database_at(n: usize) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for (i, ddl) in MIGRATIONS.iter().enumerate().take(n) {
             conn.execute_batch(ddl).unwrap();
             conn.pragma_update(None, "user_version", (i + 1) as i64)
                 .unwrap();
         }
+        conn
+    }
+
+    /// A database written before names carried their kind gets each one's
+    /// kind from its inode.
+    #[test]
+    fn names_written_before_migration_11_get_their_inodes_kind() {
+        let mut conn = database_at(10);
         let now = Timestamp::now();
         let mut names = Vec::new();
         for (n, kind) in [
@@ -279,12 +285,7 @@ mod tests {
     #[test]
     fn files_written_before_migration_12_get_their_allocation() {
         use crate::blocks::BlockId;
-        let mut conn = Connection::open_in_memory().unwrap();
-        for (i, ddl) in MIGRATIONS.iter().enumerate().take(11) {
-            conn.execute_batch(ddl).unwrap();
-            conn.pragma_update(None, "user_version", (i + 1) as i64)
-                .unwrap();
-        }
+        let mut conn = database_at(11);
         let now = Timestamp::now();
         let mut a = Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 1, now);
         a.size = 16 << 20;
@@ -317,12 +318,7 @@ mod tests {
     #[test]
     fn blocks_and_xattrs_written_before_migration_14_survive_it() {
         use crate::blocks::BlockId;
-        let mut conn = Connection::open_in_memory().unwrap();
-        for (i, ddl) in MIGRATIONS.iter().enumerate().take(13) {
-            conn.execute_batch(ddl).unwrap();
-            conn.pragma_update(None, "user_version", (i + 1) as i64)
-                .unwrap();
-        }
+        let mut conn = database_at(13);
         let data = |i: u8| vec![i; 1000 * i as usize + 1];
         for i in 0..40u8 {
             meta::put_inline_block(&conn, &BlockId([i; 32]), &data(i)).unwrap();
