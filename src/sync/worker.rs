@@ -42,10 +42,15 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
     // never held more than a few of those.
     let quiet = Duration::from_millis(inner.cfg.upload_delay_ms.max(50));
     let max_hold = (quiet * 4).max(Duration::from_secs(1));
-    // Woken only because pushes finished: the next few entries are enough
-    // (reading 512 rows to start one push cost more than the push's own
-    // bookkeeping when thousands of small files go up).
-    let mut slots_only = false;
+    // How far to read the queue. The entries in flight became ready first,
+    // so they come first in its order, and a few rows per free slot past
+    // them are enough to start pushes: a look runs at every timer wake
+    // (every 2 ms while a burst of changes turns quiet), under the state
+    // lock the mount's requests wait on. Removals and entries that need no
+    // request come in runs (a tree made and removed): after a round that
+    // met one, read wide, so that a batch or a forget takes hundreds at a
+    // time.
+    let mut wide = true;
     loop {
         // Due entries held back for a growing batch this round.
         let mut held = std::collections::HashSet::new();
@@ -61,11 +66,10 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             // Paused namespaces are left out in the query, so a backend
             // that is down cannot crowd out the others.
             let skip = inner.paused_list();
-            let limit = if slots_only {
-                // The entries in flight come first in the queue's order.
-                (inner.cfg.uploads + free * 4).min(512)
-            } else {
+            let limit = if wide {
                 512
+            } else {
+                (inner.cfg.uploads + free * 4).min(512)
             };
             let due =
                 tokio::task::spawn_blocking(move || core.sync_due(now_ns(), hurry, &skip, limit))
@@ -86,6 +90,13 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     forgotten.extend(round.finished);
                     held = round.held;
                     more = !forgotten.is_empty();
+                    wide = more || {
+                        let inflight = inner.inflight.lock().unwrap();
+                        entries.iter().any(|e| {
+                            let k = (e.ns.clone(), e.path.clone());
+                            e.bytes == 0 && e.attempts == 0 && !inflight.contains(&k)
+                        })
+                    };
                     let mut started = 0;
                     for e in entries {
                         if started >= free {
@@ -126,7 +137,6 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             // complete, neither at once nor only at the next other entry.
             wait = wait.clamp(quiet / 4, quiet);
         }
-        slots_only = false;
         tokio::select! {
             _ = inner.notify.notified() => {
                 // Let a burst of changes gather before the next look.
@@ -134,7 +144,7 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
             }
             // A slot came free: the next entry goes at once (waiting here
             // for a burst left each slot idle up to 20 ms per file).
-            _ = inner.freed.notified() => slots_only = true,
+            _ = inner.freed.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
