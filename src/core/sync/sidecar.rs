@@ -75,7 +75,9 @@ impl Locker {
         let commit = {
             let mut st = self.lock();
             st.tx(|tx| Ok(msync::put_sent(tx, ns, path, &sha[..])?))?;
-            st.commits + u64::from(st.open_tx.is_some())
+            // (A change left in the open transaction is counted as a
+            // commit: the barrier commits it.)
+            st.commits
         };
         self.durable_upto(commit)
     }
