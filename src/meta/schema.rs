@@ -205,6 +205,13 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO xattrs_new (ino, name, value) SELECT ino, name, value FROM xattrs;
     DROP TABLE xattrs;
     ALTER TABLE xattrs_new RENAME TO xattrs;",
+    // 15: paths by content in the order they are asked for (known ones
+    // first, then the newest), so that a look for a copy of some content
+    // reads one row, not every path holding it: with 100,000 paths of the
+    // same content (empty files, a licence in every package) each look
+    // read and sorted them all, about 65 ms, once per upload.
+    "CREATE INDEX remote_by_sha_rank ON remote (sha256, verified, at_ns);
+    DROP INDEX remote_by_sha;",
 ];
 
 /// Number of migrations this build knows.

@@ -510,12 +510,12 @@ pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()>
     Ok(())
 }
 
-/// How many paths other than `ns/path` are known to hold a file with this
-/// content (a label alone does not count).
-pub fn other_copies(conn: &Connection, sha: &[u8], ns: &str, path: &[u8]) -> MetaResult<i64> {
+/// Whether a path other than `ns/path` is known to hold a file with this
+/// content (a label alone does not count). Stops at the first one.
+pub fn other_copy(conn: &Connection, sha: &[u8], ns: &str, path: &[u8]) -> MetaResult<bool> {
     conn.prepare_cached(
-        "SELECT count(*) FROM remote WHERE sha256 = ?1 AND kind = 1 AND verified >= 1
-            AND NOT (ns = ?2 AND path = ?3)",
+        "SELECT EXISTS (SELECT 1 FROM remote WHERE sha256 = ?1 AND kind = 1 AND verified >= 1
+            AND NOT (ns = ?2 AND path = ?3))",
     )?
     .query_row(params![sha, ns, path], |r| r.get(0))
 }
@@ -688,5 +688,62 @@ mod tests {
         }
         // Not ready, with no hurry: nothing, and nothing read.
         assert!(due(&conn, 999, false, &[], 40).unwrap().is_empty());
+    }
+
+    /// A look for a copy of some content reads the row it returns, however
+    /// many paths hold that content (empty files, a licence in every
+    /// package): it runs once per upload.
+    #[test]
+    fn a_look_for_a_copy_reads_one_row_however_many_paths_hold_the_content() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::meta::schema::migrate(&mut conn).unwrap();
+        let sha = [5u8; 32];
+        let row = |i: i64, verified: bool, own: bool| RemoteRow {
+            kind: REMOTE_FILE,
+            size: 0,
+            etag: format!("e{i}"),
+            sha256: Some(sha),
+            mtime: None,
+            mode: None,
+            target: None,
+            at_ns: i,
+            verified,
+            own,
+            base: None,
+            file_id: None,
+        };
+        // Labels, hashed ones and this host's own uploads, mixed; the
+        // newest of this host's is number 2,999.
+        for i in 0..3_000i64 {
+            let r = row(i, i % 3 != 0, i % 3 == 2);
+            put_remote(&conn, "corp", format!("f{i:04}").as_bytes(), &r).unwrap();
+        }
+        put_remote(&conn, "corp", b"label", &row(9_999, false, false)).unwrap();
+        let sql = format!(
+            "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
+                AND (verified >= 1 OR ?2 = 0) ORDER BY verified DESC, at_ns DESC LIMIT 1"
+        );
+        let mut st = conn.prepare_cached(&sql).unwrap();
+        st.reset_status(rusqlite::StatementStatus::Sort);
+        st.reset_status(rusqlite::StatementStatus::VmStep);
+        st.query_row(params![&sha[..], 1], |_| Ok(())).unwrap();
+        assert_eq!(st.get_status(rusqlite::StatementStatus::Sort), 0, "sorted");
+        let steps = st.get_status(rusqlite::StatementStatus::VmStep);
+        assert!(steps < 500, "{steps} steps to find one of 3,001 paths");
+        drop(st);
+        let (_, path, got) = remote_with_sha(&conn, &sha, true).unwrap().unwrap();
+        assert_eq!(
+            (path.as_slice(), got.at_ns, got.own),
+            (&b"f2999"[..], 2_999, true)
+        );
+        let (_, path, _) = remote_with_sha(&conn, &sha, false).unwrap().unwrap();
+        assert_eq!(path, b"f2999", "a label is never preferred to a known copy");
+        assert!(other_copy(&conn, &sha, "corp", b"f2999").unwrap());
+        let lone = [6u8; 32];
+        let mut r = row(1, true, true);
+        r.sha256 = Some(lone);
+        put_remote(&conn, "corp", b"lone", &r).unwrap();
+        assert!(!other_copy(&conn, &lone, "corp", b"lone").unwrap());
+        assert!(other_copy(&conn, &lone, "deck", b"lone").unwrap());
     }
 }

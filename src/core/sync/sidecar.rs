@@ -373,7 +373,7 @@ impl Locker {
             let Some(sha) = row.sha256.filter(|_| row.kind == REMOTE_FILE) else {
                 return Ok(());
             };
-            if msync::other_copies(&st.conn, &sha, ns, path)? > 0 {
+            if msync::other_copy(&st.conn, &sha, ns, path)? {
                 return Ok(());
             }
             // The file at the path itself, if it still has this content, is
