@@ -667,6 +667,104 @@ mod tests {
         test_open(&cfg(url))
     }
 
+    /// A server that answers every MKCOL with 403 (as Apache answers the
+    /// one that loses when two make a folder at once) and every PROPFIND
+    /// with the folder `made` there. Returns its URL and the requests'
+    /// methods seen so far.
+    fn refusing_server() -> (String, std::sync::Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/dav", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut w = conn;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut words = line.split(' ');
+                        let method = words.next().unwrap_or("").to_string();
+                        let path = words.next().unwrap_or("").trim_end_matches('/').to_string();
+                        let mut len = 0usize;
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        log.lock().unwrap().push(method.clone());
+                        let (status, body) = if method == "PROPFIND" && path == "/dav/made" {
+                            (
+                                "207 Multi-Status",
+                                "<?xml version=\"1.0\"?><D:multistatus xmlns:D=\"DAV:\"><D:response>\
+                                 <D:href>/dav/made/</D:href><D:propstat><D:prop>\
+                                 <D:resourcetype><D:collection/></D:resourcetype>\
+                                 <D:getetag>\"e1\"</D:getetag></D:prop>\
+                                 <D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>\
+                                 </D:multistatus>",
+                            )
+                        } else if method == "PROPFIND" {
+                            ("404 Not Found", "")
+                        } else {
+                            ("403 Forbidden", "")
+                        };
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if w.write_all(head.as_bytes())
+                            .and_then(|_| w.write_all(body.as_bytes()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    /// A folder's own push whose MKCOL the server refuses because a push
+    /// of a file in it made the folder meanwhile: the folder is there,
+    /// which is what was asked (the push used to fail and the entry wait
+    /// its next try, 30 s later).
+    #[test]
+    fn a_folder_made_meanwhile_by_another_push_is_a_folder_made() {
+        let (url, seen) = refusing_server();
+        let mut c = test_cfg(&url, "LOCKER_TEST_WEBDAV_PW_UNIT");
+        c.flavor = Some("plain".into());
+        let b = test_open(&c).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(b.put_dir("made", &ObjMeta::default(), &Cond::Any));
+        assert_eq!(got.unwrap(), "dir");
+        assert_eq!(*seen.lock().unwrap(), ["MKCOL", "PROPFIND"]);
+        // Where nothing is there after a refusal, the refusal stands.
+        let got = rt.block_on(b.put_dir("other", &ObjMeta::default(), &Cond::Any));
+        assert!(got.is_err());
+    }
+
     #[test]
     fn paths_are_encoded_under_the_folder_and_hrefs_read_back() {
         let b = open("https://cloud.example.com/remote.php/dav/files/alice").unwrap();

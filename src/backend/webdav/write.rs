@@ -348,7 +348,16 @@ impl WebDavBackend {
                     self.make_parents(key).await?;
                     made_parents = true;
                 }
-                _ => return Err(status_error("make folder", key, &resp)),
+                // As in `mkcol`: a push of a file in this folder may be
+                // making it at the same moment, and a server may refuse the
+                // MKCOL that loses (Apache answers 403). A folder there now
+                // is what was asked for.
+                _ => {
+                    return match self.head_in(flavor, key).await? {
+                        Some(h) if h.kind == ObjKind::Dir => Ok("dir".into()),
+                        _ => Err(status_error("make folder", key, &resp)),
+                    };
+                }
             }
         }
     }
