@@ -121,7 +121,7 @@ fn mtime_of(m: &fs::Metadata) -> Timestamp {
 /// the root, each file and directory is synced itself.
 struct Syncer {
     /// The root, and the device its file system is on, where rounds apply.
-    shared: Option<(OwnedFd, u64)>,
+    shared: Option<(Arc<OwnedFd>, u64)>,
     rounds: std::sync::Mutex<Rounds>,
     turn: std::sync::Condvar,
 }
@@ -150,14 +150,14 @@ const SHARED_SYNC_FS: [u32; 4] = [
 ];
 
 impl Syncer {
-    fn new(root: &OwnedFd) -> Syncer {
+    fn new(root: &Arc<OwnedFd>) -> Syncer {
         let shared = (|| {
-            let fs = rustix::fs::fstatfs(root).ok()?;
+            let fs = rustix::fs::fstatfs(root.as_fd()).ok()?;
             if !SHARED_SYNC_FS.contains(&(fs.f_type as u32)) {
                 return None;
             }
-            let dev = rustix::fs::fstat(root).ok()?.st_dev;
-            Some((root.try_clone().ok()?, dev))
+            let dev = rustix::fs::fstat(root.as_fd()).ok()?.st_dev;
+            Some((root.clone(), dev))
         })();
         Syncer {
             shared,
@@ -170,7 +170,7 @@ impl Syncer {
     fn sync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         match &self.shared {
             Some((root, dev)) if rustix::fs::fstat(fd).is_ok_and(|st| st.st_dev == *dev) => {
-                self.round(|| Ok(rustix::fs::syncfs(root)?))
+                self.round(|| Ok(rustix::fs::syncfs(root.as_fd())?))
             }
             _ => Ok(rustix::fs::fsync(fd)?),
         }
@@ -577,11 +577,11 @@ impl LocalBackend {
             Mode::empty(),
         )
         .map_err(|e| io_err("open", &root, e.into()))?;
-        let syncer = Arc::new(Syncer::new(&root_fd));
+        let root_fd = Arc::new(root_fd);
         Ok(LocalBackend {
             root,
-            root_fd: Arc::new(root_fd),
-            syncer,
+            syncer: Arc::new(Syncer::new(&root_fd)),
+            root_fd,
         })
     }
 
@@ -1129,7 +1129,7 @@ mod tests {
             Mode::empty(),
         )
         .unwrap();
-        let syncer = Arc::new(Syncer::new(&root));
+        let syncer = Arc::new(Syncer::new(&Arc::new(root)));
         let start = Arc::new(std::sync::Barrier::new(16));
         let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let threads: Vec<_> = (0..16)

@@ -530,15 +530,18 @@ pub fn remote_with_sha(
     sha: &[u8],
     verified_only: bool,
 ) -> MetaResult<Option<(String, Vec<u8>, RemoteRow)>> {
-    let sql = format!(
-        "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
-            AND (verified >= 1 OR ?2 = 0) ORDER BY verified DESC, at_ns DESC LIMIT 1"
-    );
-    conn.prepare_cached(&sql)?
+    conn.prepare_cached(&remote_with_sha_sql())?
         .query_row(params![sha, verified_only as i64], |r| {
             Ok((r.get(0)?, r.get(1)?, remote_at(r, 2)?))
         })
         .optional()
+}
+
+fn remote_with_sha_sql() -> String {
+    format!(
+        "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
+            AND (verified >= 1 OR ?2 = 0) ORDER BY verified DESC, at_ns DESC LIMIT 1"
+    )
 }
 
 /// Every path in the backends holding a file with this content (as LOCKER
@@ -719,11 +722,7 @@ mod tests {
             put_remote(&conn, "corp", format!("f{i:04}").as_bytes(), &r).unwrap();
         }
         put_remote(&conn, "corp", b"label", &row(9_999, false, false)).unwrap();
-        let sql = format!(
-            "SELECT ns, path, {REMOTE_COLS} FROM remote WHERE sha256 = ?1 AND kind = 1
-                AND (verified >= 1 OR ?2 = 0) ORDER BY verified DESC, at_ns DESC LIMIT 1"
-        );
-        let mut st = conn.prepare_cached(&sql).unwrap();
+        let mut st = conn.prepare_cached(&remote_with_sha_sql()).unwrap();
         st.reset_status(rusqlite::StatementStatus::Sort);
         st.reset_status(rusqlite::StatementStatus::VmStep);
         st.query_row(params![&sha[..], 1], |_| Ok(())).unwrap();

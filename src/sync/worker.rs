@@ -93,8 +93,9 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     wide = more || {
                         let inflight = inner.inflight.lock().unwrap();
                         entries.iter().any(|e| {
-                            let k = (e.ns.clone(), e.path.clone());
-                            e.bytes == 0 && e.attempts == 0 && !inflight.contains(&k)
+                            e.bytes == 0
+                                && e.attempts == 0
+                                && !inflight.contains(&(e.ns.clone(), e.path.clone()))
                         })
                     };
                     let mut started = 0;
