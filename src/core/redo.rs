@@ -14,7 +14,14 @@
 //!
 //! File format: records, each a header (generation u64, length u32, CRC-32
 //! u32 of the generation, length and bytes; little-endian) and the bytes:
-//! statements, each a length (u32) and its SQL text. The database keeps
+//! statements, each a length (u32) and its SQL text. Each write covers
+//! whole pages: the record, the bytes of its first page that are already
+//! in the file before it, and zeros to the end of its last page (which
+//! read as the end of the log). A write over part of a page the kernel no
+//! longer holds would make it read that page from disk first; the log is
+//! rewritten from its start at each generation, so after the page cache
+//! dropped it (memory pressure, `drop_caches`), every operation waited for
+//! such a read. The database keeps
 //! (`settings.redo_gen`) the generation of the last log it committed; only
 //! records of the next generation are replayed, from the start of the file
 //! up to the first record that is not one (a record of an older generation,
@@ -39,6 +46,9 @@ use rusqlite::{Connection, OptionalExtension, ffi};
 use crate::core::CoreResult;
 
 const HEADER: usize = 16;
+/// The unit a write covers whole (the page size of every Linux platform
+/// LOCKER runs on, and a multiple of every file system's block size there).
+const PAGE: usize = 4096;
 /// A log past this size is committed at the end of the operation that grew
 /// it (replay time and memory stay bounded).
 pub(crate) const MAX_LOG: u64 = 16 << 20;
@@ -164,6 +174,9 @@ pub(crate) struct Redo {
     committed: u64,
     /// Bytes of the current generation in the file.
     len: u64,
+    /// The bytes of the last page from its start up to `len` (what the
+    /// next write repeats so that it covers that page whole).
+    tail: Vec<u8>,
     /// Handed to SQLite by address: `State` declares the connection before
     /// its `Redo`, so the connection (and the hook with it) goes first.
     capture: Box<Capture>,
@@ -338,6 +351,7 @@ impl Redo {
             file,
             committed,
             len: 0,
+            tail: Vec::with_capacity(PAGE),
             capture,
         })
     }
@@ -349,6 +363,7 @@ impl Redo {
         self.capture.noted.set(false);
         self.capture.on.set(true);
         self.len = 0;
+        self.tail.clear();
     }
 
     /// Where an operation begins (for `rollback_to`).
@@ -373,21 +388,33 @@ impl Redo {
             return true;
         }
         let generation = self.committed + 1;
-        let mut rec = Vec::with_capacity(HEADER + buf.len());
-        rec.extend_from_slice(&generation.to_le_bytes());
-        rec.extend_from_slice(&(buf.len() as u32).to_le_bytes());
+        // Whole pages: the start of the last page again, the record, zeros.
+        let start = self.len - self.tail.len() as u64;
+        let kept = self.tail.len();
+        let mut out = std::mem::take(&mut self.tail);
+        out.reserve(HEADER + buf.len() + PAGE);
+        out.extend_from_slice(&generation.to_le_bytes());
+        out.extend_from_slice(&(buf.len() as u32).to_le_bytes());
         let mut c = crc32fast::Hasher::new();
-        c.update(&rec);
+        c.update(&out[kept..]);
         c.update(&buf);
-        rec.extend_from_slice(&c.finalize().to_le_bytes());
-        rec.extend_from_slice(&buf);
-        match self.file.write_all_at(&rec, self.len) {
+        out.extend_from_slice(&c.finalize().to_le_bytes());
+        out.extend_from_slice(&buf);
+        let end = out.len();
+        out.resize(end.next_multiple_of(PAGE), 0);
+        let r = self.file.write_all_at(&out, start);
+        out.truncate(end);
+        match r {
             Ok(()) => {
-                self.len += rec.len() as u64;
+                self.len = start + end as u64;
+                out.drain(..end - end % PAGE);
+                self.tail = out;
                 buf.clear();
                 true
             }
             Err(e) => {
+                out.truncate(kept);
+                self.tail = out;
                 tracing::warn!(error = %e, "cannot write the redo log; committing instead");
                 false
             }
@@ -447,6 +474,7 @@ impl Redo {
         self.capture.noted.set(false);
         self.capture.buf.borrow_mut().clear();
         self.len = 0;
+        self.tail.clear();
     }
 }
 
@@ -464,6 +492,102 @@ mod tests {
             p += 4 + n;
         }
         out
+    }
+
+    /// Bytes the calling thread had the kernel read from storage (Linux's
+    /// per-task I/O accounting).
+    fn thread_read_bytes() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("read_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Writes back and drops the page cache of `file`.
+    fn drop_cached(file: &File) {
+        use std::os::fd::AsRawFd;
+        file.sync_data().unwrap();
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
+
+    /// The log is written from its start again at each generation, over
+    /// pages written before. Once the kernel has dropped them from its
+    /// cache (memory pressure, `drop_caches`), a write over part of such a
+    /// page would first read it from disk, and every operation would wait
+    /// for that read: each write covers whole pages instead.
+    #[test]
+    fn appends_over_pages_the_kernel_dropped_read_nothing_from_disk() {
+        // On the disk the sources are on: a file system in memory reads
+        // nothing whatever the writes do.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("redo.log");
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+        )
+        .unwrap();
+        let mut redo = Redo::open(&conn, &path).unwrap();
+        let filler = "x".repeat(300);
+        redo.begin();
+        for k in 0..100 {
+            conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k, &filler))
+                .unwrap();
+            assert!(redo.append());
+        }
+        assert!(redo.len() > 8 * PAGE as u64);
+        redo.committed();
+
+        // The premise: this thread's reads of dropped pages are counted.
+        drop_cached(&redo.file);
+        let before = thread_read_bytes();
+        let mut probe = [0u8; 1];
+        redo.file
+            .read_exact_at(&mut probe, 6 * PAGE as u64)
+            .unwrap();
+        assert!(
+            thread_read_bytes() > before,
+            "reading a dropped page of {} read nothing from disk",
+            path.display()
+        );
+
+        // The next generation: a record from the start of the first page,
+        // then one from the middle of it, each after the cache dropped it.
+        drop_cached(&redo.file);
+        let before = thread_read_bytes();
+        redo.begin();
+        conn.execute("INSERT INTO t (k, v) VALUES (1000, 'first')", [])
+            .unwrap();
+        assert!(redo.append());
+        let read = thread_read_bytes() - before;
+        drop_cached(&redo.file);
+        let before = thread_read_bytes();
+        conn.execute("INSERT INTO t (k, v) VALUES (1001, 'second')", [])
+            .unwrap();
+        assert!(redo.append());
+        let read = read + thread_read_bytes() - before;
+        assert_eq!(read, 0, "appending to the log read {read} bytes from disk");
+
+        // What the file holds is the two records, ended by the zeros
+        // after them (the older generation's records beyond stay unread).
+        let data = std::fs::read(&path).unwrap();
+        let sql: Vec<String> = records_of(&data, redo.generation())
+            .into_iter()
+            .map(|e| match e {
+                Entry::Sql(s) => String::from_utf8_lossy(s).into_owned(),
+                Entry::Block { .. } => panic!("a block entry"),
+            })
+            .collect();
+        assert_eq!(
+            sql,
+            [
+                "INSERT INTO t (k, v) VALUES (1000, 'first')",
+                "INSERT INTO t (k, v) VALUES (1001, 'second')"
+            ]
+        );
+        assert_eq!(redo.pending().unwrap().len() as u64, redo.len());
     }
 
     /// A statement that fires a trigger is logged once: replaying it fires
