@@ -4,6 +4,7 @@
 //! (`rusqlite::Transaction` derefs to `Connection`, so every helper here takes
 //! `&Connection`). Statements are cached per connection.
 
+mod ahead;
 pub mod schema;
 pub mod sync;
 
@@ -30,6 +31,9 @@ pub fn open_in_memory() -> MetaResult<Connection> {
     Ok(conn)
 }
 
+/// Frames (pages) in the WAL at which a commit checkpoints it: 64 MiB.
+const CHECKPOINT_FRAMES: std::ffi::c_int = 16384;
+
 fn configure(conn: &mut Connection) -> MetaResult<()> {
     // WAL: readers never block the writer and a crash loses nothing that was
     // committed. synchronous=NORMAL keeps commits durable against a daemon
@@ -43,8 +47,9 @@ fn configure(conn: &mut Connection) -> MetaResult<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Checkpoints (which fsync) every 64 MiB of WAL rather than every 4 MiB:
     // metadata-heavy work would otherwise pay an fsync every few hundred
-    // files.
-    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+    // files. The hooks that do it also read ahead the WAL pages each commit
+    // overwrites (see `ahead`).
+    ahead::install(conn, CHECKPOINT_FRAMES)?;
     conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Up to 64 MiB of metadata pages stay in memory (about 250,000 files'
