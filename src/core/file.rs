@@ -954,7 +954,7 @@ impl Locker {
                     if dirty.contains_key(&idx) {
                         continue;
                     }
-                    if meta::decref_block(tx, &old.id)? && old.len >= INLINE_MAX {
+                    if meta::decref_block(tx, &old)? && old.len >= INLINE_MAX {
                         freed.push(old.id);
                     }
                     meta::delete_file_block(tx, ino, idx)?;
@@ -983,7 +983,7 @@ impl Locker {
                     continue;
                 }
                 if let Some(o) = old
-                    && meta::decref_block(tx, &o.id)?
+                    && meta::decref_block(tx, &o)?
                     && o.len >= INLINE_MAX
                 {
                     freed.push(o.id);

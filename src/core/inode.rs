@@ -889,16 +889,8 @@ impl Locker {
         tx: &Connection,
         ino: InodeNo,
     ) -> CoreResult<Vec<crate::blocks::BlockId>> {
-        {
-            let mut freed = Vec::new();
-            for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
-                if meta::decref_block(tx, &b.id)? && b.len >= crate::blocks::INLINE_MAX {
-                    freed.push(b.id);
-                }
-                meta::delete_file_block(tx, ino, idx)?;
-            }
-            meta::delete_inode(tx, ino)?;
-            Ok(freed)
-        }
+        // The inode first: deleting its block list then updates no size.
+        meta::delete_inode(tx, ino)?;
+        Ok(meta::drop_blocks_from(tx, ino, 0)?)
     }
 }

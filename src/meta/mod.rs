@@ -784,21 +784,46 @@ pub fn incref_absent_block(conn: &Connection, id: &BlockId, size: u32) -> MetaRe
 
 /// Drops one reference; returns true when the block is no longer referenced
 /// (its row is then deleted and the caller frees its bytes after commit).
-pub fn decref_block(conn: &Connection, id: &BlockId) -> MetaResult<bool> {
+pub fn decref_block(conn: &Connection, b: &BlockRef) -> MetaResult<bool> {
+    let id = &b.id.0[..];
     let refs: Option<i64> = conn
         .prepare_cached("UPDATE blocks SET refs = refs - 1 WHERE id = ?1 RETURNING refs")?
-        .query_row([&id.0[..]], |r| r.get(0))
+        .query_row([id], |r| r.get(0))
         .optional()?;
     match refs {
         Some(n) if n <= 0 => {
             conn.prepare_cached("DELETE FROM blocks WHERE id = ?1")?
-                .execute([&id.0[..]])?;
-            conn.prepare_cached("DELETE FROM block_data WHERE id = ?1")?
-                .execute([&id.0[..]])?;
+                .execute([id])?;
+            // A block this small keeps its bytes here; a larger one in a
+            // file, removed by the caller once the change is committed.
+            if b.len < crate::blocks::INLINE_MAX {
+                conn.prepare_cached("DELETE FROM block_data WHERE id = ?1")?
+                    .execute([id])?;
+            }
             Ok(true)
         }
         _ => Ok(false),
     }
+}
+
+/// Drops the block list of inode `ino` from index `from` on, one
+/// reference less to each block. Returns the blocks left with no
+/// reference whose bytes are files (for the caller to remove once the
+/// change is committed).
+pub fn drop_blocks_from(conn: &Connection, ino: InodeNo, from: u64) -> MetaResult<Vec<BlockId>> {
+    let blocks = file_blocks_from(conn, ino, from)?;
+    if blocks.is_empty() {
+        return Ok(Vec::new());
+    }
+    conn.prepare_cached("DELETE FROM file_blocks WHERE ino = ?1 AND idx >= ?2")?
+        .execute(params![ino.0 as i64, from as i64])?;
+    let mut freed = Vec::new();
+    for (_, b) in blocks {
+        if decref_block(conn, &b)? && b.len >= crate::blocks::INLINE_MAX {
+            freed.push(b.id);
+        }
+    }
+    Ok(freed)
 }
 
 /// Stores the bytes of a small block unless present; true if inserted.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use rusqlite::Connection;
 
 use super::marks::{mark_name, ns_path};
-use crate::blocks::INLINE_MAX;
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Locker, State};
 use crate::meta;
@@ -172,13 +171,7 @@ impl Locker {
         self.forget_file(st, ino);
         let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
         let freed = st.tx(|tx| {
-            let mut freed = Vec::new();
-            for (idx, b) in meta::file_blocks_from(tx, ino, 0)? {
-                if meta::decref_block(tx, &b.id)? && b.len >= INLINE_MAX {
-                    freed.push(b.id);
-                }
-                meta::delete_file_block(tx, ino, idx)?;
-            }
+            let freed = meta::drop_blocks_from(tx, ino, 0)?;
             meta::set_remote_only(tx, ino, size, sha, mtime, perm, src, here)?;
             if let Some(p) = perm.filter(|_| acls) {
                 // A mode changed elsewhere: the access ACL follows, as
