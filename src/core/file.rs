@@ -54,7 +54,22 @@ pub(crate) struct FileState {
     /// were filled, and a commit at this size can have its SHA-256 without
     /// reading the file again.
     pub(crate) seq: Option<u64>,
+    /// Rows of the committed block list read so far, so that reading a
+    /// block again runs no SQL.
+    known: std::cell::RefCell<KnownBlocks>,
 }
+
+/// Block-list rows as read while the metadata's change count was `at`:
+/// any change to the metadata (of any file) moves the count and empties
+/// them, so they never outlive the rows they copy.
+#[derive(Default)]
+struct KnownBlocks {
+    at: u64,
+    rows: std::collections::HashMap<u64, Option<BlockRef>>,
+}
+
+/// Rows a file keeps at most (1 GiB of content); past that it starts over.
+const KNOWN_MAX: usize = 1024;
 
 /// Whether a read at `offset` continues a sequential reader whose last
 /// answered request ended at `next` and whose readahead has asked for the
@@ -102,6 +117,7 @@ impl FileState {
             maybe_unlinked: false,
             remote_only: row.remote_only,
             seq: (row.attr.size == 0).then_some(0),
+            known: Default::default(),
         })
     }
 
@@ -144,7 +160,18 @@ impl FileState {
         if self.cut.is_some_and(|c| idx >= c) {
             return Ok(None);
         }
-        Ok(meta::file_block(&st.conn, ino, idx)?)
+        let now = st.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let mut known = self.known.borrow_mut();
+        if known.at != now || known.rows.len() >= KNOWN_MAX {
+            known.rows.clear();
+            known.at = now;
+        }
+        if let Some(r) = known.rows.get(&idx) {
+            return Ok(*r);
+        }
+        let r = meta::file_block(&st.conn, ino, idx)?;
+        known.rows.insert(idx, r);
+        Ok(r)
     }
 }
 

@@ -274,9 +274,17 @@ impl State {
     /// carries many changes. Without a redo log (or if writing it fails)
     /// it commits now.
     fn tx<T>(&mut self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
-        // Before the change: a reader that sees the new count reads after it.
+        // Before the change: a reader that sees the new count reads after
+        // it. And after it: what was read while it ran is stale.
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let r = self.tx_run(f);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
+    }
+
+    fn tx_run<T>(&mut self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
         if self.in_batch {
             return f(&self.conn);
         }
@@ -368,6 +376,9 @@ impl State {
                 if let Some(redo) = &mut self.redo {
                     redo.abandoned();
                 }
+                // What was read since they ran is undone.
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 // Their rows are back: the blocks they freed are not.
                 self.free_after_commit.clear();
                 tracing::error!(error = %e, "committing the last operations failed; they are undone");
@@ -667,6 +678,8 @@ impl Locker {
         st.in_batch = true;
         let r = f(st);
         st.in_batch = false;
+        st.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let freed = std::mem::take(&mut st.free_after_batch);
         let r = r.and_then(|v| {
             st.conn.execute_batch("COMMIT")?;

@@ -1768,3 +1768,53 @@ fn a_file_not_written_in_order_never_gets_a_running_hash() {
     t.l.release(fh).unwrap();
     assert_eq!(running_hash(&t, a.ino), Some(sha(&data)));
 }
+
+/// Runs so far of the statement that reads one row of a block list.
+fn block_row_reads(t: &T) -> i32 {
+    let st = t.l.state.lock();
+    let s = st.conn.prepare_cached(meta::FILE_BLOCK_SQL).unwrap();
+    s.get_status(rusqlite::StatementStatus::Run)
+}
+
+/// An open file keeps the rows of its block list it has read: reading a
+/// block again runs no SQL. Any change to the metadata makes it read
+/// them again, so a write through another handle is seen at once.
+#[test]
+fn reading_a_block_again_runs_no_sql_until_the_metadata_changes() {
+    let t = new();
+    let ns = t.ns();
+    let len = 3 * BLOCK_SIZE as usize + 100;
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let ino = t.put(ns, b"f", &data);
+    let fh = t.l.open(ino, OpenMode::default()).unwrap();
+    let offsets: Vec<u64> = (0..4).map(|b| b * BLOCK_SIZE + 7).collect();
+    let read_all = || {
+        for &off in &offsets {
+            let d = t.l.read(fh, off, 4096).unwrap();
+            let want = &data[off as usize..(off as usize + 4096).min(len)];
+            assert_eq!(&d[..], want, "at {off}");
+        }
+    };
+    // The first reads may record an access time (a change).
+    read_all();
+    read_all();
+    let before = block_row_reads(&t);
+    read_all();
+    read_all();
+    assert_eq!(block_row_reads(&t), before, "blocks read again ran SQL");
+
+    // A change elsewhere: the rows are read again.
+    t.put(ns, b"other", b"x");
+    let changed = block_row_reads(&t);
+    read_all();
+    assert!(block_row_reads(&t) > changed, "rows kept across a change");
+
+    // A write through another handle is seen by the next read.
+    let w = t.l.open(ino, rw()).unwrap();
+    let new_bytes = vec![0xEEu8; 4096];
+    t.l.write(w, BLOCK_SIZE + 7, &new_bytes).unwrap();
+    t.l.release(w).unwrap();
+    assert_eq!(t.l.read(fh, BLOCK_SIZE + 7, 4096).unwrap(), new_bytes);
+    assert_eq!(t.l.read(fh, 7, 16).unwrap(), &data[7..23]);
+    t.l.release(fh).unwrap();
+}

@@ -702,9 +702,12 @@ fn block_id_from(bytes: Vec<u8>) -> rusqlite::Result<BlockId> {
     })
 }
 
+/// The statement of `file_block` (tests count its runs).
+pub(crate) const FILE_BLOCK_SQL: &str =
+    "SELECT block, len FROM file_blocks WHERE ino = ?1 AND idx = ?2";
+
 pub fn file_block(conn: &Connection, ino: InodeNo, idx: u64) -> MetaResult<Option<BlockRef>> {
-    let mut st =
-        conn.prepare_cached("SELECT block, len FROM file_blocks WHERE ino = ?1 AND idx = ?2")?;
+    let mut st = conn.prepare_cached(FILE_BLOCK_SQL)?;
     st.query_row(params![ino.0 as i64, idx as i64], |r| {
         Ok(BlockRef {
             id: block_id_from(r.get(0)?)?,
