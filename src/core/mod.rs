@@ -352,12 +352,19 @@ impl State {
         let r = sealed.and_then(|_| self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()));
         let r = match r {
             Ok(()) => Ok(()),
-            Err(e) if !self.conn.is_autocommit() => {
-                // Still open: roll it back and apply it again from the log.
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.commit_again(e)
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    // Still open: roll it back and apply it again from the log.
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                let again = self.commit_again(e);
+                // Applied again, not necessarily to the same rows (a
+                // statement that fails the second time is skipped): what
+                // was read since is stale.
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                again
             }
-            Err(e) => self.commit_again(e),
         };
         match r {
             Ok(()) => {

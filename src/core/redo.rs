@@ -16,8 +16,8 @@
 //! u32 of the generation, length and bytes; little-endian) and the bytes:
 //! statements, each a length (u32) and its SQL text. Each write covers
 //! whole pages: the record, the bytes of its first page that are already
-//! in the file before it, and zeros to the end of its last page (which
-//! read as the end of the log). A write over part of a page the kernel no
+//! in the file before it, and zeros to the end of its last page, at least
+//! a header's worth (which read as the end of the log). A write over part of a page the kernel no
 //! longer holds would make it read that page from disk first; the log is
 //! rewritten from its start at each generation, so after the page cache
 //! dropped it (memory pressure, `drop_caches`), every operation waited for
@@ -401,7 +401,10 @@ impl Redo {
         out.extend_from_slice(&c.finalize().to_le_bytes());
         out.extend_from_slice(&buf);
         let end = out.len();
-        out.resize(end.next_multiple_of(PAGE), 0);
+        // At least a header's worth of zeros after the record, even when
+        // it ends on a page boundary: the log ends there whatever older
+        // bytes follow.
+        out.resize((end + HEADER).next_multiple_of(PAGE), 0);
         let r = self.file.write_all_at(&out, start);
         out.truncate(end);
         match r {
@@ -588,6 +591,44 @@ mod tests {
             ]
         );
         assert_eq!(redo.pending().unwrap().len() as u64, redo.len());
+    }
+
+    /// A record that ends exactly on a page boundary is still followed by
+    /// a header's worth of zeros: whatever an older attempt left after it
+    /// (a log that could not be emptied after a failed commit keeps
+    /// records of the generation tried again) is never read as more of it.
+    #[test]
+    fn a_record_ending_on_a_page_boundary_is_followed_by_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redo.log");
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+        )
+        .unwrap();
+        let mut redo = Redo::open(&conn, &path).unwrap();
+        redo.begin();
+        for k in 0..30 {
+            conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k, "y".repeat(300)))
+                .unwrap();
+            assert!(redo.append());
+        }
+        redo.committed();
+        redo.begin();
+        // One record of exactly a page: header, statement length, text.
+        let (prefix, suffix) = ("INSERT INTO t (k, v) VALUES (1000, '", "')");
+        let n = PAGE - HEADER - 4 - prefix.len() - suffix.len();
+        conn.execute(&format!("{prefix}{}{suffix}", "z".repeat(n)), [])
+            .unwrap();
+        assert!(redo.append());
+        assert_eq!(redo.len(), PAGE as u64);
+        let data = std::fs::read(&path).unwrap();
+        assert!(
+            data[PAGE..PAGE + HEADER].iter().all(|&b| b == 0),
+            "older bytes follow the record"
+        );
+        assert_eq!(records_of(&data, redo.generation()).len(), 1);
     }
 
     /// A statement that fires a trigger is logged once: replaying it fires

@@ -145,13 +145,13 @@ pub(crate) fn install(conn: &Connection, checkpoint_frames: c_int) -> rusqlite::
     });
     let p = Box::into_raw(a) as *mut c_void;
     // SAFETY: the connection is open. SQLite owns `p` from here and frees
-    // it with `free_ahead` when the connection closes, after which it
-    // calls no hook.
+    // it with `free_ahead` when the connection closes (after which it
+    // calls no hook), or at once if it cannot keep it.
     unsafe {
         let db = conn.handle();
         let rc = ffi::sqlite3_set_clientdata(db, NAME.as_ptr(), p, Some(free_ahead));
         if rc != ffi::SQLITE_OK {
-            free_ahead(p);
+            // SQLite has already freed `p` with `free_ahead`.
             return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None));
         }
         ffi::sqlite3_commit_hook(db, Some(on_commit), p);
