@@ -229,6 +229,9 @@ pub(crate) struct State {
     block_store: Arc<BlockStore>,
     /// Bumped by every change (see `hot.rs`).
     generation: hot::Generation,
+    /// The next commit fails as a full disk would make it (tests).
+    #[cfg(test)]
+    fail_commit: bool,
 }
 
 /// Removes a block file no row names any more. A failure only leaves
@@ -349,9 +352,18 @@ impl State {
             Some(redo) => redo.seal(&self.conn),
             None => Ok(()),
         };
-        let r = sealed.and_then(|_| self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()));
+        let r = sealed.and_then(|_| {
+            #[cfg(test)]
+            if std::mem::take(&mut self.fail_commit) {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    None,
+                ));
+            }
+            self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| ())
+        });
         let r = match r {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(e) => {
                 if !self.conn.is_autocommit() {
                     // Still open: roll it back and apply it again from the log.
@@ -367,17 +379,26 @@ impl State {
             }
         };
         match r {
-            Ok(()) => {
+            Ok(whole) => {
                 if let Some(redo) = &mut self.redo {
                     redo.committed();
                 }
                 self.commits += 1;
+                // Only blocks no row names: those an undone operation
+                // freed are named again.
                 for id in std::mem::take(&mut self.free_after_commit) {
                     if self.unused(&id) {
                         remove_block(&self.block_store, &id);
                     }
                 }
-                Ok(())
+                if whole {
+                    Ok(())
+                } else {
+                    // The operation being committed (whose statements the
+                    // log could not capture) is undone; those before it
+                    // were applied again.
+                    Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+                }
             }
             Err(e) => {
                 if let Some(redo) = &mut self.redo {
@@ -395,14 +416,25 @@ impl State {
     }
 
     /// A commit failed (`first`) and its transaction is undone: applies the
-    /// logged statements again in a new one and commits that.
-    fn commit_again(&mut self, first: rusqlite::Error) -> CoreResult<()> {
+    /// logged statements again in a new one and commits that, with those
+    /// of an operation whose record could not be written (it commits at
+    /// once, and here, when its statements are all captured). False when
+    /// that operation's statements are not all captured: it stays undone.
+    fn commit_again(&mut self, first: rusqlite::Error) -> CoreResult<bool> {
         let Some(redo) = &mut self.redo else {
             return Err(first.into());
         };
         tracing::warn!(error = %first, "a commit failed; applying its operations again from the redo log");
         let data = redo.pending()?;
-        let entries = redo::records_of(&data, redo.generation());
+        let unlogged = redo.unlogged();
+        let mut entries = redo::records_of(&data, redo.generation());
+        let whole = match &unlogged {
+            Some(body) => {
+                entries.extend(redo::entries_of(body));
+                true
+            }
+            None => false,
+        };
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let r = redo::run_all(&self.conn, &entries)
             .and_then(|_| Ok(redo.seal(&self.conn)?))
@@ -410,7 +442,7 @@ impl State {
         if r.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        r
+        r.map(|_| whole)
     }
 
     /// Makes every committed transaction durable on disk, if any is not
@@ -543,6 +575,8 @@ impl Locker {
                 gone_remote: std::collections::HashMap::new(),
                 open_tx: None,
                 free_after_commit: Vec::new(),
+                #[cfg(test)]
+                fail_commit: false,
                 committer: Arc::new(Committer::default()),
                 block_store: blocks.clone(),
                 generation: generation.clone(),

@@ -107,6 +107,9 @@ struct Capture {
     /// transaction must commit instead of relying on the log.
     failed: Cell<bool>,
     buf: RefCell<Vec<u8>>,
+    /// The next statement is not captured (tests).
+    #[cfg(test)]
+    fail_next: Cell<bool>,
 }
 
 unsafe extern "C" fn trace(
@@ -142,6 +145,11 @@ unsafe extern "C" fn trace(
         }
         let stmt = p as *mut ffi::sqlite3_stmt;
         if ffi::sqlite3_stmt_readonly(stmt) != 0 {
+            return 0;
+        }
+        #[cfg(test)]
+        if cap.fail_next.take() {
+            cap.failed.set(true);
             return 0;
         }
         if cap.noted.get() {
@@ -180,6 +188,8 @@ pub(crate) struct Redo {
     /// Handed to SQLite by address: `State` declares the connection before
     /// its `Redo`, so the connection (and the hook with it) goes first.
     capture: Box<Capture>,
+    #[cfg(test)]
+    fail_write: Cell<bool>,
 }
 
 fn committed_gen(conn: &Connection) -> rusqlite::Result<u64> {
@@ -228,30 +238,41 @@ pub(crate) fn records_of(data: &[u8], want: u64) -> Vec<Entry<'_>> {
         if c.finalize() != crc {
             break;
         }
-        let mut p = 0;
-        while p + 4 <= body.len() {
-            let word = u32::from_le_bytes(body[p..p + 4].try_into().unwrap());
-            let n = (word & !BLOB) as usize;
-            if p + 4 + n > body.len() {
-                break;
-            }
-            let bytes = &body[p + 4..p + 4 + n];
-            if word & BLOB != 0 {
-                if n < 32 {
-                    break;
-                }
-                out.push(Entry::Block {
-                    id: &bytes[..32],
-                    data: &bytes[32..],
-                });
-            } else {
-                out.push(Entry::Sql(bytes));
-            }
-            p += 4 + n;
-        }
+        body_entries(body, &mut out);
         off += HEADER + len;
     }
     out
+}
+
+/// The changes of a record's body (statements and small blocks), in order.
+pub(crate) fn entries_of(body: &[u8]) -> Vec<Entry<'_>> {
+    let mut out = Vec::new();
+    body_entries(body, &mut out);
+    out
+}
+
+fn body_entries<'a>(body: &'a [u8], out: &mut Vec<Entry<'a>>) {
+    let mut p = 0;
+    while p + 4 <= body.len() {
+        let word = u32::from_le_bytes(body[p..p + 4].try_into().unwrap());
+        let n = (word & !BLOB) as usize;
+        if p + 4 + n > body.len() {
+            break;
+        }
+        let bytes = &body[p + 4..p + 4 + n];
+        if word & BLOB != 0 {
+            if n < 32 {
+                break;
+            }
+            out.push(Entry::Block {
+                id: &bytes[..32],
+                data: &bytes[32..],
+            });
+        } else {
+            out.push(Entry::Sql(bytes));
+        }
+        p += 4 + n;
+    }
 }
 
 /// Runs logged changes in order, inside the caller's transaction.
@@ -353,6 +374,8 @@ impl Redo {
             len: 0,
             tail: Vec::with_capacity(PAGE),
             capture,
+            #[cfg(test)]
+            fail_write: Cell::new(false),
         })
     }
 
@@ -405,6 +428,13 @@ impl Redo {
         // it ends on a page boundary: the log ends there whatever older
         // bytes follow.
         out.resize((end + HEADER).next_multiple_of(PAGE), 0);
+        #[cfg(test)]
+        let r = if self.fail_write.take() {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            self.file.write_all_at(&out, start)
+        };
+        #[cfg(not(test))]
         let r = self.file.write_all_at(&out, start);
         out.truncate(end);
         match r {
@@ -422,6 +452,25 @@ impl Redo {
                 false
             }
         }
+    }
+
+    /// What finished operations ran that is not written to the log yet
+    /// (after a failed write), as a record's body; `None` when some of it
+    /// could not be captured.
+    pub(crate) fn unlogged(&self) -> Option<Vec<u8>> {
+        (!self.capture.failed.get()).then(|| self.capture.buf.borrow().clone())
+    }
+
+    /// The next write to the log fails, as on a full disk (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_next_write(&self) {
+        self.fail_write.set(true);
+    }
+
+    /// The next statement that writes cannot be captured (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_capture(&self) {
+        self.capture.fail_next.set(true);
     }
 
     /// Bytes of the log so far.

@@ -1818,3 +1818,68 @@ fn reading_a_block_again_runs_no_sql_until_the_metadata_changes() {
     assert_eq!(t.l.read(fh, 7, 16).unwrap(), &data[7..23]);
     t.l.release(fh).unwrap();
 }
+
+/// An operation whose redo record cannot be written commits at once; if
+/// that commit fails too, the operations before it are applied again from
+/// the log, and so is this one (it was reported done): none is lost, now
+/// or after a crash.
+#[test]
+fn an_operation_the_log_could_not_take_survives_a_failed_commit() {
+    let t = new();
+    let ns = t.ns();
+    t.l.mkdir(&ME, ns, b"before", 0o755).unwrap();
+    {
+        let mut st = t.l.state.lock();
+        st.redo.as_ref().unwrap().fail_next_write();
+        st.fail_commit = true;
+    }
+    t.l.mkdir(&ME, ns, b"unlogged", 0o755).unwrap();
+    t.l.mkdir(&ME, ns, b"after", 0o755).unwrap();
+    for name in [&b"before"[..], b"unlogged", b"after"] {
+        assert!(
+            t.l.lookup(ns, name).is_ok(),
+            "{} lost",
+            String::from_utf8_lossy(name)
+        );
+    }
+    let t = t.crash_and_reopen();
+    let ns = t.ns();
+    for name in [&b"before"[..], b"unlogged", b"after"] {
+        assert!(
+            t.l.lookup(ns, name).is_ok(),
+            "{} lost in a crash",
+            String::from_utf8_lossy(name)
+        );
+    }
+}
+
+/// When some statement of an operation could not be captured and its
+/// commit fails, the operation cannot be applied again: it reports an
+/// error (never done while undone), and the operations before it stay.
+#[test]
+fn an_operation_not_captured_whole_fails_when_its_commit_fails() {
+    let t = new();
+    let ns = t.ns();
+    t.l.mkdir(&ME, ns, b"before", 0o755).unwrap();
+    {
+        let mut st = t.l.state.lock();
+        st.redo.as_ref().unwrap().fail_capture();
+        st.fail_commit = true;
+    }
+    assert!(t.l.mkdir(&ME, ns, b"uncaptured", 0o755).is_err());
+    assert!(
+        t.l.lookup(ns, b"before").is_ok(),
+        "an earlier operation lost"
+    );
+    assert!(matches!(
+        t.l.lookup(ns, b"uncaptured"),
+        Err(CoreError::NotFound)
+    ));
+    let t = t.crash_and_reopen();
+    let ns = t.ns();
+    assert!(t.l.lookup(ns, b"before").is_ok());
+    assert!(matches!(
+        t.l.lookup(ns, b"uncaptured"),
+        Err(CoreError::NotFound)
+    ));
+}
