@@ -546,6 +546,18 @@ mod tests {
         out
     }
 
+    /// A database with one table `t (k, v)`, and a log at `path` for it.
+    fn table_with_log(path: &Path) -> (Connection, Redo) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+        )
+        .unwrap();
+        let redo = Redo::open(&conn, path).unwrap();
+        (conn, redo)
+    }
+
     /// Bytes the calling thread had the kernel read from storage (Linux's
     /// per-task I/O accounting).
     fn thread_read_bytes() -> u64 {
@@ -575,13 +587,7 @@ mod tests {
         // nothing whatever the writes do.
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let path = dir.path().join("redo.log");
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-             CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-        )
-        .unwrap();
-        let mut redo = Redo::open(&conn, &path).unwrap();
+        let (conn, mut redo) = table_with_log(&path);
         let filler = "x".repeat(300);
         redo.begin();
         for k in 0..100 {
@@ -650,13 +656,7 @@ mod tests {
     fn a_record_ending_on_a_page_boundary_is_followed_by_zeros() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("redo.log");
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-             CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-        )
-        .unwrap();
-        let mut redo = Redo::open(&conn, &path).unwrap();
+        let (conn, mut redo) = table_with_log(&path);
         redo.begin();
         for k in 0..30 {
             conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k, "y".repeat(300)))
