@@ -17,11 +17,11 @@
 //! statements, each a length (u32) and its SQL text. Each write covers
 //! whole pages: the record, the bytes of its first page that are already
 //! in the file before it, and zeros to the end of its last page, at least
-//! a header's worth (which read as the end of the log). A write over part of a page the kernel no
-//! longer holds would make it read that page from disk first; the log is
-//! rewritten from its start at each generation, so after the page cache
-//! dropped it (memory pressure, `drop_caches`), every operation waited for
-//! such a read. The database keeps
+//! a header's worth (which read as the end of the log). A write over part
+//! of a page the kernel no longer holds would make it read that page from
+//! disk first; the log is rewritten from its start at each generation, so
+//! after the page cache dropped it (memory pressure, `drop_caches`), every
+//! operation waited for such a read. The database keeps
 //! (`settings.redo_gen`) the generation of the last log it committed; only
 //! records of the next generation are replayed, from the start of the file
 //! up to the first record that is not one (a record of an older generation,
@@ -428,14 +428,7 @@ impl Redo {
         // it ends on a page boundary: the log ends there whatever older
         // bytes follow.
         out.resize((end + HEADER).next_multiple_of(PAGE), 0);
-        #[cfg(test)]
-        let r = if self.fail_write.take() {
-            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            self.file.write_all_at(&out, start)
-        };
-        #[cfg(not(test))]
-        let r = self.file.write_all_at(&out, start);
+        let r = self.write_at(&out, start);
         out.truncate(end);
         match r {
             Ok(()) => {
@@ -452,6 +445,14 @@ impl Redo {
                 false
             }
         }
+    }
+
+    fn write_at(&self, data: &[u8], at: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_write.take() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.write_all_at(data, at)
     }
 
     /// What finished operations ran that is not written to the log yet

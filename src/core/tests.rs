@@ -1819,20 +1819,27 @@ fn reading_a_block_again_runs_no_sql_until_the_metadata_changes() {
     t.l.release(fh).unwrap();
 }
 
+/// A directory `before` made and logged, then the next commit set to fail
+/// after `spoil` has its way with the redo log.
+fn logged_then_failing_commit(spoil: impl FnOnce(&redo::Redo)) -> (T, InodeNo) {
+    let t = new();
+    let ns = t.ns();
+    t.l.mkdir(&ME, ns, b"before", 0o755).unwrap();
+    {
+        let mut st = t.l.state.lock();
+        spoil(st.redo.as_ref().unwrap());
+        st.fail_commit = true;
+    }
+    (t, ns)
+}
+
 /// An operation whose redo record cannot be written commits at once; if
 /// that commit fails too, the operations before it are applied again from
 /// the log, and so is this one (it was reported done): none is lost, now
 /// or after a crash.
 #[test]
 fn an_operation_the_log_could_not_take_survives_a_failed_commit() {
-    let t = new();
-    let ns = t.ns();
-    t.l.mkdir(&ME, ns, b"before", 0o755).unwrap();
-    {
-        let mut st = t.l.state.lock();
-        st.redo.as_ref().unwrap().fail_next_write();
-        st.fail_commit = true;
-    }
+    let (t, ns) = logged_then_failing_commit(|r| r.fail_next_write());
     t.l.mkdir(&ME, ns, b"unlogged", 0o755).unwrap();
     t.l.mkdir(&ME, ns, b"after", 0o755).unwrap();
     for name in [&b"before"[..], b"unlogged", b"after"] {
@@ -1858,14 +1865,7 @@ fn an_operation_the_log_could_not_take_survives_a_failed_commit() {
 /// error (never done while undone), and the operations before it stay.
 #[test]
 fn an_operation_not_captured_whole_fails_when_its_commit_fails() {
-    let t = new();
-    let ns = t.ns();
-    t.l.mkdir(&ME, ns, b"before", 0o755).unwrap();
-    {
-        let mut st = t.l.state.lock();
-        st.redo.as_ref().unwrap().fail_capture();
-        st.fail_commit = true;
-    }
+    let (t, ns) = logged_then_failing_commit(|r| r.fail_capture());
     assert!(t.l.mkdir(&ME, ns, b"uncaptured", 0o755).is_err());
     assert!(
         t.l.lookup(ns, b"before").is_ok(),
