@@ -4,7 +4,8 @@
 //!
 //! Dependencies point one way: `fuse`, `api`, `cli` → `core` → {`meta`, `blocks`};
 //! `sync` (the sidecar) → {`core`, `backend`}; `core`, `meta`, `backend` →
-//! `types` (the shared vocabulary), which depends on nothing. The core
+//! `types` (the shared vocabulary), which depends on nothing; so does `buf`
+//! (reused buffers for bulk data). The core
 //! reaches the backends only through the `RemoteSource` trait the sidecar
 //! installs.
 //! The core knows nothing about FUSE or HTTP; the FUSE glue and the API hold
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod backend;
 pub mod blocks;
+pub mod buf;
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -733,7 +733,7 @@ impl Backend for LocalBackend {
                     .for_path());
                 }
             }
-            let mut buf = vec![0u8; len as usize];
+            let mut buf = crate::buf::zeroed(len as usize);
             let mut got = 0usize;
             while got < buf.len() {
                 let n = f

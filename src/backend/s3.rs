@@ -313,6 +313,8 @@ impl S3Backend {
         let (if_match, if_none) = cond_headers(cond);
         let (b64, md5) = md5_b64(&data);
         let len = data.len() as i64;
+        // Kept to give the buffer back (`crate::buf`) once sent.
+        let body = bytes::Bytes::from(data);
         let out = self
             .client
             .put_object()
@@ -323,10 +325,11 @@ impl S3Backend {
             .set_if_match(if_match)
             .set_if_none_match(if_none)
             .set_metadata(Some(meta.clone()))
-            .body(ByteStream::from(data))
+            .body(ByteStream::from(body.clone()))
             .send()
-            .await
-            .map_err(|e| classify("put", full, e))?;
+            .await;
+        crate::buf::give_bytes(body);
+        let out = out.map_err(|e| classify("put", full, e))?;
         let etag = unquote(out.e_tag().unwrap_or(""));
         if etag == hex(&md5) {
             return Ok(etag);
@@ -661,6 +664,9 @@ impl Backend for S3Backend {
     ) -> BResult<String> {
         let full = self.full(&mp.key)?;
         let (b64, md5) = md5_b64(&data);
+        let len = data.len() as i64;
+        // Kept to give the buffer back (`crate::buf`) once sent.
+        let body = bytes::Bytes::from(data);
         let out = self
             .client
             .upload_part()
@@ -668,12 +674,13 @@ impl Backend for S3Backend {
             .key(&full)
             .upload_id(&mp.id)
             .part_number(number as i32)
-            .content_length(data.len() as i64)
+            .content_length(len)
             .content_md5(b64)
-            .body(ByteStream::from(data))
+            .body(ByteStream::from(body.clone()))
             .send()
-            .await
-            .map_err(|e| classify(&format!("part {number} of"), &full, e))?;
+            .await;
+        crate::buf::give_bytes(body);
+        let out = out.map_err(|e| classify(&format!("part {number} of"), &full, e))?;
         let etag = unquote(out.e_tag().unwrap_or(""));
         if !etag.is_empty() && etag.len() == 32 && etag != hex(&md5) {
             return Err(BackendError::transient(format!(
@@ -751,9 +758,11 @@ impl Backend for S3Backend {
             Err(e) => return Err(classify("get", &full, e)),
         };
         // Straight into one buffer of the size asked for: collecting the
-        // body and then flattening it copied every byte twice more.
+        // body and then flattening it copied every byte twice more. The
+        // buffer is a reused one (`crate::buf`): fresh, its every page was
+        // faulted in and zeroed by the kernel as the bytes came.
         let mut body = out.body;
-        let mut v = Vec::with_capacity(len as usize);
+        let mut v = crate::buf::take(len as usize);
         while let Some(chunk) = body
             .try_next()
             .await

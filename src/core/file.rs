@@ -677,7 +677,7 @@ impl Locker {
             }
         }
         let end = file_size.min(offset.saturating_add(size as u64));
-        let mut out = vec![0u8; (end - offset) as usize];
+        let mut out = crate::buf::zeroed((end - offset) as usize);
         let mut missing: Vec<BlockRef> = Vec::new();
         let mut touched: Vec<BlockId> = Vec::new();
         let mut pos = offset;
@@ -782,6 +782,8 @@ impl Locker {
                 }
             }
             missing.dedup_by_key(|r| r.id);
+            // Filled again once the blocks are here: its pages serve then.
+            crate::buf::give(out);
             return Ok(Err(Miss::Blocks(ino, missing)));
         }
         for id in touched {

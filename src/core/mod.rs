@@ -678,6 +678,7 @@ impl Locker {
                             if timeout.timed_out() && !*g {
                                 drop(g);
                                 core.checkpoint_idle();
+                                crate::buf::shed();
                                 g = signal.open.lock().unwrap_or_else(|p| p.into_inner());
                             }
                         }

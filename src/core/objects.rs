@@ -677,7 +677,9 @@ impl Locker {
                 return Ok(None);
             }
             let n = (snap.size - off).min(step);
-            h.update(self.snap_read(snap, off, n)?);
+            let d = self.snap_read(snap, off, n)?;
+            h.update(&d);
+            crate::buf::give(d);
             off += n;
         }
         let sha: [u8; 32] = h.finalize().into();

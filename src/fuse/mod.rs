@@ -551,14 +551,21 @@ impl Filesystem for LockerFs {
         reply: ReplyData,
     ) {
         let t = FuseTimer::start("read");
+        // Each answer's buffer goes back to `crate::buf` once sent.
         match self.core.read_cached(fh(h), offset, size) {
-            Ok(Some(d)) => reply.data(&d),
+            Ok(Some(d)) => {
+                reply.data(&d);
+                crate::buf::give(d);
+            }
             Ok(None) => {
                 let core = self.core.clone();
                 self.waiters.run(move || {
                     let _t = t;
                     match core.read(fh(h), offset, size) {
-                        Ok(d) => reply.data(&d),
+                        Ok(d) => {
+                            reply.data(&d);
+                            crate::buf::give(d);
+                        }
                         Err(e) => reply.error(fail("read", e)),
                     }
                 });

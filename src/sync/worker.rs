@@ -821,6 +821,7 @@ async fn holds_content(
             return Ok(false);
         }
         h.update(&data);
+        crate::buf::give(data);
         off += len;
     }
     Ok(<[u8; 32]>::from(h.finalize()) == *sha)

@@ -209,7 +209,7 @@ impl Http {
                 skip
             };
             let take = if ok { take } else { 64 << 10 };
-            let mut buf = Vec::with_capacity(take.min(16 << 20) as usize);
+            let mut buf = crate::buf::take(take.min(16 << 20) as usize);
             while (buf.len() as u64) < take {
                 let Some(frame) = body.frame().await else {
                     break;

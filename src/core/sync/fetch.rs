@@ -379,6 +379,7 @@ impl Locker {
             msync::set_block_present(&st.conn, &b.id.0, true)?;
             st.lru.put(b.id, ());
         }
+        crate::buf::give_all(got);
         Ok(())
     }
 
@@ -543,6 +544,7 @@ impl Locker {
                         list.push((i, r, None, false));
                     }
                 }
+                crate::buf::give(chunk);
             }
             off += ranges.iter().map(|r| r.1).sum::<u64>();
         }

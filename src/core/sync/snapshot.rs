@@ -226,7 +226,7 @@ impl Locker {
     /// `sync_read` of blocks that are all in the cache (or inline).
     fn read_snap_here(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
         let end = snap.size.min(offset + len);
-        let mut out = vec![0u8; end.saturating_sub(offset) as usize];
+        let mut out = crate::buf::zeroed(end.saturating_sub(offset) as usize);
         let first = offset / BLOCK_SIZE;
         let start = snap.blocks.partition_point(|(i, _)| *i < first);
         for (idx, b) in &snap.blocks[start..] {

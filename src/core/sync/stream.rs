@@ -179,7 +179,7 @@ impl Locker {
             let mut f = s.flow();
             loop {
                 if (first..=last).all(|i| f.chunks.contains_key(&i)) {
-                    let mut out = Vec::with_capacity((end - offset) as usize);
+                    let mut out = crate::buf::take((end - offset) as usize);
                     for i in first..=last {
                         let c = &f.chunks[&i];
                         let from = offset.max(i * BLOCK_SIZE) - i * BLOCK_SIZE;
