@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Sidecar;
+use super::{QueueEntry, Sidecar, worker};
 use crate::backend::fault::{Fault, FaultBackend};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, ObjKind, ObjMeta};
@@ -2428,4 +2428,38 @@ fn a_folder_whose_contents_cannot_go_yet_waits_without_asking_the_store_again() 
     rig.calm();
     rig.drained();
     assert_eq!(rig.stores.corp().keys(), Vec::<String>::new());
+}
+
+/// A folder made here waits in the queue with no bytes until its turn;
+/// once looked at (and found to need a push), it no longer makes every
+/// look of the queue read 512 rows. A removal not yet looked at still
+/// does (it may be forgotten or batched with many others).
+#[test]
+fn an_entry_already_looked_at_does_not_make_the_queue_read_wide() {
+    use std::collections::HashSet;
+    let entry = |path: &str, bytes: u64, seq: i64| QueueEntry {
+        ns: "corp".into(),
+        path: path.as_bytes().to_vec(),
+        seq,
+        since_ns: 0,
+        ready_ns: 0,
+        bytes,
+        attempts: 0,
+        last_error: None,
+    };
+    let entries = vec![
+        entry("t/a", 10, 1),
+        entry("t/sub", 0, 2),
+        entry("t/b", 10, 3),
+    ];
+    let mut inflight = HashSet::new();
+    let mut kept = HashSet::new();
+    assert!(worker::may_go_without_push(&entries, &inflight, &kept));
+    kept.insert(("corp".to_string(), b"t/sub".to_vec(), 2));
+    assert!(!worker::may_go_without_push(&entries, &inflight, &kept));
+    // Changed again since (a new sequence): looked at anew.
+    let again = vec![entry("t/sub", 0, 7)];
+    assert!(worker::may_go_without_push(&again, &inflight, &kept));
+    inflight.insert(("corp".to_string(), b"t/sub".to_vec()));
+    assert!(!worker::may_go_without_push(&again, &inflight, &kept));
 }
