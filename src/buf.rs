@@ -130,12 +130,29 @@ pub fn give(v: Vec<u8>) {
     }
 }
 
-/// Gives back the buffer behind `b` if nothing else holds it (a body
-/// handed to an HTTP client as `Bytes` and kept to be given back here
-/// once the request is done).
-pub fn give_bytes(b: bytes::Bytes) {
-    if let Ok(m) = b.try_into_mut() {
-        give(m.into());
+/// A buffer lent out as `Bytes`: given back when the last `Bytes` that
+/// shares it is dropped.
+struct Lent(Vec<u8>);
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        give(std::mem::take(&mut self.0));
+    }
+}
+
+/// `v` as `Bytes` (a body handed to an HTTP client or server, slices
+/// shared by readers), its buffer given back here once all are dropped.
+pub fn into_bytes(v: Vec<u8>) -> bytes::Bytes {
+    if (MIN..=MAX).contains(&v.capacity()) {
+        bytes::Bytes::from_owner(Lent(v))
+    } else {
+        bytes::Bytes::from(v)
     }
 }
 
@@ -202,19 +219,23 @@ mod tests {
     }
 
     #[test]
-    fn a_body_handed_out_as_bytes_comes_back_once_nothing_else_holds_it() {
-        let v = take(MIN);
+    fn bytes_lent_out_come_back_once_the_last_slice_is_dropped() {
+        // A size class no other test of this process uses.
+        let len = MAX - 1;
+        let mut v = take(len);
+        v.resize(len, 1);
         let ptr = v.as_ptr();
-        let b = bytes::Bytes::from(v);
-        let held = b.clone();
-        // Still held elsewhere: not given back (and not freed under it).
-        give_bytes(b.clone());
-        assert_eq!(held.as_ptr(), ptr);
-        drop(held);
-        let m = b.try_into_mut().expect("unique now");
-        let back: Vec<u8> = m.into();
-        assert_eq!(back.as_ptr(), ptr, "no copy on the way back");
-        assert!(back.capacity() >= MIN);
+        let b = into_bytes(v);
+        let slice = b.slice(10..20);
+        drop(b);
+        assert_eq!(slice.as_ptr(), ptr.wrapping_add(10));
+        assert!(
+            pool(len).take(len).is_none(),
+            "given back while still shared"
+        );
+        drop(slice);
+        let back = pool(len).take(len).expect("given back");
+        assert_eq!((back.as_ptr(), back.len()), (ptr, 0));
     }
 
     #[test]

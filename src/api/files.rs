@@ -419,7 +419,7 @@ fn stream_body(sh: &Arc<Shared>, guard: SnapGuard, start: u64, end: u64) -> Body
             let n = (CHUNK as u64 - off % CHUNK as u64).min(end - off);
             let g = guard.clone();
             let r = match tokio::task::spawn_blocking(move || g.read(off, n)).await {
-                Ok(Ok(v)) => Ok(Bytes::from(v)),
+                Ok(Ok(v)) => Ok(crate::buf::into_bytes(v)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "api: a read failed while sending a file");
                     Err(io::Error::other(e.to_string()))

@@ -313,8 +313,8 @@ impl S3Backend {
         let (if_match, if_none) = cond_headers(cond);
         let (b64, md5) = md5_b64(&data);
         let len = data.len() as i64;
-        // Kept to give the buffer back (`crate::buf`) once sent.
-        let body = bytes::Bytes::from(data);
+        // Its buffer goes back to `crate::buf` once the SDK is done with it.
+        let body = crate::buf::into_bytes(data);
         let out = self
             .client
             .put_object()
@@ -325,11 +325,10 @@ impl S3Backend {
             .set_if_match(if_match)
             .set_if_none_match(if_none)
             .set_metadata(Some(meta.clone()))
-            .body(ByteStream::from(body.clone()))
+            .body(ByteStream::from(body))
             .send()
-            .await;
-        crate::buf::give_bytes(body);
-        let out = out.map_err(|e| classify("put", full, e))?;
+            .await
+            .map_err(|e| classify("put", full, e))?;
         let etag = unquote(out.e_tag().unwrap_or(""));
         if etag == hex(&md5) {
             return Ok(etag);
@@ -665,8 +664,8 @@ impl Backend for S3Backend {
         let full = self.full(&mp.key)?;
         let (b64, md5) = md5_b64(&data);
         let len = data.len() as i64;
-        // Kept to give the buffer back (`crate::buf`) once sent.
-        let body = bytes::Bytes::from(data);
+        // Its buffer goes back to `crate::buf` once the SDK is done with it.
+        let body = crate::buf::into_bytes(data);
         let out = self
             .client
             .upload_part()
@@ -676,11 +675,10 @@ impl Backend for S3Backend {
             .part_number(number as i32)
             .content_length(len)
             .content_md5(b64)
-            .body(ByteStream::from(body.clone()))
+            .body(ByteStream::from(body))
             .send()
-            .await;
-        crate::buf::give_bytes(body);
-        let out = out.map_err(|e| classify(&format!("part {number} of"), &full, e))?;
+            .await
+            .map_err(|e| classify(&format!("part {number} of"), &full, e))?;
         let etag = unquote(out.e_tag().unwrap_or(""));
         if !etag.is_empty() && etag.len() == 32 && etag != hex(&md5) {
             return Err(BackendError::transient(format!(

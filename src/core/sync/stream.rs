@@ -470,7 +470,7 @@ impl Locker {
                         short = true;
                         break;
                     }
-                    let chunk = Bytes::from(chunk);
+                    let chunk = crate::buf::into_bytes(chunk);
                     let bs = BLOCK_SIZE as usize;
                     for (k, at) in (0..chunk.len()).step_by(bs).enumerate() {
                         pieces.push((g[k], chunk.slice(at..(at + bs).min(chunk.len()))));
