@@ -130,6 +130,53 @@ pub fn give(v: Vec<u8>) {
     }
 }
 
+/// Bytes whose buffer goes back here when dropped: a block's bytes held
+/// in memory while a file is written, shared with the hasher (which
+/// drops them on another thread, where the allocator would not reuse
+/// them).
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Owned(Vec<u8>);
+
+impl Owned {
+    /// A copy of `data` in a reused buffer.
+    pub fn copy_of(data: &[u8]) -> Owned {
+        let mut v = take(data.len());
+        v.extend_from_slice(data);
+        Owned(v)
+    }
+}
+
+impl From<Vec<u8>> for Owned {
+    fn from(v: Vec<u8>) -> Owned {
+        Owned(v)
+    }
+}
+
+impl std::ops::Deref for Owned {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Clone for Owned {
+    fn clone(&self) -> Owned {
+        Owned::copy_of(&self.0)
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        give(std::mem::take(&mut self.0));
+    }
+}
+
 /// A buffer lent out as `Bytes`: given back when the last `Bytes` that
 /// shares it is dropped.
 struct Lent(Vec<u8>);
@@ -236,6 +283,24 @@ mod tests {
         drop(slice);
         let back = pool(len).take(len).expect("given back");
         assert_eq!((back.as_ptr(), back.len()), (ptr, 0));
+    }
+
+    #[test]
+    fn owned_bytes_go_back_when_dropped_and_a_clone_is_a_copy() {
+        // A size class no other test of this process uses.
+        let len = MAX / 2 - 1;
+        let o = Owned::copy_of(&vec![5u8; len]);
+        let ptr = o.as_ptr();
+        let c = o.clone();
+        assert_eq!(c, o);
+        assert_ne!(c.as_ptr(), ptr);
+        drop(c);
+        drop(o);
+        // Both came back: the two buffers of this class.
+        let mut p = pool(len);
+        let a = p.take(len).expect("given back");
+        let b = p.take(len).expect("given back");
+        assert!(a.as_ptr() == ptr || b.as_ptr() == ptr);
     }
 
     #[test]

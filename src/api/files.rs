@@ -634,7 +634,8 @@ pub(super) async fn put(
     };
     let mut body = req.into_body();
     let mut hasher = Sha256::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    // Chunks of reused buffers (`crate::buf`).
+    let mut buf: Vec<u8> = crate::buf::take(CHUNK);
     let mut total: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
@@ -666,10 +667,16 @@ pub(super) async fn put(
             return Err(too_large());
         }
         hasher.update(&data);
-        buf.extend_from_slice(&data);
-        if buf.len() >= CHUNK {
-            let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
-            write_chunk(&guard, chunk).await?;
+        // Whole chunks, so that a buffer never grows past its size.
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let n = (CHUNK - buf.len()).min(rest.len());
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if buf.len() == CHUNK {
+                let chunk = std::mem::replace(&mut buf, crate::buf::take(CHUNK));
+                write_chunk(&guard, chunk).await?;
+            }
         }
     }
     let sha: [u8; 32] = hasher.finalize().into();
@@ -735,7 +742,9 @@ async fn write_chunk(guard: &UploadGuard, chunk: Vec<u8>) -> Result<(), ApiError
     blocking(move || {
         let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
         let u = slot.active(&core)?;
-        Ok(core.upload_write(u, &chunk)?)
+        core.upload_write(u, &chunk)?;
+        crate::buf::give(chunk);
+        Ok(())
     })
     .await
     .map_err(ApiError::closing)

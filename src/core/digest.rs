@@ -34,14 +34,14 @@ enum Msg {
     Block {
         ino: InodeNo,
         idx: u64,
-        data: Arc<Vec<u8>>,
+        data: Arc<crate::buf::Owned>,
     },
     /// `ino` at `version` is its first `blocks` whole blocks, then `tail`.
     Finish {
         ino: InodeNo,
         version: i64,
         blocks: u64,
-        tail: Option<Arc<Vec<u8>>>,
+        tail: Option<Arc<crate::buf::Owned>>,
         tail_len: usize,
     },
     /// `ino` is no longer followed.
@@ -141,7 +141,7 @@ impl Digests {
 
     /// Hands whole block `idx` of `ino` to the thread; false if it is too
     /// far behind (the file is then no longer followed).
-    pub fn block(&self, ino: InodeNo, idx: u64, data: &Arc<Vec<u8>>) -> bool {
+    pub fn block(&self, ino: InodeNo, idx: u64, data: &Arc<crate::buf::Owned>) -> bool {
         debug_assert_eq!(data.len() as u64, BLOCK_SIZE);
         match self.tx.try_send(Msg::Block {
             ino,
@@ -160,7 +160,7 @@ impl Digests {
         ino: InodeNo,
         version: i64,
         blocks: u64,
-        tail: Option<Arc<Vec<u8>>>,
+        tail: Option<Arc<crate::buf::Owned>>,
         tail_len: usize,
     ) {
         let mut r = self.shared.results.lock().unwrap();

@@ -22,7 +22,7 @@ const MAX_FILE_SIZE: u64 = 16 << 40;
 
 pub(crate) enum Dirty {
     /// Bytes in memory; shared with the hasher while it works on them.
-    Mem(Arc<Vec<u8>>),
+    Mem(Arc<crate::buf::Owned>),
     Stored(BlockRef),
     Hole,
 }
@@ -286,7 +286,7 @@ impl Locker {
                 None => Vec::new(),
             },
         };
-        Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(Arc::new(data))));
+        Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(Arc::new(data.into()))));
         Ok(())
     }
 
@@ -827,7 +827,12 @@ impl Locker {
                 if n == BLOCK_SIZE as usize {
                     // A whole block: the hasher stores it while the kernel
                     // brings the next write.
-                    Locker::set_dirty(st, fs, idx, Some(Dirty::Mem(Arc::new(chunk.to_vec()))));
+                    Locker::set_dirty(
+                        st,
+                        fs,
+                        idx,
+                        Some(Dirty::Mem(Arc::new(crate::buf::Owned::copy_of(chunk)))),
+                    );
                     self.digest_block(ino, fs, idx);
                     self.queue_block(st, ino, fs, idx)?;
                 } else {

@@ -23,13 +23,13 @@ const QUEUE: usize = 4;
 pub(crate) struct Job {
     pub ino: InodeNo,
     pub idx: u64,
-    pub data: Arc<Vec<u8>>,
+    pub data: Arc<crate::buf::Owned>,
 }
 
 pub(crate) struct Done {
     pub ino: InodeNo,
     pub idx: u64,
-    pub data: Arc<Vec<u8>>,
+    pub data: Arc<crate::buf::Owned>,
     /// The stored block, `None` for all zeros, or the error.
     pub result: std::io::Result<Option<BlockRef>>,
 }
