@@ -442,7 +442,8 @@ impl Backend for WebDavBackend {
     async fn put(&self, key: &str, data: Vec<u8>, meta: &ObjMeta, cond: &Cond) -> BResult<String> {
         let flavor = self.flavor().await?;
         self.check_key(key, flavor)?;
-        self.put_in(flavor, key, data.into(), meta, cond).await
+        self.put_in(flavor, key, crate::buf::into_bytes(data), meta, cond)
+            .await
     }
 
     async fn multipart_begin(&self, key: &str, size: u64, meta: &ObjMeta) -> BResult<Multipart> {

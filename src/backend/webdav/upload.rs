@@ -138,7 +138,9 @@ impl WebDavBackend {
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 use std::os::unix::fs::FileExt;
                 let f = std::fs::OpenOptions::new().write(true).open(&file)?;
-                f.write_all_at(&data, offset)
+                let r = f.write_all_at(&data, offset);
+                crate::buf::give(data);
+                r
             })
             .await
             .map_err(|e| BackendError::transient(format!("spool: {e}")))?
@@ -154,7 +156,12 @@ impl WebDavBackend {
             ("oc-total-length", mp.size.to_string()),
         ];
         let resp = self
-            .put_body(&path, client::full(data), len, &headers)
+            .put_body(
+                &path,
+                client::full(crate::buf::into_bytes(data)),
+                len,
+                &headers,
+            )
             .await?;
         match resp.status.as_u16() {
             200 | 201 | 204 => Ok(resp
@@ -261,13 +268,13 @@ impl WebDavBackend {
             };
             let mut left = size;
             while left > 0 {
-                let mut buf = vec![0u8; (1 << 20).min(left) as usize];
+                let mut buf = crate::buf::zeroed((1 << 20).min(left) as usize);
                 if let Err(e) = f.read_exact(&mut buf) {
                     let _ = tx.blocking_send(Err(e));
                     return;
                 }
                 left -= buf.len() as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                if tx.blocking_send(Ok(crate::buf::into_bytes(buf))).is_err() {
                     return;
                 }
             }
