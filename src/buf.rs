@@ -38,7 +38,7 @@ const SMALL: usize = 2 << 20;
 const KEEP_SMALL: usize = 8 << 20;
 /// ... and of larger ones: the ranges of the fetches ahead of a reader
 /// (`[cache] fetches`, 4 by default, of 8 MiB) and the reader's own.
-const KEEP: usize = 48 << 20;
+const KEEP: usize = 40 << 20;
 /// A buffer unused this long is freed by `shed`.
 pub const IDLE: Duration = Duration::from_secs(2);
 
@@ -58,15 +58,16 @@ impl Pool {
         }
     }
 
-    /// A kept buffer that holds `len` bytes: the smallest, and at most
-    /// twice that, so that a small request does not take the buffer a
-    /// large one will want.
+    /// A kept buffer of `len`'s size class (at least `len`, at most its
+    /// next power of two): a small request does not take the buffer a
+    /// large one will want, nor hold twice the memory it asked for.
     fn take(&mut self, len: usize) -> Option<Vec<u8>> {
         if !(MIN..=MAX).contains(&len) {
             return None;
         }
+        let class = len..=len.next_power_of_two();
         let i = (self.free.iter().enumerate())
-            .filter(|(_, (v, _))| (len..=2 * len).contains(&v.capacity()))
+            .filter(|(_, (v, _))| class.contains(&v.capacity()))
             .min_by_key(|(_, (v, _))| v.capacity())
             .map(|(i, _)| i)?;
         let (v, _) = self.free.swap_remove(i);
@@ -74,13 +75,17 @@ impl Pool {
         Some(v)
     }
 
-    fn give(&mut self, mut v: Vec<u8>, now: Instant) {
+    /// Keeps `v`, or hands it back when there is no room (to be freed
+    /// by the caller, outside the pool's lock).
+    fn give(&mut self, mut v: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
         let cap = v.capacity();
-        if (MIN..=MAX).contains(&cap) && self.bytes + cap <= self.keep {
-            v.clear();
-            self.bytes += cap;
-            self.free.push((v, now));
+        if !(MIN..=MAX).contains(&cap) || self.bytes + cap > self.keep {
+            return Some(v);
         }
+        v.clear();
+        self.bytes += cap;
+        self.free.push((v, now));
+        None
     }
 
     /// Frees the buffers given back before `before`.
@@ -110,9 +115,9 @@ pub fn take(len: usize) -> Vec<u8> {
     if !(MIN..=MAX).contains(&len) {
         return Vec::with_capacity(len);
     }
-    pool(len)
-        .take(len)
-        .unwrap_or_else(|| Vec::with_capacity(len.next_power_of_two()))
+    let kept = pool(len).take(len);
+    // (Allocated, if need be, outside the pool's lock.)
+    kept.unwrap_or_else(|| Vec::with_capacity(len.next_power_of_two()))
 }
 
 /// `len` zero bytes.
@@ -125,9 +130,21 @@ pub fn zeroed(len: usize) -> Vec<u8> {
 /// Gives a buffer back for reuse (or frees it, when it is too small or
 /// too large, or enough wait already).
 pub fn give(v: Vec<u8>) {
+    #[cfg(test)]
+    GIVEN.with(|g| g.set(g.get() + 1));
     if (MIN..=MAX).contains(&v.capacity()) {
-        pool(v.capacity()).give(v, Instant::now());
+        let refused = pool(v.capacity()).give(v, Instant::now());
+        // (Freed outside the pool's lock.)
+        drop(refused);
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Buffers this thread has given back (tests: the pool is shared by
+    /// every test of the process, so they look at their own thread's
+    /// count rather than at what the pool holds).
+    static GIVEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Bytes whose buffer goes back here when dropped: a block's bytes held
@@ -208,8 +225,10 @@ pub fn shed() {
     let Some(before) = Instant::now().checked_sub(IDLE) else {
         return;
     };
-    let old = (pool(SMALL).shed(before), pool(MAX).shed(before));
-    drop(old);
+    let small = pool(SMALL).shed(before);
+    let large = pool(MAX).shed(before);
+    // (Freed outside the pools' locks.)
+    drop((small, large));
 }
 
 /// Gives back every buffer of `vs`.
@@ -227,29 +246,28 @@ mod tests {
     fn a_buffer_given_back_is_handed_out_again_and_the_pool_stays_bounded() {
         let mut p = Pool::new(8 << 20);
         let t = Instant::now();
-        let a = Vec::<u8>::with_capacity(3 << 20);
+        let a = Vec::<u8>::with_capacity(4 << 20);
         let big = a.as_ptr();
-        p.give(a, t);
+        assert!(p.give(a, t).is_none());
         let mut b = Vec::<u8>::with_capacity(1 << 20);
         b.extend_from_slice(&[7; 1000]);
         let small = b.as_ptr();
-        p.give(b, t);
-        // The smallest that fits, empty.
+        assert!(p.give(b, t).is_none());
+        // Its size class, empty.
         let got = p.take(600 << 10).unwrap();
         assert_eq!((got.as_ptr(), got.len()), (small, 0));
-        assert!(p.take(4 << 20).is_none(), "nothing kept holds 4 MiB");
-        assert!(p.take(1 << 20).is_none(), "3 MiB is too large for 1 MiB");
-        let got = p.take(2 << 20).unwrap();
+        assert!(p.take(5 << 20).is_none(), "nothing kept holds 5 MiB");
+        assert!(p.take(1 << 20).is_none(), "4 MiB is not of 1 MiB's class");
+        let got = p.take(3 << 20).unwrap();
         assert_eq!(got.as_ptr(), big);
         assert!(p.take(MIN).is_none());
-        // Tiny, huge and past the bound: freed, not kept.
-        p.give(Vec::with_capacity(100), t);
-        p.give(Vec::with_capacity(MAX + 1), t);
-        for _ in 0..20 {
-            p.give(Vec::with_capacity(1 << 20), t);
-        }
-        assert_eq!(p.bytes, 8 << 20);
-        assert_eq!(p.free.len(), 8);
+        // Tiny, huge and past the bound: handed back to be freed.
+        assert!(p.give(Vec::with_capacity(100), t).is_some());
+        assert!(p.give(Vec::with_capacity(MAX + 1), t).is_some());
+        let refused = (0..20)
+            .filter(|_| p.give(Vec::with_capacity(1 << 20), t).is_some())
+            .count();
+        assert_eq!((p.bytes, p.free.len(), refused), (8 << 20, 8, 12));
         assert!(p.take(100).is_none(), "small requests go to the allocator");
     }
 
@@ -261,55 +279,61 @@ mod tests {
         p.give(Vec::with_capacity(2 << 20), t + Duration::from_secs(5));
         assert_eq!(p.shed(t + Duration::from_secs(1)).len(), 1);
         assert_eq!((p.free.len(), p.bytes), (1, 2 << 20));
-        assert!(p.take(1 << 20).is_some(), "2 MiB serves 1 MiB");
+        assert!(p.take(1536 << 10).is_some(), "2 MiB serves 1.5 MiB");
         assert_eq!(p.bytes, 0);
+    }
+
+    fn given() -> usize {
+        GIVEN.with(|g| g.get())
     }
 
     #[test]
     fn bytes_lent_out_come_back_once_the_last_slice_is_dropped() {
-        // A size class no other test of this process uses.
-        let len = MAX - 1;
-        let mut v = take(len);
-        v.resize(len, 1);
+        let mut v = take(MIN);
+        v.resize(MIN, 1);
         let ptr = v.as_ptr();
         let b = into_bytes(v);
         let slice = b.slice(10..20);
+        let before = given();
         drop(b);
         assert_eq!(slice.as_ptr(), ptr.wrapping_add(10));
-        assert!(
-            pool(len).take(len).is_none(),
-            "given back while still shared"
-        );
+        assert_eq!(given(), before, "given back while still shared");
         drop(slice);
-        let back = pool(len).take(len).expect("given back");
-        assert_eq!((back.as_ptr(), back.len()), (ptr, 0));
+        assert_eq!(given(), before + 1);
     }
 
     #[test]
     fn owned_bytes_go_back_when_dropped_and_a_clone_is_a_copy() {
-        // A size class no other test of this process uses.
-        let len = MAX / 2 - 1;
-        let o = Owned::copy_of(&vec![5u8; len]);
-        let ptr = o.as_ptr();
+        let o = Owned::copy_of(&vec![5u8; MIN + 1]);
         let c = o.clone();
         assert_eq!(c, o);
-        assert_ne!(c.as_ptr(), ptr);
+        assert_ne!(c.as_ptr(), o.as_ptr());
+        let before = given();
         drop(c);
         drop(o);
-        // Both came back: the two buffers of this class.
-        let mut p = pool(len);
-        let a = p.take(len).expect("given back");
-        let b = p.take(len).expect("given back");
-        assert!(a.as_ptr() == ptr || b.as_ptr() == ptr);
+        assert_eq!(given(), before + 2);
     }
 
     #[test]
     fn zeroed_is_zero_even_from_a_dirty_buffer() {
-        let mut v = take(MIN);
+        // Whatever else the shared pool holds, a buffer of this class
+        // dirtied and given back here may come back: it must be zeros.
+        for _ in 0..4 {
+            let mut v = take(MIN);
+            v.resize(MIN, 0xAB);
+            give(v);
+            let z = zeroed(MIN);
+            assert_eq!(z.len(), MIN);
+            assert!(z.iter().all(|&x| x == 0));
+            give(z);
+        }
+        let mut p = Pool::new(1 << 20);
+        let mut v = Vec::with_capacity(MIN);
         v.resize(MIN, 0xAB);
-        give(v);
-        let z = zeroed(MIN);
-        assert_eq!(z.len(), MIN);
-        assert!(z.iter().all(|&x| x == 0));
+        p.give(v, Instant::now());
+        let mut back = p.take(MIN).unwrap();
+        assert!(back.is_empty(), "a kept buffer comes back empty");
+        back.resize(MIN, 0);
+        assert!(back.iter().all(|&x| x == 0));
     }
 }

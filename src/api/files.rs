@@ -634,8 +634,8 @@ pub(super) async fn put(
     };
     let mut body = req.into_body();
     let mut hasher = Sha256::new();
-    // Chunks of reused buffers (`crate::buf`).
-    let mut buf: Vec<u8> = crate::buf::take(CHUNK);
+    // Chunks of reused buffers, given back when dropped.
+    let mut buf = crate::buf::Owned::from(crate::buf::take(CHUNK));
     let mut total: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
@@ -674,7 +674,7 @@ pub(super) async fn put(
             buf.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
             if buf.len() == CHUNK {
-                let chunk = std::mem::replace(&mut buf, crate::buf::take(CHUNK));
+                let chunk = std::mem::replace(&mut buf, crate::buf::take(CHUNK).into());
                 write_chunk(&guard, chunk).await?;
             }
         }
@@ -736,15 +736,13 @@ pub(super) async fn put(
     Ok(r)
 }
 
-async fn write_chunk(guard: &UploadGuard, chunk: Vec<u8>) -> Result<(), ApiError> {
+async fn write_chunk(guard: &UploadGuard, chunk: crate::buf::Owned) -> Result<(), ApiError> {
     let core = guard.core.clone();
     let up = guard.up.clone();
     blocking(move || {
         let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
         let u = slot.active(&core)?;
-        core.upload_write(u, &chunk)?;
-        crate::buf::give(chunk);
-        Ok(())
+        Ok(core.upload_write(u, &chunk)?)
     })
     .await
     .map_err(ApiError::closing)

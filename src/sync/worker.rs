@@ -90,7 +90,10 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     forgotten.extend(round.finished);
                     held = round.held;
                     more = !forgotten.is_empty();
+                    // (Removals held for a batch: read wide until it goes,
+                    // so that what queued behind them is not kept waiting.)
                     wide = more
+                        || !held.is_empty()
                         || may_go_without_push(&entries, &inner.inflight.lock().unwrap(), &kept);
                     let mut started = 0;
                     for e in entries {
