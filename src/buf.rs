@@ -40,7 +40,7 @@ const KEEP_SMALL: usize = 8 << 20;
 /// (`[cache] fetches`, 4 by default, of 8 MiB) and the reader's own.
 const KEEP: usize = 40 << 20;
 /// A buffer unused this long is freed by `shed`.
-pub const IDLE: Duration = Duration::from_secs(2);
+const IDLE: Duration = Duration::from_secs(2);
 
 struct Pool {
     /// Each with the time it was given back.
@@ -151,7 +151,7 @@ thread_local! {
 /// in memory while a file is written, shared with the hasher (which
 /// drops them on another thread, where the allocator would not reuse
 /// them).
-#[derive(Default, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Owned(Vec<u8>);
 
 impl Owned {
