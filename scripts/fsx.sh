@@ -48,6 +48,8 @@ Options:
   --no-install    do not install anything; use what is on PATH
   --bindfs        harness self-test: a bindfs passthrough instead of LOCKER.
                   Never use this to judge LOCKER.
+  --writeback-cache  mount LOCKER with -o writeback_cache (the kernel's
+                  writeback cache) for every run
   -h, --help      this help
 
 Environment: LOCKER_BIN (default REPO/target/release/locker), FSX_OPS
@@ -67,6 +69,7 @@ while [ $# -gt 0 ]; do
     --keep-workdir) export KEEP_WORKDIR=1 ;;
     --no-install) NO_INSTALL=1 ;;
     --bindfs) export HARNESS_BINDFS=1 ;;
+    --writeback-cache) export LOCKER_MOUNT_OPTS=writeback_cache ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac

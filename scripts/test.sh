@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (as root, on a fresh Debian machine):
 # installs what it needs, builds one profile (release), then runs the unit
-# and mount tests, the POSIX conformance comparison (pjdfstest against ext4),
-# fsx, and the self-test of the WebDAV test servers. Every mount is torn
+# and mount tests, the POSIX conformance comparison (pjdfstest against ext4)
+# and fsx (each also with the kernel's writeback cache), and the self-test of
+# the WebDAV test servers. Every mount is torn
 # down by the test that made it.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +28,9 @@ step "cargo test" cargo test --release --no-fail-fast
 step "systemd unit" scripts/check-unit.sh
 step "webdav test servers" python3 tests/webdav/selftest.py
 step "pjdfstest" scripts/pjdfstest.sh
+step "pjdfstest, writeback cache" scripts/pjdfstest.sh --no-install --writeback-cache
 step "fsx" scripts/fsx.sh
+step "fsx, writeback cache" scripts/fsx.sh --no-install --writeback-cache
 
 echo "test suite took $(( $(date +%s) - start )) s"
 echo "suites: $passed passed, $failed failed"

@@ -33,6 +33,16 @@ threads = 4
 # memory, at most 1024.
 # dirty_memory_mb = 1024
 
+# The kernel's writeback cache: writes stay in the kernel's page cache and
+# reach LOCKER in large batches (at close, fsync, or under memory pressure),
+# and the kernel keeps each open file's size and times itself. close() and
+# fsync() keep their promises. Only for mounts whose files change through
+# the mount alone: with it on, a file changed through the HTTP API or in a
+# backend may keep showing its old size and times here until the kernel
+# forgets the file. Also the mount option writeback_cache (nowriteback_cache
+# turns it off).
+# writeback_cache = false
+
 [sync]
 # A changed file is uploaded once it is closed and has been quiet this long.
 upload_delay_ms = 3000
@@ -326,6 +336,8 @@ pub struct MountConfig {
     #[serde(default = "default_threads")]
     pub threads: usize,
     pub dirty_memory_mb: Option<u64>,
+    #[serde(default)]
+    pub writeback_cache: bool,
 }
 
 impl Default for MountConfig {
@@ -334,6 +346,7 @@ impl Default for MountConfig {
             allow_other: None,
             threads: default_threads(),
             dirty_memory_mb: None,
+            writeback_cache: false,
         }
     }
 }

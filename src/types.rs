@@ -176,6 +176,11 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub ctime: Option<Timestamp>,
+    /// Drop set-user-ID, and set-group-ID where the file is
+    /// group-executable, as Linux does when a file other than a directory
+    /// is truncated by someone other than root, or changes owner or group
+    /// (the kernel leaves it to LOCKER: `FUSE_HANDLE_KILLPRIV_V2`).
+    pub drop_privs: bool,
 }
 
 /// Who is asking: the caller's credentials, used for ownership of new inodes.

@@ -141,3 +141,46 @@ fn the_api_listener_serves_metrics_without_a_key_and_counts_requests() {
     );
     assert!(get(&s, r#"locker_queue_entries{namespace="deck"}"#) == 0.0);
 }
+
+/// Before each write the kernel asks whether the file has a
+/// `security.capability` to drop, unless the filesystem drops
+/// set-user-ID and capabilities itself (`FUSE_HANDLE_KILLPRIV_V2`): then it
+/// asks once per file and remembers the answer. Small writes are one
+/// round trip each, not two; the same holds with the writeback cache.
+#[test]
+fn small_writes_do_not_each_ask_for_security_capability() {
+    for extra in [&[][..], &["-o", "writeback_cache"][..]] {
+        let port = free_port();
+        let mut m = Mount::with_config(
+            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[namespaces.corp]\n"),
+            &[],
+        );
+        m.stop();
+        m.start(extra);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let asked = r#"locker_fuse_operations_total{op="getxattr"}"#;
+        let wrote = r#"locker_fuse_operations_total{op="write"}"#;
+        let (_, before) = scrape(addr);
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(m.corp().join("small")).unwrap();
+            for i in 0..200u64 {
+                f.write_all(&pattern(4096, i)).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        let (_, after) = scrape(addr);
+        let d = |k: &str| get(&after, k) - get(&before, k);
+        assert!(d(wrote) >= 1.0, "{extra:?}: no write reached the daemon");
+        assert!(
+            d(asked) <= 2.0,
+            "{extra:?}: {} getxattr requests for {} writes",
+            d(asked),
+            d(wrote)
+        );
+        assert_eq!(
+            std::fs::metadata(m.corp().join("small")).unwrap().len(),
+            200 * 4096
+        );
+    }
+}

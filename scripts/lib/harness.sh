@@ -153,7 +153,7 @@ fs_mount() {
     bindfs -f -o allow_other "$data" "$mnt" </dev/null >>"$logf" 2>&1 &
   else
     [ -x "$LOCKER_BIN" ] || die "LOCKER binary not found at $LOCKER_BIN (build it: cargo build --release, or set LOCKER_BIN)"
-    "$LOCKER_BIN" mount "$mnt" --data-dir "$data" </dev/null >>"$logf" 2>&1 &
+    "$LOCKER_BIN" mount "$mnt" --data-dir "$data" ${LOCKER_MOUNT_OPTS:+-o "$LOCKER_MOUNT_OPTS"} </dev/null >>"$logf" 2>&1 &
   fi
   FS_PID=$!
   FS_MNT=$mnt
@@ -177,7 +177,7 @@ fs_mount() {
   die "mount of $mnt timed out"
 }
 
-fs_label() { if [ -n "${HARNESS_BINDFS:-}" ]; then echo "bindfs (harness self-test, NOT LOCKER)"; else echo "LOCKER ($LOCKER_BIN)"; fi; }
+fs_label() { if [ -n "${HARNESS_BINDFS:-}" ]; then echo "bindfs (harness self-test, NOT LOCKER)"; else echo "LOCKER ($LOCKER_BIN${LOCKER_MOUNT_OPTS:+, -o $LOCKER_MOUNT_OPTS})"; fi; }
 
 # fs_unmount MOUNTPOINT PID LOGFILE
 # SIGTERM, wait up to 20 s, then fusermount3 -uz and kill -9 as needed.

@@ -66,8 +66,8 @@ pub enum Command {
         /// Mount options, comma-separated, as in fstab: config=FILE,
         /// data_dir=DIR, namespace=NS[/DIR], source=NAME, log=FILE,
         /// allow_other, ro, rw, nosuid, nodev, noexec, suid, dev, exec,
-        /// noatime, relatime (the default), strictatime.
-        /// Options for mount(8) and systemd (_netdev, nofail, x-*, ...)
+        /// noatime, relatime (the default), strictatime, writeback_cache,
+        /// nowriteback_cache. Options for mount(8) and systemd (_netdev, nofail, x-*, ...)
         /// are ignored.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,

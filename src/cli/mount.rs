@@ -43,6 +43,8 @@ pub struct Options {
     pub suid: Option<bool>,
     pub dev: Option<bool>,
     pub exec: Option<bool>,
+    /// writeback_cache / nowriteback_cache (see `[mount] writeback_cache`).
+    pub writeback_cache: Option<bool>,
 }
 
 /// Options mount(8) and systemd use themselves; a helper is handed them
@@ -99,12 +101,14 @@ impl Options {
                 ("nodev", None) => o.dev = Some(false),
                 ("exec", None) => o.exec = Some(true),
                 ("noexec", None) => o.exec = Some(false),
+                ("writeback_cache", None) => o.writeback_cache = Some(true),
+                ("nowriteback_cache", None) => o.writeback_cache = Some(false),
                 (k, _) if k.starts_with("x-") || k == "comment" || k == "user" => {}
                 (k, None) if IGNORED.contains(&k) => {}
                 _ => bail!(
                     "unknown mount option {opt:?} (LOCKER's are config=, data_dir=, namespace=, \
                      source=, log=, allow_other, ro, rw, [no]suid, [no]dev, [no]exec, noatime, \
-                     relatime, strictatime)"
+                     relatime, strictatime, [no]writeback_cache)"
                 ),
             }
         }
@@ -265,7 +269,8 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
     } else {
         opts.atime
     };
-    let fs = LockerFs::new(core.clone(), map, atime, cfg.mount.threads);
+    let writeback = opts.writeback_cache.unwrap_or(cfg.mount.writeback_cache) && !opts.read_only;
+    let fs = LockerFs::new(core.clone(), map, atime, cfg.mount.threads, writeback);
     let mut session = fuser::Session::new(fs, mountpoint, &fuse_cfg)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
@@ -298,6 +303,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         allow_other,
         read_only = opts.read_only,
         atime = ?atime,
+        writeback_cache = writeback,
         "serving"
     );
 

@@ -9,6 +9,7 @@ use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Handle, Locker, State, check_name, sync};
 use crate::meta::{self, InodeRow};
 
+const S_ISUID: u16 = 0o4000;
 const S_ISGID: u16 = 0o2000;
 /// Entries read per page by `readdir`.
 const DIR_PAGE: usize = 1000;
@@ -46,6 +47,22 @@ pub(crate) fn touch_dir(
 }
 
 /// Is the calling process a member of group `gid` (primary or supplementary)?
+/// What a write, truncate or change of owner leaves of a mode, as ext4
+/// on Linux leaves it (`setattr_should_drop_suidgid`): no set-user-ID,
+/// and no set-group-ID where the file is group-executable or `caller` is
+/// outside the file's group (without group execution it only marks
+/// mandatory locking, which its group may keep). Root stands for a caller
+/// with `CAP_FSETID`, who is in every group.
+pub(crate) fn without_privs(perm: u16, gid: u32, caller: Option<&Caller>) -> u16 {
+    let mut p = perm & !S_ISUID;
+    if p & S_ISGID != 0
+        && (p & 0o010 != 0 || caller.is_some_and(|c| c.uid != 0 && !caller_in_group(c, gid)))
+    {
+        p &= !S_ISGID;
+    }
+    p
+}
+
 pub(crate) fn caller_in_group(caller: &Caller, gid: u32) -> bool {
     if caller.gid == gid {
         return true;
@@ -105,7 +122,8 @@ impl Locker {
         caller: Option<&Caller>,
     ) -> CoreResult<Attr> {
         let mut tries = 0;
-        let mut st = loop {
+        // With the lock: whether there are privileges to drop.
+        let (mut st, kill) = loop {
             if set.size.is_some_and(|s| s > 0) {
                 self.ensure_local(ino)?;
                 // The new version keeps blocks of this one: they must be here.
@@ -113,15 +131,21 @@ impl Locker {
             }
             let mut st = self.lock();
             let now = Timestamp::now();
-            let kind = row(&st.conn, ino)?.attr.kind;
-            let Some(size) = set.size else { break st };
+            let attr = row(&st.conn, ino)?.attr;
+            let kind = attr.kind;
+            let kill = set.drop_privs
+                && kind != FileKind::Dir
+                && without_privs(attr.perm, attr.gid, caller) != attr.perm;
+            let Some(size) = set.size else {
+                break (st, kill);
+            };
             let r = match kind {
                 FileKind::File => self.truncate_locked(&mut st, ino, size, now),
                 FileKind::Dir => return Err(CoreError::IsDir),
                 _ => return Err(CoreError::Invalid("truncate of a special file")),
             };
             match r {
-                Ok(()) => break st,
+                Ok(()) => break (st, kill),
                 // A block evicted between the fetch and the lock: the
                 // truncate changed nothing; fetch again.
                 Err(CoreError::Corrupt(_)) if tries < 3 => tries += 1,
@@ -135,20 +159,22 @@ impl Locker {
             || set.gid.is_some()
             || set.atime.is_some()
             || set.mtime.is_some()
-            || set.ctime.is_some();
+            || set.ctime.is_some()
+            || kill;
         if changes_times {
             let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
             // Uncommitted writes carry their own mtime: commit them first so
             // an explicit time set here wins.
             self.commit_locked(st, ino)?;
             // Mode and mtime travel with the object; owners stay local.
-            let m = if set.mode.is_some() || set.mtime.is_some() {
+            let m = if set.mode.is_some() || set.mtime.is_some() || kill {
                 st.mark()
             } else {
                 None
             };
             st.tx(|tx| {
                 let mut a = row(tx, ino)?.attr;
+                let gid_before = a.gid;
                 if let Some(m) = set.mode {
                     a.perm = (m & 0o7777) as u16;
                 }
@@ -158,10 +184,14 @@ impl Locker {
                 if let Some(g) = set.gid {
                     a.gid = g;
                 }
+                if kill {
+                    // The group the file had: a new one is checked below.
+                    a.perm = without_privs(a.perm, gid_before, caller);
+                }
                 if set.mode.is_some() && acls {
                     acl::chmod(tx, ino, a.perm)?;
                 }
-                if set.mode.is_some()
+                if (set.mode.is_some() || kill)
                     && a.perm & S_ISGID != 0
                     && let Some(c) = caller
                     && c.uid != 0
@@ -191,6 +221,25 @@ impl Locker {
             }
         }
         Locker::attr_locked(st, ino)
+    }
+
+    /// Drops set-user-ID and set-group-ID as a write or fallocate by
+    /// `caller` (someone without `CAP_FSETID`) does on Linux. Nothing is
+    /// written when there is nothing to drop, so a writer pays one read of
+    /// the inode.
+    pub fn drop_privs_as(&self, ino: InodeNo, caller: &Caller) -> CoreResult<()> {
+        {
+            let st = self.lock();
+            let a = row(&st.conn, ino)?.attr;
+            if a.kind != FileKind::File || without_privs(a.perm, a.gid, Some(caller)) == a.perm {
+                return Ok(());
+            }
+        }
+        let set = SetAttr {
+            drop_privs: true,
+            ..SetAttr::default()
+        };
+        self.setattr_as(ino, &set, Some(caller)).map(|_| ())
     }
 
     /// Creates an inode of any kind under `parent`. `mode` carries the kind

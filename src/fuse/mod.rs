@@ -36,17 +36,29 @@ pub struct LockerFs {
     waiters: Waiters,
     /// The kernel enforces POSIX ACLs (`FUSE_POSIX_ACL` was granted).
     acl: bool,
+    /// The kernel's writeback cache is wanted (`[mount] writeback_cache`);
+    /// `writeback` says whether the kernel granted it.
+    want_writeback: bool,
+    writeback: bool,
+    /// The kernel leaves dropping set-user-ID and set-group-ID on write,
+    /// truncate and chown to LOCKER (`FUSE_HANDLE_KILLPRIV_V2` was
+    /// granted). It then skips asking for `security.capability` before
+    /// each write once it knows the file has none: a write is one round
+    /// trip, not two.
+    killpriv: bool,
 }
 
 impl LockerFs {
     /// `wait_threads` serve the requests that may wait (see `Waiters`);
     /// `map` says which directory is the mount's root; `atime` when
-    /// reading moves a file's access time.
+    /// reading moves a file's access time; `writeback` asks the kernel for
+    /// its writeback cache.
     pub fn new(
         core: Arc<Locker>,
         map: InoMap,
         atime: AtimePolicy,
         wait_threads: usize,
+        writeback: bool,
     ) -> LockerFs {
         LockerFs {
             core,
@@ -54,6 +66,22 @@ impl LockerFs {
             atime,
             waiters: Waiters::start(wait_threads.max(1)),
             acl: false,
+            want_writeback: writeback,
+            writeback: false,
+            killpriv: false,
+        }
+    }
+
+    /// How a file opened with `flags` is written. With the writeback cache
+    /// the kernel places appended data itself (at its own idea of the
+    /// end of the file) and sends writes at explicit offsets, also through
+    /// a handle opened O_APPEND.
+    fn open_mode(&self, flags: i32) -> OpenMode {
+        let acc = flags & libc::O_ACCMODE;
+        OpenMode {
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0 && !self.writeback,
+            truncate: flags & libc::O_TRUNC != 0,
         }
     }
 
@@ -246,15 +274,6 @@ fn fh(h: FileHandle) -> HandleId {
     HandleId(h.0)
 }
 
-fn open_mode(flags: i32) -> OpenMode {
-    let acc = flags & libc::O_ACCMODE;
-    OpenMode {
-        write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
-        append: flags & libc::O_APPEND != 0,
-        truncate: flags & libc::O_TRUNC != 0,
-    }
-}
-
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
@@ -284,6 +303,17 @@ impl Filesystem for LockerFs {
             .is_ok();
         if !self.acl {
             tracing::warn!("the kernel does not offer POSIX ACLs: system.posix_acl_* is refused");
+        }
+        self.killpriv = config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_ok();
+        if self.want_writeback {
+            self.writeback = config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok();
+            if !self.writeback {
+                tracing::warn!("the kernel does not offer its writeback cache: writes go through");
+            }
         }
         tracing::info!("mounted");
         Ok(())
@@ -342,6 +372,10 @@ impl Filesystem for LockerFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             ctime: ctime.map(Timestamp::from_system),
+            // Root stands for a caller with CAP_FSETID, which keeps them
+            // on a truncate (the kernel's flag for it is not passed on).
+            drop_privs: self.killpriv
+                && (uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0)),
         };
         let core = self.core.clone();
         let (i, map, who) = (self.ino(i), self.map, caller(req));
@@ -506,7 +540,7 @@ impl Filesystem for LockerFs {
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let t = FuseTimer::start("open");
-        let mode = open_mode(flags.0);
+        let mode = self.open_mode(flags.0);
         // Reads are served from the kernel's page cache without reaching
         // here, so the access time moves when a file is opened for reading
         // (what the mount's atime option says).
@@ -576,17 +610,23 @@ impl Filesystem for LockerFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let t = FuseTimer::start("write");
+        if self.killpriv
+            && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.core.drop_privs_as(self.ino(i), &caller(req))
+        {
+            return reply.error(fail("write", e));
+        }
         if self.core.write_may_wait(data.len() as u64) {
             let core = self.core.clone();
             let data = data.to_vec();
@@ -844,7 +884,7 @@ impl Filesystem for LockerFs {
             self.ino(parent),
             name.as_bytes(),
             mode,
-            open_mode(flags),
+            self.open_mode(flags),
         ) {
             Ok((a, h)) => reply.created(
                 &TTL,
@@ -859,8 +899,8 @@ impl Filesystem for LockerFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         length: u64,
@@ -873,6 +913,14 @@ impl Filesystem for LockerFs {
             libc::FALLOC_FL_KEEP_SIZE => true,
             _ => return reply.error(Errno::from_i32(libc::EOPNOTSUPP)),
         };
+        // As a write does; the kernel asks nothing of it with
+        // FUSE_HANDLE_KILLPRIV_V2 (root stands for CAP_FSETID).
+        if self.killpriv
+            && req.uid() != 0
+            && let Err(e) = self.core.drop_privs_as(self.ino(i), &caller(req))
+        {
+            return reply.error(fail("fallocate", e));
+        }
         match self.core.fallocate(fh(h), offset, length, keep_size) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fallocate", e)),
