@@ -48,7 +48,7 @@ pub use crate::types;
 pub use acl::{ACL_ACCESS, ACL_DEFAULT, is_acl_name};
 pub use error::{CoreError, CoreResult};
 use file::FileState;
-pub(crate) use redo::note_inline_block;
+pub(crate) use redo::{note_inline_block, note_params};
 pub use types::*;
 pub use xattr::XATTR_SHA256;
 

@@ -10,7 +10,7 @@ pub mod sync;
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use crate::blocks::BlockId;
 use crate::types::{Attr, FileKind, InodeNo, Timestamp};
@@ -197,6 +197,29 @@ pub fn get_inode(conn: &Connection, ino: InodeNo) -> MetaResult<Option<InodeRow>
     st.query_row([ino.0 as i64], inode_from_row).optional()
 }
 
+/// Runs a statement that may change the database, telling the redo log its
+/// text and parameters first (`note_params`), so that the log need not
+/// have SQLite print them into SQL text. Every change made while a mount
+/// operation runs goes through here or `put_inline_block`, or is logged
+/// as text by the trace hook.
+pub(crate) fn exec(conn: &Connection, sql: &str, params: &[&dyn ToSql]) -> rusqlite::Result<usize> {
+    let mut st = conn.prepare_cached(sql)?;
+    crate::core::note_params(sql, params);
+    st.execute(params)
+}
+
+/// `exec` of a statement that returns one integer of the row it changed
+/// (`RETURNING`), if it changed one.
+fn exec_returning(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn ToSql],
+) -> rusqlite::Result<Option<i64>> {
+    let mut st = conn.prepare_cached(sql)?;
+    crate::core::note_params(sql, params);
+    st.query_row(params, |r| r.get(0)).optional()
+}
+
 /// Inserts a new inode; `attr.ino` is ignored unless it is the root, and the
 /// new number is returned.
 pub fn insert_inode(
@@ -210,42 +233,43 @@ pub fn insert_inode(
     } else {
         None
     };
-    let mut st = conn.prepare_cached(
+    exec(
+        conn,
         "INSERT INTO inodes (ino, kind, perm, uid, gid, size, nlink, rdev, atime_s, atime_ns,
             mtime_s, mtime_ns, ctime_s, ctime_ns, crtime_s, crtime_ns, parent, target)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        params![
+            ino,
+            attr.kind.code(),
+            attr.perm as i64,
+            attr.uid as i64,
+            attr.gid as i64,
+            attr.size as i64,
+            attr.nlink as i64,
+            attr.rdev as i64,
+            attr.atime.sec,
+            attr.atime.nsec as i64,
+            attr.mtime.sec,
+            attr.mtime.nsec as i64,
+            attr.ctime.sec,
+            attr.ctime.nsec as i64,
+            attr.crtime.sec,
+            attr.crtime.nsec as i64,
+            parent.map(|p| p.0 as i64),
+            target,
+        ],
     )?;
-    st.execute(params![
-        ino,
-        attr.kind.code(),
-        attr.perm as i64,
-        attr.uid as i64,
-        attr.gid as i64,
-        attr.size as i64,
-        attr.nlink as i64,
-        attr.rdev as i64,
-        attr.atime.sec,
-        attr.atime.nsec as i64,
-        attr.mtime.sec,
-        attr.mtime.nsec as i64,
-        attr.ctime.sec,
-        attr.ctime.nsec as i64,
-        attr.crtime.sec,
-        attr.crtime.nsec as i64,
-        parent.map(|p| p.0 as i64),
-        target,
-    ])?;
     Ok(InodeNo(conn.last_insert_rowid() as u64))
 }
 
 /// Writes back every attribute of `attr` (not the kind).
 pub fn update_attr(conn: &Connection, attr: &Attr) -> MetaResult<()> {
-    let mut st = conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE inodes SET perm = ?2, uid = ?3, gid = ?4, size = ?5, nlink = ?6, rdev = ?7,
             atime_s = ?8, atime_ns = ?9, mtime_s = ?10, mtime_ns = ?11, ctime_s = ?12, ctime_ns = ?13
          WHERE ino = ?1",
-    )?;
-    st.execute(params![
+        params![
         attr.ino.0 as i64,
         attr.perm as i64,
         attr.uid as i64,
@@ -259,7 +283,8 @@ pub fn update_attr(conn: &Connection, attr: &Attr) -> MetaResult<()> {
         attr.mtime.nsec as i64,
         attr.ctime.sec,
         attr.ctime.nsec as i64,
-    ])?;
+    ],
+    )?;
     Ok(())
 }
 
@@ -276,24 +301,27 @@ pub fn update_content(
     // The hash is cleared by its own statement, which writes nothing when
     // there is none: naming the column in an UPDATE rewrites its index
     // entry even when the value stays NULL.
-    conn.prepare_cached("UPDATE inodes SET sha256 = NULL WHERE ino = ?1 AND sha256 IS NOT NULL")?
-        .execute([ino.0 as i64])?;
-    let n = conn
-        .prepare_cached(
-            "UPDATE inodes SET size = ?2,
+    exec(
+        conn,
+        "UPDATE inodes SET sha256 = NULL WHERE ino = ?1 AND sha256 IS NOT NULL",
+        params![ino.0 as i64],
+    )?;
+    let n = exec(
+        conn,
+        "UPDATE inodes SET size = ?2,
                 mtime_s = coalesce(?3, mtime_s), mtime_ns = coalesce(?4, mtime_ns),
                 ctime_s = coalesce(?5, ctime_s), ctime_ns = coalesce(?6, ctime_ns),
                 version = version + 1, remote_only = 0
              WHERE ino = ?1",
-        )?
-        .execute(params![
+        params![
             ino.0 as i64,
             size as i64,
             mtime.map(|t| t.sec),
             mtime.map(|t| t.nsec as i64),
             ctime.map(|t| t.sec),
             ctime.map(|t| t.nsec as i64),
-        ])?;
+        ],
+    )?;
     Ok(n > 0)
 }
 
@@ -305,38 +333,43 @@ pub fn touch_dir(
     now: Timestamp,
     nlink_delta: i64,
 ) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE inodes SET mtime_s = ?2, mtime_ns = ?3, ctime_s = ?2, ctime_ns = ?3,
             nlink = max(nlink + ?4, 0)
          WHERE ino = ?1",
-    )?
-    .execute(params![dir.0 as i64, now.sec, now.nsec as i64, nlink_delta])?;
+        params![dir.0 as i64, now.sec, now.nsec as i64, nlink_delta],
+    )?;
     Ok(())
 }
 
 /// Removes one link of an inode and sets its ctime; returns the links left
 /// (`None` if the inode does not exist).
 pub fn drop_link(conn: &Connection, ino: InodeNo, now: Timestamp) -> MetaResult<Option<u32>> {
-    conn.prepare_cached(
+    Ok(exec_returning(
+        conn,
         "UPDATE inodes SET nlink = max(nlink - 1, 0), ctime_s = ?2, ctime_ns = ?3
          WHERE ino = ?1 RETURNING nlink",
+        params![ino.0 as i64, now.sec, now.nsec as i64],
     )?
-    .query_row(params![ino.0 as i64, now.sec, now.nsec as i64], |r| {
-        r.get::<_, i64>(0)
-    })
-    .optional()
-    .map(|n| n.map(|n| n as u32))
+    .map(|n| n as u32))
 }
 
 pub fn set_parent(conn: &Connection, ino: InodeNo, parent: InodeNo) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")?
-        .execute(params![ino.0 as i64, parent.0 as i64])?;
+    exec(
+        conn,
+        "UPDATE inodes SET parent = ?2 WHERE ino = ?1",
+        params![ino.0 as i64, parent.0 as i64],
+    )?;
     Ok(())
 }
 
 pub fn set_sha256(conn: &Connection, ino: InodeNo, version: i64, sha: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE inodes SET sha256 = ?3 WHERE ino = ?1 AND version = ?2")?
-        .execute(params![ino.0 as i64, version, sha])?;
+    exec(
+        conn,
+        "UPDATE inodes SET sha256 = ?3 WHERE ino = ?1 AND version = ?2",
+        params![ino.0 as i64, version, sha],
+    )?;
     Ok(())
 }
 
@@ -376,25 +409,26 @@ pub fn set_remote_only(
     src: Option<(&[u8], Option<&str>)>,
     here: bool,
 ) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE inodes SET remote_only = 1, size = ?2, sha256 = ?3, mtime_s = ?4,
             mtime_ns = ?5, ctime_s = ?4, ctime_ns = ?5, perm = coalesce(?6, perm),
             version = version + 1,
             synced_version = CASE WHEN ?9 THEN version + 1 ELSE -1 END,
             remote_src = ?7, remote_etag = ?8
          WHERE ino = ?1",
-    )?
-    .execute(params![
-        ino.0 as i64,
-        size as i64,
-        sha256,
-        mtime.sec,
-        mtime.nsec as i64,
-        perm.map(|m| m as i64),
-        src.map(|s| s.0),
-        src.and_then(|s| s.1),
-        here,
-    ])?;
+        params![
+            ino.0 as i64,
+            size as i64,
+            sha256,
+            mtime.sec,
+            mtime.nsec as i64,
+            perm.map(|m| m as i64),
+            src.map(|s| s.0),
+            src.and_then(|s| s.1),
+            here,
+        ],
+    )?;
     Ok(())
 }
 
@@ -414,32 +448,42 @@ pub fn remote_src(
 /// File `ino`'s content is here now (no longer only in a backend) and
 /// hashes to `sha`.
 pub fn set_materialized(conn: &Connection, ino: InodeNo, sha: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1")?
-        .execute(params![ino.0 as i64, sha])?;
+    exec(
+        conn,
+        "UPDATE inodes SET remote_only = 0, sha256 = ?2 WHERE ino = ?1",
+        params![ino.0 as i64, sha],
+    )?;
     Ok(())
 }
 
 /// No version of inode `ino` is confirmed at its own path any more.
 pub fn clear_synced(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1")?
-        .execute([ino.0 as i64])?;
+    exec(
+        conn,
+        "UPDATE inodes SET synced_version = -1 WHERE ino = ?1",
+        params![ino.0 as i64],
+    )?;
     Ok(())
 }
 
 /// `clear_synced`, if `ino` is a regular file.
 pub fn clear_synced_file(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND kind = 1")?
-        .execute([ino.0 as i64])?;
+    exec(
+        conn,
+        "UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND kind = 1",
+        params![ino.0 as i64],
+    )?;
     Ok(())
 }
 
 /// The current version of `ino` is confirmed at its own path, if its
 /// content still hashes to `sha`.
 pub fn confirm_synced(conn: &Connection, ino: InodeNo, sha: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE inodes SET synced_version = version WHERE ino = ?1 AND sha256 = ?2",
-    )?
-    .execute(params![ino.0 as i64, sha])?;
+        params![ino.0 as i64, sha],
+    )?;
     Ok(())
 }
 
@@ -464,12 +508,9 @@ pub fn files_with_sha_except(
 
 pub fn delete_inode(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
     let i = ino.0 as i64;
-    conn.prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
-        .execute([i])?;
-    conn.prepare_cached("DELETE FROM xattrs WHERE ino = ?1")?
-        .execute([i])?;
-    conn.prepare_cached("DELETE FROM orphans WHERE ino = ?1")?
-        .execute([i])?;
+    exec(conn, "DELETE FROM inodes WHERE ino = ?1", params![i])?;
+    exec(conn, "DELETE FROM xattrs WHERE ino = ?1", params![i])?;
+    exec(conn, "DELETE FROM orphans WHERE ino = ?1", params![i])?;
     Ok(())
 }
 
@@ -507,8 +548,11 @@ pub fn insert_dentry(
     ino: InodeNo,
     kind: FileKind,
 ) -> MetaResult<()> {
-    conn.prepare_cached("INSERT INTO dentries (parent, name, ino, kind) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![parent.0 as i64, name, ino.0 as i64, kind.code()])?;
+    exec(
+        conn,
+        "INSERT INTO dentries (parent, name, ino, kind) VALUES (?1, ?2, ?3, ?4)",
+        params![parent.0 as i64, name, ino.0 as i64, kind.code()],
+    )?;
     Ok(())
 }
 
@@ -519,14 +563,20 @@ pub fn set_dentry(
     ino: InodeNo,
     kind: FileKind,
 ) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE dentries SET ino = ?3, kind = ?4 WHERE parent = ?1 AND name = ?2")?
-        .execute(params![parent.0 as i64, name, ino.0 as i64, kind.code()])?;
+    exec(
+        conn,
+        "UPDATE dentries SET ino = ?3, kind = ?4 WHERE parent = ?1 AND name = ?2",
+        params![parent.0 as i64, name, ino.0 as i64, kind.code()],
+    )?;
     Ok(())
 }
 
 pub fn delete_dentry(conn: &Connection, parent: InodeNo, name: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("DELETE FROM dentries WHERE parent = ?1 AND name = ?2")?
-        .execute(params![parent.0 as i64, name])?;
+    exec(
+        conn,
+        "DELETE FROM dentries WHERE parent = ?1 AND name = ?2",
+        params![parent.0 as i64, name],
+    )?;
     Ok(())
 }
 
@@ -649,19 +699,21 @@ pub fn get_xattr(conn: &Connection, ino: InodeNo, name: &[u8]) -> MetaResult<Opt
 }
 
 pub fn set_xattr(conn: &Connection, ino: InodeNo, name: &[u8], value: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)
          ON CONFLICT(ino, name) DO UPDATE SET value = excluded.value",
-    )?
-    .execute(params![ino.0 as i64, name, value])?;
+        params![ino.0 as i64, name, value],
+    )?;
     Ok(())
 }
 
 pub fn remove_xattr(conn: &Connection, ino: InodeNo, name: &[u8]) -> MetaResult<bool> {
-    Ok(conn
-        .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
-        .execute(params![ino.0 as i64, name])?
-        > 0)
+    Ok(exec(
+        conn,
+        "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2",
+        params![ino.0 as i64, name],
+    )? > 0)
 }
 
 /// Whether any inode has an extended attribute whose name starts with
@@ -748,28 +800,33 @@ pub fn file_blocks_from(
 }
 
 pub fn put_file_block(conn: &Connection, ino: InodeNo, idx: u64, b: BlockRef) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT INTO file_blocks (ino, idx, block, len) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(ino, idx) DO UPDATE SET block = excluded.block, len = excluded.len",
-    )?
-    .execute(params![ino.0 as i64, idx as i64, &b.id.0[..], b.len as i64])?;
+        params![ino.0 as i64, idx as i64, &b.id.0[..], b.len as i64],
+    )?;
     Ok(())
 }
 
 pub fn delete_file_block(conn: &Connection, ino: InodeNo, idx: u64) -> MetaResult<()> {
-    conn.prepare_cached("DELETE FROM file_blocks WHERE ino = ?1 AND idx = ?2")?
-        .execute(params![ino.0 as i64, idx as i64])?;
+    exec(
+        conn,
+        "DELETE FROM file_blocks WHERE ino = ?1 AND idx = ?2",
+        params![ino.0 as i64, idx as i64],
+    )?;
     Ok(())
 }
 
 /// Counts one more reference to a block, registering it if new.
 pub fn incref_block(conn: &Connection, id: &BlockId, size: u32) -> MetaResult<()> {
     // Every caller holds the block's bytes (just stored, or fetched).
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT INTO blocks (id, size, refs) VALUES (?1, ?2, 1)
          ON CONFLICT(id) DO UPDATE SET refs = refs + 1, present = 1",
-    )?
-    .execute(params![&id.0[..], size as i64])?;
+        params![&id.0[..], size as i64],
+    )?;
     Ok(())
 }
 
@@ -777,11 +834,12 @@ pub fn incref_block(conn: &Connection, id: &BlockId, size: u32) -> MetaResult<()
 /// (known by name only, fetched when read); a block already registered
 /// keeps its presence.
 pub fn incref_absent_block(conn: &Connection, id: &BlockId, size: u32) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT INTO blocks (id, size, refs, present) VALUES (?1, ?2, 1, 0)
          ON CONFLICT(id) DO UPDATE SET refs = refs + 1",
-    )?
-    .execute(params![&id.0[..], size as i64])?;
+        params![&id.0[..], size as i64],
+    )?;
     Ok(())
 }
 
@@ -789,19 +847,18 @@ pub fn incref_absent_block(conn: &Connection, id: &BlockId, size: u32) -> MetaRe
 /// (its row is then deleted and the caller frees its bytes after commit).
 pub fn decref_block(conn: &Connection, b: &BlockRef) -> MetaResult<bool> {
     let id = &b.id.0[..];
-    let refs: Option<i64> = conn
-        .prepare_cached("UPDATE blocks SET refs = refs - 1 WHERE id = ?1 RETURNING refs")?
-        .query_row([id], |r| r.get(0))
-        .optional()?;
+    let refs = exec_returning(
+        conn,
+        "UPDATE blocks SET refs = refs - 1 WHERE id = ?1 RETURNING refs",
+        params![id],
+    )?;
     match refs {
         Some(n) if n <= 0 => {
-            conn.prepare_cached("DELETE FROM blocks WHERE id = ?1")?
-                .execute([id])?;
+            exec(conn, "DELETE FROM blocks WHERE id = ?1", params![id])?;
             // A block this small keeps its bytes here; a larger one in a
             // file, removed by the caller once the change is committed.
             if b.len < crate::blocks::INLINE_MAX {
-                conn.prepare_cached("DELETE FROM block_data WHERE id = ?1")?
-                    .execute([id])?;
+                exec(conn, "DELETE FROM block_data WHERE id = ?1", params![id])?;
             }
             Ok(true)
         }
@@ -818,8 +875,11 @@ pub fn drop_blocks_from(conn: &Connection, ino: InodeNo, from: u64) -> MetaResul
     if blocks.is_empty() {
         return Ok(Vec::new());
     }
-    conn.prepare_cached("DELETE FROM file_blocks WHERE ino = ?1 AND idx >= ?2")?
-        .execute(params![ino.0 as i64, from as i64])?;
+    exec(
+        conn,
+        "DELETE FROM file_blocks WHERE ino = ?1 AND idx >= ?2",
+        params![ino.0 as i64, from as i64],
+    )?;
     let mut freed = Vec::new();
     for (_, b) in blocks {
         if decref_block(conn, &b)? && b.len >= crate::blocks::INLINE_MAX {
@@ -831,11 +891,11 @@ pub fn drop_blocks_from(conn: &Connection, ino: InodeNo, from: u64) -> MetaResul
 
 /// Stores the bytes of a small block unless present; true if inserted.
 pub fn put_inline_block(conn: &Connection, id: &BlockId, data: &[u8]) -> MetaResult<bool> {
+    let mut st =
+        conn.prepare_cached("INSERT OR IGNORE INTO block_data (id, data) VALUES (?1, ?2)")?;
+    // Logged binary by itself (its bytes, not a statement).
     crate::core::note_inline_block(&id.0, data);
-    Ok(conn
-        .prepare_cached("INSERT OR IGNORE INTO block_data (id, data) VALUES (?1, ?2)")?
-        .execute(params![&id.0[..], data])?
-        > 0)
+    Ok(st.execute(params![&id.0[..], data])? > 0)
 }
 
 pub fn get_inline_block(conn: &Connection, id: &BlockId) -> MetaResult<Option<Vec<u8>>> {
@@ -863,8 +923,11 @@ pub fn block_bytes(conn: &Connection) -> MetaResult<u64> {
 // ---- orphans (unlinked while open) ----
 
 pub fn add_orphan(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
-    conn.prepare_cached("INSERT OR IGNORE INTO orphans (ino) VALUES (?1)")?
-        .execute([ino.0 as i64])?;
+    exec(
+        conn,
+        "INSERT OR IGNORE INTO orphans (ino) VALUES (?1)",
+        params![ino.0 as i64],
+    )?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::MetaResult;
+use super::{MetaResult, exec};
 use crate::types::Timestamp;
 
 /// One change to push: the entry at `ns/path` differs from the backend.
@@ -74,23 +74,24 @@ pub fn mark(
     bytes: u64,
     after: Option<(&str, &[u8])>,
 ) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT INTO sync_queue (ns, path, seq, since_ns, ready_ns, bytes, after_ns, after_path)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(ns, path) DO UPDATE SET seq = excluded.seq,
             ready_ns = excluded.ready_ns, bytes = excluded.bytes, attempts = 0, refused = 0,
             after_ns = excluded.after_ns, after_path = excluded.after_path",
-    )?
-    .execute(params![
-        ns,
-        path,
-        seq,
-        now,
-        ready,
-        bytes as i64,
-        after.map(|a| a.0),
-        after.map(|a| a.1),
-    ])?;
+        params![
+            ns,
+            path,
+            seq,
+            now,
+            ready,
+            bytes as i64,
+            after.map(|a| a.0),
+            after.map(|a| a.1),
+        ],
+    )?;
     Ok(())
 }
 
@@ -198,10 +199,11 @@ pub fn all_entries(conn: &Connection) -> MetaResult<Vec<QueueEntry>> {
 /// Removes the entry if it still has sequence number `seq` (nothing changed
 /// while it was being pushed). Returns whether it was removed.
 pub fn finish(conn: &Connection, ns: &str, path: &[u8], seq: i64) -> MetaResult<bool> {
-    Ok(conn
-        .prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2 AND seq = ?3")?
-        .execute(params![ns, path, seq])?
-        > 0)
+    Ok(exec(
+        conn,
+        "DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2 AND seq = ?3",
+        params![ns, path, seq],
+    )? > 0)
 }
 
 /// An unfinished multipart upload of the file at a queued path.
@@ -236,25 +238,29 @@ pub fn get_upload(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option
 }
 
 pub fn put_upload(conn: &Connection, ns: &str, path: &[u8], u: &UploadRec) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT OR REPLACE INTO uploads (ns, path, key, id, sha256, size, part_size)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        ns,
-        path,
-        u.key,
-        u.id,
-        &u.sha256[..],
-        u.size as i64,
-        u.part_size as i64
-    ])?;
+        params![
+            ns,
+            path,
+            u.key,
+            u.id,
+            &u.sha256[..],
+            u.size as i64,
+            u.part_size as i64
+        ],
+    )?;
     Ok(())
 }
 
 pub fn delete_upload(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("DELETE FROM uploads WHERE ns = ?1 AND path = ?2")?
-        .execute(params![ns, path])?;
+    exec(
+        conn,
+        "DELETE FROM uploads WHERE ns = ?1 AND path = ?2",
+        params![ns, path],
+    )?;
     Ok(())
 }
 
@@ -271,8 +277,11 @@ pub fn orphan_uploads(conn: &Connection) -> MetaResult<Vec<(String, Vec<u8>, Upl
 
 /// Removes the entry of `ns/path`, whatever its sequence number.
 pub fn remove_entry(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2")?
-        .execute(params![ns, path])?;
+    exec(
+        conn,
+        "DELETE FROM sync_queue WHERE ns = ?1 AND path = ?2",
+        params![ns, path],
+    )?;
     Ok(())
 }
 
@@ -297,10 +306,11 @@ pub fn first_below(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Optio
 
 /// Entry `ns/path` is not due before entry `ns/after` is done.
 pub fn set_after(conn: &Connection, ns: &str, path: &[u8], after: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE sync_queue SET after_ns = ?1, after_path = ?3 WHERE ns = ?1 AND path = ?2",
-    )?
-    .execute(params![ns, path, after])?;
+        params![ns, path, after],
+    )?;
     Ok(())
 }
 
@@ -333,12 +343,13 @@ pub fn retry(
     error: Option<&str>,
     refused: bool,
 ) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE sync_queue SET ready_ns = max(ready_ns, ?3),
             attempts = attempts + (?4 IS NOT NULL), last_error = ?4, refused = ?5
          WHERE ns = ?1 AND path = ?2",
-    )?
-    .execute(params![ns, path, ready, error, refused])?;
+        params![ns, path, ready, error, refused],
+    )?;
     Ok(())
 }
 
@@ -452,42 +463,49 @@ pub fn remote_rows(conn: &Connection, ns: &str) -> MetaResult<Vec<(Vec<u8>, Remo
 }
 
 pub fn put_remote(conn: &Connection, ns: &str, path: &[u8], row: &RemoteRow) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT OR REPLACE INTO remote
             (ns, path, kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified,
              file_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        ns,
-        path,
-        row.kind,
-        row.size as i64,
-        row.etag,
-        row.sha256.as_ref().map(|s| &s[..]),
-        row.mtime.map(|t| t.sec),
-        row.mtime.map(|t| t.nsec as i64),
-        row.mode.map(|m| m as i64),
-        row.target,
-        row.at_ns,
-        if row.own { 2 } else { row.verified as i64 },
-        row.file_id,
-    ])?;
+        params![
+            ns,
+            path,
+            row.kind,
+            row.size as i64,
+            row.etag,
+            row.sha256.as_ref().map(|s| &s[..]),
+            row.mtime.map(|t| t.sec),
+            row.mtime.map(|t| t.nsec as i64),
+            row.mode.map(|m| m as i64),
+            row.target,
+            row.at_ns,
+            if row.own { 2 } else { row.verified as i64 },
+            row.file_id,
+        ],
+    )?;
     Ok(())
 }
 
 /// Records the store's identity of the entry at `ns/path` (learnt from a
 /// listing after LOCKER wrote it).
 pub fn set_remote_file_id(conn: &Connection, ns: &str, path: &[u8], id: &str) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE remote SET file_id = ?3 WHERE ns = ?1 AND path = ?2")?
-        .execute(params![ns, path, id])?;
+    exec(
+        conn,
+        "UPDATE remote SET file_id = ?3 WHERE ns = ?1 AND path = ?2",
+        params![ns, path, id],
+    )?;
     Ok(())
 }
 
 /// A push is about to write content `sha` to `ns/path`.
 pub fn put_sent(conn: &Connection, ns: &str, path: &[u8], sha: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("INSERT OR REPLACE INTO sent (ns, path, sha256) VALUES (?1, ?2, ?3)")?
-        .execute(params![ns, path, sha])?;
+    exec(
+        conn,
+        "INSERT OR REPLACE INTO sent (ns, path, sha256) VALUES (?1, ?2, ?3)",
+        params![ns, path, sha],
+    )?;
     Ok(())
 }
 
@@ -499,14 +517,20 @@ pub fn get_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<V
 }
 
 pub fn delete_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("DELETE FROM sent WHERE ns = ?1 AND path = ?2")?
-        .execute(params![ns, path])?;
+    exec(
+        conn,
+        "DELETE FROM sent WHERE ns = ?1 AND path = ?2",
+        params![ns, path],
+    )?;
     Ok(())
 }
 
 pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
-    conn.prepare_cached("DELETE FROM remote WHERE ns = ?1 AND path = ?2")?
-        .execute(params![ns, path])?;
+    exec(
+        conn,
+        "DELETE FROM remote WHERE ns = ?1 AND path = ?2",
+        params![ns, path],
+    )?;
     Ok(())
 }
 
@@ -563,10 +587,11 @@ pub fn remotes_with_sha(
 /// removed it): it is no copy source and keeps no block evictable. The row
 /// itself stays, as what a queued change there is conditional on.
 pub fn unverify_remote(conn: &Connection, ns: &str, path: &[u8], etag: &str) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE remote SET verified = 0 WHERE ns = ?1 AND path = ?2 AND etag = ?3",
-    )?
-    .execute(params![ns, path, etag])?;
+        params![ns, path, etag],
+    )?;
     Ok(())
 }
 
@@ -580,12 +605,13 @@ pub fn verify_remote(
     sha: &[u8],
     etag: Option<&str>,
 ) -> MetaResult<()> {
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE remote SET sha256 = ?3, verified = max(verified, 1)
          WHERE ns = ?1 AND path = ?2 AND kind = 1 AND (sha256 IS NULL OR sha256 = ?3)
             AND (?4 IS NULL OR etag = ?4)",
-    )?
-    .execute(params![ns, path, sha, etag])?;
+        params![ns, path, sha, etag],
+    )?;
     Ok(())
 }
 
@@ -612,8 +638,11 @@ pub fn block_in_backend(conn: &Connection, id: &[u8]) -> MetaResult<Option<Vec<i
 }
 
 pub fn set_block_present(conn: &Connection, id: &[u8], present: bool) -> MetaResult<()> {
-    conn.prepare_cached("UPDATE blocks SET present = ?2 WHERE id = ?1")?
-        .execute(params![id, present as i64])?;
+    exec(
+        conn,
+        "UPDATE blocks SET present = ?2 WHERE id = ?1",
+        params![id, present as i64],
+    )?;
     Ok(())
 }
 
