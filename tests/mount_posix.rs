@@ -430,6 +430,56 @@ fn set_id_bits_drop_as_on_ext4() {
     }
 }
 
+/// A write by someone else drops set-user-ID in LOCKER, and the kernel
+/// must not go on running the file with the mode it held before: the
+/// answer to a write carries no attributes, so LOCKER tells the kernel the
+/// mode is stale. Checked with an exec (which reads the kernel's mode
+/// once its permission check has found it fresh), not with `stat`, which
+/// asks LOCKER anyway.
+#[test]
+fn a_program_written_by_someone_else_no_longer_runs_set_user_id() {
+    for extra in [&["-o", "suid"][..], &["-o", "suid,writeback_cache"][..]] {
+        let m = Mount::with_args(extra);
+        let dir = m.corp().join("x");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let prog = dir.join("id");
+        fs::copy("/usr/bin/id", &prog).unwrap();
+        fs::set_permissions(&prog, fs::Permissions::from_mode(0o4777)).unwrap();
+        let euid = || {
+            let out = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&prog)
+                .arg("-u")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        // The premise: the mount honours set-user-ID.
+        assert_eq!(
+            euid(),
+            "0",
+            "{extra:?}: the mount does not honour set-user-ID"
+        );
+        // The same first byte written again, without truncating.
+        let p = prog.to_str().unwrap();
+        assert!(as_nobody(&format!(
+            "head -c 1 {p} | dd of={p} bs=1 count=1 conv=notrunc status=none"
+        )));
+        assert_eq!(
+            euid(),
+            "65534",
+            "{extra:?}: still run set-user-ID after the write"
+        );
+        assert_eq!(mode_of(&prog), 0o777);
+    }
+}
+
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();
     assert!(

@@ -799,6 +799,24 @@ impl Locker {
 
     /// Writes `data` at `offset` (at the end of file for append handles).
     pub fn write(&self, fh: HandleId, offset: u64, data: &[u8]) -> CoreResult<u32> {
+        self.write_stamped(fh, offset, data, true)
+    }
+
+    /// `write` of data the kernel's writeback cache held: the kernel keeps
+    /// the file's times itself and sends them with a `setattr` when it
+    /// writes the inode back, possibly before these bytes, so the write
+    /// leaves them alone.
+    pub fn write_cached(&self, fh: HandleId, offset: u64, data: &[u8]) -> CoreResult<u32> {
+        self.write_stamped(fh, offset, data, false)
+    }
+
+    fn write_stamped(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        data: &[u8],
+        stamp: bool,
+    ) -> CoreResult<u32> {
         let mut st = self.lock_for_write(data.len() as u64)?;
         let st = &mut *st;
         let (ino, mode) = Locker::file_handle(st, fh)?;
@@ -855,9 +873,11 @@ impl Locker {
                 fs.seq = Some(end);
             }
             fs.size = fs.size.max(end);
-            let now = Timestamp::now();
-            fs.mtime = Some(now);
-            fs.ctime = Some(now);
+            if stamp {
+                let now = Timestamp::now();
+                fs.mtime = Some(now);
+                fs.ctime = Some(now);
+            }
             if st.mem_dirty > limit {
                 self.relieve_memory(st, fs, limit - limit / 4)?;
                 if st.mem_dirty > limit {

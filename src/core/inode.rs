@@ -224,9 +224,9 @@ impl Locker {
     }
 
     /// Drops set-user-ID and set-group-ID as a write or fallocate by
-    /// `caller` (someone without `CAP_FSETID`) does on Linux. Nothing is
-    /// written when there is nothing to drop, so a writer pays one read of
-    /// the inode.
+    /// `caller` (someone without `CAP_FSETID`) does on Linux, and tells the
+    /// kernel the mode it holds is stale. Nothing is written when there is
+    /// nothing to drop, so a writer pays one read of the inode.
     pub fn drop_privs_as(&self, ino: InodeNo, caller: &Caller) -> CoreResult<()> {
         {
             let st = self.lock();
@@ -239,7 +239,14 @@ impl Locker {
             drop_privs: true,
             ..SetAttr::default()
         };
-        self.setattr_as(ino, &set, Some(caller)).map(|_| ())
+        self.setattr_as(ino, &set, Some(caller))?;
+        // The kernel keeps the mode it had (an answer to a write carries
+        // no attributes, and a write makes only size and times stale): an
+        // exec would still honour the set-user-ID just dropped.
+        if let Some(inval) = self.invalidator.get() {
+            inval(&[crate::core::sync::Invalidate::Attr(ino)]);
+        }
+        Ok(())
     }
 
     /// Creates an inode of any kind under `parent`. `mode` carries the kind

@@ -117,7 +117,13 @@ pub(crate) fn note_params(sql: &str, params: &[&dyn ToSql]) {
         }
         // SAFETY: as in `note_inline_block`.
         let cap = unsafe { &*p };
-        if !cap.on.get() || cap.noted.get() || cap.noted_sql.get().is_some() {
+        if !cap.on.get() || cap.noted.get() {
+            return;
+        }
+        if cap.noted_sql.get().is_some() {
+            // The statement noted before never ran: its record would
+            // stand for nothing, or for this one with its values.
+            cap.give_up();
             return;
         }
         let mut b = cap.buf.borrow_mut();
@@ -206,6 +212,15 @@ fn params_of(mut p: &[u8], n: usize) -> Option<Vec<ValueRef<'_>>> {
     p.is_empty().then_some(out)
 }
 
+impl Capture {
+    /// The log cannot stand for the transaction's changes: it commits
+    /// instead.
+    fn give_up(&self) {
+        self.failed.set(true);
+        self.gave_up.set(self.gave_up.get() + 1);
+    }
+}
+
 /// Restores the thread's active capture when an operation ends.
 pub(crate) struct Active(*const Capture);
 
@@ -218,6 +233,8 @@ impl Drop for Active {
 /// What the trace hook fills (owned by `Redo`, handed to SQLite by address).
 #[derive(Default)]
 struct Capture {
+    /// Times the log gave up on a transaction (`give_up`).
+    gave_up: Cell<u64>,
     on: Cell<bool>,
     /// `note_inline_block` logged the statement about to run.
     noted: Cell<bool>,
@@ -272,20 +289,20 @@ unsafe extern "C" fn trace(
             if same {
                 #[cfg(test)]
                 if cap.fail_next.take() {
-                    cap.failed.set(true);
+                    cap.give_up();
                 }
                 return 0;
             }
             // Not the statement that was noted: its record stands for
             // nothing that ran. Give up on the log for this transaction.
-            cap.failed.set(true);
+            cap.give_up();
         }
         if ffi::sqlite3_stmt_readonly(stmt) != 0 {
             return 0;
         }
         #[cfg(test)]
         if cap.fail_next.take() {
-            cap.failed.set(true);
+            cap.give_up();
             return 0;
         }
         if cap.noted.get() {
@@ -296,11 +313,11 @@ unsafe extern "C" fn trace(
             }
             // Not the statement that was noted: its record stands for
             // nothing that ran. Give up on the log for this transaction.
-            cap.failed.set(true);
+            cap.give_up();
         }
         let sql = ffi::sqlite3_expanded_sql(stmt);
         if sql.is_null() {
-            cap.failed.set(true);
+            cap.give_up();
             return 0;
         }
         let text = CStr::from_ptr(sql).to_bytes();
@@ -575,7 +592,7 @@ impl Redo {
     /// record. False if the log cannot stand for them (a statement could
     /// not be captured, or the write failed): the caller commits instead.
     pub(crate) fn append(&mut self) -> bool {
-        if self.capture.failed.get() {
+        if self.capture.failed.get() || self.noted_but_not_run() {
             return false;
         }
         let mut buf = self.capture.buf.borrow_mut();
@@ -631,7 +648,17 @@ impl Redo {
     /// (after a failed write), as a record's body; `None` when some of it
     /// could not be captured.
     pub(crate) fn unlogged(&self) -> Option<Vec<u8>> {
-        (!self.capture.failed.get()).then(|| self.capture.buf.borrow().clone())
+        (!self.capture.failed.get() && !self.noted_but_not_run())
+            .then(|| self.capture.buf.borrow().clone())
+    }
+
+    /// A statement noted with its parameters did not run (an error after
+    /// the note that its caller went past): the log holds a record of it.
+    fn noted_but_not_run(&self) -> bool {
+        if self.capture.noted_sql.get().is_some() {
+            self.capture.give_up();
+        }
+        self.capture.failed.get()
     }
 
     /// The next write to the log fails, as on a full disk (tests).
@@ -644,6 +671,12 @@ impl Redo {
     #[cfg(test)]
     pub(crate) fn fail_capture(&self) {
         self.capture.fail_next.set(true);
+    }
+
+    /// Times the log gave up on a transaction since it was opened.
+    #[cfg(test)]
+    pub(crate) fn gave_up(&self) -> u64 {
+        self.capture.gave_up.get()
     }
 
     /// Bytes of the log so far.
@@ -1024,5 +1057,34 @@ mod tests {
             .unwrap();
         }
         assert!(redo.append());
+        // Noted, then the operation went on without running it.
+        {
+            let _a = redo.active();
+            note_params(
+                "INSERT INTO t (k, i) VALUES (?1, ?2)",
+                rusqlite::params![4, 4],
+            );
+        }
+        assert!(!redo.append(), "a statement noted but never run was logged");
+        redo.committed();
+        redo.begin();
+        // Noted twice: the first never ran.
+        {
+            let _a = redo.active();
+            note_params(
+                "INSERT INTO t (k, i) VALUES (?1, ?2)",
+                rusqlite::params![5, 5],
+            );
+            exec_noted(
+                &conn,
+                "INSERT INTO t (k, i) VALUES (?1, ?2)",
+                rusqlite::params![6, 6],
+            )
+            .unwrap();
+        }
+        assert!(
+            !redo.append(),
+            "the record of a statement that never ran was kept"
+        );
     }
 }

@@ -1827,6 +1827,7 @@ fn reading_a_block_again_runs_no_sql_until_the_metadata_changes() {
 fn common_operations_log_their_statements_with_parameters() {
     let t = new();
     let ns = t.ns();
+    let gave_up = t.l.state.lock().redo.as_ref().unwrap().gave_up();
     let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
     for i in 0..5u64 {
         t.put(d, format!("f{i}").as_bytes(), &pattern(5000, i));
@@ -1860,6 +1861,9 @@ fn common_operations_log_their_statements_with_parameters() {
         })
         .collect();
     assert!(text.is_empty(), "logged as text: {text:#?}");
+    // Nor did the log give up on any of them (it would have committed
+    // them and started afresh).
+    assert_eq!(r.gave_up(), gave_up, "the log gave up on an operation");
 }
 
 /// A directory `before` made and logged, then the next commit set to fail

@@ -627,19 +627,25 @@ impl Filesystem for LockerFs {
         {
             return reply.error(fail("write", e));
         }
+        // With the writeback cache the kernel owns the file's times.
+        let write = if self.writeback {
+            Locker::write_cached
+        } else {
+            Locker::write
+        };
         if self.core.write_may_wait(data.len() as u64) {
             let core = self.core.clone();
             let data = data.to_vec();
             self.waiters.run(move || {
                 let _t = t;
-                match core.write(fh(h), offset, &data) {
+                match write(&core, fh(h), offset, &data) {
                     Ok(n) => reply.written(n),
                     Err(e) => reply.error(fail("write", e)),
                 }
             });
             return;
         }
-        match self.core.write(fh(h), offset, data) {
+        match write(&self.core, fh(h), offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", e)),
         }
