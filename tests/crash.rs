@@ -940,13 +940,7 @@ fn with_the_writeback_cache_close_commits_what_the_kernel_showed() {
     }
     drop(a);
     drop(b);
-    let seen: Vec<(u64, i64, i64)> = ["w", "log"]
-        .iter()
-        .map(|n| {
-            let md = fs::metadata(c.join(n)).unwrap();
-            (md.len(), md.mtime(), md.mtime_nsec())
-        })
-        .collect();
+    let seen = sizes_and_mtimes(&c, &["w", "log"]);
     assert_eq!(fs::read(c.join("w")).unwrap(), base);
     assert_eq!(fs::read(c.join("log")).unwrap(), log);
     m.kill9();
@@ -955,12 +949,17 @@ fn with_the_writeback_cache_close_commits_what_the_kernel_showed() {
     let c = m.corp();
     assert_eq!(sha(&fs::read(c.join("w")).unwrap()), sha(&base));
     assert_eq!(fs::read(c.join("log")).unwrap(), log);
-    let after: Vec<(u64, i64, i64)> = ["w", "log"]
+    let after = sizes_and_mtimes(&c, &["w", "log"]);
+    assert_eq!(after, seen, "size and mtime after the restart");
+}
+
+/// Size and mtime (seconds, nanoseconds) of each of `names` in `dir`.
+fn sizes_and_mtimes(dir: &Path, names: &[&str]) -> Vec<(u64, i64, i64)> {
+    names
         .iter()
         .map(|n| {
-            let md = fs::metadata(c.join(n)).unwrap();
+            let md = fs::metadata(dir.join(n)).unwrap();
             (md.len(), md.mtime(), md.mtime_nsec())
         })
-        .collect();
-    assert_eq!(after, seen, "size and mtime after the restart");
+        .collect()
 }
