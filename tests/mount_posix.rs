@@ -446,19 +446,14 @@ fn a_program_written_by_someone_else_no_longer_runs_set_user_id() {
         let prog = dir.join("id");
         fs::copy("/usr/bin/id", &prog).unwrap();
         fs::set_permissions(&prog, fs::Permissions::from_mode(0o4777)).unwrap();
+        let p = prog.to_str().unwrap();
         let euid = || {
-            let out = Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                .arg(&prog)
-                .arg("-u")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
+            run(
+                "setpriv",
+                &["--reuid=65534", "--regid=65534", "--clear-groups", p, "-u"],
+            )
+            .trim()
+            .to_string()
         };
         // The premise: the mount honours set-user-ID.
         assert_eq!(
@@ -467,7 +462,6 @@ fn a_program_written_by_someone_else_no_longer_runs_set_user_id() {
             "{extra:?}: the mount does not honour set-user-ID"
         );
         // The same first byte written again, without truncating.
-        let p = prog.to_str().unwrap();
         assert!(as_nobody(&format!(
             "head -c 1 {p} | dd of={p} bs=1 count=1 conv=notrunc status=none"
         )));
