@@ -176,10 +176,10 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub ctime: Option<Timestamp>,
-    /// Drop set-user-ID, and set-group-ID where the file is
-    /// group-executable, as Linux does when a file other than a directory
-    /// is truncated by someone other than root, or changes owner or group
-    /// (the kernel leaves it to LOCKER: `FUSE_HANDLE_KILLPRIV_V2`).
+    /// Drop set-user-ID and set-group-ID as ext4 does when a file other
+    /// than a directory is truncated by someone other than root, or
+    /// changes owner or group (the kernel leaves it to LOCKER with
+    /// `FUSE_HANDLE_KILLPRIV_V2`; the rule is `inode::without_privs`).
     pub drop_privs: bool,
 }
 

@@ -46,7 +46,6 @@ pub(crate) fn touch_dir(
     Ok(())
 }
 
-/// Is the calling process a member of group `gid` (primary or supplementary)?
 /// What a write, truncate or change of owner leaves of a mode, as ext4
 /// on Linux leaves it (`setattr_should_drop_suidgid`): no set-user-ID,
 /// and no set-group-ID where the file is group-executable or `caller` is
@@ -63,6 +62,7 @@ pub(crate) fn without_privs(perm: u16, gid: u32, caller: Option<&Caller>) -> u16
     p
 }
 
+/// Is the calling process a member of group `gid` (primary or supplementary)?
 pub(crate) fn caller_in_group(caller: &Caller, gid: u32) -> bool {
     if caller.gid == gid {
         return true;

@@ -164,16 +164,15 @@ fn put_value(b: &mut Vec<u8>, v: ValueRef<'_>) {
             b.push(P_REAL);
             b.extend_from_slice(&f.to_le_bytes());
         }
-        ValueRef::Text(t) | ValueRef::Blob(t) => {
-            b.push(if matches!(v, ValueRef::Text(_)) {
-                P_TEXT
-            } else {
-                P_BLOB
-            });
-            b.extend_from_slice(&(t.len() as u32).to_le_bytes());
-            b.extend_from_slice(t);
-        }
+        ValueRef::Text(t) => put_bytes(b, P_TEXT, t),
+        ValueRef::Blob(t) => put_bytes(b, P_BLOB, t),
     }
+}
+
+fn put_bytes(b: &mut Vec<u8>, tag: u8, t: &[u8]) {
+    b.push(tag);
+    b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+    b.extend_from_slice(t);
 }
 
 /// The parameters `put_value` wrote, in order; `None` if they are cut off
@@ -449,6 +448,11 @@ fn body_entries<'a>(body: &'a [u8], out: &mut Vec<Entry<'a>>) {
     }
 }
 
+fn sql_text(sql: &[u8]) -> CoreResult<&str> {
+    std::str::from_utf8(sql)
+        .map_err(|_| crate::core::CoreError::Corrupt("redo log: SQL is not UTF-8".into()))
+}
+
 /// Runs logged changes in order, inside the caller's transaction.
 pub(crate) fn run_all(conn: &Connection, entries: &[Entry<'_>]) -> CoreResult<()> {
     let mut failed = 0;
@@ -456,10 +460,7 @@ pub(crate) fn run_all(conn: &Connection, entries: &[Entry<'_>]) -> CoreResult<()
         let run = || -> CoreResult<()> {
             match e {
                 Entry::Sql(sql) => {
-                    let sql = std::str::from_utf8(sql).map_err(|_| {
-                        crate::core::CoreError::Corrupt("redo log: SQL is not UTF-8".into())
-                    })?;
-                    let mut st = conn.prepare(sql)?;
+                    let mut st = conn.prepare(sql_text(sql)?)?;
                     let mut rows = st.raw_query();
                     while rows.next()?.is_some() {}
                 }
@@ -470,10 +471,7 @@ pub(crate) fn run_all(conn: &Connection, entries: &[Entry<'_>]) -> CoreResult<()
                     .execute(rusqlite::params![id, data])?;
                 }
                 Entry::Params { sql, params } => {
-                    let sql = std::str::from_utf8(sql).map_err(|_| {
-                        crate::core::CoreError::Corrupt("redo log: SQL is not UTF-8".into())
-                    })?;
-                    let mut st = conn.prepare_cached(sql)?;
+                    let mut st = conn.prepare_cached(sql_text(sql)?)?;
                     for (i, v) in params.iter().enumerate() {
                         st.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(*v))?;
                     }
@@ -592,7 +590,7 @@ impl Redo {
     /// record. False if the log cannot stand for them (a statement could
     /// not be captured, or the write failed): the caller commits instead.
     pub(crate) fn append(&mut self) -> bool {
-        if self.capture.failed.get() || self.noted_but_not_run() {
+        if !self.stands() {
             return false;
         }
         let mut buf = self.capture.buf.borrow_mut();
@@ -648,17 +646,18 @@ impl Redo {
     /// (after a failed write), as a record's body; `None` when some of it
     /// could not be captured.
     pub(crate) fn unlogged(&self) -> Option<Vec<u8>> {
-        (!self.capture.failed.get() && !self.noted_but_not_run())
-            .then(|| self.capture.buf.borrow().clone())
+        self.stands().then(|| self.capture.buf.borrow().clone())
     }
 
-    /// A statement noted with its parameters did not run (an error after
-    /// the note that its caller went past): the log holds a record of it.
-    fn noted_but_not_run(&self) -> bool {
+    /// Whether what the buffer holds stands for what ran: no statement
+    /// failed to be captured, and none noted with its parameters is still
+    /// waiting to run (an error after the note that its caller went past
+    /// would leave a record of something that never ran).
+    fn stands(&self) -> bool {
         if self.capture.noted_sql.get().is_some() {
             self.capture.give_up();
         }
-        self.capture.failed.get()
+        !self.capture.failed.get()
     }
 
     /// The next write to the log fails, as on a full disk (tests).
