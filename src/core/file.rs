@@ -104,21 +104,26 @@ impl FileState {
             FileKind::Dir => return Err(CoreError::IsDir),
             _ => return Err(CoreError::Invalid("not a regular file")),
         }
-        Ok(FileState {
+        Ok(FileState::of(row.attr.size, row.remote_only))
+    }
+
+    /// A file of `size` committed bytes, none of them changed.
+    pub(crate) fn of(size: u64, remote_only: bool) -> FileState {
+        FileState {
             open: 0,
             writers: 0,
-            size: row.attr.size,
-            committed_size: row.attr.size,
+            size,
+            committed_size: size,
             dirty: BTreeMap::new(),
             cut: None,
             mtime: None,
             ctime: None,
             mem: 0,
             maybe_unlinked: false,
-            remote_only: row.remote_only,
-            seq: (row.attr.size == 0).then_some(0),
+            remote_only,
+            seq: (size == 0).then_some(0),
             known: Default::default(),
-        })
+        }
     }
 
     pub(crate) fn is_clean_pub(&self) -> bool {
@@ -539,8 +544,15 @@ impl Locker {
     }
 
     fn open_handle(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
-        let mut st = self.lock();
-        let st = &mut *st;
+        self.open_handle_locked(&mut self.lock(), ino, mode)
+    }
+
+    pub(crate) fn open_handle_locked(
+        &self,
+        st: &mut State,
+        ino: InodeNo,
+        mode: OpenMode,
+    ) -> CoreResult<HandleId> {
         self.with_file(st, ino, |_, fs| {
             fs.open += 1;
             if mode.write {

@@ -4,6 +4,7 @@
 use rusqlite::Connection;
 
 use crate::core::acl::{self, ACL_ACCESS, ACL_DEFAULT};
+use crate::core::file::FileState;
 use crate::core::namespace;
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Handle, Locker, State, check_name, sync};
@@ -439,27 +440,29 @@ impl Locker {
         perm: u32,
         mode: OpenMode,
     ) -> CoreResult<(Attr, HandleId)> {
-        let attr = {
-            let mut st = self.lock();
-            self.make_node(
-                &mut st,
-                caller,
-                parent,
-                name,
-                Node {
-                    mode: 0o100000 | (perm & 0o7777),
-                    rdev: 0,
-                    target: None,
-                },
-            )?
-        };
-        let fh = self.open(
-            attr.ino,
-            OpenMode {
-                truncate: false,
-                ..mode
+        let mut st = self.lock();
+        let attr = self.make_node(
+            &mut st,
+            caller,
+            parent,
+            name,
+            Node {
+                mode: 0o100000 | (perm & 0o7777),
+                rdev: 0,
+                target: None,
             },
         )?;
+        // Opened under the same lock, as what it is: empty and only here
+        // (inode numbers are never reused, so no state of an older file
+        // can be in the way), with nothing to fetch or read back.
+        st.files
+            .entry(attr.ino)
+            .or_insert_with(|| FileState::of(0, false));
+        let mode = OpenMode {
+            truncate: false,
+            ..mode
+        };
+        let fh = self.open_handle_locked(&mut st, attr.ino, mode)?;
         Ok((attr, fh))
     }
 
