@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
+use crate::core::sync::Purpose;
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Handle, Locker, State, hasher};
 use crate::meta::{self, BlockRef};
@@ -617,7 +618,7 @@ impl Locker {
                     // ranges to: read as usual.
                     None => self.materialize(ino)?,
                 },
-                Miss::Blocks(ino, refs) => self.fetch_blocks(ino, &refs)?,
+                Miss::Blocks(ino, refs) => self.fetch_blocks(ino, &refs, Purpose::Read)?,
             }
         }
         tracing::error!(
@@ -692,6 +693,8 @@ impl Locker {
         let mut out = crate::buf::zeroed((end - offset) as usize);
         let mut missing: Vec<BlockRef> = Vec::new();
         let mut touched: Vec<BlockId> = Vec::new();
+        // Blocks passed on from memory that this read takes to their end.
+        let mut passed: Vec<BlockId> = Vec::new();
         let mut pos = offset;
         while pos < end {
             let idx = pos / BLOCK_SIZE;
@@ -718,6 +721,11 @@ impl Locker {
                 if r.len >= INLINE_MAX && committed {
                     match self.blocks.read_at(&r.id, bo, &mut dst[..m])? {
                         Some(k) if k == m => touched.push(r.id),
+                        _ if self.passing.read_at(&r.id, bo, &mut dst[..m]) => {
+                            if bo + m as u64 == r.len as u64 {
+                                passed.push(r.id);
+                            }
+                        }
                         _ => missing.push(r),
                     }
                 } else {
@@ -757,7 +765,12 @@ impl Locker {
                         Some(_) => None,
                         None => fs.committed(st, ino, idx)?,
                     };
-                    match r.filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id)) {
+                    let wanted = |r: &BlockRef| {
+                        r.len >= INLINE_MAX
+                            && !self.blocks.contains(&r.id)
+                            && !self.passing.holds(&r.id)
+                    };
+                    match r.filter(wanted) {
                         Some(r) => batch.push(r),
                         None if !batch.is_empty() => ahead_job(std::mem::take(&mut batch)),
                         None => {}
@@ -788,6 +801,7 @@ impl Locker {
                     if let Some(r) = fs.committed(st, ino, ahead)?
                         && r.len >= INLINE_MAX
                         && !self.blocks.contains(&r.id)
+                        && !self.passing.holds(&r.id)
                     {
                         missing.push(r);
                     }
@@ -800,6 +814,9 @@ impl Locker {
         }
         for id in touched {
             st.lru.get(&id);
+        }
+        if !passed.is_empty() {
+            self.passing.done(&passed);
         }
         if let Some(Handle::File { next_read, .. }) = st.handles.get_mut(&fh) {
             let end = offset.saturating_add(size as u64);

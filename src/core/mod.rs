@@ -119,6 +119,9 @@ pub struct Locker {
     /// Blocks being fetched from a backend right now, so concurrent readers
     /// of one region wait for one fetch instead of each making their own.
     fetching: Arc<sync::Fetching>,
+    /// Blocks fetched for readers of files too large to keep (see
+    /// `sync/passing.rs`).
+    passing: sync::Passing,
     /// Files that exist only in a backend being read without a whole
     /// download (see `sync/stream.rs`).
     streams: Mutex<HashMap<InodeNo, Arc<sync::Stream>>>,
@@ -589,6 +592,7 @@ impl Locker {
             invalidator: OnceLock::new(),
             pressure: AtomicUsize::new(0),
             fetching: Arc::default(),
+            passing: sync::Passing::default(),
             generation,
             hot: hot::HotCache::default(),
             streams: Mutex::new(HashMap::new()),

@@ -816,6 +816,67 @@ fn a_random_reader_of_evicted_data_fetches_only_what_it_reads() {
     assert_eq!(rig.core().evicted_blocks(ino), 64 - 5);
 }
 
+/// A sequential read of an evicted file larger than a quarter of the cache
+/// (40 MiB, cache 64 MiB) passes its blocks on from memory, checked, as a
+/// stream of a file only in the store does: the read gets every byte,
+/// fetches each block once, and leaves nothing of it in the block store,
+/// so the rest of the cache stays. A file that fits (8 MiB) is kept as
+/// before. Opened for writing, the big file has its blocks fetched into
+/// the store (a new version needs them there). A block that comes back
+/// wrong is an error, never its bytes.
+#[test]
+fn a_sequential_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
+    use crate::backend::fault::Fault;
+    let rig = small_cache(64);
+    let big = crate::core::tests::pattern(40 << 20, 51);
+    let small = crate::core::tests::pattern(8 << 20, 52);
+    let b = rig.write("corp/big", &big);
+    let s = rig.write("corp/small", &small);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    assert_eq!(rig.core().evicted_blocks(b), 40);
+    assert_eq!(rig.core().evicted_blocks(s), 8);
+    let starts = timed_gets(&rig, Duration::from_millis(1));
+    let read_all = |ino: InodeNo, data: &[u8]| {
+        let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+        let mut off = 0u64;
+        while off < data.len() as u64 {
+            let got = rig.core().read(fh, off, 128 << 10).unwrap();
+            assert!(got[..] == data[off as usize..off as usize + got.len()]);
+            off += got.len() as u64;
+        }
+        rig.core().release(fh).unwrap();
+    };
+    read_all(b, &big);
+    // Fetches ahead finish in the background.
+    std::thread::sleep(Duration::from_millis(200));
+    let gets = starts.lock().unwrap().len();
+    assert!(gets <= 10, "{gets} GETs for 40 blocks");
+    assert_eq!(rig.core().evicted_blocks(b), 40, "the big file was kept");
+    assert_eq!(rig.core().block_store().bytes(), 0);
+    assert_eq!(rig.core().passing_bytes(), 0, "blocks left in memory");
+    read_all(s, &small);
+    assert_eq!(
+        rig.core().evicted_blocks(s),
+        0,
+        "the small file was not kept"
+    );
+    // Read again: fetched again, whole and right.
+    read_all(b, &big);
+    assert!(starts.lock().unwrap().len() > gets);
+    // Opened for writing: every block comes into the store.
+    let fh = rig.core().open(b, rw()).unwrap();
+    assert_eq!(rig.core().evicted_blocks(b), 0);
+    rig.core().release(fh).unwrap();
+    // A block that comes back with a bit flipped is refused.
+    rig.core().evict(0).unwrap();
+    rig.fault["corp"].inject(Some("get_range"), None, Fault::Corrupt, None);
+    let fh = rig.core().open(b, OpenMode::default()).unwrap();
+    assert!(rig.core().read(fh, 0, 128 << 10).is_err());
+    rig.core().release(fh).unwrap();
+    assert_eq!(rig.core().passing_bytes(), 0, "a wrong block was held");
+}
+
 // ---- files only in the store, read without a whole download ----
 
 /// A rig with a cache of `mb` MiB.

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::passing::Chunk;
 use super::snapshot::FileSnap;
 use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
 use crate::core::types::*;
@@ -38,6 +39,15 @@ pub trait RemoteSource: Send + Sync {
     fn report(&self, ns: &str, message: &str) {
         let _ = (ns, message);
     }
+}
+
+/// Why blocks are fetched: for a reader (`Read`: a file too large to keep
+/// is passed on from memory, see `passing.rs`), or to be kept in the block
+/// store (`Keep`: a file about to change needs all of them there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Read,
+    Keep,
 }
 
 /// Work done in the background for readers (fetches ahead of a sequential
@@ -153,9 +163,9 @@ impl Locker {
     /// `claim`) not here yet are fetched. A failure is only logged: the
     /// reader that reaches the block fetches it itself.
     fn fetch_ahead(&self, ino: InodeNo, mut want: Vec<BlockRef>, claim: Claim) {
-        want.retain(|b| !self.blocks.contains(&b.id));
+        want.retain(|b| !self.blocks.contains(&b.id) && !self.passing.holds(&b.id));
         if !want.is_empty()
-            && let Err(e) = self.fetch_blocks_now(ino, &want)
+            && let Err(e) = self.fetch_blocks_now(ino, &want, Purpose::Read)
         {
             tracing::debug!(inode = ino.0, error = %e, "fetching ahead of a reader failed");
         }
@@ -180,7 +190,7 @@ impl Locker {
             // In rounds, so the cache bound holds for a file larger than a
             // round.
             for chunk in need.chunks(16) {
-                self.fetch_blocks(ino, chunk)?;
+                self.fetch_blocks(ino, chunk, Purpose::Keep)?;
             }
         }
         tracing::error!(
@@ -191,9 +201,15 @@ impl Locker {
     }
 
     /// Fetches missing blocks `want` of file `ino` from the backend, checks
-    /// each against its SHA-256 and stores it.
-    pub(crate) fn fetch_blocks(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
-        self.fetch_shared(want, |mine| self.fetch_blocks_now(ino, mine))
+    /// each against its SHA-256 and stores it (for `Purpose::Read`, of a
+    /// file too large to keep: holds it in `passing` instead).
+    pub(crate) fn fetch_blocks(
+        &self,
+        ino: InodeNo,
+        want: &[BlockRef],
+        purpose: Purpose,
+    ) -> CoreResult<()> {
+        self.fetch_shared(want, |mine| self.fetch_blocks_now(ino, mine, purpose))
     }
 
     /// Fetches missing blocks `want` of a snapshot: located by the
@@ -217,7 +233,7 @@ impl Locker {
                         .ok_or(CoreError::NotFound)
                 })
                 .collect::<CoreResult<Vec<_>>>()?;
-            self.fetch_located(snap.ino, &sha, located)
+            self.fetch_located(snap.ino, &sha, located, true)
         })
     }
 
@@ -242,8 +258,13 @@ impl Locker {
         r
     }
 
-    fn fetch_blocks_now(&self, ino: InodeNo, want: &[BlockRef]) -> CoreResult<()> {
-        let (sha, located) = {
+    fn fetch_blocks_now(
+        &self,
+        ino: InodeNo,
+        want: &[BlockRef],
+        purpose: Purpose,
+    ) -> CoreResult<()> {
+        let (sha, located, keep) = {
             let st = self.lock();
             let row = meta::get_inode(&st.conn, ino)?.ok_or(CoreError::NotFound)?;
             if row.remote_only {
@@ -267,22 +288,41 @@ impl Locker {
                     located.push((idx as u64, *b));
                 }
             }
-            (sha, located)
+            let keep = match purpose {
+                Purpose::Keep => true,
+                Purpose::Read => row.attr.size <= self.opts.cache_limit / 4,
+            };
+            (sha, located, keep)
         };
         if located.is_empty() {
             return Ok(());
         }
-        self.fetch_located(ino, &sha, located)
+        self.fetch_located(ino, &sha, located, keep)
+    }
+
+    /// Bytes held for readers of files too large to keep (tests).
+    #[cfg(test)]
+    pub(crate) fn passing_bytes(&self) -> usize {
+        self.passing.bytes()
+    }
+
+    /// Bytes `passing` holds at most: twice the largest window ahead of a
+    /// sequential reader, and a reader's own fetch.
+    fn passing_cap(&self) -> usize {
+        let window = self.opts.readahead_limit.min(self.opts.cache_limit / 8);
+        (window * 2 + (16 << 20)) as usize
     }
 
     /// Fetches blocks (index in the file, block) of the content that hashes
     /// to `sha` (of inode `ino`, for messages) from a backend holding it,
-    /// checks each against its SHA-256 and stores it.
+    /// checks each against its SHA-256 and stores it, or (not `keep`) holds
+    /// it in `passing` for the reader.
     fn fetch_located(
         &self,
         ino: InodeNo,
         sha: &[u8],
         mut order: Vec<(u64, BlockRef)>,
+        keep: bool,
     ) -> CoreResult<()> {
         let source = self.remote.get().ok_or_else(|| {
             CoreError::Corrupt("a block is missing and no backend is attached".into())
@@ -332,7 +372,9 @@ impl Locker {
                 )
             })
             .collect();
-        self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
+        if keep {
+            self.room_for_fetch(ranges.iter().map(|r| r.1).sum())?;
+        }
         // From the first object that still holds the content. One that
         // another writer replaced or removed holds it no more.
         let mut gone: Vec<(String, Vec<u8>, String, Option<RemoteVersion>)> = Vec::new();
@@ -360,24 +402,38 @@ impl Locker {
             // again and finds it only in the backend).
             return self.follow_replaced(ino, sha, &gone);
         };
-        let mut pieces: Vec<(BlockRef, &[u8])> = Vec::new();
+        // Every block is checked before any is kept or passed on.
+        let mut pieces: Vec<Vec<(BlockRef, usize, usize)>> = Vec::new();
         for (g, chunk) in groups.iter().zip(&got) {
             let mut at = 0usize;
+            let mut list = Vec::new();
             for (_, b) in g {
                 let end = (at + b.len as usize).min(chunk.len());
-                pieces.push((*b, &chunk[at..end]));
+                let data = &chunk[at..end];
+                if data.len() != b.len as usize || BlockId::of(data) != b.id {
+                    tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
+                    return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+                }
+                list.push((*b, at, end - at));
                 at = end;
             }
+            pieces.push(list);
         }
-        for (b, data) in pieces {
-            if data.len() != b.len as usize || BlockId::of(data) != b.id {
-                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(path), block = %b.id.hex(), "a block fetched from the backend does not match its SHA-256; refusing it");
-                return Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        if !keep {
+            let cap = self.passing_cap();
+            for (chunk, list) in got.into_iter().zip(pieces) {
+                let ids: Vec<_> = list.iter().map(|(b, at, n)| (b.id, *at, *n)).collect();
+                self.passing.put(cap, &Chunk::new(chunk), &ids);
             }
-            self.blocks.put_with_id(&b.id, data)?;
-            let mut st = self.lock();
-            msync::set_block_present(&st.conn, &b.id.0, true)?;
-            st.lru.put(b.id, ());
+            return Ok(());
+        }
+        for (chunk, list) in got.iter().zip(&pieces) {
+            for (b, at, n) in list {
+                self.blocks.put_with_id(&b.id, &chunk[*at..*at + *n])?;
+                let mut st = self.lock();
+                msync::set_block_present(&st.conn, &b.id.0, true)?;
+                st.lru.put(b.id, ());
+            }
         }
         crate::buf::give_all(got);
         Ok(())
