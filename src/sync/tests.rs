@@ -14,6 +14,7 @@ use crate::backend::fault::{Fault, FaultBackend};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, ObjKind, ObjMeta};
 use crate::config::Config;
+use crate::core::sync::LocalEntry;
 use crate::core::{Caller, CoreError, InodeNo, Locker, LockerOptions, OpenMode, RenameMode};
 
 pub(crate) const NS: [&str; 2] = ["corp", "deck"];
@@ -2523,4 +2524,75 @@ fn an_entry_already_looked_at_does_not_make_the_queue_read_wide() {
     assert!(worker::may_go_without_push(&again, &inflight, &kept));
     inflight.insert(("corp".to_string(), b"t/sub".to_vec()));
     assert!(!worker::may_go_without_push(&again, &inflight, &kept));
+}
+
+// ---- pins of snapshots ----
+
+/// A queue entry read as due, whose quiet delay a change restarted before
+/// its push began, is left for later, and the snapshot taken for it gives
+/// back the blocks it pinned. It used to keep them pinned for good: never
+/// evicted, and never freed once the file changed again or went.
+#[test]
+fn an_entry_no_longer_due_when_its_push_begins_pins_nothing() {
+    use super::worker::{Outcome, reconcile};
+    let rig = Rig::new("upload_delay_ms = 600000\n");
+    let data = crate::core::tests::pattern(2 << 20, 61);
+    rig.write("corp/f", &data);
+    let snap = rig.core().sync_snapshot("corp", b"f").unwrap().unwrap();
+    match &snap.local {
+        LocalEntry::File(f) => rig.core().sync_release(f),
+        other => panic!("not a file: {other:?}"),
+    }
+    assert_eq!(rig.core().read_pinned(), 0);
+    let sc = rig.sidecar.as_ref().unwrap();
+    let out = sc.rt.block_on(reconcile(&sc.inner, &snap.entry));
+    assert_eq!(out.unwrap(), Outcome::NotDue);
+    assert_eq!(
+        rig.core().read_pinned(),
+        0,
+        "the snapshot kept its blocks pinned"
+    );
+}
+
+/// A small file's snapshot holds its content (its blocks live in the
+/// database): what an upload takes from it is what a read of the
+/// snapshot gives, holes included; a file with a block in the block store
+/// is read as before.
+#[test]
+fn a_small_files_snapshot_gives_its_content_as_a_read_does() {
+    let rig = Rig::new("upload_delay_ms = 600000\n");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("corp/empty", Vec::new()),
+        ("corp/ten", b"0123456789".to_vec()),
+        ("corp/page", crate::core::tests::pattern(4096, 71)),
+        (
+            "corp/almost",
+            crate::core::tests::pattern((64 << 10) - 1, 72),
+        ),
+        ("corp/big", crate::core::tests::pattern(3 << 20, 73)),
+    ];
+    for (p, d) in &files {
+        rig.write(p, d);
+    }
+    // Sparse: a hole, then a few bytes in its fourth block.
+    let ino = rig.write("corp/sparse", b"");
+    let fh = rig.core().open(ino, rw()).unwrap();
+    rig.core().write(fh, (3 << 20) + 5, b"tail").unwrap();
+    rig.core().release(fh).unwrap();
+    for name in ["empty", "ten", "page", "almost", "big", "sparse"] {
+        let snap = rig
+            .core()
+            .sync_snapshot("corp", name.as_bytes())
+            .unwrap()
+            .unwrap();
+        let LocalEntry::File(f) = &snap.local else {
+            panic!("{name}: not a file")
+        };
+        let read = rig.core().sync_read(f, 0, f.size).unwrap();
+        match f.inline_content() {
+            Some(d) => assert!(d == read, "{name}: differs from a read"),
+            None => assert_eq!(name, "big", "{name}: not taken from the snapshot"),
+        }
+        rig.core().sync_release(f);
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{
     BResult, Backend, BackendError, Cond, ErrorKind, Multipart, ObjKind, ObjMeta,
 };
-use crate::core::sync::{Applied, FileSnap, LocalEntry};
+use crate::core::sync::{Applied, FileSnap, LocalEntry, Snapshot};
 use crate::meta::sync::{
     QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, UploadRec, now_ns,
 };
@@ -217,7 +217,8 @@ async fn forget_unheld(
     forgotten
 }
 
-enum Outcome {
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
     Done,
     /// Not yet (a file still open for writing): look again after the delay.
     Later,
@@ -330,29 +331,43 @@ fn file_meta(f: &FileSnap, sha: [u8; 32], rec: Option<&RemoteRow>) -> ObjMeta {
     }
 }
 
-async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Outcome> {
+pub(super) async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Outcome> {
     let core = inner.core.clone();
     let (ns, path) = (e.ns.clone(), e.path.clone());
-    let Some(snap) = blocking(move || core.sync_snapshot(&ns, &path)).await? else {
-        return Ok(Outcome::Done);
-    };
-    // The loop read `e` a while ago: a push of it may have failed since
-    // (its retry now waits), or a change here restarted its quiet delay.
-    // Only what the queue says is due now goes.
-    if !snap.entry.due(now_ns(), inner.hurry()) {
-        return Ok(Outcome::NotDue);
-    }
-    let seq = snap.entry.seq;
-    // What the backend holds here may be the only copy of content other
-    // files here still need: secure it before it is replaced or deleted.
-    let core = inner.core.clone();
-    let (ns, path) = (e.ns.clone(), e.path.clone());
-    if let Err(err) = blocking(move || core.sync_secure(&ns, &path)).await {
-        if let LocalEntry::File(f) = &snap.local {
-            inner.core.sync_release(f);
+    let hurry = inner.hurry();
+    // One trip to the blocking pool for the snapshot and what must come
+    // before any push of it.
+    let snap = blocking(move || {
+        let Some(snap) = core.sync_snapshot(&ns, &path)? else {
+            return Ok(Found::Gone);
+        };
+        // The loop read `e` a while ago: a push of it may have failed
+        // since (its retry now waits), or a change here restarted its
+        // quiet delay. Only what the queue says is due now goes.
+        if !snap.entry.due(now_ns(), hurry) {
+            if let LocalEntry::File(f) = &snap.local {
+                core.sync_release(f);
+            }
+            return Ok(Found::NotDue);
         }
-        return Err(err);
-    }
+        // What the backend holds here may be the only copy of content
+        // other files here still need: secure it before it is replaced or
+        // deleted.
+        if let Err(err) = core.sync_secure(&ns, &path) {
+            if let LocalEntry::File(f) = &snap.local {
+                core.sync_release(f);
+            }
+            return Err(err);
+        }
+        Ok(Found::Due(Box::new(snap)))
+    })
+    .await?;
+    let snap = match snap {
+        Found::Gone => return Ok(Outcome::Done),
+        Found::NotDue => return Ok(Outcome::NotDue),
+        Found::Due(snap) => *snap,
+    };
+    let seq = snap.entry.seq;
     match snap.local {
         LocalEntry::File(f) => {
             let f = Arc::new(f);
@@ -363,6 +378,16 @@ async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Outcome> {
         }
         local => push_other(inner, e, seq, snap.remote, local).await,
     }
+}
+
+/// What `reconcile` found at a queue entry's path.
+enum Found {
+    /// Nothing to push: the entry is gone.
+    Gone,
+    /// Not due yet (or no longer).
+    NotDue,
+    /// Its snapshot, secured and due.
+    Due(Box<Snapshot>),
 }
 
 /// The condition a write to a key lands under, from what its HEAD saw: over
@@ -630,38 +655,44 @@ async fn push_file(
         return Ok(Outcome::Later);
     }
     let be = inner.backend_for(&e.ns)?;
-    let sha = match f.sha256 {
-        Some(s) => s,
-        None if f.remote_only => {
-            // Listed in a backend without a checksum and changed here only
-            // in name: fetch it so it has one.
-            let core = inner.core.clone();
-            let ino = f.ino;
-            blocking(move || core.materialize(ino)).await?;
-            return Ok(Outcome::Later);
-        }
-        None => {
-            let core = inner.core.clone();
-            let f2 = f.clone();
-            match blocking(move || core.snap_sha256_while_linked(&f2)).await? {
+    if f.sha256.is_none() && f.remote_only {
+        // Listed in a backend without a checksum and changed here only in
+        // name: fetch it so it has one.
+        let core = inner.core.clone();
+        let ino = f.ino;
+        blocking(move || core.materialize(ino)).await?;
+        return Ok(Outcome::Later);
+    }
+    // The local steps before the backend is asked anything, in one trip to
+    // the blocking pool (each trip is two thread switches, which for a
+    // small file cost more than the steps):
+    // - the content's SHA-256 (`None`: the file went meanwhile);
+    // - an earlier push of other content that was never recorded: an
+    //   object of it at the path is ours too;
+    // - this push may write to the path: recorded first (durably), so that
+    //   what lands is known as ours even if the push is never recorded;
+    // - content the backend holds under another name (as LOCKER uploaded
+    //   or checked it): copied (or moved) there below, not uploaded.
+    let core = inner.core.clone();
+    let (ns, path, f2) = (e.ns.clone(), e.path.clone(), f.clone());
+    let local = blocking(move || {
+        let sha = match f2.sha256 {
+            Some(s) => s,
+            None => match core.snap_sha256_while_linked(&f2)? {
                 Some(sha) => sha,
-                None => return Ok(Outcome::Superseded),
-            }
-        }
+                None => return Ok(None),
+            },
+        };
+        let mine = core.sync_sent(&ns, &path)?;
+        core.sync_sending(&ns, &path, &sha)?;
+        let source = core.sync_source(&sha)?;
+        Ok(Some((sha, mine, source)))
+    })
+    .await?;
+    let Some((sha, mine, source)) = local else {
+        return Ok(Outcome::Superseded);
     };
     let meta = file_meta(&f, sha, rec.as_ref());
-    // An earlier push of other content that was never recorded: an object
-    // of it at the path is ours too.
-    let mine = sent_here(inner, e).await?;
-    // This push may write to the path: recorded first (durably), so that
-    // what lands is known as ours even if the push is never recorded.
-    let core = inner.core.clone();
-    let (ns, path) = (e.ns.clone(), e.path.clone());
-    blocking(move || core.sync_sending(&ns, &path, &sha)).await?;
-    // Content the backend holds under another name (as LOCKER uploaded or
-    // checked it): copied (or moved) there below, not uploaded.
-    let core = inner.core.clone();
-    let source = blocking(move || core.sync_source(&sha)).await?;
     // A small new file at a path LOCKER never saw in the backend (nor wrote
     // to without recording it) needs no HEAD to tell whether something is
     // there yet:
@@ -868,7 +899,10 @@ async fn upload(
     cond: Cond,
 ) -> BResult<Option<String>> {
     if f.size <= SINGLE_PUT_MAX {
-        let data = read_part(inner, &f, 0, f.size).await?;
+        let data = match f.inline_content() {
+            Some(d) => d,
+            None => read_part(inner, &f, 0, f.size).await?,
+        };
         return be.put(key, data, meta, &cond).await.map(Some);
     }
     let part = PART_SIZE.max(f.size.div_ceil(9_000).next_multiple_of(1 << 20));

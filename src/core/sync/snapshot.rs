@@ -47,6 +47,27 @@ pub struct FileSnap {
 }
 
 impl FileSnap {
+    /// The whole content, when all of it is in the snapshot itself (a
+    /// small file: its blocks live in the database and were read with
+    /// it), so reading it needs neither the core nor a thread that may
+    /// wait. `None` otherwise.
+    pub fn inline_content(&self) -> Option<Vec<u8>> {
+        if self.remote_only || self.blocks.iter().any(|(_, b)| b.len >= INLINE_MAX) {
+            return None;
+        }
+        let mut out = vec![0u8; self.size as usize];
+        for (idx, b) in &self.blocks {
+            let start = (idx * BLOCK_SIZE) as usize;
+            if start >= out.len() {
+                break;
+            }
+            let d = self.inline.get(&b.id)?;
+            let n = (b.len as usize).min(out.len() - start);
+            out[start..start + n].copy_from_slice(d.get(..n)?);
+        }
+        Some(out)
+    }
+
     /// The blocks of the snapshot that overlap `len` bytes from `offset`
     /// and satisfy `pred`.
     pub(crate) fn blocks_in(
@@ -145,6 +166,12 @@ impl Locker {
             blocks,
             inline,
         })
+    }
+
+    /// Blocks pinned by readers and snapshots now (tests).
+    #[cfg(test)]
+    pub(crate) fn read_pinned(&self) -> usize {
+        self.lock().read_pins.len()
     }
 
     /// Drops the pins of a snapshot; blocks no file names any more are freed.
