@@ -602,6 +602,11 @@ impl Locker {
     /// Data not in the cache is fetched from the backend first (without
     /// holding the state lock), then the read is served from the cache.
     pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> CoreResult<Vec<u8>> {
+        // Blocks of a file too large to keep are held in memory for the
+        // reader (see `sync/passing.rs`), where many other readers could
+        // push them out before this one comes back for them: fetched a
+        // second time, they are stored, so the read always gets there.
+        let mut purpose = Purpose::Read;
         for _ in 0..8 {
             let miss = {
                 let mut st = self.lock();
@@ -618,7 +623,10 @@ impl Locker {
                     // ranges to: read as usual.
                     None => self.materialize(ino)?,
                 },
-                Miss::Blocks(ino, refs) => self.fetch_blocks(ino, &refs, Purpose::Read)?,
+                Miss::Blocks(ino, refs) => {
+                    self.fetch_blocks(ino, &refs, purpose)?;
+                    purpose = Purpose::Keep;
+                }
             }
         }
         tracing::error!(

@@ -878,6 +878,28 @@ fn a_sequential_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
     assert_eq!(rig.core().passing_bytes(), 0, "a wrong block was held");
 }
 
+/// Blocks held in memory for a reader can be pushed out by other readers
+/// before it comes back for them: the read still gets every byte, the
+/// second fetch storing them (it used to give up after eight rounds).
+#[test]
+fn a_reader_whose_passed_blocks_were_pushed_out_still_reads() {
+    let rig = small_cache(64);
+    let big = crate::core::tests::pattern(24 << 20, 53);
+    let b = rig.write("corp/big", &big);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    rig.core().crowd_passing();
+    let fh = rig.core().open(b, OpenMode::default()).unwrap();
+    let mut off = 0u64;
+    while off < big.len() as u64 {
+        let got = rig.core().read(fh, off, 128 << 10).unwrap();
+        assert!(got[..] == big[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    rig.core().release(fh).unwrap();
+    assert!(rig.core().evicted_blocks(b) < 24, "nothing was stored");
+}
+
 // ---- files only in the store, read without a whole download ----
 
 /// A rig with a cache of `mb` MiB.

@@ -306,6 +306,15 @@ impl Locker {
         self.passing.bytes()
     }
 
+    /// Blocks held for readers are pushed out as soon as they arrive
+    /// (tests).
+    #[cfg(test)]
+    pub(crate) fn crowd_passing(&self) {
+        self.passing
+            .crowded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Bytes `passing` holds at most: twice the largest window ahead of a
     /// sequential reader, and a reader's own fetch.
     fn passing_cap(&self) -> usize {
