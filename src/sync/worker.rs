@@ -343,23 +343,24 @@ pub(super) async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Out
         };
         // The loop read `e` a while ago: a push of it may have failed
         // since (its retry now waits), or a change here restarted its
-        // quiet delay. Only what the queue says is due now goes.
-        if !snap.entry.due(now_ns(), hurry) {
-            if let LocalEntry::File(f) = &snap.local {
-                core.sync_release(f);
+        // quiet delay. Only what the queue says is due now goes. What the
+        // backend holds here may be the only copy of content other files
+        // here still need: secured before it is replaced or deleted.
+        let stop = if !snap.entry.due(now_ns(), hurry) {
+            Some(Ok(Found::NotDue))
+        } else {
+            core.sync_secure(&ns, &path).err().map(Err)
+        };
+        match stop {
+            // Not pushed: the snapshot's pins go now, whichever way out.
+            Some(r) => {
+                if let LocalEntry::File(f) = &snap.local {
+                    core.sync_release(f);
+                }
+                r
             }
-            return Ok(Found::NotDue);
+            None => Ok(Found::Due(Box::new(snap))),
         }
-        // What the backend holds here may be the only copy of content
-        // other files here still need: secure it before it is replaced or
-        // deleted.
-        if let Err(err) = core.sync_secure(&ns, &path) {
-            if let LocalEntry::File(f) = &snap.local {
-                core.sync_release(f);
-            }
-            return Err(err);
-        }
-        Ok(Found::Due(Box::new(snap)))
     })
     .await?;
     let snap = match snap {

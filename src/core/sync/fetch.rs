@@ -290,7 +290,7 @@ impl Locker {
             }
             let keep = match purpose {
                 Purpose::Keep => true,
-                Purpose::Read => row.attr.size <= self.opts.cache_limit / 4,
+                Purpose::Read => self.keeps_read(row.attr.size),
             };
             (sha, located, keep)
         };
@@ -298,6 +298,14 @@ impl Locker {
             return Ok(());
         }
         self.fetch_located(ino, &sha, located, keep)
+    }
+
+    /// Whether a reader's fetches of a file of `size` bytes go into the
+    /// block store: not for a file larger than a quarter of the cache,
+    /// which one pass would otherwise push the rest out of (its blocks are
+    /// passed on from memory, see `passing.rs`, or streamed).
+    pub(super) fn keeps_read(&self, size: u64) -> bool {
+        size <= self.opts.cache_limit / 4
     }
 
     /// Bytes held for readers of files too large to keep (tests).

@@ -313,7 +313,7 @@ impl Locker {
             etag,
             size: row.attr.size,
             sha,
-            keep: row.attr.size <= self.opts.cache_limit / 4,
+            keep: self.keeps_read(row.attr.size),
             flow: Mutex::new(Flow {
                 chunks: BTreeMap::new(),
                 inflight: HashSet::new(),
