@@ -511,18 +511,29 @@ impl Locker {
     }
 
     /// Drops one link of a non-directory inode inside a transaction; returns
-    /// true if the inode has no names left.
+    /// true if the inode has no names left. The last link of a file open
+    /// nowhere is left as it is: the caller deletes its rows
+    /// (`purge_rows`) in the same transaction.
     pub(crate) fn drop_link(
         st_files_open: bool,
         tx: &Connection,
-        ino: InodeNo,
+        attr: &Attr,
         now: Timestamp,
     ) -> CoreResult<bool> {
-        let nlink = meta::drop_link(tx, ino, now)?.ok_or(CoreError::NotFound)?;
-        if nlink == 0 && st_files_open {
-            meta::add_orphan(tx, ino)?;
+        // `attr` is the inode's row as read under the same lock.
+        let last = attr.nlink <= 1;
+        if last && !st_files_open {
+            // The caller deletes the row in the same change (`purge_rows`):
+            // not updated first.
+            return Ok(true);
         }
-        Ok(nlink == 0)
+        if !meta::drop_link(tx, attr.ino, now)? {
+            return Err(CoreError::NotFound);
+        }
+        if last {
+            meta::add_orphan(tx, attr.ino)?;
+        }
+        Ok(last)
     }
 
     /// Whether `ino` is open; if so, marks it for the nlink check at its
@@ -569,7 +580,7 @@ impl Locker {
             meta::delete_dentry(tx, parent, name)?;
             touch_dir(tx, parent, now, 0)?;
             sync::mark_removed(tx, m, parent, name)?;
-            if Locker::drop_link(open, tx, ino, now)? && !open {
+            if Locker::drop_link(open, tx, &target, now)? && !open {
                 return Locker::purge_rows(tx, ino);
             }
             Ok(Vec::new())
@@ -782,8 +793,10 @@ impl Locker {
                     }
                     (false, false) => {
                         meta::delete_dentry(tx, newparent, newname)?;
-                        if Locker::drop_link(dst_open, tx, d.attr.ino, now)? && !dst_open {
-                            gone = Some(d.attr.ino);
+                        // (Its rows go in this same change: `drop_link`
+                        // leaves a last link's row to the caller.)
+                        if Locker::drop_link(dst_open, tx, &d.attr, now)? && !dst_open {
+                            gone = Some((d.attr.ino, Locker::purge_rows(tx, d.attr.ino)?));
                         }
                     }
                 }
@@ -804,8 +817,9 @@ impl Locker {
             sync::mark_moved(tx, m, src, (newparent, newname), Some((parent, name)))?;
             Ok(gone)
         })?;
-        if let Some(ino) = purge {
-            self.purge_locked(st, ino)?;
+        if let Some((ino, freed)) = purge {
+            self.forget_file(st, ino);
+            self.free_blocks(st, &freed);
         }
         if m.is_some() {
             self.wake_sync();

@@ -412,7 +412,7 @@ impl Locker {
                     a.gid = o.attr.gid;
                 }
                 meta::delete_dentry(tx, dir, name)?;
-                if Locker::drop_link(old_open, tx, o.attr.ino, now)? && !old_open {
+                if Locker::drop_link(old_open, tx, &o.attr, now)? && !old_open {
                     freed = Locker::purge_rows(tx, o.attr.ino)?;
                 }
             }

@@ -375,6 +375,110 @@ fn hard_links_share_content() {
     assert_eq!(t.get(t.l.lookup(ns, b"b").unwrap().ino), b"data");
 }
 
+/// Each block's reference count as stored, against the block lists that
+/// name it; and the small blocks' bytes kept for exactly the blocks there
+/// are. (Committed first: the counts are read from the database.)
+fn refs_match_block_lists(t: &T) -> usize {
+    t.l.fsyncdir().unwrap();
+    let st = t.l.lock();
+    let wrong: Vec<(Vec<u8>, i64, i64)> = st
+        .conn
+        .prepare(
+            "SELECT b.id, b.refs, (SELECT count(*) FROM file_blocks f WHERE f.block = b.id)
+             FROM blocks b",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|(_, refs, named)| refs != named)
+        .collect();
+    assert!(wrong.is_empty(), "reference counts off: {wrong:?}");
+    let unnamed: i64 = st
+        .conn
+        .query_row(
+            "SELECT count(*) FROM file_blocks f WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = f.block)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unnamed, 0, "a block list names a block with no row");
+    let stray: i64 = st
+        .conn
+        .query_row(
+            "SELECT count(*) FROM block_data d WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = d.id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stray, 0, "small bytes kept for a block that is gone");
+    st.conn
+        .query_row("SELECT count(*) FROM blocks", [], |r| r.get::<_, i64>(0))
+        .unwrap() as usize
+}
+
+/// Removing a name (unlink, a rename or an API write over it) takes one
+/// reference from each block of the file only when its last link goes,
+/// and frees a block only with its last reference: files sharing content,
+/// hard links and a file still open keep theirs.
+#[test]
+fn a_block_goes_with_its_last_reference_and_a_file_with_its_last_link() {
+    let t = new();
+    let ns = t.ns();
+    let small = b"the same few bytes".to_vec();
+    let big = pattern(3 * BLOCK_SIZE as usize + 100, 21);
+    t.put(ns, b"a", &small);
+    let b = t.put(ns, b"b", &small);
+    let c = t.put(ns, b"c", &big);
+    t.put(ns, b"d", &big);
+    t.l.link(c, ns, b"c2").unwrap();
+    // One small block and the big file's four, each named twice.
+    assert_eq!(refs_match_block_lists(&t), 5);
+
+    t.l.unlink(ns, b"a").unwrap();
+    assert_eq!(t.get(b), small);
+    assert_eq!(refs_match_block_lists(&t), 5);
+
+    // Over one of two links: the file stays, with one link.
+    t.l.rename(ns, b"d", ns, b"c2", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(t.l.getattr(c).unwrap().nlink, 1);
+    assert_eq!(t.get(c), big);
+    assert_eq!(t.get(t.l.lookup(ns, b"c2").unwrap().ino), big);
+    assert_eq!(refs_match_block_lists(&t), 5);
+
+    // The last link of a file still open: its blocks stay until it closes.
+    let fh = t.l.open(c, rw()).unwrap();
+    t.l.unlink(ns, b"c").unwrap();
+    assert_eq!(t.l.getattr(c).unwrap().nlink, 0);
+    assert_eq!(refs_match_block_lists(&t), 5);
+    assert_eq!(t.l.read(fh, 0, 100).unwrap(), &big[..100]);
+    t.l.release(fh).unwrap();
+    assert!(matches!(t.l.getattr(c), Err(CoreError::NotFound)));
+    assert_eq!(refs_match_block_lists(&t), 5);
+
+    // Over the last name of a file with content of its own: it goes.
+    let e = t.put(ns, b"e", &pattern(1000, 22));
+    assert_eq!(refs_match_block_lists(&t), 6);
+    t.l.rename(ns, b"b", ns, b"e", RenameMode::Replace).unwrap();
+    assert!(matches!(t.l.getattr(e), Err(CoreError::NotFound)));
+    assert_eq!(refs_match_block_lists(&t), 5);
+
+    // An API write over it: the old file and its small block go.
+    t.upload_small(&[b"corp", b"e"], b"other bytes").unwrap();
+    assert_eq!(t.get(t.l.lookup(ns, b"e").unwrap().ino), b"other bytes");
+    assert_eq!(refs_match_block_lists(&t), 5);
+
+    t.l.unlink(ns, b"e").unwrap();
+    t.l.unlink(ns, b"c2").unwrap();
+    assert_eq!(refs_match_block_lists(&t), 0);
+    assert_eq!(
+        t.l.block_store().list().unwrap().len(),
+        0,
+        "block files freed"
+    );
+}
+
 /// A block freed by one operation and stored again by the next, both in
 /// the same open transaction, must survive its commit: the deferred
 /// removal once took the new file's only copy (xfstests' generic/683

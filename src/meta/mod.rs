@@ -208,18 +208,6 @@ pub(crate) fn exec(conn: &Connection, sql: &str, params: &[&dyn ToSql]) -> rusql
     st.execute(params)
 }
 
-/// `exec` of a statement that returns one integer of the row it changed
-/// (`RETURNING`), if it changed one.
-fn exec_returning(
-    conn: &Connection,
-    sql: &str,
-    params: &[&dyn ToSql],
-) -> rusqlite::Result<Option<i64>> {
-    let mut st = conn.prepare_cached(sql)?;
-    crate::core::note_params(sql, params);
-    st.query_row(params, |r| r.get(0)).optional()
-}
-
 /// Inserts a new inode; `attr.ino` is ignored unless it is the root, and the
 /// new number is returned.
 pub fn insert_inode(
@@ -343,16 +331,15 @@ pub fn touch_dir(
     Ok(())
 }
 
-/// Removes one link of an inode and sets its ctime; returns the links left
-/// (`None` if the inode does not exist).
-pub fn drop_link(conn: &Connection, ino: InodeNo, now: Timestamp) -> MetaResult<Option<u32>> {
-    Ok(exec_returning(
+/// Removes one link of an inode and sets its ctime; returns whether the
+/// inode exists.
+pub fn drop_link(conn: &Connection, ino: InodeNo, now: Timestamp) -> MetaResult<bool> {
+    Ok(exec(
         conn,
         "UPDATE inodes SET nlink = max(nlink - 1, 0), ctime_s = ?2, ctime_ns = ?3
-         WHERE ino = ?1 RETURNING nlink",
+         WHERE ino = ?1",
         params![ino.0 as i64, now.sec, now.nsec as i64],
-    )?
-    .map(|n| n as u32))
+    )? == 1)
 }
 
 pub fn set_parent(conn: &Connection, ino: InodeNo, parent: InodeNo) -> MetaResult<()> {
@@ -847,23 +834,29 @@ pub fn incref_absent_block(conn: &Connection, id: &BlockId, size: u32) -> MetaRe
 /// (its row is then deleted and the caller frees its bytes after commit).
 pub fn decref_block(conn: &Connection, b: &BlockRef) -> MetaResult<bool> {
     let id = &b.id.0[..];
-    let refs = exec_returning(
+    // The last reference (the usual case: most blocks belong to one file)
+    // deletes the row in one statement; otherwise one reference less. (No
+    // `RETURNING`: SQLite gathers returned rows in a table of their own,
+    // which cost more than the update.)
+    if exec(
         conn,
-        "UPDATE blocks SET refs = refs - 1 WHERE id = ?1 RETURNING refs",
+        "DELETE FROM blocks WHERE id = ?1 AND refs <= 1",
         params![id],
-    )?;
-    match refs {
-        Some(n) if n <= 0 => {
-            exec(conn, "DELETE FROM blocks WHERE id = ?1", params![id])?;
-            // A block this small keeps its bytes here; a larger one in a
-            // file, removed by the caller once the change is committed.
-            if b.len < crate::blocks::INLINE_MAX {
-                exec(conn, "DELETE FROM block_data WHERE id = ?1", params![id])?;
-            }
-            Ok(true)
-        }
-        _ => Ok(false),
+    )? == 0
+    {
+        exec(
+            conn,
+            "UPDATE blocks SET refs = refs - 1 WHERE id = ?1",
+            params![id],
+        )?;
+        return Ok(false);
     }
+    // A block this small keeps its bytes here; a larger one in a file,
+    // removed by the caller once the change is committed.
+    if b.len < crate::blocks::INLINE_MAX {
+        exec(conn, "DELETE FROM block_data WHERE id = ?1", params![id])?;
+    }
+    Ok(true)
 }
 
 /// Drops the block list of inode `ino` from index `from` on, one
