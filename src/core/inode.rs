@@ -768,8 +768,14 @@ impl Locker {
                         touch_dir(tx, parent, now, -delta)?;
                         touch_dir(tx, newparent, now, delta)?;
                     }
-                    sync::mark_moved(tx, m, src, (newparent, newname), None)?;
-                    sync::mark_moved(tx, m, d.attr.ino, (parent, name), None)?;
+                    sync::mark_moved(
+                        tx,
+                        m,
+                        (src, Some(&src_row.attr)),
+                        (newparent, newname),
+                        None,
+                    )?;
+                    sync::mark_moved(tx, m, (d.attr.ino, Some(&d.attr)), (parent, name), None)?;
                     return Ok(None);
                 }
                 RenameMode::NoReplace if dst_row.is_some() => return Err(CoreError::Exists),
@@ -814,7 +820,13 @@ impl Locker {
                 touch_dir(tx, parent, now, 0)?;
             }
             touch_dir(tx, newparent, now, newparent_delta)?;
-            sync::mark_moved(tx, m, src, (newparent, newname), Some((parent, name)))?;
+            sync::mark_moved(
+                tx,
+                m,
+                (src, Some(&src_row.attr)),
+                (newparent, newname),
+                Some((parent, name)),
+            )?;
             Ok(gone)
         })?;
         if let Some((ino, freed)) = purge {

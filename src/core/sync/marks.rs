@@ -93,10 +93,16 @@ pub(crate) fn ns_path(
     dir: InodeNo,
     name: &[u8],
 ) -> CoreResult<Option<(String, Vec<u8>)>> {
+    Ok(dir_path(conn, dir)?.map(|(ns, p)| (ns, join(&p, name))))
+}
+
+/// The namespace of directory `dir` and its path inside it (empty for the
+/// namespace's own directory); `None` for the root. One query per level.
+fn dir_path(conn: &Connection, dir: InodeNo) -> CoreResult<Option<(String, Vec<u8>)>> {
     if dir == InodeNo::ROOT {
         return Ok(None);
     }
-    let mut parts = vec![name.to_vec()];
+    let mut parts: Vec<Vec<u8>> = Vec::new();
     let mut cur = dir;
     loop {
         let (parent, n) = meta::any_name(conn, cur)?.ok_or(CoreError::NotFound)?;
@@ -174,11 +180,19 @@ pub(crate) fn mark_ino(
 }
 
 /// Paths below `ino` relative to it ("" for itself), with file sizes and
-/// the inode of each.
-fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64, InodeNo)>> {
-    let root = meta::get_inode(conn, ino)?;
-    let mut out = vec![(Vec::new(), root.as_ref().map_or(0, |r| r.attr.size), ino)];
-    if root.is_none_or(|r| r.attr.kind != FileKind::Dir) {
+/// the inode of each; `known` is its kind and size, if the caller has its
+/// row.
+fn subtree(
+    conn: &Connection,
+    ino: InodeNo,
+    known: Option<(FileKind, u64)>,
+) -> CoreResult<Vec<(Vec<u8>, u64, InodeNo)>> {
+    let root = match known {
+        Some(k) => Some(k),
+        None => meta::get_inode(conn, ino)?.map(|r| (r.attr.kind, r.attr.size)),
+    };
+    let mut out = vec![(Vec::new(), root.map_or(0, |r| r.1), ino)];
+    if root.is_none_or(|r| r.0 != FileKind::Dir) {
         return Ok(out);
     }
     // Below the root, each name carries its inode's kind.
@@ -209,11 +223,11 @@ fn subtree(conn: &Connection, ino: InodeNo) -> CoreResult<Vec<(Vec<u8>, u64, Ino
 pub(crate) fn mark_moved(
     conn: &Connection,
     m: Option<Mark>,
-    ino: InodeNo,
+    (ino, known): (InodeNo, Option<&Attr>),
     new: (InodeNo, &[u8]),
     old: Option<(InodeNo, &[u8])>,
 ) -> CoreResult<()> {
-    let entries = subtree(conn, ino)?;
+    let entries = subtree(conn, ino, known.map(|a| (a.kind, a.size)))?;
     // The content of a moved file is not at its new path in any backend
     // yet: its blocks stay (or come back) until that path is confirmed,
     // whatever happens meanwhile to the object at the old path.
@@ -221,11 +235,14 @@ pub(crate) fn mark_moved(
         meta::clear_synced_file(conn, *i)?;
     }
     let Some(m) = m else { return Ok(()) };
-    let newp = ns_path(conn, new.0, new.1)?;
+    // (A name that stays in its directory: that directory walked once.)
+    let newd = dir_path(conn, new.0)?;
     let oldp = match old {
+        Some((d, n)) if d == new.0 => newd.as_ref().map(|(ns, p)| (ns.clone(), join(p, n))),
         Some((d, n)) => ns_path(conn, d, n)?,
         None => None,
     };
+    let newp = newd.map(|(ns, p)| (ns, join(&p, new.1)));
     for (suffix, bytes, _) in entries {
         let np = newp.as_ref().map(|(ns, p)| (ns.clone(), join(p, &suffix)));
         if let Some((ns, p)) = &np {

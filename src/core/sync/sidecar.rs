@@ -477,7 +477,7 @@ impl Locker {
             let mut n = 0;
             for (ns_name, ns_ino, _) in meta::list_dir(tx, InodeNo::ROOT)? {
                 for (name, ino, _) in meta::list_dir(tx, ns_ino)? {
-                    mark_moved(tx, m, ino, (ns_ino, &name), None)?;
+                    mark_moved(tx, m, (ino, None), (ns_ino, &name), None)?;
                     n += 1;
                 }
                 let _ = ns_name;
