@@ -2615,6 +2615,12 @@ fn a_small_files_snapshot_gives_its_content_as_a_read_does() {
             Some(d) => assert!(d == read, "{name}: differs from a read"),
             None => assert_eq!(name, "big", "{name}: not taken from the snapshot"),
         }
+        // A snapshot that says it pins nothing (its release is skipped)
+        // pins nothing; the big file's pins its blocks until released.
+        let pinned = rig.core().read_pinned();
+        assert_eq!(f.pins_nothing(), name != "big", "{name}");
+        assert_eq!(pinned == 0, f.pins_nothing(), "{name}: {pinned} pinned");
         rig.core().sync_release(f);
+        assert_eq!(rig.core().read_pinned(), 0, "{name}: left pinned");
     }
 }

@@ -57,6 +57,9 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
         let hurry = inner.hurry();
         // Entries were finished without a request: look again at once.
         let mut more = false;
+        // Every slot is taken: nothing can start before one comes free,
+        // which wakes the loop.
+        let mut busy = true;
         let free = inner
             .cfg
             .uploads
@@ -110,22 +113,35 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                         started += 1;
                         tokio::spawn(process(inner.clone(), e));
                     }
+                    busy = started >= free;
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "reading the upload queue failed"),
-                Err(e) => tracing::error!(error = %e, "reading the upload queue failed"),
+                Ok(Err(e)) => {
+                    busy = false;
+                    tracing::error!(error = %e, "reading the upload queue failed")
+                }
+                Err(e) => {
+                    busy = false;
+                    tracing::error!(error = %e, "reading the upload queue failed")
+                }
             }
         }
         if more {
             continue;
         }
         // Sleep until a change comes in or the next entry becomes quiet
-        // enough (at most half a second, for retries and pauses).
-        let core = inner.core.clone();
-        let next = tokio::task::spawn_blocking(move || core.sync_next_ready())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten();
+        // enough (at most half a second, for retries and pauses). While
+        // every slot is taken, a slot coming free wakes the loop first:
+        // the queue is not asked (a trip to the blocking pool per push).
+        let next = if busy {
+            None
+        } else {
+            let core = inner.core.clone();
+            tokio::task::spawn_blocking(move || core.sync_next_ready())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten()
+        };
         let mut wait = match next {
             Some(t) => Duration::from_nanos((t - now_ns()).clamp(2_000_000, 500_000_000) as u64),
             None => Duration::from_millis(500),
@@ -373,8 +389,10 @@ pub(super) async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Out
         LocalEntry::File(f) => {
             let f = Arc::new(f);
             let r = push_file(inner, e, seq, snap.remote, f.clone()).await;
-            let core = inner.core.clone();
-            let _ = tokio::task::spawn_blocking(move || core.sync_release(&f)).await;
+            if !f.pins_nothing() {
+                let core = inner.core.clone();
+                let _ = tokio::task::spawn_blocking(move || core.sync_release(&f)).await;
+            }
             r
         }
         local => push_other(inner, e, seq, snap.remote, local).await,

@@ -47,12 +47,19 @@ pub struct FileSnap {
 }
 
 impl FileSnap {
+    /// Whether the snapshot holds nothing in the core: no block pinned (a
+    /// small file's blocks are in the snapshot itself) and no stream, so
+    /// that `Locker::sync_release` has nothing to do for it.
+    pub fn pins_nothing(&self) -> bool {
+        !self.remote_only && self.blocks.iter().all(|(_, b)| b.len < INLINE_MAX)
+    }
+
     /// The whole content, when all of it is in the snapshot itself (a
     /// small file: its blocks live in the database and were read with
     /// it), so reading it needs neither the core nor a thread that may
     /// wait. `None` otherwise.
     pub fn inline_content(&self) -> Option<Vec<u8>> {
-        if self.remote_only || self.blocks.iter().any(|(_, b)| b.len >= INLINE_MAX) {
+        if !self.pins_nothing() {
             return None;
         }
         let mut out = vec![0u8; self.size as usize];
