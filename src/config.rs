@@ -59,8 +59,8 @@ drain_timeout_s = 30
 [cache]
 # Bound of the local block cache, in MiB. Blocks already in the backend are
 # evicted, least recently used first; blocks not yet uploaded never are. A
-# file larger than a quarter of it, read through the mount, is passed to its
-# reader from memory rather than stored again.
+# file larger than a quarter of it, read through the mount or by an API GET, is
+# passed to its reader from memory rather than stored again.
 size_mb = 10240
 # A write that finds the cache full of not-yet-uploaded data waits this long
 # for uploads, then fails with ENOSPC.

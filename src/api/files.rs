@@ -149,8 +149,10 @@ impl SnapGuard {
         self.snap.as_ref().expect("taken only when dropped")
     }
 
-    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, CoreError> {
-        self.core.snap_read(self.snap(), offset, len)
+    /// `len` bytes from `offset`, for a reader going on in order up to
+    /// `upto` (see `Locker::snap_read`).
+    fn read(&self, offset: u64, len: u64, upto: u64) -> Result<Vec<u8>, CoreError> {
+        self.core.snap_read(self.snap(), offset, len, upto)
     }
 
     /// Releases the snapshot here and now (on the blocking pool already).
@@ -246,7 +248,7 @@ pub(super) async fn get(
                         if head || size > SMALL {
                             return Ok(Found::File { guard, sha, mime });
                         }
-                        let data = Bytes::from(guard.read(0, size)?);
+                        let data = Bytes::from(guard.read(0, size, size)?);
                         let mtime = guard.snap().mtime;
                         guard.release_now();
                         let f = Arc::new(HotFile {
@@ -351,7 +353,7 @@ pub(super) async fn get(
         Source::Mem(all) => full(all.slice(start as usize..end as usize)),
         Source::Snap(guard) if end - start <= CHUNK as u64 => {
             let data = blocking(move || {
-                let d = guard.read(start, end - start)?;
+                let d = guard.read(start, end - start, end)?;
                 Ok(d)
             })
             .await?;
@@ -418,7 +420,7 @@ fn stream_body(sh: &Arc<Shared>, guard: SnapGuard, start: u64, end: u64) -> Body
             // Whole blocks after the first, so each read touches one block.
             let n = (CHUNK as u64 - off % CHUNK as u64).min(end - off);
             let g = guard.clone();
-            let r = match tokio::task::spawn_blocking(move || g.read(off, n)).await {
+            let r = match tokio::task::spawn_blocking(move || g.read(off, n, end)).await {
                 Ok(Ok(v)) => Ok(crate::buf::into_bytes(v)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "api: a read failed while sending a file");

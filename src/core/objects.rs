@@ -630,10 +630,19 @@ impl Locker {
         )))
     }
 
-    /// `len` bytes of a snapshot from `offset`; blocks evicted from the
-    /// cache are fetched from the backend first.
-    pub fn snap_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
-        self.sync_read(snap, offset, len)
+    /// `len` bytes of a snapshot from `offset`, for a reader that goes on
+    /// reading in order up to `upto`; blocks evicted from the cache are
+    /// fetched from the backend first, with those after them up to `upto`
+    /// (at most 8 MiB ahead), and those of a file too large to keep are
+    /// passed on from memory, as for a reader through the mount.
+    pub fn snap_read(
+        &self,
+        snap: &FileSnap,
+        offset: u64,
+        len: u64,
+        upto: u64,
+    ) -> CoreResult<Vec<u8>> {
+        self.snap_read_as(snap, offset, len, upto, crate::core::sync::Purpose::Read)
     }
 
     /// The SHA-256 of a snapshot's content: the known one, or computed (and
@@ -677,7 +686,7 @@ impl Locker {
                 return Ok(None);
             }
             let n = (snap.size - off).min(step);
-            let d = self.snap_read(snap, off, n)?;
+            let d = self.sync_read(snap, off, n)?;
             h.update(&d);
             crate::buf::give(d);
             off += n;

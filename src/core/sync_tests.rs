@@ -344,7 +344,11 @@ fn a_snapshot_of_evicted_blocks_reads_its_version_after_the_file_changed() {
         },
     )
     .unwrap();
-    assert_eq!(t.l.snap_read(&snap, 0, data.len() as u64).unwrap(), data);
+    assert_eq!(
+        t.l.snap_read(&snap, 0, data.len() as u64, data.len() as u64)
+            .unwrap(),
+        data
+    );
     t.l.sync_release(&snap);
 }
 

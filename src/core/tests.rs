@@ -1249,7 +1249,7 @@ fn snapshot_reads_stay_consistent_while_the_file_changes() {
     let snap = t.l.file_snapshot(p.ino).unwrap();
     t.upload(&[b"corp", b"s.bin"], &pattern(3 << 20, 77))
         .unwrap();
-    assert_eq!(t.l.snap_read(&snap, 0, 3 << 20).unwrap(), v1);
+    assert_eq!(t.l.snap_read(&snap, 0, 3 << 20, 3 << 20).unwrap(), v1);
     assert_eq!(t.l.snap_sha256(&snap).unwrap(), sha(&v1));
     t.l.sync_release(&snap);
 }

@@ -878,6 +878,77 @@ fn a_sequential_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
     assert_eq!(rig.core().passing_bytes(), 0, "a wrong block was held");
 }
 
+/// The same through the HTTP API's reads (`snap_read` of a snapshot, as a
+/// GET streams it a block at a time): a file too large to keep comes
+/// through memory, a few blocks per GET, and leaves nothing behind; a
+/// small one is kept; a range fetches only what it covers; a reader whose
+/// blocks were pushed out of memory still gets every byte; a block that
+/// comes back wrong is refused.
+#[test]
+fn an_api_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
+    use crate::backend::fault::Fault;
+    let rig = small_cache(64);
+    let big = crate::core::tests::pattern(40 << 20, 54);
+    let small = crate::core::tests::pattern(8 << 20, 55);
+    let b = rig.write("corp/big", &big);
+    let s = rig.write("corp/small", &small);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    assert_eq!(rig.core().evicted_blocks(b), 40);
+    assert_eq!(rig.core().evicted_blocks(s), 8);
+    let starts = timed_gets(&rig, Duration::from_millis(1));
+    // A range of 100 bytes in the middle: one GET, of its one block.
+    let snap = rig.core().file_snapshot(b).unwrap();
+    let at = 20 << 20;
+    let got = rig.core().snap_read(&snap, at, 100, at + 100).unwrap();
+    rig.core().sync_release(&snap);
+    assert!(got[..] == big[at as usize..at as usize + 100]);
+    assert_eq!(starts.lock().unwrap().len(), 1, "GETs for a 100-byte range");
+    assert_eq!(rig.core().evicted_blocks(b), 40);
+    assert!(rig.core().passing_bytes() <= 1 << 20);
+    let read_all = |ino: InodeNo, data: &[u8]| {
+        let snap = rig.core().file_snapshot(ino).unwrap();
+        let mut off = 0u64;
+        let r = (|| {
+            while off < data.len() as u64 {
+                let got = rig
+                    .core()
+                    .snap_read(&snap, off, 1 << 20, data.len() as u64)?;
+                assert!(!got.is_empty());
+                assert!(got[..] == data[off as usize..off as usize + got.len()]);
+                off += got.len() as u64;
+            }
+            Ok::<_, crate::core::CoreError>(())
+        })();
+        rig.core().sync_release(&snap);
+        r
+    };
+    let before = starts.lock().unwrap().len();
+    read_all(b, &big).unwrap();
+    let gets = starts.lock().unwrap().len() - before;
+    assert!(gets <= 6, "{gets} GETs for 40 blocks");
+    assert_eq!(rig.core().evicted_blocks(b), 40, "the big file was kept");
+    assert_eq!(rig.core().block_store().bytes(), 0);
+    assert_eq!(rig.core().passing_bytes(), 0, "blocks left in memory");
+    read_all(s, &small).unwrap();
+    assert_eq!(
+        rig.core().evicted_blocks(s),
+        0,
+        "the small file was not kept"
+    );
+    // A bit flipped on the way: refused, and nothing held.
+    rig.core().evict(0).unwrap();
+    rig.fault["corp"].inject(Some("get_range"), None, Fault::Corrupt, None);
+    assert!(read_all(b, &big).is_err());
+    assert_eq!(rig.core().passing_bytes(), 0, "a wrong block was held");
+    rig.fault["corp"].clear();
+    // Every block pushed out of memory as it arrives: fetched again and
+    // stored, the read still whole and right.
+    rig.core().crowd_passing();
+    read_all(b, &big).unwrap();
+    assert!(rig.core().evicted_blocks(b) < 40, "nothing was stored");
+}
+
 /// Blocks held in memory for a reader can be pushed out by other readers
 /// before it comes back for them: the read still gets every byte, the
 /// second fetch storing them (it used to give up after eight rounds).
@@ -1059,14 +1130,17 @@ fn the_api_reads_a_large_file_only_in_the_store_by_range() {
     let snap = rig.core().file_snapshot(ino).unwrap();
     assert_eq!(rig.core().snap_sha256(&snap).unwrap(), sha(&data));
     assert!(starts.lock().unwrap().is_empty(), "a HEAD made a GET");
-    let got = rig.core().snap_read(&snap, 1000, 100).unwrap();
+    let got = rig.core().snap_read(&snap, 1000, 100, 1100).unwrap();
     assert_eq!(&got[..], &data[1000..1100]);
     let asked = starts.lock().unwrap().len();
     assert!(asked <= 2, "{asked} GETs for 100 bytes");
     // Read on to the end, as a download does: the bytes are the file's.
     let mut off = 0u64;
     while off < data.len() as u64 {
-        let d = rig.core().snap_read(&snap, off, 1 << 20).unwrap();
+        let d = rig
+            .core()
+            .snap_read(&snap, off, 1 << 20, data.len() as u64)
+            .unwrap();
         assert!(
             d[..] == data[off as usize..off as usize + d.len()],
             "at {off}"
@@ -1097,7 +1171,7 @@ fn a_head_of_a_small_file_only_in_the_store_fetches_nothing() {
         "a HEAD made a GET"
     );
     // Read after all (a GET that began as a HEAD): the right bytes.
-    assert!(rig.core().snap_read(&snap, 0, 1000).unwrap() == data[..1000]);
+    assert!(rig.core().snap_read(&snap, 0, 1000, 1000).unwrap() == data[..1000]);
     rig.core().sync_release(&snap);
 }
 
@@ -1731,7 +1805,10 @@ fn slow_readers_of_an_evicted_file_keep_the_cache_within_its_bound() {
         for step in 0..nblocks {
             for (k, snap) in snaps.iter().enumerate() {
                 let off = ((step + 2 * k as u64) % nblocks) * BLOCK_SIZE;
-                let d = rig.core().snap_read(snap, off, BLOCK_SIZE).unwrap();
+                let d = rig
+                    .core()
+                    .snap_read(snap, off, BLOCK_SIZE, big.len() as u64)
+                    .unwrap();
                 assert!(
                     d == big[off as usize..(off + BLOCK_SIZE) as usize],
                     "wrong bytes at {off}"

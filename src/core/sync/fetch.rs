@@ -215,7 +215,16 @@ impl Locker {
     /// Fetches missing blocks `want` of a snapshot: located by the
     /// snapshot's own content hash and block list, so they can be fetched
     /// even after the file changed or went away.
-    pub(crate) fn fetch_snap_blocks(&self, snap: &FileSnap, want: &[BlockRef]) -> CoreResult<()> {
+    pub(crate) fn fetch_snap_blocks(
+        &self,
+        snap: &FileSnap,
+        want: &[BlockRef],
+        purpose: Purpose,
+    ) -> CoreResult<()> {
+        let keep = match purpose {
+            Purpose::Keep => true,
+            Purpose::Read => self.keeps_read(snap.size),
+        };
         self.fetch_shared(want, |mine| {
             let sha = snap.sha256.ok_or_else(|| {
                 CoreError::Corrupt(format!(
@@ -233,7 +242,7 @@ impl Locker {
                         .ok_or(CoreError::NotFound)
                 })
                 .collect::<CoreResult<Vec<_>>>()?;
-            self.fetch_located(snap.ino, &sha, located, true)
+            self.fetch_located(snap.ino, &sha, located, keep)
         })
     }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::blocks::{BLOCK_SIZE, BlockId, INLINE_MAX};
+use crate::core::sync::Purpose;
 use crate::core::types::*;
 use crate::core::{CoreError, CoreResult, Handle, Locker, State};
 use crate::meta::sync::{self as msync, QueueEntry, RemoteRow};
@@ -28,6 +29,10 @@ pub enum LocalEntry {
     /// A device, fifo or socket: kept local only.
     Other,
 }
+
+/// How far past what it asks for a snapshot's reader has evicted blocks
+/// fetched with those it needs (`snap_read_as`): one ranged GET's worth.
+const SNAP_AHEAD: u64 = 8 << 20;
 
 /// A committed version of a file, with its blocks pinned until
 /// `sync_release`.
@@ -204,19 +209,49 @@ impl Locker {
     /// since (the file was confirmed elsewhere, then moved or copied) are
     /// fetched back through the same checked path as a reader's.
     pub fn sync_read(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+        self.snap_read_as(snap, offset, len, offset.saturating_add(len), Purpose::Keep)
+    }
+
+    /// `sync_read` for `purpose`: a reader's (`Read`: the blocks of a file
+    /// too large to keep are passed on from memory, as for a reader through
+    /// the mount, see `passing.rs`) or the sidecar's. The reader goes on
+    /// reading in order up to `upto`: a fetch this read needs takes the
+    /// evicted blocks after it up to there too, up to `SNAP_AHEAD` (one
+    /// ranged GET rather than one per block).
+    pub(crate) fn snap_read_as(
+        &self,
+        snap: &FileSnap,
+        offset: u64,
+        len: u64,
+        upto: u64,
+        mut purpose: Purpose,
+    ) -> CoreResult<Vec<u8>> {
         if snap.remote_only {
             return self.remote_snap_read(snap, offset, len);
         }
+        let absent = |id: &BlockId| !self.blocks.contains(id) && !self.passing.holds(id);
         // A block fetched for this read may be evicted again before it is
-        // read (the cache is small and others read too): then once more.
+        // read (the cache is small and others read too), or pushed out of
+        // memory by other readers: then once more, stored this time.
         let mut tries = 0;
         loop {
-            let missing = snap.blocks_in(offset, len, |id| !self.blocks.contains(id));
+            let mut missing = snap.blocks_in(offset, len, absent);
             if !missing.is_empty() {
-                self.fetch_snap_blocks(snap, &missing)?;
+                let end = offset.saturating_add(len);
+                let ahead = upto.min(offset.saturating_add(SNAP_AHEAD));
+                if ahead > end {
+                    missing.extend(snap.blocks_in(end, ahead - end, absent));
+                    // (A block the file holds twice is fetched once.)
+                    let mut seen = std::collections::HashSet::new();
+                    missing.retain(|b| seen.insert(b.id));
+                }
+                self.fetch_snap_blocks(snap, &missing, purpose)?;
             }
-            match self.read_snap_here(snap, offset, len) {
-                Err(CoreError::Corrupt(_)) if tries < 3 => tries += 1,
+            match self.read_snap_here(snap, offset, len, purpose == Purpose::Read) {
+                Err(CoreError::Corrupt(_)) if tries < 3 => {
+                    tries += 1;
+                    purpose = Purpose::Keep;
+                }
                 r => return r,
             }
         }
@@ -257,8 +292,17 @@ impl Locker {
         out
     }
 
-    /// `sync_read` of blocks that are all in the cache (or inline).
-    fn read_snap_here(&self, snap: &FileSnap, offset: u64, len: u64) -> CoreResult<Vec<u8>> {
+    /// `sync_read` of blocks that are all in the cache, inline, or held in
+    /// memory for readers; `reader`: those of them read to their end are
+    /// done with (a reader goes through a file once).
+    fn read_snap_here(
+        &self,
+        snap: &FileSnap,
+        offset: u64,
+        len: u64,
+        reader: bool,
+    ) -> CoreResult<Vec<u8>> {
+        let mut passed = Vec::new();
         let end = snap.size.min(offset + len);
         let mut out = crate::buf::zeroed(end.saturating_sub(offset) as usize);
         let first = offset / BLOCK_SIZE;
@@ -283,7 +327,13 @@ impl Locker {
             } else {
                 match self.blocks.read_at(&b.id, bo, dst)? {
                     Some(n) if n == dst.len() => {}
+                    _ if self.passing.read_at(&b.id, bo, dst) => {
+                        if bo + dst.len() as u64 == b.len as u64 {
+                            passed.push(b.id);
+                        }
+                    }
                     _ => {
+                        crate::buf::give(out);
                         return Err(CoreError::Corrupt(format!(
                             "block {} is not in the cache",
                             b.id.hex()
@@ -291,6 +341,9 @@ impl Locker {
                     }
                 }
             }
+        }
+        if reader && !passed.is_empty() {
+            self.passing.done(&passed);
         }
         Ok(out)
     }
