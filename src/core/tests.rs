@@ -394,27 +394,22 @@ fn refs_match_block_lists(t: &T) -> usize {
         .filter(|(_, refs, named)| refs != named)
         .collect();
     assert!(wrong.is_empty(), "reference counts off: {wrong:?}");
-    let unnamed: i64 = st
-        .conn
-        .query_row(
-            "SELECT count(*) FROM file_blocks f WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = f.block)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(unnamed, 0, "a block list names a block with no row");
-    let stray: i64 = st
-        .conn
-        .query_row(
-            "SELECT count(*) FROM block_data d WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = d.id)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(stray, 0, "small bytes kept for a block that is gone");
-    st.conn
-        .query_row("SELECT count(*) FROM blocks", [], |r| r.get::<_, i64>(0))
-        .unwrap() as usize
+    let count = |sql: &str| -> i64 { st.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM file_blocks f WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = f.block)"
+        ),
+        0,
+        "a block list names a block with no row"
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM block_data d WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = d.id)"
+        ),
+        0,
+        "small bytes kept for a block that is gone"
+    );
+    count("SELECT count(*) FROM blocks") as usize
 }
 
 /// Removing a name (unlink, a rename or an API write over it) takes one

@@ -828,15 +828,7 @@ fn a_random_reader_of_evicted_data_fetches_only_what_it_reads() {
 #[test]
 fn a_sequential_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
     use crate::backend::fault::Fault;
-    let rig = small_cache(64);
-    let big = crate::core::tests::pattern(40 << 20, 51);
-    let small = crate::core::tests::pattern(8 << 20, 52);
-    let b = rig.write("corp/big", &big);
-    let s = rig.write("corp/small", &small);
-    rig.drained();
-    rig.core().evict(0).unwrap();
-    assert_eq!(rig.core().evicted_blocks(b), 40);
-    assert_eq!(rig.core().evicted_blocks(s), 8);
+    let (rig, big, b, small, s) = evicted_big_and_small(51);
     let starts = timed_gets(&rig, Duration::from_millis(1));
     let read_all = |ino: InodeNo, data: &[u8]| {
         let fh = rig.core().open(ino, OpenMode::default()).unwrap();
@@ -887,15 +879,7 @@ fn a_sequential_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
 #[test]
 fn an_api_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
     use crate::backend::fault::Fault;
-    let rig = small_cache(64);
-    let big = crate::core::tests::pattern(40 << 20, 54);
-    let small = crate::core::tests::pattern(8 << 20, 55);
-    let b = rig.write("corp/big", &big);
-    let s = rig.write("corp/small", &small);
-    rig.drained();
-    rig.core().evict(0).unwrap();
-    assert_eq!(rig.core().evicted_blocks(b), 40);
-    assert_eq!(rig.core().evicted_blocks(s), 8);
+    let (rig, big, b, small, s) = evicted_big_and_small(54);
     let starts = timed_gets(&rig, Duration::from_millis(1));
     // A range of 100 bytes in the middle: one GET, of its one block.
     let snap = rig.core().file_snapshot(b).unwrap();
@@ -972,6 +956,22 @@ fn a_reader_whose_passed_blocks_were_pushed_out_still_reads() {
 }
 
 // ---- files only in the store, read without a whole download ----
+
+/// A 64 MiB cache with a 40 MiB file (`corp/big`, larger than a quarter
+/// of it) and an 8 MiB one (`corp/small`), both pushed and every block of
+/// them evicted: the rig, then each file's bytes and inode.
+fn evicted_big_and_small(seed: u64) -> (Rig, Vec<u8>, InodeNo, Vec<u8>, InodeNo) {
+    let rig = small_cache(64);
+    let big = crate::core::tests::pattern(40 << 20, seed);
+    let small = crate::core::tests::pattern(8 << 20, seed + 1);
+    let b = rig.write("corp/big", &big);
+    let s = rig.write("corp/small", &small);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    assert_eq!(rig.core().evicted_blocks(b), 40);
+    assert_eq!(rig.core().evicted_blocks(s), 8);
+    (rig, big, b, small, s)
+}
 
 /// A rig with a cache of `mb` MiB.
 fn small_cache(mb: u64) -> Rig {
