@@ -830,16 +830,7 @@ fn a_sequential_read_of_an_evicted_file_too_large_to_keep_passes_it_on() {
     use crate::backend::fault::Fault;
     let (rig, big, b, small, s) = evicted_big_and_small(51);
     let starts = timed_gets(&rig, Duration::from_millis(1));
-    let read_all = |ino: InodeNo, data: &[u8]| {
-        let fh = rig.core().open(ino, OpenMode::default()).unwrap();
-        let mut off = 0u64;
-        while off < data.len() as u64 {
-            let got = rig.core().read(fh, off, 128 << 10).unwrap();
-            assert!(got[..] == data[off as usize..off as usize + got.len()]);
-            off += got.len() as u64;
-        }
-        rig.core().release(fh).unwrap();
-    };
+    let read_all = |ino: InodeNo, data: &[u8]| read_in_order(&rig, ino, data);
     read_all(b, &big);
     // Fetches ahead finish in the background.
     std::thread::sleep(Duration::from_millis(200));
@@ -944,18 +935,24 @@ fn a_reader_whose_passed_blocks_were_pushed_out_still_reads() {
     rig.drained();
     rig.core().evict(0).unwrap();
     rig.core().crowd_passing();
-    let fh = rig.core().open(b, OpenMode::default()).unwrap();
-    let mut off = 0u64;
-    while off < big.len() as u64 {
-        let got = rig.core().read(fh, off, 128 << 10).unwrap();
-        assert!(got[..] == big[off as usize..off as usize + got.len()]);
-        off += got.len() as u64;
-    }
-    rig.core().release(fh).unwrap();
+    read_in_order(&rig, b, &big);
     assert!(rig.core().evicted_blocks(b) < 24, "nothing was stored");
 }
 
 // ---- files only in the store, read without a whole download ----
+
+/// Reads file `ino` through the core as the kernel does for `cat`, in
+/// order, 128 KiB at a time, checking every byte against `data`.
+fn read_in_order(rig: &Rig, ino: InodeNo, data: &[u8]) {
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let got = rig.core().read(fh, off, 128 << 10).unwrap();
+        assert!(got[..] == data[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    rig.core().release(fh).unwrap();
+}
 
 /// A 64 MiB cache with a 40 MiB file (`corp/big`, larger than a quarter
 /// of it) and an 8 MiB one (`corp/small`), both pushed and every block of

@@ -57,13 +57,13 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
         let hurry = inner.hurry();
         // Entries were finished without a request: look again at once.
         let mut more = false;
-        // Every slot is taken: nothing can start before one comes free,
-        // which wakes the loop.
-        let mut busy = true;
         let free = inner
             .cfg
             .uploads
             .saturating_sub(inner.inflight.lock().unwrap().len());
+        // Every slot is taken: nothing can start before one comes free,
+        // which wakes the loop.
+        let mut busy = free == 0;
         if free > 0 {
             let core = inner.core.clone();
             // Paused namespaces are left out in the query, so a backend
@@ -115,14 +115,8 @@ pub(crate) async fn run_queue(inner: Arc<Inner>) {
                     }
                     busy = started >= free;
                 }
-                Ok(Err(e)) => {
-                    busy = false;
-                    tracing::error!(error = %e, "reading the upload queue failed")
-                }
-                Err(e) => {
-                    busy = false;
-                    tracing::error!(error = %e, "reading the upload queue failed")
-                }
+                Ok(Err(e)) => tracing::error!(error = %e, "reading the upload queue failed"),
+                Err(e) => tracing::error!(error = %e, "reading the upload queue failed"),
             }
         }
         if more {
@@ -389,6 +383,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Out
         LocalEntry::File(f) => {
             let f = Arc::new(f);
             let r = push_file(inner, e, seq, snap.remote, f.clone()).await;
+            // (Nothing to release: no trip to the blocking pool for it.)
             if !f.pins_nothing() {
                 let core = inner.core.clone();
                 let _ = tokio::task::spawn_blocking(move || core.sync_release(&f)).await;

@@ -188,6 +188,9 @@ impl Locker {
 
     /// Drops the pins of a snapshot; blocks no file names any more are freed.
     pub fn sync_release(&self, snap: &FileSnap) {
+        if snap.pins_nothing() {
+            return;
+        }
         if snap.remote_only {
             self.stream_settle(snap.ino);
         }
