@@ -37,8 +37,10 @@
 //! prints a blob one byte at a time) was a tenth of the CPU of a create,
 //! rename or unlink. Replayed in order on the state the last commit
 //! left, they do the same again: a statement that failed when it first ran
-//! (with no effect) fails again and is skipped; an operation undone by its
-//! savepoint takes its statements out of the log (`rollback_to`).
+//! (with no effect) fails again and is skipped; an operation that fails
+//! takes its statements out of the log (`rollback_to`), and if it had
+//! changed rows, the open transaction is rolled back and the operations
+//! before it are applied again from the log (`State::undo_op`).
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_int, c_uint, c_void};
@@ -218,6 +220,13 @@ impl Capture {
         self.failed.set(true);
         self.gave_up.set(self.gave_up.get() + 1);
     }
+}
+
+/// Where an operation began in the capture (`Redo::mark`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    len: usize,
+    failed: bool,
 }
 
 /// Restores the thread's active capture when an operation ends.
@@ -573,17 +582,29 @@ impl Redo {
         self.tail.clear();
     }
 
-    /// Where an operation begins (for `rollback_to`).
-    pub(crate) fn mark(&self) -> usize {
-        self.capture.buf.borrow().len()
+    /// Where an operation begins (for `changed_since` and `rollback_to`).
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            len: self.capture.buf.borrow().len(),
+            failed: self.capture.failed.get(),
+        }
     }
 
-    /// The operation that began at `mark` was undone.
-    pub(crate) fn rollback_to(&mut self, mark: usize) {
-        self.capture.buf.borrow_mut().truncate(mark);
-        // A statement noted but never run went with it.
+    /// Whether a statement that may write ran since `mark` (captured or
+    /// not): with none, the database is as it was there.
+    pub(crate) fn changed_since(&self, mark: Mark) -> bool {
+        self.capture.buf.borrow().len() != mark.len || self.capture.failed.get() != mark.failed
+    }
+
+    /// The operation that began at `mark` was undone: what the log holds
+    /// is what ran before it.
+    pub(crate) fn rollback_to(&mut self, mark: Mark) {
+        self.capture.buf.borrow_mut().truncate(mark.len);
+        // A statement noted but never run went with it, and so did one
+        // that could not be captured.
         self.capture.noted.set(false);
         self.capture.noted_sql.set(None);
+        self.capture.failed.set(mark.failed);
     }
 
     /// Writes what the finished operations ran since the last call as one

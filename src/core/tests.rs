@@ -2029,3 +2029,82 @@ fn an_operation_not_captured_whole_fails_when_its_commit_fails() {
         Err(CoreError::NotFound)
     ));
 }
+
+/// An operation that fails after it changed rows (here: made to fail once
+/// it ran) leaves nothing of itself, while the operations before it in the
+/// same open transaction stay: at once, after the next commit, and after a
+/// crash. Operations join the open transaction with no savepoint of their
+/// own, so this undoes the transaction and applies the others again.
+#[test]
+fn an_operation_failing_after_its_writes_is_undone_alone() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"before", 0o755).unwrap().ino;
+    let kept = t.put(d, b"kept", &pattern(5000, 1));
+    let gone = t.put(d, b"gone", b"bytes");
+    t.l.state.lock().fail_op = true;
+    assert!(t.l.mkdir(&ME, d, b"failed", 0o755).is_err());
+    t.l.state.lock().fail_op = true;
+    assert!(t.l.unlink(d, b"gone").is_err());
+    t.l.state.lock().fail_op = true;
+    assert!(
+        t.l.rename(d, b"kept", ns, b"moved", RenameMode::Replace)
+            .is_err()
+    );
+    assert_eq!(t.l.state.lock().undone_ops, 3);
+    let after = t.put(d, b"after", &pattern(7000, 2));
+    let check = |t: &T| {
+        let ns = t.ns();
+        let d = t.l.lookup(ns, b"before").unwrap().ino;
+        assert!(matches!(t.l.lookup(d, b"failed"), Err(CoreError::NotFound)));
+        assert!(matches!(t.l.lookup(ns, b"moved"), Err(CoreError::NotFound)));
+        assert_eq!(t.l.lookup(d, b"kept").unwrap().ino, kept);
+        assert_eq!(t.l.lookup(d, b"gone").unwrap().ino, gone);
+        assert_eq!(t.get(kept), pattern(5000, 1));
+        assert_eq!(t.get(gone), b"bytes");
+        assert_eq!(t.get(after), pattern(7000, 2));
+        assert_eq!(t.l.getattr(d).unwrap().nlink, 2);
+        refs_match_block_lists(t);
+        let report = t.l.fsck().unwrap();
+        assert_eq!((report.corrupt, report.lost.len()), (0, 0), "{report:?}");
+    };
+    check(&t);
+    t.l.commit_now();
+    check(&t);
+    let t = t.crash_and_reopen();
+    check(&t);
+}
+
+/// The errors operations expect (a name taken or missing, a directory not
+/// empty, a move into itself) are found before their first write: none of
+/// them undoes the open transaction (which costs a commit).
+#[test]
+fn expected_errors_leave_the_open_transaction_alone() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
+    let sub = t.l.mkdir(&ME, d, b"sub", 0o755).unwrap().ino;
+    let f = t.put(d, b"f", b"x");
+    t.put(d, b"g", b"y");
+    t.l.symlink(&ME, d, b"s", b"f").unwrap();
+    assert!(t.l.mkdir(&ME, d, b"f", 0o755).is_err());
+    assert!(t.l.create(&ME, d, b"sub", 0o644, rw()).is_err());
+    assert!(t.l.symlink(&ME, d, b"g", b"f").is_err());
+    assert!(t.l.link(f, d, b"g").is_err());
+    assert!(t.l.unlink(d, b"missing").is_err());
+    assert!(t.l.unlink(d, b"sub").is_err());
+    assert!(t.l.rmdir(ns, b"d").is_err());
+    assert!(t.l.rmdir(d, b"f").is_err());
+    assert!(t.l.rename(d, b"f", d, b"g", RenameMode::NoReplace).is_err());
+    assert!(
+        t.l.rename(ns, b"d", sub, b"d2", RenameMode::Replace)
+            .is_err()
+    );
+    assert!(t.l.rename(d, b"f", d, b"sub", RenameMode::Replace).is_err());
+    assert!(
+        t.l.rename(d, b"missing", d, b"h", RenameMode::Replace)
+            .is_err()
+    );
+    assert_eq!(t.l.state.lock().undone_ops, 0);
+    assert_eq!(t.get(f), b"x");
+}
