@@ -232,6 +232,8 @@ pub(crate) struct State {
     block_store: Arc<BlockStore>,
     /// Bumped by every change (see `hot.rs`).
     generation: hot::Generation,
+    /// Directory paths for queue marks, used while an operation runs.
+    dir_paths: Arc<sync::DirPaths>,
     /// The next commit fails as a full disk would make it (tests).
     #[cfg(test)]
     fail_commit: bool,
@@ -298,6 +300,7 @@ impl State {
     }
 
     fn tx_run<T>(&mut self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+        let _paths = self.dir_paths.active();
         if self.in_batch {
             return f(&self.conn);
         }
@@ -603,6 +606,8 @@ impl Locker {
         let hasher = hasher::Hasher::start(blocks.clone())?;
         let wal = wal::Wal::of(conn.path());
         let generation: hot::Generation = Arc::default();
+        let dir_paths = Arc::new(sync::DirPaths::default());
+        sync::DirPaths::install(&dir_paths, &conn)?;
         let locker = Locker {
             state: parking_lot::Mutex::new(State {
                 conn,
@@ -638,6 +643,7 @@ impl Locker {
                 committer: Arc::new(Committer::default()),
                 block_store: blocks.clone(),
                 generation: generation.clone(),
+                dir_paths,
             }),
             blocks,
             opts,

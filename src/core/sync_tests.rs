@@ -606,3 +606,80 @@ fn a_truncate_that_cannot_get_its_last_block_changes_nothing() {
         &data[..BLOCK_SIZE as usize + 1000]
     );
 }
+
+/// Queue marks name entries by the paths their directories have now,
+/// though those paths are kept between operations: after a directory is
+/// renamed, a directory above it is renamed, a directory is removed and
+/// made again under the same name, and an operation that renamed one is
+/// undone.
+#[test]
+fn marks_follow_directories_that_move() {
+    let t = new();
+    let ns = t.ns();
+    let top = t.l.mkdir(&ME, ns, b"top", 0o755).unwrap().ino;
+    let mid = t.l.mkdir(&ME, top, b"mid", 0o755).unwrap().ino;
+    let leaf = t.l.mkdir(&ME, mid, b"leaf", 0o755).unwrap().ino;
+    t.put(leaf, b"f1", b"1");
+    assert!(t.l.state.lock().dir_paths.len() >= 4, "paths not kept");
+    let queued = |t: &T, p: &str| t.due_paths().iter().any(|q| q == p);
+
+    t.l.rename(top, b"mid", top, b"mid2", RenameMode::Replace)
+        .unwrap();
+    t.put(leaf, b"f2", b"2");
+    assert!(queued(&t, "top/mid2/leaf/f2"));
+    assert!(!queued(&t, "top/mid/leaf/f2"));
+
+    t.l.rename(ns, b"top", ns, b"top2", RenameMode::Replace)
+        .unwrap();
+    t.put(leaf, b"f3", b"3");
+    assert!(queued(&t, "top2/mid2/leaf/f3"));
+    assert!(!queued(&t, "top/mid2/leaf/f3"));
+
+    let other = t.l.mkdir(&ME, top, b"other", 0o755).unwrap().ino;
+    t.put(other, b"g1", b"g");
+    t.l.unlink(other, b"g1").unwrap();
+    t.l.rmdir(top, b"other").unwrap();
+    let again = t.l.mkdir(&ME, mid, b"other", 0o755).unwrap().ino;
+    t.put(again, b"g2", b"g");
+    assert!(queued(&t, "top2/mid2/other/g2"));
+
+    // Undone: the rename never happened, and marks say so.
+    t.l.state.lock().fail_op = true;
+    assert!(
+        t.l.rename(mid, b"leaf", top, b"leaf2", RenameMode::Replace)
+            .is_err()
+    );
+    t.put(leaf, b"f4", b"4");
+    assert!(queued(&t, "top2/mid2/leaf/f4"));
+    assert!(!queued(&t, "top2/leaf2/f4"));
+}
+
+/// A path walked inside a transaction that is rolled back is not kept (it
+/// may be one the undone change made).
+#[test]
+fn paths_read_in_a_rolled_back_transaction_are_forgotten() {
+    let t = new();
+    let ns = t.ns();
+    let a = t.l.mkdir(&ME, ns, b"a", 0o755).unwrap().ino;
+    let sub = t.l.mkdir(&ME, a, b"sub", 0o755).unwrap().ino;
+    t.l.commit_now();
+    let st = t.l.state.lock();
+    st.conn.execute_batch("BEGIN").unwrap();
+    meta::delete_dentry(&st.conn, ns, b"a").unwrap();
+    meta::insert_dentry(&st.conn, ns, b"b", a, FileKind::Dir).unwrap();
+    {
+        let _active = st.dir_paths.active();
+        assert_eq!(
+            sync::ns_path(&st.conn, sub, b"f").unwrap(),
+            Some(("corp".to_string(), b"b/sub/f".to_vec()))
+        );
+    }
+    assert!(st.dir_paths.len() > 0);
+    st.conn.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(st.dir_paths.len(), 0, "a path of an undone change kept");
+    let _active = st.dir_paths.active();
+    assert_eq!(
+        sync::ns_path(&st.conn, sub, b"f").unwrap(),
+        Some(("corp".to_string(), b"a/sub/f".to_vec()))
+    );
+}

@@ -2,6 +2,9 @@
 //! `sync_queue` inside the transaction that makes it (`mark_name`,
 //! `mark_ino`, `mark_moved`), and the namespace paths those marks name.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use rusqlite::Connection;
 
 use crate::core::types::*;
@@ -97,27 +100,129 @@ pub(crate) fn ns_path(
 }
 
 /// The namespace of directory `dir` and its path inside it (empty for the
-/// namespace's own directory); `None` for the root. One query per level.
+/// namespace's own directory); `None` for the root. One query per level
+/// not in the active `DirPaths`, which keeps what it walks.
 fn dir_path(conn: &Connection, dir: InodeNo) -> CoreResult<Option<(String, Vec<u8>)>> {
     if dir == InodeNo::ROOT {
         return Ok(None);
     }
-    let mut parts: Vec<Vec<u8>> = Vec::new();
-    let mut cur = dir;
-    loop {
-        let (parent, n) = meta::any_name(conn, cur)?.ok_or(CoreError::NotFound)?;
-        if parent == InodeNo::ROOT {
-            parts.reverse();
-            return Ok(Some((
-                String::from_utf8_lossy(&n).into_owned(),
-                parts.join(&b'/'),
-            )));
+    ACTIVE_PATHS.with_borrow(|paths| {
+        let paths = paths.as_deref();
+        // Directories walked, from `dir` up, with their names.
+        let mut walked: Vec<(InodeNo, Vec<u8>)> = Vec::new();
+        let mut cur = dir;
+        let (ns, mut path) = loop {
+            if let Some(known) = paths.and_then(|p| p.get(cur)) {
+                break known;
+            }
+            let (parent, n) = meta::any_name(conn, cur)?.ok_or(CoreError::NotFound)?;
+            if parent == InodeNo::ROOT {
+                let ns = String::from_utf8_lossy(&n).into_owned();
+                if let Some(p) = paths {
+                    p.put(cur, &ns, b"");
+                }
+                break (ns, Vec::new());
+            }
+            walked.push((cur, n));
+            cur = parent;
+            if walked.len() > 4096 {
+                return Err(CoreError::Corrupt("directory cycle".into()));
+            }
+        };
+        for (ino, name) in walked.into_iter().rev() {
+            path = join(&path, &name);
+            if let Some(p) = paths {
+                p.put(ino, &ns, &path);
+            }
         }
-        parts.push(n);
-        cur = parent;
-        if parts.len() > 4096 {
-            return Err(CoreError::Corrupt("directory cycle".into()));
+        Ok(Some((ns, path)))
+    })
+}
+
+thread_local! {
+    /// The paths the operation this thread runs may use (`DirPaths::active`).
+    static ACTIVE_PATHS: std::cell::RefCell<Option<Arc<DirPaths>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Paths of directories (namespace, path inside it), for queue marks: a
+/// mark names its entry by path, and walking up from its directory was one
+/// query per level, twice for each small file written (at its create and at
+/// its close). Kept right by the database itself: temporary triggers on
+/// `dentries` call `locker_dir_moved()` whenever a directory's name changes
+/// or goes, which forgets every path (those below it changed too), and so
+/// does every rollback (a path read inside an undone change may be one that
+/// change made). Inode numbers are never reused.
+#[derive(Default)]
+pub(crate) struct DirPaths(parking_lot::Mutex<HashMap<InodeNo, (String, Vec<u8>)>>);
+
+/// Directories whose paths are kept at most (then all are forgotten).
+const DIR_PATHS_MAX: usize = 65_536;
+
+impl DirPaths {
+    /// Installs the triggers and the rollback hook that keep `paths` right
+    /// on `conn` (the one connection every change goes through).
+    pub(crate) fn install(paths: &Arc<DirPaths>, conn: &Connection) -> rusqlite::Result<()> {
+        let p = paths.clone();
+        conn.create_scalar_function(
+            "locker_dir_moved",
+            0,
+            rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+            move |_| {
+                p.forget();
+                Ok(0i64)
+            },
+        )?;
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER dir_renamed AFTER UPDATE ON main.dentries
+                WHEN old.kind = 2 OR new.kind = 2
+                BEGIN SELECT locker_dir_moved(); END;
+             CREATE TEMP TRIGGER dir_removed AFTER DELETE ON main.dentries
+                WHEN old.kind = 2
+                BEGIN SELECT locker_dir_moved(); END;",
+        )?;
+        let p = paths.clone();
+        conn.rollback_hook(Some(move || p.forget()));
+        Ok(())
+    }
+
+    /// Lets `dir_path` use and keep these paths on this thread until the
+    /// guard goes.
+    pub(crate) fn active(self: &Arc<Self>) -> ActivePaths {
+        ActivePaths(ACTIVE_PATHS.replace(Some(self.clone())))
+    }
+
+    fn get(&self, dir: InodeNo) -> Option<(String, Vec<u8>)> {
+        self.0.lock().get(&dir).cloned()
+    }
+
+    fn put(&self, dir: InodeNo, ns: &str, path: &[u8]) {
+        let mut m = self.0.lock();
+        if m.len() >= DIR_PATHS_MAX {
+            m.clear();
         }
+        m.insert(dir, (ns.to_string(), path.to_vec()));
+    }
+
+    pub(crate) fn forget(&self) {
+        let mut m = self.0.lock();
+        if !m.is_empty() {
+            m.clear();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
+
+/// Restores the thread's active paths when an operation ends.
+pub(crate) struct ActivePaths(Option<Arc<DirPaths>>);
+
+impl Drop for ActivePaths {
+    fn drop(&mut self) {
+        ACTIVE_PATHS.set(self.0.take());
     }
 }
 

@@ -34,7 +34,7 @@ use crate::meta;
 pub use apply::{Applied, Invalidate, Invalidator};
 pub use fetch::{FetchJob, Prefetcher, RemoteSource, RemoteVersion};
 pub(crate) use fetch::{Fetching, Purpose};
-pub(crate) use marks::{mark_ino, mark_moved, mark_name, mark_removed, ns_path};
+pub(crate) use marks::{DirPaths, mark_ino, mark_moved, mark_name, mark_removed, ns_path};
 pub(crate) use passing::Passing;
 pub use sidecar::RemovalCandidate;
 pub use snapshot::{FileSnap, LocalEntry, Snapshot};
