@@ -35,6 +35,67 @@ pub(crate) fn dir_row(conn: &Connection, ino: InodeNo) -> CoreResult<InodeRow> {
     Ok(r)
 }
 
+/// What was read since the last change: a directory's row and a name
+/// found missing, each good while the change count (`hot::Generation`,
+/// bumped before and after every change) stays where it was when they were
+/// read. Before it makes a file, the kernel asks for its directory's
+/// attributes (which the previous create made stale) and looks the name up,
+/// and the create read both again: three of a create's queries.
+#[derive(Default)]
+pub(crate) struct Seen {
+    generation: u64,
+    dir: Option<InodeRow>,
+    missing: Option<(InodeNo, Vec<u8>)>,
+}
+
+impl State {
+    /// What `seen` holds for the current change count (emptied if it is of
+    /// an older one).
+    fn seen_now(&mut self) -> &mut Seen {
+        let g = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        if self.seen.generation != g {
+            self.seen = Seen {
+                generation: g,
+                ..Seen::default()
+            };
+        }
+        &mut self.seen
+    }
+
+    /// `dir_row`, answered from what was read since the last change.
+    pub(crate) fn dir_row_seen(&mut self, ino: InodeNo) -> CoreResult<InodeRow> {
+        if let Some(r) = &self.seen_now().dir
+            && r.attr.ino == ino
+        {
+            return Ok(r.clone());
+        }
+        let r = dir_row(&self.conn, ino)?;
+        self.seen_now().dir = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Keeps the row of directory `r`, just read.
+    fn saw_dir(&mut self, r: &InodeRow) {
+        if r.attr.kind == FileKind::Dir {
+            self.seen_now().dir = Some(r.clone());
+        }
+    }
+
+    /// Whether `name` in `parent` is taken, answered from a look-up that
+    /// found it missing since the last change.
+    fn name_taken(&mut self, parent: InodeNo, name: &[u8]) -> CoreResult<bool> {
+        if self
+            .seen_now()
+            .missing
+            .as_ref()
+            .is_some_and(|(p, n)| *p == parent && n == name)
+        {
+            return Ok(false);
+        }
+        Ok(meta::lookup(&self.conn, parent, name)?.is_some())
+    }
+}
+
 /// Updates a directory's mtime and ctime (its entries changed) and its link
 /// count by `nlink_delta` (subdirectories added or removed).
 pub(crate) fn touch_dir(
@@ -82,7 +143,7 @@ impl Locker {
         if name.len() > 255 {
             return Err(CoreError::NameTooLong);
         }
-        let st = self.lock();
+        let mut st = self.lock();
         match meta::lookup_row(&st.conn, parent, name)? {
             Some(r) => {
                 let mut a = r.attr;
@@ -90,7 +151,8 @@ impl Locker {
                 Ok(a)
             }
             None => {
-                dir_row(&st.conn, parent)?;
+                st.dir_row_seen(parent)?;
+                st.seen_now().missing = Some((parent, name.to_vec()));
                 Err(CoreError::NotFound)
             }
         }
@@ -103,7 +165,12 @@ impl Locker {
     }
 
     pub fn getattr(&self, ino: InodeNo) -> CoreResult<Attr> {
-        Locker::attr_locked(&self.lock(), ino)
+        let mut st = self.lock();
+        let r = row(&st.conn, ino)?;
+        st.saw_dir(&r);
+        let mut a = r.attr;
+        Locker::overlay(&st, &mut a);
+        Ok(a)
     }
 
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> CoreResult<Attr> {
@@ -266,15 +333,16 @@ impl Locker {
         let kind = FileKind::from_mode(mode).ok_or(CoreError::Invalid("unknown file type"))?;
         namespace::check_create_at(parent, kind, name)?;
         let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
+        // (Read before the change, under the same lock.)
+        let p = st.dir_row_seen(parent)?;
+        if p.attr.nlink == 0 {
+            return Err(CoreError::NotFound);
+        }
+        if st.name_taken(parent, name)? {
+            return Err(CoreError::Exists);
+        }
         let m = st.mark();
         let r = st.tx(|tx| {
-            let p = dir_row(tx, parent)?;
-            if p.attr.nlink == 0 {
-                return Err(CoreError::NotFound);
-            }
-            if meta::lookup(tx, parent, name)?.is_some() {
-                return Err(CoreError::Exists);
-            }
             let now = Timestamp::now();
             let mut perm = (mode & 0o7777) as u16;
             // Linux's posix_acl_create; symlinks take neither.

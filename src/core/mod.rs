@@ -234,6 +234,8 @@ pub(crate) struct State {
     generation: hot::Generation,
     /// Directory paths for queue marks, used while an operation runs.
     dir_paths: Arc<sync::DirPaths>,
+    /// What was read since the last change (see `inode::Seen`).
+    seen: inode::Seen,
     /// The next commit fails as a full disk would make it (tests).
     #[cfg(test)]
     fail_commit: bool,
@@ -644,6 +646,7 @@ impl Locker {
                 block_store: blocks.clone(),
                 generation: generation.clone(),
                 dir_paths,
+                seen: inode::Seen::default(),
             }),
             blocks,
             opts,

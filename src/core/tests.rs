@@ -2108,3 +2108,52 @@ fn expected_errors_leave_the_open_transaction_alone() {
     assert_eq!(t.l.state.lock().undone_ops, 0);
     assert_eq!(t.get(f), b"x");
 }
+
+/// A create answers from the directory row and the missing name that the
+/// kernel's GETATTR and LOOKUP just read, but only while nothing changed
+/// since: a change in between (through the API, another file, a chmod, a
+/// removal) is seen.
+#[test]
+fn what_was_read_before_a_change_is_read_again_after_it() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
+
+    // The name taken between the look-up and the create.
+    t.l.getattr(d).unwrap();
+    assert!(matches!(t.l.lookup(d, b"x"), Err(CoreError::NotFound)));
+    t.put(d, b"x", b"first");
+    assert!(matches!(
+        t.l.create(&ME, d, b"x", 0o644, rw()),
+        Err(CoreError::Exists)
+    ));
+    assert!(matches!(
+        t.l.mkdir(&ME, d, b"x", 0o755),
+        Err(CoreError::Exists)
+    ));
+    assert_eq!(t.get(t.l.lookup(d, b"x").unwrap().ino), b"first");
+
+    // The directory's mode and group changed in between.
+    t.l.getattr(d).unwrap();
+    assert!(matches!(t.l.lookup(d, b"y"), Err(CoreError::NotFound)));
+    t.l.setattr(
+        d,
+        &SetAttr {
+            gid: Some(50),
+            mode: Some(0o2775),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let y = t.l.create(&ME, d, b"y", 0o644, rw()).unwrap();
+    t.l.release(y.1).unwrap();
+    assert_eq!(y.0.gid, 50, "the directory's old row was used");
+
+    // The directory removed in between.
+    let e = t.l.mkdir(&ME, ns, b"e", 0o755).unwrap().ino;
+    t.l.getattr(e).unwrap();
+    assert!(matches!(t.l.lookup(e, b"z"), Err(CoreError::NotFound)));
+    t.l.rmdir(ns, b"e").unwrap();
+    assert!(t.l.create(&ME, e, b"z", 0o644, rw()).is_err());
+    assert!(t.l.mkdir(&ME, e, b"z", 0o755).is_err());
+}
