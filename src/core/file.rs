@@ -1040,6 +1040,8 @@ impl Locker {
         let m = st.mark();
         let freed = st.tx(|tx| {
             let mut freed: Vec<BlockId> = Vec::new();
+            // The bytes the file holds in blocks, changed by the list.
+            let mut alloc: i64 = 0;
             if let Some(cut) = cut {
                 for (idx, old) in meta::file_blocks_from(tx, ino, cut)? {
                     if dirty.contains_key(&idx) {
@@ -1049,6 +1051,7 @@ impl Locker {
                         freed.push(old.id);
                     }
                     meta::delete_file_block(tx, ino, idx)?;
+                    alloc -= old.len as i64;
                 }
             }
             for (&idx, d) in dirty {
@@ -1073,6 +1076,7 @@ impl Locker {
                 if old == new {
                     continue;
                 }
+                alloc += new.map_or(0, |r| r.len as i64) - old.map_or(0, |r| r.len as i64);
                 if let Some(o) = old
                     && meta::decref_block(tx, &o)?
                     && o.len >= INLINE_MAX
@@ -1087,7 +1091,7 @@ impl Locker {
                     None => meta::delete_file_block(tx, ino, idx)?,
                 }
             }
-            if !meta::update_content(tx, ino, size, mtime, ctime)? {
+            if !meta::update_content(tx, ino, size, (mtime, ctime), alloc)? {
                 return Err(CoreError::NotFound);
             }
             crate::core::sync::mark_ino(tx, m, ino, size)?;

@@ -1042,8 +1042,7 @@ impl Locker {
         tx: &Connection,
         ino: InodeNo,
     ) -> CoreResult<Vec<crate::blocks::BlockId>> {
-        // The inode first: deleting its block list then updates no size.
         meta::delete_inode(tx, ino)?;
-        Ok(meta::drop_blocks_from(tx, ino, 0)?)
+        Ok(meta::drop_block_list(tx, ino)?)
     }
 }

@@ -584,6 +584,11 @@ impl Locker {
         if n > 0 {
             tracing::info!(statements = n, "applied the redo log of the last run");
         }
+        // A log written by a build whose triggers kept each file's `alloc`
+        // left those counts behind its block lists (schema migration 16).
+        if meta::take_alloc_recount(&conn)? && n > 0 {
+            meta::recount_alloc(&conn)?;
+        }
         let redo = redo::Redo::open(&conn, &log)?;
         Locker::build(conn, Some(redo), blocks, opts)
     }

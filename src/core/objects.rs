@@ -378,6 +378,8 @@ impl Locker {
                         meta::incref_block(tx, &r.id, r.len)?;
                         meta::put_file_block(tx, ino, *idx, *r)?;
                     }
+                    let bytes: i64 = blocks.iter().map(|(_, r)| r.len as i64).sum();
+                    meta::add_alloc(tx, ino, bytes)?;
                     ino
                 }
             };

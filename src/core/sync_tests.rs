@@ -400,6 +400,9 @@ fn a_file_only_in_the_backend_is_fetched_whole_and_checked() {
         "what came from the backend is not pushed back"
     );
     assert_eq!(t.read_all(a.ino).unwrap(), data);
+    // Its block list now counts its bytes.
+    assert_eq!(t.l.getattr(a.ino).unwrap().alloc, data.len() as u64);
+    super::tests::alloc_matches_block_lists(&t.l);
 
     // A listed checksum the bytes do not match: EIO.
     t.remote

@@ -376,9 +376,11 @@ fn hard_links_share_content() {
 }
 
 /// Each block's reference count as stored, against the block lists that
-/// name it; and the small blocks' bytes kept for exactly the blocks there
-/// are. (Committed first: the counts are read from the database.)
+/// name it; the small blocks' bytes kept for exactly the blocks there
+/// are; and each file's count of bytes in blocks (`alloc`) against its
+/// list. (Committed first: the counts are read from the database.)
 fn refs_match_block_lists(t: &T) -> usize {
+    alloc_matches_block_lists(&t.l);
     t.l.fsyncdir().unwrap();
     let st = t.l.lock();
     let wrong: Vec<(Vec<u8>, i64, i64)> = st
@@ -410,6 +412,26 @@ fn refs_match_block_lists(t: &T) -> usize {
         "small bytes kept for a block that is gone"
     );
     count("SELECT count(*) FROM blocks") as usize
+}
+
+/// Each file's `alloc` is the sum of its block list's lengths.
+pub(super) fn alloc_matches_block_lists(l: &Locker) {
+    l.fsyncdir().unwrap();
+    let st = l.lock();
+    let off: Vec<(i64, i64, i64)> = st
+        .conn
+        .prepare(
+            "SELECT i.ino, i.alloc,
+                (SELECT coalesce(sum(f.len), 0) FROM file_blocks f WHERE f.ino = i.ino)
+             FROM inodes i WHERE i.kind = 1",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|(_, alloc, sum)| alloc != sum)
+        .collect();
+    assert!(off.is_empty(), "alloc off the block lists: {off:?}");
 }
 
 /// Removing a name (unlink, a rename or an API write over it) takes one
@@ -544,6 +566,16 @@ fn holes_and_zeros_hold_no_blocks() {
     )
     .unwrap();
     assert_eq!(t.l.getattr(f).unwrap().alloc, 1 << 20);
+    // Written over in place, in part, and past a hole.
+    let fh = t.l.open(f, rw()).unwrap();
+    t.l.write(fh, 4096, &[3u8; 100]).unwrap();
+    t.l.write(fh, 5 << 20, &[4u8; 10]).unwrap();
+    t.l.release(fh).unwrap();
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.write(fh, 0, &[0u8; 4096]).unwrap();
+    t.l.release(fh).unwrap();
+    alloc_matches_block_lists(&t.l);
+    assert_eq!(t.l.getattr(f).unwrap().alloc, (1 << 20) + 10);
 }
 
 #[test]
@@ -2156,4 +2188,37 @@ fn what_was_read_before_a_change_is_read_again_after_it() {
     t.l.rmdir(ns, b"e").unwrap();
     assert!(t.l.create(&ME, e, b"z", 0o644, rw()).is_err());
     assert!(t.l.mkdir(&ME, e, b"z", 0o755).is_err());
+}
+
+/// A redo log an older build wrote relied on triggers to keep each file's
+/// `alloc`: when the migration that dropped them asks for it, the counts
+/// are taken again after the log is replayed.
+#[test]
+fn counts_are_taken_again_after_replaying_a_log_of_the_triggers_era() {
+    let t = new();
+    let ns = t.ns();
+    let f = t.put(ns, b"f", &pattern(3 * BLOCK_SIZE as usize + 5, 3));
+    t.l.commit_now();
+    // Something for the log to replay.
+    t.l.mkdir(&ME, ns, b"d", 0o755).unwrap();
+    let T { _dir, path, l } = t;
+    drop(l);
+    {
+        // A count left behind, as replaying an old log leaves it.
+        let conn = rusqlite::Connection::open(path.join("meta.db")).unwrap();
+        conn.execute_batch(
+            "UPDATE inodes SET alloc = 0 WHERE kind = 1;
+             INSERT INTO settings (key, value) VALUES ('alloc_recount', 1);",
+        )
+        .unwrap();
+    }
+    let l = Locker::open_dir(&path, opts()).unwrap();
+    let t = T { _dir, path, l };
+    assert!(t.l.lookup(t.ns(), b"d").is_ok(), "the log was not replayed");
+    assert_eq!(
+        t.l.getattr(f).unwrap().alloc,
+        3 * BLOCK_SIZE + 5,
+        "not counted again"
+    );
+    alloc_matches_block_lists(&t.l);
 }

@@ -279,12 +279,14 @@ pub fn update_attr(conn: &Connection, attr: &Attr) -> MetaResult<()> {
 /// Records a new version of a file's content: size and, when given, times;
 /// forgets the cached whole-file hash. One statement, no read of the row.
 /// Returns false if the inode does not exist.
+/// A file's content changed: its size, times, version and, by
+/// `alloc_delta`, the bytes it holds in blocks (see `add_alloc`).
 pub fn update_content(
     conn: &Connection,
     ino: InodeNo,
     size: u64,
-    mtime: Option<Timestamp>,
-    ctime: Option<Timestamp>,
+    (mtime, ctime): (Option<Timestamp>, Option<Timestamp>),
+    alloc_delta: i64,
 ) -> MetaResult<bool> {
     // The hash is cleared by its own statement, which writes nothing when
     // there is none: naming the column in an UPDATE rewrites its index
@@ -299,7 +301,7 @@ pub fn update_content(
         "UPDATE inodes SET size = ?2,
                 mtime_s = coalesce(?3, mtime_s), mtime_ns = coalesce(?4, mtime_ns),
                 ctime_s = coalesce(?5, ctime_s), ctime_ns = coalesce(?6, ctime_ns),
-                version = version + 1, remote_only = 0
+                version = version + 1, remote_only = 0, alloc = alloc + ?7
              WHERE ino = ?1",
         params![
             ino.0 as i64,
@@ -308,6 +310,7 @@ pub fn update_content(
             mtime.map(|t| t.nsec as i64),
             ctime.map(|t| t.sec),
             ctime.map(|t| t.nsec as i64),
+            alloc_delta,
         ],
     )?;
     Ok(n > 0)
@@ -864,9 +867,23 @@ pub fn decref_block(conn: &Connection, b: &BlockRef) -> MetaResult<bool> {
 /// reference whose bytes are files (for the caller to remove once the
 /// change is committed).
 pub fn drop_blocks_from(conn: &Connection, ino: InodeNo, from: u64) -> MetaResult<Vec<BlockId>> {
+    let (freed, bytes) = drop_block_rows(conn, ino, from)?;
+    add_alloc(conn, ino, -(bytes as i64))?;
+    Ok(freed)
+}
+
+/// `drop_blocks_from(0)` for an inode whose row is already deleted (no
+/// count to keep).
+pub fn drop_block_list(conn: &Connection, ino: InodeNo) -> MetaResult<Vec<BlockId>> {
+    Ok(drop_block_rows(conn, ino, 0)?.0)
+}
+
+/// Deletes the block list from `from` on: the blocks freed (whose bytes
+/// are files) and the bytes the rows counted.
+fn drop_block_rows(conn: &Connection, ino: InodeNo, from: u64) -> MetaResult<(Vec<BlockId>, u64)> {
     let blocks = file_blocks_from(conn, ino, from)?;
     if blocks.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     exec(
         conn,
@@ -874,12 +891,46 @@ pub fn drop_blocks_from(conn: &Connection, ino: InodeNo, from: u64) -> MetaResul
         params![ino.0 as i64, from as i64],
     )?;
     let mut freed = Vec::new();
+    let mut bytes = 0;
     for (_, b) in blocks {
+        bytes += b.len as u64;
         if decref_block(conn, &b)? && b.len >= crate::blocks::INLINE_MAX {
             freed.push(b.id);
         }
     }
-    Ok(freed)
+    Ok((freed, bytes))
+}
+
+/// Adds `delta` to the bytes `ino` holds in blocks (`alloc`, for
+/// `st_blocks`). `put_file_block` and `delete_file_block` leave the count
+/// to their callers, which add up what they changed and write it once
+/// (`update_content` takes it with the rest of the row).
+pub fn add_alloc(conn: &Connection, ino: InodeNo, delta: i64) -> MetaResult<()> {
+    if delta != 0 {
+        exec(
+            conn,
+            "UPDATE inodes SET alloc = alloc + ?2 WHERE ino = ?1",
+            params![ino.0 as i64, delta],
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether every file's `alloc` must be counted again (set by migration
+/// 16, for a redo log an older build wrote); clears the request.
+pub fn take_alloc_recount(conn: &Connection) -> MetaResult<bool> {
+    Ok(conn.execute("DELETE FROM settings WHERE key = 'alloc_recount'", [])? > 0)
+}
+
+/// Counts every file's `alloc` again from its block list.
+pub fn recount_alloc(conn: &Connection) -> MetaResult<()> {
+    conn.execute(
+        "UPDATE inodes SET alloc =
+            (SELECT coalesce(sum(f.len), 0) FROM file_blocks f WHERE f.ino = inodes.ino)
+         WHERE kind = 1",
+        [],
+    )?;
+    Ok(())
 }
 
 /// Stores the bytes of a small block unless present; true if inserted.

@@ -783,6 +783,9 @@ impl Locker {
                 }
                 meta::put_file_block(tx, ino, *i, *r)?;
             }
+            // (A file only in the backend had no block list.)
+            let bytes: i64 = list.iter().map(|(_, r, _, _)| r.len as i64).sum();
+            meta::add_alloc(tx, ino, bytes)?;
             meta::set_materialized(tx, ino, &got[..])?;
             // The version fetched (by its ETag) hashes to `got`: the object
             // now has a checksum LOCKER checked itself, and its blocks can be
