@@ -450,7 +450,7 @@ pub fn set_materialized(conn: &Connection, ino: InodeNo, sha: &[u8]) -> MetaResu
 pub fn clear_synced(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
     exec(
         conn,
-        "UPDATE inodes SET synced_version = -1 WHERE ino = ?1",
+        "UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND synced_version != -1",
         params![ino.0 as i64],
     )?;
     Ok(())
@@ -460,7 +460,8 @@ pub fn clear_synced(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
 pub fn clear_synced_file(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
     exec(
         conn,
-        "UPDATE inodes SET synced_version = -1 WHERE ino = ?1 AND kind = 1",
+        "UPDATE inodes SET synced_version = -1
+         WHERE ino = ?1 AND kind = 1 AND synced_version != -1",
         params![ino.0 as i64],
     )?;
     Ok(())

@@ -423,8 +423,12 @@ fn remote_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RemoteRow> {
     })
 }
 
-const REMOTE_COLS: &str =
-    "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified, file_id";
+macro_rules! remote_cols {
+    () => {
+        "kind, size, etag, sha256, mtime_s, mtime_ns, mode, target, at_ns, verified, file_id"
+    };
+}
+const REMOTE_COLS: &str = remote_cols!();
 
 /// How many remote rows of `ns` are below the folder `dir` ("" for the
 /// whole namespace), counting at most `limit`.
@@ -448,10 +452,23 @@ pub fn remote_under(conn: &Connection, ns: &str, dir: &[u8], limit: usize) -> Me
 }
 
 pub fn get_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<RemoteRow>> {
-    let sql = format!("SELECT {REMOTE_COLS} FROM remote WHERE ns = ?1 AND path = ?2");
-    conn.prepare_cached(&sql)?
-        .query_row(params![ns, path], |r| remote_at(r, 0))
-        .optional()
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        remote_cols!(),
+        " FROM remote WHERE ns = ?1 AND path = ?2"
+    ))?
+    .query_row(params![ns, path], |r| remote_at(r, 0))
+    .optional()
+}
+
+/// Whether the backend is known to hold anything at `ns/path` (a
+/// `remote` row), reading no column of it.
+pub fn remote_held(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM remote WHERE ns = ?1 AND path = ?2")?
+        .query_row(params![ns, path], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// Every remote row of a namespace, by path.

@@ -258,7 +258,7 @@ pub(crate) fn mark_removed(
 ) -> CoreResult<()> {
     let Some(m) = m else { return Ok(()) };
     if let Some((ns, path)) = ns_path(conn, dir, name)? {
-        let ready = if msync::get_remote(conn, &ns, &path)?.is_some() {
+        let ready = if msync::remote_held(conn, &ns, &path)? {
             m.ready
         } else {
             m.now
@@ -355,7 +355,7 @@ pub(crate) fn mark_moved(
         }
         if let Some((ons, op)) = &oldp {
             let old_path = join(op, &suffix);
-            let (ready, after) = if msync::get_remote(conn, ons, &old_path)?.is_some() {
+            let (ready, after) = if msync::remote_held(conn, ons, &old_path)? {
                 let after = np.as_ref().map(|(ns, p)| (ns.as_str(), p.as_slice()));
                 (m.ready, after)
             } else {

@@ -262,7 +262,7 @@ impl Locker {
             for (ns, path, seq) in entries {
                 let found = Locker::resolve_in(tx, ns, path)?;
                 if held_here(&found)
-                    || msync::get_remote(tx, ns, path)?.is_some()
+                    || msync::remote_held(tx, ns, path)?
                     || msync::get_upload(tx, ns, path)?.is_some()
                     || msync::get_sent(tx, ns, path)?.is_some()
                     // A file below still to push (its upload may be on its
