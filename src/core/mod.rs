@@ -330,6 +330,9 @@ impl State {
         // an earlier one in the transaction had written, taken before it
         // wrote it again: 6-12 % of a create, rename or unlink.
         let mark = self.redo.as_ref().map(|r| r.mark());
+        // Rows changed so far (every INSERT, UPDATE and DELETE counts, a
+        // trigger's too, whether or not the log captured the statement).
+        let changes = self.conn.total_changes();
         let active = self.redo.as_ref().map(|r| r.active());
         #[allow(unused_mut)]
         let mut r = f(&self.conn);
@@ -341,10 +344,12 @@ impl State {
         if r.is_err()
             && let (Some(redo), Some(m)) = (&mut self.redo, mark)
         {
-            if redo.changed_since(m) {
+            if self.conn.total_changes() != changes {
                 self.undo_op(m);
                 return r;
             }
+            // Nothing changed (a statement that ran may have touched no
+            // row: a removal of what is not there): only its record goes.
             redo.rollback_to(m);
         }
         let logged = self
@@ -478,9 +483,11 @@ impl State {
     /// captured: it stays undone.
     fn apply_again(&mut self) -> CoreResult<bool> {
         // Applied again, not necessarily to the same rows (a statement that
-        // fails the second time is skipped): what was read since is stale.
+        // fails the second time is skipped): what was read since is stale,
+        // directory paths included (whatever SQLite's rollback hook saw).
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.dir_paths.forget();
         let Some(redo) = &mut self.redo else {
             return Ok(false);
         };
@@ -585,9 +592,14 @@ impl Locker {
             tracing::info!(statements = n, "applied the redo log of the last run");
         }
         // A log written by a build whose triggers kept each file's `alloc`
-        // left those counts behind its block lists (schema migration 16).
-        if meta::take_alloc_recount(&conn)? && n > 0 {
-            meta::recount_alloc(&conn)?;
+        // left those counts behind its block lists (schema migration 16
+        // asks for a recount, done once, after the replay, whether or not
+        // this start replayed anything: a crash may have come between
+        // the replay and the recount).
+        meta::recount_alloc_if_asked(&conn)?;
+        if n > 0 {
+            // Names a build before schema migration 11 logged carry no kind.
+            meta::fill_missing_kinds(&conn)?;
         }
         let redo = redo::Redo::open(&conn, &log)?;
         Locker::build(conn, Some(redo), blocks, opts)

@@ -582,18 +582,12 @@ impl Redo {
         self.tail.clear();
     }
 
-    /// Where an operation begins (for `changed_since` and `rollback_to`).
+    /// Where an operation begins (for `rollback_to`).
     pub(crate) fn mark(&self) -> Mark {
         Mark {
             len: self.capture.buf.borrow().len(),
             failed: self.capture.failed.get(),
         }
-    }
-
-    /// Whether a statement that may write ran since `mark` (captured or
-    /// not): with none, the database is as it was there.
-    pub(crate) fn changed_since(&self, mark: Mark) -> bool {
-        self.capture.buf.borrow().len() != mark.len || self.capture.failed.get() != mark.failed
     }
 
     /// The operation that began at `mark` was undone: what the log holds

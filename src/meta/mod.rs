@@ -917,18 +917,30 @@ pub fn add_alloc(conn: &Connection, ino: InodeNo, delta: i64) -> MetaResult<()> 
     Ok(())
 }
 
-/// Whether every file's `alloc` must be counted again (set by migration
-/// 16, for a redo log an older build wrote); clears the request.
-pub fn take_alloc_recount(conn: &Connection) -> MetaResult<bool> {
-    Ok(conn.execute("DELETE FROM settings WHERE key = 'alloc_recount'", [])? > 0)
-}
-
-/// Counts every file's `alloc` again from its block list.
-pub fn recount_alloc(conn: &Connection) -> MetaResult<()> {
-    conn.execute(
+/// Counts every file's `alloc` again from its block list if migration 16
+/// asked for it (for a redo log an older build wrote), and clears the
+/// request in the same transaction; true if it did.
+pub fn recount_alloc_if_asked(conn: &Connection) -> MetaResult<bool> {
+    let tx = conn.unchecked_transaction()?;
+    if tx.execute("DELETE FROM settings WHERE key = 'alloc_recount'", [])? == 0 {
+        return Ok(false);
+    }
+    tx.execute(
         "UPDATE inodes SET alloc =
             (SELECT coalesce(sum(f.len), 0) FROM file_blocks f WHERE f.ino = inodes.ino)
          WHERE kind = 1",
+        [],
+    )?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Gives each name stored without its inode's kind (by statements a build
+/// before schema migration 11 logged, replayed after it) the kind.
+pub fn fill_missing_kinds(conn: &Connection) -> MetaResult<()> {
+    conn.execute(
+        "UPDATE dentries SET kind = (SELECT i.kind FROM inodes i WHERE i.ino = dentries.ino)
+         WHERE kind = 0",
         [],
     )?;
     Ok(())

@@ -324,10 +324,9 @@ mod tests {
         };
         meta::put_file_block(&conn, ino, 3, r(100)).unwrap();
         assert_eq!(alloc(&conn), (1 << 20) + 4096);
-        assert!(meta::take_alloc_recount(&conn).unwrap());
-        assert!(!meta::take_alloc_recount(&conn).unwrap());
-        meta::recount_alloc(&conn).unwrap();
+        assert!(meta::recount_alloc_if_asked(&conn).unwrap());
         assert_eq!(alloc(&conn), (1 << 20) + 4196);
+        assert!(!meta::recount_alloc_if_asked(&conn).unwrap(), "asked twice");
         meta::drop_blocks_from(&conn, ino, 3).unwrap();
         assert_eq!(alloc(&conn), 1 << 20);
     }
