@@ -591,16 +591,11 @@ impl Locker {
         if n > 0 {
             tracing::info!(statements = n, "applied the redo log of the last run");
         }
-        // A log written by a build whose triggers kept each file's `alloc`
-        // left those counts behind its block lists (schema migration 16
-        // asks for a recount, done once, after the replay, whether or not
-        // this start replayed anything: a crash may have come between
-        // the replay and the recount).
-        meta::recount_alloc_if_asked(&conn)?;
-        if n > 0 {
-            // Names a build before schema migration 11 logged carry no kind.
-            meta::fill_missing_kinds(&conn)?;
-        }
+        // A log an older build wrote relied on what the schema migrations
+        // since changed: the data they fixed is fixed again, once, after
+        // the replay, whether or not this start replayed anything (a crash
+        // may have come between the replay and the fix).
+        meta::fix_after_replay(&conn)?;
         let redo = redo::Redo::open(&conn, &log)?;
         Locker::build(conn, Some(redo), blocks, opts)
     }

@@ -2213,7 +2213,7 @@ fn counts_are_taken_again_after_replaying_a_log_of_the_triggers_era() {
         let conn = rusqlite::Connection::open(path.join("meta.db")).unwrap();
         conn.execute_batch(
             "UPDATE inodes SET alloc = 0 WHERE kind = 1;
-             INSERT INTO settings (key, value) VALUES ('alloc_recount', 1);",
+             INSERT INTO settings (key, value) VALUES ('fix_after_replay', 1);",
         )
         .unwrap();
     }
@@ -2241,7 +2241,13 @@ fn names_replayed_without_their_kind_get_it() {
     drop(l);
     {
         let conn = rusqlite::Connection::open(path.join("meta.db")).unwrap();
-        conn.execute_batch("UPDATE dentries SET kind = 0").unwrap();
+        // As a build before names carried their kind logged them, replayed
+        // by the start that migrated the database.
+        conn.execute_batch(
+            "UPDATE dentries SET kind = 0;
+             INSERT INTO settings (key, value) VALUES ('fix_after_replay', 1);",
+        )
+        .unwrap();
     }
     let l = Locker::open_dir(&path, opts()).unwrap();
     let t = T { _dir, path, l };

@@ -278,9 +278,8 @@ pub fn update_attr(conn: &Connection, attr: &Attr) -> MetaResult<()> {
 
 /// Records a new version of a file's content: size and, when given, times;
 /// forgets the cached whole-file hash. One statement, no read of the row.
-/// Returns false if the inode does not exist.
-/// A file's content changed: its size, times, version and, by
-/// `alloc_delta`, the bytes it holds in blocks (see `add_alloc`).
+/// Returns false if the inode does not exist. `alloc_delta` is added to
+/// the bytes the file holds in blocks (see `add_alloc`).
 pub fn update_content(
     conn: &Connection,
     ino: InodeNo,
@@ -917,33 +916,26 @@ pub fn add_alloc(conn: &Connection, ino: InodeNo, delta: i64) -> MetaResult<()> 
     Ok(())
 }
 
-/// Counts every file's `alloc` again from its block list if migration 16
-/// asked for it (for a redo log an older build wrote), and clears the
-/// request in the same transaction; true if it did.
-pub fn recount_alloc_if_asked(conn: &Connection) -> MetaResult<bool> {
+/// After the redo log is replayed on a database this build migrated (16
+/// asks for it once, for whatever log an older build left): counts every
+/// file's `alloc` again from its block list (a log from before 16 relied
+/// on triggers) and gives each name its inode's kind (a log from before 11
+/// stored none), then clears the request in the same transaction. True if
+/// it was asked.
+pub fn fix_after_replay(conn: &Connection) -> MetaResult<bool> {
     let tx = conn.unchecked_transaction()?;
-    if tx.execute("DELETE FROM settings WHERE key = 'alloc_recount'", [])? == 0 {
+    if tx.execute("DELETE FROM settings WHERE key = 'fix_after_replay'", [])? == 0 {
         return Ok(false);
     }
-    tx.execute(
+    tx.execute_batch(
         "UPDATE inodes SET alloc =
             (SELECT coalesce(sum(f.len), 0) FROM file_blocks f WHERE f.ino = inodes.ino)
-         WHERE kind = 1",
-        [],
+         WHERE kind = 1;
+         UPDATE dentries SET kind = (SELECT i.kind FROM inodes i WHERE i.ino = dentries.ino)
+         WHERE kind = 0;",
     )?;
     tx.commit()?;
     Ok(true)
-}
-
-/// Gives each name stored without its inode's kind (by statements a build
-/// before schema migration 11 logged, replayed after it) the kind.
-pub fn fill_missing_kinds(conn: &Connection) -> MetaResult<()> {
-    conn.execute(
-        "UPDATE dentries SET kind = (SELECT i.kind FROM inodes i WHERE i.ino = dentries.ino)
-         WHERE kind = 0",
-        [],
-    )?;
-    Ok(())
 }
 
 /// Stores the bytes of a small block unless present; true if inserted.

@@ -215,12 +215,13 @@ const MIGRATIONS: &[&str] = &[
     // the statement that updates its row anyway, instead of by triggers: a
     // trigger made SQLite journal each statement and collect the rows of a
     // DELETE in a table of its own first (13 % of an unlink). Statements
-    // an older build logged for replay relied on the triggers: after a
-    // replay, every count is taken again (`alloc_recount`).
+    // an older build logged for replay relied on the triggers, and those
+    // of a build before 11 on names without a kind: after the replay, the
+    // data those migrations fixed is fixed again (`fix_after_replay`).
     "DROP TRIGGER file_blocks_alloc_ins;
     DROP TRIGGER file_blocks_alloc_del;
     DROP TRIGGER file_blocks_alloc_upd;
-    INSERT INTO settings (key, value) VALUES ('alloc_recount', 1)
+    INSERT INTO settings (key, value) VALUES ('fix_after_replay', 1)
         ON CONFLICT(key) DO UPDATE SET value = 1;",
 ];
 
@@ -324,9 +325,9 @@ mod tests {
         };
         meta::put_file_block(&conn, ino, 3, r(100)).unwrap();
         assert_eq!(alloc(&conn), (1 << 20) + 4096);
-        assert!(meta::recount_alloc_if_asked(&conn).unwrap());
+        assert!(meta::fix_after_replay(&conn).unwrap());
         assert_eq!(alloc(&conn), (1 << 20) + 4196);
-        assert!(!meta::recount_alloc_if_asked(&conn).unwrap(), "asked twice");
+        assert!(!meta::fix_after_replay(&conn).unwrap(), "asked twice");
         meta::drop_blocks_from(&conn, ino, 3).unwrap();
         assert_eq!(alloc(&conn), 1 << 20);
     }
