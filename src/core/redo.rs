@@ -462,7 +462,33 @@ fn sql_text(sql: &[u8]) -> CoreResult<&str> {
         .map_err(|_| crate::core::CoreError::Corrupt("redo log: SQL is not UTF-8".into()))
 }
 
-/// Runs logged changes in order, inside the caller's transaction.
+/// Whether a statement failed for a reason of the moment (a full disk, an
+/// I/O error, no memory), not for what it met when it first ran (a name
+/// taken: a constraint).
+fn of_the_moment(e: &crate::core::CoreError) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        crate::core::CoreError::Meta(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            C::DiskFull
+                | C::SystemIoFailure
+                | C::OutOfMemory
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::CannotOpen
+                | C::ReadOnly
+                | C::DatabaseCorrupt
+                | C::NotADatabase
+                | C::FileLockingProtocolFailed
+                | C::OperationInterrupted
+        ),
+        crate::core::CoreError::Io(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs logged changes in order, inside the caller's transaction; stops
+/// at a statement that fails for a reason of the moment.
 pub(crate) fn run_all(conn: &Connection, entries: &[Entry<'_>]) -> CoreResult<()> {
     let mut failed = 0;
     for e in entries {
@@ -491,6 +517,10 @@ pub(crate) fn run_all(conn: &Connection, entries: &[Entry<'_>]) -> CoreResult<()
             Ok(())
         };
         if let Err(e) = run() {
+            if of_the_moment(&e) {
+                // Skipped, the rest would be committed without it.
+                return Err(e);
+            }
             // It failed the same way when it first ran.
             tracing::debug!(error = %e, "redo log: a statement failed again");
             failed += 1;
@@ -940,6 +970,71 @@ mod tests {
         let mut st = conn.prepare_cached(sql)?;
         note_params(sql, params);
         st.execute(params)
+    }
+
+    /// A replay that cannot run a statement for a reason of the moment
+    /// (here a full disk: SQLite's page limit), not one it failed for when
+    /// it first ran, applies nothing and leaves the log for the next try.
+    /// Skipping it would commit the rest without it and mark the log spent.
+    #[test]
+    fn a_replay_that_meets_a_full_disk_applies_nothing_and_keeps_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let log = dir.path().join("redo.log");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL);",
+        )
+        .unwrap();
+        let mut redo = Redo::open(&conn, &log).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        redo.begin();
+        conn.execute("INSERT INTO t (k, v) VALUES (1, x'00')", [])
+            .unwrap();
+        // Failed when it first ran, and skipped when replayed.
+        assert!(
+            conn.execute("INSERT INTO t (k, v) VALUES (1, x'01')", [])
+                .is_err()
+        );
+        for k in 2..=200 {
+            conn.execute("INSERT INTO t (k, v) VALUES (?1, zeroblob(4000))", [k])
+                .unwrap();
+        }
+        assert!(redo.append());
+        // A crash: the transaction never committed.
+        drop(conn);
+        drop(redo);
+        let logged = std::fs::read(&log).unwrap();
+
+        let conn = Connection::open(&db).unwrap();
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 20))
+            .unwrap();
+        assert!(
+            replay(&conn, &log).is_err(),
+            "a replay that could not write everything reported success"
+        );
+        assert_eq!(count(&conn), 0, "part of the log was applied");
+        assert_eq!(committed_gen(&conn).unwrap(), 0, "the log was marked spent");
+        assert_eq!(std::fs::read(&log).unwrap(), logged, "the log changed");
+
+        conn.execute_batch("PRAGMA max_page_count = 1000000")
+            .unwrap();
+        replay(&conn, &log).unwrap();
+        assert_eq!(count(&conn), 200);
+        let v: Vec<u8> = conn
+            .query_row("SELECT v FROM t WHERE k = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, [0]);
+        assert_eq!(committed_gen(&conn).unwrap(), 1);
     }
 
     /// A table of every kind of value, and a log for it.
