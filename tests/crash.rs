@@ -963,3 +963,169 @@ fn sizes_and_mtimes(dir: &Path, names: &[&str]) -> Vec<(u64, i64, i64)> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// A full disk under the data directory
+
+/// A tmpfs mounted over a directory; lazily unmounted when dropped (after
+/// or before the daemon using it stops).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Creates `p` with `data` and closes it; Err if any step fails (the
+/// error `close(2)` gives included, which dropping a `File` ignores).
+fn write_and_close(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = File::create(p)?;
+    let w = f.write_all(data);
+    let fd = f.into_raw_fd();
+    // SAFETY: the descriptor was just taken from the File, closed once.
+    let c = unsafe { libc::close(fd) };
+    w?;
+    if c != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The disk under the data directory fills up while files are written:
+/// writes and closes fail (ENOSPC) rather than report done what was not
+/// kept. Once there is room again, writing and fsync work again, without
+/// a restart; every file whose `close` returned is intact, then and after
+/// a kill -9 and a restart, and fsck finds nothing damaged.
+#[test]
+fn a_full_disk_fails_writes_and_loses_no_closed_file() {
+    let mut m = Mount::new();
+    m.stop();
+    let data = m.data.clone();
+    fs::remove_dir_all(&data).unwrap();
+    fs::create_dir(&data).unwrap();
+    let _disk = Tmpfs::mount(&data, "64m");
+    m.start(&[]);
+    // Leave the daemon 6 MiB.
+    let filler = data.join("filler");
+    {
+        let room = room(&data);
+        let keep = 6 * MIB as u64;
+        let mut f = File::create(&filler).unwrap();
+        let chunk = vec![0xa5u8; MIB];
+        let mut left = room.saturating_sub(keep);
+        while left > 0 {
+            let n = left.min(MIB as u64) as usize;
+            f.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    let c = m.corp();
+    let dir = c.join("full");
+    fs::create_dir(&dir).unwrap();
+    let mut kept: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let sizes = [700usize, 40 * KIB, 300 * KIB, MIB + 5];
+    let (mut failures, mut refused) = (0, 0);
+    for i in 0..400u64 {
+        let name = format!("f{i}");
+        let body = pattern(sizes[i as usize % sizes.len()], i);
+        match write_and_close(&dir.join(&name), &body) {
+            Ok(()) => {
+                kept.insert(name, body);
+                failures = 0;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{name}: {e}");
+                refused += 1;
+                failures += 1;
+                if failures >= 20 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "the disk never filled");
+    assert!(kept.len() > 5, "only {} files fit", kept.len());
+    // Room again: writing works again (once the daemon tries again).
+    fs::remove_file(&filler).unwrap();
+    let t0 = Instant::now();
+    let mut after = 0u64;
+    while after < 20 {
+        let name = format!("after{after}");
+        let body = pattern(sizes[after as usize % sizes.len()], 1000 + after);
+        match write_and_close(&dir.join(&name), &body) {
+            Ok(()) => {
+                kept.insert(name, body);
+                after += 1;
+            }
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "writes still fail with room again: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    // And so does an fsync (the metadata committed and synced).
+    let last = File::open(dir.join("after19")).unwrap();
+    while let Err(e) = last.sync_all() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "fsync still fails with room again: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(last);
+    let check = |m: &Mount, when: &str| {
+        let dir = m.corp().join("full");
+        for (name, body) in &kept {
+            let got =
+                fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{when}: read {name}: {e}"));
+            assert!(
+                got.len() == body.len() && sha(&got) == sha(body),
+                "{when}: {name} changed: {} bytes, want {}",
+                got.len(),
+                body.len()
+            );
+        }
+    };
+    check(&m, "with room again");
+    crash_restart(&mut m);
+    wait_serving(&mut m);
+    check(&m, "after kill -9");
+    m.stop();
+    let out = Command::new(BIN)
+        .args(["fsck", "--data-dir", m.data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0 damaged"),
+        "fsck: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Bytes free for anyone on the file system holding `p`.
+fn room(p: &Path) -> u64 {
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statvfs to fill.
+    let r = unsafe { libc::statvfs(cstr(p).as_ptr(), &mut s) };
+    assert_eq!(r, 0, "statvfs {}", p.display());
+    s.f_frsize as u64 * s.f_bavail as u64
+}

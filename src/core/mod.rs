@@ -236,9 +236,14 @@ pub(crate) struct State {
     dir_paths: Arc<sync::DirPaths>,
     /// What was read since the last change (see `inode::Seen`).
     seen: inode::Seen,
-    /// The next commit fails as a full disk would make it (tests).
+    /// Set while operations reported done wait in the redo log, not
+    /// committed: their commit failed, and so did committing them again (a
+    /// disk that stays full). See `hold`.
+    held: Option<Held>,
+    /// The next this many commits fail as a full disk would make them
+    /// (tests).
     #[cfg(test)]
-    fail_commit: bool,
+    fail_commits: u32,
     /// The next operation fails after it ran, as one whose last step
     /// fails (tests).
     #[cfg(test)]
@@ -255,6 +260,16 @@ pub(crate) fn remove_block(blocks: &BlockStore, id: &BlockId) {
         tracing::warn!(block = %id.hex(), error = %e, "could not remove an unused block; the next mount collects it");
     }
 }
+
+/// SQLite's error for a full disk (tests).
+#[cfg(test)]
+fn disk_full() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None)
+}
+
+/// How often, at most, changes that wait in the redo log because they
+/// could not be applied (`State::held`) are tried again.
+pub(crate) const RETRY_HELD: Duration = Duration::from_millis(500);
 
 /// How long changes may wait in the open transaction (each is in the redo
 /// log meanwhile). An fsync or a durable barrier commits them sooner.
@@ -277,6 +292,39 @@ impl Committer {
         if !*g {
             *g = true;
             self.cv.notify_one();
+        }
+    }
+}
+
+/// Why operations wait in the redo log (`State::held`), and when applying
+/// them was last tried.
+struct Held {
+    full: bool,
+    tried: std::time::Instant,
+}
+
+impl Held {
+    fn of(e: &CoreError) -> Held {
+        let full = match e {
+            CoreError::NoSpace => true,
+            CoreError::Meta(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            CoreError::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        };
+        Held {
+            full,
+            tried: std::time::Instant::now(),
+        }
+    }
+
+    /// What a change gets while they wait.
+    fn error(&self) -> CoreError {
+        if self.full {
+            CoreError::NoSpace
+        } else {
+            CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO))
         }
     }
 }
@@ -313,6 +361,16 @@ impl State {
             tx.commit()?;
             self.commits += 1;
             return Ok(v);
+        }
+        if self.open_tx.is_none() && self.held.is_some() {
+            // The operations waiting in the log are not applied (applying
+            // them failed): no change on the last commit's state without
+            // them. Applied again (or committed), they are joined.
+            if let Err(e) = self.commit_open()
+                && self.open_tx.is_none()
+            {
+                return Err(e);
+            }
         }
         if self.open_tx.is_none() {
             self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
@@ -352,16 +410,17 @@ impl State {
             // row: a removal of what is not there): only its record goes.
             redo.rollback_to(m);
         }
-        let logged = self
-            .redo
-            .as_mut()
-            .is_some_and(|redo| redo.append() && redo.len() < redo::MAX_LOG);
-        if logged {
+        let appended = self.redo.as_mut().is_some_and(|redo| redo.append());
+        if appended && self.redo.as_ref().is_some_and(|r| r.len() < redo::MAX_LOG) {
             // Counted as a commit: a durable barrier asked for it
             // (`durable_upto`) commits the transaction, then syncs.
             self.commits += 1;
-        } else {
-            self.commit_open()?;
+        } else if let Err(e) = self.commit_open() {
+            // If its record is in the log, it waits there with those
+            // before it (`held`): done, as they are. If not, it was undone.
+            if !(appended && self.held.is_some()) {
+                return Err(e);
+            }
         }
         r
     }
@@ -369,9 +428,21 @@ impl State {
     /// Commits the open write transaction, if any, and removes the block
     /// files its changes freed. If SQLite undoes a commit that fails, the
     /// statements are applied again from the redo log in a new
-    /// transaction; only if that fails too are the changes lost (as they
-    /// would have been in a crash before their log record was written).
+    /// transaction and committed; if that fails too, they wait (`hold`).
     fn commit_open(&mut self) -> CoreResult<()> {
+        if let Some(h) = &self.held {
+            // Tried lately: it would fail again. Unless statements without
+            // their record wait in the transaction: those must go now.
+            if h.tried.elapsed() < RETRY_HELD
+                && !self.redo.as_ref().is_some_and(|r| r.unlogged_waiting())
+            {
+                return Err(h.error());
+            }
+            if self.open_tx.is_none() {
+                // Not applied (applying them failed too): apply and commit.
+                return self.commit_again();
+            }
+        }
         if self.open_tx.take().is_none() {
             return Ok(());
         }
@@ -381,37 +452,91 @@ impl State {
         };
         let r = sealed.and_then(|_| {
             #[cfg(test)]
-            if std::mem::take(&mut self.fail_commit) {
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                    None,
-                ));
-            }
+            self.fail_commit_now()?;
             self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| ())
         });
-        let r = match r {
-            Ok(()) => Ok(true),
+        match r {
+            Ok(()) => self.committed(Ok(true)),
+            Err(e) if self.redo.is_some() => {
+                if self.held.is_none() {
+                    tracing::warn!(error = %e, "a commit failed; applying its operations again from the redo log");
+                }
+                self.commit_again()
+            }
             Err(e) => {
                 if !self.conn.is_autocommit() {
-                    // Still open: roll it back and apply it again from the log.
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                if self.redo.is_some() {
-                    tracing::warn!(error = %e, "a commit failed; applying its operations again from the redo log");
-                    self.apply_again()
-                } else {
-                    Err(e.into())
-                }
+                self.committed(Err(e.into()))
             }
-        };
-        self.committed(r)
+        }
+    }
+
+    /// The open transaction could not commit, or an operation in it failed
+    /// after it wrote: rolls it back, applies the logged operations again
+    /// and commits them. If that fails too, they wait (`hold`).
+    fn commit_again(&mut self) -> CoreResult<()> {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        match self.apply_again() {
+            Ok(whole) => self.committed(Ok(whole)),
+            Err(e) => {
+                self.hold(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Committing the logged operations failed twice (`e`; a disk that
+    /// stays full). They stay in the redo log, which a restart replays, and
+    /// are applied again, uncommitted, in a new open transaction: what they
+    /// did stays visible, later operations join them (each logged as
+    /// usual), and commits are tried again at most every `RETRY_HELD`
+    /// (barriers, fsyncs and API writes fail meanwhile). An operation whose
+    /// record is not in the log goes (it reports the error). If even
+    /// applying them fails, reads see the last commit's state and changes
+    /// fail until they can be applied.
+    fn hold(&mut self, e: &CoreError) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.open_tx = None;
+        // What was read since they ran is stale until they are applied.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.dir_paths.forget();
+        if self.held.is_none() {
+            tracing::error!(error = %e, "committing the last operations failed; they wait in the redo log (a restart applies them), and commits are tried again");
+        }
+        self.held = Some(Held::of(e));
+        let Some(redo) = &mut self.redo else { return };
+        redo.hold();
+        let conn = &self.conn;
+        let applied = redo.pending().map_err(CoreError::from).and_then(|data| {
+            let entries = redo::records_of(&data, redo.generation());
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            redo::run_all(conn, &entries)
+        });
+        match applied {
+            Ok(()) => {
+                redo.capture_again();
+                self.open_tx = Some(std::time::Instant::now());
+                self.committer.opened();
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                tracing::warn!(error = %e, "the operations waiting in the redo log cannot be applied for now; until they are, reads see the last commit and changes fail");
+            }
+        }
     }
 
     /// Undoes an operation that failed after it changed rows (`mark` is
     /// where it began in the redo log's capture): the open transaction is
     /// rolled back, and the operations before it, each reported done, are
-    /// applied again from the log and committed. Only if that fails too are
-    /// they lost, as after a commit that fails twice (logged).
+    /// applied again from the log and committed (or wait, `hold`).
     fn undo_op(&mut self, mark: redo::Mark) {
         if self.open_tx.take().is_none() {
             return;
@@ -423,25 +548,24 @@ impl State {
         if let Some(redo) = &mut self.redo {
             redo.rollback_to(mark);
         }
-        if !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
         tracing::warn!(
             "an operation failed after it changed rows; applying the operations before it again from the redo log"
         );
-        let again = self.apply_again();
-        let _ = self.committed(again);
+        let _ = self.commit_again();
     }
 
     /// After a commit, or a transaction applied again (`r`: whether the
     /// operation being committed was applied whole): marks the log spent and
-    /// removes the block files the changes freed; on failure, the changes are
-    /// undone and the log emptied.
+    /// removes the block files the changes freed. With no redo log, a
+    /// failed commit's changes are undone.
     fn committed(&mut self, r: CoreResult<bool>) -> CoreResult<()> {
         match r {
             Ok(whole) => {
                 if let Some(redo) = &mut self.redo {
                     redo.committed();
+                }
+                if self.held.take().is_some() {
+                    tracing::info!("the operations that waited in the redo log are committed");
                 }
                 self.commits += 1;
                 // Only blocks no row names: those an undone operation
@@ -461,9 +585,6 @@ impl State {
                 }
             }
             Err(e) => {
-                if let Some(redo) = &mut self.redo {
-                    redo.abandoned();
-                }
                 // What was read since they ran is undone.
                 self.generation
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -504,11 +625,28 @@ impl State {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let r = redo::run_all(&self.conn, &entries)
             .and_then(|_| Ok(redo.seal(&self.conn)?))
-            .and_then(|_| Ok(self.conn.execute_batch("COMMIT")?));
+            .and_then(|_| {
+                #[cfg(test)]
+                if self.fail_commits > 0 {
+                    self.fail_commits -= 1;
+                    return Err(disk_full().into());
+                }
+                Ok(self.conn.execute_batch("COMMIT")?)
+            });
         if r.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         r.map(|_| whole)
+    }
+
+    /// Fails as a full disk would, if the test asked for it.
+    #[cfg(test)]
+    fn fail_commit_now(&mut self) -> rusqlite::Result<()> {
+        if self.fail_commits > 0 {
+            self.fail_commits -= 1;
+            return Err(disk_full());
+        }
+        Ok(())
     }
 
     /// Makes every committed transaction durable on disk, if any is not
@@ -647,9 +785,10 @@ impl Locker {
                 lru: lru::LruCache::unbounded(),
                 gone_remote: std::collections::HashMap::new(),
                 open_tx: None,
+                held: None,
                 free_after_commit: Vec::new(),
                 #[cfg(test)]
-                fail_commit: false,
+                fail_commits: 0,
                 #[cfg(test)]
                 fail_op: false,
                 #[cfg(test)]
@@ -720,10 +859,14 @@ impl Locker {
         if st.open_tx.is_some() {
             let logged = st.redo.as_mut().is_some_and(|r| r.append());
             if !logged || st.open_tx.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL) {
-                // A failure is logged and leaves the changes undone; the
-                // caller's own work goes on.
+                // A failure is logged and leaves the changes waiting
+                // (`State::hold`); the caller's own work goes on.
                 let _ = st.commit_open();
             }
+        } else if st.held.is_some() {
+            // Operations wait in the log, not applied: try again (a read
+            // goes on with the last commit's state if they still cannot).
+            let _ = st.commit_open();
         }
         st
     }
@@ -773,6 +916,12 @@ impl Locker {
                             st.committer.opened();
                         }
                         Some(_) => {
+                            // What direct writes left in the capture is
+                            // logged first: if the commit fails, it waits
+                            // with the rest (`State::hold`).
+                            if let Some(r) = &mut st.redo {
+                                r.append();
+                            }
                             let _ = st.commit_open();
                         }
                         None => {}
@@ -884,6 +1033,12 @@ impl Locker {
     /// request meanwhile, is reached only under sustained writing.
     pub(crate) fn checkpoint_idle(&self) {
         let mut st = self.state.lock();
+        if st.held.is_some() {
+            // Operations waiting in the log are tried again here too, when
+            // nothing else comes.
+            let _ = st.commit_open();
+            return;
+        }
         if st.open_tx.is_some() || st.in_batch || st.checkpointed_at == st.commits {
             return;
         }

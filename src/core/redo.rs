@@ -761,13 +761,28 @@ impl Redo {
         Active(ACTIVE.with(|a| a.replace(p)))
     }
 
-    /// The transaction was rolled back: its records must never be
-    /// replayed.
-    pub(crate) fn abandoned(&mut self) {
-        if let Err(e) = self.file.set_len(0) {
-            tracing::error!(error = %e, "cannot empty the redo log after a failed commit");
-        }
-        self.reset();
+    /// The transaction was rolled back, and committing its records again
+    /// failed: they stay in the log, to be applied again (`capture_again`
+    /// once they are) or replayed by the next start. What was captured but
+    /// not written (the operation that failed with it) goes.
+    pub(crate) fn hold(&mut self) {
+        self.capture.on.set(false);
+        self.capture.failed.set(false);
+        self.capture.noted.set(false);
+        self.capture.noted_sql.set(None);
+        self.capture.buf.borrow_mut().clear();
+    }
+
+    /// The records were applied again in a new open transaction: capture
+    /// what runs next, appended after them.
+    pub(crate) fn capture_again(&mut self) {
+        self.capture.on.set(true);
+    }
+
+    /// Whether statements were captured that the log does not hold yet
+    /// (or could not be captured).
+    pub(crate) fn unlogged_waiting(&self) -> bool {
+        self.capture.failed.get() || !self.capture.buf.borrow().is_empty()
     }
 
     fn reset(&mut self) {

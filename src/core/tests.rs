@@ -2006,7 +2006,7 @@ fn logged_then_failing_commit(spoil: impl FnOnce(&redo::Redo)) -> (T, InodeNo) {
     {
         let mut st = t.l.state.lock();
         spoil(st.redo.as_ref().unwrap());
-        st.fail_commit = true;
+        st.fail_commits = 1;
     }
     (t, ns)
 }
@@ -2060,6 +2060,91 @@ fn an_operation_not_captured_whole_fails_when_its_commit_fails() {
         t.l.lookup(ns, b"uncaptured"),
         Err(CoreError::NotFound)
     ));
+}
+
+/// A commit that fails, and fails again when its operations are applied
+/// again from the redo log (a disk that stays full), loses none of the
+/// operations reported done: they wait in the log, still seen, and later
+/// operations join them. They are committed once commits work again, or
+/// applied by the next start after a crash. Meanwhile a durable barrier
+/// fails, and so does an operation the log cannot take (undone).
+#[test]
+fn operations_reported_done_wait_in_the_log_while_commits_fail() {
+    for crash in [false, true] {
+        let t = new();
+        let ns = t.ns();
+        let d = t.l.mkdir(&ME, ns, b"before", 0o755).unwrap().ino;
+        let f = t.put(d, b"file", &pattern(9000, 3));
+        // Every commit fails from now on.
+        t.l.state.lock().fail_commits = u32::MAX;
+        assert!(t.l.durable_upto(u64::MAX).is_err(), "a barrier succeeded");
+        assert_eq!(t.l.lookup(ns, b"before").unwrap().ino, d);
+        assert_eq!(t.get(f), pattern(9000, 3));
+        let g = t.put(d, b"during", &pattern(3000, 5));
+        t.l.rename(d, b"file", ns, b"moved", RenameMode::Replace)
+            .unwrap();
+        std::thread::sleep(RETRY_HELD * 2);
+        assert!(t.l.durable_upto(u64::MAX).is_err());
+        // The log cannot take this one: it is undone, the others stay.
+        t.l.state.lock().redo.as_ref().unwrap().fail_next_write();
+        assert!(t.l.mkdir(&ME, ns, b"refused", 0o755).is_err());
+        assert_eq!(t.l.lookup(ns, b"moved").unwrap().ino, f);
+        let t = if crash {
+            t.crash_and_reopen()
+        } else {
+            // Commits work again.
+            t.l.state.lock().fail_commits = 0;
+            std::thread::sleep(RETRY_HELD * 2);
+            t.l.mkdir(&ME, ns, b"after", 0o755).unwrap();
+            t.l.durable_upto(u64::MAX).unwrap();
+            assert!(t.l.state.lock().held.is_none());
+            t
+        };
+        let check = |t: &T| {
+            let ns = t.ns();
+            let d = t.l.lookup(ns, b"before").unwrap().ino;
+            assert_eq!(t.l.lookup(ns, b"moved").unwrap().ino, f);
+            assert!(matches!(t.l.lookup(d, b"file"), Err(CoreError::NotFound)));
+            assert_eq!(t.get(f), pattern(9000, 3));
+            assert_eq!(t.l.lookup(d, b"during").unwrap().ino, g);
+            assert_eq!(t.get(g), pattern(3000, 5));
+            assert!(matches!(
+                t.l.lookup(ns, b"refused"),
+                Err(CoreError::NotFound)
+            ));
+            assert_eq!(t.l.lookup(ns, b"after").is_ok(), !crash);
+            refs_match_block_lists(t);
+            let report = t.l.fsck().unwrap();
+            assert_eq!((report.corrupt, report.lost.len()), (0, 0), "{report:?}");
+        };
+        check(&t);
+        check(&t.crash_and_reopen());
+    }
+}
+
+/// An operation that fails after it changed rows undoes the open
+/// transaction; if the operations before it cannot be applied again
+/// either, they wait in the redo log as above, and the failed one is gone
+/// for good.
+#[test]
+fn an_undone_operation_keeps_those_before_it_when_they_cannot_be_applied_again() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"before", 0o755).unwrap().ino;
+    let f = t.put(d, b"file", &pattern(5000, 4));
+    {
+        let mut st = t.l.state.lock();
+        st.fail_op = true;
+        st.fail_commits = 1;
+    }
+    assert!(t.l.mkdir(&ME, d, b"failed", 0o755).is_err());
+    assert_eq!(t.l.state.lock().undone_ops, 1);
+    let t = t.crash_and_reopen();
+    let ns = t.ns();
+    let d = t.l.lookup(ns, b"before").unwrap().ino;
+    assert_eq!(t.get(f), pattern(5000, 4));
+    assert!(matches!(t.l.lookup(d, b"failed"), Err(CoreError::NotFound)));
+    refs_match_block_lists(&t);
 }
 
 /// An operation that fails after it changed rows (here: made to fail once
