@@ -1178,8 +1178,9 @@ impl Locker {
             st.free_after_batch.extend_from_slice(ids);
             return;
         }
-        if st.open_tx.is_some() {
-            // Likewise until the open transaction commits.
+        if st.open_tx.is_some() || st.held.is_some() {
+            // Likewise until the open transaction commits (or the
+            // operations waiting in the redo log, which may name them).
             st.free_after_commit.extend_from_slice(ids);
             return;
         }

@@ -387,6 +387,21 @@ impl State {
         // (`undo_op`). A savepoint cost every operation a copy of each page
         // an earlier one in the transaction had written, taken before it
         // wrote it again: 6-12 % of a create, rename or unlink.
+        //
+        // While operations wait in the log (`held`), each does take a
+        // savepoint: one the log cannot take is undone alone, with no
+        // application of the log again.
+        let held = match &self.held {
+            Some(h) => {
+                if self.redo.as_ref().is_some_and(|r| r.len() >= redo::MAX_LOG) {
+                    // The log, replayed at a start, stays bounded.
+                    return Err(h.error());
+                }
+                self.conn.prepare_cached("SAVEPOINT held_op")?.execute([])?;
+                true
+            }
+            None => false,
+        };
         let mark = self.redo.as_ref().map(|r| r.mark());
         // Rows changed so far (every INSERT, UPDATE and DELETE counts, a
         // trigger's too, whether or not the log captured the statement).
@@ -398,6 +413,45 @@ impl State {
         #[cfg(test)]
         if r.is_ok() && std::mem::take(&mut self.fail_op) {
             r = Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        if self.conn.is_autocommit() {
+            // SQLite rolled the transaction back itself (it may, after a
+            // full disk or an I/O error): the operations before this one
+            // are gone from it, as after a failed commit.
+            if let (Some(redo), Some(m)) = (&mut self.redo, mark) {
+                redo.rollback_to(m);
+            }
+            let e = match r {
+                Err(e) => e,
+                Ok(_) => CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)),
+            };
+            self.open_tx = None;
+            if held {
+                self.hold(&e);
+            } else {
+                tracing::warn!(error = %e, "SQLite rolled the open transaction back; applying its operations again from the redo log");
+                let _ = self.commit_again();
+            }
+            return Err(e);
+        }
+        if held {
+            let mut undo = r.is_err();
+            if !undo && !self.redo.as_mut().is_some_and(|redo| redo.append()) {
+                // Not in the log: it would be lost by a crash.
+                undo = true;
+                r = Err(self.held.as_ref().map_or(CoreError::NoSpace, Held::error));
+            }
+            if undo {
+                self.conn
+                    .execute_batch("ROLLBACK TO held_op; RELEASE held_op")?;
+                if let (Some(redo), Some(m)) = (&mut self.redo, mark) {
+                    redo.rollback_to(m);
+                }
+            } else {
+                self.conn.prepare_cached("RELEASE held_op")?.execute([])?;
+                self.commits += 1;
+            }
+            return r;
         }
         if r.is_err()
             && let (Some(redo), Some(m)) = (&mut self.redo, mark)
@@ -432,7 +486,8 @@ impl State {
     fn commit_open(&mut self) -> CoreResult<()> {
         if let Some(h) = &self.held {
             // Tried lately: it would fail again. Unless statements without
-            // their record wait in the transaction: those must go now.
+            // their record wait in the transaction (the log could not take
+            // what a direct write captured): a failed commit undoes them.
             if h.tried.elapsed() < RETRY_HELD
                 && !self.redo.as_ref().is_some_and(|r| r.unlogged_waiting())
             {
@@ -458,9 +513,13 @@ impl State {
         match r {
             Ok(()) => self.committed(Ok(true)),
             Err(e) if self.redo.is_some() => {
-                if self.held.is_none() {
-                    tracing::warn!(error = %e, "a commit failed; applying its operations again from the redo log");
+                let e = CoreError::from(e);
+                if self.held.is_some() {
+                    // Failing still: applied again, uncommitted, at once.
+                    self.hold(&e);
+                    return Err(e);
                 }
+                tracing::warn!(error = %e, "a commit failed; applying its operations again from the redo log");
                 self.commit_again()
             }
             Err(e) => {
@@ -509,8 +568,11 @@ impl State {
         if self.held.is_none() {
             tracing::error!(error = %e, "committing the last operations failed; they wait in the redo log (a restart applies them), and commits are tried again");
         }
-        self.held = Some(Held::of(e));
-        let Some(redo) = &mut self.redo else { return };
+        let mut held = Held::of(e);
+        let Some(redo) = &mut self.redo else {
+            self.held = Some(held);
+            return;
+        };
         redo.hold();
         let conn = &self.conn;
         let applied = redo.pending().map_err(CoreError::from).and_then(|data| {
@@ -531,6 +593,10 @@ impl State {
                 tracing::warn!(error = %e, "the operations waiting in the redo log cannot be applied for now; until they are, reads see the last commit and changes fail");
             }
         }
+        // Tried again no sooner than `RETRY_HELD` after this (which may
+        // have taken a while).
+        held.tried = std::time::Instant::now();
+        self.held = Some(held);
     }
 
     /// Undoes an operation that failed after it changed rows (`mark` is

@@ -673,6 +673,13 @@ impl Redo {
             Err(e) => {
                 out.truncate(kept);
                 self.tail = out;
+                // A write cut short may have left the record whole before
+                // the zeros that end it: cut it off, or a replay would
+                // apply an operation reported failed. (Making a file
+                // shorter needs no room.)
+                if let Err(e) = self.file.set_len(self.len) {
+                    tracing::error!(error = %e, "cannot cut a redo log record that failed to be written");
+                }
                 tracing::warn!(error = %e, "cannot write the redo log; committing instead");
                 false
             }
@@ -682,6 +689,9 @@ impl Redo {
     fn write_at(&self, data: &[u8], at: u64) -> std::io::Result<()> {
         #[cfg(test)]
         if self.fail_write.take() {
+            // As a write cut short by a full disk: the record whole, not
+            // all of the zeros after it (at least a header's worth).
+            self.file.write_all_at(&data[..data.len() - HEADER], at)?;
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.file.write_all_at(data, at)

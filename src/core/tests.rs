@@ -2085,7 +2085,8 @@ fn operations_reported_done_wait_in_the_log_while_commits_fail() {
             .unwrap();
         std::thread::sleep(RETRY_HELD * 2);
         assert!(t.l.durable_upto(u64::MAX).is_err());
-        // The log cannot take this one: it is undone, the others stay.
+        // The log cannot take this one (its write cut short): it is
+        // undone, the others stay.
         t.l.state.lock().redo.as_ref().unwrap().fail_next_write();
         assert!(t.l.mkdir(&ME, ns, b"refused", 0o755).is_err());
         assert_eq!(t.l.lookup(ns, b"moved").unwrap().ino, f);
@@ -2138,7 +2139,11 @@ fn an_undone_operation_keeps_those_before_it_when_they_cannot_be_applied_again()
         st.fail_commits = 1;
     }
     assert!(t.l.mkdir(&ME, d, b"failed", 0o755).is_err());
-    assert_eq!(t.l.state.lock().undone_ops, 1);
+    {
+        let st = t.l.state.lock();
+        assert_eq!(st.undone_ops, 1);
+        assert!(st.held.is_some(), "the operations before it do not wait");
+    }
     let t = t.crash_and_reopen();
     let ns = t.ns();
     let d = t.l.lookup(ns, b"before").unwrap().ino;

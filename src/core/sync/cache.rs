@@ -36,6 +36,11 @@ impl Locker {
     pub fn evict(&self, target: u64) -> CoreResult<u64> {
         let mut st = self.lock();
         let st = &mut *st;
+        if st.held.is_some() && st.open_tx.is_none() {
+            // Operations waiting in the redo log, not applied, may name
+            // blocks no row here shows.
+            return Ok(0);
+        }
         // A bounded pass: the state lock is held throughout.
         let mut left = st.lru.len().min(512);
         let mut dropped = 0;
