@@ -240,7 +240,7 @@ impl Locker {
             } else {
                 None
             };
-            st.tx(|tx| {
+            let mut a = st.tx(|tx| {
                 let mut a = row(tx, ino)?.attr;
                 let gid_before = a.gid;
                 if let Some(m) = set.mode {
@@ -282,11 +282,16 @@ impl Locker {
                 if a.kind != FileKind::Dir {
                     sync::mark_ino(tx, m, ino, a.size)?;
                 }
-                Ok(())
+                Ok(a)
             })?;
             if m.is_some() {
                 self.wake_sync();
             }
+            // The row as just written (every attribute but the kind, the
+            // birth time and the bytes in blocks, which it read): no need
+            // to read it again.
+            Locker::overlay(st, &mut a);
+            return Ok(a);
         }
         Locker::attr_locked(st, ino)
     }

@@ -152,6 +152,63 @@ fn write_read_round_trip_at_offsets() {
     assert_eq!(t.l.getattr(ino).unwrap().size, data.len() as u64);
 }
 
+/// What a change of attributes answers is what the file then has: times,
+/// mode and owners set on a file with uncommitted writes, a closed one, a
+/// directory, a symlink.
+#[test]
+fn setattr_answers_what_getattr_then_reads() {
+    let t = new();
+    let ns = t.ns();
+    let (a, fh) = t.l.create(&ME, ns, b"f", 0o644, rw()).unwrap();
+    t.l.write(fh, 0, &pattern(70_000, 1)).unwrap();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
+    let s = t.l.symlink(&ME, ns, b"s", b"f").unwrap().ino;
+    let sets = [
+        SetAttr {
+            mtime: Some(TimeSet::At(Timestamp {
+                sec: 1_000_000,
+                nsec: 5,
+            })),
+            ..Default::default()
+        },
+        SetAttr {
+            mode: Some(0o4755),
+            atime: Some(TimeSet::Now),
+            ..Default::default()
+        },
+        SetAttr {
+            uid: Some(1234),
+            gid: Some(99),
+            ..Default::default()
+        },
+        SetAttr {
+            mode: Some(0o600),
+            mtime: Some(TimeSet::Now),
+            ctime: Some(Timestamp {
+                sec: 2_000_000,
+                nsec: 7,
+            }),
+            ..Default::default()
+        },
+    ];
+    for (i, set) in sets.iter().enumerate() {
+        for ino in [a.ino, d, s] {
+            if ino == s && set.mode.is_some() {
+                continue;
+            }
+            let got = t.l.setattr(ino, set).unwrap();
+            assert_eq!(got, t.l.getattr(ino).unwrap(), "set {i} on {ino:?}");
+        }
+        if i == 1 {
+            t.l.write(fh, 100_000, b"more").unwrap();
+        }
+    }
+    t.l.release(fh).unwrap();
+    let got = t.l.setattr(a.ino, &sets[0]).unwrap();
+    assert_eq!(got, t.l.getattr(a.ino).unwrap());
+    assert_eq!(got.size, 100_004);
+}
+
 #[test]
 fn sparse_file_reads_zeros_in_holes() {
     let t = new();
