@@ -223,6 +223,20 @@ fn wait_serving(m: &mut Mount) {
 
 /// kill -9, then start again: `Mount::start` returns once a live daemon
 /// serves the mountpoint (not the stale mount the killed one left).
+/// `locker fsck` of the (stopped) daemon's data dir finds nothing damaged.
+fn assert_fsck_clean(m: &Mount) {
+    let out = Command::new(BIN)
+        .args(["fsck", "--data-dir", m.data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0 damaged"),
+        "fsck: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn crash_restart(m: &mut Mount) {
     m.kill9();
     m.start(&[]);
@@ -885,16 +899,7 @@ fn small_file_load_killed(args: &[&str], cycles: u32) {
         check_after_crash(&m.corp().join(name), files.clone(), None, cycles);
     }
     m.stop();
-    let out = Command::new(BIN)
-        .args(["fsck", "--data-dir", m.data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(" 0 damaged"),
-        "fsck: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fsck_clean(&m);
     let log = m.log_text();
     assert!(error_lines(&log).is_empty(), "errors in the log:\n{log}");
 }
@@ -1109,16 +1114,7 @@ fn a_full_disk_fails_writes_and_loses_no_closed_file() {
     wait_serving(&mut m);
     check(&m, "after kill -9");
     m.stop();
-    let out = Command::new(BIN)
-        .args(["fsck", "--data-dir", m.data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(" 0 damaged"),
-        "fsck: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fsck_clean(&m);
 }
 
 /// Bytes free for anyone on the file system holding `p`.
