@@ -501,16 +501,7 @@ impl State {
         if self.open_tx.take().is_none() {
             return Ok(());
         }
-        let sealed = match &mut self.redo {
-            Some(redo) => redo.seal(&self.conn),
-            None => Ok(()),
-        };
-        let r = sealed.and_then(|_| {
-            #[cfg(test)]
-            self.fail_commit_now()?;
-            self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| ())
-        });
-        match r {
+        match self.seal_and_commit() {
             Ok(()) => self.committed(Ok(true)),
             Err(e) if self.redo.is_some() => {
                 let e = CoreError::from(e);
@@ -561,35 +552,22 @@ impl State {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.open_tx = None;
-        // What was read since they ran is stale until they are applied.
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.dir_paths.forget();
         if self.held.is_none() {
             tracing::error!(error = %e, "committing the last operations failed; they wait in the redo log (a restart applies them), and commits are tried again");
         }
         let mut held = Held::of(e);
-        let Some(redo) = &mut self.redo else {
-            self.held = Some(held);
-            return;
-        };
-        redo.hold();
-        let conn = &self.conn;
-        let applied = redo.pending().map_err(CoreError::from).and_then(|data| {
-            let entries = redo::records_of(&data, redo.generation());
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            redo::run_all(conn, &entries)
-        });
-        match applied {
-            Ok(()) => {
-                redo.capture_again();
+        if let Some(redo) = &mut self.redo {
+            redo.hold();
+        }
+        match self.reapply(false) {
+            Ok(_) => {
+                if let Some(redo) = &mut self.redo {
+                    redo.capture_again();
+                }
                 self.open_tx = Some(std::time::Instant::now());
                 self.committer.opened();
             }
             Err(e) => {
-                if !self.conn.is_autocommit() {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                }
                 tracing::warn!(error = %e, "the operations waiting in the redo log cannot be applied for now; until they are, reads see the last commit and changes fail");
             }
         }
@@ -669,9 +647,23 @@ impl State {
     /// all captured). False when that operation's statements are not all
     /// captured: it stays undone.
     fn apply_again(&mut self) -> CoreResult<bool> {
-        // Applied again, not necessarily to the same rows (a statement that
-        // fails the second time is skipped): what was read since is stale,
-        // directory paths included (whatever SQLite's rollback hook saw).
+        let whole = self.reapply(true)?;
+        let r = self.seal_and_commit();
+        if r.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        r?;
+        Ok(whole)
+    }
+
+    /// Applies the records of the redo log again in a new transaction, left
+    /// open (rolled back if applying fails), with what was captured but
+    /// not logged when `unlogged`; returns false when some of that could
+    /// not be captured (it is left out). Applied again, not necessarily to
+    /// the same rows (a statement that fails the second time is skipped):
+    /// what was read since is stale, directory paths included (whatever
+    /// SQLite's rollback hook saw).
+    fn reapply(&mut self, unlogged: bool) -> CoreResult<bool> {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.dir_paths.forget();
@@ -679,30 +671,33 @@ impl State {
             return Ok(false);
         };
         let data = redo.pending()?;
-        let unlogged = redo.unlogged();
-        let mut entries = redo::records_of(&data, redo.generation());
-        let whole = match &unlogged {
-            Some(body) => {
-                entries.extend(redo::entries_of(body));
-                true
-            }
-            None => false,
+        let body = if unlogged {
+            redo.unlogged()
+        } else {
+            Some(Vec::new())
         };
+        let mut entries = redo::records_of(&data, redo.generation());
+        if let Some(body) = &body {
+            entries.extend(redo::entries_of(body));
+        }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let r = redo::run_all(&self.conn, &entries)
-            .and_then(|_| Ok(redo.seal(&self.conn)?))
-            .and_then(|_| {
-                #[cfg(test)]
-                if self.fail_commits > 0 {
-                    self.fail_commits -= 1;
-                    return Err(disk_full().into());
-                }
-                Ok(self.conn.execute_batch("COMMIT")?)
-            });
+        let r = redo::run_all(&self.conn, &entries);
         if r.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        r.map(|_| whole)
+        r.map(|_| body.is_some())
+    }
+
+    /// Records in the open transaction that the redo log's generation is
+    /// committed, and commits it.
+    fn seal_and_commit(&mut self) -> rusqlite::Result<()> {
+        if let Some(redo) = &mut self.redo {
+            redo.seal(&self.conn)?;
+        }
+        #[cfg(test)]
+        self.fail_commit_now()?;
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
     }
 
     /// Fails as a full disk would, if the test asked for it.
