@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # LOCKER benchmark: compares LOCKER with the native filesystem, a bindfs
 # passthrough mount and an `rclone mount --vfs-cache-mode full` peer, all on
-# one scratch ext4 filesystem (image file on a loop device, mounted without
+# one scratch ext4 filesystem, and, for the metadata phases, with nullfs
+# (scripts/bench/nullfs.c: a FUSE filesystem that keeps its tree in memory
+# and does no other work, the floor of FUSE's own cost) over /dev/fuse and
+# over FUSE-over-io_uring (image file on a loop device, mounted without
 # online discard). Prints markdown tables and writes/replaces a section of
 # BENCHMARKS.md at the repo root.
 #
@@ -36,7 +39,7 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 HELPERS=$SCRIPT_DIR/bench
 DEFAULT_LOCKER_BIN=$REPO/target/release/locker
 LOCKER_BIN=${LOCKER_BIN:-$DEFAULT_LOCKER_BIN}
-ALL_CONTENDERS=(native bindfs locker rclone)
+ALL_CONTENDERS=(native bindfs locker rclone nullfs nullfs-uring)
 ORIG_ARGS=("$@")
 
 usage() {
@@ -45,7 +48,9 @@ Usage: scripts/bench.sh [options]
 
   --quick            smoke-test sizes (64 MiB sequential file, 500 files)
   --only LIST        comma-separated contenders to run, from
-                     native,bindfs,locker,rclone (default: all four)
+                     native,bindfs,locker,rclone,nullfs,nullfs-uring
+                     (default: all); nullfs and nullfs-uring run the
+                     metadata phases (4) only
   --repeat N         run every contender N times, interleaved, and report
                      the median of each figure (default 1)
   --busy MODE        CPU condition during every run (default: one):
@@ -66,7 +71,7 @@ EOF
 
 # ---------------------------------------------------------------- options
 QUICK=0
-ONLY=native,bindfs,locker,rclone
+ONLY=native,bindfs,locker,rclone,nullfs,nullfs-uring
 BUSY=one
 REPEAT=1
 WRITE_MD=1
@@ -111,6 +116,8 @@ else
   PAR_FILES=2000 LS_FILES=10000 MANY_FILES=50000 CHURN_FILES=10000
   IMG_MB=8192
 fi
+# Another CPU condition than the default gets a section of its own.
+[ "$BUSY" = one ] || MODE+="-busy-$BUSY"
 # LOCKER pushes a changed path once it has been quiet this long (the default
 # config's upload_delay_ms): the "while uploading" phase waits that long
 # after the previous create so that the uploads are running.
@@ -177,6 +184,7 @@ cleanup() {
   stop_step
   for c in "${!MPID[@]}"; do stop_daemon "$c"; done
   stop_busy
+  [ -n "$URING_WAS" ] && echo "$URING_WAS" >"$URING_PARAM"
   if [ -n "$LOOPDEV" ]; then
     if mountpoint -q "$SCRATCH" 2>/dev/null; then
       umount "$SCRATCH" 2>/dev/null || { sleep 1; umount "$SCRATCH" 2>/dev/null; } || umount -l "$SCRATCH"
@@ -249,6 +257,24 @@ command -v mountpoint >/dev/null || need+=(util-linux)
 if has bindfs || has locker || has rclone; then command -v fusermount3 >/dev/null || need+=(fuse3); fi
 has bindfs && { command -v bindfs >/dev/null || need+=(bindfs); }
 has rclone && { command -v rclone >/dev/null || need+=(rclone); }
+if has nullfs || has nullfs-uring; then
+  command -v gcc >/dev/null || need+=(gcc)
+  [ -e /usr/include/linux/io_uring.h ] && [ -e /usr/include/stdio.h ] || need+=(libc6-dev linux-libc-dev)
+fi
+# FUSE over io_uring is a kernel module parameter (Linux 6.14+, when built in).
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_WAS=
+NO_URING=
+if has nullfs-uring; then
+  if [ -w "$URING_PARAM" ]; then
+    URING_WAS=$(cat "$URING_PARAM")
+  else
+    NO_URING="nullfs-uring did not run: this kernel ($(uname -r)) has no FUSE over io_uring ($URING_PARAM)"
+    ONLY=$(printf '%s\n' "${CONTENDERS[@]}" | grep -vx nullfs-uring | paste -sd,)
+    select_contenders bench
+    log "$NO_URING"
+  fi
+fi
 apt_install "${need[@]}"
 if has locker && [ ! -x "$LOCKER_BIN" ]; then
   [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || die "LOCKER_BIN=$LOCKER_BIN does not exist"
@@ -272,6 +298,12 @@ LOOPDEV=$(losetup --find --show --direct-io=on "$IMG" 2>/dev/null) || {
 mount -t ext4 -o nodiscard "$LOOPDEV" "$SCRATCH" || die "cannot mount $LOOPDEV"
 SCRATCH_OPTS=$(findmnt -no OPTIONS "$SCRATCH")
 ROOT_OPTS=$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" | tr -s ' ')
+
+NULLFS=$BASE/nullfs
+if has nullfs || has nullfs-uring; then
+  gcc -O2 -Wall -o "$NULLFS" "$HELPERS/nullfs.c" -lpthread >"$LOGDIR/nullfs-build.log" 2>&1 ||
+    die "cannot build scripts/bench/nullfs.c (see $LOGDIR/nullfs-build.log)"
+fi
 
 # ---------------------------------------------------------------- test data
 log "generating test data in $SHM (${SEQ_MB} MiB random file, ${SMALL_FILES}-file tree)"
@@ -347,6 +379,18 @@ start_contender() {  # contender; sets WORK (the directory to benchmark in)
         </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
       WORK=$mnt
       ;;
+    nullfs|nullfs-uring)
+      local how=dev
+      if [ "$c" = nullfs-uring ]; then
+        how=uring
+        # Only while this contender runs (put back after it stops): a daemon
+        # that takes the ring must register it, or the kernel holds every
+        # request, and the other contenders' daemons do not know of it.
+        echo Y >"$URING_PARAM" || { log "$c: cannot set $URING_PARAM"; return 1; }
+      fi
+      setsid "$NULLFS" "$mnt" "$how" </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
+      WORK=$mnt
+      ;;
     locker)
       mkdir -p "$SCRATCH/locker-data"
       setsid "$LOCKER_BIN" mount "$mnt" --data-dir "$SCRATCH/locker-data" </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
@@ -380,9 +424,30 @@ cold_timed() {  # contender metric count command dir: `command dir`, output
   fi
 }
 
+bench_meta() {  # contender (mounted; WORK set): create / stat / rename /
+                # delete, settled between phases
+  local c=$1 v phase secs
+  local steps=$LOGDIR/steps-$c.log
+  log "$c: metadata, $META_FILES files of 4 KiB in $META_DIRS directories"
+  mkdir -p "$WORK/meta"
+  for v in create stat rename delete; do
+    if step python3 "$HELPERS/meta.py" "$WORK/meta" "$META_FILES" "$META_DIRS" "$v" >"$LOGDIR/meta-$c.out" 2>>"$steps"; then
+      read -r phase secs <"$LOGDIR/meta-$c.out"
+      put_timed "meta_$phase" "$c" "$META_FILES" "$secs"
+    else
+      fail "meta_$v" "$c" "meta.py $v failed (see $steps)"
+    fi
+    settle "$c"
+  done
+  step rm -rf "$WORK/meta"
+  settle "$c"
+}
+
 bench_contender() {  # contender (mounted; WORK set)
   local c=$1 v out
   local steps=$LOGDIR/steps-$c.log
+  # nullfs serves only what the metadata phases do.
+  case $c in nullfs*) bench_meta "$c"; return ;; esac
 
   # 1. sequential write, 1 MiB writes, fsync at the end
   settle "$c"
@@ -445,20 +510,8 @@ bench_contender() {  # contender (mounted; WORK set)
   settle "$c"
 
   # 4. metadata: create / stat / rename / delete, settled between phases
-  log "$c: metadata, $META_FILES files of 4 KiB in $META_DIRS directories"
+  bench_meta "$c"
   local phase secs v2
-  mkdir -p "$WORK/meta"
-  for v in create stat rename delete; do
-    if step python3 "$HELPERS/meta.py" "$WORK/meta" "$META_FILES" "$META_DIRS" "$v" >"$LOGDIR/meta-$c.out" 2>>"$steps"; then
-      read -r phase secs <"$LOGDIR/meta-$c.out"
-      put_timed "meta_$phase" "$c" "$META_FILES" "$secs"
-    else
-      fail "meta_$v" "$c" "meta.py $v failed (see $steps)"
-    fi
-    settle "$c"
-  done
-  step rm -rf "$WORK/meta"
-  settle "$c"
 
   # 5. small files: tar -xf into the contender, cp -r back out to native
   log "$c: small files, tar -xf of $SMALL_FILES files then cp -r out"
@@ -557,6 +610,12 @@ for c in "${CONTENDERS[@]}"; do
     fail mount "$c" "did not mount (see $LOGDIR/$c.log); its cells are empty"
   fi
   [ "$c" = native ] || stop_daemon "$c"
+  if [ "$c" = nullfs-uring ]; then
+    echo "$URING_WAS" >"$URING_PARAM"
+    # nullfs says on exit how many requests came each way.
+    grep -Eq 'requests: [0-9]+ from /dev/fuse, [1-9][0-9]* from io_uring' "$LOGDIR/$c.log" ||
+      fail uring "$c" "its requests did not come over io_uring (see $LOGDIR/$c.log)"
+  fi
   rm -rf "$SCRATCH/native" "$SCRATCH/bindfs-src" "$SCRATCH/rclone-src" "$SCRATCH/rclone-cache" "$SCRATCH/locker-data"
   sync
 done
@@ -599,25 +658,29 @@ GROUP_TITLES=(
   "6. More metadata (scripts/bench/meta.py and ops.py; \"while uploading\" = ${UPLOAD_DELAY_S} s after a create of $META_FILES files, not settled; targets against LOCKER's own settled or 1-way figure are marked self)"
 )
 tables() {
-  local g line key grp label unit dec target c others=() hdr sep row v s tc tf r
+  local g line key grp label unit dec target c others=() cols=() ratios=() hdr sep row v s tc tf r
   declare -A val=()
   for line in "${METRICS[@]}"; do
     key=${line%%|*}
     for c in "${CONTENDERS[@]}"; do val["$key|$c"]=$(value "$key" "$c"); done
   done
-  for c in native bindfs rclone; do has "$c" && has locker && others+=("$c"); done
+  for c in native bindfs rclone nullfs nullfs-uring; do has "$c" && has locker && others+=("$c"); done
   for g in 1 2 3 4 5 6; do
+    # nullfs runs the metadata phases (group 4) only.
+    cols=() ratios=()
+    for c in "${CONTENDERS[@]}"; do [[ $c != nullfs* || $g = 4 ]] && cols+=("$c"); done
+    for c in "${others[@]}"; do [[ $c != nullfs* || $g = 4 ]] && ratios+=("$c"); done
     printf '\n#### %s\n\n' "${GROUP_TITLES[$g]}"
     hdr="| metric | unit |"; sep="|---|---|"
-    for c in "${CONTENDERS[@]}"; do hdr+=" $c |"; sep+="---:|"; done
-    for c in "${others[@]}"; do hdr+=" LOCKER/$c |"; sep+="---:|"; done
+    for c in "${cols[@]}"; do hdr+=" $c |"; sep+="---:|"; done
+    for c in "${ratios[@]}"; do hdr+=" LOCKER/$c |"; sep+="---:|"; done
     hdr+=" target |"; sep+="---|"
     printf '%s\n%s\n' "$hdr" "$sep"
     for line in "${METRICS[@]}"; do
       IFS='|' read -r key grp label unit dec target <<<"$line"
       [ "$grp" = "$g" ] || continue
       row="| $label | $unit |"
-      for c in "${CONTENDERS[@]}"; do
+      for c in "${cols[@]}"; do
         v=${val["$key|$c"]}
         s=$(median ${SECS["$key|$c"]:-})
         if [ -n "$s" ] && [ "$v" != FAIL ] && [ "$g" -ge 4 ]; then
@@ -626,7 +689,7 @@ tables() {
           row+=" $(fmt "$v" "$dec") |"
         fi
       done
-      for c in "${others[@]}"; do row+=" $(ratio "${val["$key|locker"]}" "${val["$key|$c"]}") |"; done
+      for c in "${ratios[@]}"; do row+=" $(ratio "${val["$key|locker"]}" "${val["$key|$c"]}") |"; done
       tc=${target%%:*} tf=${target#*:}
       r=
       if [ "$tc" = self ]; then
@@ -659,6 +722,8 @@ machine_facts() {
   has bindfs && cs+=("bindfs $(bindfs --version 2>/dev/null | awk '{print $2}') = \`bindfs -f -o big_writes SRC MNT\`")
   has rclone && cs+=("rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}') = \`rclone mount SRC MNT --vfs-cache-mode full --cache-dir SCRATCH/rclone-cache\` (default write-back delay; the script waits, untimed, for its uploads to finish between workloads)")
   has locker && cs+=("LOCKER = \`locker mount MNT --data-dir SCRATCH/locker-data\`, working in \`MNT/corp/bench\`")
+  has nullfs && cs+=("nullfs = \`scripts/bench/nullfs MNT dev\` (\`gcc -O2\`): a tree in memory and no other work, one thread reading /dev/fuse and answering with writev as LOCKER's does, the same capabilities asked of the kernel as LOCKER and its 60 s entry and attribute lifetimes; metadata phases only")
+  has nullfs-uring && cs+=("nullfs-uring = the same over FUSE-over-io_uring (\`nullfs MNT uring\`: one ring per CPU, each served by a thread pinned to it; \`enable_uring\` set only for its run)")
   local out=${cs[0]} i
   for ((i = 1; i < ${#cs[@]}; i++)); do out+="; ${cs[$i]}"; done
   echo "- Contenders: $out"
@@ -684,6 +749,7 @@ section() {
   for c in "${CONTENDERS[@]}"; do
     [ -n "${STATUS[$c]:-}" ] && echo "- Note: $c:${STATUS[$c]}"
   done
+  [ -n "$NO_URING" ] && echo "- Note: $NO_URING"
   if [ $FAILURES -gt 0 ]; then
     echo "- $FAILURES step(s) failed (FAIL in the tables):"
     printf '  - %s\n' "${FAIL_NOTES[@]}"
