@@ -715,7 +715,11 @@ tables() {
 }
 
 machine_facts() {
-  machine_line " (anything well above the busy loop's 1 means other work shared the machine)"
+  if [ "$BUSY" = one ]; then
+    machine_line " (anything well above the busy loop's 1 means other work shared the machine)"
+  else
+    machine_line
+  fi
   echo "- Scratch filesystem: ${IMG_MB} MiB image file (fallocated on \`$ROOT_OPTS\`), loop device with direct-io=$LOOP_DIO, \`mkfs.ext4 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0\`, mounted \`$SCRATCH_OPTS\` (no online discard). Native, bindfs's source, LOCKER's data dir and rclone's remote and cache dir all live on it; test data is prepared in /dev/shm."
   local cs=()
   has native && cs+=("native = a directory on the scratch fs")
@@ -742,7 +746,11 @@ section() {
     echo "- Repeats: one run per contender (use \`--repeat 3\` for medians)"
   fi
   machine_facts
-  echo "- CPU condition: $BUSY_DESC. An idle CPU makes every FUSE round trip pay a wake-up, so the loop keeps the CPUs out of idle for all contenders alike."
+  if [ "$BUSY" = none ]; then
+    echo "- CPU condition: $BUSY_DESC. A FUSE round trip may wake an idle CPU, as on a machine with nothing else to do; the default run keeps the CPUs out of idle with a busy loop instead."
+  else
+    echo "- CPU condition: $BUSY_DESC. An idle CPU makes every FUSE round trip pay a wake-up, so the loop keeps the CPUs out of idle for all contenders alike."
+  fi
   echo "- Figures are higher-is-better throughputs (MiB/s, IOPS, or files/s = files ÷ elapsed wall time; the elapsed time is shown in brackets). LOCKER/X columns are speed ratios (LOCKER's throughput ÷ X's, the inverse of the time ratio): above 1× LOCKER is faster."
   echo "- Targets (reported, not gates): sequential write with fsync ≥ 0.8× native; the rest as each row says (issue 11's targets for metadata and small files; LOCKER's create and rename while uploading within 20 % of its settled figures, its 4-way create ≥ 1.8× its 1-way create)."
   echo "- Settling: every phase starts after \`sync\` and, for LOCKER, an empty upload queue (\`locker status --json\`), for rclone no upload in flight; the \"while uploading\" rows deliberately start ${UPLOAD_DELAY_S} s after a create, with its uploads running."
