@@ -137,6 +137,10 @@ IMG=$BASE/scratch.img
 RC_PORT=$((55000 + $$ % 5000))
 LOOPDEV=
 BUSY_PIDS=()
+# FUSE over io_uring is a fuse module parameter (Linux 6.14+, when built in);
+# URING_WAS is its value to put back, once nullfs-uring is to run.
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_WAS=
 declare -A MPID=() MDIR=() RES=() SECS=() COUNT=() FAILED=() STATUS=()
 FAILURES=0
 T_START=$SECONDS
@@ -261,12 +265,10 @@ if has nullfs || has nullfs-uring; then
   command -v gcc >/dev/null || need+=(gcc)
   [ -e /usr/include/linux/io_uring.h ] && [ -e /usr/include/stdio.h ] || need+=(libc6-dev linux-libc-dev)
 fi
-# FUSE over io_uring is a kernel module parameter (Linux 6.14+, when built in).
-URING_PARAM=/sys/module/fuse/parameters/enable_uring
-URING_WAS=
 NO_URING=
 if has nullfs-uring; then
-  if [ -w "$URING_PARAM" ]; then
+  [ -e /sys/module/fuse ] || modprobe fuse 2>/dev/null
+  if [ -e "$URING_PARAM" ]; then
     URING_WAS=$(cat "$URING_PARAM")
   else
     NO_URING="nullfs-uring did not run: this kernel ($(uname -r)) has no FUSE over io_uring ($URING_PARAM)"
@@ -605,15 +607,18 @@ for c in "${CONTENDERS[@]}"; do
   log "=== $c (run $rep of $REPEAT)"
   if start_contender "$c"; then
     bench_contender "$c"
+    started=1
   else
+    started=0
     STATUS[$c]+=" mount-failed"
     fail mount "$c" "did not mount (see $LOGDIR/$c.log); its cells are empty"
   fi
   [ "$c" = native ] || stop_daemon "$c"
   if [ "$c" = nullfs-uring ]; then
-    echo "$URING_WAS" >"$URING_PARAM"
+    echo "$URING_WAS" >"$URING_PARAM" || log "cannot put $URING_PARAM back to $URING_WAS"
     # nullfs says on exit how many requests came each way.
-    grep -Eq 'requests: [0-9]+ from /dev/fuse, [1-9][0-9]* from io_uring' "$LOGDIR/$c.log" ||
+    [ "$started" = 0 ] ||
+      grep -Eq 'requests: [0-9]+ from /dev/fuse, [1-9][0-9]* from io_uring' "$LOGDIR/$c.log" ||
       fail uring "$c" "its requests did not come over io_uring (see $LOGDIR/$c.log)"
   fi
   rm -rf "$SCRATCH/native" "$SCRATCH/bindfs-src" "$SCRATCH/rclone-src" "$SCRATCH/rclone-cache" "$SCRATCH/locker-data"
@@ -718,7 +723,7 @@ machine_facts() {
   if [ "$BUSY" = one ]; then
     machine_line " (anything well above the busy loop's 1 means other work shared the machine)"
   else
-    machine_line
+    machine_line ""
   fi
   echo "- Scratch filesystem: ${IMG_MB} MiB image file (fallocated on \`$ROOT_OPTS\`), loop device with direct-io=$LOOP_DIO, \`mkfs.ext4 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0\`, mounted \`$SCRATCH_OPTS\` (no online discard). Native, bindfs's source, LOCKER's data dir and rclone's remote and cache dir all live on it; test data is prepared in /dev/shm."
   local cs=()

@@ -68,15 +68,32 @@ static atomic_long from_dev, from_ring;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *mountpoint;
 
+// One request through the mount, from a thread of its own: it is answered
+// only once every ring is registered.
+static atomic_int probed;
+static void *probe(void *unused) {
+  (void)unused;
+  struct stat st;
+  if (stat(mountpoint, &st) < 0) perror("nullfs: stat of the mount");
+  atomic_store(&probed, 1);
+  return NULL;
+}
+
 // SIGTERM/SIGINT unmount; the loops then see the device go and exit.
 static void on_signal(int sig) {
   (void)sig;
   umount2(mountpoint, MNT_DETACH);
 }
 
-static void report(void) {
+// Says how many requests came each way and ends the process; the first
+// thread to get here does it, the others wait to be ended with it.
+static void finish(int status) {
+  static atomic_flag done = ATOMIC_FLAG_INIT;
+  if (atomic_flag_test_and_set(&done))
+    for (;;) pause();
   fprintf(stderr, "nullfs: requests: %ld from /dev/fuse, %ld from io_uring\n",
           atomic_load(&from_dev), atomic_load(&from_ring));
+  _exit(status);
 }
 
 // ---------------------------------------------------------------- the tree
@@ -93,6 +110,7 @@ struct inode {
   uint64_t size;
 };
 static struct name *names;
+static size_t taken; // slots used or removed: a lookup stops at a free one
 static struct inode *inodes;
 static uint64_t next_ino = 2;
 
@@ -129,11 +147,19 @@ static uint64_t find(uint64_t parent, const char *text) {
   return found ? n->ino : 0;
 }
 
+static int name_fits(const char *text) {
+  if (strlen(text) >= sizeof names->text) return -ENAMETOOLONG;
+  if (taken >= SLOTS / 4 * 3) return -ENOSPC; // keeps free slots for lookups to stop at
+  return 0;
+}
+
 static int add_name(uint64_t parent, const char *text, uint64_t ino) {
-  int found;
+  int found, r = name_fits(text);
+  if (r < 0)
+    return r;
   struct name *n = slot(parent, text, &found);
-  if (strlen(text) >= sizeof n->text)
-    return -ENAMETOOLONG;
+  if (n->state == 0)
+    taken++;
   *n = (struct name){.parent = parent, .ino = ino, .state = 1};
   strcpy(n->text, text);
   inodes[parent].children++;
@@ -304,13 +330,31 @@ static int serve(const struct fuse_in_header *ih, const char *op, const char *pa
     return 0;
   }
   case FUSE_RENAME: case FUSE_RENAME2: {
-    uint64_t to_dir = ih->opcode == FUSE_RENAME ? ((const struct fuse_rename_in *)op)->newdir
-                                                : ((const struct fuse_rename2_in *)op)->newdir;
+    uint64_t to_dir = ((const struct fuse_rename_in *)op)->newdir; // first in both
+    if (ih->opcode == FUSE_RENAME2 && ((const struct fuse_rename2_in *)op)->flags)
+      return -EINVAL; // no RENAME_NOREPLACE or RENAME_EXCHANGE here
     const char *from = payload, *to = payload + strlen(payload) + 1;
     uint64_t ino = find(ih->nodeid, from);
     if (!ino) return -ENOENT;
-    if (find(to_dir, to)) drop_name(to_dir, to);
+    uint64_t old = find(to_dir, to);
+    if (old == ino) return 0;
+    int dir = S_ISDIR(inodes[ino].mode);
+    if (old) {
+      if (S_ISDIR(inodes[old].mode) != dir) return dir ? -ENOTDIR : -EISDIR;
+      if (dir && inodes[old].children) return -ENOTEMPTY;
+    } else if ((r = name_fits(to)) < 0) {
+      return r;
+    }
+    if (old) {
+      drop_name(to_dir, to);
+      inodes[old].nlink = 0;
+      if (dir) inodes[to_dir].nlink--;
+    }
     drop_name(ih->nodeid, from);
+    if (dir) {
+      inodes[ih->nodeid].nlink--;
+      inodes[to_dir].nlink++;
+    }
     return add_name(to_dir, to, ino);
   }
   case FUSE_OPEN: case FUSE_OPENDIR: {
@@ -361,8 +405,7 @@ static void *dev_loop(void *unused) {
     if (n < 0) {
       if (errno == EINTR || errno == ENOENT || errno == EAGAIN) continue;
       if (errno != ENODEV) perror("nullfs: read /dev/fuse");
-      report();
-      exit(errno == ENODEV ? 0 : 1);
+      finish(errno == ENODEV ? 0 : 1);
     }
     atomic_fetch_add(&from_dev, 1);
     const struct fuse_in_header *ih = (const void *)buf;
@@ -475,8 +518,7 @@ static void *ring_loop(void *arg) {
       const struct io_uring_cqe *c = &r.cqes[head & *r.cq_mask];
       if (c->res < 0) { // the mount is going away (ENOTCONN) or failed
         if (c->res != -ENOTCONN) fprintf(stderr, "nullfs: ring %d: %s\n", qid, strerror(-c->res));
-        report();
-        exit(c->res == -ENOTCONN ? 0 : 1);
+        finish(c->res == -ENOTCONN ? 0 : 1);
       }
       atomic_fetch_add(&from_ring, 1);
       struct ring_entry *e = &ents[c->user_data];
@@ -498,6 +540,27 @@ static void *ring_loop(void *arg) {
     enter(&r, answers, 1); // the answers go, and the wait for the next begins
   }
   return NULL;
+}
+
+// The kernel has a queue for every possible CPU (nr_cpu_ids) and holds every
+// request until each has a ring registered.
+static int possible_cpus(void) {
+  char text[256] = "";
+  FILE *f = fopen("/sys/devices/system/cpu/possible", "r");
+  if (!f || !fgets(text, sizeof text, f)) {
+    perror("nullfs: /sys/devices/system/cpu/possible");
+    exit(1);
+  }
+  fclose(f);
+  int last = 0;
+  for (char *p = text; *p;) { // "0-3" or "0,2-5": the highest number
+    if (*p < '0' || *p > '9') { p++; continue; }
+    char *end;
+    long v = strtol(p, &end, 10);
+    if (v > last) last = (int)v;
+    p = end;
+  }
+  return last + 1;
 }
 
 int main(int argc, char **argv) {
@@ -529,10 +592,22 @@ int main(int argc, char **argv) {
     // The rings can be registered once the kernel has the answer to INIT.
     while (!atomic_load(&initialized)) usleep(1000);
     usleep(20000);
-    int n = (int)sysconf(_SC_NPROCESSORS_CONF);
+    int n = possible_cpus();
     for (int q = 0; q < n; q++) {
       pthread_t t;
       pthread_create(&t, NULL, ring_loop, (void *)(intptr_t)q);
+    }
+    // Until every ring is registered the kernel holds every request. If the
+    // probe is not answered within 10 s, nullfs unmounts and ends (the
+    // probe's thread too: it waits killably), which ends the connection, so
+    // nothing stays blocked on the mount.
+    pthread_t p;
+    pthread_create(&p, NULL, probe, NULL);
+    for (int i = 0; i < 1000 && !atomic_load(&probed); i++) usleep(10000);
+    if (!atomic_load(&probed)) {
+      fprintf(stderr, "nullfs: the rings are not serving requests after 10 s\n");
+      umount2(mountpoint, MNT_DETACH);
+      _exit(3);
     }
   }
   pthread_join(dev, NULL);
