@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # LOCKER benchmark: compares LOCKER with the native filesystem, a bindfs
 # passthrough mount and an `rclone mount --vfs-cache-mode full` peer, all on
-# one scratch ext4 filesystem, and, for the metadata phases, with nullfs
+# one scratch ext4 filesystem (image file on a loop device, mounted without
+# online discard), and, for the metadata phases, with nullfs
 # (scripts/bench/nullfs.c: a FUSE filesystem that keeps its tree in memory
 # and does no other work, the floor of FUSE's own cost) over /dev/fuse and
-# over FUSE-over-io_uring (image file on a loop device, mounted without
-# online discard). Prints markdown tables and writes/replaces a section of
+# over FUSE-over-io_uring. Prints markdown tables and writes/replaces a section of
 # BENCHMARKS.md at the repo root.
 #
 # Workloads, each on every contender (sizes for a full run; --quick shrinks them):
@@ -732,7 +732,7 @@ machine_facts() {
   has rclone && cs+=("rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}') = \`rclone mount SRC MNT --vfs-cache-mode full --cache-dir SCRATCH/rclone-cache\` (default write-back delay; the script waits, untimed, for its uploads to finish between workloads)")
   has locker && cs+=("LOCKER = \`locker mount MNT --data-dir SCRATCH/locker-data\`, working in \`MNT/corp/bench\`")
   has nullfs && cs+=("nullfs = \`scripts/bench/nullfs MNT dev\` (\`gcc -O2\`): a tree in memory and no other work, one thread reading /dev/fuse and answering with writev as LOCKER's does, the same capabilities asked of the kernel as LOCKER and its 60 s entry and attribute lifetimes; metadata phases only")
-  has nullfs-uring && cs+=("nullfs-uring = the same over FUSE-over-io_uring (\`nullfs MNT uring\`: one ring per CPU, each served by a thread pinned to it; \`enable_uring\` set only for its run)")
+  has nullfs-uring && cs+=("nullfs-uring = the same over FUSE-over-io_uring (\`nullfs MNT uring\`: one ring per possible CPU, each served by a thread pinned to it; \`enable_uring\` set only for its run)")
   local out=${cs[0]} i
   for ((i = 1; i < ${#cs[@]}; i++)); do out+="; ${cs[$i]}"; done
   echo "- Contenders: $out"

@@ -221,8 +221,6 @@ fn wait_serving(m: &mut Mount) {
     }
 }
 
-/// kill -9, then start again: `Mount::start` returns once a live daemon
-/// serves the mountpoint (not the stale mount the killed one left).
 /// `locker fsck` of the (stopped) daemon's data dir finds nothing damaged.
 fn assert_fsck_clean(m: &Mount) {
     let out = Command::new(BIN)
@@ -237,6 +235,8 @@ fn assert_fsck_clean(m: &Mount) {
     );
 }
 
+/// kill -9, then start again: `Mount::start` returns once a live daemon
+/// serves the mountpoint (not the stale mount the killed one left).
 fn crash_restart(m: &mut Mount) {
     m.kill9();
     m.start(&[]);

@@ -671,11 +671,8 @@ impl State {
             return Ok(false);
         };
         let data = redo.pending()?;
-        let body = if unlogged {
-            redo.unlogged()
-        } else {
-            Some(Vec::new())
-        };
+        let body = if unlogged { redo.unlogged() } else { None };
+        let whole = !unlogged || body.is_some();
         let mut entries = redo::records_of(&data, redo.generation());
         if let Some(body) = &body {
             entries.extend(redo::entries_of(body));
@@ -685,7 +682,7 @@ impl State {
         if r.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        r.map(|_| body.is_some())
+        r.map(|_| whole)
     }
 
     /// Records in the open transaction that the redo log's generation is
