@@ -50,6 +50,9 @@ Options:
                   Never use this to judge LOCKER.
   --writeback-cache  mount LOCKER with -o writeback_cache (the kernel's
                   writeback cache) for every run
+  --io-uring      mount LOCKER with -o io_uring (FUSE over io_uring; turns
+                  the fuse module's enable_uring on for the run); a run
+                  fails if the rings served no request
   -h, --help      this help
 
 Environment: LOCKER_BIN (default REPO/target/release/locker), FSX_OPS
@@ -64,12 +67,14 @@ EOF
 }
 
 NO_INSTALL=
+IO_URING=
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep-workdir) export KEEP_WORKDIR=1 ;;
     --no-install) NO_INSTALL=1 ;;
     --bindfs) export HARNESS_BINDFS=1 ;;
     --writeback-cache) export LOCKER_MOUNT_OPTS=writeback_cache ;;
+    --io-uring) IO_URING=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -77,6 +82,7 @@ while [ $# -gt 0 ]; do
 done
 
 harness_init fsx
+[ -z "$IO_URING" ] || harness_io_uring
 START=$(date +%s)
 FAILDIR=/var/tmp/locker-fsx-failure
 
@@ -235,6 +241,13 @@ for idx in 0 1; do
     fi
     fs_unmount "$MNT" "${FS_PID:-0}" "$FSLOG"
     [ "$FS_UNMOUNT_HOW" = clean ] || problems+=("unmount on SIGTERM was not clean: $FS_UNMOUNT_HOW")
+    if [ -n "$IO_URING" ]; then
+      if served=$(rings_served "$FSLOG"); then
+        log "run $run: the FUSE rings served $served requests"
+      else
+        problems+=("the FUSE rings served no request (-o io_uring)")
+      fi
+    fi
     mount_fs
     if [ ! -f "$FILE" ]; then
       problems+=("the file is gone after the remount")

@@ -50,6 +50,9 @@ Options:
                        instead of LOCKER. Never use this to judge LOCKER.
   --writeback-cache    mount LOCKER with -o writeback_cache (the kernel's
                        writeback cache)
+  --io-uring           mount LOCKER with -o io_uring (FUSE over io_uring;
+                       turns the fuse module's enable_uring on for the run);
+                       fails if the rings served no request
   -h, --help           this help
 
 Environment:
@@ -72,6 +75,7 @@ EOF
 
 WRITE_CONFORMANCE=
 NO_INSTALL=
+IO_URING=
 while [ $# -gt 0 ]; do
   case "$1" in
     --write-conformance) WRITE_CONFORMANCE=1 ;;
@@ -79,6 +83,7 @@ while [ $# -gt 0 ]; do
     --no-install) NO_INSTALL=1 ;;
     --bindfs) export HARNESS_BINDFS=1 ;;
     --writeback-cache) export LOCKER_MOUNT_OPTS=writeback_cache ;;
+    --io-uring) IO_URING=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -91,6 +96,7 @@ if [ -n "$WRITE_CONFORMANCE" ] && [ -z "$CONFORMANCE" ]; then
 fi
 
 harness_init pjdfstest
+[ -z "$IO_URING" ] || harness_io_uring
 START=$(date +%s)
 
 # ---------------------------------------------------------------- installs ---
@@ -297,6 +303,10 @@ T2=$(date +%s)
 LOCKER_SECS=$((T2 - T1))
 fs_unmount "$LOCKER_MNT" "${FS_PID:-0}" "$WORK/locker/locker.log"
 [ "$FS_UNMOUNT_HOW" = clean ] || echo "unmount after the run: $FS_UNMOUNT_HOW" >>"$WORK/locker/incidents.txt"
+if [ -n "$IO_URING" ]; then
+  served=$(rings_served "$WORK/locker/locker.log") || die "LOCKER's FUSE rings served no request (-o io_uring)"
+  log "the FUSE rings served $served requests"
+fi
 
 # ----------------------------------------------------------------- compare ---
 # Exceptions: name<TAB>reason

@@ -43,6 +43,16 @@ threads = 4
 # turns it off).
 # writeback_cache = false
 
+# FUSE over io_uring (Linux 6.14 or later, with the fuse module's
+# enable_uring parameter on: `echo Y > /sys/module/fuse/parameters/enable_uring`
+# or fuse.enable_uring=1 at boot): each CPU's requests go through a ring
+# served by a thread pinned to that CPU, instead of one thread reading
+# /dev/fuse for all. Small-file and metadata work is faster when the CPUs
+# are otherwise idle (see BENCHMARKS.md). Where the kernel does not offer
+# it, the mount says so and uses /dev/fuse. Also the mount option io_uring
+# (noio_uring turns it off).
+# io_uring = false
+
 [sync]
 # A changed file is uploaded once it is closed and has been quiet this long.
 upload_delay_ms = 3000
@@ -340,6 +350,8 @@ pub struct MountConfig {
     pub dirty_memory_mb: Option<u64>,
     #[serde(default)]
     pub writeback_cache: bool,
+    #[serde(default)]
+    pub io_uring: bool,
 }
 
 impl Default for MountConfig {
@@ -349,6 +361,7 @@ impl Default for MountConfig {
             threads: default_threads(),
             dirty_memory_mb: None,
             writeback_cache: false,
+            io_uring: false,
         }
     }
 }

@@ -244,4 +244,28 @@ fs_unmount() {
   return 0
 }
 
+# harness_io_uring: LOCKER is mounted with -o io_uring (FUSE over io_uring).
+# The kernel offers it only while the fuse module's enable_uring is on: it is
+# turned on for the run and put back at exit. Dies on a kernel without it.
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+harness_io_uring() {
+  modprobe fuse 2>/dev/null || true
+  [ -w "$URING_PARAM" ] || die "this kernel has no FUSE over io_uring ($URING_PARAM is missing; Linux 6.14+)"
+  local old
+  old=$(cat "$URING_PARAM")
+  on_exit "echo '$old' >'$URING_PARAM'"
+  echo Y >"$URING_PARAM"
+  export LOCKER_MOUNT_OPTS=${LOCKER_MOUNT_OPTS:+$LOCKER_MOUNT_OPTS,}io_uring
+}
+
+# rings_served LOGFILE: prints how many requests LOCKER's FUSE rings served
+# during the last mount in LOGFILE (each ring says so as it ends); true if
+# that is more than none.
+rings_served() {
+  local n
+  n=$(awk '/ serving / { n = 0 } /a FUSE ring ends/ { if (match($0, /requests=[0-9]+/)) n += substr($0, RSTART + 9, RLENGTH - 9) } END { print n + 0 }' "$1")
+  echo "$n"
+  [ "$n" -gt 0 ]
+}
+
 fs_alive() { [ -n "$FS_PID" ] && kill -0 "$FS_PID" 2>/dev/null && mountpoint -q "$FS_MNT"; }

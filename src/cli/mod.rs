@@ -67,7 +67,7 @@ pub enum Command {
         /// data_dir=DIR, namespace=NS[/DIR], source=NAME, log=FILE,
         /// allow_other, ro, rw, nosuid, nodev, noexec, suid, dev, exec,
         /// noatime, relatime (the default), strictatime, writeback_cache,
-        /// nowriteback_cache. Options for mount(8) and systemd (_netdev,
+        /// nowriteback_cache, io_uring, noio_uring. Options for mount(8) and systemd (_netdev,
         /// nofail, x-*, ...) are ignored.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,

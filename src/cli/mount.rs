@@ -45,6 +45,8 @@ pub struct Options {
     pub exec: Option<bool>,
     /// writeback_cache / nowriteback_cache (see `[mount] writeback_cache`).
     pub writeback_cache: Option<bool>,
+    /// io_uring / noio_uring (see `[mount] io_uring`).
+    pub io_uring: Option<bool>,
 }
 
 /// Options mount(8) and systemd use themselves; a helper is handed them
@@ -103,12 +105,14 @@ impl Options {
                 ("noexec", None) => o.exec = Some(false),
                 ("writeback_cache", None) => o.writeback_cache = Some(true),
                 ("nowriteback_cache", None) => o.writeback_cache = Some(false),
+                ("io_uring", None) => o.io_uring = Some(true),
+                ("noio_uring", None) => o.io_uring = Some(false),
                 (k, _) if k.starts_with("x-") || k == "comment" || k == "user" => {}
                 (k, None) if IGNORED.contains(&k) => {}
                 _ => bail!(
                     "unknown mount option {opt:?} (LOCKER's are config=, data_dir=, namespace=, \
                      source=, log=, allow_other, ro, rw, [no]suid, [no]dev, [no]exec, noatime, \
-                     relatime, strictatime, [no]writeback_cache)"
+                     relatime, strictatime, [no]writeback_cache, [no]io_uring)"
                 ),
             }
         }
@@ -270,9 +274,33 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         opts.atime
     };
     let writeback = opts.writeback_cache.unwrap_or(cfg.mount.writeback_cache) && !opts.read_only;
-    let fs = LockerFs::new(core.clone(), map, atime, cfg.mount.threads, writeback);
+    let want_uring = opts.io_uring.unwrap_or(cfg.mount.io_uring);
+    let uring_granted = want_uring.then(|| Arc::new(AtomicBool::new(false)));
+    let fs = LockerFs::new(
+        core.clone(),
+        map,
+        atime,
+        cfg.mount.threads,
+        writeback,
+        uring_granted.clone(),
+    );
     let mut session = fuser::Session::new(fs, mountpoint, &fuse_cfg)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    // The handshake is done: if the kernel granted FUSE over io_uring, it
+    // now holds every request until each CPU's ring is registered. A mount
+    // that cannot register them cannot serve: it is undone (dropping the
+    // session unmounts).
+    let rings = match uring_granted.filter(|g| g.load(Ordering::Acquire)) {
+        Some(_) => {
+            use std::os::fd::AsFd;
+            let payload = crate::blocks::BLOCK_SIZE as usize + 4096;
+            let r = crate::fuse::uring::Rings::register::<LockerFs>(session.as_fd(), payload)
+                .context("cannot register the FUSE rings (io_uring)")?;
+            Some(r)
+        }
+        None => None,
+    };
+    let uring = rings.is_some();
     let mut unmounter = session.unmount_callable();
     let notifier = session.notifier();
     core.set_invalidator(Arc::new(move |list: &[Invalidate]| {
@@ -304,6 +332,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         read_only = opts.read_only,
         atime = ?atime,
         writeback_cache = writeback,
+        io_uring = uring,
         "serving"
     );
 
@@ -312,9 +341,41 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
-            let r = session.run();
+            let r = match rings {
+                Some((rings, give)) => session.run_with(move |d| {
+                    give(d);
+                    Ok(rings.into_threads())
+                }),
+                None => session.run(),
+            };
             let _ = tx2.send(Event::SessionEnded(r));
         })?;
+    if uring {
+        // The rings took the requests at registration; one unanswered for
+        // 10 s means they do not serve, and nothing would: the connection
+        // is aborted, which ends the session (and fails what waits).
+        let point = mountpoint.to_path_buf();
+        let conn = connection_of(mountpoint);
+        std::thread::Builder::new()
+            .name("ring-probe".into())
+            .spawn(move || {
+                let (ptx, prx) = mpsc::channel();
+                let p2 = point.clone();
+                let _ = std::thread::Builder::new()
+                    .name("ring-probe-statfs".into())
+                    .spawn(move || {
+                        let _ = statfs_errno(&p2);
+                        let _ = ptx.send(());
+                    });
+                if prx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .is_err()
+                {
+                    tracing::error!("the FUSE rings do not answer after 10 s; ending the mount");
+                    abort_connection(conn.as_deref(), &point);
+                }
+            })?;
+    }
     let ready_point = mountpoint.to_path_buf();
     let ready_core = core.clone();
     let stopping = Arc::new(AtomicBool::new(false));
@@ -545,6 +606,38 @@ fn raise_readahead(mountpoint: &Path) {
             tracing::info!(error = %e, "cannot raise the kernel's readahead for the mount (needs root); it stays at 128 KiB")
         }
     }
+}
+
+/// The mount's FUSE connection (its device number, "0:N"), from the mount
+/// table: nothing on the mount itself is asked.
+fn connection_of(mountpoint: &Path) -> Option<String> {
+    let abs = if mountpoint.is_absolute() {
+        mountpoint.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(mountpoint)
+    };
+    let abs = match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).ok()?.join(name),
+        _ => abs,
+    };
+    let want = abs.as_os_str().as_bytes();
+    mounts()
+        .into_iter()
+        .rfind(|m| m.point.as_os_str().as_bytes() == want && m.fstype.starts_with("fuse"))
+        .map(|m| m.dev)
+}
+
+/// Ends a FUSE connection that does not answer: its requests fail at once
+/// and the daemon's device reads end (fusectl, where mounted), and the
+/// mount is detached.
+fn abort_connection(dev: Option<&str>, mountpoint: &Path) {
+    if let Some(minor) = dev.and_then(|d| d.split(':').nth(1)) {
+        let knob = format!("/sys/fs/fuse/connections/{minor}/abort");
+        if let Err(e) = std::fs::write(&knob, "1") {
+            tracing::warn!(error = %e, knob, "cannot abort the FUSE connection");
+        }
+    }
+    lazy_unmount(mountpoint);
 }
 
 fn lazy_unmount(mountpoint: &Path) {

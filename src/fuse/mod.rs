@@ -22,6 +22,8 @@ use crate::core::{
 };
 use crate::metrics::FuseTimer;
 
+pub mod uring;
+
 /// How long the kernel may cache attributes and names. The kernel updates
 /// or drops what its own calls change, and every change made behind its
 /// back (by the HTTP API, or from a backend) tells it what went stale
@@ -46,21 +48,30 @@ pub struct LockerFs {
     /// each write once it knows the file has none: a write is one round
     /// trip, not two.
     killpriv: bool,
+    /// FUSE over io_uring is wanted (`[mount] io_uring`); `uring` says
+    /// whether the kernel granted it (then the rings must be registered,
+    /// `uring::Rings`, or every request waits).
+    want_uring: bool,
+    uring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LockerFs {
     /// `wait_threads` serve the requests that may wait (see `Waiters`);
     /// `map` says which directory is the mount's root; `atime` when
     /// reading moves a file's access time; `writeback` asks the kernel for
-    /// its writeback cache.
+    /// its writeback cache; `uring`, if given, asks for FUSE over io_uring
+    /// and is set when the kernel grants it.
     pub fn new(
         core: Arc<Locker>,
         map: InoMap,
         atime: AtimePolicy,
         wait_threads: usize,
         writeback: bool,
+        uring: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> LockerFs {
         LockerFs {
+            want_uring: uring.is_some(),
+            uring: uring.unwrap_or_default(),
             core,
             map,
             atime,
@@ -313,6 +324,19 @@ impl Filesystem for LockerFs {
                 .is_ok();
             if !self.writeback {
                 tracing::warn!("the kernel does not offer its writeback cache: writes go through");
+            }
+        }
+        if self.want_uring {
+            if config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+            {
+                self.uring.store(true, std::sync::atomic::Ordering::Release);
+            } else {
+                tracing::warn!(
+                    param = uring::PARAM,
+                    "the kernel does not offer FUSE over io_uring: requests go through /dev/fuse"
+                );
             }
         }
         tracing::info!("mounted");

@@ -10,6 +10,9 @@
     rust_2018_idioms,
     unreachable_pub
 )]
+// LOCKER: a path dependency's warnings are not capped as a registry crate's
+// are; these are fuser's own ABI structs it does not use.
+#![allow(dead_code)]
 
 use std::cmp::max;
 use std::cmp::min;
@@ -57,6 +60,7 @@ pub use crate::open_flags::OpenFlags;
 pub use crate::passthrough::BackingId;
 pub use crate::poll_events::PollEvents;
 pub use crate::rename_flags::RenameFlags;
+pub use crate::reply::ExternalSender;
 pub use crate::reply::ReplyAttr;
 pub use crate::reply::ReplyBmap;
 pub use crate::reply::ReplyCreate;
@@ -75,6 +79,7 @@ pub use crate::reply::ReplyWrite;
 pub use crate::reply::ReplyXattr;
 pub use crate::request_param::Request;
 pub use crate::session::BackgroundSession;
+pub use crate::session::Dispatcher;
 use crate::session::MAX_WRITE_SIZE;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;

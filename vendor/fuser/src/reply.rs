@@ -35,9 +35,18 @@ use crate::ll::{self};
 use crate::passthrough::BackingId;
 
 /// Generic reply callback to send data
+/// Where the replies to requests read from elsewhere than `/dev/fuse` go
+/// (LOCKER: FUSE over io_uring). `send` gets the whole reply, the
+/// `fuse_out_header` first, exactly as it would be written to the device.
+pub trait ExternalSender: Send + Sync + std::fmt::Debug {
+    /// Delivers one reply.
+    fn send(&self, data: &[IoSlice<'_>]) -> std::io::Result<()>;
+}
+
 #[derive(Debug)]
 pub(crate) enum ReplySender {
     Channel(ChannelSender),
+    External(std::sync::Arc<dyn ExternalSender>),
     #[cfg(test)]
     Assert(AssertSender),
     #[cfg(test)]
@@ -49,6 +58,7 @@ impl ReplySender {
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> std::io::Result<()> {
         match self {
             ReplySender::Channel(sender) => sender.send(data),
+            ReplySender::External(sender) => sender.send(data),
             #[cfg(test)]
             ReplySender::Assert(sender) => sender.send(data),
             #[cfg(test)]
@@ -63,6 +73,7 @@ impl ReplySender {
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {
         match self {
             ReplySender::Channel(sender) => sender.open_backing(fd),
+            ReplySender::External(_) => Err(std::io::Error::from_raw_os_error(libc::ENOTSUP)),
             #[cfg(test)]
             ReplySender::Assert(_) => unreachable!(),
             #[cfg(test)]
@@ -74,6 +85,7 @@ impl ReplySender {
     pub(crate) unsafe fn wrap_backing(&self, id: u32) -> BackingId {
         match self {
             ReplySender::Channel(sender) => unsafe { sender.wrap_backing(id) },
+            ReplySender::External(_) => unreachable!("backing ids come from open_backing"),
             #[cfg(test)]
             ReplySender::Assert(_) => unreachable!(),
             #[cfg(test)]

@@ -46,6 +46,7 @@ use crate::notify::Notifier;
 use crate::read_buf::FuseReadBuf;
 use crate::reply::Reply;
 use crate::reply::ReplyRaw;
+use crate::reply::ExternalSender;
 use crate::reply::ReplySender;
 use crate::request::RequestWithSender;
 
@@ -244,6 +245,26 @@ impl<FS: Filesystem> Session<FS> {
     /// # Errors
     /// Returns any final error when the session comes to an end.
     pub fn run(self) -> io::Result<()> {
+        self.run_inner(None)
+    }
+
+    /// As `run`, and `start` is given a [`Dispatcher`] before the device is
+    /// read: it starts threads that read requests elsewhere (FUSE over
+    /// io_uring) and returns them; `run_with` joins them, after the
+    /// device's, before the filesystem is destroyed. They must end once the
+    /// connection ends.
+    pub fn run_with(
+        self,
+        start: impl FnOnce(Dispatcher<FS>) -> io::Result<Vec<JoinHandle<()>>>,
+    ) -> io::Result<()> {
+        self.run_inner(Some(Box::new(start)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_inner(
+        self,
+        extra: Option<Box<dyn FnOnce(Dispatcher<FS>) -> io::Result<Vec<JoinHandle<()>>> + '_>>,
+    ) -> io::Result<()> {
         let Session {
             filesystem,
             ch,
@@ -290,6 +311,24 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut threads = Vec::with_capacity(n_threads);
 
+        // Requests from elsewhere (io_uring): served by the caller's threads,
+        // joined below with the device's.
+        let mut external = Vec::new();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(start) = extra {
+            let first = channels.last().expect("one channel at least").clone();
+            external = start(Dispatcher {
+                ended: ended.clone(),
+                event_loop: SessionEventLoop {
+                    thread_name: "external".to_string(),
+                    filesystem: filesystem.clone(),
+                    ch: first,
+                    allowed,
+                    session_owner,
+                },
+            })?;
+        }
+
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
             let event_loop = SessionEventLoop {
@@ -318,6 +357,13 @@ impl<FS: Filesystem> Session<FS> {
                 if reply.is_ok() {
                     reply = Err(e);
                 }
+            }
+        }
+
+        ended.store(true, std::sync::atomic::Ordering::Release);
+        for thread in external {
+            if thread.join().is_err() && reply.is_ok() {
+                reply = Err(io::Error::other("a request thread panicked"));
             }
         }
 
@@ -552,6 +598,60 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                 Err(err) => return Err(err.into()),
             }
         }
+    }
+}
+
+/// Dispatches requests read from elsewhere than the device (FUSE over
+/// io_uring) to the session's filesystem. Cloned for each thread that
+/// reads them.
+pub struct Dispatcher<FS: Filesystem> {
+    event_loop: SessionEventLoop<FS>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<FS: Filesystem> Clone for Dispatcher<FS> {
+    fn clone(&self) -> Self {
+        let e = &self.event_loop;
+        Dispatcher {
+            ended: self.ended.clone(),
+            event_loop: SessionEventLoop {
+                thread_name: e.thread_name.clone(),
+                filesystem: e.filesystem.clone(),
+                ch: e.ch.clone(),
+                allowed: e.allowed,
+                session_owner: e.session_owner,
+            },
+        }
+    }
+}
+
+impl<FS: Filesystem> std::fmt::Debug for Dispatcher<FS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+impl<FS: Filesystem> Dispatcher<FS> {
+    /// True once every thread reading the device has ended (the
+    /// connection is gone).
+    pub fn connection_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Serves one request, `data` laid out as the device gives it (the
+    /// `fuse_in_header`, then the arguments); its reply (if it has one)
+    /// goes to `reply`. False if `data` is not a request.
+    pub fn dispatch(&self, data: &[u8], reply: Arc<dyn ExternalSender>) -> bool {
+        let Some(req) = RequestWithSender::with_external(self.event_loop.ch.sender(), reply, data)
+        else {
+            return false;
+        };
+        if let Ok(Operation::Destroy(_)) = req.request.operation() {
+            req.reply::<ReplyEmpty>().ok();
+        } else {
+            req.dispatch(&self.event_loop);
+        }
+        true
     }
 }
 

@@ -1,0 +1,801 @@
+//! FUSE over io_uring (Linux 6.14+, `[mount] io_uring = true`): the kernel
+//! hands each request to a ring of the CPU its caller runs on, and the
+//! reply goes back on the same ring with the next fetch, instead of a
+//! `read` and a `writev` on `/dev/fuse` by one thread for every CPU.
+//!
+//! Why: on idle CPUs each `/dev/fuse` round trip wakes the daemon's thread
+//! on another CPU; a ring served by a thread pinned to the caller's CPU
+//! needs no such migration (BENCHMARKS.md measures it: a do-nothing file
+//! system creates files 1.8 times faster over the rings than over the
+//! device with idle CPUs, and about as fast when the CPUs are busy).
+//!
+//! How (from the kernel's `fs/fuse/dev_uring.c` and `Documentation/
+//! filesystems/fuse-io-uring.rst`): the INIT handshake still happens on the
+//! device, where the daemon accepts `FUSE_OVER_IO_URING`; it must then
+//! register entries for every possible CPU's queue (the kernel holds every
+//! request until it has), each entry a header buffer and a payload buffer,
+//! with `IORING_OP_URING_CMD` `FUSE_IO_URING_CMD_REGISTER` in 128-byte
+//! submission entries. A completion hands an entry a request: its
+//! `fuse_in_header` in the header's `in_out`, its first argument (the
+//! operation's own header) in `op_in`, the rest in the payload buffer. The
+//! reply goes into the same buffers (`fuse_out_header` in `in_out`, the
+//! rest in the payload) and is sent with `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`,
+//! which also gives the entry back for the next request. FORGET, INTERRUPT
+//! and notifications keep using the device.
+//!
+//! Each request is rebuilt as the device would give it (header, first
+//! argument, payload, contiguous) in front of its payload in the same
+//! buffer, so no payload is copied, and dispatched by fuser like any other.
+//! Its reply may come from another thread (`Waiters`): submissions to a
+//! ring are serialised by a lock; the ring's own thread waits for
+//! completions without it.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{Dispatcher, ExternalSender, Filesystem};
+
+/// Where the kernel says whether it offers FUSE over io_uring.
+pub const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Entries per queue: requests a CPU's ring holds at once (a request that
+/// waits on a backend or the disk keeps its entry until it is answered;
+/// more wait in the kernel's queue).
+const DEPTH: usize = 4;
+/// Bytes in front of each payload buffer, where a request's header and
+/// first argument are put back in front of its payload.
+const PREFIX: usize = 256;
+const IN_HEADER: usize = 40;
+const OUT_HEADER: usize = 16;
+/// The header buffer: `in_out`, `op_in` (128 bytes each), then the entry's
+/// `fuse_uring_ent_in_out` (flags, commit id, payload size, padding,
+/// reserved).
+const HEADERS: usize = 128 + 128 + 32;
+const OP_IN: usize = 128;
+const ENT_COMMIT_ID: usize = 256 + 8;
+const ENT_PAYLOAD_SZ: usize = 256 + 16;
+
+const CMD_REGISTER: u32 = 1;
+const CMD_COMMIT_AND_FETCH: u32 = 2;
+
+const IORING_SETUP_SQE128: u32 = 1 << 10;
+const IORING_OFF_SQ_RING: i64 = 0;
+const IORING_OFF_CQ_RING: i64 = 0x800_0000;
+const IORING_OFF_SQES: i64 = 0x1000_0000;
+const IORING_ENTER_GETEVENTS: u32 = 1;
+const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
+const IORING_OP_URING_CMD: u8 = 46;
+const SQE_SIZE: usize = 128;
+const CQE_SIZE: usize = 16;
+
+/// True if the running kernel offers FUSE over io_uring to daemons that
+/// ask (its `fuse` module's `enable_uring` parameter is on).
+pub fn offered() -> bool {
+    std::fs::read_to_string(PARAM).is_ok_and(|s| s.trim() == "Y")
+}
+
+/// The kernel's queue count: one per possible CPU (`nr_cpu_ids`), the
+/// highest number in `/sys/devices/system/cpu/possible` ("0-3", "0,2-5")
+/// plus one.
+pub fn possible_cpus() -> std::io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    highest_cpu(&text)
+        .map(|n| n + 1)
+        .ok_or_else(|| std::io::Error::other(format!("cannot read the CPU list {text:?}")))
+}
+
+fn highest_cpu(text: &str) -> Option<usize> {
+    let mut highest = None;
+    for n in text.trim().split([',', '-']) {
+        let n: usize = n.trim().parse().ok()?;
+        highest = Some(highest.map_or(n, |h: usize| h.max(n)));
+    }
+    highest
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct SqOffsets {
+    head: u32,
+    tail: u32,
+    ring_mask: u32,
+    ring_entries: u32,
+    flags: u32,
+    dropped: u32,
+    array: u32,
+    resv1: u32,
+    user_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CqOffsets {
+    head: u32,
+    tail: u32,
+    ring_mask: u32,
+    ring_entries: u32,
+    overflow: u32,
+    cqes: u32,
+    flags: u32,
+    resv1: u32,
+    user_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Params {
+    sq_entries: u32,
+    cq_entries: u32,
+    flags: u32,
+    sq_thread_cpu: u32,
+    sq_thread_idle: u32,
+    features: u32,
+    wq_fd: u32,
+    resv: [u32; 3],
+    sq_off: SqOffsets,
+    cq_off: CqOffsets,
+}
+
+/// A mapping of the ring's memory, unmapped on drop.
+struct Map {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Map {
+    fn new(fd: RawFd, len: usize, offset: i64) -> std::io::Result<Map> {
+        // SAFETY: a fresh shared mapping of the ring's own fd; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Map {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The `u32` the kernel shares at `off` (a ring's head, tail, mask).
+    fn u32_at(&self, off: u32) -> &AtomicU32 {
+        assert!(off as usize + 4 <= self.len);
+        // SAFETY: inside the mapping, 4-aligned (the kernel's offsets are).
+        unsafe { &*self.ptr.add(off as usize).cast::<AtomicU32>() }
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, not used after this.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// One io_uring instance with 128-byte submission entries.
+struct Ring {
+    fd: OwnedFd,
+    sq: Map,
+    cq: Map,
+    sqes: Map,
+    p: Params,
+    /// Submissions (the tail and the entries) are made under this lock,
+    /// from the ring's thread and from whichever thread answers.
+    submit: Mutex<()>,
+}
+
+// SAFETY: the shared memory is reached only through atomics (heads and
+// tails) and under `submit` (submission entries), or by the one thread
+// that reaps completions.
+unsafe impl Send for Ring {}
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    fn new(entries: u32) -> std::io::Result<Ring> {
+        let mut p = Params {
+            flags: IORING_SETUP_SQE128,
+            ..Params::default()
+        };
+        // SAFETY: io_uring_setup fills `p`, which outlives the call.
+        let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, &mut p as *mut Params) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor, owned from here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let raw = fd.as_raw_fd();
+        let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
+        let cq_len = p.cq_off.cqes as usize + p.cq_entries as usize * CQE_SIZE;
+        let sq = Map::new(raw, sq_len, IORING_OFF_SQ_RING)?;
+        let cq = Map::new(raw, cq_len, IORING_OFF_CQ_RING)?;
+        let sqes = Map::new(raw, p.sq_entries as usize * SQE_SIZE, IORING_OFF_SQES)?;
+        Ok(Ring {
+            fd,
+            sq,
+            cq,
+            sqes,
+            p,
+            submit: Mutex::new(()),
+        })
+    }
+
+    /// Queues one `URING_CMD` for the FUSE device (submitted by the next
+    /// `enter`). `addr` is the entry's iovec pair (registration only).
+    fn push_cmd(&self, fuse: RawFd, cmd: u32, index: u64, qid: u16, commit_id: u64, addr: u64) {
+        let _g = self.submit.lock().unwrap_or_else(|p| p.into_inner());
+        let tail_a = self.sq.u32_at(self.p.sq_off.tail);
+        let head = self.sq.u32_at(self.p.sq_off.head).load(Ordering::Acquire);
+        let tail = tail_a.load(Ordering::Relaxed);
+        // At most DEPTH commands are ever queued at once, and the ring has
+        // room for twice as many.
+        assert!(tail.wrapping_sub(head) < self.p.sq_entries);
+        let mask = self
+            .sq
+            .u32_at(self.p.sq_off.ring_mask)
+            .load(Ordering::Relaxed);
+        let i = tail & mask;
+        let mut sqe = [0u8; SQE_SIZE];
+        sqe[0] = IORING_OP_URING_CMD;
+        sqe[4..8].copy_from_slice(&fuse.to_ne_bytes());
+        sqe[8..12].copy_from_slice(&cmd.to_ne_bytes()); // cmd_op
+        sqe[16..24].copy_from_slice(&addr.to_ne_bytes());
+        if addr != 0 {
+            sqe[24..28].copy_from_slice(&2u32.to_ne_bytes()); // two iovecs
+        }
+        sqe[32..40].copy_from_slice(&index.to_ne_bytes()); // user_data
+        // The command (fuse_uring_cmd_req): flags, commit id, queue.
+        sqe[56..64].copy_from_slice(&commit_id.to_ne_bytes());
+        sqe[64..66].copy_from_slice(&qid.to_ne_bytes());
+        // SAFETY: entry `i` of the mapped array, not in the kernel's hands
+        // (between head and tail only once the tail moves, below).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                sqe.as_ptr(),
+                self.sqes.ptr.add(i as usize * SQE_SIZE),
+                SQE_SIZE,
+            );
+            let array = self.sq.ptr.add(self.p.sq_off.array as usize).cast::<u32>();
+            array.add(i as usize).write_volatile(i);
+        }
+        tail_a.store(tail.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Submits what is queued and, with `wait`, waits up to `timeout` for a
+    /// completion.
+    fn enter(&self, wait: bool, timeout: Duration) -> std::io::Result<()> {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        #[repr(C)]
+        struct GetEventsArg {
+            sigmask: u64,
+            sigmask_sz: u32,
+            min_wait_usec: u32,
+            ts: u64,
+        }
+        let ts = Timespec {
+            sec: timeout.as_secs() as i64,
+            nsec: timeout.subsec_nanos() as i64,
+        };
+        let arg = GetEventsArg {
+            sigmask: 0,
+            sigmask_sz: 0,
+            min_wait_usec: 0,
+            ts: &ts as *const Timespec as u64,
+        };
+        let (min, flags) = if wait {
+            (1u32, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG)
+        } else {
+            (0, IORING_ENTER_EXT_ARG)
+        };
+        // SAFETY: `arg` and `ts` outlive the call; the kernel submits at
+        // most what the tail shows.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd.as_raw_fd(),
+                self.p.sq_entries,
+                min,
+                flags,
+                &arg as *const GetEventsArg,
+                std::mem::size_of::<GetEventsArg>(),
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) => return Ok(()),
+                _ => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The completions waiting: (user data, result), reaped.
+    fn reap(&self, out: &mut Vec<(u64, i32)>) {
+        let head_a = self.cq.u32_at(self.p.cq_off.head);
+        let tail = self.cq.u32_at(self.p.cq_off.tail).load(Ordering::Acquire);
+        let mask = self
+            .cq
+            .u32_at(self.p.cq_off.ring_mask)
+            .load(Ordering::Relaxed);
+        let mut head = head_a.load(Ordering::Relaxed);
+        while head != tail {
+            let off = self.p.cq_off.cqes as usize + (head & mask) as usize * CQE_SIZE;
+            assert!(off + CQE_SIZE <= self.cq.len);
+            // SAFETY: a completion the kernel published (before `tail`).
+            let (data, res) = unsafe {
+                let c = self.cq.ptr.add(off);
+                (
+                    c.cast::<u64>().read_volatile(),
+                    c.add(8).cast::<i32>().read_volatile(),
+                )
+            };
+            out.push((data, res));
+            head = head.wrapping_add(1);
+        }
+        head_a.store(head, Ordering::Release);
+    }
+}
+
+/// One entry's memory: the header buffer, and the payload buffer with
+/// `PREFIX` bytes in front of it. 8-aligned (`u64`s).
+struct Entry {
+    headers: Box<[u64]>,
+    buf: Box<[u64]>,
+    iov: [libc::iovec; 2],
+}
+
+impl Entry {
+    fn new(payload: usize) -> Entry {
+        let mut headers = vec![0u64; HEADERS / 8].into_boxed_slice();
+        let mut buf = vec![0u64; (PREFIX + payload).div_ceil(8)].into_boxed_slice();
+        let iov = [
+            libc::iovec {
+                iov_base: headers.as_mut_ptr().cast(),
+                iov_len: HEADERS,
+            },
+            libc::iovec {
+                // SAFETY: PREFIX bytes into the buffer, payload bytes left.
+                iov_base: unsafe { buf.as_mut_ptr().cast::<u8>().add(PREFIX).cast() },
+                iov_len: payload,
+            },
+        ];
+        Entry { headers, buf, iov }
+    }
+
+    fn headers(&self) -> *mut u8 {
+        self.headers.as_ptr() as *mut u8
+    }
+
+    fn buf(&self) -> *mut u8 {
+        self.buf.as_ptr() as *mut u8
+    }
+}
+
+/// A queue's ring and its entries, shared by its thread and the replies.
+struct Queue {
+    qid: u16,
+    fuse: RawFd,
+    ring: Ring,
+    entries: Vec<Entry>,
+    payload: usize,
+    /// Bit i: entry i's request is being served (a reply may be sent).
+    busy: AtomicU64,
+    /// The thread of this queue (a reply sent by it is submitted with its
+    /// next wait, not by a system call of its own).
+    owner: std::sync::OnceLock<std::thread::ThreadId>,
+    /// Requests this queue served.
+    served: AtomicU64,
+}
+
+// SAFETY: an entry's buffers are written by the kernel only while the
+// entry is the kernel's (registered or committed, until its completion),
+// and by the one thread that serves its request otherwise.
+unsafe impl Send for Queue {}
+unsafe impl Sync for Queue {}
+
+/// The reply to one request on one entry.
+#[derive(Debug)]
+struct Answer {
+    queue: Arc<QueueRef>,
+    index: usize,
+    commit_id: u64,
+    /// The request's id (an answer that is not fuser's carries it).
+    unique: u64,
+    sent: AtomicBool,
+}
+
+/// `Queue` behind an `Arc`, with a `Debug` for fuser's sender trait.
+struct QueueRef(Queue);
+
+impl std::fmt::Debug for QueueRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "queue {}", self.0.qid)
+    }
+}
+
+impl ExternalSender for Answer {
+    fn send(&self, data: &[IoSlice<'_>]) -> std::io::Result<()> {
+        if self.sent.swap(true, Ordering::AcqRel) {
+            return Err(std::io::Error::other("a request answered twice"));
+        }
+        let q = &self.queue.0;
+        let e = &q.entries[self.index];
+        let total: usize = data.iter().map(|d| d.len()).sum();
+        if total < OUT_HEADER || total - OUT_HEADER > q.payload {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // The fuse_out_header into `in_out`, the rest into the payload
+        // buffer, in order.
+        let mut header = [0u8; OUT_HEADER];
+        let mut at = 0usize;
+        // SAFETY: the entry is ours until the commit below; lengths checked.
+        unsafe {
+            let payload = e.buf().add(PREFIX);
+            for d in data {
+                let mut s: &[u8] = d;
+                while !s.is_empty() {
+                    if at < OUT_HEADER {
+                        let n = s.len().min(OUT_HEADER - at);
+                        header[at..at + n].copy_from_slice(&s[..n]);
+                        at += n;
+                        s = &s[n..];
+                    } else {
+                        std::ptr::copy_nonoverlapping(
+                            s.as_ptr(),
+                            payload.add(at - OUT_HEADER),
+                            s.len(),
+                        );
+                        at += s.len();
+                        s = &[];
+                    }
+                }
+            }
+            std::ptr::copy_nonoverlapping(header.as_ptr(), e.headers(), OUT_HEADER);
+            e.headers()
+                .add(ENT_PAYLOAD_SZ)
+                .cast::<u32>()
+                .write_unaligned((total - OUT_HEADER) as u32);
+        }
+        q.busy.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
+        q.ring.push_cmd(
+            q.fuse,
+            CMD_COMMIT_AND_FETCH,
+            self.index as u64,
+            q.qid,
+            self.commit_id,
+            0,
+        );
+        if q.owner.get() != Some(&std::thread::current().id()) {
+            q.ring.enter(false, Duration::ZERO)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Answer {
+    /// A request fuser did not answer (only FORGET has no reply, and it
+    /// never comes on a ring; on a ring every request must be committed to
+    /// give its entry back): EIO.
+    fn drop(&mut self) {
+        if !self.sent.load(Ordering::Acquire) {
+            let _ = fail(self, libc::EIO);
+        }
+    }
+}
+
+/// The rings of a mount, registered and served by one pinned thread each.
+pub struct Rings {
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What a queue's thread needs before it serves: the dispatcher, given once
+/// fuser runs the session.
+type Start<FS> = Arc<(Mutex<Go<FS>>, std::sync::Condvar)>;
+
+enum Go<FS: Filesystem> {
+    Wait,
+    Serve(Dispatcher<FS>),
+    /// The mount gave up (a queue could not register): the threads end.
+    Cancel,
+}
+
+impl Rings {
+    /// Registers `DEPTH` entries on every queue of the connection on
+    /// `fuse` (the session's device) for payloads of `payload` bytes, and
+    /// starts each queue's thread; `serve` gives them the dispatcher. The
+    /// kernel serves requests over the rings once every queue has entries.
+    pub fn register<FS: Filesystem>(
+        fuse: BorrowedFd<'_>,
+        payload: usize,
+    ) -> std::io::Result<(Rings, impl FnOnce(Dispatcher<FS>) + Send + use<FS>)> {
+        let n = possible_cpus()?;
+        if n > u16::MAX as usize {
+            return Err(std::io::Error::other("too many CPUs"));
+        }
+        let start: Start<FS> = Arc::new((Mutex::new(Go::Wait), std::sync::Condvar::new()));
+        let registered = Arc::new(AtomicUsize::new(0));
+        let failed: Arc<Mutex<Option<std::io::Error>>> = Arc::new(Mutex::new(None));
+        let mut threads = Vec::with_capacity(n);
+        for cpu in 0..n {
+            let queue = Queue {
+                qid: cpu as u16,
+                fuse: fuse.as_raw_fd(),
+                ring: Ring::new((DEPTH * 2) as u32)?,
+                entries: (0..DEPTH).map(|_| Entry::new(payload)).collect(),
+                payload,
+                busy: AtomicU64::new(0),
+                owner: std::sync::OnceLock::new(),
+                served: AtomicU64::new(0),
+            };
+            let queue = Arc::new(QueueRef(queue));
+            let (start, registered, failed) = (start.clone(), registered.clone(), failed.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("fuse-ring-{cpu}"))
+                    .spawn(move || serve_queue(queue, cpu, start, registered, failed))?,
+            );
+        }
+        // Registration is a submission per entry; a refusal completes at
+        // once with an error.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while registered.load(Ordering::Acquire) < n && Instant::now() < deadline {
+            if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let set = move |go: Go<FS>| {
+            let (slot, cv) = &*start;
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = go;
+            cv.notify_all();
+        };
+        let error = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(e) = error {
+            set(Go::Cancel);
+            return Err(e);
+        }
+        if registered.load(Ordering::Acquire) < n {
+            set(Go::Cancel);
+            return Err(std::io::Error::other("the rings did not register in 5 s"));
+        }
+        let give = move |d: Dispatcher<FS>| set(Go::Serve(d));
+        Ok((Rings { threads }, give))
+    }
+
+    /// The queues' threads, for the session to join once the connection
+    /// ends (each ends when its entries are all given back by the kernel).
+    pub fn into_threads(self) -> Vec<JoinHandle<()>> {
+        self.threads
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays in bounds
+    // for any cpu below CPU_SETSIZE, which is checked.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        // A possible CPU that is not online refuses: the thread then runs
+        // anywhere (its queue only gets requests if the CPU comes online).
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn serve_queue<FS: Filesystem>(
+    queue: Arc<QueueRef>,
+    cpu: usize,
+    start: Start<FS>,
+    registered: Arc<AtomicUsize>,
+    failed: Arc<Mutex<Option<std::io::Error>>>,
+) {
+    pin_to(cpu);
+    let q = &queue.0;
+    let _ = q.owner.set(std::thread::current().id());
+    for (i, e) in q.entries.iter().enumerate() {
+        q.ring.push_cmd(
+            q.fuse,
+            CMD_REGISTER,
+            i as u64,
+            q.qid,
+            0,
+            e.iov.as_ptr() as u64,
+        );
+    }
+    let mut done = Vec::new();
+    if let Err(e) = q.ring.enter(false, Duration::ZERO) {
+        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        return;
+    }
+    q.ring.reap(&mut done);
+    if let Some((_, res)) = done.iter().find(|(_, r)| *r < 0) {
+        *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::io::Error::from_raw_os_error(-res));
+        return;
+    }
+    registered.fetch_add(1, Ordering::AcqRel);
+    let dispatcher = {
+        let (slot, cv) = &*start;
+        let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &*g {
+                Go::Serve(d) => break d.clone(),
+                Go::Cancel => return,
+                Go::Wait => {}
+            }
+            let (ng, _) = cv
+                .wait_timeout(g, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner());
+            g = ng;
+        }
+    };
+    drop(start);
+    let _report = Report(q);
+    let mut gone = vec![false; q.entries.len()];
+    let mut pending = done;
+    loop {
+        for (data, res) in pending.drain(..) {
+            let i = data as usize;
+            if i >= q.entries.len() {
+                continue;
+            }
+            if res < 0 {
+                // The connection ends (ENOTCONN) or the entry was refused.
+                if res != -libc::ENOTCONN && res != -libc::ECANCELED {
+                    tracing::warn!(queue = q.qid, error = %std::io::Error::from_raw_os_error(-res), "a FUSE ring entry failed");
+                }
+                gone[i] = true;
+                continue;
+            }
+            serve_entry(&queue, i, &dispatcher);
+        }
+        if gone.iter().all(|g| *g) {
+            return;
+        }
+        if let Err(e) = q.ring.enter(true, Duration::from_secs(1)) {
+            tracing::error!(queue = q.qid, error = %e, "a FUSE ring failed");
+            return;
+        }
+        q.ring.reap(&mut pending);
+        if pending.is_empty() && dispatcher.connection_ended() {
+            // The device says the connection is gone; the kernel gives the
+            // entries back as it tears the rings down, or closing the ring
+            // (when this thread returns) takes them.
+            let idle = q.busy.load(Ordering::Acquire) == 0;
+            if idle {
+                return;
+            }
+        }
+    }
+}
+
+/// Says, as a queue's thread ends, how many requests it served.
+struct Report<'a>(&'a Queue);
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        tracing::info!(
+            queue = self.0.qid,
+            requests = self.0.served.load(Ordering::Relaxed),
+            "a FUSE ring ends"
+        );
+    }
+}
+
+/// Rebuilds entry `i`'s request as the device gives it, in front of its
+/// payload, and dispatches it.
+fn serve_entry<FS: Filesystem>(queue: &Arc<QueueRef>, i: usize, dispatcher: &Dispatcher<FS>) {
+    let q = &queue.0;
+    let e = &q.entries[i];
+    // SAFETY: the completion gave the entry to this thread; every read is
+    // within the header buffer, and the copies stay inside `buf` (the
+    // request's length is checked against what the buffers hold).
+    let (slice, commit_id, unique) = unsafe {
+        let h = e.headers();
+        let mut in_header = [0u8; IN_HEADER];
+        std::ptr::copy_nonoverlapping(h, in_header.as_mut_ptr(), IN_HEADER);
+        let len = u32::from_ne_bytes(in_header[0..4].try_into().unwrap()) as usize;
+        let unique = u64::from_ne_bytes(in_header[8..16].try_into().unwrap());
+        let commit_id = h.add(ENT_COMMIT_ID).cast::<u64>().read_unaligned();
+        let payload_sz = h.add(ENT_PAYLOAD_SZ).cast::<u32>().read_unaligned() as usize;
+        // The header's length counts every argument: what is not in the
+        // payload is the first argument, in `op_in`.
+        let op = len.checked_sub(IN_HEADER + payload_sz);
+        match op {
+            Some(op) if op <= OP_IN && payload_sz <= q.payload => {
+                let start = PREFIX - op - IN_HEADER;
+                let b = e.buf();
+                std::ptr::copy_nonoverlapping(in_header.as_ptr(), b.add(start), IN_HEADER);
+                std::ptr::copy_nonoverlapping(h.add(128), b.add(start + IN_HEADER), op);
+                (
+                    Some(std::slice::from_raw_parts(b.add(start), len)),
+                    commit_id,
+                    unique,
+                )
+            }
+            _ => (None, commit_id, unique),
+        }
+    };
+    q.busy.fetch_or(1u64 << i, Ordering::AcqRel);
+    q.served.fetch_add(1, Ordering::Relaxed);
+    let answer = Arc::new(Answer {
+        queue: queue.clone(),
+        index: i,
+        commit_id,
+        unique,
+        sent: AtomicBool::new(false),
+    });
+    // fuser reads the arguments in place and wants them 8-aligned, as the
+    // device's buffer is; an operation header of another size (none today)
+    // is served from an aligned copy.
+    let copy: Vec<u64>;
+    let slice = match slice {
+        Some(s) if !(s.as_ptr() as usize).is_multiple_of(8) => {
+            let mut v = vec![0u64; s.len().div_ceil(8)];
+            // SAFETY: `v` holds at least s.len() bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(s.as_ptr(), v.as_mut_ptr().cast::<u8>(), s.len())
+            };
+            copy = v;
+            // SAFETY: the bytes just copied.
+            Some(unsafe { std::slice::from_raw_parts(copy.as_ptr().cast::<u8>(), s.len()) })
+        }
+        s => s,
+    };
+    match slice {
+        Some(s) => {
+            if !dispatcher.dispatch(s, answer.clone()) {
+                tracing::warn!(queue = q.qid, "a request on a FUSE ring could not be read");
+                let _ = fail(&answer, libc::EIO);
+            }
+        }
+        None => {
+            tracing::warn!(
+                queue = q.qid,
+                "a request on a FUSE ring has an impossible length"
+            );
+            let _ = fail(&answer, libc::EIO);
+        }
+    }
+}
+
+fn fail(a: &Answer, errno: i32) -> std::io::Result<()> {
+    let mut h = [0u8; OUT_HEADER];
+    h[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
+    h[4..8].copy_from_slice(&(-errno).to_ne_bytes());
+    h[8..16].copy_from_slice(&a.unique.to_ne_bytes());
+    ExternalSender::send(a, &[IoSlice::new(&h)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_possible_cpu_is_read_from_every_form_of_the_list() {
+        assert_eq!(highest_cpu("0\n"), Some(0));
+        assert_eq!(highest_cpu("0-1\n"), Some(1));
+        assert_eq!(highest_cpu("0,2-5"), Some(5));
+        assert_eq!(highest_cpu("0-3,8-11\n"), Some(11));
+        assert_eq!(highest_cpu(""), None);
+        assert_eq!(highest_cpu("x"), None);
+    }
+}
