@@ -48,7 +48,8 @@ threads = 4
 # or fuse.enable_uring=1 at boot): each CPU's requests go through a ring
 # served by a thread pinned to that CPU, instead of one thread reading
 # /dev/fuse for all. Small-file and metadata work is faster when the CPUs
-# are otherwise idle (see BENCHMARKS.md). Where the kernel does not offer
+# are otherwise idle (see BENCHMARKS.md); each CPU's ring holds about 4 MiB
+# of buffers. Where the kernel does not offer
 # it, the mount says so and uses /dev/fuse. Also the mount option io_uring
 # (noio_uring turns it off).
 # io_uring = false

@@ -352,7 +352,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         })?;
     if uring {
         // The rings took the requests at registration; one unanswered for
-        // 10 s means they do not serve, and nothing would: the connection
+        // 30 s means they do not serve, and nothing would: the connection
         // is aborted, which ends the session (and fails what waits).
         let point = mountpoint.to_path_buf();
         let conn = connection_of(mountpoint);

@@ -26,9 +26,10 @@
 //! Each request is rebuilt as the device would give it (header, first
 //! argument, payload, contiguous) in front of its payload in the same
 //! buffer, so no payload is copied, and dispatched by fuser like any other.
-//! Its reply may come from another thread (`Waiters`): submissions to a
-//! ring are serialised by a lock; the ring's own thread waits for
-//! completions without it.
+//! Its reply may come from another thread (`Waiters`): that thread writes
+//! the answer into the entry's buffers and hands the entry to the ring's
+//! own thread (a list, and an eventfd the ring polls), which alone submits
+//! to its ring.
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -68,7 +69,10 @@ const IORING_OFF_CQ_RING: i64 = 0x800_0000;
 const IORING_OFF_SQES: i64 = 0x1000_0000;
 const IORING_ENTER_GETEVENTS: u32 = 1;
 const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
+const IORING_OP_POLL_ADD: u8 = 6;
 const IORING_OP_URING_CMD: u8 = 46;
+/// The completion of the poll on a queue's wake-up eventfd.
+const WAKE: u64 = u64::MAX;
 const SQE_SIZE: usize = 128;
 const CQE_SIZE: usize = 16;
 
@@ -233,18 +237,6 @@ impl Ring {
     /// Queues one `URING_CMD` for the FUSE device (submitted by the next
     /// `enter`). `addr` is the entry's iovec pair (registration only).
     fn push_cmd(&self, fuse: RawFd, cmd: u32, index: u64, qid: u16, commit_id: u64, addr: u64) {
-        let _g = self.submit.lock().unwrap_or_else(|p| p.into_inner());
-        let tail_a = self.sq.u32_at(self.p.sq_off.tail);
-        let head = self.sq.u32_at(self.p.sq_off.head).load(Ordering::Acquire);
-        let tail = tail_a.load(Ordering::Relaxed);
-        // At most DEPTH commands are ever queued at once, and the ring has
-        // room for twice as many.
-        assert!(tail.wrapping_sub(head) < self.p.sq_entries);
-        let mask = self
-            .sq
-            .u32_at(self.p.sq_off.ring_mask)
-            .load(Ordering::Relaxed);
-        let i = tail & mask;
         let mut sqe = [0u8; SQE_SIZE];
         sqe[0] = IORING_OP_URING_CMD;
         sqe[4..8].copy_from_slice(&fuse.to_ne_bytes());
@@ -257,6 +249,33 @@ impl Ring {
         // The command (fuse_uring_cmd_req): flags, commit id, queue.
         sqe[56..64].copy_from_slice(&commit_id.to_ne_bytes());
         sqe[64..66].copy_from_slice(&qid.to_ne_bytes());
+        self.push(&sqe);
+    }
+
+    /// Queues a one-shot poll for input on `fd`, completing as `data`.
+    fn push_poll(&self, fd: RawFd, data: u64) {
+        let mut sqe = [0u8; SQE_SIZE];
+        sqe[0] = IORING_OP_POLL_ADD;
+        sqe[4..8].copy_from_slice(&fd.to_ne_bytes());
+        sqe[28..32].copy_from_slice(&(libc::POLLIN as u32).to_ne_bytes()); // poll32_events
+        sqe[32..40].copy_from_slice(&data.to_ne_bytes());
+        self.push(&sqe);
+    }
+
+    /// Queues a submission entry (only the queue's own thread does).
+    fn push(&self, sqe: &[u8; SQE_SIZE]) {
+        let _g = self.submit.lock().unwrap_or_else(|p| p.into_inner());
+        let tail_a = self.sq.u32_at(self.p.sq_off.tail);
+        let head = self.sq.u32_at(self.p.sq_off.head).load(Ordering::Acquire);
+        let tail = tail_a.load(Ordering::Relaxed);
+        // At most DEPTH commands and one poll are ever queued at once, and
+        // the ring has room for twice as many.
+        assert!(tail.wrapping_sub(head) < self.p.sq_entries);
+        let mask = self
+            .sq
+            .u32_at(self.p.sq_off.ring_mask)
+            .load(Ordering::Relaxed);
+        let i = tail & mask;
         // SAFETY: entry `i` of the mapped array, not in the kernel's hands
         // (between head and tail only once the tail moves, below).
         unsafe {
@@ -301,13 +320,20 @@ impl Ring {
         } else {
             (0, IORING_ENTER_EXT_ARG)
         };
-        // SAFETY: `arg` and `ts` outlive the call; the kernel submits at
-        // most what the tail shows.
+        // Exactly what is queued: asked for more, the kernel submits what
+        // there is and then returns without waiting.
+        let queued = {
+            let _g = self.submit.lock().unwrap_or_else(|p| p.into_inner());
+            let head = self.sq.u32_at(self.p.sq_off.head).load(Ordering::Acquire);
+            let tail = self.sq.u32_at(self.p.sq_off.tail).load(Ordering::Relaxed);
+            tail.wrapping_sub(head)
+        };
+        // SAFETY: `arg` and `ts` outlive the call.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_enter,
                 self.fd.as_raw_fd(),
-                self.p.sq_entries,
+                queued,
                 min,
                 flags,
                 &arg as *const GetEventsArg,
@@ -400,6 +426,14 @@ struct Queue {
     owner: std::sync::OnceLock<std::thread::ThreadId>,
     /// Requests this queue served.
     served: AtomicU64,
+    /// Answers written by other threads (`Waiters`), to commit: entry and
+    /// commit id. Only the queue's own thread submits to its ring: a
+    /// command submitted by another thread completes through that thread's
+    /// task work, and the ring's thread then found its wait for
+    /// completions ending at once, again and again.
+    handed: Mutex<Vec<(usize, u64)>>,
+    /// Written when `handed` gets an answer; polled on the ring.
+    wake: OwnedFd,
 }
 
 // SAFETY: an entry's buffers are written by the kernel only while the
@@ -407,6 +441,47 @@ struct Queue {
 // and by the one thread that serves its request otherwise.
 unsafe impl Send for Queue {}
 unsafe impl Sync for Queue {}
+
+impl Queue {
+    /// Queues entry `i`'s answer and the fetch of its next request.
+    fn commit(&self, i: usize, commit_id: u64) {
+        self.ring.push_cmd(
+            self.fuse,
+            CMD_COMMIT_AND_FETCH,
+            i as u64,
+            self.qid,
+            commit_id,
+            0,
+        );
+    }
+
+    /// Commits the answers other threads handed over, and re-arms the poll
+    /// on the wake-up eventfd once it fired.
+    fn take_handed(&self, rearm: bool) {
+        if rearm {
+            let mut count = [0u8; 8];
+            // SAFETY: reads 8 bytes into a live buffer (non-blocking; the
+            // counter may be zero if an earlier pass took everything).
+            unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        }
+        let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, commit_id) in handed {
+            self.commit(i, commit_id);
+        }
+        if rearm {
+            self.ring.push_poll(self.wake.as_raw_fd(), WAKE);
+        }
+    }
+}
+
+impl Drop for Queue {
+    /// The entries' buffers are not freed: the kernel may still be
+    /// tearing the ring down (closing its descriptor cancels the entries
+    /// asynchronously). A queue goes only as the mount ends.
+    fn drop(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.entries));
+    }
+}
 
 /// The reply to one request on one entry.
 #[derive(Debug)]
@@ -472,16 +547,23 @@ impl ExternalSender for Answer {
                 .write_unaligned((total - OUT_HEADER) as u32);
         }
         q.busy.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
-        q.ring.push_cmd(
-            q.fuse,
-            CMD_COMMIT_AND_FETCH,
-            self.index as u64,
-            q.qid,
-            self.commit_id,
-            0,
-        );
-        if q.owner.get() != Some(&std::thread::current().id()) {
-            q.ring.enter(false, Duration::ZERO)?;
+        if q.owner.get() == Some(&std::thread::current().id()) {
+            // Submitted with the thread's next wait.
+            q.commit(self.index, self.commit_id);
+            return Ok(());
+        }
+        q.handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((self.index, self.commit_id));
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: 8 bytes from a live buffer to an eventfd.
+        if unsafe { libc::write(q.wake.as_raw_fd(), one.as_ptr().cast(), 8) } < 0 {
+            let e = std::io::Error::last_os_error();
+            // EAGAIN: the counter is full, so the thread is woken anyway.
+            if e.raw_os_error() != Some(libc::EAGAIN) {
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -541,6 +623,8 @@ impl Rings {
                 busy: AtomicU64::new(0),
                 owner: std::sync::OnceLock::new(),
                 served: AtomicU64::new(0),
+                handed: Mutex::new(Vec::new()),
+                wake: eventfd()?,
             };
             let queue = Arc::new(QueueRef(queue));
             let (start, registered, failed) = (start.clone(), registered.clone(), failed.clone());
@@ -585,6 +669,16 @@ impl Rings {
     }
 }
 
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor is owned from here.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn pin_to(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays in bounds
     // for any cpu below CPU_SETSIZE, which is checked.
@@ -620,6 +714,7 @@ fn serve_queue<FS: Filesystem>(
             e.iov.as_ptr() as u64,
         );
     }
+    q.ring.push_poll(q.wake.as_raw_fd(), WAKE);
     let mut done = Vec::new();
     if let Err(e) = q.ring.enter(false, Duration::ZERO) {
         *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -652,7 +747,12 @@ fn serve_queue<FS: Filesystem>(
     let mut gone = vec![false; q.entries.len()];
     let mut pending = done;
     loop {
+        let mut woken = false;
         for (data, res) in pending.drain(..) {
+            if data == WAKE {
+                woken = true;
+                continue;
+            }
             let i = data as usize;
             if i >= q.entries.len() {
                 continue;
@@ -667,6 +767,7 @@ fn serve_queue<FS: Filesystem>(
             }
             serve_entry(&queue, i, &dispatcher);
         }
+        q.take_handed(woken);
         if gone.iter().all(|g| *g) {
             return;
         }
