@@ -39,7 +39,7 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 HELPERS=$SCRIPT_DIR/bench
 DEFAULT_LOCKER_BIN=$REPO/target/release/locker
 LOCKER_BIN=${LOCKER_BIN:-$DEFAULT_LOCKER_BIN}
-ALL_CONTENDERS=(native bindfs locker rclone nullfs nullfs-uring)
+ALL_CONTENDERS=(native bindfs locker locker-uring rclone nullfs nullfs-uring)
 ORIG_ARGS=("$@")
 
 usage() {
@@ -48,9 +48,10 @@ Usage: scripts/bench.sh [options]
 
   --quick            smoke-test sizes (64 MiB sequential file, 500 files)
   --only LIST        comma-separated contenders to run, from
-                     native,bindfs,locker,rclone,nullfs,nullfs-uring
-                     (default: all); nullfs and nullfs-uring run the
-                     metadata phases (4) only
+                     native,bindfs,locker,locker-uring,rclone,nullfs,
+                     nullfs-uring (default: all); locker-uring is LOCKER
+                     mounted with -o io_uring (FUSE over io_uring); nullfs
+                     and nullfs-uring run the metadata phases (4) only
   --repeat N         run every contender N times, interleaved, and report
                      the median of each figure (default 1)
   --busy MODE        CPU condition during every run (default: one):
@@ -71,7 +72,7 @@ EOF
 
 # ---------------------------------------------------------------- options
 QUICK=0
-ONLY=native,bindfs,locker,rclone,nullfs,nullfs-uring
+ONLY=native,bindfs,locker,locker-uring,rclone,nullfs,nullfs-uring
 BUSY=one
 REPEAT=1
 WRITE_MD=1
@@ -244,7 +245,7 @@ settle() {  # contender: flush and let background uploads finish (untimed)
   # LOCKER queues what was just written at once, so an empty queue means
   # everything pushed.
   case $c in
-    locker) wait_zero "locker: upload queue" "$deadline" locker_queued; sync ;;
+    locker | locker-uring) wait_zero "$c: upload queue" "$deadline" locker_queued; sync ;;
     rclone) wait_zero "rclone: uploads" "$deadline" rclone_pending; sync ;;
   esac
   return 0
@@ -258,7 +259,7 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v mountpoint >/dev/null || need+=(util-linux)
-if has bindfs || has locker || has rclone; then command -v fusermount3 >/dev/null || need+=(fuse3); fi
+if has bindfs || has locker || has locker-uring || has rclone; then command -v fusermount3 >/dev/null || need+=(fuse3); fi
 has bindfs && { command -v bindfs >/dev/null || need+=(bindfs); }
 has rclone && { command -v rclone >/dev/null || need+=(rclone); }
 if has nullfs || has nullfs-uring; then
@@ -266,19 +267,19 @@ if has nullfs || has nullfs-uring; then
   [ -e /usr/include/linux/io_uring.h ] && [ -e /usr/include/stdio.h ] || need+=(libc6-dev linux-libc-dev)
 fi
 NO_URING=
-if has nullfs-uring; then
+if has nullfs-uring || has locker-uring; then
   [ -e /sys/module/fuse ] || modprobe fuse 2>/dev/null
   if [ -e "$URING_PARAM" ]; then
     URING_WAS=$(cat "$URING_PARAM")
   else
-    NO_URING="nullfs-uring did not run: this kernel ($(uname -r)) has no FUSE over io_uring ($URING_PARAM)"
-    ONLY=$(printf '%s\n' "${CONTENDERS[@]}" | grep -vx nullfs-uring | paste -sd,)
+    NO_URING="nullfs-uring and locker-uring did not run: this kernel ($(uname -r)) has no FUSE over io_uring ($URING_PARAM)"
+    ONLY=$(printf '%s\n' "${CONTENDERS[@]}" | grep -vx 'nullfs-uring\|locker-uring' | paste -sd,)
     select_contenders bench
     log "$NO_URING"
   fi
 fi
 apt_install "${need[@]}"
-if has locker && [ ! -x "$LOCKER_BIN" ]; then
+if { has locker || has locker-uring; } && [ ! -x "$LOCKER_BIN" ]; then
   [ "$LOCKER_BIN" = "$DEFAULT_LOCKER_BIN" ] || die "LOCKER_BIN=$LOCKER_BIN does not exist"
   build_locker
 fi
@@ -393,9 +394,14 @@ start_contender() {  # contender; sets WORK (the directory to benchmark in)
       setsid "$NULLFS" "$mnt" "$how" </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
       WORK=$mnt
       ;;
-    locker)
+    locker | locker-uring)
       mkdir -p "$SCRATCH/locker-data"
-      setsid "$LOCKER_BIN" mount "$mnt" --data-dir "$SCRATCH/locker-data" </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
+      local opts=()
+      if [ "$c" = locker-uring ]; then
+        opts=(-o io_uring)
+        echo Y >"$URING_PARAM" || { log "$c: cannot set $URING_PARAM"; return 1; }
+      fi
+      setsid "$LOCKER_BIN" mount "$mnt" --data-dir "$SCRATCH/locker-data" "${opts[@]}" </dev/null >"$LOGDIR/$c.log" 2>&1 3>&- 4>&- &
       WORK=$mnt/corp/bench
       ;;
   esac
@@ -621,6 +627,13 @@ for c in "${CONTENDERS[@]}"; do
       grep -Eq 'requests: [0-9]+ from /dev/fuse, [1-9][0-9]* from io_uring' "$LOGDIR/$c.log" ||
       fail uring "$c" "its requests did not come over io_uring (see $LOGDIR/$c.log)"
   fi
+  if [ "$c" = locker-uring ]; then
+    echo "$URING_WAS" >"$URING_PARAM" || log "cannot put $URING_PARAM back to $URING_WAS"
+    # Each of LOCKER's rings says as it ends how many requests it served.
+    [ "$started" = 0 ] ||
+      grep -Eq 'a FUSE ring ends .*requests=[1-9]' "$LOGDIR/$c.log" ||
+      fail uring "$c" "its requests did not come over io_uring (see $LOGDIR/$c.log)"
+  fi
   rm -rf "$SCRATCH/native" "$SCRATCH/bindfs-src" "$SCRATCH/rclone-src" "$SCRATCH/rclone-cache" "$SCRATCH/locker-data"
   sync
 done
@@ -669,7 +682,7 @@ tables() {
     key=${line%%|*}
     for c in "${CONTENDERS[@]}"; do val["$key|$c"]=$(value "$key" "$c"); done
   done
-  for c in native bindfs rclone nullfs nullfs-uring; do has "$c" && has locker && others+=("$c"); done
+  for c in native bindfs locker-uring rclone nullfs nullfs-uring; do has "$c" && has locker && others+=("$c"); done
   for g in 1 2 3 4 5 6; do
     # nullfs runs the metadata phases (group 4) only.
     cols=() ratios=()
@@ -705,6 +718,10 @@ tables() {
           r=$(awk -v a="${val["$key|locker"]:-x}" -v b="$(value "$of" locker)" -v t="$tf" \
             'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf " (%.2f×: %s)", a / b, (a / b >= t ? "met" : "not met") }')
         fi
+        if has locker-uring; then
+          r+=$(awk -v a="${val["$key|locker-uring"]:-x}" -v b="$(value "$of" locker-uring)" -v t="$tf" \
+            'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "; io_uring %.2f×: %s", a / b, (a / b >= t ? "met" : "not met") }')
+        fi
         row+=" LOCKER ≥ ${tf}× its $of$r |"
         printf '%s\n' "$row"
         continue
@@ -712,6 +729,10 @@ tables() {
       if has locker && has "$tc"; then
         r=$(awk -v a="${val["$key|locker"]:-x}" -v b="${val["$key|$tc"]:-x}" -v t="$tf" \
           'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) print (a / b >= t ? " (met)" : " (not met)") }')
+      fi
+      if has locker-uring && has "$tc"; then
+        r+=$(awk -v a="${val["$key|locker-uring"]:-x}" -v b="${val["$key|$tc"]:-x}" -v t="$tf" \
+          'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf " (io_uring %.2f×: %s)", a / b, (a / b >= t ? "met" : "not met") }')
       fi
       row+=" ≥ ${tf}× $tc$r |"
       printf '%s\n' "$row"
@@ -731,12 +752,13 @@ machine_facts() {
   has bindfs && cs+=("bindfs $(bindfs --version 2>/dev/null | awk '{print $2}') = \`bindfs -f -o big_writes SRC MNT\`")
   has rclone && cs+=("rclone $(rclone version 2>/dev/null | awk 'NR==1 {print $2}') = \`rclone mount SRC MNT --vfs-cache-mode full --cache-dir SCRATCH/rclone-cache\` (default write-back delay; the script waits, untimed, for its uploads to finish between workloads)")
   has locker && cs+=("LOCKER = \`locker mount MNT --data-dir SCRATCH/locker-data\`, working in \`MNT/corp/bench\`")
+  has locker-uring && cs+=("locker-uring = the same with \`-o io_uring\` (FUSE over io_uring: a ring of 4 entries per possible CPU, each served by a thread pinned to it; \`enable_uring\` set only for its run)")
   has nullfs && cs+=("nullfs = \`scripts/bench/nullfs MNT dev\` (\`gcc -O2\`): a tree in memory and no other work, one thread reading /dev/fuse and answering with writev as LOCKER's does, the same capabilities asked of the kernel as LOCKER and its 60 s entry and attribute lifetimes; metadata phases only")
   has nullfs-uring && cs+=("nullfs-uring = the same over FUSE-over-io_uring (\`nullfs MNT uring\`: one ring per possible CPU, each served by a thread pinned to it; \`enable_uring\` set only for its run)")
   local out=${cs[0]} i
   for ((i = 1; i < ${#cs[@]}; i++)); do out+="; ${cs[$i]}"; done
   echo "- Contenders: $out"
-  if has locker; then
+  if has locker || has locker-uring; then
     echo "- LOCKER binary: \`$LOCKER_BIN\` ($(bin_facts))"
   fi
   echo "- Tools: $(fio --version), $(dd --version | head -1), $(tar --version | head -1), Python $(python3 -c 'import platform; print(platform.python_version())')"

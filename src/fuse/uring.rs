@@ -599,8 +599,9 @@ enum Go<FS: Filesystem> {
 impl Rings {
     /// Registers `DEPTH` entries on every queue of the connection on
     /// `fuse` (the session's device) for payloads of `payload` bytes, and
-    /// starts each queue's thread; `serve` gives them the dispatcher. The
-    /// kernel serves requests over the rings once every queue has entries.
+    /// starts each queue's thread; the function returned gives them the
+    /// dispatcher. The kernel serves requests over the rings once every
+    /// queue has entries.
     pub fn register<FS: Filesystem>(
         fuse: BorrowedFd<'_>,
         payload: usize,
@@ -612,27 +613,41 @@ impl Rings {
         let start: Start<FS> = Arc::new((Mutex::new(Go::Wait), std::sync::Condvar::new()));
         let registered = Arc::new(AtomicUsize::new(0));
         let failed: Arc<Mutex<Option<std::io::Error>>> = Arc::new(Mutex::new(None));
+        let cancel = |start: &Start<FS>| {
+            let (slot, cv) = &**start;
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Go::Cancel;
+            cv.notify_all();
+        };
         let mut threads = Vec::with_capacity(n);
         for cpu in 0..n {
-            let queue = Queue {
-                qid: cpu as u16,
-                fuse: fuse.as_raw_fd(),
-                ring: Ring::new((DEPTH * 2) as u32)?,
-                entries: (0..DEPTH).map(|_| Entry::new(payload)).collect(),
-                payload,
-                busy: AtomicU64::new(0),
-                owner: std::sync::OnceLock::new(),
-                served: AtomicU64::new(0),
-                handed: Mutex::new(Vec::new()),
-                wake: eventfd()?,
-            };
-            let queue = Arc::new(QueueRef(queue));
-            let (start, registered, failed) = (start.clone(), registered.clone(), failed.clone());
-            threads.push(
+            let made = (|| -> std::io::Result<JoinHandle<()>> {
+                let queue = Queue {
+                    qid: cpu as u16,
+                    fuse: fuse.as_raw_fd(),
+                    ring: Ring::new((DEPTH * 2) as u32)?,
+                    entries: (0..DEPTH).map(|_| Entry::new(payload)).collect(),
+                    payload,
+                    busy: AtomicU64::new(0),
+                    owner: std::sync::OnceLock::new(),
+                    served: AtomicU64::new(0),
+                    handed: Mutex::new(Vec::new()),
+                    wake: eventfd()?,
+                };
+                let queue = Arc::new(QueueRef(queue));
+                let (start, registered, failed) =
+                    (start.clone(), registered.clone(), failed.clone());
                 std::thread::Builder::new()
                     .name(format!("fuse-ring-{cpu}"))
-                    .spawn(move || serve_queue(queue, cpu, start, registered, failed))?,
-            );
+                    .spawn(move || serve_queue(queue, cpu, start, registered, failed))
+            })();
+            match made {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The queues already started end.
+                    cancel(&start);
+                    return Err(e);
+                }
+            }
         }
         // Registration is a submission per entry; a refusal completes at
         // once with an error.
