@@ -290,11 +290,14 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
     // now holds every request until each CPU's ring is registered. A mount
     // that cannot register them cannot serve: it is undone (dropping the
     // session unmounts).
+    let conn = connection_of(mountpoint);
     let rings = match uring_granted.filter(|g| g.load(Ordering::Acquire)) {
         Some(_) => {
             use std::os::fd::AsFd;
             let payload = crate::blocks::BLOCK_SIZE as usize + 4096;
-            let r = crate::fuse::uring::Rings::register::<LockerFs>(session.as_fd(), payload)
+            let (c, p) = (conn.clone(), mountpoint.to_path_buf());
+            let dead = Arc::new(move || abort_connection(c.as_deref(), &p));
+            let r = crate::fuse::uring::Rings::register::<LockerFs>(session.as_fd(), payload, dead)
                 .context("cannot register the FUSE rings (io_uring)")?;
             Some(r)
         }
@@ -343,7 +346,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         .spawn(move || {
             let r = match rings {
                 Some((rings, give)) => session.run_with(move |d| {
-                    give(d);
+                    give.give(d);
                     Ok(rings.into_threads())
                 }),
                 None => session.run(),
@@ -355,7 +358,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         // 30 s means they do not serve, and nothing would: the connection
         // is aborted, which ends the session (and fails what waits).
         let point = mountpoint.to_path_buf();
-        let conn = connection_of(mountpoint);
+        let conn = conn.clone();
         std::thread::Builder::new()
             .name("ring-probe".into())
             .spawn(move || {

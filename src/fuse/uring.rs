@@ -76,29 +76,31 @@ const WAKE: u64 = u64::MAX;
 const SQE_SIZE: usize = 128;
 const CQE_SIZE: usize = 16;
 
-/// True if the running kernel offers FUSE over io_uring to daemons that
-/// ask (its `fuse` module's `enable_uring` parameter is on).
-pub fn offered() -> bool {
-    std::fs::read_to_string(PARAM).is_ok_and(|s| s.trim() == "Y")
-}
-
-/// The kernel's queue count: one per possible CPU (`nr_cpu_ids`), the
-/// highest number in `/sys/devices/system/cpu/possible` ("0-3", "0,2-5")
-/// plus one.
+/// The kernel's queue count: one per possible CPU (`num_possible_cpus()`),
+/// the CPUs in `/sys/devices/system/cpu/possible` ("0-3", "0,2-5"). Queue
+/// `q` takes the requests of CPU number `q`.
 pub fn possible_cpus() -> std::io::Result<usize> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    highest_cpu(&text)
-        .map(|n| n + 1)
+    count_cpus(&text)
+        .filter(|n| *n > 0)
         .ok_or_else(|| std::io::Error::other(format!("cannot read the CPU list {text:?}")))
 }
 
-fn highest_cpu(text: &str) -> Option<usize> {
-    let mut highest = None;
-    for n in text.trim().split([',', '-']) {
-        let n: usize = n.trim().parse().ok()?;
-        highest = Some(highest.map_or(n, |h: usize| h.max(n)));
+fn count_cpus(text: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in text.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                b.checked_sub(a)? + 1
+            }
+            None => {
+                part.trim().parse::<usize>().ok()?;
+                1
+            }
+        };
     }
-    highest
+    Some(n)
 }
 
 #[repr(C)]
@@ -509,16 +511,35 @@ impl ExternalSender for Answer {
             return Err(std::io::Error::other("a request answered twice"));
         }
         let q = &self.queue.0;
-        let e = &q.entries[self.index];
         let total: usize = data.iter().map(|d| d.len()).sum();
         if total < OUT_HEADER || total - OUT_HEADER > q.payload {
+            // Not an answer the entry can carry: the request fails (EIO)
+            // rather than keep its entry, and its caller, waiting.
+            tracing::error!(
+                queue = q.qid,
+                bytes = total,
+                "a FUSE answer does not fit its ring entry"
+            );
+            let h = error_header(libc::EIO, self.unique);
+            self.place(&[IoSlice::new(&h)], OUT_HEADER);
+            let _ = self.hand_over();
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
-        // The fuse_out_header into `in_out`, the rest into the payload
-        // buffer, in order.
+        self.place(data, total);
+        self.hand_over()
+    }
+}
+
+impl Answer {
+    /// Writes an answer of `total` bytes (checked to fit) into the entry:
+    /// the fuse_out_header into `in_out`, the rest into the payload buffer,
+    /// in order.
+    fn place(&self, data: &[IoSlice<'_>], total: usize) {
+        let q = &self.queue.0;
+        let e = &q.entries[self.index];
         let mut header = [0u8; OUT_HEADER];
         let mut at = 0usize;
-        // SAFETY: the entry is ours until the commit below; lengths checked.
+        // SAFETY: the entry is ours until it is handed over; `total` fits.
         unsafe {
             let payload = e.buf().add(PREFIX);
             for d in data {
@@ -546,6 +567,12 @@ impl ExternalSender for Answer {
                 .cast::<u32>()
                 .write_unaligned((total - OUT_HEADER) as u32);
         }
+    }
+
+    /// Gives the entry, its answer written, back to the kernel: directly on
+    /// the queue's own thread, else through that thread.
+    fn hand_over(&self) -> std::io::Result<()> {
+        let q = &self.queue.0;
         q.busy.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
         if q.owner.get() == Some(&std::thread::current().id()) {
             // Submitted with the thread's next wait.
@@ -580,6 +607,34 @@ impl Drop for Answer {
     }
 }
 
+/// Hands the queues' threads the dispatcher once fuser runs the session;
+/// dropped without it (the mount gave up), the threads end.
+pub struct Give<FS: Filesystem> {
+    start: Option<Start<FS>>,
+}
+
+impl<FS: Filesystem> Give<FS> {
+    pub fn give(mut self, d: Dispatcher<FS>) {
+        if let Some(start) = self.start.take() {
+            set_go(&start, Go::Serve(d));
+        }
+    }
+}
+
+impl<FS: Filesystem> Drop for Give<FS> {
+    fn drop(&mut self) {
+        if let Some(start) = self.start.take() {
+            set_go(&start, Go::Cancel);
+        }
+    }
+}
+
+fn set_go<FS: Filesystem>(start: &Start<FS>, go: Go<FS>) {
+    let (slot, cv) = &**start;
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = go;
+    cv.notify_all();
+}
+
 /// The rings of a mount, registered and served by one pinned thread each.
 pub struct Rings {
     threads: Vec<JoinHandle<()>>,
@@ -602,10 +657,14 @@ impl Rings {
     /// starts each queue's thread; the function returned gives them the
     /// dispatcher. The kernel serves requests over the rings once every
     /// queue has entries.
+    /// `dead` is called if a queue's thread ends while the connection
+    /// lives (an io_uring error, a panic): that CPU's requests would wait
+    /// forever, so the caller ends the connection.
     pub fn register<FS: Filesystem>(
         fuse: BorrowedFd<'_>,
         payload: usize,
-    ) -> std::io::Result<(Rings, impl FnOnce(Dispatcher<FS>) + Send + use<FS>)> {
+        dead: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<(Rings, Give<FS>)> {
         let n = possible_cpus()?;
         if n > u16::MAX as usize {
             return Err(std::io::Error::other("too many CPUs"));
@@ -613,11 +672,7 @@ impl Rings {
         let start: Start<FS> = Arc::new((Mutex::new(Go::Wait), std::sync::Condvar::new()));
         let registered = Arc::new(AtomicUsize::new(0));
         let failed: Arc<Mutex<Option<std::io::Error>>> = Arc::new(Mutex::new(None));
-        let cancel = |start: &Start<FS>| {
-            let (slot, cv) = &**start;
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Go::Cancel;
-            cv.notify_all();
-        };
+        let cancel = |start: &Start<FS>| set_go(start, Go::Cancel);
         let mut threads = Vec::with_capacity(n);
         for cpu in 0..n {
             let made = (|| -> std::io::Result<JoinHandle<()>> {
@@ -634,11 +689,15 @@ impl Rings {
                     wake: eventfd()?,
                 };
                 let queue = Arc::new(QueueRef(queue));
-                let (start, registered, failed) =
-                    (start.clone(), registered.clone(), failed.clone());
+                let (start, registered, failed, dead) = (
+                    start.clone(),
+                    registered.clone(),
+                    failed.clone(),
+                    dead.clone(),
+                );
                 std::thread::Builder::new()
                     .name(format!("fuse-ring-{cpu}"))
-                    .spawn(move || serve_queue(queue, cpu, start, registered, failed))
+                    .spawn(move || serve_queue(queue, cpu, start, registered, failed, dead))
             })();
             match made {
                 Ok(t) => threads.push(t),
@@ -659,22 +718,16 @@ impl Rings {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(20));
-        let set = move |go: Go<FS>| {
-            let (slot, cv) = &*start;
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = go;
-            cv.notify_all();
-        };
         let error = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(e) = error {
-            set(Go::Cancel);
+            cancel(&start);
             return Err(e);
         }
         if registered.load(Ordering::Acquire) < n {
-            set(Go::Cancel);
+            cancel(&start);
             return Err(std::io::Error::other("the rings did not register in 5 s"));
         }
-        let give = move |d: Dispatcher<FS>| set(Go::Serve(d));
-        Ok((Rings { threads }, give))
+        Ok((Rings { threads }, Give { start: Some(start) }))
     }
 
     /// The queues' threads, for the session to join once the connection
@@ -715,6 +768,7 @@ fn serve_queue<FS: Filesystem>(
     start: Start<FS>,
     registered: Arc<AtomicUsize>,
     failed: Arc<Mutex<Option<std::io::Error>>>,
+    dead: Arc<dyn Fn() + Send + Sync>,
 ) {
     pin_to(cpu);
     let q = &queue.0;
@@ -758,7 +812,12 @@ fn serve_queue<FS: Filesystem>(
         }
     };
     drop(start);
-    let _report = Report(q);
+    let mut watch = Watch {
+        q,
+        ended: false,
+        dispatcher: &dispatcher,
+        dead,
+    };
     let mut gone = vec![false; q.entries.len()];
     let mut pending = done;
     loop {
@@ -773,8 +832,9 @@ fn serve_queue<FS: Filesystem>(
                 continue;
             }
             if res < 0 {
-                // The connection ends (ENOTCONN) or the entry was refused.
-                if res != -libc::ENOTCONN && res != -libc::ECANCELED {
+                // The connection ends (ENOTCONN, ECONNABORTED after an
+                // abort) or the entry was refused.
+                if ![libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&-res) {
                     tracing::warn!(queue = q.qid, error = %std::io::Error::from_raw_os_error(-res), "a FUSE ring entry failed");
                 }
                 gone[i] = true;
@@ -784,6 +844,7 @@ fn serve_queue<FS: Filesystem>(
         }
         q.take_handed(woken);
         if gone.iter().all(|g| *g) {
+            watch.ended = true;
             return;
         }
         if let Err(e) = q.ring.enter(true, Duration::from_secs(1)) {
@@ -792,27 +853,40 @@ fn serve_queue<FS: Filesystem>(
         }
         q.ring.reap(&mut pending);
         if pending.is_empty() && dispatcher.connection_ended() {
-            // The device says the connection is gone; the kernel gives the
-            // entries back as it tears the rings down, or closing the ring
-            // (when this thread returns) takes them.
-            let idle = q.busy.load(Ordering::Acquire) == 0;
-            if idle {
-                return;
-            }
+            // The device says the connection is gone: nothing more comes.
+            // An answer still being worked on only lands in `handed` (the
+            // entries outlive the queue), and closing the ring (when this
+            // thread returns) takes back what the kernel has not.
+            watch.ended = true;
+            return;
         }
     }
 }
 
-/// Says, as a queue's thread ends, how many requests it served.
-struct Report<'a>(&'a Queue);
+/// Says, as a queue's thread ends, how many requests it served; and if
+/// it ends while the connection lives (an error, a panic), calls `dead`:
+/// that CPU's requests would wait forever.
+struct Watch<'a, FS: Filesystem> {
+    q: &'a Queue,
+    ended: bool,
+    dispatcher: &'a Dispatcher<FS>,
+    dead: Arc<dyn Fn() + Send + Sync>,
+}
 
-impl Drop for Report<'_> {
+impl<FS: Filesystem> Drop for Watch<'_, FS> {
     fn drop(&mut self) {
         tracing::info!(
-            queue = self.0.qid,
-            requests = self.0.served.load(Ordering::Relaxed),
+            queue = self.q.qid,
+            requests = self.q.served.load(Ordering::Relaxed),
             "a FUSE ring ends"
         );
+        if !self.ended && !self.dispatcher.connection_ended() {
+            tracing::error!(
+                queue = self.q.qid,
+                "a FUSE ring stopped while the mount is in use; ending the mount"
+            );
+            (self.dead)();
+        }
     }
 }
 
@@ -894,11 +968,16 @@ fn serve_entry<FS: Filesystem>(queue: &Arc<QueueRef>, i: usize, dispatcher: &Dis
 }
 
 fn fail(a: &Answer, errno: i32) -> std::io::Result<()> {
+    ExternalSender::send(a, &[IoSlice::new(&error_header(errno, a.unique))])
+}
+
+/// A fuse_out_header that fails request `unique` with `errno`.
+fn error_header(errno: i32, unique: u64) -> [u8; OUT_HEADER] {
     let mut h = [0u8; OUT_HEADER];
     h[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
     h[4..8].copy_from_slice(&(-errno).to_ne_bytes());
-    h[8..16].copy_from_slice(&a.unique.to_ne_bytes());
-    ExternalSender::send(a, &[IoSlice::new(&h)])
+    h[8..16].copy_from_slice(&unique.to_ne_bytes());
+    h
 }
 
 #[cfg(test)]
@@ -906,12 +985,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_highest_possible_cpu_is_read_from_every_form_of_the_list() {
-        assert_eq!(highest_cpu("0\n"), Some(0));
-        assert_eq!(highest_cpu("0-1\n"), Some(1));
-        assert_eq!(highest_cpu("0,2-5"), Some(5));
-        assert_eq!(highest_cpu("0-3,8-11\n"), Some(11));
-        assert_eq!(highest_cpu(""), None);
-        assert_eq!(highest_cpu("x"), None);
+    fn the_possible_cpus_are_counted_from_every_form_of_the_list() {
+        assert_eq!(count_cpus("0\n"), Some(1));
+        assert_eq!(count_cpus("0-1\n"), Some(2));
+        assert_eq!(count_cpus("0,2-5"), Some(5));
+        assert_eq!(count_cpus("0-3,8-11\n"), Some(8));
+        assert_eq!(count_cpus(""), None);
+        assert_eq!(count_cpus("x"), None);
+        assert_eq!(count_cpus("3-1"), None);
     }
 }

@@ -350,6 +350,7 @@ impl<FS: Filesystem> Session<FS> {
             let res = match thread.join() {
                 Ok(res) => res,
                 Err(_) => {
+                    ended.store(true, std::sync::atomic::Ordering::Release);
                     return Err(io::Error::other("event loop thread panicked"));
                 }
             };
