@@ -590,16 +590,7 @@ const READAHEAD_KB: u32 = (crate::blocks::BLOCK_SIZE / 1024) as u32;
 /// finished the handshake (a `statfs` is answered only after it): files
 /// opened from then on read ahead that far.
 fn raise_readahead(mountpoint: &Path) {
-    let abs = match std::fs::canonicalize(mountpoint) {
-        Ok(p) => p,
-        Err(_) => return,
-    };
-    let want = abs.as_os_str().as_bytes();
-    let Some(dev) = mounts()
-        .into_iter()
-        .rfind(|m| m.point.as_os_str().as_bytes() == want && m.fstype.starts_with("fuse"))
-        .map(|m| m.dev)
-    else {
+    let Some(dev) = connection_of(mountpoint) else {
         return;
     };
     let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
@@ -611,8 +602,9 @@ fn raise_readahead(mountpoint: &Path) {
     }
 }
 
-/// The mount's FUSE connection (its device number, "0:N"), from the mount
-/// table: nothing on the mount itself is asked.
+/// The mount's FUSE connection (its device number, "0:N", also its
+/// backing device's name in sysfs), from the mount table: nothing on the
+/// mount itself is asked.
 fn connection_of(mountpoint: &Path) -> Option<String> {
     let abs = if mountpoint.is_absolute() {
         mountpoint.to_path_buf()

@@ -5,9 +5,10 @@
 //!
 //! Why: on idle CPUs each `/dev/fuse` round trip wakes the daemon's thread
 //! on another CPU; a ring served by a thread pinned to the caller's CPU
-//! needs no such migration (BENCHMARKS.md measures it: a do-nothing file
-//! system creates files 1.8 times faster over the rings than over the
-//! device with idle CPUs, and about as fast when the CPUs are busy).
+//! needs no such migration (BENCHMARKS.md measures it: LOCKER creates
+//! small files about twice as fast over the rings with idle CPUs; on CPUs
+//! busy with other work it is slower, since each CPU's requests wait for
+//! that CPU, hence opt-in).
 //!
 //! How (from the kernel's `fs/fuse/dev_uring.c` and `Documentation/
 //! filesystems/fuse-io-uring.rst`): the INIT handshake still happens on the
@@ -421,8 +422,6 @@ struct Queue {
     ring: Ring,
     entries: Vec<Entry>,
     payload: usize,
-    /// Bit i: entry i's request is being served (a reply may be sent).
-    busy: AtomicU64,
     /// The thread of this queue (a reply sent by it is submitted with its
     /// next wait, not by a system call of its own).
     owner: std::sync::OnceLock<std::thread::ThreadId>,
@@ -573,7 +572,6 @@ impl Answer {
     /// the queue's own thread, else through that thread.
     fn hand_over(&self) -> std::io::Result<()> {
         let q = &self.queue.0;
-        q.busy.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
         if q.owner.get() == Some(&std::thread::current().id()) {
             // Submitted with the thread's next wait.
             q.commit(self.index, self.commit_id);
@@ -682,7 +680,6 @@ impl Rings {
                     ring: Ring::new((DEPTH * 2) as u32)?,
                     entries: (0..DEPTH).map(|_| Entry::new(payload)).collect(),
                     payload,
-                    busy: AtomicU64::new(0),
                     owner: std::sync::OnceLock::new(),
                     served: AtomicU64::new(0),
                     handed: Mutex::new(Vec::new()),
@@ -924,7 +921,6 @@ fn serve_entry<FS: Filesystem>(queue: &Arc<QueueRef>, i: usize, dispatcher: &Dis
             _ => (None, commit_id, unique),
         }
     };
-    q.busy.fetch_or(1u64 << i, Ordering::AcqRel);
     q.served.fetch_add(1, Ordering::Relaxed);
     let answer = Arc::new(Answer {
         queue: queue.clone(),
