@@ -72,6 +72,15 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
 const IORING_OP_POLL_ADD: u8 = 6;
 const IORING_OP_URING_CMD: u8 = 46;
+thread_local! {
+    static ON_RING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on a thread serving a FUSE ring.
+pub fn on_ring() -> bool {
+    ON_RING.with(|c| c.get())
+}
+
 /// The completion of the poll on a queue's wake-up eventfd.
 const WAKE: u64 = u64::MAX;
 const SQE_SIZE: usize = 128;
@@ -770,6 +779,7 @@ fn serve_queue<FS: Filesystem>(
     pin_to(cpu);
     let q = &queue.0;
     let _ = q.owner.set(std::thread::current().id());
+    ON_RING.with(|c| c.set(true));
     for (i, e) in q.entries.iter().enumerate() {
         q.ring.push_cmd(
             q.fuse,
