@@ -623,3 +623,96 @@ fn reads_move_the_access_time_as_the_atime_option_says() {
     assert_eq!(moved(t6, times(&f3)), "NNN", "read on a read-only mount");
     assert!(std::fs::write(m.corp().join("new"), b"x").is_err());
 }
+
+/// Turns the fuse module's `enable_uring` on while it lives and puts back
+/// what it was; None where the kernel has no FUSE over io_uring.
+struct UringOn(String);
+
+impl UringOn {
+    const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+    fn set() -> Option<UringOn> {
+        let was = std::fs::read_to_string(Self::PARAM).ok()?;
+        std::fs::write(Self::PARAM, "Y").ok()?;
+        Some(UringOn(was.trim().to_string()))
+    }
+}
+
+impl Drop for UringOn {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PARAM, &self.0);
+    }
+}
+
+/// A statfs of the mount, which the kernel never answers from its caches.
+fn statfs_errno(p: &Path) -> Option<i32> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0 {
+        None
+    } else {
+        std::io::Error::last_os_error().raw_os_error()
+    }
+}
+
+#[test]
+fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiting() {
+    let Some(_uring) = UringOn::set() else {
+        eprintln!(
+            "skipped: this kernel has no FUSE over io_uring ({})",
+            UringOn::PARAM
+        );
+        return;
+    };
+    // The ring thread that takes the 200th request panics, as a panic in a
+    // handler would; the requests before it let the mount come up.
+    let mut m = Mount::with_config(
+        "[mount]\nio_uring = true\n",
+        &[("LOCKER_TEST_RING_PANIC_AFTER".into(), "200".into())],
+    );
+    assert!(m.log_text().contains("io_uring=true"), "{}", m.log_text());
+    let mnt = m.mnt.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for i in 0..100_000 {
+            if let Some(e) = statfs_errno(&mnt) {
+                let _ = tx.send(Some((i, e)));
+                return;
+            }
+        }
+        let _ = tx.send(None);
+    });
+    // Without the guard the request the thread held, and every later one
+    // on that CPU, would wait for good (the teardown would end them).
+    let failed = rx.recv_timeout(Duration::from_secs(60));
+    let log = m.log_text();
+    match failed {
+        Ok(Some((i, errno))) => assert!(
+            [libc::ECONNABORTED, libc::ENOTCONN, libc::EIO].contains(&errno),
+            "statfs {i} failed with errno {errno}; log:\n{log}"
+        ),
+        Ok(None) => panic!("100,000 statfs calls all answered; log:\n{log}"),
+        Err(_) => panic!("a statfs still waits after 60 s; log:\n{log}"),
+    }
+    assert!(
+        log.contains("a FUSE ring stopped while the mount is in use; ending the mount"),
+        "{log}"
+    );
+    // The daemon sees its session end and exits by itself; the mount is gone.
+    let t0 = Instant::now();
+    let child = m.child.as_mut().unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the daemon still runs 30 s after its connection ended; log:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    m.child = None;
+    assert!(!is_mounted(&m.mnt), "{}", m.log_text());
+    eprintln!("daemon exited with {status}");
+}

@@ -296,7 +296,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
             use std::os::fd::AsFd;
             let payload = crate::blocks::BLOCK_SIZE as usize + 4096;
             let (c, p) = (conn.clone(), mountpoint.to_path_buf());
-            let dead = Arc::new(move || abort_connection(c.as_deref(), &p));
+            let dead = Arc::new(move || end_connection(c.as_deref(), &p));
             let r = crate::fuse::uring::Rings::register::<LockerFs>(session.as_fd(), payload, dead)
                 .context("cannot register the FUSE rings (io_uring)")?;
             Some(r)
@@ -355,7 +355,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
         })?;
     if uring {
         // The rings took the requests at registration; one unanswered for
-        // 30 s means they do not serve, and nothing would: the connection
+        // 10 s means they do not serve, and nothing would: the connection
         // is aborted, which ends the session (and fails what waits).
         let point = mountpoint.to_path_buf();
         let conn = conn.clone();
@@ -375,7 +375,7 @@ fn serve(mountpoint: &Path, opts: &Options) -> anyhow::Result<()> {
                     .is_err()
                 {
                     tracing::error!("the FUSE rings do not answer after 10 s; ending the mount");
-                    abort_connection(conn.as_deref(), &point);
+                    end_connection(conn.as_deref(), &point);
                 }
             })?;
     }
@@ -622,17 +622,69 @@ fn connection_of(mountpoint: &Path) -> Option<String> {
         .map(|m| m.dev)
 }
 
-/// Ends a FUSE connection that does not answer: its requests fail at once
-/// and the daemon's device reads end (fusectl, where mounted), and the
-/// mount is detached.
-fn abort_connection(dev: Option<&str>, mountpoint: &Path) {
-    if let Some(minor) = dev.and_then(|d| d.split(':').nth(1)) {
-        let knob = format!("/sys/fs/fuse/connections/{minor}/abort");
-        if let Err(e) = std::fs::write(&knob, "1") {
+/// Ends a FUSE connection that cannot answer all its requests (a ring
+/// that stopped, rings that never answered): its requests fail at once,
+/// the daemon's device reads end, which ends the session, and the mount is
+/// detached. Where the connection cannot be aborted, the daemon exits:
+/// the kernel ends a connection whose daemon is gone, and everything it
+/// acknowledged is on disk (as after a `kill -9`). Otherwise the requests
+/// that wait for the stopped ring would wait for good.
+fn end_connection(dev: Option<&str>, mountpoint: &Path) {
+    let aborted = dev
+        .and_then(|d| d.split(':').nth(1))
+        .is_some_and(abort_connection);
+    lazy_unmount(mountpoint);
+    if !aborted {
+        tracing::error!(
+            "cannot abort the FUSE connection; exiting so that the kernel ends it (queued changes are pushed at the next start)"
+        );
+        std::process::exit(1);
+    }
+}
+
+/// Where the kernel's fusectl file system shows each FUSE connection.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Aborts FUSE connection `minor` through fusectl, mounting fusectl first
+/// where nothing has (systemd does at boot; a container or a minimal
+/// system may not). True once aborted.
+fn abort_connection(minor: &str) -> bool {
+    let knob = format!("{FUSECTL}/{minor}/abort");
+    match std::fs::write(&knob, "1") {
+        Ok(()) => return true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
             tracing::warn!(error = %e, knob, "cannot abort the FUSE connection");
+            return false;
         }
     }
-    lazy_unmount(mountpoint);
+    let dir = CString::new(FUSECTL).expect("no NUL");
+    // SAFETY: NUL-terminated strings that live across the call; no data.
+    let r = unsafe {
+        libc::mount(
+            c"fusectl".as_ptr(),
+            dir.as_ptr(),
+            c"fusectl".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, dir = FUSECTL, "cannot mount fusectl to abort the FUSE connection");
+        return false;
+    }
+    tracing::info!(
+        dir = FUSECTL,
+        "mounted fusectl to abort the FUSE connection"
+    );
+    match std::fs::write(&knob, "1") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, knob, "cannot abort the FUSE connection");
+            false
+        }
+    }
 }
 
 fn lazy_unmount(mountpoint: &Path) {

@@ -897,6 +897,20 @@ impl<FS: Filesystem> Drop for Watch<'_, FS> {
     }
 }
 
+/// A test hook (tests/mounting.rs): with `LOCKER_TEST_RING_PANIC_AFTER=N`
+/// in the daemon's environment, the ring thread that takes the request
+/// after the first N panics, as a panic in that request's handler would.
+fn test_panic_due() -> bool {
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    let after = AFTER.get_or_init(|| {
+        std::env::var("LOCKER_TEST_RING_PANIC_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    after.is_some_and(|n| TAKEN.fetch_add(1, Ordering::Relaxed) == n)
+}
+
 /// Rebuilds entry `i`'s request as the device gives it, in front of its
 /// payload, and dispatches it.
 fn serve_entry<FS: Filesystem>(queue: &Arc<QueueRef>, i: usize, dispatcher: &Dispatcher<FS>) {
@@ -956,6 +970,9 @@ fn serve_entry<FS: Filesystem>(queue: &Arc<QueueRef>, i: usize, dispatcher: &Dis
         }
         s => s,
     };
+    if test_panic_due() {
+        panic!("LOCKER_TEST_RING_PANIC_AFTER: a FUSE ring's thread panics on purpose");
+    }
     match slice {
         Some(s) => {
             if !dispatcher.dispatch(s, answer.clone()) {
