@@ -13,6 +13,19 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
+    // A panic is a bug, and the thread it stops may hold an operation half
+    // done in the metadata's open transaction (see `core::redo`). Going on
+    // could commit that half; a thread serving FUSE requests that stopped
+    // would leave its requests waiting for good. The daemon stops instead,
+    // as a `kill -9` would stop it, which every promise already covers: the
+    // kernel fails the requests that wait, and the next start replays what
+    // was acknowledged and finds the mount to take back.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("locker: a thread panicked; stopping at once (as kill -9 would)");
+        std::process::abort();
+    }));
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -625,22 +625,33 @@ fn reads_move_the_access_time_as_the_atime_option_says() {
 }
 
 /// Turns the fuse module's `enable_uring` on while it lives and puts back
-/// what it was; None where the kernel has no FUSE over io_uring.
-struct UringOn(String);
+/// what it was; None where the kernel has no FUSE over io_uring. One at a
+/// time: the kernel checks the switch at every ring command, so a test
+/// putting it back must not do so under another's mount.
+struct UringOn {
+    was: String,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+static URING_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl UringOn {
     const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
     fn set() -> Option<UringOn> {
+        let one = URING_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         let was = std::fs::read_to_string(Self::PARAM).ok()?;
         std::fs::write(Self::PARAM, "Y").ok()?;
-        Some(UringOn(was.trim().to_string()))
+        Some(UringOn {
+            was: was.trim().to_string(),
+            _one: one,
+        })
     }
 }
 
 impl Drop for UringOn {
     fn drop(&mut self) {
-        let _ = std::fs::write(Self::PARAM, &self.0);
+        let _ = std::fs::write(Self::PARAM, &self.was);
     }
 }
 
@@ -655,23 +666,10 @@ fn statfs_errno(p: &Path) -> Option<i32> {
     }
 }
 
-#[test]
-fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiting() {
-    let Some(_uring) = UringOn::set() else {
-        eprintln!(
-            "skipped: this kernel has no FUSE over io_uring ({})",
-            UringOn::PARAM
-        );
-        return;
-    };
-    // The ring thread that takes the 200th request panics, as a panic in a
-    // handler would; the requests before it let the mount come up.
-    let mut m = Mount::with_config(
-        "[mount]\nio_uring = true\n",
-        &[("LOCKER_TEST_RING_PANIC_AFTER".into(), "200".into())],
-    );
-    assert!(m.log_text().contains("io_uring=true"), "{}", m.log_text());
-    let mnt = m.mnt.clone();
+/// Sends statfs requests until one fails (its errno), for at most 60 s;
+/// each request reaches the daemon.
+fn statfs_until_one_fails(mnt: &Path) -> i32 {
+    let mnt = mnt.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for i in 0..100_000 {
@@ -682,23 +680,17 @@ fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiti
         }
         let _ = tx.send(None);
     });
-    // Without the guard the request the thread held, and every later one
-    // on that CPU, would wait for good (the teardown would end them).
-    let failed = rx.recv_timeout(Duration::from_secs(60));
-    let log = m.log_text();
-    match failed {
-        Ok(Some((i, errno))) => assert!(
-            [libc::ECONNABORTED, libc::ENOTCONN, libc::EIO].contains(&errno),
-            "statfs {i} failed with errno {errno}; log:\n{log}"
-        ),
-        Ok(None) => panic!("100,000 statfs calls all answered; log:\n{log}"),
-        Err(_) => panic!("a statfs still waits after 60 s; log:\n{log}"),
+    // A request left waiting would wait for good; the test's teardown
+    // (the daemon stopped, then killed) ends it.
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Some((_, errno))) => errno,
+        Ok(None) => panic!("100,000 statfs calls all answered"),
+        Err(_) => panic!("a statfs still waits after 60 s"),
     }
-    assert!(
-        log.contains("a FUSE ring stopped while the mount is in use; ending the mount"),
-        "{log}"
-    );
-    // The daemon sees its session end and exits by itself; the mount is gone.
+}
+
+/// Waits up to 30 s for the daemon to exit by itself.
+fn exits_by_itself(m: &mut Mount) -> std::process::ExitStatus {
     let t0 = Instant::now();
     let child = m.child.as_mut().unwrap();
     let status = loop {
@@ -713,6 +705,75 @@ fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiti
         std::thread::sleep(Duration::from_millis(50));
     };
     m.child = None;
+    status
+}
+
+#[test]
+fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiting() {
+    let Some(_uring) = UringOn::set() else {
+        eprintln!(
+            "skipped: this kernel has no FUSE over io_uring ({})",
+            UringOn::PARAM
+        );
+        return;
+    };
+    // The ring thread that takes the 201st request stops there, as an
+    // io_uring error would stop it; the requests before let the mount come up.
+    let mut m = Mount::with_args_env(
+        &["-o", "io_uring"],
+        &[("LOCKER_TEST_RING_FAULT".into(), "stop:200".into())],
+    );
+    assert!(m.log_text().contains("io_uring=true"), "{}", m.log_text());
+    let errno = statfs_until_one_fails(&m.mnt);
+    let log = m.log_text();
+    assert!(
+        [libc::ECONNABORTED, libc::ENOTCONN].contains(&errno),
+        "errno {errno}; log:\n{log}"
+    );
+    assert!(
+        log.contains("a FUSE ring stopped while the mount is in use; ending the mount"),
+        "{log}"
+    );
+    // The daemon sees its session end and exits; the mount is gone.
+    exits_by_itself(&mut m);
     assert!(!is_mounted(&m.mnt), "{}", m.log_text());
-    eprintln!("daemon exited with {status}");
+}
+
+#[test]
+fn a_panic_while_serving_stops_the_daemon_as_kill_9_would_and_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(_uring) = UringOn::set() else {
+        eprintln!(
+            "skipped: this kernel has no FUSE over io_uring ({})",
+            UringOn::PARAM
+        );
+        return;
+    };
+    // The ring thread that takes the 401st request panics before serving
+    // it, where a bug in that request's handler would.
+    let mut m = Mount::with_args_env(
+        &["-o", "io_uring"],
+        &[("LOCKER_TEST_RING_FAULT".into(), "panic:400".into())],
+    );
+    let kept = m.corp().join("kept.txt");
+    std::fs::write(&kept, b"closed before the panic").unwrap();
+    let errno = statfs_until_one_fails(&m.mnt);
+    assert!(
+        [libc::ECONNABORTED, libc::ENOTCONN].contains(&errno),
+        "errno {errno}; log:\n{}",
+        m.log_text()
+    );
+    let status = exits_by_itself(&mut m);
+    let log = m.log_text();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "{status}; log:\n{log}"
+    );
+    assert!(log.contains("a thread panicked; stopping at once"), "{log}");
+    // Started again on the mount it left, without the fault: what was
+    // closed before the panic is there.
+    m.env.clear();
+    m.start(&[]);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"closed before the panic");
 }

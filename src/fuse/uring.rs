@@ -665,7 +665,8 @@ impl Rings {
     /// dispatcher. The kernel serves requests over the rings once every
     /// queue has entries.
     /// `dead` is called if a queue's thread ends while the connection
-    /// lives (an io_uring error, a panic): that CPU's requests would wait
+    /// lives (an io_uring error; a panic stops the whole daemon, see
+    /// `main`): that CPU's requests would wait
     /// forever, so the caller ends the connection.
     pub fn register<FS: Filesystem>(
         fuse: BorrowedFd<'_>,
@@ -847,7 +848,14 @@ fn serve_queue<FS: Filesystem>(
                 gone[i] = true;
                 continue;
             }
-            serve_entry(&queue, i, &dispatcher);
+            match test_fault_due() {
+                Some(TestFault::Stop) => {
+                    tracing::error!(queue = q.qid, "LOCKER_TEST_RING_FAULT: the ring stops");
+                    return;
+                }
+                Some(TestFault::Panic) => panic!("LOCKER_TEST_RING_FAULT: a ring's thread panics"),
+                None => serve_entry(&queue, i, &dispatcher),
+            }
         }
         q.take_handed(woken);
         if gone.iter().all(|g| *g) {
@@ -871,7 +879,7 @@ fn serve_queue<FS: Filesystem>(
 }
 
 /// Says, as a queue's thread ends, how many requests it served; and if
-/// it ends while the connection lives (an error, a panic), calls `dead`:
+/// it ends while the connection lives (an io_uring error), calls `dead`:
 /// that CPU's requests would wait forever.
 struct Watch<'a, FS: Filesystem> {
     q: &'a Queue,
@@ -897,18 +905,33 @@ impl<FS: Filesystem> Drop for Watch<'_, FS> {
     }
 }
 
-/// A test hook (tests/mounting.rs): with `LOCKER_TEST_RING_PANIC_AFTER=N`
-/// in the daemon's environment, the ring thread that takes the request
-/// after the first N panics, as a panic in that request's handler would.
-fn test_panic_due() -> bool {
-    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+/// What a test (tests/mounting.rs) makes a ring's thread do.
+#[derive(Clone, Copy, PartialEq)]
+enum TestFault {
+    /// Stop serving, as an io_uring error stops it.
+    Stop,
+    /// Panic, as a bug in a request's handler would.
+    Panic,
+}
+
+/// A test hook: with `LOCKER_TEST_RING_FAULT=stop:N` (or `panic:N`) in the
+/// daemon's environment, the ring thread that takes the request after the
+/// first N stops (or panics) before serving it.
+fn test_fault_due() -> Option<TestFault> {
+    static FAULT: std::sync::OnceLock<Option<(TestFault, u64)>> = std::sync::OnceLock::new();
     static TAKEN: AtomicU64 = AtomicU64::new(0);
-    let after = AFTER.get_or_init(|| {
-        std::env::var("LOCKER_TEST_RING_PANIC_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok())
+    let fault = FAULT.get_or_init(|| {
+        let v = std::env::var("LOCKER_TEST_RING_FAULT").ok()?;
+        let (kind, after) = v.split_once(':')?;
+        let kind = match kind {
+            "stop" => TestFault::Stop,
+            "panic" => TestFault::Panic,
+            _ => return None,
+        };
+        Some((kind, after.parse().ok()?))
     });
-    after.is_some_and(|n| TAKEN.fetch_add(1, Ordering::Relaxed) == n)
+    let (kind, after) = (*fault)?;
+    (TAKEN.fetch_add(1, Ordering::Relaxed) == after).then_some(kind)
 }
 
 /// Rebuilds entry `i`'s request as the device gives it, in front of its
@@ -970,9 +993,6 @@ fn serve_entry<FS: Filesystem>(queue: &Arc<QueueRef>, i: usize, dispatcher: &Dis
         }
         s => s,
     };
-    if test_panic_due() {
-        panic!("LOCKER_TEST_RING_PANIC_AFTER: a FUSE ring's thread panics on purpose");
-    }
     match slice {
         Some(s) => {
             if !dispatcher.dispatch(s, answer.clone()) {

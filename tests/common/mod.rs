@@ -91,6 +91,11 @@ impl Mount {
         Mount::fresh_with(None, &[], args)
     }
 
+    /// Mounts a fresh store with these arguments and this environment.
+    pub fn with_args_env(args: &[&str], env: &[(String, String)]) -> Mount {
+        Mount::fresh_with(None, env, args)
+    }
+
     fn fresh(config: Option<&str>, env: &[(String, String)]) -> Mount {
         Mount::fresh_with(config, env, &[])
     }
