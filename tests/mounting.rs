@@ -708,22 +708,37 @@ fn exits_by_itself(m: &mut Mount) -> std::process::ExitStatus {
     status
 }
 
-#[test]
-fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiting() {
-    let Some(_uring) = UringOn::set() else {
+/// A mount over FUSE's rings with `LOCKER_TEST_RING_FAULT` = `fault`, and
+/// `enable_uring` on until it is unmounted (fields drop in order).
+struct RingMount {
+    m: Mount,
+    _on: UringOn,
+}
+
+fn ring_mount_with(fault: &str) -> Option<RingMount> {
+    let Some(on) = UringOn::set() else {
         eprintln!(
             "skipped: this kernel has no FUSE over io_uring ({})",
             UringOn::PARAM
         );
-        return;
+        return None;
     };
-    // The ring thread that takes the 201st request stops there, as an
-    // io_uring error would stop it; the requests before let the mount come up.
-    let mut m = Mount::with_args_env(
+    let m = Mount::with_args_env(
         &["-o", "io_uring"],
-        &[("LOCKER_TEST_RING_FAULT".into(), "stop:200".into())],
+        &[("LOCKER_TEST_RING_FAULT".into(), fault.into())],
     );
     assert!(m.log_text().contains("io_uring=true"), "{}", m.log_text());
+    Some(RingMount { m, _on: on })
+}
+
+#[test]
+fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiting() {
+    // The ring thread that takes the 201st request stops there, as an
+    // io_uring error would stop it; the requests before let the mount come up.
+    let Some(mut rm) = ring_mount_with("stop:200") else {
+        return;
+    };
+    let m = &mut rm.m;
     let errno = statfs_until_one_fails(&m.mnt);
     let log = m.log_text();
     assert!(
@@ -735,26 +750,19 @@ fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiti
         "{log}"
     );
     // The daemon sees its session end and exits; the mount is gone.
-    exits_by_itself(&mut m);
+    exits_by_itself(m);
     assert!(!is_mounted(&m.mnt), "{}", m.log_text());
 }
 
 #[test]
 fn a_panic_while_serving_stops_the_daemon_as_kill_9_would_and_loses_nothing() {
     use std::os::unix::process::ExitStatusExt;
-    let Some(_uring) = UringOn::set() else {
-        eprintln!(
-            "skipped: this kernel has no FUSE over io_uring ({})",
-            UringOn::PARAM
-        );
-        return;
-    };
     // The ring thread that takes the 401st request panics before serving
     // it, where a bug in that request's handler would.
-    let mut m = Mount::with_args_env(
-        &["-o", "io_uring"],
-        &[("LOCKER_TEST_RING_FAULT".into(), "panic:400".into())],
-    );
+    let Some(mut rm) = ring_mount_with("panic:400") else {
+        return;
+    };
+    let m = &mut rm.m;
     let kept = m.corp().join("kept.txt");
     std::fs::write(&kept, b"closed before the panic").unwrap();
     let errno = statfs_until_one_fails(&m.mnt);
@@ -763,7 +771,7 @@ fn a_panic_while_serving_stops_the_daemon_as_kill_9_would_and_loses_nothing() {
         "errno {errno}; log:\n{}",
         m.log_text()
     );
-    let status = exits_by_itself(&mut m);
+    let status = exits_by_itself(m);
     let log = m.log_text();
     assert_eq!(
         status.signal(),
