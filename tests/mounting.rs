@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ApiMount, BIN, Mount, is_fuse_live, is_mounted, mount_source};
+use common::{ApiMount, BIN, Mount, is_fuse_live, is_mounted, mount_source, statfs};
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -655,17 +655,6 @@ impl Drop for UringOn {
     }
 }
 
-/// A statfs of the mount, which the kernel never answers from its caches.
-fn statfs_errno(p: &Path) -> Option<i32> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0 {
-        None
-    } else {
-        std::io::Error::last_os_error().raw_os_error()
-    }
-}
-
 /// Sends statfs requests until one fails (its errno), for at most 60 s;
 /// each request reaches the daemon.
 fn statfs_until_one_fails(mnt: &Path) -> i32 {
@@ -673,7 +662,7 @@ fn statfs_until_one_fails(mnt: &Path) -> i32 {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for i in 0..100_000 {
-            if let Some(e) = statfs_errno(&mnt) {
+            if let Err(e) = statfs(&mnt) {
                 let _ = tx.send(Some((i, e)));
                 return;
             }
@@ -708,11 +697,39 @@ fn exits_by_itself(m: &mut Mount) -> std::process::ExitStatus {
     status
 }
 
+/// Where the kernel shows each FUSE connection; the daemon mounts it to
+/// abort one where nothing has, and must unmount it after.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
 /// A mount over FUSE's rings with `LOCKER_TEST_RING_FAULT` = `fault`, and
 /// `enable_uring` on until it is unmounted (fields drop in order).
 struct RingMount {
     m: Mount,
     _on: UringOn,
+    /// fusectl was mounted before the test.
+    fusectl: bool,
+}
+
+impl RingMount {
+    /// The daemon left fusectl as it found it.
+    fn assert_fusectl_as_found(&self) {
+        assert_eq!(
+            is_mounted(Path::new(FUSECTL)),
+            self.fusectl,
+            "fusectl (mounted before: {}); log:\n{}",
+            self.fusectl,
+            self.m.log_text()
+        );
+    }
+}
+
+impl Drop for RingMount {
+    /// A failed test leaves no fusectl mount behind either.
+    fn drop(&mut self) {
+        if !self.fusectl && is_mounted(Path::new(FUSECTL)) {
+            let _ = Command::new("umount").arg("-l").arg(FUSECTL).status();
+        }
+    }
 }
 
 fn ring_mount_with(fault: &str) -> Option<RingMount> {
@@ -723,12 +740,17 @@ fn ring_mount_with(fault: &str) -> Option<RingMount> {
         );
         return None;
     };
+    let fusectl = is_mounted(Path::new(FUSECTL));
     let m = Mount::with_args_env(
         &["-o", "io_uring"],
         &[("LOCKER_TEST_RING_FAULT".into(), fault.into())],
     );
     assert!(m.log_text().contains("io_uring=true"), "{}", m.log_text());
-    Some(RingMount { m, _on: on })
+    Some(RingMount {
+        m,
+        _on: on,
+        fusectl,
+    })
 }
 
 #[test]
@@ -752,6 +774,7 @@ fn a_ring_thread_that_stops_ends_the_mount_instead_of_leaving_its_requests_waiti
     // The daemon sees its session end and exits; the mount is gone.
     exits_by_itself(m);
     assert!(!is_mounted(&m.mnt), "{}", m.log_text());
+    rm.assert_fusectl_as_found();
 }
 
 #[test]

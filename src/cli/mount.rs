@@ -645,9 +645,9 @@ fn end_connection(dev: Option<&str>, mountpoint: &Path) {
 /// Where the kernel's fusectl file system shows each FUSE connection.
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 
-/// Aborts FUSE connection `minor` through fusectl, mounting fusectl first
-/// where nothing has (systemd does at boot; a container or a minimal
-/// system may not). True once aborted.
+/// Aborts FUSE connection `minor` through fusectl, mounting fusectl for
+/// the abort where nothing has (systemd does at boot; a container or a
+/// minimal system may not), and unmounting it after. True once aborted.
 fn abort_connection(minor: &str) -> bool {
     let knob = format!("{FUSECTL}/{minor}/abort");
     match std::fs::write(&knob, "1") {
@@ -678,13 +678,20 @@ fn abort_connection(minor: &str) -> bool {
         dir = FUSECTL,
         "mounted fusectl to abort the FUSE connection"
     );
-    match std::fs::write(&knob, "1") {
+    let aborted = match std::fs::write(&knob, "1") {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, knob, "cannot abort the FUSE connection");
             false
         }
+    };
+    // The system is left as it was found.
+    // SAFETY: a NUL-terminated path that lives across the call.
+    if unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, dir = FUSECTL, "cannot unmount fusectl");
     }
+    aborted
 }
 
 fn lazy_unmount(mountpoint: &Path) {

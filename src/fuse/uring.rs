@@ -73,6 +73,7 @@ const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
 const IORING_OP_POLL_ADD: u8 = 6;
 const IORING_OP_URING_CMD: u8 = 46;
 thread_local! {
+    /// Set on each ring's own thread.
     static ON_RING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -906,7 +907,7 @@ impl<FS: Filesystem> Drop for Watch<'_, FS> {
 }
 
 /// What a test (tests/mounting.rs) makes a ring's thread do.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum TestFault {
     /// Stop serving, as an io_uring error stops it.
     Stop,

@@ -51,13 +51,22 @@ pub fn mount_source(p: &Path) -> Option<(String, String)> {
     })
 }
 
-/// statfs of a FUSE mount reaches the daemon; true if it answers and the
-/// file system there is FUSE.
-pub fn is_fuse_live(p: &Path) -> bool {
-    const FUSE_SUPER_MAGIC: i64 = 0x65735546;
+/// statfs of `p` (on a FUSE mount it always reaches the daemon), or its
+/// errno.
+pub fn statfs(p: &Path) -> Result<libc::statfs, i32> {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == FUSE_SUPER_MAGIC }
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0 {
+        Ok(s)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// True if the daemon answers a statfs and the file system there is FUSE.
+pub fn is_fuse_live(p: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x65735546;
+    statfs(p).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC)
 }
 
 fn force_unmount(p: &Path) {
