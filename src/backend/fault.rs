@@ -33,6 +33,16 @@ pub enum Fault {
     Before(Arc<dyn Fn() + Send + Sync>),
     /// A read returns its bytes with one bit flipped.
     Corrupt,
+    /// A read takes as long more as its bytes need at this many bytes per
+    /// second (a link's bandwidth; `Delay` is its round trip).
+    Throughput(u64),
+}
+
+/// What the faults fired for a call leave to its end.
+#[derive(Default)]
+struct Entered {
+    corrupt: bool,
+    rate: Option<u64>,
 }
 
 struct Rule {
@@ -101,8 +111,8 @@ impl FaultBackend {
         self.log.lock().unwrap().clone()
     }
 
-    /// Runs the faults of a call; `Ok(corrupt)` lets it go through.
-    async fn enter(&self, op: &'static str, key: &str) -> BResult<bool> {
+    /// Runs the faults of a call; `Ok` lets it go through.
+    async fn enter(&self, op: &'static str, key: &str) -> BResult<Entered> {
         self.log.lock().unwrap().push((op, key.to_string()));
         loop {
             let thawed = self.thawed.notified();
@@ -128,7 +138,7 @@ impl FaultBackend {
             rules.retain(|r| r.left != Some(0));
             fired
         };
-        let mut corrupt = false;
+        let mut e = Entered::default();
         for f in fired {
             match f {
                 Fault::Fail(kind) => {
@@ -145,10 +155,11 @@ impl FaultBackend {
                 }
                 Fault::Delay(d) => tokio::time::sleep(d).await,
                 Fault::Before(action) => action(),
-                Fault::Corrupt => corrupt = true,
+                Fault::Corrupt => e.corrupt = true,
+                Fault::Throughput(r) => e.rate = Some(r.max(1)),
             }
         }
-        Ok(corrupt)
+        Ok(e)
     }
 }
 
@@ -222,9 +233,13 @@ impl Backend for FaultBackend {
         offset: u64,
         len: u64,
     ) -> BResult<Vec<u8>> {
-        let corrupt = self.enter("get_range", key).await?;
+        let e = self.enter("get_range", key).await?;
         let data = self.inner.get_range(key, if_match, offset, len).await?;
-        Ok(if corrupt { flip(data) } else { data })
+        if let Some(rate) = e.rate {
+            let secs = data.len() as f64 / rate as f64;
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        }
+        Ok(if e.corrupt { flip(data) } else { data })
     }
 
     async fn head(&self, key: &str) -> BResult<Option<ObjInfo>> {
@@ -287,7 +302,7 @@ impl Backend for FaultBackend {
     }
 
     async fn read_symlink(&self, key: &str) -> BResult<Vec<u8>> {
-        let corrupt = self.enter("read_symlink", key).await?;
+        let corrupt = self.enter("read_symlink", key).await?.corrupt;
         let t = self.inner.read_symlink(key).await?;
         Ok(if corrupt { flip(t) } else { t })
     }

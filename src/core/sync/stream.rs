@@ -48,6 +48,14 @@ const MAX_STREAMS: usize = 16;
 /// Blocks per ranged GET.
 const PER_GET: usize = 8;
 
+/// The first read of a stream, up to this long, is answered by a GET of
+/// its own bytes while its block is fetched beside it. A connection new or
+/// idle for a while starts with a small window (TCP's slow start, and the
+/// receiver's window growing from 64 KiB), so a whole 1 MiB block takes
+/// several round trips to arrive where a few KiB take one: `head -c 1`,
+/// `file` or a thumbnailer would otherwise wait for all of them.
+const DIRECT_MAX: u64 = 256 << 10;
+
 /// One file only in a backend, being read.
 pub(crate) struct Stream {
     ino: InodeNo,
@@ -85,6 +93,8 @@ struct Flow {
     ahead: u64,
     window: u64,
     used: Instant,
+    /// A first read was served by a GET of its own bytes (`DIRECT_MAX`).
+    direct: bool,
 }
 
 /// The SHA-256 of the content so far, and the block list it gives.
@@ -163,7 +173,15 @@ impl Locker {
         }
         let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
         for _ in 0..4 {
-            let (mine, jobs) = self.plan(&s, offset, end, first, last);
+            let (mut mine, mut jobs) = self.plan(&s, offset, end, first, last);
+            let direct = !mine.is_empty()
+                && end - offset <= DIRECT_MAX
+                && self.prefetcher.get().is_some()
+                && !std::mem::replace(&mut s.flow().direct, true);
+            if direct {
+                // Its blocks are fetched beside it, for the reads after it.
+                jobs.insert(0, std::mem::take(&mut mine));
+            }
             for idxs in jobs {
                 // Marked in flight: given back if the job never runs.
                 let job = Ahead { s: s.clone(), idxs };
@@ -172,6 +190,9 @@ impl Locker {
                         let _ = c.stream_fetch(&job.s, &job.idxs);
                     }));
                 }
+            }
+            if direct {
+                return self.stream_direct(&s, offset, end).map(Some);
             }
             if !mine.is_empty() {
                 self.stream_fetch(&s, &mine)?;
@@ -322,6 +343,7 @@ impl Locker {
                 ahead: 0,
                 window: 0,
                 used: Instant::now(),
+                direct: false,
             }),
             arrived: Condvar::new(),
             hashing: Mutex::new(Hashing {
@@ -442,6 +464,27 @@ impl Locker {
     /// Fetches blocks `idxs` of a stream (marked in flight by the caller)
     /// by ranged GETs of the version it is pinned to, and hands them to
     /// readers and the hash.
+    /// Bytes `offset..end` of a stream by a GET of their own, pinned to
+    /// its version like every other (see `DIRECT_MAX`).
+    fn stream_direct(&self, s: &Stream, offset: u64, end: u64) -> CoreResult<Vec<u8>> {
+        let len = end - offset;
+        let got = match self.remote.get() {
+            Some(source) => source.fetch(&s.ns, &s.path, Some(&s.etag), &[(offset, len)]),
+            None => Err("no backend is attached".into()),
+        };
+        match got.map(|mut v| v.pop()) {
+            Ok(Some(v)) if v.len() as u64 == len => Ok(v),
+            Ok(_) => {
+                tracing::error!(namespace = %s.ns, path = %String::from_utf8_lossy(&s.path), "the backend's object is shorter than listed; refusing it");
+                Err(eio())
+            }
+            Err(e) => {
+                tracing::error!(namespace = %s.ns, path = %String::from_utf8_lossy(&s.path), error = %e, "fetching part of a file from the backend failed");
+                Err(eio())
+            }
+        }
+    }
+
     fn stream_fetch(&self, s: &Arc<Stream>, idxs: &[u64]) -> CoreResult<()> {
         let mut groups: Vec<Vec<u64>> = Vec::new();
         for &i in idxs {
