@@ -131,6 +131,11 @@ impl FileState {
         self.is_clean()
     }
 
+    /// All of its content is only in a backend: nothing here to change.
+    pub(crate) fn only_remote(&self) -> bool {
+        self.remote_only && self.dirty.is_empty() && self.cut.is_none()
+    }
+
     /// The committed content was replaced by `size` bytes only in a
     /// backend (the file holds no uncommitted change).
     pub(crate) fn now_remote(&mut self, size: u64) {
@@ -489,6 +494,29 @@ impl Locker {
         }
     }
 
+    /// The state lock (taken by `lock`) for a change through handle `fh`,
+    /// its file's content here: a file open for writing whose content
+    /// became only a backend's (another writer replaced the only object
+    /// holding its version, and a fetch followed it) is fetched first. A
+    /// change made to it as it is would find no bytes around it and leave
+    /// zeros there.
+    fn lock_local<'a>(
+        &'a self,
+        fh: HandleId,
+        lock: impl Fn() -> CoreResult<crate::core::StateGuard<'a>>,
+    ) -> CoreResult<crate::core::StateGuard<'a>> {
+        for _ in 0..4 {
+            let st = lock()?;
+            let (ino, _) = Locker::file_handle(&st, fh)?;
+            if !st.files.get(&ino).is_some_and(FileState::only_remote) {
+                return Ok(st);
+            }
+            drop(st);
+            self.fetch_missing(ino)?;
+        }
+        Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+    }
+
     /// Opens regular file `ino`.
     pub fn open(&self, ino: InodeNo, mode: OpenMode) -> CoreResult<HandleId> {
         if mode.write && !mode.truncate {
@@ -671,7 +699,7 @@ impl Locker {
         if offset >= file_size {
             return Ok(Ok(Vec::new()));
         }
-        if fs.remote_only && fs.dirty.is_empty() && fs.cut.is_none() {
+        if fs.only_remote() {
             return Ok(Err(if self.streams_reads(file_size) {
                 Miss::Stream(ino)
             } else {
@@ -854,7 +882,7 @@ impl Locker {
         data: &[u8],
         stamp: bool,
     ) -> CoreResult<u32> {
-        let mut st = self.lock_for_write(data.len() as u64)?;
+        let mut st = self.lock_local(fh, || self.lock_for_write(data.len() as u64))?;
         let st = &mut *st;
         let (ino, mode) = Locker::file_handle(st, fh)?;
         if !mode.write {
@@ -940,6 +968,13 @@ impl Locker {
             return Err(CoreError::FileTooLarge);
         }
         self.with_file(st, ino, |st, fs| {
+            if size > 0 && fs.only_remote() {
+                // (See `lock_local`.) The caller fetches it and comes back.
+                return Err(CoreError::Corrupt(format!(
+                    "inode {} is only in a backend",
+                    ino.0
+                )));
+            }
             if size == 0 {
                 // Emptied: written in order from here again.
                 self.stop_digest(ino, fs);
@@ -1276,7 +1311,7 @@ impl Locker {
         len: u64,
         keep_size: bool,
     ) -> CoreResult<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_local(fh, || Ok(self.lock()))?;
         let st = &mut *st;
         let (ino, _) = Locker::file_handle(st, fh)?;
         let end = offset.checked_add(len).ok_or(CoreError::FileTooLarge)?;

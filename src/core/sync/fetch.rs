@@ -176,14 +176,24 @@ impl Locker {
     /// about to change (or be hashed) needs all of them here.
     pub(crate) fn fetch_missing(&self, ino: InodeNo) -> CoreResult<()> {
         for _ in 0..4 {
-            let need: Vec<BlockRef> = {
+            let (remote_only, need) = {
                 let st = self.lock();
-                meta::file_blocks_from(&st.conn, ino, 0)?
+                let remote_only = meta::get_inode(&st.conn, ino)?.is_some_and(|r| r.remote_only);
+                let need: Vec<BlockRef> = meta::file_blocks_from(&st.conn, ino, 0)?
                     .into_iter()
                     .map(|(_, r)| r)
                     .filter(|r| r.len >= INLINE_MAX && !self.blocks.contains(&r.id))
-                    .collect()
+                    .collect();
+                (remote_only, need)
             };
+            if remote_only {
+                // Only in a backend now: a fetch found the version it
+                // looked for replaced there and followed (`follow_replaced`),
+                // or the caller asks this of such a file. Downloaded whole,
+                // as the caller needs every block here.
+                self.materialize(ino)?;
+                continue;
+            }
             if need.is_empty() {
                 return Ok(());
             }
