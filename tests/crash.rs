@@ -367,6 +367,36 @@ fn kill9_closed_and_fsynced_files_and_metadata_survive() {
 // ---------------------------------------------------------------------------
 // (b) repeated crashes mid-write
 
+/// truncate(2) by path returns only once its change is recorded, also
+/// while another program holds the file open (a log reader): the kernel
+/// sends that SETATTR with the size alone, which the daemon used to leave
+/// to the holder's close, so a kill -9 in between gave the file back its
+/// old size.
+#[test]
+fn kill9_after_truncate_by_path_of_a_file_held_open_keeps_the_new_size() {
+    let mut m = Mount::new();
+    let f = m.corp().join("log.txt");
+    write_file(&f, &vec![7u8; 1 << 20]);
+    let held = File::open(&f).unwrap();
+    let grown = m.corp().join("grown.bin");
+    write_file(&grown, b"0123456789");
+    let held2 = File::open(&grown).unwrap();
+    assert_eq!(unsafe { libc::truncate(cstr(&f).as_ptr(), 10) }, 0);
+    assert_eq!(unsafe { libc::truncate(cstr(&grown).as_ptr(), 3 << 20) }, 0);
+    crash_restart(&mut m);
+    wait_serving(&mut m);
+    drop((held, held2));
+    let t = fs::read(&f).unwrap();
+    assert_eq!(t.len(), 10, "the truncated file's size");
+    assert!(t.iter().all(|&b| b == 7));
+    let g = fs::read(&grown).unwrap();
+    assert_eq!(g.len(), 3 << 20);
+    assert_eq!(&g[..10], b"0123456789");
+    assert!(g[10..].iter().all(|&b| b == 0));
+    m.stop();
+    assert_fsck_clean(&m);
+}
+
 #[test]
 fn kill9_loop_mid_write_closed_files_intact_and_store_consistent() {
     let mut m = Mount::new();

@@ -1007,11 +1007,11 @@ impl Locker {
             fs.ctime = Some(now);
             Ok(())
         })?;
-        // With the file open, the change is committed with the others at
-        // close or fsync; truncate(2) of a closed file commits now.
-        if st.files.get(&ino).is_some_and(|f| f.open > 0) {
-            return Ok(());
-        }
+        // Committed now, open or not: a truncate(2) by path (which the
+        // kernel sends with the size alone) may come from a program that
+        // does not hold the file, so no close of its own would commit it,
+        // and it must survive a kill -9 once it returned. (An ftruncate
+        // comes with the times too, which commit anyway.)
         self.commit_locked(st, ino)
     }
 
