@@ -100,7 +100,7 @@ fn the_record_of_a_push_about_to_write_survives_a_power_cut() {
     t.l.fsyncdir().unwrap();
     t.l.sync_sending("corp", b"f", &[7; 32]).unwrap();
     let t = t.power_cut_and_reopen();
-    assert_eq!(t.l.sync_sent("corp", b"f").unwrap(), Some([7; 32]));
+    assert_eq!(t.l.sync_sent("corp", b"f").unwrap(), vec![[7; 32]]);
 }
 
 pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {

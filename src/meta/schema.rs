@@ -223,6 +223,19 @@ const MIGRATIONS: &[&str] = &[
     DROP TRIGGER file_blocks_alloc_upd;
     INSERT INTO settings (key, value) VALUES ('fix_after_replay', 1)
         ON CONFLICT(key) DO UPDATE SET value = 1;",
+    // 17: every content sent to a path since the backend's entry there was
+    // last recorded, not only the last: a push whose object landed without
+    // its answer, followed by a push of newer content that failed, left
+    // LOCKER unable to know the first object as its own.
+    "CREATE TABLE sent_new (
+        ns     TEXT NOT NULL,
+        path   BLOB NOT NULL,
+        sha256 BLOB NOT NULL,
+        PRIMARY KEY (ns, path, sha256)
+    ) WITHOUT ROWID;
+    INSERT INTO sent_new (ns, path, sha256) SELECT ns, path, sha256 FROM sent;
+    DROP TABLE sent;
+    ALTER TABLE sent_new RENAME TO sent;",
 ];
 
 /// Number of migrations this build knows.

@@ -520,17 +520,26 @@ pub fn set_remote_file_id(conn: &Connection, ns: &str, path: &[u8], id: &str) ->
 pub fn put_sent(conn: &Connection, ns: &str, path: &[u8], sha: &[u8]) -> MetaResult<()> {
     exec(
         conn,
-        "INSERT OR REPLACE INTO sent (ns, path, sha256) VALUES (?1, ?2, ?3)",
+        "INSERT OR IGNORE INTO sent (ns, path, sha256) VALUES (?1, ?2, ?3)",
         params![ns, path, sha],
     )?;
     Ok(())
 }
 
-/// The content the last unrecorded push to `ns/path` was writing, if any.
-pub fn get_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+/// Every content a push to `ns/path` was writing since what the backend
+/// holds there was last recorded (any of them may have landed).
+pub fn get_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Vec<Vec<u8>>> {
     conn.prepare_cached("SELECT sha256 FROM sent WHERE ns = ?1 AND path = ?2")?
-        .query_row(params![ns, path], |r| r.get(0))
-        .optional()
+        .query_map(params![ns, path], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Into::into)
+}
+
+/// Whether a push to `ns/path` wrote anything not yet recorded.
+pub fn any_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sent WHERE ns = ?1 AND path = ?2 LIMIT 1")?
+        .exists(params![ns, path])?)
 }
 
 pub fn delete_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {

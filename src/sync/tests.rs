@@ -1869,6 +1869,50 @@ fn a_write_landing_between_the_head_and_the_push_is_never_lost() {
     );
 }
 
+/// A push whose PUT landed but whose answer was lost, then a change here
+/// whose own push failed after it was recorded as sending: the object the
+/// first push left is still LOCKER's own, not someone else's. Only the
+/// last content sent used to be remembered, so the next attempt took that
+/// object for another writer's: the newer content went to a conflict copy
+/// and the file here went back to the older one.
+#[test]
+fn a_push_that_landed_unanswered_is_not_taken_for_another_writers() {
+    let rig = Rig::new("");
+    let mem = rig.stores.mem["corp"].clone();
+    let f = rig.fault["corp"].clone();
+    let a = b"version A".to_vec();
+    let b = b"version B, written after".to_vec();
+    let (m, a2) = (mem.clone(), a.clone());
+    f.inject(
+        Some("put"),
+        Some("f"),
+        Fault::Before(Arc::new(move || {
+            m.put_foreign("f", &a2, labelled(&a2));
+        })),
+        Some(1),
+    );
+    f.inject(
+        Some("put"),
+        Some("f"),
+        Fault::Fail(crate::backend::ErrorKind::Transient),
+        Some(1),
+    );
+    rig.write("corp/f", &a);
+    rig.drain(Duration::from_secs(3));
+    assert_eq!(object(&mem, "f").unwrap(), a, "the first PUT landed");
+    f.inject(
+        Some("head"),
+        Some("f"),
+        Fault::Fail(crate::backend::ErrorKind::Transient),
+        Some(1),
+    );
+    rig.write("corp/f", &b);
+    rig.drained();
+    assert_eq!(names(&rig, "corp"), vec!["f".to_string()]);
+    assert_eq!(rig.read("corp/f").unwrap(), b);
+    assert_eq!(object(&mem, "f").unwrap(), b);
+}
+
 // ---- slow readers (issue: a snapshot pinned every block it fetched) ----
 
 #[test]

@@ -437,16 +437,20 @@ async fn done(
 
 /// The content a push to the entry's path was writing when it was last
 /// not recorded (a crash or stop in between), if any.
-async fn sent_here(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Option<[u8; 32]>> {
+async fn sent_here(inner: &Arc<Inner>, e: &QueueEntry) -> BResult<Vec<[u8; 32]>> {
     let core = inner.core.clone();
     let (ns, path) = (e.ns.clone(), e.path.clone());
     blocking(move || core.sync_sent(&ns, &path)).await
 }
 
-/// Whether `h` is the object such a push was writing: a file carrying that
-/// content's checksum, which LOCKER put there itself.
-fn landed(sent: Option<[u8; 32]>, h: &crate::backend::ObjInfo) -> bool {
-    sent.is_some() && h.kind == ObjKind::File && h.meta.as_ref().and_then(|m| m.sha256) == sent
+/// Whether `h` is an object such pushes were writing: a file carrying one
+/// of those contents' checksums, which LOCKER put there itself.
+fn landed(sent: &[[u8; 32]], h: &crate::backend::ObjInfo) -> bool {
+    h.kind == ObjKind::File
+        && h.meta
+            .as_ref()
+            .and_then(|m| m.sha256)
+            .is_some_and(|s| sent.contains(&s))
 }
 
 /// The backend's entry as a remote row, with a symlink's target.
@@ -516,8 +520,8 @@ async fn push_other(
         {
             false
         }
-        (Some(r), Some(h)) => r.etag != h.etag && !landed(mine, h),
-        (None, Some(h)) => !landed(mine, h),
+        (Some(r), Some(h)) => r.etag != h.etag && !landed(&mine, h),
+        (None, Some(h)) => !landed(&mine, h),
         _ => false,
     };
     match local {
@@ -718,7 +722,7 @@ async fn push_file(
     //   tells it for all its new files at once; what is found there gets
     //   its HEAD as always.
     let new_here = rec.is_none()
-        && mine.is_none()
+        && mine.is_empty()
         && e.attempts == 0
         && f.size <= SINGLE_PUT_MAX
         && !f.remote_only
@@ -736,8 +740,8 @@ async fn push_file(
         be.head(&key).await?
     };
     let foreign = match (&rec, &head) {
-        (Some(r), Some(h)) => r.etag != h.etag && !landed(mine, h),
-        (None, Some(h)) => !landed(mine, h),
+        (Some(r), Some(h)) => r.etag != h.etag && !landed(&mine, h),
+        (None, Some(h)) => !landed(&mine, h),
         _ => false,
     };
     // What LOCKER uploaded (or copied from content it uploaded or checked):

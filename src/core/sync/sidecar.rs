@@ -82,10 +82,13 @@ impl Locker {
         self.durable_upto(commit)
     }
 
-    /// The content the last unrecorded push to `ns/path` was writing.
-    pub fn sync_sent(&self, ns: &str, path: &[u8]) -> CoreResult<Option<[u8; 32]>> {
+    /// Every content the unrecorded pushes to `ns/path` were writing.
+    pub fn sync_sent(&self, ns: &str, path: &[u8]) -> CoreResult<Vec<[u8; 32]>> {
         let st = self.lock();
-        Ok(msync::get_sent(&st.conn, ns, path)?.and_then(|v| v.try_into().ok()))
+        Ok(msync::get_sent(&st.conn, ns, path)?
+            .into_iter()
+            .filter_map(|v| v.try_into().ok())
+            .collect())
     }
 
     /// Whether inode `ino` has no name left (deleted, perhaps still open).
@@ -264,7 +267,7 @@ impl Locker {
                 if held_here(&found)
                     || msync::remote_held(tx, ns, path)?
                     || msync::get_upload(tx, ns, path)?.is_some()
-                    || msync::get_sent(tx, ns, path)?.is_some()
+                    || msync::any_sent(tx, ns, path)?
                     // A file below still to push (its upload may be on its
                     // way, and make this folder again on some stores).
                     || msync::any_below(tx, ns, path)?
@@ -319,7 +322,7 @@ impl Locker {
             let found = Locker::resolve_in(&st.conn, ns, path)?;
             if held_here(&found)
                 || msync::get_upload(&st.conn, ns, path)?.is_some()
-                || msync::get_sent(&st.conn, ns, path)?.is_some()
+                || msync::any_sent(&st.conn, ns, path)?
             {
                 continue;
             }
