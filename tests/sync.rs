@@ -409,6 +409,44 @@ fn fetched_bytes(port: u16) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
+/// A large object whose label names other content, read through the
+/// mount: it is streamed (served as it arrives, checked once whole), and
+/// once the check has failed, a read gives EIO, also of the pages the
+/// kernel kept from the first read (they were left in its cache).
+#[test]
+fn a_streamed_object_that_fails_its_check_gives_eio_afterwards_even_from_the_kernels_cache() {
+    use std::io::Read;
+    let server = S3Server::start();
+    server.mb("corp");
+    let m = s3_mount(
+        &server,
+        "corp",
+        "[sync]\nupload_delay_ms = 0\nrefresh_interval_s = 0\n[cache]\nsize_mb = 64\n",
+    );
+    let data = pattern(24 << 20, 71);
+    let wrong = sha256_hex(&pattern(1000, 72));
+    server.put("corp", "clip.bin", &data, &[("sha256", &wrong)]);
+    m.status(true);
+    let p = m.corp().join("clip.bin");
+    let _ = std::fs::read(&p);
+    let first_4k = || -> std::io::Result<()> {
+        let mut b = vec![0u8; 4096];
+        std::fs::File::open(&p)?.read_exact(&mut b)
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        match first_4k() {
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            r => assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "a read after the failed check: {r:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(m.log_text().contains("does not match its SHA-256"));
+}
+
 /// A large object another tool left in the bucket, read through the
 /// mount: its first bytes come from a range, not a download of the whole
 /// object; read to the end it gives its bytes (checked against its

@@ -680,6 +680,14 @@ impl Locker {
                 );
             }
             self.free_unknown(st, &stored);
+            // The kernel keeps the pages it was given (the file is opened
+            // with FOPEN_KEEP_CACHE): they go, so that every later read
+            // reaches the daemon and fails. Told from another thread: a
+            // read of this file may be what runs this.
+            if let Some(inval) = self.invalidator.get().cloned() {
+                let ino = s.ino;
+                std::thread::spawn(move || inval(&[super::Invalidate::Inode(ino)]));
+            }
             return;
         }
         match self.install_fetched(
