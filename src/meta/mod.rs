@@ -496,6 +496,22 @@ pub fn files_with_sha_except(
     rows.collect()
 }
 
+/// Files whose content is only in a backend, at the object `src`
+/// (`ns/path`), other than `except`.
+pub fn remote_only_from(
+    conn: &Connection,
+    src: &[u8],
+    except: Option<InodeNo>,
+) -> MetaResult<Vec<InodeNo>> {
+    let mut q = conn.prepare_cached(
+        "SELECT ino FROM inodes WHERE remote_src = ?1 AND remote_only = 1 AND ino != ?2",
+    )?;
+    let rows = q.query_map(params![src, except.map_or(0, |i| i.0 as i64)], |r| {
+        Ok(InodeNo(r.get::<_, i64>(0)? as u64))
+    })?;
+    rows.collect()
+}
+
 pub fn delete_inode(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
     let i = ino.0 as i64;
     exec(conn, "DELETE FROM inodes WHERE ino = ?1", params![i])?;

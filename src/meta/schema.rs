@@ -236,6 +236,9 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO sent_new (ns, path, sha256) SELECT ns, path, sha256 FROM sent;
     DROP TABLE sent;
     ALTER TABLE sent_new RENAME TO sent;",
+    // 18: files only in a backend by the object they are read from, for
+    // the look before that object is deleted or replaced.
+    "CREATE INDEX inodes_by_remote_src ON inodes (remote_src) WHERE remote_only = 1;",
 ];
 
 /// Number of migrations this build knows.

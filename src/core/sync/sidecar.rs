@@ -366,25 +366,34 @@ impl Locker {
     /// Before the object at `ns/path` is replaced or deleted: if it is the
     /// only copy in any backend of content that other files here still hold
     /// (a copy, the other side of an exchange), those files' evicted blocks
-    /// are fetched back and kept until their own path is confirmed.
+    /// are fetched back and kept until their own path is confirmed; so is
+    /// every file here whose content is only in that object (one moved
+    /// before it was ever read, whatever the order its pushes take).
     pub fn sync_secure(&self, ns: &str, path: &[u8]) -> CoreResult<()> {
         let inos: Vec<(InodeNo, bool)> = {
             let mut st = self.lock();
-            let Some(row) = msync::get_remote(&st.conn, ns, path)? else {
-                return Ok(());
-            };
-            let Some(sha) = row.sha256.filter(|_| row.kind == REMOTE_FILE) else {
-                return Ok(());
-            };
-            if msync::other_copy(&st.conn, &sha, ns, path)? {
-                return Ok(());
-            }
             // The file at the path itself, if it still has this content, is
             // not replaced by pushing it.
             let here = Locker::resolve_in(&st.conn, ns, path)?
                 .and_then(|(_, _, r)| r)
                 .map(|r| r.attr.ino);
-            let inos = meta::files_with_sha_except(&st.conn, &sha[..], here)?;
+            let mut src = ns.as_bytes().to_vec();
+            src.push(b'/');
+            src.extend_from_slice(path);
+            let mut inos: Vec<(InodeNo, bool)> = meta::remote_only_from(&st.conn, &src, here)?
+                .into_iter()
+                .map(|i| (i, true))
+                .collect();
+            if let Some(row) = msync::get_remote(&st.conn, ns, path)?
+                && let Some(sha) = row.sha256.filter(|_| row.kind == REMOTE_FILE)
+                && !msync::other_copy(&st.conn, &sha, ns, path)?
+            {
+                for (ino, ro) in meta::files_with_sha_except(&st.conn, &sha[..], here)? {
+                    if !inos.iter().any(|(i, _)| *i == ino) {
+                        inos.push((ino, ro));
+                    }
+                }
+            }
             if inos.is_empty() {
                 return Ok(());
             }
