@@ -561,11 +561,15 @@ pub fn delete_remote(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()>
 }
 
 /// Whether a path other than `ns/path` is known to hold a file with this
-/// content (a label alone does not count). Stops at the first one.
+/// content (a label alone does not count), and will go on holding it: a
+/// path with a change of its own still queued may be about to be replaced
+/// or removed (two copies removed together must not each count on the
+/// other). Stops at the first one.
 pub fn other_copy(conn: &Connection, sha: &[u8], ns: &str, path: &[u8]) -> MetaResult<bool> {
     conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM remote WHERE sha256 = ?1 AND kind = 1 AND verified >= 1
-            AND NOT (ns = ?2 AND path = ?3))",
+        "SELECT EXISTS (SELECT 1 FROM remote r WHERE r.sha256 = ?1 AND r.kind = 1
+            AND r.verified >= 1 AND NOT (r.ns = ?2 AND r.path = ?3)
+            AND NOT EXISTS (SELECT 1 FROM sync_queue q WHERE q.ns = r.ns AND q.path = r.path))",
     )?
     .query_row(params![sha, ns, path], |r| r.get(0))
 }

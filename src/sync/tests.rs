@@ -1942,6 +1942,35 @@ fn a_file_only_in_the_store_renamed_twice_quickly_keeps_its_content() {
     assert_eq!(names(&rig, "corp"), vec!["y".to_string()]);
 }
 
+/// Two objects with the same content, both removed in one batch, while a
+/// file here still holds that content with its blocks evicted and no
+/// object of its own yet (a rename of one of them): each object's removal
+/// counted the other as the surviving copy, so both went and the file had
+/// its content nowhere. A copy whose own path is queued does not count.
+#[test]
+fn two_copies_removed_together_do_not_each_count_on_the_other() {
+    let rig = Rig::new("");
+    rig.exact_batches();
+    let data = crate::core::tests::pattern(3 << 20, 91);
+    let p = rig.write("corp/p", &data);
+    rig.write("corp/q", &data);
+    rig.drained();
+    rig.core().evict(0).unwrap();
+    assert!(rig.core().evicted_blocks(p) > 0);
+    rig.hold("corp");
+    rig.rename("corp/p", "corp/t");
+    rig.rename("corp/t", "corp/y");
+    rig.unlink("corp/q");
+    rig.let_go("corp");
+    rig.drained();
+    assert!(rig.read("corp/y").unwrap() == data, "the file");
+    assert!(
+        object(rig.stores.corp(), "y").unwrap() == data,
+        "its object"
+    );
+    assert_eq!(names(&rig, "corp"), vec!["y".to_string()]);
+}
+
 // ---- slow readers (issue: a snapshot pinned every block it fetched) ----
 
 #[test]
