@@ -352,6 +352,28 @@ fn a_snapshot_of_evicted_blocks_reads_its_version_after_the_file_changed() {
     t.l.sync_release(&snap);
 }
 
+/// A snapshot (a slow API download) of a version no backend holds any
+/// more: the file changed in one block and its new version replaced the
+/// object. The blocks the two versions share may be evicted (the new
+/// version's object holds them); the snapshot then fetches them from that
+/// object, not only by its own version's hash, which no backend has.
+#[test]
+fn a_snapshot_whose_version_was_replaced_in_the_backend_reads_its_shared_blocks() {
+    let t = new();
+    let data = pattern(4 * BLOCK_SIZE as usize, 9);
+    let ino = t.put(t.ns(), b"f", &data);
+    t.confirm("f");
+    let snap = t.l.file_snapshot(ino).unwrap();
+    let fh = t.l.open(ino, rw()).unwrap();
+    t.l.write(fh, 3 * BLOCK_SIZE + 10, b"changed").unwrap();
+    t.l.release(fh).unwrap();
+    t.confirm("f");
+    t.l.evict(0).unwrap();
+    let got = t.l.snap_read(&snap, 0, BLOCK_SIZE, 4 * BLOCK_SIZE).unwrap();
+    assert!(got[..] == data[..BLOCK_SIZE as usize], "block 0");
+    t.l.sync_release(&snap);
+}
+
 #[test]
 fn a_file_only_in_the_backend_is_fetched_whole_and_checked() {
     let t = new();

@@ -236,23 +236,44 @@ impl Locker {
             Purpose::Read => self.keeps_read(snap.size),
         };
         self.fetch_shared(want, |mine| {
-            let sha = snap.sha256.ok_or_else(|| {
-                CoreError::Corrupt(format!(
+            let r = match snap.sha256 {
+                Some(sha) => mine
+                    .iter()
+                    .map(|b| {
+                        snap.blocks
+                            .iter()
+                            .find(|(_, r)| r.id == b.id)
+                            .map(|(i, _)| (*i, *b))
+                            .ok_or(CoreError::NotFound)
+                    })
+                    .collect::<CoreResult<Vec<_>>>()
+                    .and_then(|located| self.fetch_located(snap.ino, &sha, located, keep)),
+                None => Err(CoreError::Corrupt(format!(
                     "inode {} lost a block before it reached a backend",
                     snap.ino.0
-                ))
-            })?;
-            let located = mine
+                ))),
+            };
+            // What is still missing: the snapshot's version is in no backend
+            // any more (replaced there since). A block goes from the cache
+            // only while a backend holds the current version of every file
+            // naming it, so such a file's object has it.
+            let still: Vec<BlockRef> = mine
                 .iter()
-                .map(|b| {
-                    snap.blocks
-                        .iter()
-                        .find(|(_, r)| r.id == b.id)
-                        .map(|(i, _)| (*i, *b))
-                        .ok_or(CoreError::NotFound)
-                })
-                .collect::<CoreResult<Vec<_>>>()?;
-            self.fetch_located(snap.ino, &sha, located, keep)
+                .filter(|b| !self.blocks.contains(&b.id) && !self.passing.holds(&b.id))
+                .copied()
+                .collect();
+            for b in &still {
+                let holder = {
+                    let st = self.lock();
+                    msync::block_in_backend(&st.conn, &b.id.0)?
+                        .and_then(|inos| inos.first().copied())
+                };
+                match holder {
+                    Some(ino) => self.fetch_blocks_now(InodeNo(ino as u64), &[*b], purpose)?,
+                    None => return r,
+                }
+            }
+            if still.is_empty() { r } else { Ok(()) }
         })
     }
 
