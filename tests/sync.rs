@@ -1170,6 +1170,41 @@ fn webdav_chunked_upload_killed_mid_way_resumes_without_resending_chunks() {
     );
 }
 
+/// Overwriting an evicted file (`cp new f`, `echo x > f`: an O_TRUNC
+/// open) needs none of its old content, so it neither downloads it nor
+/// waits for a store that does not answer. The kernel used to strip
+/// O_TRUNC from the open and truncate after it, so LOCKER fetched the
+/// whole file for a write open first (here: waited on the frozen store).
+#[test]
+fn overwriting_an_evicted_file_fetches_nothing_of_it() {
+    let server = Arc::new(S3Server::start());
+    server.mb("corp");
+    let cfg = "[sync]\nupload_delay_ms = 50\nrefresh_interval_s = 0\n[cache]\nsize_mb = 16\n";
+    let m = s3_mount(&server, "corp", cfg);
+    let corp = m.corp();
+    std::fs::write(corp.join("big.bin"), pattern(24 << 20, 73)).unwrap();
+    std::fs::write(corp.join("filler.bin"), pattern(24 << 20, 74)).unwrap();
+    m.wait_drained(DRAIN);
+    wait_for("big.bin to be evicted", DRAIN, || {
+        blocks_bytes(&m.data) <= 16 << 20
+    });
+    std::fs::write("/proc/sys/vm/drop_caches", b"3").unwrap();
+    server.freeze(true);
+    let path = corp.join("big.bin");
+    let writer = std::thread::spawn(move || std::fs::write(path, b"new"));
+    let t0 = Instant::now();
+    while !writer.is_finished() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let done = writer.is_finished();
+    server.freeze(false);
+    assert!(done, "the overwrite waited on the store");
+    writer.join().unwrap().unwrap();
+    assert_eq!(std::fs::read(corp.join("big.bin")).unwrap(), b"new");
+    m.wait_drained(DRAIN);
+    assert_eq!(server.get("corp", "big.bin"), b"new");
+}
+
 #[test]
 fn a_read_waiting_on_a_stopped_backend_holds_up_no_other_request() {
     // An evicted file is read while the store does not answer: the reader

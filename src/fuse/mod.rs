@@ -299,6 +299,10 @@ fn fh(h: FileHandle) -> HandleId {
     HandleId(h.0)
 }
 
+/// `fuse_open_in.open_flags`: an `O_TRUNC` open must drop set-user-ID and
+/// set-group-ID (`FUSE_HANDLE_KILLPRIV_V2`).
+const FUSE_OPEN_KILL_SUIDGID: u32 = 1 << 0;
+
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
@@ -332,6 +336,10 @@ impl Filesystem for LockerFs {
         self.killpriv = config
             .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
             .is_ok();
+        // An O_TRUNC open arrives with O_TRUNC (see `open_with`), rather
+        // than as an open followed by a truncate, which made a write open
+        // of a file only in a backend download it before emptying it.
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         if self.want_writeback {
             self.writeback = config
                 .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
@@ -576,9 +584,31 @@ impl Filesystem for LockerFs {
         }
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open_with(
+        &self,
+        req: &Request,
+        i: INodeNo,
+        flags: OpenFlags,
+        open_flags: u32,
+        reply: ReplyOpen,
+    ) {
         let t = FuseTimer::start("open");
-        let mode = self.open_mode(flags.0);
+        let mut mode = self.open_mode(flags.0);
+        // O_TRUNC reaches here only with FUSE_ATOMIC_O_TRUNC, and then the
+        // truncation is LOCKER's to do, for any access mode (the kernel
+        // checked write permission): to size 0, with new times, dropping
+        // set-user-ID and set-group-ID as a truncate does when the kernel
+        // says the caller may not keep them. Done before the open,
+        // so a write open has nothing to fetch: overwriting a file whose
+        // content is only in a backend does not download it first.
+        let truncate = mode.truncate.then(|| SetAttr {
+            size: Some(0),
+            mtime: Some(TimeSet::Now),
+            ctime: Some(Timestamp::now()),
+            drop_privs: self.killpriv && open_flags & FUSE_OPEN_KILL_SUIDGID != 0,
+            ..Default::default()
+        });
+        mode.truncate = false;
         // Reads are served from the kernel's page cache without reaching
         // here, so the access time moves when a file is opened for reading
         // (what the mount's atime option says).
@@ -589,8 +619,15 @@ impl Filesystem for LockerFs {
         };
         let core = self.core.clone();
         let i = self.ino(i);
+        let fetches = mode.write && truncate.is_none();
+        let who = caller(req);
         let run = move || {
             let _t = t;
+            if let Some(set) = &truncate
+                && let Err(e) = core.setattr_as(i, set, Some(&who))
+            {
+                return reply.error(fail("open", e));
+            }
             match core.open(i, mode) {
                 // Every change reaches the file through this mount, so the
                 // kernel's page cache stays valid across opens.
@@ -603,7 +640,7 @@ impl Filesystem for LockerFs {
                 Err(e) => reply.error(fail("open", e)),
             }
         };
-        if mode.write && !mode.truncate {
+        if fetches {
             // The file's evicted blocks (or its whole content) are fetched.
             self.waiters.run(run);
         } else {

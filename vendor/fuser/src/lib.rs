@@ -582,6 +582,22 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
+    /// `open`, with the request's `open_flags` (`FUSE_OPEN_KILL_SUIDGID`:
+    /// with `FUSE_ATOMIC_O_TRUNC` and `FUSE_HANDLE_KILLPRIV_V2`, an
+    /// `O_TRUNC` open by a caller without `CAP_FSETID` must also drop
+    /// set-user-ID and set-group-ID). By default, `open`. (LOCKER's
+    /// addition.)
+    fn open_with(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        flags: OpenFlags,
+        _open_flags: u32,
+        reply: ReplyOpen,
+    ) {
+        self.open(req, ino, flags, reply);
+    }
+
     /// Read data.
     /// Read should send exactly the number of bytes requested except on EOF or error,
     /// otherwise the rest of the data will be substituted with zeroes. An exception to

@@ -252,10 +252,11 @@ impl<'a> RequestWithSender<'a> {
                 );
             }
             ll::Operation::Open(x) => {
-                filesystem.open(
+                filesystem.open_with(
                     self.request_header(),
                     self.request.nodeid(),
                     x.flags(),
+                    x.open_flags(),
                     self.reply(),
                 );
             }

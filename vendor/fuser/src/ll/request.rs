@@ -665,6 +665,10 @@ mod op {
         pub(crate) fn flags(&self) -> OpenFlags {
             OpenFlags(self.arg.flags)
         }
+        /// `FUSE_OPEN_KILL_SUIDGID` and later bits of `fuse_open_in`.
+        pub(crate) fn open_flags(&self) -> u32 {
+            self.arg.open_flags
+        }
     }
 
     /// Read data.
