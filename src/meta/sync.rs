@@ -531,15 +531,13 @@ pub fn put_sent(conn: &Connection, ns: &str, path: &[u8], sha: &[u8]) -> MetaRes
 pub fn get_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<Vec<Vec<u8>>> {
     conn.prepare_cached("SELECT sha256 FROM sent WHERE ns = ?1 AND path = ?2")?
         .query_map(params![ns, path], |r| r.get(0))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Into::into)
+        .collect()
 }
 
 /// Whether a push to `ns/path` wrote anything not yet recorded.
 pub fn any_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM sent WHERE ns = ?1 AND path = ?2 LIMIT 1")?
-        .exists(params![ns, path])?)
+    conn.prepare_cached("SELECT 1 FROM sent WHERE ns = ?1 AND path = ?2 LIMIT 1")?
+        .exists(params![ns, path])
 }
 
 pub fn delete_sent(conn: &Connection, ns: &str, path: &[u8]) -> MetaResult<()> {
