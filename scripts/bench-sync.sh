@@ -75,10 +75,11 @@ Usage: scripts/bench-sync.sh [options]
                      (tests/webdav/ncserver.py, the Nextcloud emulator) or
                      apache (tests/webdav/apache.sh, mod_dav); each writes
                      its own section of BENCHMARKS.md
-  --delay-ms N       (garage) reach the server through scripts/bench/
-                     delayproxy.py, which holds every byte N ms each way
-                     (a round trip of 2N ms more), as across a WAN; this
-                     kernel has no tc netem. Each delay has its own section
+  --delay-ms N       (garage) hold every TCP packet to and from the server
+                     N ms (a round trip of 2N ms more, as across a WAN),
+                     with a netfilter queue and scripts/bench/nfqdelay.c:
+                     this kernel has no tc netem. Each delay has its own
+                     section
   --quick            smoke-test sizes (64 MiB file, 300 small files)
   --only LIST        comma-separated contenders from locker,rclone
                      (default: both)
@@ -314,6 +315,11 @@ has rclone && { command -v rclone >/dev/null || need+=(rclone); }
 has locker && { command -v fusermount3 >/dev/null || need+=(fuse3); }
 is_garage && has rclone && { command -v fusermount3 >/dev/null || need+=(fuse3); }
 is_garage && { command -v curl >/dev/null || need+=(curl); }
+if [ "$DELAY_MS" -gt 0 ]; then
+  command -v cc >/dev/null || need+=(gcc)
+  command -v iptables >/dev/null || need+=(iptables)
+  [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)
+fi
 if [ "$BACKEND" = apache ]; then
   [ -x /usr/sbin/apache2 ] || need+=(apache2)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
@@ -441,9 +447,9 @@ garage_start "$BASE/garage" "$LOGDIR/garage.log" || die "garage did not start (l
 ENDPOINT=$GARAGE_URL
 log "garage $(garage_version) on $GARAGE_URL (pid $GARAGE_PID)"
 if [ "$DELAY_MS" -gt 0 ]; then
-  delay_start "$GARAGE_URL" "$DELAY_MS" "$LOGDIR/delayproxy.log" || die "delayproxy.py did not start"
+  delay_start "$GARAGE_URL" "$DELAY_MS" "$LOGDIR/nfqdelay.log" "$BASE" || die "the delay did not start"
   ENDPOINT=$DELAY_URL
-  log "through delayproxy.py on $ENDPOINT: ${DELAY_MS} ms each way"
+  log "packets to and from $ENDPOINT held ${DELAY_MS} ms each way (nfqdelay)"
 fi
 export AWS_ACCESS_KEY_ID=$GARAGE_KEY_ID AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET
 export AWS_DEFAULT_REGION=us-east-1
@@ -1189,7 +1195,7 @@ machine_facts() {
     echo "- Storage: $(has locker && echo "LOCKER's data dirs and ")Garage's data on \`$(findmnt -no SOURCE,FSTYPE,OPTIONS --target "$BASE" 2>/dev/null | tr -s ' ')\`; test data prepared in /dev/shm"
     echo "- Backend: Garage $(garage_version) (\`$GARAGE_BIN\`), one node on 127.0.0.1 started by the script (scripts/lib/garage.sh: sqlite metadata, replication 1, a key made for the run), one server for both contenders, separate buckets (corp-rN for LOCKER, rclone-rN for rclone, a fresh pair per run)"
     if [ "$DELAY_MS" -gt 0 ]; then
-      echo "- Link: both contenders reach Garage through scripts/bench/delayproxy.py, which holds every byte ${DELAY_MS} ms in each direction (every request/answer exchange takes $((2 * DELAY_MS)) ms more, as across a WAN with that round trip). This kernel has no tc netem (CONFIG_NET_SCH_NETEM is not set), so the delay is added by a proxy in Python: it models the latency of each exchange, not TCP's behaviour over a long link (each side's connection ends at the proxy on loopback), and its own throughput is a ceiling shared by both contenders"
+      echo "- Link: every TCP packet between the contenders and Garage's S3 port on lo is held ${DELAY_MS} ms before the kernel takes it in (a round trip of $((2 * DELAY_MS)) ms more, as across a WAN): iptables NFQUEUE in raw PREROUTING and scripts/bench/nfqdelay.c, as this kernel has no tc netem (CONFIG_NET_SCH_NETEM is not set). The connections are the kernel's own TCP end to end, so each one's throughput is bounded by its window over the round trip as over a real link: with this machine's $(sysctl -n net.ipv4.tcp_wmem | awk '{print "tcp_wmem max " $3 / 1048576 " MiB"}') and $(sysctl -n net.ipv4.tcp_rmem | awk '{print "tcp_rmem max " $3 / 1048576 " MiB"}') (defaults, untouched), about the send buffer (tcp_wmem max) over the round trip per connection"
     else
       echo "- Link: loopback, no added delay"
     fi

@@ -85,28 +85,51 @@ garage_stop() {
   GARAGE_PID=
 }
 
-# delay_start URL DELAY_MS LOGFILE: a proxy in front of URL (http://HOST:PORT)
-# that holds every byte DELAY_MS in each direction (scripts/bench/
-# delayproxy.py); sets DELAY_PID and DELAY_URL.
+# delay_start URL DELAY_MS LOGFILE: every TCP packet to and from URL's port
+# on lo (http://127.0.0.1:PORT) is held DELAY_MS before the kernel takes
+# it in, so connections to it see a round trip of 2 x DELAY_MS more, in the
+# kernel's own TCP (its windows, slow start and buffers as over a long
+# link). This kernel has no sch_netem; the packets go through a netfilter
+# queue (iptables NFQUEUE in raw PREROUTING, where loopback packets no
+# longer count against their sender's socket) to scripts/bench/nfqdelay.c,
+# built here into DIR (needs cc, iptables and libnetfilter-queue-dev).
+# --queue-bypass lets packets through undelayed if nfqdelay is gone, so a
+# failure cannot cut the server off. Sets DELAY_PID and DELAY_URL (= URL).
+DELAY_RULES=()
+DELAY_QUEUE=4242
 delay_start() {
-  local url=$1 ms=$2 logf=$3 port deadline
-  port=$(free_port) || return 1
-  setsid python3 "$(dirname "${BASH_SOURCE[0]}")/../bench/delayproxy.py" "$port" "${url#http://}" "$ms" \
-    </dev/null >"$logf.out" 2>>"$logf" 3>&- 4>&- &
+  local url=$1 ms=$2 logf=$3 port bin deadline dir=${4:-${TMPDIR:-/tmp}}
+  port=${url##*:}
+  bin=$dir/nfqdelay
+  cc -O2 -o "$bin" "$(dirname "${BASH_SOURCE[0]}")/../bench/nfqdelay.c" \
+    -lnetfilter_queue -lnfnetlink 2>>"$logf" || { log "nfqdelay.c did not build (log: $logf)"; return 1; }
+  setsid "$bin" "$DELAY_QUEUE" "$ms" </dev/null >"$logf.out" 2>>"$logf" 3>&- 4>&- &
   DELAY_PID=$!
   deadline=$((SECONDS + 10))
-  until grep -q ready "$logf.out" 2>/dev/null; do
+  until grep -q nfqdelay "$logf.out" 2>/dev/null; do
     if ! alive "$DELAY_PID" || [ $SECONDS -ge $deadline ]; then
-      log "delayproxy.py did not start"
+      log "nfqdelay did not start (log: $logf)"
       return 1
     fi
     sleep 0.1
   done
+  local dirn rule
+  for dirn in --dport --sport; do
+    rule=(PREROUTING -i lo -p tcp "$dirn" "$port" -j NFQUEUE --queue-num "$DELAY_QUEUE" --queue-bypass)
+    iptables -t raw -I "${rule[@]}" 2>>"$logf" || { log "iptables refused the delay rule (log: $logf)"; return 1; }
+    DELAY_RULES+=("${rule[*]}")
+  done
   # shellcheck disable=SC2034  # read by the script that sources this
-  DELAY_URL=http://127.0.0.1:$port
+  DELAY_URL=$url
 }
 
 delay_stop() {
+  local r
+  for r in "${DELAY_RULES[@]}"; do
+    # shellcheck disable=SC2086  # the rule's words, as inserted
+    iptables -t raw -D $r 2>/dev/null || log "could not remove iptables rule: $r"
+  done
+  DELAY_RULES=()
   [ -n "$DELAY_PID" ] || return 0
   stop_pid "$DELAY_PID" 5
   DELAY_PID=
