@@ -354,6 +354,7 @@ impl State {
         if self.in_batch {
             return f(&self.conn);
         }
+        self.recover_cancelled();
         let defer = self.redo.is_some();
         if !defer {
             let tx = self.conn.transaction()?;
@@ -484,6 +485,7 @@ impl State {
     /// statements are applied again from the redo log in a new
     /// transaction and committed; if that fails too, they wait (`hold`).
     fn commit_open(&mut self) -> CoreResult<()> {
+        self.recover_cancelled();
         if let Some(h) = &self.held {
             // Tried lately: it would fail again. Unless statements without
             // their record wait in the transaction (the log could not take
@@ -519,6 +521,24 @@ impl State {
                 }
                 self.committed(Err(e.into()))
             }
+        }
+    }
+
+    /// SQLite cancels the whole open transaction itself when a statement
+    /// fails on a full disk, an I/O error or lack of memory. `tx_run`
+    /// checks for it after each operation, but a statement run outside
+    /// one (a read, a hash the digest thread recorded) can be the one that
+    /// failed: found here, before the connection is used again, the
+    /// operations since the last commit are applied again from the redo
+    /// log, as after a failed commit. (Unnoticed, the next operations ran
+    /// with each statement saved on its own.)
+    fn recover_cancelled(&mut self) {
+        if self.open_tx.is_some() && self.conn.is_autocommit() {
+            tracing::warn!(
+                "SQLite rolled the open transaction back; applying its operations again from the redo log"
+            );
+            self.open_tx = None;
+            let _ = self.commit_again();
         }
     }
 
@@ -914,6 +934,7 @@ impl Locker {
     /// is committed first.
     fn lock(&self) -> StateGuard<'_> {
         let mut st = self.state.lock();
+        st.recover_cancelled();
         if st.open_tx.is_some() {
             let logged = st.redo.as_mut().is_some_and(|r| r.append());
             if !logged || st.open_tx.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL) {
