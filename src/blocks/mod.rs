@@ -16,7 +16,7 @@
 //! A missing block is `None`, never an error. Every block read in from
 //! elsewhere (a backend, later) is checked against its id.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -117,11 +117,19 @@ pub struct BlockStore {
     fds: Mutex<LruCache<BlockId, Arc<File>>>,
     tmp_seq: AtomicU64,
     /// Blocks written since the last sync that covered them: what an fsync
-    /// of a file holding them must make durable.
-    unsynced: Mutex<HashSet<BlockId>>,
+    /// of a file holding them must make durable. Each with the number of
+    /// the write that put it there: a sync forgets a block only if no
+    /// write came since it looked (a block freed and written again while
+    /// it ran is a new file that it may not have covered).
+    unsynced: Mutex<HashMap<BlockId, u64>>,
+    /// Numbers the writes of `unsynced`.
+    writes_seq: AtomicU64,
     /// Bytes of the block files (the cache's size).
     bytes: AtomicU64,
     pub stats: BlockStats,
+    /// Runs once between a sync's disk work and its bookkeeping (tests).
+    #[cfg(test)]
+    before_mark: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// Above this many blocks to make durable, one `syncfs` is cheaper than an
@@ -159,9 +167,12 @@ impl BlockStore {
             tmp,
             fds: Mutex::new(LruCache::new(std::num::NonZeroUsize::new(512).unwrap())),
             tmp_seq: AtomicU64::new(0),
-            unsynced: Mutex::new(HashSet::new()),
+            unsynced: Mutex::new(HashMap::new()),
+            writes_seq: AtomicU64::new(0),
             bytes: AtomicU64::new(bytes),
             stats: BlockStats::default(),
+            #[cfg(test)]
+            before_mark: Mutex::new(None),
         };
         // Which blocks the last run wrote without syncing is known only to
         // that run (`unsynced` lives in memory): after a crash, an fsync
@@ -214,7 +225,8 @@ impl BlockStore {
             }
             Err(e) => return Err(e),
         }
-        self.unsynced.lock().unwrap().insert(*id);
+        let seq = self.writes_seq.fetch_add(1, Ordering::Relaxed);
+        self.unsynced.lock().unwrap().insert(*id, seq);
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(true)
@@ -369,27 +381,42 @@ impl BlockStore {
     /// Makes every block written so far durable: one `syncfs` of the file
     /// system that holds the store (blocks and their directory entries).
     pub fn sync(&self) -> io::Result<()> {
-        let pending: Vec<BlockId> = self.unsynced.lock().unwrap().iter().copied().collect();
+        let pending: Vec<(BlockId, u64)> = self
+            .unsynced
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, seq)| (*id, *seq))
+            .collect();
         let d = File::open(&self.root)?;
         // SAFETY: syncfs only reads the descriptor, which stays open for the call.
         if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
             return Err(io::Error::last_os_error());
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        let mut u = self.unsynced.lock().unwrap();
-        for id in pending {
-            u.remove(&id);
-        }
+        self.mark_synced(&pending);
         Ok(())
+    }
+
+    /// Forgets the blocks a sync covered, unless written again since.
+    fn mark_synced(&self, done: &[(BlockId, u64)]) {
+        let mut u = self.unsynced.lock().unwrap();
+        for (id, seq) in done {
+            if u.get(id) == Some(seq) {
+                u.remove(id);
+            }
+        }
     }
 
     /// Makes the given blocks durable (those of them not yet synced): an
     /// fsync of each block file and of its directory, or one `syncfs` when
     /// there are many.
     pub fn sync_blocks(&self, ids: &[BlockId]) -> io::Result<()> {
-        let todo: Vec<BlockId> = {
+        let todo: Vec<(BlockId, u64)> = {
             let u = self.unsynced.lock().unwrap();
-            ids.iter().filter(|id| u.contains(id)).copied().collect()
+            ids.iter()
+                .filter_map(|id| u.get(id).map(|seq| (*id, *seq)))
+                .collect()
         };
         if todo.is_empty() {
             return Ok(());
@@ -398,7 +425,7 @@ impl BlockStore {
             return self.sync();
         }
         let mut dirs = HashSet::new();
-        for id in &todo {
+        for (id, _) in &todo {
             let path = self.path(id);
             match File::open(&path) {
                 Ok(f) => f.sync_all()?,
@@ -413,10 +440,11 @@ impl BlockStore {
         for d in dirs {
             File::open(&d)?.sync_all()?;
         }
-        let mut u = self.unsynced.lock().unwrap();
-        for id in &todo {
-            u.remove(id);
+        #[cfg(test)]
+        if let Some(f) = self.before_mark.lock().unwrap().take() {
+            f();
         }
+        self.mark_synced(&todo);
         Ok(())
     }
 
@@ -461,6 +489,27 @@ mod tests {
         let s = BlockStore::open(d.path()).unwrap();
         assert_eq!(s.stats.syncs.load(Ordering::Relaxed), 1);
         assert!(s.contains(&id));
+    }
+
+    /// A block freed and written again while an fsync ran stays to be
+    /// synced: that fsync made durable (or found gone) the old file, not
+    /// the new one.
+    #[test]
+    fn a_block_written_again_during_a_sync_stays_unsynced() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Arc::new(BlockStore::open(d.path()).unwrap());
+        let data = vec![5u8; 100_000];
+        let (id, _) = s.put(&data).unwrap();
+        let s2 = s.clone();
+        *s.before_mark.lock().unwrap() = Some(Box::new(move || {
+            s2.remove(&id).unwrap();
+            assert!(s2.put(&data).unwrap().1);
+        }));
+        s.sync_blocks(&[id]).unwrap();
+        assert!(s.unsynced.lock().unwrap().contains_key(&id));
+        // The next sync covers it.
+        s.sync_blocks(&[id]).unwrap();
+        assert!(!s.unsynced.lock().unwrap().contains_key(&id));
     }
 
     #[test]
