@@ -1219,11 +1219,7 @@ impl Locker {
             st.free_after_commit.extend_from_slice(ids);
             return;
         }
-        for id in ids {
-            if st.unused(id) {
-                crate::core::remove_block(&self.blocks, id);
-            }
-        }
+        st.free_when_durable(ids);
     }
 
     /// Commits the changes made through this handle's file (close(2)).

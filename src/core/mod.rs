@@ -226,6 +226,13 @@ pub(crate) struct State {
     /// Block files freed by changes not yet committed: removed once they are
     /// (a crash before brings back rows that name them).
     free_after_commit: Vec<BlockId>,
+    /// Block files freed by commits not yet durable, with the number of
+    /// the commit: removed once a barrier or checkpoint made it durable. A
+    /// power cut before may take the commit and bring back rows that name
+    /// them (an earlier, fsynced version of a file). See `set_synced`.
+    free_after_durable: Vec<(u64, BlockId)>,
+    /// When the oldest of `free_after_durable` was freed.
+    free_pending_since: Option<std::time::Instant>,
     /// Wakes the committer when a transaction is left open.
     committer: Arc<Committer>,
     /// The block store (to remove blocks freed by a commit).
@@ -278,6 +285,14 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// How long the metadata must go unchanged before the committer moves the
 /// WAL into the database file.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
+
+/// How long, at most, block files freed by commits wait for those commits
+/// to be durable before the committer makes them so (`free_when_durable`).
+const FREE_DELAY: Duration = Duration::from_millis(500);
+
+/// How many freed block files may wait before the committer makes their
+/// commits durable at once (256 MiB of 1 MiB blocks).
+const FREE_MAX: usize = 256;
 
 /// The committer's wake-up: set when a transaction is left open.
 #[derive(Default)]
@@ -634,11 +649,8 @@ impl State {
                 self.commits += 1;
                 // Only blocks no row names: those an undone operation
                 // freed are named again.
-                for id in std::mem::take(&mut self.free_after_commit) {
-                    if self.unused(&id) {
-                        remove_block(&self.block_store, &id);
-                    }
-                }
+                let freed = std::mem::take(&mut self.free_after_commit);
+                self.free_when_durable(&freed);
                 if whole {
                     Ok(())
                 } else {
@@ -740,9 +752,65 @@ impl State {
             if !synced {
                 meta::durable_barrier(&self.conn)?;
             }
-            self.synced_upto = self.synced_upto.max(target);
+            self.set_synced(target);
         }
         Ok(())
+    }
+
+    /// Removes the block files no row names once the commit that freed
+    /// them (the last so far) is durable. Removed at once, a power cut
+    /// could take that commit and leave rows naming files that are gone:
+    /// an earlier version of a file, fsynced before it was overwritten or
+    /// removed, would read as EIO instead of coming back whole. The
+    /// committer makes them durable within `FREE_DELAY` (or sooner, with
+    /// many waiting); eviction does at once.
+    pub(crate) fn free_when_durable(&mut self, ids: &[BlockId]) {
+        let commit = self.commits;
+        for id in ids {
+            if !self.unused(id) {
+                continue;
+            }
+            if self.wal.is_none() || self.synced_upto >= commit {
+                // In memory (nothing survives a power cut), or durable.
+                remove_block(&self.block_store, id);
+            } else {
+                self.free_after_durable.push((commit, *id));
+                self.free_pending_since
+                    .get_or_insert_with(std::time::Instant::now);
+            }
+        }
+    }
+
+    /// Every commit up to number `upto` is durable: removes the block files
+    /// they freed that no row names again.
+    fn set_synced(&mut self, upto: u64) {
+        self.synced_upto = self.synced_upto.max(upto);
+        if self.free_after_durable.is_empty() {
+            return;
+        }
+        let upto = self.synced_upto;
+        let pending = std::mem::take(&mut self.free_after_durable);
+        let (now, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(c, _)| *c <= upto);
+        self.free_after_durable = later;
+        self.free_pending_since = if self.free_after_durable.is_empty() {
+            None
+        } else {
+            // Close enough: the rest were freed after the oldest was.
+            self.free_pending_since
+        };
+        for (_, id) in now {
+            // Named again since (the same content written anew): it stays.
+            if self.unused(&id) {
+                remove_block(&self.block_store, &id);
+            }
+        }
+    }
+
+    /// Whether the committer should make the commits durable now, for the
+    /// block files they freed: some waited `FREE_DELAY`, or many wait.
+    fn frees_due(&self) -> bool {
+        self.free_pending_since
+            .is_some_and(|t| t.elapsed() >= FREE_DELAY || self.free_after_durable.len() >= FREE_MAX)
     }
 
     fn pin(&mut self, id: BlockId) {
@@ -865,6 +933,8 @@ impl Locker {
                 open_tx: None,
                 held: None,
                 free_after_commit: Vec::new(),
+                free_after_durable: Vec::new(),
+                free_pending_since: None,
                 #[cfg(test)]
                 fail_commits: 0,
                 #[cfg(test)]
@@ -958,6 +1028,16 @@ impl Locker {
         st.commit_open().unwrap();
     }
 
+    /// Commits what waits in the open transaction and makes every commit
+    /// durable, which removes the block files they freed (tests that
+    /// measure what is left in the store).
+    #[cfg(test)]
+    pub(crate) fn commit_durable(&self) {
+        self.commit_now();
+        let c = self.state.lock().commits;
+        self.durable_upto(c).unwrap();
+    }
+
     /// Starts the thread that commits what mount operations left in the
     /// open transaction once it has waited `COMMIT_INTERVAL`. It ends with
     /// the core.
@@ -980,6 +1060,7 @@ impl Locker {
                             if timeout.timed_out() && !*g {
                                 drop(g);
                                 core.checkpoint_idle();
+                                core.durable_for_frees();
                                 crate::buf::shed();
                                 g = signal.open.lock().unwrap_or_else(|p| p.into_inner());
                             }
@@ -1005,10 +1086,28 @@ impl Locker {
                         }
                         None => {}
                     }
+                    drop(st);
+                    core.durable_for_frees();
                 }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the committer; every operation commits at once");
+        }
+    }
+
+    /// Makes the commits durable when block files they freed have waited
+    /// long enough (`State::frees_due`), which removes those files. The
+    /// WAL's sync runs without the state lock.
+    fn durable_for_frees(&self) {
+        let upto = {
+            let st = self.state.lock();
+            if !st.frees_due() {
+                return;
+            }
+            st.commits
+        };
+        if let Err(e) = self.durable_upto(upto) {
+            tracing::warn!(error = %e, "making the metadata durable failed; freed block files wait for the next try");
         }
     }
 
@@ -1101,7 +1200,7 @@ impl Locker {
             return Ok(target);
         }
         let mut st = self.state.lock();
-        st.synced_upto = st.synced_upto.max(target);
+        st.set_synced(target);
         Ok(target)
     }
 
@@ -1121,8 +1220,21 @@ impl Locker {
         if st.open_tx.is_some() || st.in_batch || st.checkpointed_at == st.commits {
             return;
         }
-        match st.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-            Ok(()) => st.checkpointed_at = st.commits,
+        let r = st
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        match r {
+            Ok(busy) => {
+                st.checkpointed_at = st.commits;
+                if busy == 0 {
+                    // A whole checkpoint synced the WAL, then the database
+                    // file: every commit is durable.
+                    let c = st.commits;
+                    st.set_synced(c);
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "checkpointing the metadata WAL failed; SQLite checkpoints it later")
             }

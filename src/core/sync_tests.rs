@@ -281,6 +281,13 @@ fn only_blocks_a_backend_holds_are_evicted_and_they_come_back_checked() {
     );
     t.l.release(fh).unwrap();
     assert_eq!(t.l.evict(0).unwrap(), 3);
+    {
+        let st = t.l.lock();
+        assert!(
+            st.synced_upto >= st.commits,
+            "blocks go only once the commit saying the backend holds them is durable"
+        );
+    }
     assert_eq!(t.l.block_store().bytes(), 0);
     assert_eq!(t.read_all(ino).unwrap(), data);
     assert_eq!(
@@ -299,8 +306,9 @@ fn only_blocks_a_backend_holds_are_evicted_and_they_come_back_checked() {
     let fh = t.l.open(ino, rw()).unwrap();
     t.l.write(fh, 0, b"changed").unwrap();
     t.l.release(fh).unwrap();
-    // Committed (which frees the block the write replaced) before measuring.
-    t.l.commit_now();
+    // Committed and durable (which frees the block the write replaced)
+    // before measuring.
+    t.l.commit_durable();
     let before = t.l.block_store().bytes();
     t.l.evict(0).unwrap();
     assert_eq!(t.l.block_store().bytes(), before);

@@ -1006,8 +1006,9 @@ fn random_writes_past_the_dirty_memory_limit_stay_bounded_and_correct() {
 /// Block files in the store, and the distinct large blocks the metadata
 /// names.
 fn stored_and_referenced(l: &Locker) -> (Vec<crate::blocks::BlockId>, usize) {
-    // Committed first: that removes the blocks the changes freed.
-    l.commit_now();
+    // Committed and durable first: that removes the blocks the changes
+    // freed.
+    l.commit_durable();
     let st = l.lock();
     let mut stored = l.blocks.list().unwrap();
     stored.sort_by_key(|b| b.0);
@@ -1131,6 +1132,58 @@ fn upload_is_placed_whole_with_its_directories() {
     assert!(queued.contains(&b"a/b/c.pdf".to_vec()), "{queued:?}");
 }
 
+/// The block files an overwrite or a removal frees stay until the commit
+/// that freed them is durable: a power cut before could take that commit
+/// and bring back the rows of the fsynced version, which must then read
+/// whole. Once a barrier made it durable, they go.
+#[test]
+fn freed_blocks_stay_until_their_commit_is_durable() {
+    let t = new();
+    let ns = t.ns();
+    let (a, fh) = t.l.create(&ME, ns, b"f", 0o644, rw()).unwrap();
+    let old = pattern(2 << 20, 41);
+    t.l.write(fh, 0, &old).unwrap();
+    t.l.fsync(fh).unwrap();
+    t.l.release(fh).unwrap();
+    let old_ids: Vec<_> = {
+        let st = t.l.lock();
+        meta::file_blocks_from(&st.conn, a.ino, 0)
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| b.id)
+            .collect()
+    };
+    assert_eq!(old_ids.len(), 2);
+    let (g, fh) = t.l.create(&ME, ns, b"g", 0o644, rw()).unwrap();
+    t.l.write(fh, 0, &pattern(1 << 20, 43)).unwrap();
+    t.l.fsync(fh).unwrap();
+    t.l.release(fh).unwrap();
+    let gone_ids: Vec<_> = {
+        let st = t.l.lock();
+        meta::file_blocks_from(&st.conn, g.ino, 0)
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| b.id)
+            .collect()
+    };
+    // The first overwritten, the other removed: both commit, not durable.
+    let fh = t.l.open(a.ino, rw()).unwrap();
+    t.l.write(fh, 0, &pattern(2 << 20, 42)).unwrap();
+    t.l.release(fh).unwrap();
+    t.l.unlink(ns, b"g").unwrap();
+    t.l.commit_now();
+    for id in old_ids.iter().chain(&gone_ids) {
+        assert!(
+            t.l.block_store().contains(id),
+            "a block freed by a commit not yet durable is still on disk"
+        );
+    }
+    t.l.commit_durable();
+    for id in old_ids.iter().chain(&gone_ids) {
+        assert!(!t.l.block_store().contains(id), "freed once durable");
+    }
+}
+
 #[test]
 fn abandoned_or_crashed_uploads_leave_nothing() {
     let t = new();
@@ -1139,8 +1192,8 @@ fn abandoned_or_crashed_uploads_leave_nothing() {
     let mut up = t.l.upload_begin().unwrap();
     t.l.upload_write(&mut up, &pattern(2 << 20, 71)).unwrap();
     t.l.upload_abort(up);
-    // Its blocks go with the commit of its removal.
-    t.l.commit_now();
+    // Its blocks go once the commit of its removal is durable.
+    t.l.commit_durable();
     assert_eq!(t.inodes(), inodes);
     assert_eq!(t.l.block_store().list().unwrap().len(), blocks);
 

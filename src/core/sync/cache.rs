@@ -41,6 +41,15 @@ impl Locker {
             // blocks no row here shows.
             return Ok(0);
         }
+        if self.blocks.bytes() <= target {
+            return Ok(0);
+        }
+        // A block goes because a commit says a backend holds it. Made
+        // durable first: a power cut could otherwise take that commit and
+        // leave the file dirty here, its only copy of that version gone.
+        // That also removes the block files that freed ones waited on
+        // (`free_when_durable`), which go before any the backend holds.
+        st.durable()?;
         // A bounded pass: the state lock is held throughout.
         let mut left = st.lru.len().min(512);
         let mut dropped = 0;
