@@ -130,6 +130,9 @@ pub struct BlockStore {
     /// Runs once between a sync's disk work and its bookkeeping (tests).
     #[cfg(test)]
     before_mark: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// New block files fail as on a full disk while set (tests).
+    #[cfg(test)]
+    pub(crate) full: std::sync::atomic::AtomicBool,
 }
 
 /// Above this many blocks to make durable, one `syncfs` is cheaper than an
@@ -173,6 +176,8 @@ impl BlockStore {
             stats: BlockStats::default(),
             #[cfg(test)]
             before_mark: Mutex::new(None),
+            #[cfg(test)]
+            full: std::sync::atomic::AtomicBool::new(false),
         };
         // Which blocks the last run wrote without syncing is known only to
         // that run (`unsynced` lives in memory): after a crash, an fsync
@@ -207,6 +212,10 @@ impl BlockStore {
         if path.exists() {
             self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
+        }
+        #[cfg(test)]
+        if self.full.load(Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         match self.write_linked(&path, data) {
             Ok(()) => {}

@@ -892,7 +892,7 @@ impl Locker {
         self.drain_hashed(st, false);
         let r = self.with_file(st, ino, |st, fs| {
             let offset = if mode.append { fs.size } else { offset };
-            let end = offset
+            offset
                 .checked_add(data.len() as u64)
                 .filter(|e| *e <= MAX_FILE_SIZE)
                 .ok_or(CoreError::FileTooLarge)?;
@@ -900,14 +900,19 @@ impl Locker {
             if fs.seq != Some(offset) {
                 self.stop_digest(ino, fs);
             }
+            // Bytes are in the file once in its block's memory; a failure
+            // after some are (storing a block on a full disk) ends the
+            // write short, with the size covering them: nothing may wait
+            // past the end to show up when the file grows.
             let mut pos = 0usize;
+            let mut failed = None;
             while pos < data.len() {
                 let abs = offset + pos as u64;
                 let idx = abs / BLOCK_SIZE;
                 let bo = (abs % BLOCK_SIZE) as usize;
                 let n = (BLOCK_SIZE as usize - bo).min(data.len() - pos);
                 let chunk = &data[pos..pos + n];
-                if n == BLOCK_SIZE as usize {
+                let r = if n == BLOCK_SIZE as usize {
                     // A whole block: the hasher stores it while the kernel
                     // brings the next write.
                     Locker::set_dirty(
@@ -917,23 +922,42 @@ impl Locker {
                         Some(Dirty::Mem(Arc::new(crate::buf::Owned::copy_of(chunk)))),
                     );
                     self.digest_block(ino, fs, idx);
-                    self.queue_block(st, ino, fs, idx)?;
+                    self.queue_block(st, ino, fs, idx)
                 } else {
-                    let len = self.edit_mem(st, ino, fs, idx, |buf| {
+                    match self.edit_mem(st, ino, fs, idx, |buf| {
                         if buf.len() < bo + n {
                             buf.resize(bo + n, 0);
                         }
                         buf[bo..bo + n].copy_from_slice(chunk);
-                    })?;
-                    if bo + n == BLOCK_SIZE as usize && len == BLOCK_SIZE as usize {
-                        // A sequential writer just filled this block: store
-                        // it now rather than keep it in memory.
-                        self.digest_block(ino, fs, idx);
-                        self.queue_block(st, ino, fs, idx)?;
+                    }) {
+                        Ok(len) if bo + n == BLOCK_SIZE as usize && len == BLOCK_SIZE as usize => {
+                            // A sequential writer just filled this block:
+                            // store it now rather than keep it in memory.
+                            self.digest_block(ino, fs, idx);
+                            self.queue_block(st, ino, fs, idx)
+                        }
+                        Ok(_) => Ok(()),
+                        // Nothing of this chunk went in.
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     }
-                }
+                };
                 pos += n;
+                if let Err(e) = r {
+                    failed = Some(e);
+                    break;
+                }
             }
+            if let Some(e) = failed {
+                self.stop_digest(ino, fs);
+                if pos == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "a write ends short: storing its data failed");
+            }
+            let end = offset + pos as u64;
             if fs.seq.is_some() {
                 fs.seq = Some(end);
             }
@@ -950,7 +974,7 @@ impl Locker {
                     self.commit_file(st, ino, fs)?;
                 }
             }
-            Ok(data.len() as u32)
+            Ok(pos as u32)
         });
         self.reap_unpinned(st);
         r

@@ -39,6 +39,9 @@ pub(crate) struct Hasher {
     pub done: Receiver<Done>,
     /// Jobs sent whose result has not been received.
     pub outstanding: usize,
+    /// Every job is given back, as with a full queue (tests).
+    #[cfg(test)]
+    pub refuse: bool,
 }
 
 impl Hasher {
@@ -76,11 +79,17 @@ impl Hasher {
             jobs,
             done,
             outstanding: 0,
+            #[cfg(test)]
+            refuse: false,
         })
     }
 
     /// Queues a block; gives it back if the queue is full.
     pub fn submit(&mut self, job: Job) -> Result<(), Job> {
+        #[cfg(test)]
+        if self.refuse {
+            return Err(job);
+        }
         if self.outstanding >= QUEUE {
             return Err(job);
         }
