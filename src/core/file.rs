@@ -1321,6 +1321,61 @@ impl Locker {
         r
     }
 
+    /// Commits again, at most every `RETRY_HELD`, the changes of files
+    /// whose commit failed at their last close (a full disk): they wait in
+    /// memory, where neither the sidecar nor a restart sees them, and
+    /// would otherwise wait for the next open of the file or the unmount.
+    /// The committer calls it.
+    pub(crate) fn retry_closed(&self) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st
+            .closed_tried
+            .is_some_and(|t| t.elapsed() < crate::core::RETRY_HELD)
+        {
+            return;
+        }
+        let inos: Vec<(InodeNo, bool)> = st
+            .files
+            .iter()
+            .filter(|(_, f)| f.open == 0 && !f.is_clean())
+            .map(|(i, f)| (*i, f.maybe_unlinked))
+            .collect();
+        if inos.is_empty() {
+            st.closed_tried = None;
+            return;
+        }
+        let first = st.closed_tried.is_none();
+        st.closed_tried = Some(std::time::Instant::now());
+        for (ino, unlinked) in inos {
+            if let Err(e) = self.commit_locked(st, ino) {
+                if first {
+                    tracing::warn!(error = %e, inode = ino.0, "committing a closed file's changes failed again; tried again every 500 ms");
+                } else {
+                    tracing::debug!(error = %e, inode = ino.0, "committing a closed file's changes failed again");
+                }
+                return;
+            }
+            if st
+                .files
+                .get(&ino)
+                .is_some_and(|f| f.open == 0 && f.is_clean())
+            {
+                st.files.remove(&ino);
+            }
+            tracing::info!(inode = ino.0, "a closed file's changes are committed");
+            // Removed while open, and this was what kept it (as `release`).
+            if unlinked
+                && !st.files.contains_key(&ino)
+                && let Ok(Some(row)) = meta::get_inode(&st.conn, ino)
+                && row.attr.nlink == 0
+                && let Err(e) = self.purge_locked(st, ino)
+            {
+                tracing::warn!(error = %e, inode = ino.0, "removing an unlinked file failed; the next mount does");
+            }
+        }
+    }
+
     /// fallocate(2) mode 0 (allocate, may grow the file) and KEEP_SIZE. The
     /// range reads as zeros where nothing was written; space is checked, not
     /// reserved.

@@ -233,6 +233,9 @@ pub(crate) struct State {
     free_after_durable: Vec<(u64, BlockId)>,
     /// When the oldest of `free_after_durable` was freed.
     free_pending_since: Option<std::time::Instant>,
+    /// When files closed with a failed commit were last tried again
+    /// (`retry_closed`).
+    closed_tried: Option<std::time::Instant>,
     /// Wakes the committer when a transaction is left open.
     committer: Arc<Committer>,
     /// The block store (to remove blocks freed by a commit).
@@ -935,6 +938,7 @@ impl Locker {
                 free_after_commit: Vec::new(),
                 free_after_durable: Vec::new(),
                 free_pending_since: None,
+                closed_tried: None,
                 #[cfg(test)]
                 fail_commits: 0,
                 #[cfg(test)]
@@ -1061,6 +1065,7 @@ impl Locker {
                                 drop(g);
                                 core.checkpoint_idle();
                                 core.durable_for_frees();
+                                core.retry_closed();
                                 crate::buf::shed();
                                 g = signal.open.lock().unwrap_or_else(|p| p.into_inner());
                             }
@@ -1088,6 +1093,7 @@ impl Locker {
                     }
                     drop(st);
                     core.durable_for_frees();
+                    core.retry_closed();
                 }
             });
         if let Err(e) = spawned {

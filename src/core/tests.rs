@@ -1176,6 +1176,44 @@ fn a_write_failing_part_way_leaves_nothing_past_the_end() {
     t.l.release(fh).unwrap();
 }
 
+/// A file whose commit failed at its last close (the disk was full) keeps
+/// its changes in memory; they are committed once the disk has room again,
+/// without waiting for the file to be opened again or for the unmount.
+#[test]
+fn a_commit_that_failed_at_close_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Arc::new(Locker::open_dir(dir.path(), opts()).unwrap());
+    let ns = l.lookup(InodeNo::ROOT, b"corp").unwrap().ino;
+    let (a, fh) = l.create(&ME, ns, b"f", 0o644, rw()).unwrap();
+    let data = pattern(500_000, 45);
+    l.write(fh, 0, &data).unwrap();
+    l.block_store().full.store(true, Ordering::Relaxed);
+    assert!(l.release(fh).is_err(), "the commit needs a block file");
+    l.block_store().full.store(false, Ordering::Relaxed);
+    let committed = || {
+        let st = l.lock();
+        meta::get_inode(&st.conn, a.ino).unwrap().unwrap().attr.size
+    };
+    assert_eq!(committed(), 0);
+    l.start_committer();
+    let t0 = std::time::Instant::now();
+    while committed() != data.len() as u64 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "the changes are committed once the disk has room"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!l.lock().files.contains_key(&a.ino), "and leave memory");
+    let fh = l.open(a.ino, OpenMode::default()).unwrap();
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        got.extend_from_slice(&l.read(fh, got.len() as u64, 1 << 20).unwrap());
+    }
+    assert_eq!(got, data);
+    l.release(fh).unwrap();
+}
+
 /// The block files an overwrite or a removal frees stay until the commit
 /// that freed them is durable: a power cut before could take that commit
 /// and bring back the rows of the fsynced version, which must then read
