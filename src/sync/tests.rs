@@ -1362,6 +1362,52 @@ fn a_streamed_file_replaced_in_the_store_never_mixes_versions() {
     assert_eq!(rig.read("corp/f").unwrap(), new);
 }
 
+/// The object a stream is pinned to is replaced in the store while the
+/// file is read, and another object holds the same content (a copy): the
+/// reader goes on from that one, and still gets only the version it began
+/// with, checked whole at the end.
+#[test]
+fn a_streamed_file_whose_object_is_replaced_goes_on_from_a_copy() {
+    let rig = Rig::new("");
+    let old = crate::core::tests::pattern(32 << 20, 57);
+    let new = crate::core::tests::pattern(32 << 20, 58);
+    let mem = rig.stores.corp();
+    mem.put_foreign("f", &old, labelled(&old));
+    mem.put_foreign("g", &old, labelled(&old));
+    rig.refresh();
+    let ino = rig.ino("corp/f").unwrap();
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let got = rig.core().read(fh, 0, 4096).unwrap();
+    assert_eq!(&got[..], &old[..4096]);
+    // Whichever of the two it reads from.
+    let (_, pinned) = rig.core().stream_pinned(ino).expect("a stream");
+    let pinned = String::from_utf8(pinned).unwrap();
+    mem.put_foreign(&pinned, &new, labelled(&new));
+    let mut off = 4096u64;
+    while off < old.len() as u64 {
+        let d = rig
+            .core()
+            .read(fh, off, 1 << 20)
+            .unwrap_or_else(|e| panic!("read at {off} failed with the copy still there: {e}"));
+        assert_eq!(
+            &d[..],
+            &old[off as usize..off as usize + d.len()],
+            "bytes of the version the reader began with"
+        );
+        off += d.len() as u64;
+    }
+    rig.core().release(fh).unwrap();
+    // Its check passed: read again, it is the old version still.
+    let fh = rig.core().open(ino, OpenMode::default()).unwrap();
+    let d = rig.core().read(fh, 30 << 20, 4096).unwrap();
+    assert_eq!(&d[..], &old[30 << 20..(30 << 20) + 4096]);
+    rig.core().release(fh).unwrap();
+    rig.refresh();
+    let other = if pinned == "f" { "corp/g" } else { "corp/f" };
+    assert_eq!(rig.read(&format!("corp/{pinned}")).unwrap(), new);
+    assert_eq!(rig.read(other).unwrap(), old);
+}
+
 // ---- moves of evicted files (issue: such a move could never be pushed) ----
 
 #[test]

@@ -56,14 +56,25 @@ const PER_GET: usize = 8;
 /// `file` or a thumbnailer would otherwise wait for all of them.
 const DIRECT_MAX: u64 = 256 << 10;
 
+/// The object version a stream's GETs ask for (`If-Match`), and those
+/// that failed it.
+struct Pin {
+    ns: String,
+    path: Vec<u8>,
+    etag: String,
+    failed: Vec<ObjectName>,
+}
+
+/// A namespace and a path in it.
+type ObjectName = (String, Vec<u8>);
+
 /// One file only in a backend, being read.
 pub(crate) struct Stream {
     ino: InodeNo,
     /// The file's version when the stream began.
     version: i64,
-    ns: String,
-    path: Vec<u8>,
-    etag: String,
+    /// The object its GETs are pinned to.
+    pin: Mutex<Pin>,
     size: u64,
     sha: Option<[u8; 32]>,
     /// Hashed blocks are kept in the cache (the file is small next to it).
@@ -121,6 +132,10 @@ impl Stream {
     fn flow(&self) -> MutexGuard<'_, Flow> {
         self.flow.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn pin(&self) -> MutexGuard<'_, Pin> {
+        self.pin.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Blocks of a stream marked in flight for a fetch ahead of its reader:
@@ -151,6 +166,14 @@ impl Locker {
     /// streamed rather than preceded by a whole download.
     pub(crate) fn streams_reads(&self, size: u64) -> bool {
         size > self.opts.verify_whole && self.remote.get().is_some()
+    }
+
+    /// The object the stream of `ino` reads from, if it has one (tests).
+    #[cfg(test)]
+    pub(crate) fn stream_pinned(&self, ino: InodeNo) -> Option<(String, Vec<u8>)> {
+        let s = self.streams_map().get(&ino).cloned()?;
+        let p = s.pin();
+        Some((p.ns.clone(), p.path.clone()))
     }
 
     /// Up to `len` bytes at `offset` of `ino`, a file only in a backend
@@ -329,9 +352,12 @@ impl Locker {
         let s = Arc::new(Stream {
             ino,
             version: row.version,
-            ns,
-            path,
-            etag,
+            pin: Mutex::new(Pin {
+                ns,
+                path,
+                etag,
+                failed: Vec::new(),
+            }),
             size: row.attr.size,
             sha,
             keep: self.keeps_read(row.attr.size),
@@ -468,20 +494,66 @@ impl Locker {
     /// its version like every other (see `DIRECT_MAX`).
     fn stream_direct(&self, s: &Stream, offset: u64, end: u64) -> CoreResult<Vec<u8>> {
         let len = end - offset;
-        let got = match self.remote.get() {
-            Some(source) => source.fetch(&s.ns, &s.path, Some(&s.etag), &[(offset, len)]),
-            None => Err("no backend is attached".into()),
-        };
+        let (got, (ns, path)) = self.stream_get(s, &[(offset, len)]);
         match got.map(|mut v| v.pop()) {
             Ok(Some(v)) if v.len() as u64 == len => Ok(v),
             Ok(_) => {
-                tracing::error!(namespace = %s.ns, path = %String::from_utf8_lossy(&s.path), "the backend's object is shorter than listed; refusing it");
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "the backend's object is shorter than listed; refusing it");
                 Err(eio())
             }
             Err(e) => {
-                tracing::error!(namespace = %s.ns, path = %String::from_utf8_lossy(&s.path), error = %e, "fetching part of a file from the backend failed");
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching part of a file from the backend failed");
                 Err(eio())
             }
+        }
+    }
+
+    /// `ranges` of the object the stream is pinned to, and which object
+    /// that was. When the GET fails and the file's content is known (its
+    /// SHA-256), another object listed with that content takes over, each
+    /// tried once: the object may have been replaced or removed by another
+    /// writer while a copy stays. The whole-file check at the end covers
+    /// the bytes whichever object gave them.
+    fn stream_get(
+        &self,
+        s: &Stream,
+        ranges: &[(u64, u64)],
+    ) -> (Result<Vec<Vec<u8>>, String>, ObjectName) {
+        loop {
+            let (ns, path, etag) = {
+                let p = s.pin();
+                (p.ns.clone(), p.path.clone(), p.etag.clone())
+            };
+            let got = match self.remote.get() {
+                Some(source) => source.fetch(&ns, &path, Some(&etag), ranges),
+                None => return (Err("no backend is attached".into()), (ns, path)),
+            };
+            let e = match got {
+                Ok(v) => return (Ok(v), (ns, path)),
+                Err(e) => e,
+            };
+            let Some(sha) = s.sha else {
+                return (Err(e), (ns, path));
+            };
+            let cands = Locker::remote_candidates(&self.lock().conn, s.ino, Some(&sha));
+            let mut p = s.pin();
+            if p.ns != ns || p.path != path {
+                // Another reader moved it on meanwhile.
+                continue;
+            }
+            p.failed.push((ns.clone(), path.clone()));
+            let next = cands.ok().and_then(|c| {
+                c.into_iter().find(|(n, pa, et)| {
+                    et.is_some() && !p.failed.iter().any(|(fn_, fp)| fn_ == n && fp == pa)
+                })
+            });
+            let Some((n, pa, Some(et))) = next else {
+                return (Err(e), (ns, path));
+            };
+            tracing::info!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, copy = %format!("{n}/{}", String::from_utf8_lossy(&pa)), "a streamed file's object failed; going on from a copy with the same content");
+            p.ns = n;
+            p.path = pa;
+            p.etag = et;
         }
     }
 
@@ -500,10 +572,7 @@ impl Locker {
                 (g[0] * BLOCK_SIZE, end - g[0] * BLOCK_SIZE)
             })
             .collect();
-        let got = match self.remote.get() {
-            Some(source) => source.fetch(&s.ns, &s.path, Some(&s.etag), &ranges),
-            None => Err("no backend is attached".into()),
-        };
+        let (got, (ns, path)) = self.stream_get(s, &ranges);
         let mut pieces: Vec<(u64, Bytes)> = Vec::new();
         let r = match got {
             Ok(chunks) => {
@@ -520,14 +589,14 @@ impl Locker {
                     }
                 }
                 if short {
-                    tracing::error!(namespace = %s.ns, path = %String::from_utf8_lossy(&s.path), "the backend's object is shorter than listed; refusing it");
+                    tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), "the backend's object is shorter than listed; refusing it");
                     Err(eio())
                 } else {
                     Ok(())
                 }
             }
             Err(e) => {
-                tracing::error!(namespace = %s.ns, path = %String::from_utf8_lossy(&s.path), error = %e, "fetching part of a file from the backend failed");
+                tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), error = %e, "fetching part of a file from the backend failed");
                 Err(eio())
             }
         };
@@ -664,18 +733,22 @@ impl Locker {
         {
             self.streams_map().remove(&s.ino);
         }
+        let (ns, path, etag) = {
+            let p = s.pin();
+            (p.ns.clone(), p.path.clone(), p.etag.clone())
+        };
         if s.sha.is_some_and(|want| want != got) {
-            tracing::error!(namespace = %s.ns, path = %String::from_utf8_lossy(&s.path), inode = s.ino.0, "a file read from the backend does not match its SHA-256: what was read of it may be wrong, and later reads fail");
+            tracing::error!(namespace = %ns, path = %String::from_utf8_lossy(&path), inode = s.ino.0, "a file read from the backend does not match its SHA-256: what was read of it may be wrong, and later reads fail");
             self.bad_content
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert((s.ino, s.version));
             if let Some(source) = self.remote.get() {
                 source.report(
-                    &s.ns,
+                    &ns,
                     &format!(
                         "{}: the object does not match its SHA-256",
-                        String::from_utf8_lossy(&s.path)
+                        String::from_utf8_lossy(&path)
                     ),
                 );
             }
@@ -690,16 +763,7 @@ impl Locker {
             }
             return;
         }
-        match self.install_fetched(
-            st,
-            s.ino,
-            s.version,
-            &list,
-            &got,
-            &s.ns,
-            &s.path,
-            Some(&s.etag),
-        ) {
+        match self.install_fetched(st, s.ino, s.version, &list, &got, &ns, &path, Some(&etag)) {
             Ok(true) => {}
             Ok(false) => self.free_unknown(st, &stored),
             Err(e) => {
