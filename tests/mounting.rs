@@ -507,14 +507,15 @@ fn fstab_lines_mount_with_mount_a_and_umount_stops_the_daemon() {
     sh(Command::new("umount").arg(&corp).arg(&mail));
     assert!(wait_unlocked(&data1, Duration::from_secs(30)), "{}", logs());
     assert!(wait_unlocked(&data2, Duration::from_secs(30)), "{}", logs());
-    assert_eq!(
-        std::fs::read(data2.join("backend/emails/adjuntos/scan.pdf")).unwrap(),
-        b"%PDF"
-    );
-    assert_eq!(
-        std::fs::read(data1.join("backend/corp/report.txt")).unwrap(),
-        b"quarterly"
-    );
+    for (file, want) in [
+        (data2.join("backend/emails/adjuntos/scan.pdf"), &b"%PDF"[..]),
+        (data1.join("backend/corp/report.txt"), &b"quarterly"[..]),
+    ] {
+        match std::fs::read(&file) {
+            Ok(got) => assert_eq!(got, want, "{}", file.display()),
+            Err(e) => panic!("{}: {e}\n{}", file.display(), logs()),
+        }
+    }
 
     // mount -t with a source, as typed at a shell; errors reach the caller.
     sh(Command::new("mount")

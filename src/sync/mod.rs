@@ -27,6 +27,10 @@ use crate::core::Locker;
 use crate::core::sync::{RemoteSource, RemoteVersion};
 use crate::meta::sync::{QueueEntry, REMOTE_DIR, REMOTE_FILE, REMOTE_SYMLINK, RemoteRow, now_ns};
 
+/// Failures after which the unmount's drain no longer waits for an entry's
+/// next try (with the backoff, about 1 s, then 2 s).
+const DRAIN_RETRIES: u32 = 2;
+
 pub use status::{Status, query as query_status, socket_path};
 
 /// What the sidecar knows of one namespace's backend.
@@ -535,7 +539,11 @@ impl Sidecar {
                 return pending;
             }
             // Nothing being pushed and nothing left to try now: what remains
-            // waits after failures; waiting longer would not help.
+            // waits after failures. An entry that failed only a few times
+            // and is tried again before the timeout is waited for (one
+            // failed request, a reset connection or a 503, must not leave
+            // a file out of its backend until the next start); after more
+            // failures, waiting longer would not help.
             let idle = self.inner.inflight.lock().unwrap().is_empty()
                 && self
                     .inner
@@ -544,7 +552,15 @@ impl Sidecar {
                     .is_ok_and(|d| d.is_empty())
                 && start.elapsed() > Duration::from_millis(500);
             if idle {
-                return pending;
+                let deadline = now_ns() + timeout.saturating_sub(start.elapsed()).as_nanos() as i64;
+                let retried_soon = self
+                    .inner
+                    .core
+                    .sync_due(deadline, false, &[], 64)
+                    .is_ok_and(|d| d.iter().any(|e| e.attempts <= DRAIN_RETRIES));
+                if !retried_soon {
+                    return pending;
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
             self.inner.notify.notify_one();

@@ -480,6 +480,24 @@ fn an_outage_holds_the_queue_and_it_drains_after() {
     assert_eq!(object(rig.stores.corp(), "x").unwrap(), b"kept");
 }
 
+/// The unmount's drain: a push that failed once (a reset connection, a
+/// 503) is tried again within the drain's time, not left for the next
+/// start.
+#[test]
+fn one_failed_push_is_tried_again_by_the_unmount_drain() {
+    let rig = Rig::new("");
+    rig.fault["corp"].inject(
+        Some("put"),
+        None,
+        Fault::Fail(crate::backend::ErrorKind::Transient),
+        Some(1),
+    );
+    rig.write("corp/x", b"kept");
+    let left = rig.drain(Duration::from_secs(10));
+    assert_eq!(left, 0, "{:?}", rig.core().sync_pending().unwrap());
+    assert_eq!(object(rig.stores.corp(), "x").unwrap(), b"kept");
+}
+
 #[test]
 fn a_crash_keeps_the_queue_and_changes_made_elsewhere_arrive_on_refresh() {
     let mut rig = Rig::new("");
