@@ -746,6 +746,14 @@ impl State {
     /// yet, holding the lock (`Locker::durable_upto` does not).
     fn durable(&mut self) -> CoreResult<()> {
         self.commit_open()?;
+        self.sync_committed()
+    }
+
+    /// Makes the transactions committed so far durable, leaving what waits
+    /// in the open transaction as it is: while operations are held (a full
+    /// disk fails their commit), what did commit before still becomes
+    /// durable, and the block files it freed can go.
+    fn sync_committed(&mut self) -> CoreResult<()> {
         let target = self.commits;
         if self.synced_upto < target {
             let synced = match &self.wal {
@@ -753,6 +761,11 @@ impl State {
                 None => false,
             };
             if !synced {
+                if !self.conn.is_autocommit() {
+                    // No WAL file to sync, and SQLite's barrier needs a
+                    // transaction of its own: the next barrier does it.
+                    return Ok(());
+                }
                 meta::durable_barrier(&self.conn)?;
             }
             self.set_synced(target);
@@ -1106,8 +1119,16 @@ impl Locker {
     /// WAL's sync runs without the state lock.
     fn durable_for_frees(&self) {
         let upto = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             if !st.frees_due() {
+                return;
+            }
+            if st.held.is_some() {
+                // A barrier would fail on the held operations: what did
+                // commit is synced alone.
+                if let Err(e) = st.sync_committed() {
+                    tracing::warn!(error = %e, "syncing the metadata WAL failed; freed block files wait for the next try");
+                }
                 return;
             }
             st.commits

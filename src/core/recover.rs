@@ -31,6 +31,10 @@ impl Locker {
             let rows = q.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
             rows.collect::<Result<_, _>>()?
         };
+        // The replay's commit (and the purges above) made durable before
+        // block files go on their strength: a power cut could otherwise
+        // take that commit and bring back rows naming them.
+        st.durable()?;
         let mut collected = 0u64;
         for id in self.blocks.list()? {
             if !known.contains(&id.0[..]) {

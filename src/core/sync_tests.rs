@@ -262,6 +262,38 @@ fn a_renamed_directory_copies_before_it_deletes() {
     assert_eq!(t.due_paths(), ["d", "d/f"]);
 }
 
+/// While commits fail (a full disk holds the operations in the redo log),
+/// eviction goes on, which is what gives the disk room again, and the
+/// block files freed by commits that went through before still go.
+#[test]
+fn eviction_goes_on_while_commits_fail() {
+    let t = new();
+    let ns = t.ns();
+    let data = pattern(2 * BLOCK_SIZE as usize, 8);
+    let ino = t.put(ns, b"big", &data);
+    t.confirm("big");
+    let gone = t.put(ns, b"gone", &pattern(BLOCK_SIZE as usize, 9));
+    t.l.commit_durable();
+    let gone_id = {
+        let st = t.l.lock();
+        meta::file_blocks_from(&st.conn, gone, 0).unwrap()[0].1.id
+    };
+    t.l.unlink(ns, b"gone").unwrap();
+    t.l.commit_now();
+    assert!(t.l.block_store().contains(&gone_id), "waits for a barrier");
+    t.l.state.lock().fail_commits = u32::MAX;
+    t.l.mkdir(&ME, ns, b"held", 0o755).unwrap();
+    assert!(t.l.durable_upto(u64::MAX).is_err());
+    assert!(t.l.state.lock().held.is_some());
+    assert_eq!(t.l.evict(0).unwrap(), 2, "blocks the backend holds go");
+    assert!(
+        !t.l.block_store().contains(&gone_id),
+        "a block freed by a commit that went through goes"
+    );
+    t.l.state.lock().fail_commits = 0;
+    assert_eq!(t.read_all(ino).unwrap(), data);
+}
+
 #[test]
 fn only_blocks_a_backend_holds_are_evicted_and_they_come_back_checked() {
     let t = new();

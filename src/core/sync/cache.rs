@@ -49,7 +49,14 @@ impl Locker {
         // leave the file dirty here, its only copy of that version gone.
         // That also removes the block files that freed ones waited on
         // (`free_when_durable`), which go before any the backend holds.
-        st.durable()?;
+        // While operations are held (their commit fails on a full disk),
+        // what did commit is synced alone, and eviction goes on: it is
+        // what gives the disk room again.
+        if st.held.is_some() {
+            st.sync_committed()?;
+        } else {
+            st.durable()?;
+        }
         // A bounded pass: the state lock is held throughout.
         let mut left = st.lru.len().min(512);
         let mut dropped = 0;

@@ -802,8 +802,16 @@ impl Locker {
         if !row.remote_only || row.version != version {
             return Ok(false);
         }
+        // Stored outside the lock: a block whose file was already there
+        // (the same content, freed and waiting to go, `free_when_durable`)
+        // may have gone since. It is recorded as absent, fetched again
+        // when read, not as present with no file behind it.
+        let here: Vec<bool> = list
+            .iter()
+            .map(|(_, r, _, stored)| *stored && self.blocks.contains(&r.id))
+            .collect();
         st.tx(|tx| {
-            for (i, r, data, stored) in list {
+            for ((i, r, data, _), stored) in list.iter().zip(&here) {
                 if let Some(d) = data {
                     meta::put_inline_block(tx, &r.id, d)?;
                 }
@@ -824,7 +832,7 @@ impl Locker {
             msync::verify_remote(tx, ns, path, &got[..], etag)?;
             Ok(())
         })?;
-        for (_, r, _, stored) in list {
+        for ((_, r, _, _), stored) in list.iter().zip(&here) {
             if *stored {
                 st.lru.put(r.id, ());
             }
