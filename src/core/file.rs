@@ -950,10 +950,10 @@ impl Locker {
                     break;
                 }
             }
-            if let Some(e) = failed {
+            if let Some(e) = &failed {
                 self.stop_digest(ino, fs);
                 if pos == 0 {
-                    return Err(e);
+                    return Err(failed.expect("matched"));
                 }
                 tracing::warn!(error = %e, "a write ends short: storing its data failed");
             }
@@ -966,6 +966,15 @@ impl Locker {
                 let now = Timestamp::now();
                 fs.mtime = Some(now);
                 fs.ctime = Some(now);
+            }
+            if let Some(e) = failed
+                && !stamp
+            {
+                // The kernel's writeback of its cached pages takes no short
+                // count (it would drop the rest as written): the error goes
+                // back, and the kernel keeps it for the file's fsync and
+                // close.
+                return Err(e);
             }
             if st.mem_dirty > limit {
                 self.relieve_memory(st, fs, limit - limit / 4)?;
