@@ -230,18 +230,15 @@ pub(super) async fn get(
         None => {
             blocking(move || {
                 let read_at = core.generation();
-                let row = core
-                    .stat_names(&refs(&n))
+                // Looked up and snapshotted as one: a file renamed over the
+                // path in between is the one read, never a 404.
+                let (row, snap) = core
+                    .snapshot_names(&refs(&n), !head)
                     .map_err(|e| core_err(&core, &ns, e))?;
-                match row.attr.kind {
-                    FileKind::Dir if listings => Ok(Found::Dir(row)),
-                    FileKind::File => {
+                match (row.attr.kind, snap) {
+                    (FileKind::Dir, _) if listings => Ok(Found::Dir(row)),
+                    (FileKind::File, Some(snap)) => {
                         let mime = core.mime_type(row.attr.ino)?;
-                        let snap = if head {
-                            core.file_snapshot_head(row.attr.ino)?
-                        } else {
-                            core.file_snapshot(row.attr.ino)?
-                        };
                         let guard = SnapGuard::new(core.clone(), snap);
                         let sha = guard.core.snap_sha256(guard.snap())?;
                         let size = guard.snap().size;
@@ -883,13 +880,12 @@ pub(super) async fn resolve(
     let n = names(&ap);
     let ns = ap.ns.clone();
     let (row, sha, mime) = blocking(move || {
-        let row = core
-            .stat_names(&refs(&n))
+        let (row, snap) = core
+            .snapshot_names(&refs(&n), false)
             .map_err(|e| core_err(&core, &ns, e))?;
-        if row.attr.kind != FileKind::File {
+        let Some(snap) = snap else {
             return Ok((row, None, None));
-        }
-        let snap = core.file_snapshot_head(row.attr.ino)?;
+        };
         let g = SnapGuard::new(core, snap);
         let sha = g.core.snap_sha256(g.snap())?;
         let mime = g.core.mime_type(row.attr.ino)?;

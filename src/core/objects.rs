@@ -607,6 +607,41 @@ impl Locker {
         self.snapshot_for(ino, false)
     }
 
+    /// The entry at `names` and, for a regular file, its snapshot
+    /// (`file_snapshot`, or `file_snapshot_head` unless `to_read`). A file
+    /// replaced between the look-up and the snapshot (a rename over it, a
+    /// PUT) is looked up again: a path that held a file throughout never
+    /// reads as missing.
+    pub fn snapshot_names(
+        &self,
+        names: &[&[u8]],
+        to_read: bool,
+    ) -> CoreResult<(InodeRow, Option<FileSnap>)> {
+        self.snapshot_names_with(names, to_read, || {})
+    }
+
+    /// `snapshot_names`, running `between` after each look-up (tests).
+    pub(crate) fn snapshot_names_with(
+        &self,
+        names: &[&[u8]],
+        to_read: bool,
+        mut between: impl FnMut(),
+    ) -> CoreResult<(InodeRow, Option<FileSnap>)> {
+        let mut tries = 0;
+        loop {
+            let row = self.stat_names(names)?;
+            if row.attr.kind != FileKind::File {
+                return Ok((row, None));
+            }
+            between();
+            match self.snapshot_for(row.attr.ino, to_read) {
+                Ok(s) => return Ok((row, Some(s))),
+                Err(CoreError::NotFound) if tries < 8 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn snapshot_for(&self, ino: InodeNo, to_read: bool) -> CoreResult<FileSnap> {
         for _ in 0..2 {
             {

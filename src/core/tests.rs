@@ -1224,6 +1224,29 @@ fn a_commit_that_failed_at_close_is_tried_again() {
     l.release(fh).unwrap();
 }
 
+/// A GET looks a path up, then snapshots the file it found: a file renamed
+/// over that path in between (an editor's save, rsync) is what it reads,
+/// never a 404 for a path that held a file throughout.
+#[test]
+fn a_file_replaced_between_look_up_and_snapshot_is_found_again() {
+    let t = new();
+    let ns = t.ns();
+    t.put(ns, b"f", b"old");
+    t.put(ns, b"tmp", b"new");
+    let mut once = true;
+    let (_, snap) =
+        t.l.snapshot_names_with(&[b"corp", b"f"], true, || {
+            if std::mem::take(&mut once) {
+                t.l.rename(ns, b"tmp", ns, b"f", RenameMode::Replace)
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    let snap = snap.unwrap();
+    assert_eq!(t.l.snap_read(&snap, 0, 3, 3).unwrap(), b"new");
+    t.l.sync_release(&snap);
+}
+
 /// The block files an overwrite or a removal frees stay until the commit
 /// that freed them is durable: a power cut before could take that commit
 /// and bring back the rows of the fsynced version, which must then read
