@@ -444,11 +444,18 @@ impl Locker {
         // The metadata: durable before the answer, in a barrier shared with
         // concurrent uploads.
         drop(st_guard);
-        self.durable_upto(commit)?;
         let mut inval = vec![Invalidate::Entry(dir, name.to_vec())];
         inval.extend(dir_attrs);
         if let Some(o) = &old {
             inval.push(Invalidate::Inode(o.attr.ino));
+        }
+        if let Err(e) = self.durable_upto(commit) {
+            // The file is in place (a restart replays it) but not durable:
+            // the request fails, and the kernel still learns of the change.
+            if let Some(f) = self.invalidator.get() {
+                f(&inval);
+            }
+            return Err(e);
         }
         Ok((
             Placed {

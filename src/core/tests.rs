@@ -1247,6 +1247,35 @@ fn a_file_replaced_between_look_up_and_snapshot_is_found_again() {
     t.l.sync_release(&snap);
 }
 
+/// An API placement whose barrier fails (the disk fills) fails the
+/// request, and the kernel still hears that the path changed: the file is
+/// in place, and a restart replays it.
+#[test]
+fn a_placement_whose_barrier_fails_still_tells_the_kernel() {
+    let t = new();
+    let ns = t.ns();
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t2 = told.clone();
+    t.l.set_invalidator(Arc::new(move |v: &[crate::core::sync::Invalidate]| {
+        t2.lock().unwrap().extend_from_slice(v)
+    }));
+    t.l.state.lock().fail_commits = u32::MAX;
+    let sha: [u8; 32] = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(b"body").into()
+    };
+    let r =
+        t.l.put_small(b"body", &[b"corp"], b"f", sha, None, &|_| true);
+    assert!(r.is_err(), "the barrier fails");
+    assert!(
+        told.lock().unwrap().iter().any(
+            |i| matches!(i, crate::core::sync::Invalidate::Entry(d, n) if *d == ns && n == b"f")
+        ),
+        "the kernel is told of the new entry"
+    );
+    t.l.state.lock().fail_commits = 0;
+}
+
 /// The block files an overwrite or a removal frees stay until the commit
 /// that freed them is durable: a power cut before could take that commit
 /// and bring back the rows of the fsynced version, which must then read
