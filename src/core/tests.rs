@@ -1284,32 +1284,23 @@ fn a_placement_whose_barrier_fails_still_tells_the_kernel() {
 fn freed_blocks_stay_until_their_commit_is_durable() {
     let t = new();
     let ns = t.ns();
-    let (a, fh) = t.l.create(&ME, ns, b"f", 0o644, rw()).unwrap();
-    let old = pattern(2 << 20, 41);
-    t.l.write(fh, 0, &old).unwrap();
-    t.l.fsync(fh).unwrap();
-    t.l.release(fh).unwrap();
-    let old_ids: Vec<_> = {
+    // Written and fsynced: its blocks.
+    let fsynced = |name: &[u8], data: &[u8]| {
+        let (a, fh) = t.l.create(&ME, ns, name, 0o644, rw()).unwrap();
+        t.l.write(fh, 0, data).unwrap();
+        t.l.fsync(fh).unwrap();
+        t.l.release(fh).unwrap();
         let st = t.l.lock();
-        meta::file_blocks_from(&st.conn, a.ino, 0)
+        let ids: Vec<_> = meta::file_blocks_from(&st.conn, a.ino, 0)
             .unwrap()
             .into_iter()
             .map(|(_, b)| b.id)
-            .collect()
+            .collect();
+        (a, ids)
     };
+    let (a, old_ids) = fsynced(b"f", &pattern(2 << 20, 41));
     assert_eq!(old_ids.len(), 2);
-    let (g, fh) = t.l.create(&ME, ns, b"g", 0o644, rw()).unwrap();
-    t.l.write(fh, 0, &pattern(1 << 20, 43)).unwrap();
-    t.l.fsync(fh).unwrap();
-    t.l.release(fh).unwrap();
-    let gone_ids: Vec<_> = {
-        let st = t.l.lock();
-        meta::file_blocks_from(&st.conn, g.ino, 0)
-            .unwrap()
-            .into_iter()
-            .map(|(_, b)| b.id)
-            .collect()
-    };
+    let (_, gone_ids) = fsynced(b"g", &pattern(1 << 20, 43));
     // The first overwritten, the other removed: both commit, not durable.
     let fh = t.l.open(a.ino, rw()).unwrap();
     t.l.write(fh, 0, &pattern(2 << 20, 42)).unwrap();
