@@ -23,7 +23,7 @@ use super::{ApiError, Body, Shared, blocking, empty, full, json_response};
 use crate::blocks::{BLOCK_SIZE, INLINE_MAX, hex};
 use crate::core::hot::{HotFile, hot_key};
 use crate::core::namespace::{REF_SCHEME, encode_ref_path};
-use crate::core::objects::{ListEntry, Upload};
+use crate::core::objects::{ListEntry, Precondition, Upload};
 use crate::core::sync::FileSnap;
 use crate::core::{CoreError, FileKind, Locker};
 
@@ -596,6 +596,7 @@ pub(super) async fn put(
             Some(v.as_bytes().to_vec())
         }
     };
+    let cond = precondition(&req);
     let mut dir_names = vec![ap.ns.as_bytes().to_vec()];
     dir_names.extend(dirs.iter().map(|d| d.as_bytes().to_vec()));
     let name = name.as_bytes().to_vec();
@@ -607,9 +608,15 @@ pub(super) async fn put(
     if !small {
         let core = sh.core.clone();
         let (d, n) = (dir_names.clone(), name.clone());
+        let early = cond.clone();
         blocking(move || {
             let mut all = d.clone();
             all.push(n);
+            // A condition that fails now fails the placement too: said
+            // before the body comes.
+            if !core.precondition_holds(&refs(&all), &early)? {
+                return Err(CoreError::PreconditionFailed.into());
+            }
             match core.stat_names(&refs(&all)) {
                 Ok(r) if r.attr.kind == FileKind::Dir => Err(CoreError::IsDir.into()),
                 Ok(_) => Ok(()),
@@ -689,13 +696,14 @@ pub(super) async fn put(
         let mut slot = up.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(*slot, Slot::Fresh) && buf.len() < INLINE_MAX as usize {
             *slot = Slot::Closed;
-            return match core.put_small(
+            return match core.put_small_if(
                 &buf,
                 &refs(&dir_names),
                 &name,
                 sha,
                 mime.as_deref(),
                 &visible,
+                &cond,
             ) {
                 Err(CoreError::NotFound) if !ns_exists(&core, &ns) => Err(unknown_ns(&ns)),
                 r => Ok(r?),
@@ -709,7 +717,15 @@ pub(super) async fn put(
             core.upload_abort(u);
             return Err(e.into());
         }
-        Ok(core.upload_finish(u, &refs(&dir_names), &name, sha, mime.as_deref(), &visible)?)
+        Ok(core.upload_finish_if(
+            u,
+            &refs(&dir_names),
+            &name,
+            sha,
+            mime.as_deref(),
+            &visible,
+            &cond,
+        )?)
     })
     .await?;
     let mut body = serde_json::json!({
@@ -747,13 +763,34 @@ async fn write_chunk(guard: &UploadGuard, chunk: crate::buf::Owned) -> Result<()
     .map_err(ApiError::closing)
 }
 
-/// `DELETE` — removes a file.
-pub(super) async fn delete(sh: &Arc<Shared>, ap: &ApiPath) -> Result<Response<Body>, ApiError> {
+/// The condition a write or a removal carries: `If-Match` and
+/// `If-None-Match`, whose entity tags are the SHA-256s GET hands out.
+fn precondition<B>(req: &Request<B>) -> Precondition {
+    let tags = |name: header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(headers::condition_tags)
+    };
+    Precondition {
+        if_match: tags(header::IF_MATCH),
+        if_none_match: tags(header::IF_NONE_MATCH),
+    }
+}
+
+/// `DELETE` — removes a file (if it meets the request's `If-Match` /
+/// `If-None-Match`).
+pub(super) async fn delete<B>(
+    sh: &Arc<Shared>,
+    ap: &ApiPath,
+    req: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let core = sh.core.clone();
     let n = names(ap);
     let ns = ap.ns.clone();
+    let cond = precondition(req);
     blocking(move || {
-        core.remove_names(&refs(&n))
+        core.remove_names_if(&refs(&n), &cond)
             .map_err(|e| core_err(&core, &ns, e))
     })
     .await?;

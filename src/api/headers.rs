@@ -77,6 +77,24 @@ pub fn none_match(h: &str, etag: &str) -> bool {
         .any(|t| t == etag)
 }
 
+/// The entity tags of an `If-Match` or `If-None-Match` header, as
+/// SHA-256s: `None` for `*`. Weak tags never match a write's condition
+/// (strong comparison); tags that are not a SHA-256 match nothing.
+pub fn condition_tags(h: &str) -> Option<Vec<[u8; 32]>> {
+    let h = h.trim();
+    if h == "*" {
+        return None;
+    }
+    Some(
+        h.split(',')
+            .map(str::trim)
+            .filter(|t| !t.starts_with("W/"))
+            .filter_map(|t| t.strip_prefix('"')?.strip_suffix('"'))
+            .filter_map(crate::backend::unhex32)
+            .collect(),
+    )
+}
+
 /// An HTTP date (IMF-fixdate).
 pub fn http_date(t: Timestamp) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t.sec.max(0) as u64))

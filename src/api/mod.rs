@@ -315,7 +315,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
             }
             hyper::Method::DELETE => {
                 sh.grant(&grant, &ap.ns, true)?;
-                files::delete(sh, &ap).await
+                files::delete(sh, &ap, &req).await
             }
             _ => Err(ApiError::method("GET, HEAD, PUT, DELETE")),
         };
@@ -548,6 +548,11 @@ impl From<CoreError> for ApiError {
             CoreError::Invalid(m) | CoreError::NotPermitted(m) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", m)
             }
+            CoreError::PreconditionFailed => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "the path does not hold the version If-Match or If-None-Match names; nothing was changed",
+            ),
             e => {
                 tracing::warn!(error = %e, "api: request failed");
                 ApiError::new(

@@ -42,6 +42,9 @@ pub enum CoreError {
     Meta(#[from] rusqlite::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// An API request's `If-Match` or `If-None-Match` does not hold.
+    #[error("the path does not hold the version the request names")]
+    PreconditionFailed,
 }
 
 pub type CoreResult<T> = Result<T, CoreError>;

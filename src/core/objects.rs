@@ -99,6 +99,46 @@ pub struct ListEntry {
     pub sha256: Option<[u8; 32]>,
 }
 
+/// What an API write or removal requires of the entry at its path: HTTP's
+/// `If-Match` and `If-None-Match`, with entity tags that are SHA-256s.
+/// Checked under the state lock with the change itself, so two clients
+/// that read the same version cannot both replace it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Precondition {
+    /// `If-Match`: a regular file is there whose content hashes to one of
+    /// these (`Some(None)`: any file, `*`). A file whose hash is not known
+    /// matches none (its content changed since any tag was handed out).
+    pub if_match: Option<Option<Vec<[u8; 32]>>>,
+    /// `If-None-Match`: nothing is there (`Some(None)`, `*`), or nothing
+    /// whose content hashes to one of these.
+    pub if_none_match: Option<Option<Vec<[u8; 32]>>>,
+}
+
+impl Precondition {
+    /// No condition.
+    pub fn is_none(&self) -> bool {
+        self.if_match.is_none() && self.if_none_match.is_none()
+    }
+
+    /// Whether `entry` (what the path holds now, if anything) meets it.
+    pub fn holds(&self, entry: Option<&InodeRow>) -> bool {
+        let file = entry.filter(|r| r.attr.kind == FileKind::File);
+        let sha = file.and_then(|r| r.sha256.as_deref());
+        let listed = |tags: &[[u8; 32]]| sha.is_some_and(|s| tags.iter().any(|t| &t[..] == s));
+        let matched = match &self.if_match {
+            None => true,
+            Some(None) => file.is_some(),
+            Some(Some(tags)) => listed(tags),
+        };
+        let none_matched = match &self.if_none_match {
+            None => true,
+            Some(None) => entry.is_none(),
+            Some(Some(tags)) => !listed(tags),
+        };
+        matched && none_matched
+    }
+}
+
 impl Locker {
     /// The entry `names` lead to from the root, without following symlinks.
     fn walk_locked(st: &State, names: &[&[u8]]) -> CoreResult<InodeRow> {
@@ -256,6 +296,78 @@ impl Locker {
         }
     }
 
+    /// `upload_finish`, if the file at the path meets `cond` (checked under
+    /// the lock, with the placement).
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_finish_if(
+        &self,
+        up: Upload,
+        dirs: &[&[u8]],
+        name: &[u8],
+        sha256: [u8; 32],
+        mime: Option<&[u8]>,
+        visible: &dyn Fn(&[u8]) -> bool,
+        cond: &Precondition,
+    ) -> CoreResult<Placed> {
+        let r = self.place(
+            Content::Upload(up.ino),
+            dirs,
+            name,
+            sha256,
+            mime,
+            visible,
+            cond,
+        );
+        let released = self.release(up.fh);
+        let placed = r?;
+        released?;
+        Ok(self.invalidate_placed(placed))
+    }
+
+    /// `put_small`, if the file at the path meets `cond` (checked under
+    /// the lock, with the placement).
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_small_if(
+        &self,
+        data: &[u8],
+        dirs: &[&[u8]],
+        name: &[u8],
+        sha256: [u8; 32],
+        mime: Option<&[u8]>,
+        visible: &dyn Fn(&[u8]) -> bool,
+        cond: &Precondition,
+    ) -> CoreResult<Placed> {
+        if data.len() as u64 >= INLINE_MAX as u64 {
+            return Err(CoreError::Invalid(
+                "put_small takes less than an inline block",
+            ));
+        }
+        let placed = self.place(
+            Content::Small(data),
+            dirs,
+            name,
+            sha256,
+            mime,
+            visible,
+            cond,
+        )?;
+        Ok(self.invalidate_placed(placed))
+    }
+
+    /// Whether the entry at `names` meets `cond` now: an early answer for
+    /// a large upload, before its body comes (the placement checks again).
+    pub fn precondition_holds(&self, names: &[&[u8]], cond: &Precondition) -> CoreResult<bool> {
+        if cond.is_none() {
+            return Ok(true);
+        }
+        let st = self.lock();
+        match Locker::walk_locked(&st, names) {
+            Ok(r) => Ok(cond.holds(Some(&r))),
+            Err(CoreError::NotFound) => Ok(cond.holds(None)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Puts a finished upload at `dirs/name` (`dirs` starts with the
     /// namespace; missing directories are made, owned like their parent),
     /// replacing a file there, and makes it durable. The new file keeps the
@@ -271,7 +383,15 @@ impl Locker {
         mime: Option<&[u8]>,
         visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<Placed> {
-        let r = self.place(Content::Upload(up.ino), dirs, name, sha256, mime, visible);
+        let r = self.place(
+            Content::Upload(up.ino),
+            dirs,
+            name,
+            sha256,
+            mime,
+            visible,
+            &Precondition::default(),
+        );
         let released = self.release(up.fh);
         let placed = r?;
         released?;
@@ -304,10 +424,19 @@ impl Locker {
                 "put_small takes less than an inline block",
             ));
         }
-        let placed = self.place(Content::Small(data), dirs, name, sha256, mime, visible)?;
+        let placed = self.place(
+            Content::Small(data),
+            dirs,
+            name,
+            sha256,
+            mime,
+            visible,
+            &Precondition::default(),
+        )?;
         Ok(self.invalidate_placed(placed))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn place(
         &self,
         content: Content<'_>,
@@ -316,6 +445,7 @@ impl Locker {
         sha256: [u8; 32],
         mime: Option<&[u8]>,
         visible: &dyn Fn(&[u8]) -> bool,
+        cond: &Precondition,
     ) -> CoreResult<(Placed, Vec<Invalidate>)> {
         check_name(name)?;
         if let Content::Upload(ino) = content {
@@ -334,6 +464,20 @@ impl Locker {
         }
         let mut st_guard = self.lock();
         let st = &mut *st_guard;
+        if !cond.is_none() {
+            // Before anything changes (no directory is made for a write
+            // that is refused).
+            let mut all = dirs.to_vec();
+            all.push(name);
+            let now = match Locker::walk_locked(st, &all) {
+                Ok(r) => Some(r),
+                Err(CoreError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            if !cond.holds(now.as_ref()) {
+                return Err(CoreError::PreconditionFailed);
+            }
+        }
         let dir = self.make_dirs_locked(st, dirs)?;
         // Directories along the path may gain entries (and links): the
         // kernel must not keep their old attributes.
@@ -566,6 +710,12 @@ impl Locker {
 
     /// Removes the file at `names` (not a directory).
     pub fn remove_names(&self, names: &[&[u8]]) -> CoreResult<()> {
+        self.remove_names_if(names, &Precondition::default())
+    }
+
+    /// `remove_names`, if the file meets `cond` (checked under the lock,
+    /// with the removal).
+    pub fn remove_names_if(&self, names: &[&[u8]], cond: &Precondition) -> CoreResult<()> {
         let (name, dirs) = names.split_last().ok_or(CoreError::IsDir)?;
         if dirs.is_empty() {
             return Err(CoreError::IsDir);
@@ -581,6 +731,9 @@ impl Locker {
                 meta::lookup_row(&st.conn, d.attr.ino, name)?.ok_or(CoreError::NotFound)?;
             if target.attr.kind == FileKind::Dir {
                 return Err(CoreError::IsDir);
+            }
+            if !cond.holds(Some(&target)) {
+                return Err(CoreError::PreconditionFailed);
             }
             self.unlink_locked(st, d.attr.ino, name)?;
             (d.attr.ino, target.attr.ino, st.commits)

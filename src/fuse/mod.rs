@@ -234,6 +234,8 @@ pub fn errno_of(e: &CoreError) -> Errno {
         }
         CoreError::Meta(_) => Errno::EIO,
         CoreError::Corrupt(_) => Errno::EIO,
+        // (The API's alone: no mount operation carries a precondition.)
+        CoreError::PreconditionFailed => Errno::EIO,
     }
 }
 
