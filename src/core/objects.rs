@@ -383,19 +383,8 @@ impl Locker {
         mime: Option<&[u8]>,
         visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<Placed> {
-        let r = self.place(
-            Content::Upload(up.ino),
-            dirs,
-            name,
-            sha256,
-            mime,
-            visible,
-            &Precondition::default(),
-        );
-        let released = self.release(up.fh);
-        let placed = r?;
-        released?;
-        Ok(self.invalidate_placed(placed))
+        let cond = Precondition::default();
+        self.upload_finish_if(up, dirs, name, sha256, mime, visible, &cond)
     }
 
     /// Tells the kernel what a placement made stale; returns the placement.
@@ -419,21 +408,8 @@ impl Locker {
         mime: Option<&[u8]>,
         visible: &dyn Fn(&[u8]) -> bool,
     ) -> CoreResult<Placed> {
-        if data.len() as u64 >= INLINE_MAX as u64 {
-            return Err(CoreError::Invalid(
-                "put_small takes less than an inline block",
-            ));
-        }
-        let placed = self.place(
-            Content::Small(data),
-            dirs,
-            name,
-            sha256,
-            mime,
-            visible,
-            &Precondition::default(),
-        )?;
-        Ok(self.invalidate_placed(placed))
+        let cond = Precondition::default();
+        self.put_small_if(data, dirs, name, sha256, mime, visible, &cond)
     }
 
     #[allow(clippy::too_many_arguments)]
