@@ -1334,7 +1334,8 @@ impl Locker {
     /// whose commit failed at their last close (a full disk): they wait in
     /// memory, where neither the sidecar nor a restart sees them, and
     /// would otherwise wait for the next open of the file or the unmount.
-    /// The committer calls it.
+    /// The committer calls it (the open files are looked through no more
+    /// often than that either).
     pub(crate) fn retry_closed(&self) {
         let mut st = self.lock();
         let st = &mut *st;
@@ -1344,20 +1345,17 @@ impl Locker {
         {
             return;
         }
+        st.closed_tried = Some(std::time::Instant::now());
         let inos: Vec<(InodeNo, bool)> = st
             .files
             .iter()
             .filter(|(_, f)| f.open == 0 && !f.is_clean())
             .map(|(i, f)| (*i, f.maybe_unlinked))
             .collect();
-        if inos.is_empty() {
-            st.closed_tried = None;
-            return;
-        }
-        let first = st.closed_tried.is_none();
-        st.closed_tried = Some(std::time::Instant::now());
+        let first = !std::mem::take(&mut st.closed_failing);
         for (ino, unlinked) in inos {
             if let Err(e) = self.commit_locked(st, ino) {
+                st.closed_failing = true;
                 if first {
                     tracing::warn!(error = %e, inode = ino.0, "committing a closed file's changes failed again; tried again every 500 ms");
                 } else {

@@ -233,9 +233,10 @@ pub(crate) struct State {
     free_after_durable: Vec<(u64, BlockId)>,
     /// When the oldest of `free_after_durable` was freed.
     free_pending_since: Option<std::time::Instant>,
-    /// When files closed with a failed commit were last tried again
-    /// (`retry_closed`).
+    /// When `retry_closed` last looked for files closed with a failed
+    /// commit, and whether their commit failed then.
     closed_tried: Option<std::time::Instant>,
+    closed_failing: bool,
     /// Wakes the committer when a transaction is left open.
     committer: Arc<Committer>,
     /// The block store (to remove blocks freed by a commit).
@@ -952,6 +953,7 @@ impl Locker {
                 free_after_durable: Vec::new(),
                 free_pending_since: None,
                 closed_tried: None,
+                closed_failing: false,
                 #[cfg(test)]
                 fail_commits: 0,
                 #[cfg(test)]

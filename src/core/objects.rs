@@ -360,8 +360,16 @@ impl Locker {
         if cond.is_none() {
             return Ok(true);
         }
-        let st = self.lock();
-        match Locker::walk_locked(&st, names) {
+        Locker::precondition_holds_locked(&self.lock(), names, cond)
+    }
+
+    /// `precondition_holds`, under the lock the caller holds.
+    fn precondition_holds_locked(
+        st: &State,
+        names: &[&[u8]],
+        cond: &Precondition,
+    ) -> CoreResult<bool> {
+        match Locker::walk_locked(st, names) {
             Ok(r) => Ok(cond.holds(Some(&r))),
             Err(CoreError::NotFound) => Ok(cond.holds(None)),
             Err(e) => Err(e),
@@ -445,12 +453,7 @@ impl Locker {
             // that is refused).
             let mut all = dirs.to_vec();
             all.push(name);
-            let now = match Locker::walk_locked(st, &all) {
-                Ok(r) => Some(r),
-                Err(CoreError::NotFound) => None,
-                Err(e) => return Err(e),
-            };
-            if !cond.holds(now.as_ref()) {
+            if !Locker::precondition_holds_locked(st, &all, cond)? {
                 return Err(CoreError::PreconditionFailed);
             }
         }
