@@ -1367,6 +1367,49 @@ fn cli_ref_resolve() {
     }
 }
 
+/// A failure inside the server (here a block file cut short under it)
+/// is answered 500 with a number to find it by in the log; the cause,
+/// which names files of the data directory, stays in the log.
+#[test]
+fn internal_errors_tell_the_log_not_the_client() {
+    let a = ApiMount::start("");
+    let body = common::pattern(200 << 10, 5);
+    assert_eq!(a.put("corp/cut.bin", &body).status, 201);
+    let (_, blocks) = block_bytes(&a.m.data);
+    assert!(blocks > 0, "no block file to cut short");
+    let mut stack = vec![a.m.data.join("blocks")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(10)
+                    .unwrap();
+            }
+        }
+    }
+    let r = a.get("corp/cut.bin");
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    let v = json(&r.body);
+    assert_eq!(v["error"], "internal", "{v}");
+    let msg = v["message"].as_str().unwrap_or_default().to_string();
+    let incident = msg.rsplit(' ').next().unwrap();
+    assert!(msg.contains("incident"), "{v}");
+    let data = a.m.data.to_string_lossy().into_owned();
+    assert!(!String::from_utf8_lossy(&r.body).contains(&data), "{v}");
+    let log = a.m.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(incident))
+        .expect("the incident in the log");
+    assert!(line.contains("request failed"), "{line}");
+}
+
 #[test]
 fn key_material_stays_out_of_config_logs_and_errors() {
     let dir = tempfile::tempdir().unwrap();

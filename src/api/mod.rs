@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -484,6 +484,21 @@ impl ApiError {
         }
     }
 
+    /// A failure inside the server: its cause (which can name files of
+    /// the data directory, SQLite's words, a backend's answer) goes to the
+    /// log under a number, and the client gets only the number.
+    pub(crate) fn internal(cause: impl std::fmt::Display) -> ApiError {
+        static INCIDENTS: AtomicU64 = AtomicU64::new(0);
+        let n = INCIDENTS.fetch_add(1, Ordering::Relaxed) + 1;
+        let incident = format!("{:x}-{n}", std::process::id());
+        tracing::warn!(%incident, error = %cause, "api: request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the request failed; the server's log tells why, as incident {incident}"),
+        )
+    }
+
     pub(crate) fn bad_path(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_path", message)
     }
@@ -553,14 +568,7 @@ impl From<CoreError> for ApiError {
                 "precondition_failed",
                 "the path does not hold the version If-Match or If-None-Match names; nothing was changed",
             ),
-            e => {
-                tracing::warn!(error = %e, "api: request failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("the request failed: {e}"),
-                )
-            }
+            e => ApiError::internal(e),
         }
     }
 }
@@ -591,11 +599,7 @@ pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Respon
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the request failed: {e}"),
-        )
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
 }
