@@ -447,16 +447,11 @@ fn a_streamed_object_that_fails_its_check_gives_eio_afterwards_even_from_the_ker
     assert!(m.log_text().contains("does not match its SHA-256"));
 }
 
-/// A large object another tool left in the bucket, read through the
-/// mount: its first bytes come from a range, not a download of the whole
-/// object; read to the end it gives its bytes (checked against its
-/// SHA-256 as they arrive), and read again after the kernel's cache is
-/// dropped, the same.
-#[test]
-fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
-    use std::io::Read;
-    let server = S3Server::start();
-    server.mb("corp");
+/// A mount of bucket `corp` on `server` with metrics and the HTTP API:
+/// the mount, the metrics port, and a caller of the API (method, target,
+/// headers besides the key's, body).
+type ApiCall = Box<dyn Fn(&str, &str, &[(&str, &str)], &[u8]) -> common::http::Resp>;
+fn api_mount(server: &S3Server) -> (Mount, u16, ApiCall) {
     let port = common::free_port();
     let api_port = common::free_port();
     let keys = common::ApiKeys::new();
@@ -477,12 +472,31 @@ fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
     );
     let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
     let auth = format!("Bearer {}", keys.admin);
-    let call = |method: &str, range: Option<&str>| {
+    let call: ApiCall = Box::new(move |method, target, extra, body| {
         let mut h = vec![("Authorization", auth.as_str())];
-        if let Some(r) = range {
-            h.push(("Range", r));
-        }
-        common::http::request(api, method, b"/api/files/corp/video.bin", &h, b"")
+        h.extend_from_slice(extra);
+        common::http::request(api, method, target.as_bytes(), &h, body)
+    });
+    (m, port, call)
+}
+
+/// A large object another tool left in the bucket, read through the
+/// mount: its first bytes come from a range, not a download of the whole
+/// object; read to the end it gives its bytes (checked against its
+/// SHA-256 as they arrive), and read again after the kernel's cache is
+/// dropped, the same.
+#[test]
+fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
+    use std::io::Read;
+    let server = S3Server::start();
+    server.mb("corp");
+    let (m, port, api) = api_mount(&server);
+    let call = |method: &str, range: Option<&str>| {
+        let h: &[(&str, &str)] = match &range {
+            Some(r) => &[("Range", r)],
+            None => &[],
+        };
+        api(method, "/api/files/corp/video.bin", h, b"")
     };
     let data = pattern(96 << 20, 61);
     server.put(
@@ -530,6 +544,58 @@ fn a_large_object_only_in_the_bucket_is_read_without_a_whole_download() {
     assert_eq!(r.status, 200);
     assert_eq!(sha256_hex(&r.body), sha256_hex(&data));
     assert!(!m.log_text().contains("does not match"));
+}
+
+/// An object another tool left without a checksum: the API tells of it
+/// (HEAD, a conditional GET, resolve) and serves a range of it without
+/// downloading the rest. Its entity tag names the version listed, and a
+/// write conditional on that tag replaces exactly that version.
+#[test]
+fn an_object_without_a_checksum_is_served_by_the_api_without_a_whole_download() {
+    let server = S3Server::start();
+    server.mb("corp");
+    let (m, port, api) = api_mount(&server);
+    let data = pattern(40 << 20, 83);
+    server.put("corp", "raw.bin", &data, &[]);
+    m.status(true);
+    assert_eq!(fetched_bytes(port), 0, "listing fetched data");
+    let path = "/api/files/corp/raw.bin";
+    let r = api("HEAD", path, &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("41943040"));
+    let tag = r.header("etag").expect("an ETag").to_string();
+    assert_eq!(fetched_bytes(port), 0, "a HEAD fetched data");
+    let r = api("GET", path, &[("If-None-Match", &tag)], b"");
+    assert_eq!(r.status, 304, "the tag HEAD gave does not match GET's");
+    let r = api(
+        "GET",
+        "/api/refs/resolve?ref=locker://corp/raw.bin",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["size_bytes"], 40 << 20);
+    assert!(v.get("sha256").is_none(), "a hash nobody computed: {v}");
+    assert_eq!(
+        fetched_bytes(port),
+        0,
+        "a conditional GET or resolve fetched data"
+    );
+    let r = api("GET", path, &[("Range", "bytes=5000000-5000099")], b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("etag"), Some(tag.as_str()));
+    assert!(r.body == data[5_000_000..5_000_100], "wrong range");
+    let early = fetched_bytes(port);
+    assert!(early < 24 << 20, "{early} bytes fetched for 100 of 40 MiB");
+    // A write conditional on another version is refused; on this one, done.
+    let stale = api("PUT", path, &[("If-Match", "\"v1.1\"")], b"new");
+    assert_eq!(stale.status, 412);
+    let r = api("PUT", path, &[("If-Match", &tag)], b"new");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = api("PUT", path, &[("If-Match", &tag)], b"newer");
+    assert_eq!(r.status, 412, "a tag matched the version it replaced");
+    assert_eq!(std::fs::read(m.corp().join("raw.bin")).unwrap(), b"new");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::{ApiError, Body, Shared, blocking, empty, full, json_response};
 use crate::blocks::{BLOCK_SIZE, INLINE_MAX, hex};
 use crate::core::hot::{HotFile, hot_key};
 use crate::core::namespace::{REF_SCHEME, encode_ref_path};
-use crate::core::objects::{ListEntry, Precondition, Upload};
+use crate::core::objects::{ListEntry, Precondition, Tag, Upload};
 use crate::core::sync::FileSnap;
 use crate::core::{CoreError, FileKind, Locker};
 
@@ -108,7 +108,7 @@ enum Found {
     /// A file read from its snapshot as the response goes.
     File {
         guard: SnapGuard,
-        sha: [u8; 32],
+        tag: Tag,
         mime: Option<Vec<u8>>,
     },
 }
@@ -240,16 +240,16 @@ pub(super) async fn get(
                     (FileKind::File, Some(snap)) => {
                         let mime = core.mime_type(row.attr.ino)?;
                         let guard = SnapGuard::new(core.clone(), snap);
-                        let sha = guard.core.snap_sha256(guard.snap())?;
+                        let tag = guard.core.snap_tag(guard.snap())?;
                         let size = guard.snap().size;
                         if head || size > SMALL {
-                            return Ok(Found::File { guard, sha, mime });
+                            return Ok(Found::File { guard, tag, mime });
                         }
                         let data = Bytes::from(guard.read(0, size, size)?);
                         let mtime = guard.snap().mtime;
                         guard.release_now();
                         let f = Arc::new(HotFile {
-                            sha256: sha,
+                            etag: tag,
                             mtime,
                             mime,
                             data,
@@ -263,7 +263,7 @@ pub(super) async fn get(
             .await?
         }
     };
-    let (sha, size, mtime, mime, source) = match found {
+    let (tag, size, mtime, mime, source) = match found {
         Found::Dir(row) => {
             let head_json = serde_json::json!({
                 "path": ap.joined(),
@@ -281,18 +281,18 @@ pub(super) async fn get(
             return Ok(r);
         }
         Found::Small(f) => (
-            f.sha256,
+            f.etag,
             f.data.len() as u64,
             f.mtime,
             f.mime.clone(),
             Source::Mem(f.data.clone()),
         ),
-        Found::File { guard, sha, mime } => {
+        Found::File { guard, tag, mime } => {
             let (size, mtime) = (guard.snap().size, guard.snap().mtime);
-            (sha, size, mtime, mime, Source::Snap(guard))
+            (tag, size, mtime, mime, Source::Snap(guard))
         }
     };
-    let etag = format!("\"{}\"", hex(&sha));
+    let etag = format!("\"{tag}\"");
     let mime = match mime {
         Some(m) => String::from_utf8_lossy(&m).into_owned(),
         None => headers::guess_mime(ap.names.last().map_or("", |s| s.as_str())).to_string(),
@@ -916,7 +916,7 @@ pub(super) async fn resolve(
     let core = sh.core.clone();
     let n = names(&ap);
     let ns = ap.ns.clone();
-    let (row, sha, mime) = blocking(move || {
+    let (row, tag, mime) = blocking(move || {
         let (row, snap) = core
             .snapshot_names(&refs(&n), false)
             .map_err(|e| core_err(&core, &ns, e))?;
@@ -924,9 +924,9 @@ pub(super) async fn resolve(
             return Ok((row, None, None));
         };
         let g = SnapGuard::new(core, snap);
-        let sha = g.core.snap_sha256(g.snap())?;
+        let tag = g.core.snap_tag(g.snap())?;
         let mime = g.core.mime_type(row.attr.ino)?;
-        Ok((row, Some(sha), mime))
+        Ok((row, Some(tag), mime))
     })
     .await?;
     let mut v = serde_json::json!({
@@ -938,8 +938,10 @@ pub(super) async fn resolve(
         "url": sh.public_url(&ap),
         "api_url": sh.api_url(&ap),
     });
-    if let Some(h) = sha {
-        v["sha256"] = hex(&h).into();
+    if let Some(tag) = tag {
+        if let Tag::Sha256(h) = tag {
+            v["sha256"] = hex(&h).into();
+        }
         v["content_type"] = match mime {
             Some(m) => String::from_utf8_lossy(&m).into_owned(),
             None => headers::guess_mime(ap.names.last().map_or("", |s| s.as_str())).to_string(),

@@ -4,6 +4,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::core::Timestamp;
+use crate::core::objects::Tag;
 
 /// What a `Range` header asks of a body of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,10 +78,10 @@ pub fn none_match(h: &str, etag: &str) -> bool {
         .any(|t| t == etag)
 }
 
-/// The entity tags of an `If-Match` or `If-None-Match` header, as
-/// SHA-256s: `None` for `*`. Weak tags never match a write's condition
-/// (strong comparison); tags that are not a SHA-256 match nothing.
-pub fn condition_tags(h: &str) -> Option<Vec<[u8; 32]>> {
+/// The entity tags of an `If-Match` or `If-None-Match` header: `None`
+/// for `*`. Weak tags never match a write's condition (strong
+/// comparison); tags LOCKER never hands out match nothing.
+pub fn condition_tags(h: &str) -> Option<Vec<Tag>> {
     let h = h.trim();
     if h == "*" {
         return None;
@@ -90,7 +91,7 @@ pub fn condition_tags(h: &str) -> Option<Vec<[u8; 32]>> {
             .map(str::trim)
             .filter(|t| !t.starts_with("W/"))
             .filter_map(|t| t.strip_prefix('"')?.strip_suffix('"'))
-            .filter_map(crate::backend::unhex32)
+            .filter_map(Tag::parse)
             .collect(),
     )
 }
@@ -190,6 +191,19 @@ mod tests {
         assert_eq!(parse_range("bytes=0-0", 0), RangeReq::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeReq::Whole);
         assert_eq!(parse_range("items=0-1", 100), RangeReq::Whole);
+    }
+
+    #[test]
+    fn condition_tags_are_hashes_or_versions() {
+        use crate::core::InodeNo;
+        let sha = Tag::Sha256([0xab; 32]);
+        let version = Tag::Version(InodeNo(17), 3);
+        assert_eq!(version.to_string(), "v17.3");
+        let h = format!("\"{sha}\", W/\"{version}\", \"{version}\", \"v1.\", \"v.2\", \"x\"");
+        assert_eq!(condition_tags(&h), Some(vec![sha, version]));
+        assert_eq!(condition_tags(" * "), None);
+        assert_eq!(Tag::parse("v1.-2"), None);
+        assert_eq!(Tag::parse("v99999999999999999999.1"), None);
     }
 
     #[test]

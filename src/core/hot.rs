@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::core::Locker;
+use crate::core::objects::Tag;
 use crate::core::types::*;
 
 /// Bytes of file content kept, at most.
@@ -25,7 +26,7 @@ const MAX_BYTES: usize = 64 << 20;
 /// A small file as the API serves it.
 #[derive(Debug)]
 pub struct HotFile {
-    pub sha256: [u8; 32],
+    pub etag: Tag,
     pub mtime: Timestamp,
     pub mime: Option<Vec<u8>>,
     pub data: Bytes,

@@ -99,19 +99,63 @@ pub struct ListEntry {
     pub sha256: Option<[u8; 32]>,
 }
 
+/// The entity tag the API gives a file's committed content: its SHA-256
+/// where known, else the version it names (inode and content commit),
+/// which no other content ever has: inode numbers are never reused and
+/// every content commit counts up. A file only in the backend whose hash
+/// is not known gets the second, so that telling of it downloads nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    Sha256([u8; 32]),
+    Version(InodeNo, i64),
+}
+
+impl Tag {
+    /// Whether `r` holds the content this tag was given to.
+    pub fn matches(&self, r: &InodeRow) -> bool {
+        match self {
+            Tag::Sha256(s) => r.sha256.as_deref() == Some(&s[..]),
+            Tag::Version(ino, v) => r.attr.ino == *ino && r.version == *v,
+        }
+    }
+
+    /// A tag as `Display` writes it (without quotes).
+    pub fn parse(s: &str) -> Option<Tag> {
+        if let Some(sha) = crate::backend::unhex32(s) {
+            return Some(Tag::Sha256(sha));
+        }
+        let (ino, v) = s.strip_prefix('v')?.split_once('.')?;
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ino) || !digits(v) {
+            return None;
+        }
+        Some(Tag::Version(InodeNo(ino.parse().ok()?), v.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tag::Sha256(s) => f.write_str(&crate::blocks::hex(s)),
+            Tag::Version(ino, v) => write!(f, "v{}.{v}", ino.0),
+        }
+    }
+}
+
 /// What an API write or removal requires of the entry at its path: HTTP's
-/// `If-Match` and `If-None-Match`, with entity tags that are SHA-256s.
+/// `If-Match` and `If-None-Match`, with the entity tags GET hands out.
 /// Checked under the state lock with the change itself, so two clients
 /// that read the same version cannot both replace it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Precondition {
-    /// `If-Match`: a regular file is there whose content hashes to one of
-    /// these (`Some(None)`: any file, `*`). A file whose hash is not known
-    /// matches none (its content changed since any tag was handed out).
-    pub if_match: Option<Option<Vec<[u8; 32]>>>,
+    /// `If-Match`: a regular file is there whose content one of these tags
+    /// names (`Some(None)`: any file, `*`). A file whose hash is not known
+    /// matches no SHA-256 (its content changed since that tag was handed
+    /// out).
+    pub if_match: Option<Option<Vec<Tag>>>,
     /// `If-None-Match`: nothing is there (`Some(None)`, `*`), or nothing
-    /// whose content hashes to one of these.
-    pub if_none_match: Option<Option<Vec<[u8; 32]>>>,
+    /// whose content one of these tags names.
+    pub if_none_match: Option<Option<Vec<Tag>>>,
 }
 
 impl Precondition {
@@ -123,8 +167,7 @@ impl Precondition {
     /// Whether `entry` (what the path holds now, if anything) meets it.
     pub fn holds(&self, entry: Option<&InodeRow>) -> bool {
         let file = entry.filter(|r| r.attr.kind == FileKind::File);
-        let sha = file.and_then(|r| r.sha256.as_deref());
-        let listed = |tags: &[[u8; 32]]| sha.is_some_and(|s| tags.iter().any(|t| &t[..] == s));
+        let listed = |tags: &[Tag]| file.is_some_and(|r| tags.iter().any(|t| t.matches(r)));
         let matched = match &self.if_match {
             None => true,
             Some(None) => file.is_some(),
@@ -732,16 +775,15 @@ impl Locker {
 
     /// A consistent view of the committed version of file `ino`, its blocks
     /// pinned until `sync_release`. Content known only to a backend is
-    /// fetched first, unless it is large enough to be streamed and its
-    /// SHA-256 is known: then the snapshot reads it by range (see
-    /// `sync/stream.rs`), and nothing is fetched for a HEAD.
+    /// fetched first, unless it is large enough to be streamed: then the
+    /// snapshot reads it by range (see `sync/stream.rs`).
     pub fn file_snapshot(&self, ino: InodeNo) -> CoreResult<FileSnap> {
         self.snapshot_for(ino, true)
     }
 
     /// `file_snapshot` for a HEAD or a stat: content only in a backend is
-    /// not fetched when its SHA-256 is known, whatever its size (reading
-    /// the snapshot then streams it).
+    /// not fetched, whatever its size and whether or not its SHA-256 is
+    /// known (reading the snapshot after all fetches what is read).
     pub fn file_snapshot_head(&self, ino: InodeNo) -> CoreResult<FileSnap> {
         self.snapshot_for(ino, false)
     }
@@ -790,11 +832,11 @@ impl Locker {
                 if r.attr.kind != FileKind::File {
                     return Err(CoreError::Invalid("not a regular file"));
                 }
-                // A large file only in a backend whose SHA-256 is known is
-                // read by streaming, not downloaded first.
-                if !r.remote_only
-                    || (r.sha256.is_some() && (!to_read || self.streams_reads(r.attr.size)))
-                {
+                // A file only in a backend: nothing is fetched to tell of
+                // it, and a large one is read by streaming (checked against
+                // its SHA-256 once whole, if it has one), not downloaded
+                // first.
+                if !r.remote_only || !to_read || self.streams_reads(r.attr.size) {
                     return Locker::snap_file_locked(st, &r);
                 }
             }
@@ -827,6 +869,17 @@ impl Locker {
         Ok(self
             .hash_snap(snap, false)?
             .expect("hashed to the end when not asked to stop"))
+    }
+
+    /// The entity tag of a snapshot: its SHA-256, computed now if the
+    /// content is here and its hash is not known; a file only in the
+    /// backend whose hash is not known is not downloaded for it, and gets
+    /// its version's tag.
+    pub fn snap_tag(&self, snap: &FileSnap) -> CoreResult<Tag> {
+        match snap.sha256 {
+            None if snap.remote_only => Ok(Tag::Version(snap.ino, snap.version)),
+            _ => Ok(Tag::Sha256(self.snap_sha256(snap)?)),
+        }
     }
 
     /// `snap_sha256` for the sidecar: `None`, without hashing the rest,

@@ -1947,6 +1947,7 @@ fn readdir_gives_each_entry_its_kind_through_every_kind_of_change() {
 #[test]
 fn kept_small_files_are_served_only_until_the_next_change() {
     use crate::core::hot::{HotFile, hot_key};
+    use crate::core::objects::Tag;
     let t = new();
     let ns = t.ns();
     let ino = t.put(ns, b"a", b"one");
@@ -1954,7 +1955,7 @@ fn kept_small_files_are_served_only_until_the_next_change() {
     let read_at = t.l.generation();
     let kept = |data: &'static [u8]| {
         Arc::new(HotFile {
-            sha256: [0; 32],
+            etag: Tag::Sha256([0; 32]),
             mtime: Timestamp::now(),
             mime: None,
             data: bytes::Bytes::from_static(data),

@@ -1288,6 +1288,39 @@ fn a_head_of_a_small_file_only_in_the_store_fetches_nothing() {
     rig.core().sync_release(&snap);
 }
 
+/// The same for an object another tool left with no checksum, small or
+/// large: a HEAD fetches nothing, and its entity tag names the version
+/// listed; a GET that began as a HEAD reads the right bytes.
+#[test]
+fn a_head_of_a_file_without_a_checksum_fetches_nothing() {
+    use crate::core::objects::Tag;
+    let rig = Rig::new("");
+    for (name, len) in [("small", 100_000), ("large", 24 << 20)] {
+        let data = crate::core::tests::pattern(len, 59);
+        rig.stores
+            .corp()
+            .put_foreign(name, &data, ObjMeta::default());
+        rig.refresh();
+        let ino = rig.ino(&format!("corp/{name}")).unwrap();
+        let gets = rig.stores.corp().calls("get_range");
+        let snap = rig.core().file_snapshot_head(ino).unwrap();
+        assert_eq!(
+            rig.core().snap_tag(&snap).unwrap(),
+            Tag::Version(ino, snap.version)
+        );
+        assert_eq!(snap.size, data.len() as u64);
+        assert_eq!(
+            rig.stores.corp().calls("get_range"),
+            gets,
+            "a HEAD of {name} made a GET"
+        );
+        let off = len as u64 / 2;
+        let d = rig.core().snap_read(&snap, off, 1000, off + 1000).unwrap();
+        assert!(d[..] == data[off as usize..off as usize + 1000], "{name}");
+        rig.core().sync_release(&snap);
+    }
+}
+
 /// Content that does not match its SHA-256. A file up to `verify_whole_mb`
 /// is checked before its first byte is served: EIO, never its bytes. A
 /// larger one is served from the listed version as it is read, and checked
