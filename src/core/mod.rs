@@ -255,10 +255,10 @@ pub(crate) struct State {
     /// (tests).
     #[cfg(test)]
     fail_commits: u32,
-    /// The next operation fails after it ran, as one whose last step
-    /// fails (tests).
+    /// The `fail_op`th operation from now (1: the next) fails after it
+    /// ran, as one whose last step fails (tests).
     #[cfg(test)]
-    fail_op: bool,
+    fail_op: u32,
     /// Operations undone with their transaction (`undo_op`; tests).
     #[cfg(test)]
     undone_ops: u64,
@@ -431,8 +431,11 @@ impl State {
         let mut r = f(&self.conn);
         drop(active);
         #[cfg(test)]
-        if r.is_ok() && std::mem::take(&mut self.fail_op) {
-            r = Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        if r.is_ok() && self.fail_op > 0 {
+            self.fail_op -= 1;
+            if self.fail_op == 0 {
+                r = Err(CoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+            }
         }
         if self.conn.is_autocommit() {
             // SQLite rolled the transaction back itself (it may, after a
@@ -957,7 +960,7 @@ impl Locker {
                 #[cfg(test)]
                 fail_commits: 0,
                 #[cfg(test)]
-                fail_op: false,
+                fail_op: 0,
                 #[cfg(test)]
                 undone_ops: 0,
                 committer: Arc::new(Committer::default()),

@@ -500,102 +500,116 @@ impl Locker {
                 return Err(CoreError::PreconditionFailed);
             }
         }
-        let dir = self.make_dirs_locked(st, dirs)?;
-        // Directories along the path may gain entries (and links): the
-        // kernel must not keep their old attributes.
-        let dir_attrs = Locker::dirs_view(st, dirs)?;
-        let old = meta::lookup_row(&st.conn, dir, name)?;
-        if let Some(o) = &old
-            && o.attr.kind == FileKind::Dir
-        {
-            return Err(CoreError::IsDir);
-        }
-        let (this, size, blocks) = match content {
-            Content::Upload(ino) => (
-                Some(ino),
-                row(&st.conn, ino)?.attr.size,
-                meta::file_blocks_from(&st.conn, ino, 0)?,
-            ),
-            Content::Small(data) => (None, data.len() as u64, small_blocks(data)),
-        };
-        let existing = self.same_content_locked(st, this, size, &blocks, &sha256, visible)?;
-        let old_open = old
-            .as_ref()
-            .is_some_and(|o| Locker::is_open(st, o.attr.ino));
-        let parent = row(&st.conn, dir)?.attr;
-        let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
-        let stats = &self.blocks.stats;
-        let m = st.mark();
-        let (ino, size, freed) = st.tx(|tx| {
-            let now = Timestamp::now();
-            let mut freed = Vec::new();
-            let ino = match content {
-                Content::Upload(ino) => ino,
-                Content::Small(data) => {
-                    let mut a = Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 0, now);
-                    a.size = data.len() as u64;
-                    let ino = meta::insert_inode(tx, &a, None, None)?;
-                    for (idx, r) in &blocks {
-                        if meta::put_inline_block(tx, &r.id, data)? {
-                            stats
-                                .writes
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        meta::incref_block(tx, &r.id, r.len)?;
-                        meta::put_file_block(tx, ino, *idx, *r)?;
-                    }
-                    let bytes: i64 = blocks.iter().map(|(_, r)| r.len as i64).sum();
-                    meta::add_alloc(tx, ino, bytes)?;
-                    ino
-                }
+        // Directories made for a placement that then fails are removed
+        // again, under the same hold of the lock (so still empty): a
+        // refused write leaves nothing.
+        let mut made = Vec::new();
+        let placed = (|| {
+            let dir = self.make_dirs_locked(st, dirs, &mut made)?;
+            // Directories along the path may gain entries (and links): the
+            // kernel must not keep their old attributes.
+            let dir_attrs = Locker::dirs_view(st, dirs)?;
+            let old = meta::lookup_row(&st.conn, dir, name)?;
+            if let Some(o) = &old
+                && o.attr.kind == FileKind::Dir
+            {
+                return Err(CoreError::IsDir);
+            }
+            let (this, size, blocks) = match content {
+                Content::Upload(ino) => (
+                    Some(ino),
+                    row(&st.conn, ino)?.attr.size,
+                    meta::file_blocks_from(&st.conn, ino, 0)?,
+                ),
+                Content::Small(data) => (None, data.len() as u64, small_blocks(data)),
             };
-            let version = meta::content_version(tx, ino)?;
-            let mut a = row(tx, ino)?.attr;
-            a.uid = parent.uid;
-            a.gid = parent.gid;
-            if acls {
-                // The replaced file's ACL stays with its mode; a new file
-                // takes the directory's default ACL.
-                match &old {
-                    Some(o) if o.attr.kind == FileKind::File => {
-                        if let Some(v) = meta::get_xattr(tx, o.attr.ino, ACL_ACCESS)? {
-                            meta::set_xattr(tx, ino, ACL_ACCESS, &v)?;
+            let existing = self.same_content_locked(st, this, size, &blocks, &sha256, visible)?;
+            let old_open = old
+                .as_ref()
+                .is_some_and(|o| Locker::is_open(st, o.attr.ino));
+            let parent = row(&st.conn, dir)?.attr;
+            let acls = self.acls.load(std::sync::atomic::Ordering::Acquire);
+            let stats = &self.blocks.stats;
+            let m = st.mark();
+            let (ino, size, freed) = st.tx(|tx| {
+                let now = Timestamp::now();
+                let mut freed = Vec::new();
+                let ino = match content {
+                    Content::Upload(ino) => ino,
+                    Content::Small(data) => {
+                        let mut a = Attr::new_root_owned(InodeNo(0), FileKind::File, 0o644, 0, now);
+                        a.size = data.len() as u64;
+                        let ino = meta::insert_inode(tx, &a, None, None)?;
+                        for (idx, r) in &blocks {
+                            if meta::put_inline_block(tx, &r.id, data)? {
+                                stats
+                                    .writes
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            meta::incref_block(tx, &r.id, r.len)?;
+                            meta::put_file_block(tx, ino, *idx, *r)?;
                         }
+                        let bytes: i64 = blocks.iter().map(|(_, r)| r.len as i64).sum();
+                        meta::add_alloc(tx, ino, bytes)?;
+                        ino
                     }
-                    _ => {
-                        if let Some(d) = acl::load(tx, dir, ACL_DEFAULT)? {
-                            let i = acl::inherit(&d, a.perm, false);
-                            a.perm = i.perm;
-                            if let Some(v) = &i.access {
-                                meta::set_xattr(tx, ino, ACL_ACCESS, v)?;
+                };
+                let version = meta::content_version(tx, ino)?;
+                let mut a = row(tx, ino)?.attr;
+                a.uid = parent.uid;
+                a.gid = parent.gid;
+                if acls {
+                    // The replaced file's ACL stays with its mode; a new file
+                    // takes the directory's default ACL.
+                    match &old {
+                        Some(o) if o.attr.kind == FileKind::File => {
+                            if let Some(v) = meta::get_xattr(tx, o.attr.ino, ACL_ACCESS)? {
+                                meta::set_xattr(tx, ino, ACL_ACCESS, &v)?;
+                            }
+                        }
+                        _ => {
+                            if let Some(d) = acl::load(tx, dir, ACL_DEFAULT)? {
+                                let i = acl::inherit(&d, a.perm, false);
+                                a.perm = i.perm;
+                                if let Some(v) = &i.access {
+                                    meta::set_xattr(tx, ino, ACL_ACCESS, v)?;
+                                }
                             }
                         }
                     }
                 }
-            }
-            if let Some(o) = &old {
-                if o.attr.kind == FileKind::File {
-                    a.perm = o.attr.perm;
-                    a.uid = o.attr.uid;
-                    a.gid = o.attr.gid;
+                if let Some(o) = &old {
+                    if o.attr.kind == FileKind::File {
+                        a.perm = o.attr.perm;
+                        a.uid = o.attr.uid;
+                        a.gid = o.attr.gid;
+                    }
+                    meta::delete_dentry(tx, dir, name)?;
+                    if Locker::drop_link(old_open, tx, &o.attr, now)? && !old_open {
+                        freed = Locker::purge_rows(tx, o.attr.ino)?;
+                    }
                 }
-                meta::delete_dentry(tx, dir, name)?;
-                if Locker::drop_link(old_open, tx, &o.attr, now)? && !old_open {
-                    freed = Locker::purge_rows(tx, o.attr.ino)?;
+                a.nlink = 1;
+                a.ctime = now;
+                meta::update_attr(tx, &a)?;
+                meta::insert_dentry(tx, dir, name, ino, a.kind)?;
+                touch_dir(tx, dir, now, 0)?;
+                meta::set_sha256(tx, ino, version, &sha256)?;
+                if let Some(t) = mime {
+                    meta::set_xattr(tx, ino, MIME_XATTR, t)?;
                 }
+                mark_name(tx, m, dir, name, a.size)?;
+                Ok((ino, a.size, freed))
+            })?;
+            Ok((dir, dir_attrs, old, existing, m, ino, size, freed))
+        })();
+        let (dir, dir_attrs, old, existing, m, ino, size, freed) = match placed {
+            Ok(p) => p,
+            Err(e) => {
+                self.unmake_dirs_locked(st, &made);
+                return Err(e);
             }
-            a.nlink = 1;
-            a.ctime = now;
-            meta::update_attr(tx, &a)?;
-            meta::insert_dentry(tx, dir, name, ino, a.kind)?;
-            touch_dir(tx, dir, now, 0)?;
-            meta::set_sha256(tx, ino, version, &sha256)?;
-            if let Some(t) = mime {
-                meta::set_xattr(tx, ino, MIME_XATTR, t)?;
-            }
-            mark_name(tx, m, dir, name, a.size)?;
-            Ok((ino, a.size, freed))
-        })?;
+        };
         if let Some(fs) = st.files.get_mut(&ino) {
             fs.maybe_unlinked = false;
         }
@@ -634,9 +648,29 @@ impl Locker {
         ))
     }
 
+    /// Removes the directories `make_dirs_locked` made (parent and name),
+    /// the deepest first; one that cannot be removed stays, logged.
+    fn unmake_dirs_locked(&self, st: &mut State, made: &[(InodeNo, Vec<u8>)]) {
+        for (parent, name) in made.iter().rev() {
+            if let Err(e) = self.rmdir_locked(st, *parent, name) {
+                tracing::warn!(
+                    error = %e,
+                    "a directory made for a write that failed could not be removed"
+                );
+                return;
+            }
+        }
+    }
+
     /// Makes the directories `dirs` (from the root; the first is the
-    /// namespace, which must exist) where missing; returns the last one.
-    fn make_dirs_locked(&self, st: &mut State, dirs: &[&[u8]]) -> CoreResult<InodeNo> {
+    /// namespace, which must exist) where missing, adding each one made to
+    /// `made` (parent, name); returns the last one.
+    fn make_dirs_locked(
+        &self,
+        st: &mut State,
+        dirs: &[&[u8]],
+        made: &mut Vec<(InodeNo, Vec<u8>)>,
+    ) -> CoreResult<InodeNo> {
         let (ns, rest) = dirs
             .split_first()
             .ok_or(CoreError::Invalid("no namespace"))?;
@@ -655,6 +689,7 @@ impl Locker {
                         umask: 0,
                     };
                     let a = self.make_node_locked(st, &owner, cur.attr.ino, n, 0o040755, None)?;
+                    made.push((cur.attr.ino, n.to_vec()));
                     row(&st.conn, a.ino)?
                 }
             };

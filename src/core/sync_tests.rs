@@ -709,7 +709,7 @@ fn marks_follow_directories_that_move() {
     assert!(queued(&t, "top2/mid2/other/g2"));
 
     // Undone: the rename never happened, and marks say so.
-    t.l.state.lock().fail_op = true;
+    t.l.state.lock().fail_op = 1;
     assert!(
         t.l.rename(mid, b"leaf", top, b"leaf2", RenameMode::Replace)
             .is_err()

@@ -2407,7 +2407,7 @@ fn an_undone_operation_keeps_those_before_it_when_they_cannot_be_applied_again()
     let f = t.put(d, b"file", &pattern(5000, 4));
     {
         let mut st = t.l.state.lock();
-        st.fail_op = true;
+        st.fail_op = 1;
         st.fail_commits = 1;
     }
     assert!(t.l.mkdir(&ME, d, b"failed", 0o755).is_err());
@@ -2436,11 +2436,11 @@ fn an_operation_failing_after_its_writes_is_undone_alone() {
     let d = t.l.mkdir(&ME, ns, b"before", 0o755).unwrap().ino;
     let kept = t.put(d, b"kept", &pattern(5000, 1));
     let gone = t.put(d, b"gone", b"bytes");
-    t.l.state.lock().fail_op = true;
+    t.l.state.lock().fail_op = 1;
     assert!(t.l.mkdir(&ME, d, b"failed", 0o755).is_err());
-    t.l.state.lock().fail_op = true;
+    t.l.state.lock().fail_op = 1;
     assert!(t.l.unlink(d, b"gone").is_err());
-    t.l.state.lock().fail_op = true;
+    t.l.state.lock().fail_op = 1;
     assert!(
         t.l.rename(d, b"kept", ns, b"moved", RenameMode::Replace)
             .is_err()
@@ -2623,4 +2623,49 @@ fn names_replayed_without_their_kind_get_it() {
     assert_eq!(unset, 0);
     drop(st);
     assert_eq!(t.l.lookup(t.ns(), b"d").unwrap().ino, d);
+}
+
+/// A write through the API whose placement fails after it made the
+/// directories it needed (here the placement itself fails) leaves none of
+/// them; directories that were there before stay.
+#[test]
+fn a_failed_placement_leaves_no_directory_it_made() {
+    let t = new();
+    let ns = t.ns();
+    let d = t.l.mkdir(&ME, ns, b"d", 0o755).unwrap().ino;
+    let put = |data: &[u8]| {
+        t.l.put_small(
+            data,
+            &[b"corp", b"d", b"new", b"deeper"],
+            b"f",
+            sha(data),
+            None,
+            &|_| true,
+        )
+    };
+    // Two directories made (two operations), then the placement fails.
+    t.l.state.lock().fail_op = 3;
+    assert!(put(b"one").is_err());
+    assert!(matches!(t.l.lookup(d, b"new"), Err(CoreError::NotFound)));
+    let t = t.crash_and_reopen();
+    let ns = t.ns();
+    let d = t.l.lookup(ns, b"d").unwrap().ino;
+    assert!(matches!(t.l.lookup(d, b"new"), Err(CoreError::NotFound)));
+    // Written again, it is all there.
+    let data = b"two";
+    t.l.put_small(
+        data,
+        &[b"corp", b"d", b"new", b"deeper"],
+        b"f",
+        sha(data),
+        None,
+        &|_| true,
+    )
+    .unwrap();
+    let deeper =
+        t.l.lookup(t.l.lookup(d, b"new").unwrap().ino, b"deeper")
+            .unwrap()
+            .ino;
+    let f = t.l.lookup(deeper, b"f").unwrap().ino;
+    assert_eq!(t.get(f), b"two");
 }
