@@ -555,10 +555,10 @@ impl From<CoreError> for ApiError {
                 "a component of the path is a file, not a directory",
             ),
             CoreError::NameTooLong => ApiError::bad_path("a name is longer than 255 bytes"),
-            CoreError::NoSpace => ApiError::new(
+            e if e.is_no_space() => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",
-                "the cache is full of data not yet uploaded to its backend; retry later",
+                "no room to store it: the disk is full, or the cache is full of data not yet uploaded to its backend; retry later",
             ),
             CoreError::Invalid(m) | CoreError::NotPermitted(m) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", m)
@@ -602,4 +602,32 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(ApiError::internal)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk is 507 whichever layer found it, and says so; other
+    /// failures inside are 500 and say nothing of their cause.
+    #[test]
+    fn a_full_disk_is_507_and_other_failures_tell_only_a_number() {
+        let full = [
+            CoreError::NoSpace,
+            CoreError::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            CoreError::Io(std::io::Error::from_raw_os_error(libc::EDQUOT)),
+            CoreError::Meta(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )),
+        ];
+        for e in full {
+            let a = ApiError::from(e);
+            assert_eq!(a.status, StatusCode::INSUFFICIENT_STORAGE);
+        }
+        let a = ApiError::from(CoreError::Corrupt("block 0123abcd is gone".into()));
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!a.message.contains("0123abcd"), "{}", a.message);
+        assert!(a.message.contains("incident"), "{}", a.message);
+    }
 }

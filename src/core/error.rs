@@ -50,6 +50,20 @@ pub enum CoreError {
 pub type CoreResult<T> = Result<T, CoreError>;
 
 impl CoreError {
+    /// A full disk or quota, whichever layer found it.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            CoreError::NoSpace => true,
+            CoreError::Io(io) => {
+                matches!(io.raw_os_error(), Some(c) if c == libc::ENOSPC || c == libc::EDQUOT)
+            }
+            CoreError::Meta(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+
     /// Errors that are part of normal operation (a lookup of a missing name)
     /// are logged at debug level; the others deserve a warning.
     pub fn is_expected(&self) -> bool {

@@ -607,6 +607,12 @@ impl Locker {
             Ok(p) => p,
             Err(e) => {
                 self.unmake_dirs_locked(st, &made);
+                drop(st_guard);
+                // The directory they were made in changed twice (times);
+                // told with the lock released, as every invalidation.
+                if let (Some((parent, _)), Some(inval)) = (made.first(), self.invalidator.get()) {
+                    inval(&[Invalidate::Inode(*parent)]);
+                }
                 return Err(e);
             }
         };
@@ -868,10 +874,15 @@ impl Locker {
                     return Err(CoreError::Invalid("not a regular file"));
                 }
                 // A file only in a backend: nothing is fetched to tell of
-                // it, and a large one is read by streaming (checked against
-                // its SHA-256 once whole, if it has one), not downloaded
-                // first.
-                if !r.remote_only || !to_read || self.streams_reads(r.attr.size) {
+                // it, and one that is large, or has no SHA-256 to check
+                // before serving it, is read by streaming (checked once
+                // whole, if it has one), not downloaded first: a HEAD and a
+                // GET then agree on its tag.
+                if !r.remote_only
+                    || !to_read
+                    || r.sha256.is_none()
+                    || self.streams_reads(r.attr.size)
+                {
                     return Locker::snap_file_locked(st, &r);
                 }
             }

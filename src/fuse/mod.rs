@@ -222,16 +222,9 @@ pub fn errno_of(e: &CoreError) -> Errno {
         CoreError::NotSupported(_) => Errno::from_i32(libc::EOPNOTSUPP),
         CoreError::BadHandle => Errno::EBADF,
         CoreError::FileTooLarge => Errno::EFBIG,
+        e if e.is_no_space() => Errno::ENOSPC,
         CoreError::NoSpace => Errno::ENOSPC,
-        CoreError::Io(io) => match io.raw_os_error() {
-            Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => Errno::ENOSPC,
-            _ => Errno::EIO,
-        },
-        CoreError::Meta(rusqlite::Error::SqliteFailure(f, _))
-            if f.code == rusqlite::ErrorCode::DiskFull =>
-        {
-            Errno::ENOSPC
-        }
+        CoreError::Io(_) => Errno::EIO,
         CoreError::Meta(_) => Errno::EIO,
         CoreError::Corrupt(_) => Errno::EIO,
         // (The API's alone: no mount operation carries a precondition.)

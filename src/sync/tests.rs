@@ -1290,7 +1290,8 @@ fn a_head_of_a_small_file_only_in_the_store_fetches_nothing() {
 
 /// The same for an object another tool left with no checksum, small or
 /// large: a HEAD fetches nothing, and its entity tag names the version
-/// listed; a GET that began as a HEAD reads the right bytes.
+/// listed, for a GET as for a HEAD; a GET that began as a HEAD reads the
+/// right bytes.
 #[test]
 fn a_head_of_a_file_without_a_checksum_fetches_nothing() {
     use crate::core::objects::Tag;
@@ -1314,6 +1315,19 @@ fn a_head_of_a_file_without_a_checksum_fetches_nothing() {
             gets,
             "a HEAD of {name} made a GET"
         );
+        // A snapshot to read, taken now, has the same tag, and fetched
+        // nothing yet either.
+        let to_read = rig.core().file_snapshot(ino).unwrap();
+        assert_eq!(
+            rig.core().snap_tag(&to_read).unwrap(),
+            Tag::Version(ino, snap.version)
+        );
+        assert_eq!(
+            rig.stores.corp().calls("get_range"),
+            gets,
+            "{name} was downloaded"
+        );
+        rig.core().sync_release(&to_read);
         let off = len as u64 / 2;
         let d = rig.core().snap_read(&snap, off, 1000, off + 1000).unwrap();
         assert!(d[..] == data[off as usize..off as usize + 1000], "{name}");

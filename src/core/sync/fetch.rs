@@ -557,6 +557,10 @@ impl Locker {
         if let Some(fs) = st.files.get_mut(&ino) {
             fs.now_remote(now.size);
         }
+        // Durable, as every change a refresh applies: the API may hand out
+        // a tag naming this version (`objects::Tag::Version`), which a
+        // power cut must not give to other content.
+        st.durable()?;
         // The kernel may cache the old size and pages. Told from another
         // thread: a read of this file may be what runs this.
         if let Some(inval) = self.invalidator.get().cloned() {
