@@ -512,6 +512,17 @@ pub fn remote_only_from(
     rows.collect()
 }
 
+/// The backend moved the object at `from` (`ns/path`) to `to`: the
+/// backend-only files listed as it are now listed as the object at `to`.
+pub fn move_remote_src(conn: &Connection, from: &[u8], to: &[u8]) -> MetaResult<()> {
+    exec(
+        conn,
+        "UPDATE inodes SET remote_src = ?2 WHERE remote_src = ?1 AND remote_only = 1",
+        params![from, to],
+    )?;
+    Ok(())
+}
+
 pub fn delete_inode(conn: &Connection, ino: InodeNo) -> MetaResult<()> {
     let i = ino.0 as i64;
     exec(conn, "DELETE FROM inodes WHERE ino = ?1", params![i])?;

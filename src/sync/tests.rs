@@ -1686,6 +1686,66 @@ fn a_rename_made_in_the_store_is_a_rename_here_never_a_download() {
     assert_eq!(object(&corp, "f/a3").unwrap(), a);
 }
 
+/// A file another client put in the store with no checksum, never read
+/// here, then renamed there: read here at its new name, it gives its own
+/// bytes, also after a different object has taken its old name; and a
+/// file written here at the old name goes up.
+#[test]
+fn a_file_with_no_checksum_renamed_in_the_store_is_read_from_its_new_name() {
+    let stores = Stores::new();
+    stores.corp().set_native_rename(true);
+    let rig = Rig::on(stores, "");
+    let corp = rig.stores.mem["corp"].clone();
+    let a = crate::core::tests::pattern(300_000, 91);
+    let other = crate::core::tests::pattern(300_000, 92);
+    corp.put_foreign("a", &a, ObjMeta::default());
+    rig.refresh();
+    let ino = rig.ino("corp/a").unwrap();
+    corp.rename_foreign("a", "b");
+    rig.refresh();
+    assert_eq!(rig.ino("corp/b"), Some(ino), "renamed, not made anew");
+    corp.put_foreign("a", &other, ObjMeta::default());
+    rig.refresh();
+    assert_eq!(rig.read("corp/a").unwrap(), other);
+    assert!(
+        rig.read("corp/b").unwrap() == a,
+        "b read another object's bytes"
+    );
+    // And the same with the old name written here.
+    corp.put_foreign("c", &a, ObjMeta::default());
+    rig.refresh();
+    corp.rename_foreign("c", "d");
+    rig.refresh();
+    rig.write("corp/c", b"written here");
+    rig.drained();
+    assert_eq!(object(&corp, "c").unwrap(), b"written here");
+    assert!(rig.read("corp/d").unwrap() == a);
+}
+
+/// The same when the rename is made here and pushed as a move in the
+/// store: the file, never read before, gives its own bytes.
+#[test]
+fn a_file_with_no_checksum_renamed_here_is_read_from_where_the_store_moved_it() {
+    let stores = Stores::new();
+    stores.corp().set_native_rename(true);
+    let rig = Rig::on(stores, "");
+    let corp = rig.stores.mem["corp"].clone();
+    let a = crate::core::tests::pattern(300_000, 93);
+    let other = crate::core::tests::pattern(300_000, 94);
+    corp.put_foreign("a", &a, ObjMeta::default());
+    rig.refresh();
+    rig.rename("corp/a", "corp/b");
+    rig.drained();
+    assert!(corp.object("a").is_none() && corp.object("b").is_some());
+    corp.put_foreign("a", &other, ObjMeta::default());
+    rig.refresh();
+    assert!(
+        rig.read("corp/b").unwrap() == a,
+        "b read another object's bytes"
+    );
+    assert_eq!(rig.read("corp/a").unwrap(), other);
+}
+
 // ---- resumable uploads (Nextcloud's chunked uploads) ----
 
 #[test]

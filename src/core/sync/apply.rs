@@ -256,9 +256,14 @@ impl Locker {
                     file_id: row.file_id.clone(),
                     ..old.clone()
                 };
+                // Files here whose content is only in that object (this one,
+                // if never read) fetch it from where it is now: at `from`
+                // there may be another object, soon or already.
+                let src = |p: &[u8]| [ns.as_bytes(), b"/", p].concat();
                 st.tx(|tx| {
                     msync::delete_remote(tx, ns, from)?;
                     msync::put_remote(tx, ns, to, &at_to)?;
+                    meta::move_remote_src(tx, &src(from), &src(to))?;
                     Ok(())
                 })?;
                 Ok(Applied::Updated)

@@ -190,8 +190,12 @@ impl Locker {
     ) -> CoreResult<bool> {
         let mut st = self.lock();
         let found = Locker::resolve_in(&st.conn, ns, to)?;
+        let src = |p: &[u8]| [ns.as_bytes(), b"/", p].concat();
         let done = st.tx(|tx| {
             msync::delete_remote(tx, ns, from)?;
+            // Files here whose content is only in that object fetch it from
+            // where it is now (as after a move another client made).
+            meta::move_remote_src(tx, &src(from), &src(to))?;
             Locker::record_done(tx, &found, ns, to, seq, Some(&remote))
         })?;
         st.note_gone_remote(ns, from);
