@@ -486,6 +486,46 @@ fn apache_conflicts_keep_both_versions() {
     conflicts_keep_both(DavServer::apache());
 }
 
+/// A folder LOCKER pushed, emptied and replaced here by a file of the
+/// same name: the server ends with the file at that name, and no conflict
+/// copy (the folder's ETag changed as its file went, which is no one
+/// else's change).
+fn a_folder_replaced_by_a_file(server: DavServer) {
+    let m = dav_mount(&server, SYNC);
+    let corp = m.corp();
+    std::fs::create_dir(corp.join("d")).unwrap();
+    std::fs::write(corp.join("d/f"), b"inside").unwrap();
+    m.wait_drained(DRAIN);
+    assert_eq!(std::fs::read(on_disk(&server, "d/f")).unwrap(), b"inside");
+    std::fs::remove_file(corp.join("d/f")).unwrap();
+    std::fs::remove_dir(corp.join("d")).unwrap();
+    std::fs::write(corp.join("d"), b"now a file").unwrap();
+    m.wait_drained(DRAIN);
+    assert_eq!(
+        std::fs::read(on_disk(&server, "d")).ok().as_deref(),
+        Some(&b"now a file"[..]),
+        "log:\n{}",
+        m.log_text()
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&corp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["d".to_string()], "no conflict copy here");
+    assert_eq!(std::fs::read(corp.join("d")).unwrap(), b"now a file");
+}
+
+#[test]
+fn nextcloud_a_folder_replaced_by_a_file_becomes_that_file() {
+    a_folder_replaced_by_a_file(DavServer::nextcloud(&[]));
+}
+
+#[test]
+fn apache_a_folder_replaced_by_a_file_becomes_that_file() {
+    a_folder_replaced_by_a_file(DavServer::apache());
+}
+
 // ---- 5. two daemons on one folder ------------------------------------------
 
 #[test]

@@ -2922,6 +2922,26 @@ fn a_directory_removed_while_a_file_in_it_is_uploaded_is_not_left_in_the_store()
     assert!(rig.ino("corp/d").is_none(), "the removed folder came back");
 }
 
+/// A folder replaced here by a file of the same name: the store ends with
+/// the file at that name, not a conflict copy beside an empty folder (on
+/// a local directory; `tests/webdav_sync.rs` has the WebDAV servers, whose
+/// folders change their ETag as their files go).
+#[test]
+fn a_folder_replaced_here_by_a_file_becomes_that_file_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = crate::backend::local::LocalBackend::open(dir.path(), "", false).unwrap();
+    let rig = Rig::with_corp(Arc::new(local), "");
+    rig.write("corp/d/f", b"inside");
+    rig.drained();
+    assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"inside");
+    rig.unlink("corp/d/f");
+    rig.rmdir("corp/d");
+    rig.write("corp/d", b"now a file");
+    rig.drained();
+    assert_eq!(names(&rig, "corp"), vec!["d".to_string()]);
+    assert_eq!(std::fs::read(dir.path().join("d")).unwrap(), b"now a file");
+}
+
 /// A folder's removal waits for the removals below it. While one of those
 /// keeps failing (and waits for its retry), the folder's entry waits for
 /// it quietly: no request for the folder over and over, not even while

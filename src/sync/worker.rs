@@ -739,7 +739,15 @@ async fn push_file(
     } else {
         be.head(&key).await?
     };
+    // A folder is nobody's in particular (as in `push_other`): one this
+    // side removed gives way to the file that took its name, whatever its
+    // ETag now says (a WebDAV folder's changes as its files go).
     let foreign = match (&rec, &head) {
+        (_, Some(h))
+            if h.kind == ObjKind::Dir && rec.as_ref().is_none_or(|r| r.kind == REMOTE_DIR) =>
+        {
+            false
+        }
         (Some(r), Some(h)) => r.etag != h.etag && !landed(&mine, h),
         (None, Some(h)) => !landed(&mine, h),
         _ => false,
@@ -797,7 +805,22 @@ async fn push_file(
             return conflict(inner, e, r).await;
         }
         if h.kind == ObjKind::Dir {
-            be.delete_dir(&key).await?;
+            // The removals below it go first (the folder empties as they
+            // do); one still holding what LOCKER does not know stays, and
+            // this file is kept under a conflict name.
+            let core = inner.core.clone();
+            let (ns, p) = (e.ns.clone(), e.path.clone());
+            if blocking(move || core.sync_wait_below(&ns, &p)).await? {
+                return Ok(Outcome::Waiting);
+            }
+            if let Err(err) = be.delete_dir(&key).await {
+                if err.kind == ErrorKind::Transient {
+                    return Err(err);
+                }
+                tracing::warn!(namespace = %e.ns, path = %key, error = %err, "the backend has a folder, not empty, where this side made a file");
+                let r = head_row(be.as_ref(), &key, h).await?;
+                return conflict(inner, e, r).await;
+            }
         }
     }
     if let Some((sns, spath, src_row)) = source
