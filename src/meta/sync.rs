@@ -353,6 +353,19 @@ pub fn retry(
     Ok(())
 }
 
+/// The entry at `ns/path` is looked at again at `ready`, not before, even
+/// while the queue is drained in a hurry (as a retry is): a version just
+/// uploaded waits there for its confirmation.
+pub fn look_again_at(conn: &Connection, ns: &str, path: &[u8], ready: i64) -> MetaResult<()> {
+    exec(
+        conn,
+        "UPDATE sync_queue SET ready_ns = max(ready_ns, ?3), attempts = max(attempts, 1)
+         WHERE ns = ?1 AND path = ?2",
+        params![ns, path, ready],
+    )?;
+    Ok(())
+}
+
 /// Up to `limit` entries of `ns` the store refused for their path alone,
 /// with the store's reason.
 pub fn refused_entries(

@@ -239,6 +239,9 @@ pub(super) enum Outcome {
     NotDue,
     /// Waits for the entries below it (see `Locker::sync_wait_below`).
     Waiting,
+    /// Landed, and looked at again later before it is confirmed (see
+    /// `landed_here`).
+    Unconfirmed,
 }
 
 async fn process(inner: Arc<Inner>, e: QueueEntry) {
@@ -247,7 +250,7 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
     let core = inner.core.clone();
     let (ns, path) = (e.ns.clone(), e.path.clone());
     let result = match &r {
-        Ok(Outcome::Done) => Some("done"),
+        Ok(Outcome::Done | Outcome::Unconfirmed) => Some("done"),
         Ok(Outcome::Later) => Some("later"),
         Ok(Outcome::Superseded) => Some("superseded"),
         // Not handled: nothing to count.
@@ -264,7 +267,7 @@ async fn process(inner: Arc<Inner>, e: QueueEntry) {
             .inc();
     }
     match r {
-        Ok(Outcome::Done) => {
+        Ok(Outcome::Done | Outcome::Unconfirmed) => {
             inner.note_ok(&ns);
             inner.resume(&ns);
             tracing::debug!(namespace = %ns, path = %String::from_utf8_lossy(&path), ms = t0.elapsed().as_millis() as u64, "pushed");
@@ -667,6 +670,7 @@ async fn push_file(
     rec: Option<RemoteRow>,
     f: Arc<FileSnap>,
 ) -> BResult<Outcome> {
+    let t0 = Instant::now();
     let key = key_of(e)?;
     let max_wait = inner.cfg.max_upload_wait_s as i64 * 1_000_000_000;
     if f.writers && !inner.hurry() && now_ns() - e.since_ns < max_wait {
@@ -862,7 +866,7 @@ async fn push_file(
             )
             .await
         {
-            Ok(etag) => return done(inner, e, seq, Some(row(etag))).await,
+            Ok(etag) => return landed_here(inner, e, seq, row(etag), &f, t0).await,
             Err(err) if err.kind == ErrorKind::Transient => return Err(err),
             Err(err) => {
                 tracing::debug!(from = %src, to = %key, error = %err, "server-side copy not possible; uploading");
@@ -882,7 +886,41 @@ async fn push_file(
         return Ok(Outcome::Superseded);
     };
     inner.core.crash.hit("upload-sent");
-    done(inner, e, seq, Some(row(etag))).await
+    landed_here(inner, e, seq, row(etag), &f, t0).await
+}
+
+/// The shortest wait before a version uploaded to a store that ignores
+/// conditional writes is looked at again (see `landed_here`).
+const CONFIRM_AFTER: Duration = Duration::from_secs(2);
+
+/// Records what a push of `f` (begun at `t0`) wrote. On a store that
+/// refuses a failed condition that is the end of it. On one that ignores
+/// conditions (or not known to honour them: its probe failed), another writer's upload begun before this one landed can
+/// still land over it, and this side's copy is then the only one: the
+/// version is recorded, but not confirmed (its blocks stay in the cache),
+/// and the entry is looked at again after twice the push's time (at least
+/// `CONFIRM_AFTER`), as a writer of a file this size would take. Found
+/// there still, it is confirmed; replaced, the two writes were concurrent
+/// and this side's version is kept under a conflict name. Files small
+/// enough to live in the metadata database are never dropped from the
+/// cache, and need no second look.
+async fn landed_here(
+    inner: &Arc<Inner>,
+    e: &QueueEntry,
+    seq: i64,
+    row: RemoteRow,
+    f: &FileSnap,
+    t0: Instant,
+) -> BResult<Outcome> {
+    if inner.honours_conditions(&e.ns) || f.size < crate::blocks::INLINE_MAX as u64 {
+        return done(inner, e, seq, Some(row)).await;
+    }
+    let wait = (t0.elapsed() * 2).max(CONFIRM_AFTER);
+    let ready = now_ns() + wait.as_nanos() as i64;
+    let core = inner.core.clone();
+    let (ns, path) = (e.ns.clone(), e.path.clone());
+    blocking(move || core.sync_landed_unconfirmed(&ns, &path, row, ready)).await?;
+    Ok(Outcome::Unconfirmed)
 }
 
 /// How long a folder's listing stands in for the HEADs of new files in it:

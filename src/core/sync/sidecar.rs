@@ -202,6 +202,26 @@ impl Locker {
         Ok(done)
     }
 
+    /// A version uploaded to `ns/path`, on a store that ignores
+    /// conditional writes, is recorded as `remote` (and as LOCKER's own),
+    /// but not confirmed: the file's blocks stay in the cache, and the
+    /// entry stays queued, due at `ready`, when its push looks again.
+    pub fn sync_landed_unconfirmed(
+        &self,
+        ns: &str,
+        path: &[u8],
+        remote: RemoteRow,
+        ready: i64,
+    ) -> CoreResult<()> {
+        let mut st = self.lock();
+        st.tx(|tx| {
+            msync::put_remote(tx, ns, path, &remote)?;
+            msync::delete_sent(tx, ns, path)?;
+            msync::look_again_at(tx, ns, path, ready)?;
+            Ok(())
+        })
+    }
+
     /// The backend confirmed `ns/path` as `remote` (or its absence): records
     /// it, and removes the queue entry unless the path changed meanwhile.
     pub fn sync_done(
