@@ -1309,7 +1309,11 @@ impl Locker {
             None => true,
         };
         if last {
-            self.forget_stream(st, ino);
+            // (A snapshot still reading it, an API download, keeps its
+            // stream: it ends with the last of them.)
+            if !st.remote_snaps.contains_key(&ino) {
+                self.forget_stream(st, ino);
+            }
             let mut check = true;
             if let Some(mut fs) = st.files.remove(&ino) {
                 if !fs.is_clean() {

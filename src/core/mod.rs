@@ -188,6 +188,10 @@ pub(crate) struct State {
     /// version that names them (the reader fetches them again), so slow
     /// readers cannot hold the cache past its bound.
     read_pins: HashMap<BlockId, u32>,
+    /// Snapshots not yet released of files whose content is only in a
+    /// backend, per file: the stream reading such a file (open nowhere in
+    /// the mount) ends with the last of them, not with the first.
+    remote_snaps: HashMap<InodeNo, u32>,
     /// Blocks whose last pin went since the last `reap`: freed there unless
     /// a committed row (or a new pin) names them. Every path that drops a
     /// pin goes through `unpin`, so no stored block can be forgotten.
@@ -935,6 +939,7 @@ impl Locker {
                 next_handle: 1,
                 pins: HashMap::new(),
                 read_pins: HashMap::new(),
+                remote_snaps: HashMap::new(),
                 unpinned: Vec::new(),
                 mem_dirty: 0,
                 synced_upto: 0,

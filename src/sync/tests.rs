@@ -1343,6 +1343,44 @@ fn a_head_of_a_file_without_a_checksum_fetches_nothing() {
     }
 }
 
+/// Two API readers of one file only in the backend (a GET streaming it, a
+/// HEAD beside it): the HEAD's end does not end the GET's stream, whose
+/// blocks already fetched are not fetched again.
+#[test]
+fn a_head_ending_beside_a_streaming_get_leaves_its_stream() {
+    let rig = Rig::new("");
+    let len = 24usize << 20;
+    let data = crate::core::tests::pattern(len, 61);
+    rig.stores
+        .corp()
+        .put_foreign("big", &data, ObjMeta::default());
+    rig.refresh();
+    let ino = rig.ino("corp/big").unwrap();
+    let get = rig.core().file_snapshot(ino).unwrap();
+    let d = rig.core().snap_read(&get, 0, 1 << 20, len as u64).unwrap();
+    assert!(d[..] == data[..1 << 20]);
+    assert!(rig.core().streams_active());
+    let head = rig.core().file_snapshot_head(ino).unwrap();
+    rig.core().sync_release(&head);
+    assert!(
+        rig.core().streams_active(),
+        "the HEAD's end ended the GET's stream"
+    );
+    let gets = rig.stores.corp().calls("get_range");
+    let d = rig.core().snap_read(&get, 0, 1 << 20, len as u64).unwrap();
+    assert!(d[..] == data[..1 << 20]);
+    assert_eq!(
+        rig.stores.corp().calls("get_range"),
+        gets,
+        "what the stream had fetched was fetched again"
+    );
+    rig.core().sync_release(&get);
+    assert!(
+        !rig.core().streams_active(),
+        "the last reader's end leaves a stream"
+    );
+}
+
 /// Content that does not match its SHA-256. A file up to `verify_whole_mb`
 /// is checked before its first byte is served: EIO, never its bytes. A
 /// larger one is served from the listed version as it is read, and checked

@@ -166,6 +166,9 @@ impl Locker {
             .handles
             .values()
             .any(|h| matches!(h, Handle::File { ino, mode, .. } if *ino == a.ino && mode.write));
+        if r.remote_only {
+            *st.remote_snaps.entry(a.ino).or_default() += 1;
+        }
         Ok(FileSnap {
             ino: a.ino,
             version: r.version,
@@ -196,9 +199,22 @@ impl Locker {
         }
         let mut st = self.lock();
         let st = &mut *st;
-        if snap.remote_only && !st.files.contains_key(&snap.ino) {
-            // Read by streaming, and open nowhere else.
-            self.forget_stream(st, snap.ino);
+        if snap.remote_only {
+            let last = match st.remote_snaps.get_mut(&snap.ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    st.remote_snaps.remove(&snap.ino);
+                    true
+                }
+            };
+            if last && !st.files.contains_key(&snap.ino) {
+                // Read by streaming, by no other snapshot, and open
+                // nowhere else.
+                self.forget_stream(st, snap.ino);
+            }
         }
         for (_, b) in &snap.blocks {
             if b.len >= INLINE_MAX {
